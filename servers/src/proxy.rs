@@ -1,0 +1,146 @@
+//! The raw-API proxy: terminates TLS and forwards every request to an OpenAI-compatible
+//! upstream, streaming both bodies. Upstream chunks are passed on the moment they arrive;
+//! nothing is buffered. Keep-alive on both sides (the upstream side is a pool).
+//!
+//! If the upstream is unreachable or the exchange fails before a response head arrives,
+//! the client gets 502 with an OpenAI-style JSON error, and the proxy keeps serving.
+
+use crate::http::json_error;
+use crate::stats::ServerStats;
+use crate::upstream::UpstreamError;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, Uri, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct AppState {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    stats: Arc<ServerStats>,
+}
+
+/// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`).
+pub fn app(upstream: &str, stats: Arc<ServerStats>) -> Result<Router, UpstreamError> {
+    let bad = |why: &str| UpstreamError::BadUrl {
+        url: upstream.into(),
+        why: why.into(),
+    };
+    let uri: Uri = upstream
+        .parse()
+        .map_err(|_| bad("not a URL; expected e.g. http://127.0.0.1:11434"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("no scheme; use http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector);
+    let state = AppState {
+        client,
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+        stats,
+    };
+    Ok(Router::new().fallback(forward).with_state(state))
+}
+
+/// Headers that belong to one hop and must not be forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for n in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+        h.remove(n.as_str());
+    }
+}
+
+async fn forward(State(st): State<AppState>, req: Request) -> Response {
+    st.stats.request();
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme(st.scheme.clone())
+        .authority(st.authority.clone())
+        .path_and_query(format!("{}{pq}", st.base_path))
+        .build();
+    let Ok(uri) = uri else {
+        st.stats.error();
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid request path",
+        );
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = http::HeaderValue::from_str(st.authority.as_str()) {
+        parts.headers.insert(header::HOST, v);
+    }
+    match st.client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            st.stats.error();
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("upstream {} failed: {msg}", st.authority),
+            )
+        }
+    }
+}

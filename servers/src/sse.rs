@@ -1,0 +1,145 @@
+//! The SSE server: `POST /chat` with `{"message": "..."}` streams the upstream's tokens as
+//! `text/event-stream`, one event per token, flushed per token, then `data: [DONE]`.
+//!
+//! - A token with line breaks becomes several `data:` lines (the reference wrote one line
+//!   and broke framing).
+//! - 400 for bad JSON or an empty message, 405 for another method, 413 over 1 MiB, 404 for
+//!   any other path, 502 if the upstream cannot be reached or refuses.
+//! - If the upstream fails mid-stream: an `event: error` event with the reason, then
+//!   `data: [DONE]`.
+
+use crate::http::json_error;
+use crate::stats::ServerStats;
+use crate::upstream::Upstream;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::Response;
+use axum::routing::post;
+use bytes::BytesMut;
+use http::StatusCode;
+use lab_codec::sse;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+
+#[derive(Debug, serde::Deserialize)]
+struct ChatBody {
+    message: Option<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+}
+
+/// The router, without a socket, so tests can drive it directly.
+pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
+    Router::new()
+        .route(
+            "/chat",
+            post(chat).fallback(|| async {
+                let mut r = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request_error",
+                    "/chat takes POST with a JSON body {\"message\": \"...\"}",
+                );
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                r
+            }),
+        )
+        .fallback(|uri: http::Uri| async move {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "unknown path {}; the SSE server serves POST /chat",
+                    uri.path()
+                ),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { upstream, stats })
+}
+
+async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    st.stats.request();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            st.stats.error();
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body is over the limit of {MAX_BODY} bytes"),
+            );
+        }
+        Err(e) => {
+            st.stats.error();
+            return json_error(e.status(), "invalid_request_error", e.body_text());
+        }
+    };
+    let message = match serde_json::from_slice::<ChatBody>(&body) {
+        Ok(ChatBody { message: Some(m) }) if !m.trim().is_empty() => m,
+        Ok(_) => {
+            st.stats.error();
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "\"message\" is missing or empty; send {\"message\": \"your prompt\"}",
+            );
+        }
+        Err(e) => {
+            st.stats.error();
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("invalid JSON body: {e}; send {{\"message\": \"your prompt\"}}"),
+            );
+        }
+    };
+    let mut tokens = match st.upstream.chat(&message).await {
+        Ok(t) => t,
+        Err(e) => {
+            st.stats.error();
+            return json_error(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string());
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let stats = st.stats.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(256);
+        loop {
+            match tokens.next().await {
+                Ok(Some(tok)) => {
+                    sse::encode_data(&tok, &mut buf);
+                    stats.tokens(1);
+                    if tx.send(buf.split().freeze()).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stats.error();
+                    sse::encode_event(Some("error"), &e.to_string(), &mut buf);
+                    break;
+                }
+            }
+        }
+        sse::encode_data(sse::DONE, &mut buf);
+        let _ = tx.send(buf.split().freeze()).await;
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+    });
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "text/event-stream")
+        .header(http::header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
+}

@@ -1,0 +1,398 @@
+//! TLS material for every client-facing server, and the matching client-side trust.
+//!
+//! Servers either generate a self-signed ECDSA P-256 certificate at start (valid for 13
+//! days and one hour back-dated, so at most 14 days, which browsers require for
+//! `serverCertificateHashes`), or load PEM files. Clients trust a server by the SHA-256
+//! hash of its certificate (the same pin a browser uses), by a CA/certificate file, or, on
+//! request, not at all.
+//!
+//! Every config uses the one crypto provider of the binary, ring, and honours
+//! `SSLKEYLOGFILE` so captures can be decrypted.
+
+use anyhow::{Context, Result, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ALPN for HTTP/1.1 over TLS.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for HTTP/3, which WebTransport rides on.
+pub const ALPN_H3: &[u8] = b"h3";
+
+/// How long a generated certificate is valid: 13 days, plus the hour it is back-dated.
+pub const GENERATED_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
+
+/// The one crypto provider of the binary.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key, as DER, with the leaf's SHA-256.
+#[derive(Debug)]
+pub struct CertKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of the leaf certificate's DER, the value browsers pin.
+    pub sha256: [u8; 32],
+    /// The chain as PEM, for writing out.
+    pub cert_pem: String,
+    /// The key as PEM, for writing out (mode 0600).
+    pub key_pem: String,
+}
+
+impl Clone for CertKey {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            sha256: self.sha256,
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+}
+
+impl CertKey {
+    /// Generates a self-signed ECDSA P-256 certificate for `names` (DNS names or IPs),
+    /// plus `localhost`, `127.0.0.1` and `::1`.
+    pub fn generate(names: &[String]) -> Result<Self> {
+        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        for n in names {
+            if !sans.contains(n) {
+                sans.push(n.clone());
+            }
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("failed to generate an ECDSA P-256 key")?;
+        let mut params = rcgen::CertificateParams::new(sans)
+            .context("invalid subject alternative name for the certificate")?;
+        let now = std::time::SystemTime::now();
+        let not_before = now - Duration::from_secs(3600);
+        params.not_before = not_before.into();
+        params.not_after = (now + GENERATED_VALIDITY).into();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "lab self-signed");
+        let cert = params
+            .self_signed(&key)
+            .context("failed to self-sign the certificate")?;
+        let der = cert.der().clone();
+        Ok(Self {
+            sha256: sha256(&der),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            chain: vec![der],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        })
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self> {
+        let cert_pem = std::fs::read_to_string(cert)
+            .with_context(|| format!("failed to read certificate file {}", cert.display()))?;
+        let key_pem = std::fs::read_to_string(key)
+            .with_context(|| format!("failed to read private key file {}", key.display()))?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("failed to parse PEM certificates in {}", cert.display()))?;
+        if chain.is_empty() {
+            bail!(
+                "{} holds no PEM certificate (expected a '-----BEGIN CERTIFICATE-----' block)",
+                cert.display()
+            );
+        }
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).with_context(|| {
+            format!(
+                "failed to read a PEM private key (PKCS#8, SEC1 or PKCS#1) from {}",
+                key.display()
+            )
+        })?;
+        Ok(Self {
+            sha256: sha256(&chain[0]),
+            chain,
+            key: key_der,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// The certificate from `--cert`/`--key`, or a generated one when both are absent.
+    pub fn from_args(cert: Option<&Path>, key: Option<&Path>, names: &[String]) -> Result<Self> {
+        match (cert, key) {
+            (Some(c), Some(k)) => Self::load(c, k),
+            (None, None) => Self::generate(names),
+            _ => bail!(
+                "--cert and --key go together: give both, or neither to generate a certificate"
+            ),
+        }
+    }
+
+    /// The pin as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// Writes `cert.pem` (0644) and `key.pem` (0600) into `dir`.
+    pub fn write_to(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create directory {}", dir.display()))?;
+        write_file(&dir.join("cert.pem"), self.cert_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("key.pem"), self.key_pem.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// A server config for HTTP/1.1 over TLS 1.2 or 1.3.
+    pub fn http1_server_config(&self) -> Result<rustls::ServerConfig> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("no TLS protocol version is available")?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("the certificate and private key do not match or are unsupported")?;
+        cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+        Ok(cfg)
+    }
+
+    /// A server config for HTTP/3 and WebTransport: TLS 1.3 only, ALPN `h3`.
+    pub fn h3_server_config(&self) -> Result<rustls::ServerConfig> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 is not available")?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("the certificate and private key do not match or are unsupported")?;
+        cfg.alpn_protocols = vec![ALPN_H3.to_vec()];
+        cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+        Ok(cfg)
+    }
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    // The mode given at creation is masked by the umask, and an existing file keeps its
+    // mode: set it explicitly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("failed to set mode {mode:o} on {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// SHA-256 of some bytes.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// How a client decides to trust a server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Accept only a leaf certificate with this SHA-256 (like `serverCertificateHashes`).
+    Pin([u8; 32]),
+    /// Verify against these roots (a CA, or the server's own self-signed certificate).
+    Roots(Vec<CertificateDer<'static>>),
+    /// Accept any certificate. Only for poking at servers by hand.
+    Insecure,
+}
+
+impl Trust {
+    /// Builds the trust from a client's flags: `--cert-hash`, `--ca`, `--insecure`.
+    pub fn from_args(cert_hash: Option<&str>, ca: Option<&Path>, insecure: bool) -> Result<Self> {
+        match (cert_hash, ca, insecure) {
+            (Some(h), None, false) => Ok(Self::Pin(parse_pin(h)?)),
+            (None, Some(p), false) => {
+                let pem = std::fs::read(p)
+                    .with_context(|| format!("failed to read CA file {}", p.display()))?;
+                let roots = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| {
+                        format!("failed to parse PEM certificates in {}", p.display())
+                    })?;
+                if roots.is_empty() {
+                    bail!("{} holds no PEM certificate", p.display());
+                }
+                Ok(Self::Roots(roots))
+            }
+            (None, None, true) => Ok(Self::Insecure),
+            (None, None, false) => bail!(
+                "no way to trust the server: pass --cert-hash HEX (printed by 'lab serve' at start), \
+                 --ca FILE (the server's cert.pem), or --insecure"
+            ),
+            _ => bail!("--cert-hash, --ca and --insecure exclude each other: give one"),
+        }
+    }
+
+    /// A client config for HTTP/1.1 over TLS.
+    pub fn http1_client_config(&self) -> Result<rustls::ClientConfig> {
+        self.client_config(false, ALPN_HTTP1)
+    }
+
+    /// A client config for WebTransport (TLS 1.3, ALPN `h3`).
+    pub fn h3_client_config(&self) -> Result<rustls::ClientConfig> {
+        self.client_config(true, ALPN_H3)
+    }
+
+    fn client_config(&self, tls13_only: bool, alpn: &[u8]) -> Result<rustls::ClientConfig> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone());
+        let builder = if tls13_only {
+            builder.with_protocol_versions(&[&rustls::version::TLS13])
+        } else {
+            builder.with_safe_default_protocol_versions()
+        }
+        .context("no TLS protocol version is available")?;
+        let mut cfg = match self {
+            Self::Roots(roots) => {
+                let mut store = rustls::RootCertStore::empty();
+                for r in roots {
+                    store
+                        .add(r.clone())
+                        .context("a certificate in the CA file is not a valid trust anchor")?;
+                }
+                builder.with_root_certificates(store).with_no_client_auth()
+            }
+            Self::Pin(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                    pin: Some(*pin),
+                    algs: provider.signature_verification_algorithms,
+                }))
+                .with_no_client_auth(),
+            Self::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                    pin: None,
+                    algs: provider.signature_verification_algorithms,
+                }))
+                .with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+        Ok(cfg)
+    }
+}
+
+/// Parses a SHA-256 pin written as hex, with or without `:` separators.
+pub fn parse_pin(s: &str) -> Result<[u8; 32]> {
+    let clean: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes =
+        hex::decode(&clean).with_context(|| format!("certificate hash '{s}' is not hex"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        anyhow::anyhow!(
+            "certificate hash has {} bytes; a SHA-256 hash has 32 (64 hex digits)",
+            b.len()
+        )
+    })
+}
+
+/// Accepts a server whose leaf certificate hashes to `pin` (or any, when `pin` is `None`),
+/// and still checks the handshake signatures, so the peer must hold the key.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: Option<[u8; 32]>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.pin {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(pin) if sha256(end_entity) == pin => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::General(format!(
+                "server certificate sha256 {} does not match the pinned hash",
+                hex::encode(sha256(end_entity))
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_cert_is_p256_and_short_lived() {
+        let ck = CertKey::generate(&["198.18.0.2".into()]).unwrap();
+        assert_eq!(ck.sha256, sha256(&ck.chain[0]));
+        assert!(ck.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(ck.key_pem.contains("PRIVATE KEY"));
+        // Both configs accept it.
+        ck.http1_server_config().unwrap();
+        ck.h3_server_config().unwrap();
+    }
+
+    #[test]
+    fn written_key_is_0600_and_loads_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lab-tls-test-{}", std::process::id()));
+        let ck = CertKey::generate(&[]).unwrap();
+        ck.write_to(&dir).unwrap();
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = CertKey::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+        assert_eq!(back.sha256, ck.sha256);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let e = CertKey::from_args(Some(Path::new("/nonexistent/c.pem")), None, &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("--cert and --key go together"));
+        let e = CertKey::load(Path::new("/nonexistent/c.pem"), Path::new("/x")).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/c.pem"));
+        let e = Trust::from_args(None, None, false).unwrap_err();
+        assert!(format!("{e:#}").contains("--cert-hash"));
+        let e = parse_pin("abcd").unwrap_err();
+        assert!(format!("{e:#}").contains("32"));
+        let e = parse_pin("zz").unwrap_err();
+        assert!(format!("{e:#}").contains("not hex"));
+        let pin = "ab:".repeat(31) + "ab";
+        assert_eq!(parse_pin(&pin).unwrap(), [0xab; 32]);
+    }
+}

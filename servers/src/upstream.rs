@@ -1,0 +1,269 @@
+//! A client for an OpenAI-compatible upstream (the mock, Ollama, or any other), used by
+//! the SSE and WebTransport servers to fetch tokens.
+//!
+//! It posts a streaming chat request, parses the SSE reply, and yields the content of
+//! each chunk as one token, skipping empty deltas (role-only and finish chunks). It reads
+//! every response to its end, so the pooled keep-alive connection is really reused.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lab_codec::openai::{ChatChunk, ChatRequest, ErrorBody};
+use lab_codec::sse;
+use std::time::Duration;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why the upstream did not deliver a complete answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream URL is not usable.
+    #[error("invalid upstream URL '{url}': {why}")]
+    BadUrl { url: String, why: String },
+    /// No connection, or the request could not be sent.
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// The upstream answered with a non-success status.
+    #[error("upstream returned HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    /// The response body broke off.
+    #[error("upstream stream broke: {0}")]
+    Body(String),
+    /// The body was not the expected event stream of chat chunks.
+    #[error("upstream sent something that is not a chat chunk: {0}")]
+    Protocol(String),
+    /// The stream ended without `data: [DONE]`.
+    #[error("upstream stream ended without [DONE]")]
+    Truncated,
+    /// The upstream sent an error in the stream.
+    #[error("upstream error: {0}")]
+    Remote(String),
+}
+
+/// A pooled client for one upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<Connector, Full<Bytes>>,
+    chat_uri: http::Uri,
+    /// The model requested from the upstream.
+    pub model: String,
+    url: String,
+}
+
+impl Upstream {
+    /// `url` is the upstream's base, such as `http://127.0.0.1:11434` (a trailing `/v1` is
+    /// accepted too). `https` upstreams are verified against the Web PKI roots.
+    pub fn new(url: &str, model: &str) -> Result<Self, UpstreamError> {
+        let chat_uri = chat_uri(url)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| UpstreamError::BadUrl {
+                        url: url.into(),
+                        why: e.to_string(),
+                    })?
+                    .with_root_certificates(rustls::RootCertStore {
+                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                    })
+                    .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector({
+                let mut c = HttpConnector::new();
+                c.set_nodelay(true);
+                c.enforce_http(false);
+                c.set_connect_timeout(Some(Duration::from_secs(10)));
+                c
+            });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Ok(Self {
+            client,
+            chat_uri,
+            model: model.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    /// The base URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts a streaming chat for one user prompt.
+    pub async fn chat(&self, prompt: &str) -> Result<TokenStream, UpstreamError> {
+        let body = serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true))
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let req = http::Request::post(self.chat_uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            let msg = serde_json::from_str::<ErrorBody>(&text).map_or(text, |e| e.error.message);
+            return Err(UpstreamError::Status {
+                status: status.as_u16(),
+                body: msg,
+            });
+        }
+        Ok(TokenStream {
+            body: resp.into_body(),
+            dec: sse::Decoder::new(),
+            ended: false,
+        })
+    }
+}
+
+fn chat_uri(url: &str) -> Result<http::Uri, UpstreamError> {
+    let bad = |why: &str| UpstreamError::BadUrl {
+        url: url.into(),
+        why: why.into(),
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| bad("not a URL; expected e.g. http://127.0.0.1:11434"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(bad("the scheme must be http or https")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
+    let base = uri.path().trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base);
+    http::Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority)
+        .path_and_query(format!("{base}/v1/chat/completions"))
+        .build()
+        .map_err(|e| bad(&e.to_string()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The tokens of one upstream answer.
+#[derive(Debug)]
+pub struct TokenStream {
+    body: Incoming,
+    dec: sse::Decoder,
+    ended: bool,
+}
+
+impl TokenStream {
+    /// The next non-empty content token; `Ok(None)` after `[DONE]`.
+    pub async fn next(&mut self) -> Result<Option<String>, UpstreamError> {
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            while let Some(ev) = self
+                .dec
+                .next_event()
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+            {
+                if ev.is_done() {
+                    self.ended = true;
+                    // Drain to the end so the connection goes back to the pool.
+                    while let Some(f) = self.body.frame().await {
+                        f.map_err(|e| UpstreamError::Body(e.to_string()))?;
+                    }
+                    return Ok(None);
+                }
+                if ev.kind() == "error" {
+                    return Err(UpstreamError::Remote(ev.data));
+                }
+                match serde_json::from_str::<ChatChunk>(&ev.data) {
+                    Ok(c) => {
+                        if let Some(t) = c.content() {
+                            return Ok(Some(t.to_owned()));
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(err) = serde_json::from_str::<ErrorBody>(&ev.data) {
+                            return Err(UpstreamError::Remote(err.error.message));
+                        }
+                        return Err(UpstreamError::Protocol(format!(
+                            "{e}: {}",
+                            truncate(&ev.data, 200)
+                        )));
+                    }
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        self.dec.extend(d);
+                    }
+                }
+                Some(Err(e)) => return Err(UpstreamError::Body(error_chain(&e))),
+                None => return Err(UpstreamError::Truncated),
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_uri_accepts_base_or_v1() {
+        for u in [
+            "http://127.0.0.1:11434",
+            "http://127.0.0.1:11434/",
+            "http://127.0.0.1:11434/v1",
+            "http://127.0.0.1:11434/v1/",
+        ] {
+            assert_eq!(
+                chat_uri(u).unwrap().to_string(),
+                "http://127.0.0.1:11434/v1/chat/completions",
+                "{u}"
+            );
+        }
+        assert_eq!(
+            chat_uri("https://h/api/v1").unwrap().to_string(),
+            "https://h/api/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        for u in ["ftp://x", "127.0.0.1:11434", "not a url"] {
+            let e = chat_uri(u).unwrap_err().to_string();
+            assert!(e.contains(u), "{e}");
+        }
+    }
+}

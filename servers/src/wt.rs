@@ -1,0 +1,191 @@
+//! The WebTransport server: HTTP/3 over QUIC, session path `/wt`.
+//!
+//! Each client bidirectional stream carries one or more prompts as `<len>:<prompt>`. For
+//! each prompt, in order, the server streams the upstream's tokens as `<len>:<token>`,
+//! then `0:`. It reads every request stream to its end (Chromium sends STOP_SENDING
+//! otherwise) and finishes its side once the client has finished its own and every prompt
+//! is answered.
+//!
+//! Errors never take the session down:
+//! - bad framing resets that stream with [`ERR_FRAMING`] (and stops its receive side);
+//! - an upstream failure resets that stream with [`ERR_UPSTREAM`];
+//! - any path other than `/wt` gets 404.
+
+use crate::stats::ServerStats;
+use crate::upstream::Upstream;
+use bytes::BytesMut;
+use lab_codec::lenprefix::{self, Frame};
+use std::sync::Arc;
+use std::time::Duration;
+use wtransport::endpoint::IncomingSession;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::{Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
+
+/// Stream reset code: the client's bytes were not valid length-prefixed messages.
+pub const ERR_FRAMING: u32 = 0x10;
+/// Stream reset code: the upstream LLM failed before the answer was complete.
+pub const ERR_UPSTREAM: u32 = 0x11;
+
+/// The session path.
+pub const PATH: &str = "/wt";
+
+/// Builds the QUIC endpoint on an already-bound UDP socket.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+) -> anyhow::Result<Endpoint<Server>> {
+    socket.set_nonblocking(true)?;
+    let cfg = ServerConfig::builder()
+        .with_bind_socket(socket)
+        .with_custom_tls(tls)
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .max_idle_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| anyhow::anyhow!("invalid idle timeout: {e}"))?
+        .build();
+    Ok(Endpoint::server(cfg)?)
+}
+
+/// Accepts sessions forever.
+pub async fn serve(
+    endpoint: Endpoint<Server>,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+) -> anyhow::Result<()> {
+    loop {
+        let incoming = endpoint.accept().await;
+        tokio::spawn(session(incoming, upstream.clone(), stats.clone()));
+    }
+}
+
+async fn session(incoming: IncomingSession, upstream: Arc<Upstream>, stats: Arc<ServerStats>) {
+    let req = match incoming.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("incoming session failed: {e}");
+            return;
+        }
+    };
+    let path = req.path().split('?').next().unwrap_or("");
+    if path != PATH {
+        tracing::debug!("session request for {path}: 404");
+        req.not_found().await;
+        return;
+    }
+    let conn = match req.accept().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("session accept failed: {e}");
+            return;
+        }
+    };
+    stats.connection_opened();
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(stream(send, recv, upstream.clone(), stats.clone()));
+            }
+            Err(e) => {
+                tracing::debug!("session ended: {e}");
+                break;
+            }
+        }
+    }
+    stats.connection_closed();
+}
+
+async fn stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, lenprefix::LenPrefixError>>(64);
+    tokio::spawn(async move {
+        let mut dec = lenprefix::Decoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    dec.extend(&buf[..n]);
+                    loop {
+                        match dec.next_frame() {
+                            Ok(Some(Frame::Message(m))) => {
+                                let prompt = String::from_utf8_lossy(&m).into_owned();
+                                if tx.send(Ok(prompt)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // A `0:` from the client carries no prompt: nothing to answer.
+                            Ok(Some(Frame::End)) => {}
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                recv.stop(VarInt::from_u32(ERR_FRAMING));
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if let Err(e) = dec.finish() {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("request stream read failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let mut out = BytesMut::with_capacity(256);
+    while let Some(item) = rx.recv().await {
+        let prompt = match item {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("bad framing on stream {}: {e}", send.id());
+                stats.error();
+                let _ = send.reset(VarInt::from_u32(ERR_FRAMING));
+                return;
+            }
+        };
+        stats.request();
+        let mut tokens = match upstream.chat(&prompt).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("upstream failed: {e}");
+                stats.error();
+                let _ = send.reset(VarInt::from_u32(ERR_UPSTREAM));
+                return;
+            }
+        };
+        loop {
+            match tokens.next().await {
+                Ok(Some(tok)) => {
+                    out.clear();
+                    if lenprefix::encode(tok.as_bytes(), &mut out).is_err() {
+                        stats.error();
+                        let _ = send.reset(VarInt::from_u32(ERR_UPSTREAM));
+                        return;
+                    }
+                    if send.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    stats.tokens(1);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("upstream failed mid-stream: {e}");
+                    stats.error();
+                    let _ = send.reset(VarInt::from_u32(ERR_UPSTREAM));
+                    return;
+                }
+            }
+        }
+        if send.write_all(lenprefix::END).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish().await;
+}
