@@ -1,1 +1,222 @@
+//! lab's clients: one runner per approach, each timing every token of every prompt.
+//!
+//! - [`raw`]: the OpenAI-compatible API through the TLS proxy.
+//! - [`sse`]: lab's SSE server.
+//! - [`wt`]: lab's WebTransport server.
+//!
+//! A runner turns a prompt into a [`record::PromptRecord`]. Adding an approach means one
+//! runner module and one entry in [`Approach`].
 
+pub mod http;
+pub mod prompts;
+pub mod raw;
+pub mod record;
+pub mod sse;
+pub mod wt;
+
+use anyhow::{Context, Result, bail};
+use lab_servers::tls::Trust;
+use record::{Mode, PromptRecord};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// A boxed future, so runners can live behind `dyn Runner`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Receives each token as it arrives (for interactive display).
+pub type TokenSink<'a> = dyn FnMut(&str) + Send + 'a;
+
+/// Runs prompts against one server.
+pub trait Runner: Send {
+    /// The approach's short name (`raw`, `sse`, `wt`).
+    fn name(&self) -> &'static str;
+    /// Runs one prompt; failures are recorded in the record, never returned.
+    fn run<'a>(
+        &'a mut self,
+        index: usize,
+        prompt: &'a str,
+        sink: &'a mut TokenSink<'a>,
+    ) -> BoxFuture<'a, PromptRecord>;
+    /// Closes any open connection.
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The approaches lab knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approach {
+    /// The raw OpenAI-compatible API behind a TLS proxy.
+    Raw,
+    /// HTTP Server-Sent Events over TLS.
+    Sse,
+    /// WebTransport over QUIC.
+    Wt,
+}
+
+impl Approach {
+    pub const ALL: [Approach; 3] = [Approach::Raw, Approach::Sse, Approach::Wt];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Sse => "sse",
+            Self::Wt => "wt",
+        }
+    }
+
+    /// Builds this approach's runner.
+    pub fn runner(
+        self,
+        target: Target,
+        mode: Mode,
+        timeout: Duration,
+        trust: &Trust,
+        model: &str,
+    ) -> Result<Box<dyn Runner>> {
+        Ok(match self {
+            Self::Raw => Box::new(http::HttpRunner::new(
+                raw::RawApi {
+                    model: model.to_owned(),
+                },
+                target,
+                mode,
+                timeout,
+                trust.http1_client_config()?,
+            )),
+            Self::Sse => Box::new(http::HttpRunner::new(
+                sse::SseServerApi,
+                target,
+                mode,
+                timeout,
+                trust.http1_client_config()?,
+            )),
+            Self::Wt => Box::new(wt::WtRunner::new(
+                target,
+                mode,
+                timeout,
+                trust.h3_client_config()?,
+            )?),
+        })
+    }
+}
+
+impl std::str::FromStr for Approach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "sse" => Ok(Self::Sse),
+            "wt" => Ok(Self::Wt),
+            o => Err(format!("unknown approach '{o}'; valid: raw, sse, wt")),
+        }
+    }
+}
+
+impl std::fmt::Display for Approach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a client connects: `https://host:port[/path]`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` as written, for the Host header and the WebTransport URL.
+    pub authority: String,
+    /// The host, for TLS server name indication.
+    pub host: String,
+    pub addr: SocketAddr,
+    /// The path; empty means the approach's default.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses and resolves a URL such as `https://127.0.0.1:8443` or `https://localhost:4433/wt`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let uri: ::http::Uri = url.parse().with_context(|| {
+            format!("'{url}' is not a URL; expected e.g. https://127.0.0.1:8443")
+        })?;
+        if uri.scheme_str() != Some("https") {
+            bail!("'{url}': lab's servers speak TLS; use an https:// URL");
+        }
+        let auth = uri
+            .authority()
+            .with_context(|| format!("'{url}' has no host"))?;
+        let port = auth
+            .port_u16()
+            .with_context(|| format!("'{url}' has no port; lab's servers have no default port"))?;
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve '{host}'"))?
+            .next()
+            .with_context(|| format!("'{host}' has no address"))?;
+        Ok(Self {
+            authority: auth.as_str().to_owned(),
+            host,
+            addr,
+            path: uri.path().to_owned(),
+        })
+    }
+}
+
+/// Runs `prompts` `repeat` times in order and returns one record per prompt run.
+/// `each` sees every record as soon as it is complete.
+pub async fn run_all(
+    runner: &mut dyn Runner,
+    prompts: &[String],
+    repeat: usize,
+    mut each: impl FnMut(&PromptRecord),
+) -> Vec<PromptRecord> {
+    let mut out = Vec::with_capacity(prompts.len() * repeat);
+    let mut index = 0;
+    for _ in 0..repeat.max(1) {
+        for p in prompts {
+            let mut ignore = |_: &str| {};
+            let r = runner.run(index, p, &mut ignore).await;
+            each(&r);
+            out.push(r);
+            index += 1;
+        }
+    }
+    runner.close().await;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("https://127.0.0.1:8443").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.path, "/");
+        let t = Target::parse("https://[::1]:4433/wt").unwrap();
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.path, "/wt");
+        assert_eq!(t.authority, "[::1]:4433");
+        for bad in ["http://127.0.0.1:1", "https://127.0.0.1", "nope nope"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        let e = Target::parse("http://127.0.0.1:1").unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn approach_names_round_trip() {
+        for a in Approach::ALL {
+            assert_eq!(a.name().parse::<Approach>().unwrap(), a);
+        }
+        assert!(
+            "ws".parse::<Approach>()
+                .unwrap_err()
+                .contains("valid: raw, sse, wt")
+        );
+    }
+}

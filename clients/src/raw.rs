@@ -1,0 +1,44 @@
+//! The raw-API runner: `POST /v1/chat/completions` with `stream: true` through the TLS
+//! proxy, parsing OpenAI chat chunks. A token is a chunk with non-empty delta content.
+
+use crate::http::{EventMeaning, SseApi};
+use crate::record::{ErrorCategory, PromptError};
+use lab_codec::openai::{ChatChunk, ChatRequest, ErrorBody};
+use lab_codec::sse;
+
+/// The raw OpenAI-compatible API.
+pub struct RawApi {
+    pub model: String,
+}
+
+impl SseApi for RawApi {
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+    fn default_path(&self) -> &'static str {
+        "/v1/chat/completions"
+    }
+    fn body(&self, prompt: &str) -> Vec<u8> {
+        serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true)).unwrap_or_default()
+    }
+    fn event(&self, ev: sse::Event) -> EventMeaning {
+        if ev.is_done() {
+            return EventMeaning::Done;
+        }
+        match serde_json::from_str::<ChatChunk>(&ev.data) {
+            Ok(c) => c
+                .content()
+                .map_or(EventMeaning::Skip, |t| EventMeaning::Token(t.to_owned())),
+            Err(e) => match serde_json::from_str::<ErrorBody>(&ev.data) {
+                Ok(err) => EventMeaning::Failed(PromptError::new(
+                    ErrorCategory::Upstream,
+                    err.error.message,
+                )),
+                Err(_) => EventMeaning::Failed(PromptError::new(
+                    ErrorCategory::Receive,
+                    format!("not a chat chunk: {e}"),
+                )),
+            },
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The WebTransport runner: one bidirectional stream per prompt. The client writes
+//! `<len>:<prompt>` and finishes its side; the server answers with `<len>:<token>`
+//! messages, then `0:` (which is never counted as a token), then finishes.
+//!
+//! `fresh` opens a new QUIC connection and WebTransport session per prompt; `reuse` keeps
+//! one session and opens a new stream per prompt, as a browser tab would.
+
+use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::{BoxFuture, Runner, Target, TokenSink};
+use bytes::BytesMut;
+use lab_codec::lenprefix::{self, Frame};
+use lab_servers::wt::ERR_UPSTREAM;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wtransport::endpoint::endpoint_side::Client;
+use wtransport::error::StreamReadError;
+use wtransport::{ClientConfig, Connection, Endpoint, VarInt};
+
+pub struct WtRunner {
+    endpoint: Endpoint<Client>,
+    url: String,
+    mode: Mode,
+    timeout: Duration,
+    conn: Option<Connection>,
+}
+
+impl WtRunner {
+    pub fn new(
+        target: Target,
+        mode: Mode,
+        timeout: Duration,
+        tls: rustls::ClientConfig,
+    ) -> anyhow::Result<Self> {
+        let bind: SocketAddr = if target.addr.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let cfg = ClientConfig::builder()
+            .with_bind_address(bind)
+            .with_custom_tls(tls)
+            .keep_alive_interval(Some(Duration::from_secs(3)))
+            .max_idle_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| anyhow::anyhow!("invalid idle timeout: {e}"))?
+            .build();
+        let endpoint = Endpoint::client(cfg)?;
+        let path = if target.path.is_empty() || target.path == "/" {
+            lab_servers::wt::PATH
+        } else {
+            target.path.as_str()
+        };
+        let url = format!("https://{}{}", target.authority, path);
+        Ok(Self {
+            endpoint,
+            url,
+            mode,
+            timeout,
+            conn: None,
+        })
+    }
+
+    async fn attempt(
+        &mut self,
+        prompt: &str,
+        rec: &mut Recorder,
+        sink: &mut TokenSink<'_>,
+    ) -> Result<(), PromptError> {
+        let alive = self.mode == Mode::Reuse && self.conn.is_some();
+        if alive {
+            rec.reused();
+        } else {
+            let t = Instant::now();
+            let c = self.endpoint.connect(&self.url).await.map_err(|e| {
+                PromptError::new(
+                    ErrorCategory::Connect,
+                    format!("WebTransport session to {} failed: {e}", self.url),
+                )
+            })?;
+            rec.connected(t.elapsed());
+            self.conn = Some(c);
+        }
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(PromptError::new(ErrorCategory::Connect, "no session"));
+        };
+        let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
+        let opening = conn
+            .open_bi()
+            .await
+            .map_err(|e| send_err(format!("open stream: {e}")))?;
+        let (mut send, mut recv) = opening
+            .await
+            .map_err(|e| send_err(format!("open stream: {e}")))?;
+        let mut out = BytesMut::new();
+        lenprefix::encode(prompt.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| send_err(format!("write prompt: {e}")))?;
+        send.finish()
+            .await
+            .map_err(|e| send_err(format!("finish stream: {e}")))?;
+
+        let recv_err = |e: String| PromptError::new(ErrorCategory::Receive, e);
+        let mut dec = lenprefix::Decoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut ended = false;
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    rec.bytes(n);
+                    dec.extend(&buf[..n]);
+                    while let Some(f) = dec.next_frame().map_err(|e| recv_err(e.to_string()))? {
+                        match f {
+                            Frame::Message(m) if !ended => {
+                                let t = String::from_utf8_lossy(&m);
+                                rec.token(&t);
+                                sink(&t);
+                            }
+                            Frame::Message(_) => {
+                                return Err(recv_err("token after the end marker 0:".into()));
+                            }
+                            Frame::End => ended = true,
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(StreamReadError::Reset(code)) if code == VarInt::from_u32(ERR_UPSTREAM) => {
+                    return Err(PromptError::new(
+                        ErrorCategory::Upstream,
+                        "server reset the stream: upstream failed",
+                    ));
+                }
+                Err(e) => return Err(recv_err(format!("stream read: {e}"))),
+            }
+        }
+        dec.finish().map_err(|e| recv_err(e.to_string()))?;
+        if !ended {
+            return Err(recv_err("stream finished before the end marker 0:".into()));
+        }
+        Ok(())
+    }
+
+    fn drop_conn(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.close(VarInt::from_u32(0), b"done");
+        }
+    }
+}
+
+impl Runner for WtRunner {
+    fn name(&self) -> &'static str {
+        "wt"
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        index: usize,
+        prompt: &'a str,
+        sink: &'a mut TokenSink<'a>,
+    ) -> BoxFuture<'a, PromptRecord> {
+        Box::pin(async move {
+            let mut rec = Recorder::start();
+            let timeout = self.timeout;
+            let outcome = tokio::time::timeout(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(PromptError::new(
+                    ErrorCategory::Timeout,
+                    format!(
+                        "no complete answer within {}",
+                        crate::http::humantime_ms(timeout)
+                    ),
+                )),
+            };
+            // A failed session is not trusted again; fresh mode never keeps one.
+            if error.is_some() || self.mode == Mode::Fresh {
+                self.drop_conn();
+            }
+            rec.finish("wt", self.mode, index, prompt, error)
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.drop_conn();
+            // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! The command line: every subcommand, its flags and their help.
+
+use clap::{Args, Parser, Subcommand};
+use lab_clients::record::Mode;
+use lab_codec::openai::StreamFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "Measure LLM token-streaming transports (WebTransport, SSE, raw OpenAI API) on a bad network",
+    long_about = "lab measures how LLM token-streaming transports behave on a bad network: time to first \
+token, time between tokens, and bytes on the wire per token.\n\n\
+Today it runs the servers and clients on their own (on loopback): `lab serve ...`, `lab client ...`, \
+and `lab demo`, which starts all four servers and compares the three approaches.",
+    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
+)]
+pub struct Cli {
+    /// Log filter for stderr (also RUST_LOG), e.g. `debug` or `lab_servers=trace`.
+    #[arg(long, global = true, default_value = "info", env = "LAB_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one server in the foreground until Ctrl-C or SIGTERM.
+    #[command(subcommand)]
+    Serve(Serve),
+    /// Run one client: the reference prompts, a prompts file, or prompts typed in.
+    Client(ClientArgs),
+    /// Start the four servers on loopback and compare the three approaches.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Serve {
+    /// The mock LLM: an OpenAI-compatible server, byte-faithful to Ollama, deterministic.
+    Llm(LlmArgs),
+    /// TLS-terminating streaming reverse proxy to an OpenAI-compatible upstream (the raw-API approach).
+    Proxy(ProxyArgs),
+    /// HTTP SSE server over TLS: POST /chat {"message": ...} streams one event per token.
+    Sse(UpstreamServerArgs),
+    /// WebTransport server over HTTP/3: session path /wt, length-prefixed tokens per stream.
+    Wt(UpstreamServerArgs),
+}
+
+/// Mock LLM timing and text settings, shared by `serve llm` and `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct MockArgs {
+    /// Chunk format: ollama-legacy (the reference's Ollama), ollama (v0.32.6+), or openai.
+    #[arg(long, default_value = "ollama-legacy")]
+    pub format: StreamFormat,
+    /// Time to first token.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub ttft: Duration,
+    /// Time between tokens.
+    #[arg(long, default_value = "35ms", value_parser = parse_duration)]
+    pub tbt: Duration,
+    /// Jitter on TTFT and each TBT: each interval is scaled by a uniform factor in [1-j, 1+j]. `10%` or `0.1`.
+    #[arg(long, default_value = "10%", value_parser = parse_fraction)]
+    pub jitter: f64,
+    /// Seed of the text and jitter: answers are a pure function of (seed, model, prompt).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Cap every answer at this many tokens (answers otherwise run 15 to 1100 tokens).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct LlmArgs {
+    /// Address to listen on (plain HTTP, like Ollama).
+    #[arg(long, default_value = "127.0.0.1:11434")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub mock: MockArgs,
+    /// Model names listed by /v1/models (repeatable); the first is used when a request names none.
+    #[arg(long = "model", default_value = "gemma3:12b")]
+    pub models: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+}
+
+/// TLS flags of every client-facing server.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// PEM certificate chain; without --cert/--key a self-signed ECDSA P-256 certificate is generated (valid 14 days).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Write the certificate (cert.pem) and key (key.pem, mode 0600) into this directory, for clients to trust.
+    #[arg(long)]
+    pub cert_out: Option<PathBuf>,
+    /// Extra subject alternative names for a generated certificate (localhost, 127.0.0.1 and ::1 are always in).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (TLS).
+    #[arg(long, default_value = "127.0.0.1:11435")]
+    pub listen: SocketAddr,
+    /// The OpenAI-compatible upstream's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub upstream: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpstreamServerArgs {
+    /// Address to listen on (TCP for sse, UDP for wt). Defaults: sse 127.0.0.1:8080, wt 127.0.0.1:4433.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The OpenAI-compatible upstream's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub upstream: String,
+    /// Model to request from the upstream.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How a client trusts the server.
+#[derive(Debug, Args, Clone)]
+pub struct TrustArgs {
+    /// Pin the server certificate's SHA-256 (hex, as `lab serve` prints it), like a browser's serverCertificateHashes.
+    #[arg(long, conflicts_with_all = ["ca", "insecure"])]
+    pub cert_hash: Option<String>,
+    /// Trust this PEM certificate or CA (e.g. the cert.pem written by `lab serve --cert-out`).
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (for poking at servers by hand only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Which approach: raw (OpenAI API via the proxy), sse, or wt.
+    pub approach: lab_clients::Approach,
+    /// Server URL, e.g. https://127.0.0.1:11435 (raw), https://127.0.0.1:8080 (sse), https://127.0.0.1:4433/wt (wt).
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// fresh: new TCP+TLS or QUIC session per prompt; reuse: one persistent connection.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Prompts file (one per line, # for comments); default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Run the prompt list this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Print one JSON record per prompt on stdout (the summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Type prompts, watch tokens stream, and see TTFT and TBT after each answer.
+    #[arg(long, short = 'i', conflicts_with_all = ["prompts", "json"])]
+    pub interactive: bool,
+    /// Model name for the raw API.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a prompt after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub mock: MockArgs,
+    /// Connection mode for all clients.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Prompts file; default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Run the prompt list this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Write every prompt record as JSON lines to this file.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// Use this OpenAI-compatible upstream instead of the embedded mock.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Model to request.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a prompt after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Parses `250ms`, `1.5s`, `2m`, or `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' has no unit; write e.g. 250ms, 1.5s, 2m"))?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; write e.g. 250ms, 1.5s, 2m"))?;
+    let secs = match unit.trim() {
+        "us" | "µs" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        u => return Err(format!("unknown unit '{u}' in '{s}'; valid: us, ms, s, m")),
+    };
+    if !secs.is_finite() || secs > 86_400.0 {
+        return Err(format!("'{s}' is out of range (at most a day)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `10%` or `0.1` as a fraction in [0, 1].
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.parse::<f64>(),
+    }
+    .map_err(|_| format!("'{s}' is not a fraction; write e.g. 10% or 0.1"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("'{s}' is outside 0%..100%"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
+        assert!(parse_duration("250").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn fractions() {
+        assert_eq!(parse_fraction("10%").unwrap(), 0.1);
+        assert_eq!(parse_fraction("0.25").unwrap(), 0.25);
+        assert!(parse_fraction("150%").is_err());
+        assert!(parse_fraction("x").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! `lab client raw|sse|wt`: run prompts against one server, or type them in.
+
+use crate::cli::ClientArgs;
+use anyhow::{Context, Result};
+use lab_clients::record::{self, Summary};
+use lab_clients::{Target, prompts};
+use lab_servers::tls::Trust;
+use std::io::Write;
+use tokio::io::AsyncBufReadExt;
+
+/// Runs the client; returns whether every prompt succeeded.
+pub async fn run(a: ClientArgs) -> Result<bool> {
+    let trust = Trust::from_args(
+        a.trust.cert_hash.as_deref(),
+        a.trust.ca.as_deref(),
+        a.trust.insecure,
+    )?;
+    let target = Target::parse(&a.url)?;
+    let mut runner = a
+        .approach
+        .runner(target, a.mode, a.timeout, &trust, &a.model)?;
+    if a.interactive {
+        return interactive(runner.as_mut()).await;
+    }
+    let prompts = match &a.prompts {
+        Some(p) => prompts::load(p)?,
+        None => prompts::reference(),
+    };
+    let json = a.json;
+    if !json {
+        println!(
+            "=== {} ({} mode, {} prompts) ===",
+            a.approach,
+            a.mode,
+            prompts.len() * a.repeat.max(1)
+        );
+    }
+    let records = lab_clients::run_all(runner.as_mut(), &prompts, a.repeat, |r| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!("{}", record::prompt_line(r));
+        }
+    })
+    .await;
+    let table = record::summary_table(&[Summary::of(a.approach.name(), &records)]);
+    if json {
+        eprintln!("{table}");
+    } else {
+        println!("\n{table}");
+    }
+    Ok(records.iter().all(|r| r.error.is_none()))
+}
+
+async fn interactive(runner: &mut dyn lab_clients::Runner) -> Result<bool> {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut index = 0;
+    let mut all_ok = true;
+    loop {
+        eprint!("{}> ", runner.name());
+        let _ = std::io::stderr().flush();
+        let Some(line) = lines.next_line().await.context("failed to read stdin")? else {
+            break;
+        };
+        let prompt = line.trim();
+        if prompt.is_empty() {
+            continue;
+        }
+        if prompt == "/quit" || prompt == "/exit" {
+            break;
+        }
+        let mut show = |t: &str| {
+            print!("{t}");
+            let _ = std::io::stdout().flush();
+        };
+        let r = runner.run(index, prompt, &mut show).await;
+        index += 1;
+        println!();
+        match &r.error {
+            Some(e) => {
+                all_ok = false;
+                eprintln!("[error: {e}]");
+            }
+            None => eprintln!(
+                "[TTFT {}, avg TBT {}, {} tokens, {} bytes, total {}{}]",
+                record::fmt_ms(r.ttft_ms),
+                record::fmt_ms(r.tbt_mean_ms),
+                r.tokens,
+                r.app_bytes,
+                record::fmt_ms(Some(r.total_ms)),
+                r.connect_ms
+                    .map_or(String::new(), |c| format!(", connect {c:.1}ms")),
+            ),
+        }
+    }
+    runner.close().await;
+    Ok(all_ok)
+}

@@ -1,0 +1,170 @@
+//! `lab demo`: the four servers on loopback and the three approaches compared, the same
+//! prompts through each. Until the namespace lab lands, this is lab's main job.
+//!
+//! With the embedded mock, every record's token digest is also checked against the digest
+//! of the answer the mock must have generated, so a transport that drops, splits or alters
+//! a token is caught.
+
+use crate::cli::DemoArgs;
+use crate::stack::{Stack, UpstreamChoice};
+use anyhow::Result;
+use lab_clients::record::{self, PromptRecord, Summary};
+use lab_clients::{Approach, Target, prompts};
+use lab_servers::textgen;
+use std::io::Write;
+
+/// Token digests of one prompt across approaches, and the mock's expected digest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DigestCheck {
+    pub compared: usize,
+    pub mismatches: Vec<String>,
+}
+
+/// Compares digests per prompt index across approaches (and with `expected`, if given).
+pub fn check_digests(
+    results: &[(Approach, Vec<PromptRecord>)],
+    expected: Option<&dyn Fn(usize) -> String>,
+) -> DigestCheck {
+    let n = results.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+    let mut check = DigestCheck {
+        compared: 0,
+        mismatches: Vec::new(),
+    };
+    for i in 0..n {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (a, recs) in results {
+            if let Some(r) = recs.get(i).filter(|r| r.error.is_none()) {
+                seen.push((a.name().to_owned(), r.digest.clone()));
+            }
+        }
+        if let Some(f) = expected {
+            seen.push(("mock".into(), f(i)));
+        }
+        if seen.len() < 2 {
+            continue;
+        }
+        check.compared += 1;
+        if seen.iter().any(|(_, d)| *d != seen[0].1) {
+            let detail: Vec<String> = seen
+                .iter()
+                .map(|(a, d)| format!("{a}={}", &d[..12.min(d.len())]))
+                .collect();
+            check
+                .mismatches
+                .push(format!("prompt {}: {}", i + 1, detail.join(" ")));
+        }
+    }
+    check
+}
+
+/// Runs the demo; returns whether everything succeeded and matched.
+pub async fn run(a: DemoArgs) -> Result<bool> {
+    let prompts = match &a.prompts {
+        Some(p) => prompts::load(p)?,
+        None => prompts::reference(),
+    };
+    let mock = a.mock.config(vec![a.model.clone()], 1 << 20);
+    let choice = match &a.upstream {
+        Some(u) => UpstreamChoice::Url(u.clone()),
+        None => UpstreamChoice::Mock(mock.clone()),
+    };
+    let stack = Stack::start(choice, &a.model).await?;
+    println!("lab demo: servers on loopback");
+    if let Some(l) = stack.llm {
+        println!(
+            "  mock LLM  http://{l}  (format {}, ttft {:?}, tbt {:?}, jitter {:.0}%, seed {})",
+            mock.format,
+            mock.ttft,
+            mock.tbt,
+            mock.jitter * 100.0,
+            mock.seed
+        );
+    } else {
+        println!("  upstream  {}", stack.upstream_url);
+    }
+    for ap in Approach::ALL {
+        println!("  {:<4}      {}", ap.name(), stack.url(ap));
+    }
+    println!("  certificate sha256 {}", stack.cert.sha256_hex());
+    println!(
+        "running {} prompts x {} in {} mode, approaches side by side...\n",
+        prompts.len(),
+        a.repeat.max(1),
+        a.mode
+    );
+
+    let trust = stack.trust();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PromptRecord>();
+    let mut tasks = Vec::new();
+    for ap in Approach::ALL {
+        let target = Target::parse(&stack.url(ap))?;
+        let mut runner = ap.runner(target, a.mode, a.timeout, &trust, &a.model)?;
+        let (prompts, tx, repeat) = (prompts.clone(), tx.clone(), a.repeat);
+        tasks.push(tokio::spawn(async move {
+            let recs = lab_clients::run_all(runner.as_mut(), &prompts, repeat, |r| {
+                let _ = tx.send(r.clone());
+            })
+            .await;
+            (ap, recs)
+        }));
+    }
+    drop(tx);
+    let mut jsonl = match &a.jsonl {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    while let Some(r) = rx.recv().await {
+        println!("{:<4}{}", r.approach, record::prompt_line(&r));
+        if let Some(f) = jsonl.as_mut() {
+            writeln!(f, "{}", serde_json::to_string(&r)?)?;
+        }
+    }
+    if let Some(mut f) = jsonl {
+        f.flush()?;
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await?);
+    }
+    let summaries: Vec<Summary> = results
+        .iter()
+        .map(|(ap, r)| Summary::of(ap.name(), r))
+        .collect();
+    println!("\n{}\n", record::summary_table(&summaries));
+
+    let expected_fn = |i: usize| {
+        let p = &prompts[i % prompts.len()];
+        record::digest_tokens(&textgen::tokens(mock.seed, &a.model, p, mock.max_tokens))
+    };
+    let expected: Option<&dyn Fn(usize) -> String> = if a.upstream.is_none() {
+        Some(&expected_fn)
+    } else {
+        None
+    };
+    let check = check_digests(&results, expected);
+    let errors: usize = summaries.iter().map(|s| s.errors).sum();
+    if check.mismatches.is_empty() {
+        println!(
+            "token digests: identical across approaches{} for {} of {} prompts",
+            if expected.is_some() {
+                " and equal to the mock's answer"
+            } else {
+                ""
+            },
+            check.compared,
+            prompts.len() * a.repeat.max(1)
+        );
+    } else {
+        println!("token digests DIFFER:");
+        for m in &check.mismatches {
+            println!("  {m}");
+        }
+    }
+    if errors > 0 {
+        println!("{errors} prompt(s) failed; see the ERROR lines above");
+    }
+    Ok(check.mismatches.is_empty() && errors == 0)
+}
