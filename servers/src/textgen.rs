@@ -448,7 +448,7 @@ mod tests {
         for needle in ["<", ">", "&", "\"", "\\", "\n", "```", " the"] {
             assert!(joined.contains(needle), "missing {needle:?}");
         }
-        assert!(joined.chars().any(|c| !c.is_ascii()), "no non-ASCII");
+        assert!(!joined.is_ascii(), "no non-ASCII");
         assert!(all.iter().all(|t| !t.is_empty()), "an empty token");
         assert!(!joined.contains('\r'), "CR cannot travel over SSE");
         assert!(all.iter().any(|t| t.starts_with(' ')));

@@ -1,0 +1,443 @@
+//! The `lab` binary as a user runs it: `lab serve` readiness lines, `lab client` in JSON
+//! and interactive modes, curl against the servers, and bad command lines.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+/// A `lab serve` child, killed with SIGTERM on drop.
+struct Server {
+    child: Child,
+    ready: serde_json::Value,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(LAB)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: '{line}': {e}"));
+        assert_eq!(ready["event"], "ready");
+        Self { child, ready }
+    }
+    fn str(&self, k: &str) -> String {
+        self.ready[k].as_str().unwrap().to_owned()
+    }
+    /// Stops with SIGTERM and returns whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let ok = self.child.wait().unwrap().success();
+        std::mem::forget(self);
+        ok
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mock() -> Server {
+    Server::start(&[
+        "serve",
+        "llm",
+        "--listen",
+        "127.0.0.1:0",
+        "--ttft",
+        "2ms",
+        "--tbt",
+        "0",
+        "--jitter",
+        "0",
+        "--max-tokens",
+        "12",
+    ])
+}
+
+fn base(url: &str) -> String {
+    url.trim_end_matches("/v1/chat/completions").to_owned()
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn serve_and_client_binaries_end_to_end() {
+    let llm = mock();
+    let up = base(&llm.str("url"));
+    let sse = Server::start(&["serve", "sse", "--listen", "127.0.0.1:0", "--upstream", &up]);
+    let wt = Server::start(&["serve", "wt", "--listen", "127.0.0.1:0", "--upstream", &up]);
+    let proxy = Server::start(&[
+        "serve",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+    ]);
+    let dir = tmpdir("e2e");
+    let pfile = dir.join("prompts.txt");
+    std::fs::write(&pfile, "# two prompts\nfirst prompt\nsecond prompt\n").unwrap();
+    let mut digests = Vec::new();
+    for (name, srv) in [("raw", &proxy), ("sse", &sse), ("wt", &wt)] {
+        let out = Command::new(LAB)
+            .args([
+                "client",
+                name,
+                "--url",
+                &srv.str("url"),
+                "--cert-hash",
+                &srv.str("cert_sha256"),
+            ])
+            .args([
+                "--json",
+                "--mode",
+                "fresh",
+                "--prompts",
+                pfile.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2, "{name}");
+        assert_eq!(recs[0]["approach"], name);
+        assert_eq!(recs[0]["mode"], "fresh");
+        assert_eq!(recs[0]["tokens"], 12);
+        assert!(
+            String::from_utf8(out.stderr)
+                .unwrap()
+                .contains("| Approach")
+        );
+        digests.push(
+            recs.iter()
+                .map(|r| r["digest"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[1], digests[2]);
+    assert_eq!(
+        digests[0][0],
+        lab_clients::record::digest_tokens(&expected("first prompt", 12))
+    );
+    for s in [sse, wt, proxy, llm] {
+        assert!(s.stop(), "a server did not exit cleanly on SIGTERM");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn interactive_client_streams_typed_prompts() {
+    let llm = mock();
+    let dir = tmpdir("interactive");
+    let sse = Server::start(&[
+        "serve",
+        "sse",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let mut child = Command::new(LAB)
+        .args([
+            "client",
+            "sse",
+            "--url",
+            &sse.str("url"),
+            "--ca",
+            dir.join("cert.pem").to_str().unwrap(),
+            "-i",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(
+        child.stdin.as_mut().unwrap(),
+        "What is the capital of France?\n\nDescribe the observer design pattern briefly."
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let a1 = expected("What is the capital of France?", 12).concat();
+    let a2 = expected("Describe the observer design pattern briefly.", 12).concat();
+    assert_eq!(stdout, format!("{a1}\n{a2}\n"));
+    assert_eq!(stderr.matches("[TTFT ").count(), 2, "{stderr}");
+    assert!(stderr.contains("sse> "));
+    // The key was written private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-N", "--fail-with-body", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is required by the test suite (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn curl_streams_from_the_sse_server_and_through_the_proxy() {
+    let llm = mock();
+    let up = base(&llm.str("url"));
+    let dir = tmpdir("curl");
+    let cert = dir.join("cert.pem");
+    let sse = Server::start(&[
+        "serve",
+        "sse",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let proxy = Server::start(&[
+        "serve",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        dir.join("key.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        sse.str("cert_sha256"),
+        proxy.str("cert_sha256"),
+        "--cert/--key loads the same certificate"
+    );
+
+    let body = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"message":"hello curl"}"#,
+        &sse.str("url"),
+    ]);
+    let ev = sse_events(&body);
+    assert!(ev.last().unwrap().is_done());
+    let toks: Vec<String> = ev[..ev.len() - 1].iter().map(|e| e.data.clone()).collect();
+    assert_eq!(toks, expected("hello curl", 12));
+
+    let req = r#"{"model":"gemma3:12b","messages":[{"role":"user","content":"hello curl"}],"stream":true}"#;
+    let body = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        req,
+        &proxy.str("url"),
+    ]);
+    assert!(body.starts_with("data: {\"id\":\"chatcmpl-"));
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    assert_eq!(raw_tokens(&body), expected("hello curl", 12));
+    // The models endpoint through the proxy too.
+    let models = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        &proxy.str("url").replace("/chat/completions", "/models"),
+    ]);
+    assert!(models.contains("\"id\":\"gemma3:12b\""), "{models}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn lab_fails(args: &[&str], code: i32, needle: &str) {
+    let out = Command::new(LAB).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: '{needle}' not in: {stderr}"
+    );
+}
+
+#[test]
+fn bad_command_lines_get_clear_errors() {
+    lab_fails(
+        &["client", "sse", "--url", "http://127.0.0.1:1", "--insecure"],
+        2,
+        "use an https:// URL",
+    );
+    lab_fails(
+        &["client", "sse", "--url", "https://127.0.0.1:1"],
+        2,
+        "--cert-hash",
+    );
+    lab_fails(
+        &["client", "ws", "--url", "https://127.0.0.1:1"],
+        2,
+        "valid: raw, sse, wt",
+    );
+    lab_fails(
+        &[
+            "client",
+            "sse",
+            "--url",
+            "https://127.0.0.1:1",
+            "--cert-hash",
+            "abc",
+        ],
+        2,
+        "not hex",
+    );
+    lab_fails(
+        &[
+            "client",
+            "sse",
+            "--url",
+            "https://127.0.0.1:1",
+            "--insecure",
+            "--mode",
+            "sometimes",
+        ],
+        2,
+        "valid: fresh, reuse",
+    );
+    lab_fails(
+        &[
+            "client",
+            "sse",
+            "--url",
+            "https://127.0.0.1:1",
+            "--insecure",
+            "--prompts",
+            "/nonexistent",
+        ],
+        2,
+        "/nonexistent",
+    );
+    lab_fails(&["serve", "llm", "--ttft", "250"], 2, "no unit");
+    lab_fails(
+        &["serve", "llm", "--format", "claude"],
+        2,
+        "valid: ollama-legacy, ollama, openai",
+    );
+    lab_fails(
+        &["serve", "sse", "--cert", "/nonexistent/c.pem"],
+        2,
+        "--key",
+    );
+    lab_fails(
+        &["serve", "sse", "--upstream", "ftp://x"],
+        2,
+        "scheme must be http or https",
+    );
+    lab_fails(
+        &[
+            "serve",
+            "wt",
+            "--cert",
+            "/nonexistent/c.pem",
+            "--key",
+            "/nonexistent/k.pem",
+        ],
+        2,
+        "/nonexistent/c.pem",
+    );
+    // A port already in use.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    lab_fails(
+        &["serve", "llm", "--listen", &addr],
+        2,
+        "is the port in use",
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_a_connect_error_and_exit_1() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let out = Command::new(LAB)
+        .args([
+            "client",
+            "sse",
+            "--url",
+            &format!("https://127.0.0.1:{port}"),
+            "--insecure",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["error"]["category"], "connect");
+}
+
+#[test]
+fn help_explains_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["serve", "llm", "--help"],
+        vec!["serve", "proxy", "--help"],
+        vec!["serve", "sse", "--help"],
+        vec!["serve", "wt", "--help"],
+        vec!["client", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let out = Command::new(LAB).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage: lab"), "{args:?}");
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the loopback integration tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use lab::stack::{Stack, UpstreamChoice};
+use lab_servers::llm::MockConfig;
+use lab_servers::tls::Trust;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MODEL: &str = "gemma3:12b";
+
+/// A fast, jitter-free mock: answers capped at `max_tokens`.
+pub fn fast_mock(max_tokens: usize) -> MockConfig {
+    MockConfig {
+        ttft: Duration::from_millis(5),
+        tbt: Duration::from_millis(1),
+        jitter: 0.0,
+        max_tokens: Some(max_tokens),
+        models: vec![MODEL.into()],
+        ..MockConfig::default()
+    }
+}
+
+pub async fn stack(max_tokens: usize) -> Stack {
+    Stack::start(UpstreamChoice::Mock(fast_mock(max_tokens)), MODEL)
+        .await
+        .unwrap()
+}
+
+/// The tokens the fast mock answers `prompt` with.
+pub fn expected(prompt: &str, max_tokens: usize) -> Vec<String> {
+    lab_servers::textgen::tokens(1, MODEL, prompt, Some(max_tokens))
+}
+
+/// One HTTPS request on a new connection; returns status, content type and body.
+pub async fn https(
+    addr: SocketAddr,
+    trust: &Trust,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(trust.http1_client_config().unwrap()));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls.connect(name, tcp).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ct, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Decodes an SSE body into events.
+pub fn sse_events(body: &str) -> Vec<lab_codec::sse::Event> {
+    let mut d = lab_codec::sse::Decoder::new();
+    d.extend(body.as_bytes());
+    let mut out = Vec::new();
+    while let Some(e) = d.next_event().unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+/// The content tokens of an OpenAI chunk stream.
+pub fn raw_tokens(body: &str) -> Vec<String> {
+    sse_events(body)
+        .into_iter()
+        .filter(|e| !e.is_done())
+        .filter_map(|e| {
+            let c: lab_codec::openai::ChatChunk = serde_json::from_str(&e.data).unwrap();
+            c.content().map(str::to_owned)
+        })
+        .collect()
+}

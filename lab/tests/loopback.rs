@@ -1,0 +1,463 @@
+//! End-to-end tests of the servers and clients on loopback, with the mock at a short TBT.
+
+mod common;
+
+use common::*;
+use lab_clients::record::{ErrorCategory, Mode, digest_tokens};
+use lab_clients::{Approach, Target, prompts, run_all};
+use lab_servers::stats::ServerStats;
+use lab_servers::tls::Trust;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_approaches_deliver_identical_tokens_in_both_modes() {
+    let max = 40;
+    let stack = stack(max).await;
+    let prompts = prompts::reference();
+    for mode in [Mode::Reuse, Mode::Fresh] {
+        for ap in Approach::ALL {
+            let before = stack.stats(ap).snapshot();
+            let target = Target::parse(&stack.url(ap)).unwrap();
+            let mut runner = ap
+                .runner(target, mode, TIMEOUT, &stack.trust(), MODEL)
+                .unwrap();
+            let recs = run_all(runner.as_mut(), &prompts, 1, |_| {}).await;
+            assert_eq!(recs.len(), 10);
+            for (r, p) in recs.iter().zip(&prompts) {
+                assert!(r.error.is_none(), "{ap} {mode}: {:?}", r.error);
+                let want = expected(p, max);
+                assert_eq!(r.tokens, want.len(), "{ap} {mode} {p}");
+                assert_eq!(
+                    r.digest,
+                    digest_tokens(&want),
+                    "{ap} {mode}: tokens differ for {p}"
+                );
+                assert!(r.ttft_ms.unwrap() >= 5.0, "TTFT below the mock's 5 ms");
+                assert!(r.app_bytes > 0);
+            }
+            let after = stack.stats(ap).snapshot();
+            let conns = after.connections_accepted - before.connections_accepted;
+            match mode {
+                // Reuse proven at the server: one connection carried all ten prompts.
+                Mode::Reuse => {
+                    assert_eq!(conns, 1, "{ap}: reuse mode opened {conns} connections");
+                    assert!(recs[1..].iter().all(|r| r.reused && r.connect_ms.is_none()));
+                }
+                Mode::Fresh => {
+                    assert_eq!(conns, 10, "{ap}: fresh mode opened {conns} connections");
+                    assert!(recs.iter().all(|r| !r.reused && r.connect_ms.is_some()));
+                }
+            }
+            assert_eq!(after.requests - before.requests, 10, "{ap} {mode}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_server_rejects_bad_input_and_keeps_serving() {
+    let stack = stack(5).await;
+    let t = stack.trust();
+    let (s, ct, body) = https(stack.sse, &t, "POST", "/chat", b"{not json".to_vec()).await;
+    assert_eq!(s, 400);
+    assert!(ct.starts_with("application/json"));
+    assert!(body.contains("invalid JSON"), "{body}");
+    let (s, _, body) = https(
+        stack.sse,
+        &t,
+        "POST",
+        "/chat",
+        br#"{"message":""}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("missing or empty"), "{body}");
+    let (s, _, _) = https(stack.sse, &t, "POST", "/chat", br#"{"other":1}"#.to_vec()).await;
+    assert_eq!(s, 400);
+    let (s, _, body) = https(stack.sse, &t, "GET", "/chat", vec![]).await;
+    assert_eq!(s, 405);
+    assert!(body.contains("POST"));
+    let big = format!(r#"{{"message":"{}"}}"#, "x".repeat((1 << 20) + 10));
+    let (s, _, body) = https(stack.sse, &t, "POST", "/chat", big.into_bytes()).await;
+    assert_eq!(s, 413);
+    assert!(body.contains("limit"), "{body}");
+    let (s, _, _) = https(stack.sse, &t, "POST", "/elsewhere", vec![]).await;
+    assert_eq!(s, 404);
+    // Still serving, and the answer is framed per the spec.
+    let (s, ct, body) = https(
+        stack.sse,
+        &t,
+        "POST",
+        "/chat",
+        br#"{"message":"hi"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(ct, "text/event-stream");
+    let events = sse_events(&body);
+    assert!(events.last().unwrap().is_done());
+    let toks: Vec<String> = events[..events.len() - 1]
+        .iter()
+        .map(|e| e.data.clone())
+        .collect();
+    assert_eq!(toks, expected("hi", 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_with_newlines_survive_sse_framing() {
+    // Find a prompt whose answer has a token with a line break, and check SSE carries it.
+    let max = 200;
+    let stack = stack(max).await;
+    let prompt = (0..200)
+        .map(|i| format!("newline probe {i}"))
+        .find(|p| expected(p, max).iter().any(|t| t.contains('\n')))
+        .unwrap();
+    let body = format!(r#"{{"message":"{prompt}"}}"#);
+    let (s, _, text) = https(
+        stack.sse,
+        &stack.trust(),
+        "POST",
+        "/chat",
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        text.contains("data: \ndata: "),
+        "a newline token is several data lines"
+    );
+    let events = sse_events(&text);
+    let toks: Vec<String> = events
+        .iter()
+        .filter(|e| !e.is_done())
+        .map(|e| e.data.clone())
+        .collect();
+    assert_eq!(toks, expected(&prompt, max));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
+    // A port with nothing behind it (yet).
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let stack = lab::stack::Stack::start(
+        lab::stack::UpstreamChoice::Url(format!("http://127.0.0.1:{port}")),
+        MODEL,
+    )
+    .await
+    .unwrap();
+    let t = stack.trust();
+    let req =
+        br#"{"model":"gemma3:12b","messages":[{"role":"user","content":"hi"}],"stream":true}"#
+            .to_vec();
+    for _ in 0..2 {
+        let (s, ct, body) =
+            https(stack.proxy, &t, "POST", "/v1/chat/completions", req.clone()).await;
+        assert_eq!(s, 502);
+        assert!(ct.starts_with("application/json"));
+        let e: lab_codec::openai::ErrorBody = serde_json::from_str(&body).unwrap();
+        assert_eq!(e.error.kind, "upstream_error");
+    }
+    // The SSE and WebTransport servers report the same failure as an upstream error.
+    for ap in [Approach::Sse, Approach::Wt, Approach::Raw] {
+        let mut r = ap
+            .runner(
+                Target::parse(&stack.url(ap)).unwrap(),
+                Mode::Reuse,
+                TIMEOUT,
+                &t,
+                MODEL,
+            )
+            .unwrap();
+        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        assert_eq!(
+            recs[0].error.as_ref().unwrap().category,
+            ErrorCategory::Upstream,
+            "{ap}"
+        );
+    }
+    // Bring the upstream up on that port: the same proxy now streams.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(lab_servers::llm::serve(
+        l,
+        Arc::new(fast_mock(5)),
+        Arc::new(ServerStats::default()),
+    ));
+    let (s, ct, body) = https(stack.proxy, &t, "POST", "/v1/chat/completions", req).await;
+    assert_eq!(s, 200);
+    assert_eq!(ct, "text/event-stream");
+    assert_eq!(raw_tokens(&body), expected("hi", 5));
+}
+
+/// An upstream that sends two tokens, then drops the connection mid-stream.
+async fn broken_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Read the head and body (the body is small and arrives with it).
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                let mut w = lab_codec::openai::ChunkWriter::new(
+                    Default::default(),
+                    "chatcmpl-1".into(),
+                    "m".into(),
+                    false,
+                );
+                for tok in ["one", " two"] {
+                    let mut ev = String::new();
+                    w.content(&mut ev, 1, tok);
+                    out.extend_from_slice(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+                }
+                let _ = s.write_all(&out).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Drop: the chunked body never ends.
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failing_mid_stream_is_reported_per_approach() {
+    let stack = lab::stack::Stack::start(
+        lab::stack::UpstreamChoice::Url(broken_upstream().await),
+        MODEL,
+    )
+    .await
+    .unwrap();
+    let t = stack.trust();
+    // SSE: the two tokens, an error event, then [DONE].
+    let (s, _, body) = https(
+        stack.sse,
+        &t,
+        "POST",
+        "/chat",
+        br#"{"message":"hi"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ev = sse_events(&body);
+    assert_eq!(ev.len(), 4, "{body}");
+    assert_eq!((ev[0].data.as_str(), ev[1].data.as_str()), ("one", " two"));
+    assert_eq!(ev[2].kind(), "error");
+    assert!(ev[3].is_done());
+    // Every client classifies it, after receiving the tokens that did arrive.
+    for (ap, cat) in [
+        (Approach::Sse, ErrorCategory::Upstream),
+        (Approach::Wt, ErrorCategory::Upstream),
+        (Approach::Raw, ErrorCategory::Receive),
+    ] {
+        let mut r = ap
+            .runner(
+                Target::parse(&stack.url(ap)).unwrap(),
+                Mode::Reuse,
+                TIMEOUT,
+                &t,
+                MODEL,
+            )
+            .unwrap();
+        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        let e = recs[0].error.as_ref().unwrap();
+        assert_eq!(e.category, cat, "{ap}: {e}");
+        assert_eq!(recs[0].tokens, 2, "{ap}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
+    use wtransport::error::StreamReadError;
+    let stack = stack(5).await;
+    let tls = stack.trust().h3_client_config().unwrap();
+    let cfg = wtransport::ClientConfig::builder()
+        .with_bind_address("127.0.0.1:0".parse().unwrap())
+        .with_custom_tls(tls)
+        .build();
+    let ep = wtransport::Endpoint::client(cfg).unwrap();
+    // Any other path: 404, the session is refused.
+    let e = ep
+        .connect(format!("https://{}/nope", stack.wt))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, wtransport::error::ConnectingError::SessionRejected),
+        "{e:?}"
+    );
+
+    let conn = ep
+        .connect(format!("https://{}/wt", stack.wt))
+        .await
+        .unwrap();
+    let read_all = |mut recv: wtransport::RecvStream| async move {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(None) => return Ok(out),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    for bad in [&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"] {
+        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        let _ = send.finish().await;
+        match read_all(recv).await {
+            Err(StreamReadError::Reset(code)) => {
+                assert_eq!(
+                    code,
+                    wtransport::VarInt::from_u32(lab_servers::wt::ERR_FRAMING),
+                    "{bad:?}"
+                )
+            }
+            other => panic!("{bad:?}: expected a reset, got {other:?}"),
+        }
+    }
+    // Same session, two prompts on one stream: two answers, each ended by 0:.
+    let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+    send.write_all(b"2:hi5:hello").await.unwrap();
+    send.finish().await.unwrap();
+    let bytes = read_all(recv).await.unwrap();
+    let mut dec = lab_codec::lenprefix::Decoder::new();
+    dec.extend(&bytes);
+    let mut answers = vec![Vec::new()];
+    while let Some(f) = dec.next_frame().unwrap() {
+        match f {
+            lab_codec::lenprefix::Frame::Message(m) => answers
+                .last_mut()
+                .unwrap()
+                .push(String::from_utf8(m.to_vec()).unwrap()),
+            lab_codec::lenprefix::Frame::End => answers.push(Vec::new()),
+        }
+    }
+    dec.finish().unwrap();
+    assert_eq!(
+        answers,
+        vec![expected("hi", 5), expected("hello", 5), vec![]]
+    );
+    assert_eq!(stack.wt_stats.snapshot().errors, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_webtransport_streams_and_sessions() {
+    let stack = stack(20).await;
+    let trust = stack.trust();
+    let mut tasks = Vec::new();
+    for s in 0..4 {
+        let tls = trust.h3_client_config().unwrap();
+        let url = format!("https://{}/wt", stack.wt);
+        tasks.push(tokio::spawn(async move {
+            let cfg = wtransport::ClientConfig::builder()
+                .with_bind_address("127.0.0.1:0".parse().unwrap())
+                .with_custom_tls(tls)
+                .build();
+            let ep = wtransport::Endpoint::client(cfg).unwrap();
+            let conn = ep.connect(url).await.unwrap();
+            let mut streams = Vec::new();
+            for i in 0..25 {
+                let prompt = format!("session {s} stream {i}");
+                let (mut send, mut recv) = conn.open_bi().await.unwrap().await.unwrap();
+                streams.push(tokio::spawn(async move {
+                    let mut m = bytes::BytesMut::new();
+                    lab_codec::lenprefix::encode(prompt.as_bytes(), &mut m).unwrap();
+                    send.write_all(&m).await.unwrap();
+                    send.finish().await.unwrap();
+                    let mut dec = lab_codec::lenprefix::Decoder::new();
+                    let mut buf = vec![0u8; 4096];
+                    while let Some(n) = recv.read(&mut buf).await.unwrap() {
+                        dec.extend(&buf[..n]);
+                    }
+                    let mut toks = Vec::new();
+                    while let Some(lab_codec::lenprefix::Frame::Message(m)) =
+                        dec.next_frame().unwrap()
+                    {
+                        toks.push(String::from_utf8(m.to_vec()).unwrap());
+                    }
+                    assert_eq!(toks, expected(&prompt, 20), "{prompt}");
+                }));
+            }
+            for s in streams {
+                s.await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let snap = stack.wt_stats.snapshot();
+    assert_eq!(snap.connections_accepted, 4);
+    assert_eq!(snap.requests, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeout_is_its_own_category() {
+    let slow = lab_servers::llm::MockConfig {
+        ttft: Duration::from_secs(5),
+        ..fast_mock(5)
+    };
+    let stack = lab::stack::Stack::start(lab::stack::UpstreamChoice::Mock(slow), MODEL)
+        .await
+        .unwrap();
+    for ap in Approach::ALL {
+        let mut r = ap
+            .runner(
+                Target::parse(&stack.url(ap)).unwrap(),
+                Mode::Reuse,
+                Duration::from_millis(200),
+                &stack.trust(),
+                MODEL,
+            )
+            .unwrap();
+        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        assert_eq!(
+            recs[0].error.as_ref().unwrap().category,
+            ErrorCategory::Timeout,
+            "{ap}"
+        );
+        assert!(recs[0].total_ms < 1000.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_certificate_pin_fails_to_connect() {
+    let stack = stack(5).await;
+    let wrong = Trust::Pin([7; 32]);
+    for ap in Approach::ALL {
+        let mut r = ap
+            .runner(
+                Target::parse(&stack.url(ap)).unwrap(),
+                Mode::Fresh,
+                TIMEOUT,
+                &wrong,
+                MODEL,
+            )
+            .unwrap();
+        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        assert_eq!(
+            recs[0].error.as_ref().unwrap().category,
+            ErrorCategory::Connect,
+            "{ap}"
+        );
+    }
+}
