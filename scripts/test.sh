@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then checks format, lints, the single
+# crypto provider, and runs every test (unit, loopback integration, CLI, curl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== one rustls crypto provider (ring) in the whole build"
+for p in aws-lc-rs aws-lc-sys; do
+  if cargo tree --workspace --locked -i "$p" >/dev/null 2>&1; then
+    echo "error: $p is in the dependency tree; lab must use ring only" >&2
+    cargo tree --workspace --locked -i "$p" >&2
+    exit 1
+  fi
+done
+
+echo "== cargo test"
+cargo test --workspace --locked
