@@ -186,6 +186,9 @@ impl Decoder {
                 }
                 return Ok(None);
             };
+            if pos > self.max {
+                return Err(SseError::LineTooLong { max: self.max });
+            }
             let line = self.buf.split_to(pos);
             let ending = self.buf[0];
             self.buf.advance(1);
@@ -418,6 +421,10 @@ mod tests {
     fn limits() {
         let mut d = Decoder::with_max(8);
         d.extend(b"data: 0123456789");
+        assert_eq!(d.next_event(), Err(SseError::LineTooLong { max: 8 }));
+        // The same whether or not the line end has arrived.
+        let mut d = Decoder::with_max(8);
+        d.extend(b"data: 0123456789\n\n");
         assert_eq!(d.next_event(), Err(SseError::LineTooLong { max: 8 }));
         let mut d = Decoder::with_max(8);
         d.extend(b"data: 0123\ndata: 4567\n");
