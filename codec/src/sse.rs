@@ -427,7 +427,7 @@ mod tests {
         d.extend(b"data: 0123456789\n\n");
         assert_eq!(d.next_event(), Err(SseError::LineTooLong { max: 8 }));
         let mut d = Decoder::with_max(8);
-        d.extend(b"data: 0123\ndata: 4567\n");
+        d.extend(b"data:012\ndata:345\ndata:678\n");
         assert_eq!(d.next_event(), Err(SseError::EventTooLarge { max: 8 }));
     }
 
