@@ -455,7 +455,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut stream_created = unix_now();
         // Wait for the first token, then send the head together with it.
         let first_due = start + sched.next_due();
-        tokio::time::sleep_until(first_due).await;
+        // tokio's timer rounds up to the next millisecond: never sleep for a deadline
+        // that has already passed.
+        if first_due > Instant::now() {
+            tokio::time::sleep_until(first_due).await;
+        }
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         if let Some(o) = &head.origin {
             out.extend_from_slice(format!("Access-Control-Allow-Origin: {o}\r\n").as_bytes());
@@ -523,7 +527,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         for _ in 0..toks.len() {
             due = sched.next_due();
         }
-        tokio::time::sleep_until(start + due).await;
+        if start + due > Instant::now() {
+            tokio::time::sleep_until(start + due).await;
+        }
         let content = toks.concat();
         let pt = textgen::prompt_tokens(req.last_user_content().unwrap_or(""));
         let ct = toks.len() as u64;

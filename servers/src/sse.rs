@@ -119,6 +119,27 @@ async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -
                 Ok(Some(tok)) => {
                     sse::encode_data(&tok, &mut buf);
                     stats.tokens(1);
+                    // Tokens that arrived together leave together; at any real TBT each
+                    // token is its own write.
+                    let mut failed = None;
+                    loop {
+                        match tokens.ready_token() {
+                            Ok(Some(t)) => {
+                                sse::encode_data(&t, &mut buf);
+                                stats.tokens(1);
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        stats.error();
+                        sse::encode_event(Some("error"), &e.to_string(), &mut buf);
+                        break;
+                    }
                     if tx.send(buf.split().freeze()).await.is_err() {
                         return; // the client went away
                     }

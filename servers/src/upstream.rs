@@ -6,6 +6,7 @@
 //! every response to its end, so the pooled keep-alive connection is really reused.
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -128,6 +129,7 @@ impl Upstream {
         Ok(TokenStream {
             body: resp.into_body(),
             dec: sse::Decoder::new(),
+            done: false,
             ended: false,
         })
     }
@@ -172,48 +174,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct TokenStream {
     body: Incoming,
     dec: sse::Decoder,
+    /// `[DONE]` was decoded; the body may still need draining.
+    done: bool,
     ended: bool,
 }
 
 impl TokenStream {
     /// The next non-empty content token; `Ok(None)` after `[DONE]`.
     pub async fn next(&mut self) -> Result<Option<String>, UpstreamError> {
-        if self.ended {
-            return Ok(None);
-        }
         loop {
-            while let Some(ev) = self
-                .dec
-                .next_event()
-                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
-            {
-                if ev.is_done() {
+            if let Some(t) = self.ready_token()? {
+                return Ok(Some(t));
+            }
+            if self.done {
+                if !self.ended {
                     self.ended = true;
                     // Drain to the end so the connection goes back to the pool.
                     while let Some(f) = self.body.frame().await {
                         f.map_err(|e| UpstreamError::Body(e.to_string()))?;
                     }
-                    return Ok(None);
                 }
-                if ev.kind() == "error" {
-                    return Err(UpstreamError::Remote(ev.data));
-                }
-                match serde_json::from_str::<ChatChunk>(&ev.data) {
-                    Ok(c) => {
-                        if let Some(t) = c.content() {
-                            return Ok(Some(t.to_owned()));
-                        }
-                    }
-                    Err(e) => {
-                        if let Ok(err) = serde_json::from_str::<ErrorBody>(&ev.data) {
-                            return Err(UpstreamError::Remote(err.error.message));
-                        }
-                        return Err(UpstreamError::Protocol(format!(
-                            "{e}: {}",
-                            truncate(&ev.data, 200)
-                        )));
-                    }
-                }
+                return Ok(None);
             }
             match self.body.frame().await {
                 Some(Ok(f)) => {
@@ -225,6 +206,57 @@ impl TokenStream {
                 None => return Err(UpstreamError::Truncated),
             }
         }
+    }
+
+    /// A token that has already arrived, without waiting for the network. Servers use it
+    /// to write tokens that arrived together in one write; tokens that arrive apart are
+    /// still written apart.
+    pub fn ready_token(&mut self) -> Result<Option<String>, UpstreamError> {
+        while !self.done {
+            let Some(ev) = self
+                .dec
+                .next_event()
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+            else {
+                // Take body frames that are already here (hyper yields one per HTTP chunk),
+                // but never wait for one.
+                match self.body.frame().now_or_never() {
+                    Some(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            self.dec.extend(d);
+                        }
+                        continue;
+                    }
+                    Some(Some(Err(e))) => return Err(UpstreamError::Body(error_chain(&e))),
+                    Some(None) => return Err(UpstreamError::Truncated),
+                    None => return Ok(None),
+                }
+            };
+            if ev.is_done() {
+                self.done = true;
+                break;
+            }
+            if ev.kind() == "error" {
+                return Err(UpstreamError::Remote(ev.data));
+            }
+            match serde_json::from_str::<ChatChunk>(&ev.data) {
+                Ok(c) => {
+                    if let Some(t) = c.content() {
+                        return Ok(Some(t.to_owned()));
+                    }
+                }
+                Err(e) => {
+                    if let Ok(err) = serde_json::from_str::<ErrorBody>(&ev.data) {
+                        return Err(UpstreamError::Remote(err.error.message));
+                    }
+                    return Err(UpstreamError::Protocol(format!(
+                        "{e}: {}",
+                        truncate(&ev.data, 200)
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

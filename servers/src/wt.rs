@@ -164,7 +164,23 @@ async fn stream(
             match tokens.next().await {
                 Ok(Some(tok)) => {
                     out.clear();
-                    if lenprefix::encode(tok.as_bytes(), &mut out).is_err() {
+                    let mut n = 1;
+                    let mut bad = lenprefix::encode(tok.as_bytes(), &mut out).is_err();
+                    // Tokens that arrived together leave in one write.
+                    while !bad {
+                        match tokens.ready_token() {
+                            Ok(Some(t)) => {
+                                bad = lenprefix::encode(t.as_bytes(), &mut out).is_err();
+                                n += 1;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!("upstream failed mid-stream: {e}");
+                                bad = true;
+                            }
+                        }
+                    }
+                    if bad {
                         stats.error();
                         let _ = send.reset(VarInt::from_u32(ERR_UPSTREAM));
                         return;
@@ -172,7 +188,7 @@ async fn stream(
                     if send.write_all(&out).await.is_err() {
                         return;
                     }
-                    stats.tokens(1);
+                    stats.tokens(n);
                 }
                 Ok(None) => break,
                 Err(e) => {
