@@ -11,9 +11,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 /// The largest payload a message may carry: 1 MiB, as in the reference.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
-/// The most digits a length prefix may have before the colon. `1048576` has seven, so a
-/// longer prefix is always over the maximum; eight digits are allowed so that such a
-/// prefix reports [`LenPrefixError::TooLarge`] rather than an overflow.
+/// The most digits a length prefix may have before the colon. A value over the maximum
+/// is reported as [`LenPrefixError::TooLarge`] as soon as its digits show it, so only a
+/// prefix padded with leading zeros can reach this limit.
 const MAX_DIGITS: usize = 8;
 
 /// Why a byte stream is not a valid sequence of length-prefixed messages.
@@ -25,7 +25,7 @@ pub enum LenPrefixError {
     /// The colon after the length prefix is missing (the prefix ended without one).
     #[error("length prefix is not followed by ':'")]
     MissingColon,
-    /// The length prefix has more digits than any allowed length could have.
+    /// The length prefix has more digits than allowed (only leading zeros can get there).
     #[error("length prefix is longer than {MAX_DIGITS} digits")]
     Overflow,
     /// The declared length is larger than the maximum message size.
@@ -129,11 +129,13 @@ impl Decoder {
                     }
                     len = len * 10 + usize::from(b - b'0');
                     digits += 1;
-                }
-                b':' if digits > 0 => {
+                    // Checked per digit, so the error does not depend on how the input
+                    // was split (a fuzzer found that it did).
                     if len > self.max {
                         return Err(LenPrefixError::TooLarge { len, max: self.max });
                     }
+                }
+                b':' if digits > 0 => {
                     let total = i + 1 + len;
                     if self.buf.len() < total {
                         self.buf.reserve(total - self.buf.len());
@@ -150,9 +152,6 @@ impl Decoder {
                 _ if digits > 0 => return Err(LenPrefixError::MissingColon),
                 _ => return Err(LenPrefixError::NonDigit { byte: b, offset: i }),
             }
-        }
-        if digits > 0 && len > self.max {
-            return Err(LenPrefixError::TooLarge { len, max: self.max });
         }
         Ok(None)
     }
@@ -316,7 +315,14 @@ mod tests {
             })
         );
         assert_eq!(decode_all(b"12abc", 0), Err(LenPrefixError::MissingColon));
-        assert_eq!(decode_all(b"123456789:", 0), Err(LenPrefixError::Overflow));
+        assert_eq!(decode_all(b"000000001:a", 0), Err(LenPrefixError::Overflow));
+        assert_eq!(
+            decode_all(b"123456789:", 0),
+            Err(LenPrefixError::TooLarge {
+                len: 1_234_567,
+                max: MAX_MESSAGE
+            })
+        );
         assert_eq!(
             decode_all(b"1048577:", 0),
             Err(LenPrefixError::TooLarge {
@@ -327,10 +333,17 @@ mod tests {
         assert_eq!(
             decode_all(b"99999999", 0),
             Err(LenPrefixError::TooLarge {
-                len: 99_999_999,
+                len: 9_999_999,
                 max: MAX_MESSAGE
             })
         );
+        // The same error whatever the split (found by the fuzzer).
+        for split in 0..=9 {
+            assert!(matches!(
+                decode_all(b"414241424", split),
+                Err(LenPrefixError::TooLarge { .. })
+            ));
+        }
         assert_eq!(
             decode_all(b"5:hel", 2),
             Err(LenPrefixError::Truncated { buffered: 5 })
