@@ -8,6 +8,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
@@ -28,4 +30,14 @@ fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
+# Off-the-shelf peers for the interop tests: the official openai client and aioquic
+# (a WebTransport client), in a virtualenv under target/ so the system stays untouched.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/target/peers-venv"
+if ! "$venv/bin/python" -c 'import openai, aioquic' >/dev/null 2>&1; then
+  echo "setup: installing the openai and aioquic Python packages into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic
+fi
+
 echo "setup: ok ($(cargo --version), $(curl --version | head -n1 | cut -d' ' -f1-2))"

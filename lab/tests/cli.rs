@@ -4,80 +4,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
-
-/// A `lab serve` child, killed with SIGTERM on drop.
-struct Server {
-    child: Child,
-    ready: serde_json::Value,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(LAB)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: '{line}': {e}"));
-        assert_eq!(ready["event"], "ready");
-        Self { child, ready }
-    }
-    fn str(&self, k: &str) -> String {
-        self.ready[k].as_str().unwrap().to_owned()
-    }
-    /// Stops with SIGTERM and returns whether it exited cleanly.
-    fn stop(mut self) -> bool {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let ok = self.child.wait().unwrap().success();
-        std::mem::forget(self);
-        ok
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mock() -> Server {
-    Server::start(&[
-        "serve",
-        "llm",
-        "--listen",
-        "127.0.0.1:0",
-        "--ttft",
-        "2ms",
-        "--tbt",
-        "0",
-        "--jitter",
-        "0",
-        "--max-tokens",
-        "12",
-    ])
-}
-
-fn base(url: &str) -> String {
-    url.trim_end_matches("/v1/chat/completions").to_owned()
-}
-
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 #[test]
 fn serve_and_client_binaries_end_to_end() {

@@ -1,0 +1,160 @@
+//! Peers that no one here wrote: the official `openai` Python client against the mock
+//! (every stream format) and through the proxy, and aioquic's WebTransport client against
+//! the WebTransport server. `scripts/setup.sh` installs both into target/peers-venv.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn python() -> String {
+    std::env::var("LAB_PEERS_PYTHON").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/peers-venv/bin/python"
+        )
+        .to_owned()
+    })
+}
+
+fn peer(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = format!("{}/../scripts/peers/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); run scripts/setup.sh to install the peers",
+                python()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn openai_python_client_reads_every_mock_format_and_the_proxy() {
+    let prompt = "What is the capital of France?";
+    let want = expected(prompt, 12);
+    for format in ["ollama-legacy", "ollama", "openai"] {
+        let llm = Server::start(&[
+            "serve",
+            "llm",
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft",
+            "0",
+            "--tbt",
+            "0",
+            "--jitter",
+            "0",
+            "--max-tokens",
+            "12",
+            "--format",
+            format,
+        ]);
+        let v = peer("openai_stream.py", &[&base(&llm.str("url")), MODEL, prompt]);
+        assert_eq!(strings(&v["tokens"]), want, "{format}");
+        assert_eq!(v["finish"], "stop", "{format}");
+        assert_eq!(v["usage"]["completion_tokens"], 12, "{format}");
+        assert_eq!(v["content"], want.concat(), "{format}");
+        assert_eq!(strings(&v["models"]), vec![MODEL.to_owned()], "{format}");
+        if format == "ollama-legacy" {
+            let dir = tmpdir("openai-proxy");
+            let proxy = Server::start(&[
+                "serve",
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &base(&llm.str("url")),
+                "--cert-out",
+                dir.to_str().unwrap(),
+            ]);
+            let url = proxy.str("url");
+            let v = peer(
+                "openai_stream.py",
+                &[
+                    &base(&url),
+                    MODEL,
+                    prompt,
+                    dir.join("cert.pem").to_str().unwrap(),
+                ],
+            );
+            assert_eq!(strings(&v["tokens"]), want, "through the proxy");
+            assert_eq!(v["content"], want.concat(), "through the proxy");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn aioquic_webtransport_client_talks_to_the_wt_server() {
+    let llm = mock();
+    let dir = tmpdir("aioquic");
+    let wt = Server::start(&[
+        "serve",
+        "wt",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
+    let port = listen.port().to_string();
+    let ca = dir.join("cert.pem");
+    let v = peer(
+        "wt_aioquic.py",
+        &[
+            "127.0.0.1",
+            &port,
+            "/wt",
+            ca.to_str().unwrap(),
+            "hello",
+            "second prompt",
+        ],
+    );
+    assert_eq!(v["status"], 200);
+    let answers = v["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    for (a, prompt) in answers.iter().zip(["hello", "second prompt"]) {
+        let bytes: Vec<u8> = a.as_str().unwrap().chars().map(|c| c as u8).collect();
+        let mut dec = lab_codec::lenprefix::Decoder::new();
+        dec.extend(&bytes);
+        let mut toks = Vec::new();
+        let mut ended = false;
+        while let Some(f) = dec.next_frame().unwrap() {
+            match f {
+                lab_codec::lenprefix::Frame::Message(m) => {
+                    toks.push(String::from_utf8(m.to_vec()).unwrap())
+                }
+                lab_codec::lenprefix::Frame::End => ended = true,
+            }
+        }
+        dec.finish().unwrap();
+        assert!(ended, "answer to {prompt} has no 0: marker");
+        assert_eq!(toks, expected(prompt, 12), "{prompt}");
+    }
+    // Any other path is refused with 404.
+    let v = peer(
+        "wt_aioquic.py",
+        &["127.0.0.1", &port, "/other", ca.to_str().unwrap()],
+    );
+    assert_eq!(v["status"], 404);
+    std::fs::remove_dir_all(dir).unwrap();
+}
