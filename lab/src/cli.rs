@@ -35,6 +35,20 @@ pub enum Command {
     Client(ClientArgs),
     /// Start the four servers on loopback and compare the three approaches.
     Demo(DemoArgs),
+    /// Print the resolved plan of a topology file: cells, namespaces, interfaces,
+    /// addresses, processes and link settings. Needs no root; changes nothing.
+    Plan(PlanArgs),
+    /// Print the JSON schema of topology files (also in lab/topology.schema.json).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The topology file, e.g. topologies/degraded.yaml.
+    pub topology: PathBuf,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod demo;
 pub mod serve;
 pub mod stack;
+pub mod topology;
 
 use anyhow::Result;
 use cli::{Cli, Command};
@@ -28,6 +29,31 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Client(c) => client::run(c).await?,
         Command::Demo(d) => demo::run(d).await?,
+        Command::Plan(p) => return plan_cmd(&p),
+        Command::Schema => {
+            print!("{}", topology::schema_json());
+            true
+        }
     };
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+fn plan_cmd(a: &cli::PlanArgs) -> Result<u8> {
+    match topology::load(&a.topology) {
+        Ok((_, plan)) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", topology::plan::render(&plan));
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprint!("lab: {e}");
+            if !e.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            Ok(EXIT_USAGE)
+        }
+    }
 }

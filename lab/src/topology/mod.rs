@@ -1,0 +1,61 @@
+//! Topology files: parse strictly ([`parse`]), type the units ([`units`]), and resolve
+//! into a [`plan::Plan`] of namespaces, links, addresses and processes. All pure code;
+//! the privileged layer that carries out a plan comes with `lab up`.
+
+pub mod model;
+pub mod parse;
+pub mod plan;
+pub mod units;
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// The JSON schema of topology files, as published in `lab/topology.schema.json`.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(model::Topology);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// Why a topology could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{0:#}")]
+    Io(anyhow::Error),
+    /// The file has problems; each is listed.
+    #[error("{0}")]
+    Invalid(#[from] parse::Diagnostics),
+    /// The topology is valid but cannot be planned.
+    #[error("{0}")]
+    Plan(String),
+}
+
+/// Reads, parses and checks a topology file; a relative prompts file must exist next to it.
+pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read topology file {}", path.display()))
+        .map_err(LoadError::Io)?;
+    let file = path.display().to_string();
+    let t = parse::parse(&file, &text)?;
+    if t.workload.prompts != "reference" {
+        let p = path.parent().unwrap_or(Path::new(".")).join(&t.workload.prompts);
+        if !p.is_file() {
+            return Err(LoadError::Invalid(parse::Diagnostics(vec![parse::Diagnostic {
+                file,
+                line: line_of(&text, "prompts:"),
+                column: 1,
+                field: "workload.prompts".into(),
+                message: format!(
+                    "prompts file {} does not exist; use `reference` or a path relative to the topology file",
+                    p.display()
+                ),
+            }])));
+        }
+    }
+    let plan = plan::plan(&t).map_err(LoadError::Plan)?;
+    Ok((t, plan))
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1)
+}

@@ -1,0 +1,361 @@
+//! The topology file's types, as written. Every struct denies unknown fields; units are
+//! typed ([`super::units`]); the JSON schema is generated from these types.
+
+use super::units::{Dur, Percent, Rate, Size};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A lab: approaches under network profiles, an LLM upstream, a workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "lab topology")]
+pub struct Topology {
+    /// The lab's name: 1 to 24 characters of a-z, 0-9 and '-', starting with a letter.
+    /// Namespaces are named `lab-<name>-...`.
+    pub name: String,
+    /// Approaches to compare, each in its own cell under every profile.
+    #[serde(default = "all_approaches")]
+    pub approaches: Vec<ApproachName>,
+    /// The LLM upstream: the embedded mock (default) or a URL.
+    #[serde(default)]
+    pub llm: Llm,
+    /// Network profiles by name, in the order they run.
+    #[schemars(with = "BTreeMap<String, Profile>")]
+    pub profiles: Profiles,
+    /// What each cell's client runs.
+    #[serde(default)]
+    pub workload: Workload,
+    /// How links are shaped.
+    #[serde(default)]
+    pub shaping: Shaping,
+    /// Expectations checked at the end of `lab run`, e.g. `wt.wire_bytes_per_token < sse.wire_bytes_per_token`.
+    #[serde(default)]
+    pub expect: Vec<String>,
+    /// Enable IPv6 on lab interfaces (off by default: it only adds noise to captures).
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+pub fn all_approaches() -> Vec<ApproachName> {
+    vec![ApproachName::Raw, ApproachName::Sse, ApproachName::Wt]
+}
+
+/// An approach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApproachName {
+    /// The raw OpenAI-compatible API behind a TLS proxy.
+    Raw,
+    /// HTTP Server-Sent Events over TLS.
+    Sse,
+    /// WebTransport over QUIC.
+    Wt,
+}
+
+impl ApproachName {
+    pub fn approach(self) -> lab_clients::Approach {
+        match self {
+            Self::Raw => lab_clients::Approach::Raw,
+            Self::Sse => lab_clients::Approach::Sse,
+            Self::Wt => lab_clients::Approach::Wt,
+        }
+    }
+}
+
+/// Profiles in file order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Profiles(pub Vec<(String, Profile)>);
+
+impl Serialize for Profiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Profiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Profiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of profile names to profiles")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Profiles, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, p)) = a.next_entry()? {
+                    v.push((k, p));
+                }
+                Ok(Profiles(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The LLM upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Llm {
+    /// The embedded mock and its settings (the default when `url` is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockSpec>,
+    /// An OpenAI-compatible server reachable from the host, e.g. `http://127.0.0.1:11434`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The model to request.
+    #[serde(default = "default_model")]
+    pub model: String,
+}
+
+fn default_model() -> String {
+    "gemma3:12b".into()
+}
+
+impl Default for Llm {
+    fn default() -> Self {
+        Self {
+            mock: None,
+            url: None,
+            model: default_model(),
+        }
+    }
+}
+
+/// The embedded mock's settings; every field has the `lab serve llm` default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockSpec {
+    /// Chunk format (default ollama-legacy, what the reference measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MockFormat>,
+    /// Time to first token (default 250ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft: Option<Dur>,
+    /// Time between tokens (default 35ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tbt: Option<Dur>,
+    /// Jitter on TTFT and TBT (default 10%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Percent>,
+    /// Seed of the answers and their timing (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Cap on every answer's length in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MockFormat {
+    OllamaLegacy,
+    Ollama,
+    Openai,
+}
+
+/// Link impairments for one direction, or for both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// One-way delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+    /// Delay variation around `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Dur>,
+    /// Jitter distribution: uniform (default) or normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    /// Random loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    /// Bursty loss, netem's Gilbert-Elliott model (instead of `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gilbert_elliott: Option<GilbertElliott>,
+    /// Bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Bytes added to each packet when computing the rate (e.g. link-layer framing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<i32>,
+    /// Queue limit, packets (1000) or bytes (64kb). Default: enough for the rate-delay product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Size>,
+    /// Share of packets sent at once, ahead of delayed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<Percent>,
+    /// Share of packets duplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<Percent>,
+    /// Share of packets with a flipped bit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<Percent>,
+}
+
+/// A network profile: impairments for both directions, optionally per direction.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gilbert_elliott: Option<GilbertElliott>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<Percent>,
+    /// Which directions the profile's own fields shape: both (default), up (client to
+    /// server only, as the reference's pf rules did) or down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// Client-to-server settings; they replace the profile's own fields for that direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<Link>,
+    /// Server-to-client settings; they replace the profile's own fields for that direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<Link>,
+}
+
+impl Profile {
+    /// The profile's own link fields.
+    pub fn link(&self) -> Link {
+        Link {
+            delay: self.delay,
+            jitter: self.jitter,
+            distribution: self.distribution,
+            loss: self.loss,
+            gilbert_elliott: self.gilbert_elliott,
+            rate: self.rate,
+            overhead: self.overhead,
+            limit: self.limit,
+            reorder: self.reorder,
+            duplicate: self.duplicate,
+            corrupt: self.corrupt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Both,
+    Up,
+    Down,
+}
+
+/// netem's Gilbert-Elliott loss model (`loss gemodel p r 1-h 1-k`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GilbertElliott {
+    /// Probability of moving from the good to the bad state.
+    pub p: Percent,
+    /// Probability of moving from the bad to the good state (default 100% - p).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<Percent>,
+    /// Loss probability in the bad state, netem's 1-h (default 100%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_minus_h: Option<Percent>,
+    /// Loss probability in the good state, netem's 1-k (default 0%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_minus_k: Option<Percent>,
+}
+
+/// What each cell's client runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// `reference` (the reference benchmark's ten prompts) or a prompts file, relative to
+    /// the topology file.
+    #[serde(default = "default_prompts")]
+    pub prompts: String,
+    /// `reuse` one connection, or a `fresh` one per prompt.
+    #[serde(default)]
+    pub connection: Connection,
+    /// How many times to run the prompt list.
+    #[serde(default = "one")]
+    pub repeat: u32,
+    /// Run cells side by side (default). Set false for a real upstream that cells would share.
+    #[serde(default = "yes")]
+    pub parallel: bool,
+    /// Give up on a prompt after this long (default 120s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+}
+
+fn default_prompts() -> String {
+    "reference".into()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            prompts: default_prompts(),
+            connection: Connection::default(),
+            repeat: 1,
+            parallel: true,
+            timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    #[default]
+    Reuse,
+    Fresh,
+}
+
+/// How links are shaped.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shaping {
+    /// auto (netem if the kernel has it, else lab's userspace emulator), kernel, or userspace.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Seed for loss, jitter and the rest (default 1); printed on every run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}

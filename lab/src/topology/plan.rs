@@ -1,0 +1,471 @@
+//! The resolved plan of a lab: cells, namespaces, interfaces, addresses, processes and
+//! the link settings of each direction. Pure: computed from a parsed topology, with no
+//! root and no system calls, so `lab plan` and snapshot tests show exactly what `lab up`
+//! will build.
+//!
+//! Naming and addressing:
+//! - namespaces `lab-<name>-llm` and, per cell `c<i>`, `lab-<name>-c<i>-client`,
+//!   `-wire` and `-server` (visible in `ip netns list`);
+//! - inside namespaces, fixed interface names: `to-wire` (client, server), `to-client`,
+//!   `to-server` and `br0` (wire), `to-llm` (server), `br0` and `to-c<i>` (llm);
+//! - the shaped segment of cell i is 198.18.i.0/24: client .1, server .2;
+//! - the unshaped LLM network is 198.19.0.0/16: the LLM at 198.19.255.254, the server of
+//!   cell i at 198.19.0.(i+1).
+
+use super::model::*;
+use super::units::{Dur, Percent};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+/// At most this many cells per lab (one /24 of 198.18.0.0/16 each).
+pub const MAX_CELLS: usize = 250;
+
+pub const LLM_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+pub const LLM_PORT: u16 = 11434;
+
+/// Link settings of one direction; `None` fields are not shaped.
+pub type LinkSpec = Link;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub prefix: String,
+    pub backend: Backend,
+    pub seed: u64,
+    pub ipv6: bool,
+    pub llm: LlmNode,
+    pub workload: Workload,
+    pub cells: Vec<Cell>,
+    pub namespaces: Vec<String>,
+    pub interfaces: Vec<Iface>,
+    pub processes: Vec<Process>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LlmNode {
+    pub namespace: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// `mock` or `relay` (to a URL on the host).
+    pub kind: String,
+    pub model: String,
+    /// What the mock runs with, or the relayed URL.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cell {
+    pub id: String,
+    pub index: usize,
+    pub approach: ApproachName,
+    pub profile: String,
+    pub client_ns: String,
+    pub wire_ns: String,
+    pub server_ns: String,
+    pub client_addr: Ipv4Addr,
+    pub server_addr: Ipv4Addr,
+    pub server_llm_addr: Ipv4Addr,
+    pub port: u16,
+    pub url: String,
+    /// Client to server.
+    pub up: LinkSpec,
+    /// Server to client.
+    pub down: LinkSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Iface {
+    pub namespace: String,
+    pub name: String,
+    /// `veth` (with its peer), or `bridge`.
+    pub kind: String,
+    pub peer: Option<String>,
+    /// Address with prefix length, if any.
+    pub address: Option<String>,
+    /// The bridge it is a port of, if any.
+    pub master: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Process {
+    pub namespace: String,
+    pub role: String,
+    pub argv: Vec<String>,
+}
+
+fn merge(base: &Link, over: &Link) -> Link {
+    Link {
+        delay: over.delay.or(base.delay),
+        jitter: over.jitter.or(base.jitter),
+        distribution: over.distribution.or(base.distribution),
+        loss: over.loss.or(base.loss),
+        gilbert_elliott: over.gilbert_elliott.or(base.gilbert_elliott),
+        rate: over.rate.or(base.rate),
+        overhead: over.overhead.or(base.overhead),
+        limit: over.limit.or(base.limit),
+        reorder: over.reorder.or(base.reorder),
+        duplicate: over.duplicate.or(base.duplicate),
+        corrupt: over.corrupt.or(base.corrupt),
+    }
+}
+
+/// The settings of each direction: (up, down).
+pub fn directions(p: &Profile) -> (LinkSpec, LinkSpec) {
+    let base = p.link();
+    let none = Link::default();
+    let (up_base, down_base) = match p.direction.unwrap_or(Direction::Both) {
+        Direction::Both => (&base, &base),
+        Direction::Up => (&base, &none),
+        Direction::Down => (&none, &base),
+    };
+    let up = p.up.as_ref().map_or_else(|| up_base.clone(), |u| merge(up_base, u));
+    let down = p.down.as_ref().map_or_else(|| down_base.clone(), |d| merge(down_base, d));
+    (up, down)
+}
+
+/// Port each approach's server listens on (the reference's ports).
+pub fn port(a: ApproachName) -> u16 {
+    match a {
+        ApproachName::Raw => 11435,
+        ApproachName::Sse => 8080,
+        ApproachName::Wt => 4433,
+    }
+}
+
+fn server_cmd(a: ApproachName) -> &'static str {
+    match a {
+        ApproachName::Raw => "proxy",
+        ApproachName::Sse => "sse",
+        ApproachName::Wt => "wt",
+    }
+}
+
+/// Computes the plan. Fails only when the lab has more cells than addresses.
+pub fn plan(t: &Topology) -> Result<Plan, String> {
+    let ncells = t.profiles.0.len() * t.approaches.len();
+    if ncells > MAX_CELLS {
+        return Err(format!(
+            "{ncells} cells (profiles x approaches) is over the limit of {MAX_CELLS}; split the topology"
+        ));
+    }
+    let prefix = format!("lab-{}", t.name);
+    let llm_ns = format!("{prefix}-llm");
+    let upstream = format!("http://{LLM_ADDR}:{LLM_PORT}");
+    let mut namespaces = vec![llm_ns.clone()];
+    let mut interfaces = vec![Iface {
+        namespace: llm_ns.clone(),
+        name: "br0".into(),
+        kind: "bridge".into(),
+        peer: None,
+        address: Some(format!("{LLM_ADDR}/16")),
+        master: None,
+    }];
+    let mut processes = Vec::new();
+    let llm = match &t.llm.url {
+        Some(url) => LlmNode {
+            namespace: llm_ns.clone(),
+            address: LLM_ADDR,
+            port: LLM_PORT,
+            kind: "relay".into(),
+            model: t.llm.model.clone(),
+            detail: url.clone(),
+        },
+        None => {
+            let m = t.llm.mock.clone().unwrap_or_default();
+            let format = match m.format.unwrap_or(MockFormat::OllamaLegacy) {
+                MockFormat::OllamaLegacy => "ollama-legacy",
+                MockFormat::Ollama => "ollama",
+                MockFormat::Openai => "openai",
+            };
+            let ttft = m.ttft.unwrap_or(Dur(std::time::Duration::from_millis(250)));
+            let tbt = m.tbt.unwrap_or(Dur(std::time::Duration::from_millis(35)));
+            let jitter = m.jitter.unwrap_or(Percent(0.1));
+            let seed = m.seed.unwrap_or(1);
+            let mut argv: Vec<String> = [
+                "lab", "serve", "llm", "--listen",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            argv.push(format!("{LLM_ADDR}:{LLM_PORT}"));
+            for (k, v) in [
+                ("--format", format.to_owned()),
+                ("--ttft", ttft.to_string()),
+                ("--tbt", tbt.to_string()),
+                ("--jitter", jitter.to_string()),
+                ("--seed", seed.to_string()),
+                ("--model", t.llm.model.clone()),
+            ] {
+                argv.push(k.into());
+                argv.push(v);
+            }
+            if let Some(n) = m.max_tokens {
+                argv.push("--max-tokens".into());
+                argv.push(n.to_string());
+            }
+            processes.push(Process {
+                namespace: llm_ns.clone(),
+                role: "llm".into(),
+                argv,
+            });
+            LlmNode {
+                namespace: llm_ns.clone(),
+                address: LLM_ADDR,
+                port: LLM_PORT,
+                kind: "mock".into(),
+                model: t.llm.model.clone(),
+                detail: format!("{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}"),
+            }
+        }
+    };
+    if t.llm.url.is_some() {
+        processes.push(Process {
+            namespace: llm_ns.clone(),
+            role: "relay".into(),
+            argv: vec![
+                "lab".into(),
+                "relay".into(),
+                "--listen".into(),
+                format!("{LLM_ADDR}:{LLM_PORT}"),
+                "--to".into(),
+                llm.detail.clone(),
+            ],
+        });
+    }
+
+    let mut cells = Vec::with_capacity(ncells);
+    for (pname, profile) in &t.profiles.0 {
+        let (up, down) = directions(profile);
+        for &a in &t.approaches {
+            let i = cells.len();
+            let id = format!("c{i}");
+            let client_ns = format!("{prefix}-{id}-client");
+            let wire_ns = format!("{prefix}-{id}-wire");
+            let server_ns = format!("{prefix}-{id}-server");
+            let client_addr = Ipv4Addr::new(198, 18, i as u8, 1);
+            let server_addr = Ipv4Addr::new(198, 18, i as u8, 2);
+            let server_llm_addr = Ipv4Addr::new(198, 19, 0, i as u8 + 1);
+            let p = port(a);
+            let url = match a {
+                ApproachName::Raw => format!("https://{server_addr}:{p}/v1/chat/completions"),
+                ApproachName::Sse => format!("https://{server_addr}:{p}/chat"),
+                ApproachName::Wt => format!("https://{server_addr}:{p}/wt"),
+            };
+            namespaces.extend([client_ns.clone(), wire_ns.clone(), server_ns.clone()]);
+            let veth = |ns: &str, name: &str, peer: String, address: Option<String>, master: Option<&str>| Iface {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                kind: "veth".into(),
+                peer: Some(peer),
+                address,
+                master: master.map(str::to_owned),
+            };
+            interfaces.push(veth(&client_ns, "to-wire", format!("{wire_ns}/to-client"), Some(format!("{client_addr}/24")), None));
+            interfaces.push(Iface {
+                namespace: wire_ns.clone(),
+                name: "br0".into(),
+                kind: "bridge".into(),
+                peer: None,
+                address: None,
+                master: None,
+            });
+            interfaces.push(veth(&wire_ns, "to-client", format!("{client_ns}/to-wire"), None, Some("br0")));
+            interfaces.push(veth(&wire_ns, "to-server", format!("{server_ns}/to-wire"), None, Some("br0")));
+            interfaces.push(veth(&server_ns, "to-wire", format!("{wire_ns}/to-server"), Some(format!("{server_addr}/24")), None));
+            interfaces.push(veth(&server_ns, "to-llm", format!("{llm_ns}/to-{id}"), Some(format!("{server_llm_addr}/16")), None));
+            interfaces.push(veth(&llm_ns, &format!("to-{id}"), format!("{server_ns}/to-llm"), None, Some("br0")));
+            let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), server_cmd(a).into()];
+            argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
+            argv.extend(["--upstream".into(), upstream.clone()]);
+            if a != ApproachName::Raw {
+                argv.extend(["--model".into(), t.llm.model.clone()]);
+            }
+            argv.extend(["--san".into(), server_addr.to_string()]);
+            processes.push(Process {
+                namespace: server_ns.clone(),
+                role: format!("{} server", a.approach()),
+                argv,
+            });
+            cells.push(Cell {
+                id,
+                index: i,
+                approach: a,
+                profile: pname.clone(),
+                client_ns,
+                wire_ns,
+                server_ns,
+                client_addr,
+                server_addr,
+                server_llm_addr,
+                port: p,
+                url,
+                up: up.clone(),
+                down: down.clone(),
+            });
+        }
+    }
+    Ok(Plan {
+        name: t.name.clone(),
+        prefix,
+        backend: t.shaping.backend,
+        seed: t.shaping.seed.unwrap_or(1),
+        ipv6: t.ipv6,
+        llm,
+        workload: t.workload.clone(),
+        cells,
+        namespaces,
+        interfaces,
+        processes,
+    })
+}
+
+/// One line describing a direction's settings, in tc's words.
+pub fn describe_link(l: &Link) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = l.delay {
+        let mut s = format!("delay {d}");
+        if let Some(j) = l.jitter {
+            s.push_str(&format!(" ± {j}"));
+            if let Some(dist) = l.distribution {
+                s.push_str(match dist {
+                    Distribution::Uniform => " uniform",
+                    Distribution::Normal => " normal",
+                });
+            }
+        }
+        parts.push(s);
+    }
+    if let Some(p) = l.loss {
+        parts.push(format!("loss {p}"));
+    }
+    if let Some(g) = l.gilbert_elliott {
+        parts.push(format!(
+            "loss gemodel p {} r {} 1-h {} 1-k {}",
+            g.p,
+            g.r.unwrap_or(Percent(1.0 - g.p.0)),
+            g.one_minus_h.unwrap_or(Percent(1.0)),
+            g.one_minus_k.unwrap_or(Percent(0.0))
+        ));
+    }
+    if let Some(r) = l.rate {
+        let mut s = format!("rate {r}");
+        if let Some(o) = l.overhead {
+            s.push_str(&format!(" overhead {o}"));
+        }
+        parts.push(s);
+    }
+    if let Some(lim) = l.limit {
+        parts.push(format!("limit {lim}"));
+    }
+    for (name, v) in [("reorder", l.reorder), ("duplicate", l.duplicate), ("corrupt", l.corrupt)] {
+        if let Some(p) = v {
+            parts.push(format!("{name} {p}"));
+        }
+    }
+    if parts.is_empty() {
+        "unshaped".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The plan as a person reads it.
+pub fn render(p: &Plan) -> String {
+    use tabled::settings::Style;
+    let mut out = String::new();
+    out.push_str(&format!("lab {}: {} cells, {} namespaces\n", p.name, p.cells.len(), p.namespaces.len()));
+    out.push_str(&format!(
+        "shaping: {} backend, seed {}\n",
+        match p.backend {
+            Backend::Auto => "auto",
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        },
+        p.seed
+    ));
+    out.push_str(&format!(
+        "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
+        p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
+    ));
+    out.push_str(&format!(
+        "workload: {} prompts, {} connection, repeat {}, cells {}\n\n",
+        p.workload.prompts,
+        match p.workload.connection {
+            Connection::Reuse => "reuse",
+            Connection::Fresh => "fresh",
+        },
+        p.workload.repeat,
+        if p.workload.parallel { "in parallel" } else { "one after another" }
+    ));
+
+    #[derive(tabled::Tabled)]
+    struct CellRow {
+        cell: String,
+        approach: String,
+        profile: String,
+        client: String,
+        server: String,
+        #[tabled(rename = "up (client to server)")]
+        up: String,
+        #[tabled(rename = "down (server to client)")]
+        down: String,
+    }
+    let rows: Vec<CellRow> = p
+        .cells
+        .iter()
+        .map(|c| CellRow {
+            cell: c.id.clone(),
+            approach: c.approach.approach().to_string(),
+            profile: c.profile.clone(),
+            client: c.client_addr.to_string(),
+            server: c.url.clone(),
+            up: describe_link(&c.up),
+            down: describe_link(&c.down),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push_str("\n\n");
+
+    #[derive(tabled::Tabled)]
+    struct IfRow {
+        namespace: String,
+        interface: String,
+        kind: String,
+        peer: String,
+        address: String,
+        master: String,
+    }
+    let rows: Vec<IfRow> = p
+        .interfaces
+        .iter()
+        .map(|i| IfRow {
+            namespace: i.namespace.clone(),
+            interface: i.name.clone(),
+            kind: i.kind.clone(),
+            peer: i.peer.clone().unwrap_or_default(),
+            address: i.address.clone().unwrap_or_default(),
+            master: i.master.clone().unwrap_or_default(),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push_str("\n\n");
+
+    #[derive(tabled::Tabled)]
+    struct ProcRow {
+        namespace: String,
+        role: String,
+        command: String,
+    }
+    let rows: Vec<ProcRow> = p
+        .processes
+        .iter()
+        .map(|pr| ProcRow {
+            namespace: pr.namespace.clone(),
+            role: pr.role.clone(),
+            command: pr.argv.join(" "),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push('\n');
+    out
+}

@@ -1,0 +1,283 @@
+//! Units of topology files, parsed once into types: durations (`200ms`, `1.5s`),
+//! percentages (`5%`), bit rates (`100kbit`, `10mbit`, `1gbit`) and sizes (`1000` packets,
+//! `64kb` bytes). Pure code.
+//!
+//! Rates and sizes follow tc's conventions, so numbers mean the same in lab and in `tc`:
+//! `kbit` is 1000 bits per second; `kb` is 1024 bytes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+fn split_number(s: &str) -> Option<(f64, &str)> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    let v: f64 = num.parse().ok()?;
+    v.is_finite().then_some((v, unit.trim()))
+}
+
+macro_rules! string_unit {
+    ($t:ident, $pattern:expr, $desc:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+        impl JsonSchema for $t {
+            fn schema_name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($t))
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": ["string", "integer"],
+                    "pattern": $pattern,
+                    "description": $desc,
+                })
+            }
+        }
+    };
+}
+
+/// A duration: `0`, `500us`, `200ms`, `1.5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "write a duration such as 200ms, 1.5s or 500us";
+        if s.trim() == "0" {
+            return Ok(Self(Duration::ZERO));
+        }
+        let (v, unit) = split_number(s).ok_or_else(|| format!("'{s}' is not a duration; {hint}"))?;
+        let secs = match unit {
+            "us" => v / 1e6,
+            "ms" => v / 1e3,
+            "s" => v,
+            "m" => v * 60.0,
+            "" => return Err(format!("'{s}' has no unit; {hint}")),
+            u => return Err(format!("unknown duration unit '{u}' in '{s}'; valid: us, ms, s, m")),
+        };
+        if secs > 3600.0 {
+            return Err(format!("'{s}' is over an hour"));
+        }
+        Ok(Self(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        if us == 0 {
+            write!(f, "0")
+        } else if us % 1_000_000 == 0 {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us % 1000 == 0 {
+            write!(f, "{}ms", us / 1000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+string_unit!(Dur, "^(0|[0-9]+(\\.[0-9]+)?(us|ms|s|m))$", "A duration: 500us, 200ms, 1.5s, 2m, or 0.");
+
+/// A percentage, `5%` or `0.5%`, stored as a fraction in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Percent(pub f64);
+
+impl std::str::FromStr for Percent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let Some(num) = t.strip_suffix('%') else {
+            return Err(format!("'{s}' is not a percentage; write it with a % sign, e.g. 5% or 0.5%"));
+        };
+        let v: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a percentage; write e.g. 5% or 0.5%"))?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(format!("'{s}' is outside 0%..100%"));
+        }
+        Ok(Self(v / 100.0))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.0 * 100.0;
+        if (p - p.round()).abs() < 1e-9 {
+            write!(f, "{}%", p.round())
+        } else {
+            write!(f, "{}%", (p * 1e6).round() / 1e6)
+        }
+    }
+}
+string_unit!(Percent, "^[0-9]+(\\.[0-9]+)?%$", "A percentage: 5%, 0.5%.");
+
+/// A bit rate in bits per second: `100kbit`, `10mbit`, `1gbit`, `512bit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Rate(pub u64);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "write a bit rate such as 100kbit, 10mbit or 1gbit";
+        let (v, unit) = split_number(s).ok_or_else(|| format!("'{s}' is not a rate; {hint}"))?;
+        let mult = match unit.to_ascii_lowercase().as_str() {
+            "bit" => 1.0,
+            "kbit" => 1e3,
+            "mbit" => 1e6,
+            "gbit" => 1e9,
+            "bps" | "kbps" | "mbps" | "gbps" => {
+                return Err(format!(
+                    "'{s}' is ambiguous: tc reads {unit} as bytes per second; {hint} (8 bits per byte)"
+                ));
+            }
+            "" => return Err(format!("'{s}' has no unit; {hint}")),
+            u => return Err(format!("unknown rate unit '{u}' in '{s}'; valid: bit, kbit, mbit, gbit")),
+        };
+        let bits = v * mult;
+        if bits < 8.0 {
+            return Err(format!("'{s}' is below 8 bit/s"));
+        }
+        Ok(Self(bits.round() as u64))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (m, u) in [(1_000_000_000, "gbit"), (1_000_000, "mbit"), (1000, "kbit")] {
+            if self.0 >= m && self.0 % m == 0 {
+                return write!(f, "{}{u}", self.0 / m);
+            }
+        }
+        write!(f, "{}bit", self.0)
+    }
+}
+string_unit!(Rate, "^[0-9]+(\\.[0-9]+)?(bit|kbit|mbit|gbit)$", "A bit rate: 512bit, 100kbit, 10mbit, 1gbit (1000-based, as in tc).");
+
+/// A queue limit: a number of packets (`1000`) or of bytes (`64kb`, `1mb`, `1500b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Packets(u64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "write a packet count such as 1000, or bytes such as 64kb or 1mb";
+        let (v, unit) = split_number(s).ok_or_else(|| format!("'{s}' is not a size; {hint}"))?;
+        let r = match unit.to_ascii_lowercase().as_str() {
+            "" | "p" | "pkt" | "packets" => {
+                if v.fract() != 0.0 {
+                    return Err(format!("'{s}': a packet count is a whole number"));
+                }
+                Self::Packets(v as u64)
+            }
+            "b" => Self::Bytes(v.round() as u64),
+            "kb" => Self::Bytes((v * 1024.0).round() as u64),
+            "mb" => Self::Bytes((v * 1024.0 * 1024.0).round() as u64),
+            u => return Err(format!("unknown size unit '{u}' in '{s}'; valid: (none) for packets, b, kb, mb")),
+        };
+        match r {
+            Self::Packets(0) | Self::Bytes(0) => Err(format!("'{s}': a queue limit must be above zero")),
+            r => Ok(r),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Packets(p) => write!(f, "{p}"),
+            Self::Bytes(b) if b % (1024 * 1024) == 0 => write!(f, "{}mb", b / (1024 * 1024)),
+            Self::Bytes(b) if b % 1024 == 0 => write!(f, "{}kb", b / 1024),
+            Self::Bytes(b) => write!(f, "{b}b"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A bare number may come as a YAML integer.
+        let v = String::deserialize(d)?;
+        v.parse().map_err(serde::de::Error::custom)
+    }
+}
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+impl JsonSchema for Size {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Size")
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "pattern": "^[0-9]+(\\.[0-9]+)?(|p|b|kb|mb)$",
+            "description": "A queue limit: packets (1000) or bytes (1500b, 64kb, 1mb; 1024-based, as in tc).",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("200ms".parse::<Dur>().unwrap().0, Duration::from_millis(200));
+        assert_eq!("1.5s".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
+        assert_eq!("0".parse::<Dur>().unwrap().0, Duration::ZERO);
+        assert_eq!("500us".parse::<Dur>().unwrap().to_string(), "500us");
+        assert_eq!("1.5s".parse::<Dur>().unwrap().to_string(), "1500ms");
+        assert!("200".parse::<Dur>().unwrap_err().contains("no unit"));
+        assert!("2h".parse::<Dur>().unwrap_err().contains("valid: us, ms, s, m"));
+        assert!("fast".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!("5%".parse::<Percent>().unwrap().0, 0.05);
+        assert_eq!("0.5%".parse::<Percent>().unwrap().to_string(), "0.5%");
+        assert_eq!("100%".parse::<Percent>().unwrap().0, 1.0);
+        assert!("5".parse::<Percent>().unwrap_err().contains("% sign"));
+        assert!("101%".parse::<Percent>().unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!("100kbit".parse::<Rate>().unwrap().0, 100_000);
+        assert_eq!("10mbit".parse::<Rate>().unwrap().0, 10_000_000);
+        assert_eq!("1gbit".parse::<Rate>().unwrap().0, 1_000_000_000);
+        assert_eq!("1.5mbit".parse::<Rate>().unwrap().to_string(), "1500kbit");
+        assert!("100kbps".parse::<Rate>().unwrap_err().contains("ambiguous"));
+        assert!("100".parse::<Rate>().unwrap_err().contains("no unit"));
+        assert!("100kb".parse::<Rate>().unwrap_err().contains("valid: bit, kbit, mbit, gbit"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("1000".parse::<Size>().unwrap(), Size::Packets(1000));
+        assert_eq!("64kb".parse::<Size>().unwrap(), Size::Bytes(65536));
+        assert_eq!("1mb".parse::<Size>().unwrap().to_string(), "1mb");
+        assert!("0".parse::<Size>().unwrap_err().contains("above zero"));
+        assert!("1.5".parse::<Size>().unwrap_err().contains("whole number"));
+        assert!("3gb".parse::<Size>().is_err());
+    }
+}
