@@ -15,8 +15,9 @@ use std::time::Duration;
     long_about = "lab measures how LLM token-streaming transports behave on a bad network: time to first \
 token, time between tokens, and bytes on the wire per token.\n\n\
 Today it runs the servers and clients on their own (on loopback): `lab serve ...`, `lab client ...`, \
-and `lab demo`, which starts all four servers and compares the three approaches.",
-    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
+and `lab demo`, which starts all four servers and compares the three approaches. `lab plan` resolves a \
+topology file into the namespaces, links and processes of a lab, without root.",
+    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
 )]
 pub struct Cli {
     /// Log filter for stderr (also RUST_LOG), e.g. `debug` or `lab_servers=trace`.

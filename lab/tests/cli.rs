@@ -362,6 +362,8 @@ fn help_explains_every_command() {
         vec!["serve", "wt", "--help"],
         vec!["client", "--help"],
         vec!["demo", "--help"],
+        vec!["plan", "--help"],
+        vec!["schema", "--help"],
     ] {
         let out = Command::new(LAB).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -38,18 +38,23 @@ pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
     let file = path.display().to_string();
     let t = parse::parse(&file, &text)?;
     if t.workload.prompts != "reference" {
-        let p = path.parent().unwrap_or(Path::new(".")).join(&t.workload.prompts);
+        let p = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&t.workload.prompts);
         if !p.is_file() {
-            return Err(LoadError::Invalid(parse::Diagnostics(vec![parse::Diagnostic {
-                file,
-                line: line_of(&text, "prompts:"),
-                column: 1,
-                field: "workload.prompts".into(),
-                message: format!(
-                    "prompts file {} does not exist; use `reference` or a path relative to the topology file",
-                    p.display()
-                ),
-            }])));
+            return Err(LoadError::Invalid(parse::Diagnostics(vec![
+                parse::Diagnostic {
+                    file,
+                    line: line_of(&text, "prompts:"),
+                    column: 1,
+                    field: "workload.prompts".into(),
+                    message: format!(
+                        "prompts file {} does not exist; use `reference` or a path relative to the topology file",
+                        p.display()
+                    ),
+                },
+            ])));
         }
     }
     let plan = plan::plan(&t).map_err(LoadError::Plan)?;
@@ -57,5 +62,7 @@ pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1)
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map_or(1, |i| i + 1)
 }

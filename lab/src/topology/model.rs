@@ -86,7 +86,10 @@ impl<'de> Deserialize<'de> for Profiles {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a mapping of profile names to profiles")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Profiles, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Profiles, A::Error> {
                 let mut v = Vec::new();
                 while let Some((k, p)) = a.next_entry()? {
                     v.push((k, p));

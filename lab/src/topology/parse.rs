@@ -26,9 +26,17 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         } else {
-            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.field, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, self.line, self.column, self.field, self.message
+            )
         }
     }
 }
@@ -40,7 +48,11 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} problem{} in the topology:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the topology:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for d in &self.0 {
             writeln!(f, "  {d}")?;
         }
@@ -48,7 +60,16 @@ impl fmt::Display for Diagnostics {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["name", "approaches", "llm", "profiles", "workload", "shaping", "expect", "ipv6"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "approaches",
+    "llm",
+    "profiles",
+    "workload",
+    "shaping",
+    "expect",
+    "ipv6",
+];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -56,7 +77,9 @@ struct Ctx<'a> {
 }
 
 fn pos(node: &Node) -> (usize, usize) {
-    node.span().start().map_or((1, 1), |m| (m.line(), m.column()))
+    node.span()
+        .start()
+        .map_or((1, 1), |m| (m.line(), m.column()))
 }
 
 impl Ctx<'_> {
@@ -75,9 +98,14 @@ impl Ctx<'_> {
         match marked_yaml::from_node::<T>(node) {
             Ok(v) => Some(v),
             Err(e) => {
-                let sub = e.path().filter(|p| !p.is_empty() && *p != ".").map(str::to_owned);
+                let sub = e
+                    .path()
+                    .filter(|p| !p.is_empty() && *p != ".")
+                    .map(str::to_owned);
                 let inner = e.into_inner();
-                let at = inner.start_mark().map_or(pos(node), |m| (m.line(), m.column()));
+                let at = inner
+                    .start_mark()
+                    .map_or(pos(node), |m| (m.line(), m.column()));
                 let field = match sub {
                     Some(s) => format!("{field}.{s}"),
                     None => field.to_owned(),
@@ -109,7 +137,8 @@ fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.ends_with('-')
 }
 
@@ -121,8 +150,15 @@ pub const MAX_PROFILE: usize = 24;
 
 /// Parses and checks a topology. `file` is used in messages only.
 pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
-    let mut cx = Ctx { file, out: Vec::new() };
-    let root = match marked_yaml::parse_yaml_with_options(0, text, LoaderOptions::default().error_on_duplicate_keys(true)) {
+    let mut cx = Ctx {
+        file,
+        out: Vec::new(),
+    };
+    let root = match marked_yaml::parse_yaml_with_options(
+        0,
+        text,
+        LoaderOptions::default().error_on_duplicate_keys(true),
+    ) {
         Ok(n) => n,
         Err(e) => {
             let msg = e.to_string();
@@ -130,7 +166,10 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             let (at, rest) = match msg.split_once(": ") {
                 Some((lc, rest)) if lc.split(':').all(|p| p.parse::<usize>().is_ok()) => {
                     let mut it = lc.split(':').map(|p| p.parse::<usize>().unwrap_or(1));
-                    ((it.next().unwrap_or(1), it.next().unwrap_or(1)), rest.to_owned())
+                    (
+                        (it.next().unwrap_or(1), it.next().unwrap_or(1)),
+                        rest.to_owned(),
+                    )
                 }
                 _ => ((1, 1), msg.clone()),
             };
@@ -139,7 +178,11 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         }
     };
     let Some(map) = root.as_mapping() else {
-        cx.push(pos(&root), "", "a topology is a mapping with at least `name` and `profiles`");
+        cx.push(
+            pos(&root),
+            "",
+            "a topology is a mapping with at least `name` and `profiles`",
+        );
         return Err(Diagnostics(cx.out));
     };
 
@@ -258,19 +301,31 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         _ => {}
     }
     if !map.contains_key("profiles") {
-        cx.push((1, 1), "profiles", "missing: add at least one profile, e.g. `profiles: { baseline: {} }`");
+        cx.push(
+            (1, 1),
+            "profiles",
+            "missing: add at least one profile, e.g. `profiles: { baseline: {} }`",
+        );
     }
     let approaches_list: Vec<ApproachName> = match approaches {
         Some(list) => {
             let mut seen = Vec::new();
             for (a, at) in &list {
                 if seen.contains(a) {
-                    cx.push(*at, "approaches", format!("'{}' is listed twice", a.approach()));
+                    cx.push(
+                        *at,
+                        "approaches",
+                        format!("'{}' is listed twice", a.approach()),
+                    );
                 }
                 seen.push(*a);
             }
             if list.is_empty() && map.contains_key("approaches") {
-                cx.push(approaches_at, "approaches", "empty: list at least one of raw, sse, wt");
+                cx.push(
+                    approaches_at,
+                    "approaches",
+                    "empty: list at least one of raw, sse, wt",
+                );
             }
             seen
         }
@@ -302,9 +357,14 @@ fn check_llm(cx: &mut Ctx<'_>, at: (usize, usize), l: &Llm) {
         cx.push(at, "llm", "give either `mock` or `url`, not both");
     }
     if let Some(u) = &l.url {
-        let ok = (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok();
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && u.parse::<http::Uri>().is_ok();
         if !ok {
-            cx.push(at, "llm.url", format!("'{u}' is not an http(s) URL; e.g. http://127.0.0.1:11434"));
+            cx.push(
+                at,
+                "llm.url",
+                format!("'{u}' is not an http(s) URL; e.g. http://127.0.0.1:11434"),
+            );
         }
     }
     if l.model.trim().is_empty() {
@@ -314,16 +374,32 @@ fn check_llm(cx: &mut Ctx<'_>, at: (usize, usize), l: &Llm) {
 
 fn check_link(cx: &mut Ctx<'_>, field: &str, at: (usize, usize), l: &Link) {
     if l.loss.is_some() && l.gilbert_elliott.is_some() {
-        cx.push(at, field, "give either `loss` (random) or `gilbert_elliott` (bursts), not both");
+        cx.push(
+            at,
+            field,
+            "give either `loss` (random) or `gilbert_elliott` (bursts), not both",
+        );
     }
     if l.distribution.is_some() && l.jitter.is_none() {
-        cx.push(at, &format!("{field}.distribution"), "has no effect without `jitter`");
+        cx.push(
+            at,
+            &format!("{field}.distribution"),
+            "has no effect without `jitter`",
+        );
     }
     if l.reorder.is_some() && l.delay.is_none_or(|d| d.0.is_zero()) {
-        cx.push(at, &format!("{field}.reorder"), "reordering needs a `delay` to reorder against");
+        cx.push(
+            at,
+            &format!("{field}.reorder"),
+            "reordering needs a `delay` to reorder against",
+        );
     }
     if l.overhead.is_some() && l.rate.is_none() {
-        cx.push(at, &format!("{field}.overhead"), "has no effect without `rate`");
+        cx.push(
+            at,
+            &format!("{field}.overhead"),
+            "has no effect without `rate`",
+        );
     }
 }
 
@@ -386,10 +462,36 @@ mod tests {
         assert_eq!(lines.len(), 6, "{lines:#?}");
         assert!(lines[0].starts_with("bad.yaml:1:"), "{}", lines[0]);
         assert!(lines[0].contains("name: invalid name 'Bad_Name'"));
-        assert!(lines[1].starts_with("bad.yaml:3:") && lines[1].contains("profiles.p1.loss") && lines[1].contains("% sign"), "{}", lines[1]);
-        assert!(lines[2].starts_with("bad.yaml:4:") && lines[2].contains("profiles.p2.delay") && lines[2].contains("no unit"), "{}", lines[2]);
-        assert!(lines[3].starts_with("bad.yaml:5:") && lines[3].contains("unknown field 'bogus'"), "{}", lines[3]);
-        assert!(lines[4].starts_with("bad.yaml:6:") && lines[4].contains("workload") && lines[4].contains("sometimes"), "{}", lines[4]);
-        assert!(lines[5].starts_with("bad.yaml:7:") && lines[5].contains("unknown field 'extra'"), "{}", lines[5]);
+        assert!(
+            lines[1].starts_with("bad.yaml:3:")
+                && lines[1].contains("profiles.p1.loss")
+                && lines[1].contains("% sign"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("bad.yaml:4:")
+                && lines[2].contains("profiles.p2.delay")
+                && lines[2].contains("no unit"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("bad.yaml:5:") && lines[3].contains("unknown field 'bogus'"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with("bad.yaml:6:")
+                && lines[4].contains("workload")
+                && lines[4].contains("sometimes"),
+            "{}",
+            lines[4]
+        );
+        assert!(
+            lines[5].starts_with("bad.yaml:7:") && lines[5].contains("unknown field 'extra'"),
+            "{}",
+            lines[5]
+        );
     }
 }

@@ -118,8 +118,13 @@ pub fn directions(p: &Profile) -> (LinkSpec, LinkSpec) {
         Direction::Up => (&base, &none),
         Direction::Down => (&none, &base),
     };
-    let up = p.up.as_ref().map_or_else(|| up_base.clone(), |u| merge(up_base, u));
-    let down = p.down.as_ref().map_or_else(|| down_base.clone(), |d| merge(down_base, d));
+    let up =
+        p.up.as_ref()
+            .map_or_else(|| up_base.clone(), |u| merge(up_base, u));
+    let down = p
+        .down
+        .as_ref()
+        .map_or_else(|| down_base.clone(), |d| merge(down_base, d));
     (up, down)
 }
 
@@ -181,12 +186,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             let tbt = m.tbt.unwrap_or(Dur(std::time::Duration::from_millis(35)));
             let jitter = m.jitter.unwrap_or(Percent(0.1));
             let seed = m.seed.unwrap_or(1);
-            let mut argv: Vec<String> = [
-                "lab", "serve", "llm", "--listen",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+            let mut argv: Vec<String> = ["lab", "serve", "llm", "--listen"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
             argv.push(format!("{LLM_ADDR}:{LLM_PORT}"));
             for (k, v) in [
                 ("--format", format.to_owned()),
@@ -252,7 +255,11 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 ApproachName::Wt => format!("https://{server_addr}:{p}/wt"),
             };
             namespaces.extend([client_ns.clone(), wire_ns.clone(), server_ns.clone()]);
-            let veth = |ns: &str, name: &str, peer: String, address: Option<String>, master: Option<&str>| Iface {
+            let veth = |ns: &str,
+                        name: &str,
+                        peer: String,
+                        address: Option<String>,
+                        master: Option<&str>| Iface {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
                 kind: "veth".into(),
@@ -260,7 +267,13 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 address,
                 master: master.map(str::to_owned),
             };
-            interfaces.push(veth(&client_ns, "to-wire", format!("{wire_ns}/to-client"), Some(format!("{client_addr}/24")), None));
+            interfaces.push(veth(
+                &client_ns,
+                "to-wire",
+                format!("{wire_ns}/to-client"),
+                Some(format!("{client_addr}/24")),
+                None,
+            ));
             interfaces.push(Iface {
                 namespace: wire_ns.clone(),
                 name: "br0".into(),
@@ -269,11 +282,41 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 address: None,
                 master: None,
             });
-            interfaces.push(veth(&wire_ns, "to-client", format!("{client_ns}/to-wire"), None, Some("br0")));
-            interfaces.push(veth(&wire_ns, "to-server", format!("{server_ns}/to-wire"), None, Some("br0")));
-            interfaces.push(veth(&server_ns, "to-wire", format!("{wire_ns}/to-server"), Some(format!("{server_addr}/24")), None));
-            interfaces.push(veth(&server_ns, "to-llm", format!("{llm_ns}/to-{id}"), Some(format!("{server_llm_addr}/16")), None));
-            interfaces.push(veth(&llm_ns, &format!("to-{id}"), format!("{server_ns}/to-llm"), None, Some("br0")));
+            interfaces.push(veth(
+                &wire_ns,
+                "to-client",
+                format!("{client_ns}/to-wire"),
+                None,
+                Some("br0"),
+            ));
+            interfaces.push(veth(
+                &wire_ns,
+                "to-server",
+                format!("{server_ns}/to-wire"),
+                None,
+                Some("br0"),
+            ));
+            interfaces.push(veth(
+                &server_ns,
+                "to-wire",
+                format!("{wire_ns}/to-server"),
+                Some(format!("{server_addr}/24")),
+                None,
+            ));
+            interfaces.push(veth(
+                &server_ns,
+                "to-llm",
+                format!("{llm_ns}/to-{id}"),
+                Some(format!("{server_llm_addr}/16")),
+                None,
+            ));
+            interfaces.push(veth(
+                &llm_ns,
+                &format!("to-{id}"),
+                format!("{server_ns}/to-llm"),
+                None,
+                Some("br0"),
+            ));
             let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), server_cmd(a).into()];
             argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
             argv.extend(["--upstream".into(), upstream.clone()]);
@@ -357,7 +400,11 @@ pub fn describe_link(l: &Link) -> String {
     if let Some(lim) = l.limit {
         parts.push(format!("limit {lim}"));
     }
-    for (name, v) in [("reorder", l.reorder), ("duplicate", l.duplicate), ("corrupt", l.corrupt)] {
+    for (name, v) in [
+        ("reorder", l.reorder),
+        ("duplicate", l.duplicate),
+        ("corrupt", l.corrupt),
+    ] {
         if let Some(p) = v {
             parts.push(format!("{name} {p}"));
         }
@@ -373,7 +420,12 @@ pub fn describe_link(l: &Link) -> String {
 pub fn render(p: &Plan) -> String {
     use tabled::settings::Style;
     let mut out = String::new();
-    out.push_str(&format!("lab {}: {} cells, {} namespaces\n", p.name, p.cells.len(), p.namespaces.len()));
+    out.push_str(&format!(
+        "lab {}: {} cells, {} namespaces\n",
+        p.name,
+        p.cells.len(),
+        p.namespaces.len()
+    ));
     out.push_str(&format!(
         "shaping: {} backend, seed {}\n",
         match p.backend {
@@ -395,7 +447,11 @@ pub fn render(p: &Plan) -> String {
             Connection::Fresh => "fresh",
         },
         p.workload.repeat,
-        if p.workload.parallel { "in parallel" } else { "one after another" }
+        if p.workload.parallel {
+            "in parallel"
+        } else {
+            "one after another"
+        }
     ));
 
     #[derive(tabled::Tabled)]

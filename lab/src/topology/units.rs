@@ -60,14 +60,19 @@ impl std::str::FromStr for Dur {
         if s.trim() == "0" {
             return Ok(Self(Duration::ZERO));
         }
-        let (v, unit) = split_number(s).ok_or_else(|| format!("'{s}' is not a duration; {hint}"))?;
+        let (v, unit) =
+            split_number(s).ok_or_else(|| format!("'{s}' is not a duration; {hint}"))?;
         let secs = match unit {
             "us" => v / 1e6,
             "ms" => v / 1e3,
             "s" => v,
             "m" => v * 60.0,
             "" => return Err(format!("'{s}' has no unit; {hint}")),
-            u => return Err(format!("unknown duration unit '{u}' in '{s}'; valid: us, ms, s, m")),
+            u => {
+                return Err(format!(
+                    "unknown duration unit '{u}' in '{s}'; valid: us, ms, s, m"
+                ));
+            }
         };
         if secs > 3600.0 {
             return Err(format!("'{s}' is over an hour"));
@@ -81,16 +86,20 @@ impl fmt::Display for Dur {
         let us = self.0.as_micros();
         if us == 0 {
             write!(f, "0")
-        } else if us % 1_000_000 == 0 {
+        } else if us.is_multiple_of(1_000_000) {
             write!(f, "{}s", us / 1_000_000)
-        } else if us % 1000 == 0 {
+        } else if us.is_multiple_of(1000) {
             write!(f, "{}ms", us / 1000)
         } else {
             write!(f, "{us}us")
         }
     }
 }
-string_unit!(Dur, "^(0|[0-9]+(\\.[0-9]+)?(us|ms|s|m))$", "A duration: 500us, 200ms, 1.5s, 2m, or 0.");
+string_unit!(
+    Dur,
+    "^(0|[0-9]+(\\.[0-9]+)?(us|ms|s|m))$",
+    "A duration: 500us, 200ms, 1.5s, 2m, or 0."
+);
 
 /// A percentage, `5%` or `0.5%`, stored as a fraction in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
@@ -101,7 +110,9 @@ impl std::str::FromStr for Percent {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let Some(num) = t.strip_suffix('%') else {
-            return Err(format!("'{s}' is not a percentage; write it with a % sign, e.g. 5% or 0.5%"));
+            return Err(format!(
+                "'{s}' is not a percentage; write it with a % sign, e.g. 5% or 0.5%"
+            ));
         };
         let v: f64 = num
             .trim()
@@ -146,7 +157,11 @@ impl std::str::FromStr for Rate {
                 ));
             }
             "" => return Err(format!("'{s}' has no unit; {hint}")),
-            u => return Err(format!("unknown rate unit '{u}' in '{s}'; valid: bit, kbit, mbit, gbit")),
+            u => {
+                return Err(format!(
+                    "unknown rate unit '{u}' in '{s}'; valid: bit, kbit, mbit, gbit"
+                ));
+            }
         };
         let bits = v * mult;
         if bits < 8.0 {
@@ -159,14 +174,18 @@ impl std::str::FromStr for Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (m, u) in [(1_000_000_000, "gbit"), (1_000_000, "mbit"), (1000, "kbit")] {
-            if self.0 >= m && self.0 % m == 0 {
+            if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{u}", self.0 / m);
             }
         }
         write!(f, "{}bit", self.0)
     }
 }
-string_unit!(Rate, "^[0-9]+(\\.[0-9]+)?(bit|kbit|mbit|gbit)$", "A bit rate: 512bit, 100kbit, 10mbit, 1gbit (1000-based, as in tc).");
+string_unit!(
+    Rate,
+    "^[0-9]+(\\.[0-9]+)?(bit|kbit|mbit|gbit)$",
+    "A bit rate: 512bit, 100kbit, 10mbit, 1gbit (1000-based, as in tc)."
+);
 
 /// A queue limit: a number of packets (`1000`) or of bytes (`64kb`, `1mb`, `1500b`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,10 +209,16 @@ impl std::str::FromStr for Size {
             "b" => Self::Bytes(v.round() as u64),
             "kb" => Self::Bytes((v * 1024.0).round() as u64),
             "mb" => Self::Bytes((v * 1024.0 * 1024.0).round() as u64),
-            u => return Err(format!("unknown size unit '{u}' in '{s}'; valid: (none) for packets, b, kb, mb")),
+            u => {
+                return Err(format!(
+                    "unknown size unit '{u}' in '{s}'; valid: (none) for packets, b, kb, mb"
+                ));
+            }
         };
         match r {
-            Self::Packets(0) | Self::Bytes(0) => Err(format!("'{s}': a queue limit must be above zero")),
+            Self::Packets(0) | Self::Bytes(0) => {
+                Err(format!("'{s}': a queue limit must be above zero"))
+            }
             r => Ok(r),
         }
     }
@@ -203,8 +228,8 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Packets(p) => write!(f, "{p}"),
-            Self::Bytes(b) if b % (1024 * 1024) == 0 => write!(f, "{}mb", b / (1024 * 1024)),
-            Self::Bytes(b) if b % 1024 == 0 => write!(f, "{}kb", b / 1024),
+            Self::Bytes(b) if b.is_multiple_of(1024 * 1024) => write!(f, "{}mb", b / (1024 * 1024)),
+            Self::Bytes(b) if b.is_multiple_of(1024) => write!(f, "{}kb", b / 1024),
             Self::Bytes(b) => write!(f, "{b}b"),
         }
     }
@@ -241,13 +266,23 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("200ms".parse::<Dur>().unwrap().0, Duration::from_millis(200));
-        assert_eq!("1.5s".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
+        assert_eq!(
+            "200ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            "1.5s".parse::<Dur>().unwrap().0,
+            Duration::from_millis(1500)
+        );
         assert_eq!("0".parse::<Dur>().unwrap().0, Duration::ZERO);
         assert_eq!("500us".parse::<Dur>().unwrap().to_string(), "500us");
         assert_eq!("1.5s".parse::<Dur>().unwrap().to_string(), "1500ms");
         assert!("200".parse::<Dur>().unwrap_err().contains("no unit"));
-        assert!("2h".parse::<Dur>().unwrap_err().contains("valid: us, ms, s, m"));
+        assert!(
+            "2h".parse::<Dur>()
+                .unwrap_err()
+                .contains("valid: us, ms, s, m")
+        );
         assert!("fast".parse::<Dur>().is_err());
     }
 
@@ -268,7 +303,12 @@ mod tests {
         assert_eq!("1.5mbit".parse::<Rate>().unwrap().to_string(), "1500kbit");
         assert!("100kbps".parse::<Rate>().unwrap_err().contains("ambiguous"));
         assert!("100".parse::<Rate>().unwrap_err().contains("no unit"));
-        assert!("100kb".parse::<Rate>().unwrap_err().contains("valid: bit, kbit, mbit, gbit"));
+        assert!(
+            "100kb"
+                .parse::<Rate>()
+                .unwrap_err()
+                .contains("valid: bit, kbit, mbit, gbit")
+        );
     }
 
     #[test]

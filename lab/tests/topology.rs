@@ -1,0 +1,213 @@
+//! Topology files and plans: the examples, the published schema, snapshot plans, and a
+//! corpus of bad files, each checked for its exact message.
+
+use lab::topology::{self, plan};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("topologies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_example_topology_parses_plans_and_points_at_the_schema() {
+    let names: Vec<String> = examples()
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "baseline",
+        "latency-200ms",
+        "loss-5pct",
+        "bw-100kbps",
+        "degraded",
+        "matrix",
+        "ci",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "topologies/{want}.yaml is missing"
+        );
+    }
+    for p in examples() {
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=../lab/topology.schema.json\n"),
+            "{} does not point at the schema",
+            p.display()
+        );
+        topology::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+}
+
+#[test]
+fn the_reference_profiles_have_the_reference_values() {
+    let (t, _) = topology::load(&root().join("topologies/matrix.yaml")).unwrap();
+    let got: Vec<(String, String)> = t
+        .profiles
+        .0
+        .iter()
+        .map(|(n, p)| (n.clone(), plan::describe_link(&p.link())))
+        .collect();
+    let want = [
+        ("baseline", "unshaped"),
+        ("latency-200ms", "delay 200ms"),
+        ("loss-5pct", "loss 5%"),
+        ("bw-100kbps", "rate 100kbit"),
+        ("degraded", "delay 200ms, loss 5%, rate 100kbit"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn published_schema_is_up_to_date() {
+    let committed = std::fs::read_to_string(root().join("lab/topology.schema.json")).unwrap();
+    assert_eq!(
+        committed,
+        topology::schema_json(),
+        "lab/topology.schema.json is stale: run `cargo run -p lab -- schema > lab/topology.schema.json`"
+    );
+}
+
+#[test]
+fn plan_snapshots() {
+    for name in ["matrix", "degraded", "ci"] {
+        let (_, p) = topology::load(&root().join(format!("topologies/{name}.yaml"))).unwrap();
+        insta::assert_snapshot!(format!("plan_{name}"), plan::render(&p));
+    }
+}
+
+#[test]
+fn plans_obey_the_naming_and_addressing_rules() {
+    for path in examples() {
+        let (_, p) = topology::load(&path).unwrap();
+        let mut ns = p.namespaces.clone();
+        ns.sort();
+        ns.dedup();
+        assert_eq!(
+            ns.len(),
+            p.namespaces.len(),
+            "duplicate namespace in {}",
+            path.display()
+        );
+        assert!(
+            p.namespaces
+                .iter()
+                .all(|n| n.starts_with(&format!("lab-{}-", p.name)))
+        );
+        for i in &p.interfaces {
+            assert!(
+                i.name.len() <= 15,
+                "interface name {} is over 15 characters",
+                i.name
+            );
+            if let Some(a) = &i.address {
+                let ip: std::net::Ipv4Addr = a.split('/').next().unwrap().parse().unwrap();
+                let o = ip.octets();
+                assert!(
+                    o[0] == 198 && (o[1] == 18 || o[1] == 19),
+                    "{ip} is outside 198.18.0.0/15"
+                );
+            }
+        }
+        let mut per_ns: Vec<(String, String)> = p
+            .interfaces
+            .iter()
+            .map(|i| (i.namespace.clone(), i.name.clone()))
+            .collect();
+        per_ns.sort();
+        let n = per_ns.len();
+        per_ns.dedup();
+        assert_eq!(
+            per_ns.len(),
+            n,
+            "an interface name repeats inside a namespace"
+        );
+        assert_eq!(p.cells.len() * 3 + 1, p.namespaces.len());
+    }
+    // Two labs with different names share no namespace.
+    let (_, a) = topology::load(&root().join("topologies/degraded.yaml")).unwrap();
+    let (_, b) = topology::load(&root().join("topologies/ci.yaml")).unwrap();
+    assert!(a.namespaces.iter().all(|n| !b.namespaces.contains(n)));
+}
+
+#[test]
+fn bad_topologies_get_their_exact_messages() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topologies/bad");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        n += 1;
+        let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+        // Messages name the file as given; run from the crate directory like the corpus.
+        let err = match topology::load(rel) {
+            Ok(_) => panic!("{} was accepted", rel.display()),
+            Err(e) => e.to_string(),
+        };
+        let want = std::fs::read_to_string(path.with_extension("err")).unwrap();
+        assert_eq!(err, want, "{}", rel.display());
+    }
+    assert!(n >= 15, "the corpus has only {n} files");
+}
+
+#[test]
+fn lab_plan_exits_2_on_a_bad_topology_and_0_on_a_good_one() {
+    let lab = env!("CARGO_BIN_EXE_lab");
+    let out = std::process::Command::new(lab)
+        .args(["plan", "tests/topologies/bad/bad-units.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 problems in the topology"));
+    let out = std::process::Command::new(lab)
+        .args(["plan", "--json", "../topologies/ci.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cells"].as_array().unwrap().len(), 6);
+    let out = std::process::Command::new(lab)
+        .args(["plan", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read topology file /nonexistent.yaml")
+    );
+}
+
+#[test]
+fn planned_commands_are_valid_lab_command_lines() {
+    use clap::Parser;
+    for path in examples() {
+        let (_, p) = topology::load(&path).unwrap();
+        for pr in &p.processes {
+            lab::cli::Cli::try_parse_from(&pr.argv).unwrap_or_else(|e| {
+                panic!(
+                    "{}: planned `{}` does not parse: {e}",
+                    path.display(),
+                    pr.argv.join(" ")
+                )
+            });
+        }
+    }
+}
