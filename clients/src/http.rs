@@ -213,21 +213,11 @@ impl<A: SseApi> Runner for HttpRunner<A> {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.timeout;
-            let outcome = tokio::time::timeout(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            let error = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => {
-                    self.conn = None;
-                    Some(e)
-                }
-                Err(_) => {
-                    self.conn = None;
-                    Some(PromptError::new(
-                        ErrorCategory::Timeout,
-                        format!("no complete answer within {}", humantime_ms(timeout)),
-                    ))
-                }
-            };
+            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            if error.is_some() {
+                // A connection in an unknown state is never reused.
+                self.conn = None;
+            }
             rec.finish(self.api.name(), self.mode, index, prompt, error)
         })
     }
@@ -237,8 +227,4 @@ impl<A: SseApi> Runner for HttpRunner<A> {
             self.conn = None;
         })
     }
-}
-
-pub(crate) fn humantime_ms(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }

@@ -41,6 +41,21 @@ pub trait Runner: Send {
     fn close(&mut self) -> BoxFuture<'_, ()>;
 }
 
+/// Runs one prompt's attempt under the client's timeout; a timeout is its own category.
+pub(crate) async fn within<F>(timeout: Duration, attempt: F) -> Option<record::PromptError>
+where
+    F: std::future::Future<Output = Result<(), record::PromptError>>,
+{
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(record::PromptError::new(
+            record::ErrorCategory::Timeout,
+            format!("no complete answer within {:.1}s", timeout.as_secs_f64()),
+        )),
+    }
+}
+
 /// The approaches lab knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

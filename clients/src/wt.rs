@@ -160,18 +160,7 @@ impl Runner for WtRunner {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.timeout;
-            let outcome = tokio::time::timeout(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            let error = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(_) => Some(PromptError::new(
-                    ErrorCategory::Timeout,
-                    format!(
-                        "no complete answer within {}",
-                        crate::http::humantime_ms(timeout)
-                    ),
-                )),
-            };
+            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
             // A failed session is not trusted again; fresh mode never keeps one.
             if error.is_some() || self.mode == Mode::Fresh {
                 self.drop_conn();
