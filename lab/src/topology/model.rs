@@ -201,10 +201,9 @@ pub struct Link {
     pub corrupt: Option<Percent>,
 }
 
+// The first fields repeat `Link`'s: serde cannot combine `flatten` with
+// `deny_unknown_fields`, and strictness matters more here.
 /// A network profile: impairments for both directions, optionally per direction.
-///
-/// The first fields repeat [`Link`]'s: serde cannot combine `flatten` with
-/// `deny_unknown_fields`, and strictness matters more here.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
