@@ -12,6 +12,21 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Runs the prompt "hi" once with a fresh runner of `ap`.
+async fn one_prompt(
+    stack: &lab::stack::Stack,
+    ap: Approach,
+    mode: Mode,
+    timeout: Duration,
+    trust: &Trust,
+) -> lab_clients::record::PromptRecord {
+    let target = Target::parse(&stack.url(ap)).unwrap();
+    let mut r = ap.runner(target, mode, timeout, trust, MODEL).unwrap();
+    run_all(r.as_mut(), &["hi".to_string()], 1, |_| {})
+        .await
+        .remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_approaches_deliver_identical_tokens_in_both_modes() {
     let max = 40;
@@ -166,16 +181,7 @@ async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
     }
     // The SSE and WebTransport servers report the same failure as an upstream error.
     for ap in [Approach::Sse, Approach::Wt, Approach::Raw] {
-        let mut r = ap
-            .runner(
-                Target::parse(&stack.url(ap)).unwrap(),
-                Mode::Reuse,
-                TIMEOUT,
-                &t,
-                MODEL,
-            )
-            .unwrap();
-        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        let recs = vec![one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await];
         assert_eq!(
             recs[0].error.as_ref().unwrap().category,
             ErrorCategory::Upstream,
@@ -270,16 +276,7 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
         (Approach::Wt, ErrorCategory::Upstream),
         (Approach::Raw, ErrorCategory::Receive),
     ] {
-        let mut r = ap
-            .runner(
-                Target::parse(&stack.url(ap)).unwrap(),
-                Mode::Reuse,
-                TIMEOUT,
-                &t,
-                MODEL,
-            )
-            .unwrap();
-        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        let recs = vec![one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await];
         let e = recs[0].error.as_ref().unwrap();
         assert_eq!(e.category, cat, "{ap}: {e}");
         assert_eq!(recs[0].tokens, 2, "{ap}");
@@ -341,20 +338,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
     send.write_all(b"2:hi5:hello").await.unwrap();
     send.finish().await.unwrap();
-    let bytes = read_all(recv).await.unwrap();
-    let mut dec = lab_codec::lenprefix::Decoder::new();
-    dec.extend(&bytes);
-    let mut answers = vec![Vec::new()];
-    while let Some(f) = dec.next_frame().unwrap() {
-        match f {
-            lab_codec::lenprefix::Frame::Message(m) => answers
-                .last_mut()
-                .unwrap()
-                .push(String::from_utf8(m.to_vec()).unwrap()),
-            lab_codec::lenprefix::Frame::End => answers.push(Vec::new()),
-        }
-    }
-    dec.finish().unwrap();
+    let answers = lenprefix_answers(&read_all(recv).await.unwrap());
     assert_eq!(
         answers,
         vec![expected("hi", 5), expected("hello", 5), vec![]]
@@ -386,18 +370,17 @@ async fn many_concurrent_webtransport_streams_and_sessions() {
                     lab_codec::lenprefix::encode(prompt.as_bytes(), &mut m).unwrap();
                     send.write_all(&m).await.unwrap();
                     send.finish().await.unwrap();
-                    let mut dec = lab_codec::lenprefix::Decoder::new();
+                    let mut bytes = Vec::new();
                     let mut buf = vec![0u8; 4096];
                     while let Some(n) = recv.read(&mut buf).await.unwrap() {
-                        dec.extend(&buf[..n]);
+                        bytes.extend_from_slice(&buf[..n]);
                     }
-                    let mut toks = Vec::new();
-                    while let Some(lab_codec::lenprefix::Frame::Message(m)) =
-                        dec.next_frame().unwrap()
-                    {
-                        toks.push(String::from_utf8(m.to_vec()).unwrap());
-                    }
-                    assert_eq!(toks, expected(&prompt, 20), "{prompt}");
+                    // One answer, ended by 0:, then the end of the stream.
+                    assert_eq!(
+                        lenprefix_answers(&bytes),
+                        vec![expected(&prompt, 20), vec![]],
+                        "{prompt}"
+                    );
                 }));
             }
             for s in streams {
@@ -423,16 +406,16 @@ async fn client_timeout_is_its_own_category() {
         .await
         .unwrap();
     for ap in Approach::ALL {
-        let mut r = ap
-            .runner(
-                Target::parse(&stack.url(ap)).unwrap(),
+        let recs = vec![
+            one_prompt(
+                &stack,
+                ap,
                 Mode::Reuse,
                 Duration::from_millis(200),
                 &stack.trust(),
-                MODEL,
             )
-            .unwrap();
-        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+            .await,
+        ];
         assert_eq!(
             recs[0].error.as_ref().unwrap().category,
             ErrorCategory::Timeout,
@@ -447,16 +430,7 @@ async fn wrong_certificate_pin_fails_to_connect() {
     let stack = stack(5).await;
     let wrong = Trust::Pin([7; 32]);
     for ap in Approach::ALL {
-        let mut r = ap
-            .runner(
-                Target::parse(&stack.url(ap)).unwrap(),
-                Mode::Fresh,
-                TIMEOUT,
-                &wrong,
-                MODEL,
-            )
-            .unwrap();
-        let recs = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {}).await;
+        let recs = vec![one_prompt(&stack, ap, Mode::Fresh, TIMEOUT, &wrong).await];
         assert_eq!(
             recs[0].error.as_ref().unwrap().category,
             ErrorCategory::Connect,

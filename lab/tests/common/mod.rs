@@ -83,6 +83,26 @@ pub fn sse_events(body: &str) -> Vec<lab_codec::sse::Event> {
     out
 }
 
+/// Decodes a WebTransport stream's bytes into answers: the tokens before each `0:`, and
+/// last whatever followed the final `0:` (empty for a well-ended stream). Fails on any
+/// framing error or a truncated message.
+pub fn lenprefix_answers(bytes: &[u8]) -> Vec<Vec<String>> {
+    let mut dec = lab_codec::lenprefix::Decoder::new();
+    dec.extend(bytes);
+    let mut answers = vec![Vec::new()];
+    while let Some(f) = dec.next_frame().unwrap() {
+        match f {
+            lab_codec::lenprefix::Frame::Message(m) => answers
+                .last_mut()
+                .unwrap()
+                .push(String::from_utf8(m.to_vec()).unwrap()),
+            lab_codec::lenprefix::Frame::End => answers.push(Vec::new()),
+        }
+    }
+    dec.finish().unwrap();
+    answers
+}
+
 /// The content tokens of an OpenAI chunk stream.
 pub fn raw_tokens(body: &str) -> Vec<String> {
     sse_events(body)
