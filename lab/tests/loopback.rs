@@ -181,9 +181,9 @@ async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
     }
     // The SSE and WebTransport servers report the same failure as an upstream error.
     for ap in [Approach::Sse, Approach::Wt, Approach::Raw] {
-        let recs = vec![one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await];
+        let rec = one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await;
         assert_eq!(
-            recs[0].error.as_ref().unwrap().category,
+            rec.error.as_ref().unwrap().category,
             ErrorCategory::Upstream,
             "{ap}"
         );
@@ -276,10 +276,10 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
         (Approach::Wt, ErrorCategory::Upstream),
         (Approach::Raw, ErrorCategory::Receive),
     ] {
-        let recs = vec![one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await];
-        let e = recs[0].error.as_ref().unwrap();
+        let rec = one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await;
+        let e = rec.error.as_ref().unwrap();
         assert_eq!(e.category, cat, "{ap}: {e}");
-        assert_eq!(recs[0].tokens, 2, "{ap}");
+        assert_eq!(rec.tokens, 2, "{ap}");
     }
 }
 
@@ -406,22 +406,20 @@ async fn client_timeout_is_its_own_category() {
         .await
         .unwrap();
     for ap in Approach::ALL {
-        let recs = vec![
-            one_prompt(
-                &stack,
-                ap,
-                Mode::Reuse,
-                Duration::from_millis(200),
-                &stack.trust(),
-            )
-            .await,
-        ];
+        let rec = one_prompt(
+            &stack,
+            ap,
+            Mode::Reuse,
+            Duration::from_millis(200),
+            &stack.trust(),
+        )
+        .await;
         assert_eq!(
-            recs[0].error.as_ref().unwrap().category,
+            rec.error.as_ref().unwrap().category,
             ErrorCategory::Timeout,
             "{ap}"
         );
-        assert!(recs[0].total_ms < 1000.0);
+        assert!(rec.total_ms < 1000.0);
     }
 }
 
@@ -430,9 +428,9 @@ async fn wrong_certificate_pin_fails_to_connect() {
     let stack = stack(5).await;
     let wrong = Trust::Pin([7; 32]);
     for ap in Approach::ALL {
-        let recs = vec![one_prompt(&stack, ap, Mode::Fresh, TIMEOUT, &wrong).await];
+        let rec = one_prompt(&stack, ap, Mode::Fresh, TIMEOUT, &wrong).await;
         assert_eq!(
-            recs[0].error.as_ref().unwrap().category,
+            rec.error.as_ref().unwrap().category,
             ErrorCategory::Connect,
             "{ap}"
         );
