@@ -14,10 +14,11 @@ use std::time::Duration;
     about = "Measure LLM token-streaming transports (WebTransport, SSE, raw OpenAI API) on a bad network",
     long_about = "lab measures how LLM token-streaming transports behave on a bad network: time to first \
 token, time between tokens, and bytes on the wire per token.\n\n\
-Today it runs the servers and clients on their own (on loopback): `lab serve ...`, `lab client ...`, \
-and `lab demo`, which starts all four servers and compares the three approaches. `lab plan` resolves a \
-topology file into the namespaces, links and processes of a lab, without root.",
-    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
+The servers and clients run on their own (on loopback): `lab serve ...`, `lab client ...`, and \
+`lab demo`, which starts all four servers and compares the three approaches. A topology file describes a \
+lab of network namespaces: `lab plan` resolves it without root; `lab up` builds it and starts the servers \
+in it; `lab status`, `lab shell` and `lab exec` live in it; `lab down` and `lab clean` remove it.",
+    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  sudo lab up topologies/ci.yaml && sudo lab shell wt\n  sudo lab exec wt -- ping -c 3 198.18.2.2\n  sudo lab down\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
 )]
 pub struct Cli {
     /// Log filter for stderr (also RUST_LOG), e.g. `debug` or `lab_servers=trace`.
@@ -41,6 +42,96 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the JSON schema of topology files (also in lab/topology.schema.json).
     Schema,
+    /// Build a topology's lab (namespaces, links, servers), print what is where, and
+    /// return; the lab stays up until `lab down`. Needs root.
+    Up(UpArgs),
+    /// Show the labs that are up: cells, namespaces, addresses, processes (pid, state,
+    /// RSS), shaping, and server URLs to try by hand.
+    Status(StatusArgs),
+    /// Open an interactive shell inside a lab namespace, e.g. `lab shell wt` (the wt
+    /// cell's client side), `lab shell wt.server`, `lab shell sse@degraded.wire`,
+    /// `lab shell c3`, `lab shell llm`.
+    Shell(ShellArgs),
+    /// Run one command inside a lab namespace and return its exit status, e.g.
+    /// `lab exec wt -- ping -c 3 198.18.2.2`. `lab` as the command is this lab binary.
+    Exec(ExecArgs),
+    /// Take a lab down: stop its processes, remove its namespaces (and with them every
+    /// link) and its run directory, in reverse order. Keeps going past errors.
+    Down(DownArgs),
+    /// Remove what a killed lab left behind (even after SIGKILL), using the state
+    /// records in /run/lab and lab's ownership marks; safe to run twice. Labs that are
+    /// up are kept unless --all.
+    Clean(CleanArgs),
+    /// Relay TCP from a lab namespace to an upstream on the host (started by `lab up`
+    /// for a `url:` upstream).
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The topology file, e.g. topologies/degraded.yaml.
+    pub topology: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this lab (default: every lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// Print JSON: each lab's state record plus live process and namespace facts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Node names: `wt`, `sse`, `raw` (the client side of that approach's cell, when the
+/// lab has one profile), `wt@PROFILE`, `c3` (a cell by id), `llm`, or a namespace name;
+/// add `.client`, `.wire` or `.server` to pick a side.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The node: wt, wt.server, wt@degraded.wire, c3, llm, ...
+    pub node: String,
+    /// The lab (default: the only lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The node: wt, wt.server, wt@degraded.wire, c3, llm, ...
+    pub node: String,
+    /// The lab (default: the only lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// The lab (default: the only lab that is up).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Also take down labs that are up and healthy.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The namespace to listen in.
+    #[arg(long)]
+    pub netns: String,
+    /// Address to listen on inside it.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The upstream's http:// base URL, dialled from the host.
+    #[arg(long)]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod netlab;
 pub mod serve;
 pub mod stack;
 pub mod topology;
@@ -34,6 +35,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print!("{}", topology::schema_json());
             true
         }
+        Command::Up(a) => return netlab::up_cmd(a).await,
+        Command::Status(a) => return netlab::status_cmd(a),
+        Command::Shell(a) => return netlab::shell_cmd(a),
+        Command::Exec(a) => return netlab::exec_cmd(a),
+        Command::Down(a) => return netlab::down_cmd(a),
+        Command::Clean(a) => return netlab::clean_cmd(a),
+        Command::Relay(a) => return netlab::relay_cmd(a).await,
     };
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
 }

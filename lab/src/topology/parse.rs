@@ -357,14 +357,30 @@ fn check_llm(cx: &mut Ctx<'_>, at: (usize, usize), l: &Llm) {
         cx.push(at, "llm", "give either `mock` or `url`, not both");
     }
     if let Some(u) = &l.url {
-        let ok = (u.starts_with("http://") || u.starts_with("https://"))
-            && u.parse::<http::Uri>().is_ok();
-        if !ok {
-            cx.push(
+        match u.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/")) {
+                    cx.push(
+                        at,
+                        "llm.url",
+                        format!(
+                            "'{u}' has a path; give the server's base URL (lab relays TCP to its host and port, and the servers add /v1/...), e.g. http://127.0.0.1:11434"
+                        ),
+                    );
+                }
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") => cx.push(
                 at,
                 "llm.url",
-                format!("'{u}' is not an http(s) URL; e.g. http://127.0.0.1:11434"),
-            );
+                format!(
+                    "'{u}': lab relays plain TCP to the upstream, so it must be http://; for an https upstream run a local forwarder and give its http:// address"
+                ),
+            ),
+            _ => cx.push(
+                at,
+                "llm.url",
+                format!("'{u}' is not an http URL with a host; e.g. http://127.0.0.1:11434"),
+            ),
         }
     }
     if l.model.trim().is_empty() {

@@ -14,7 +14,7 @@
 
 use super::model::*;
 use super::units::{Dur, Percent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 /// At most this many cells per lab (one /24 of 198.18.0.0/16 each).
@@ -23,10 +23,22 @@ pub const MAX_CELLS: usize = 250;
 pub const LLM_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 pub const LLM_PORT: u16 = 11434;
 
+/// Where a lab that is up keeps its state record, logs and certificates:
+/// `/run/lab/<name>/`.
+pub const RUN_ROOT: &str = "/run/lab";
+
+/// The run directory of the lab `name`.
+pub fn run_dir(name: &str) -> String {
+    format!("{RUN_ROOT}/{name}")
+}
+
+/// `namespace` of a process that runs in the host's namespace (the relay).
+pub const HOST: &str = "host";
+
 /// Link settings of one direction; `None` fields are not shaped.
 pub type LinkSpec = Link;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
     pub prefix: String,
@@ -41,7 +53,7 @@ pub struct Plan {
     pub processes: Vec<Process>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmNode {
     pub namespace: String,
     pub address: Ipv4Addr,
@@ -53,7 +65,7 @@ pub struct LlmNode {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     pub id: String,
     pub index: usize,
@@ -73,7 +85,7 @@ pub struct Cell {
     pub down: LinkSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Iface {
     pub namespace: String,
     pub name: String,
@@ -86,7 +98,7 @@ pub struct Iface {
     pub master: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub namespace: String,
     pub role: String,
@@ -223,11 +235,13 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
     };
     if t.llm.url.is_some() {
         processes.push(Process {
-            namespace: llm_ns.clone(),
+            namespace: HOST.into(),
             role: "relay".into(),
             argv: vec![
                 "lab".into(),
                 "relay".into(),
+                "--netns".into(),
+                llm_ns.clone(),
                 "--listen".into(),
                 format!("{LLM_ADDR}:{LLM_PORT}"),
                 "--to".into(),
@@ -324,6 +338,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 argv.extend(["--model".into(), t.llm.model.clone()]);
             }
             argv.extend(["--san".into(), server_addr.to_string()]);
+            argv.extend([
+                "--cert-out".into(),
+                format!("{}/certs/{id}", run_dir(&t.name)),
+            ]);
             processes.push(Process {
                 namespace: server_ns.clone(),
                 role: format!("{} server", a.approach()),

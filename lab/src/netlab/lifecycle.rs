@@ -1,0 +1,286 @@
+//! Bringing a lab up and taking it down.
+//!
+//! `up` records every object in the state record before or right after creating it, and
+//! holds a guard that takes everything down again if building fails, is interrupted, or
+//! panics. Teardown is synchronous and needs no netlink: stop the processes (pidfd, so a
+//! reused pid is never signalled), then unmount and unlink the namespaces in reverse
+//! order — their interfaces go with them — then remove the run directory.
+
+use super::procs::{self, Started};
+use super::state::{Phase, State};
+use super::{links, sys};
+use crate::topology::plan::{HOST, Plan, RUN_ROOT, run_dir};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long processes get between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Takes the lab down on drop unless disarmed: covers errors, interruption and panics.
+struct Guard {
+    state: Option<State>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.state.take() {
+            let failures = teardown(&mut s);
+            for f in failures {
+                eprintln!("lab: while taking {} down: {f}", s.name);
+            }
+        }
+    }
+}
+
+impl Guard {
+    fn state(&mut self) -> &mut State {
+        self.state
+            .as_mut()
+            .expect("guard holds the state until disarmed")
+    }
+}
+
+fn check(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Builds the lab of `plan` and starts its processes. On success the lab stays up and
+/// its state record says what is where; on any failure everything is already removed.
+pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
+    let dir = PathBuf::from(run_dir(&plan.name));
+    std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("cannot create {RUN_ROOT}"))?;
+    if let Ok(s) = State::load(&plan.name) {
+        bail!(
+            "a lab named {} is already {} (built by pid {}{}); take it down with `lab down {}`",
+            plan.name,
+            match s.phase {
+                Phase::Up => "up",
+                Phase::Building => "being built",
+            },
+            s.owner_pid,
+            if s.owner_alive() {
+                ""
+            } else {
+                ", which has exited"
+            },
+            plan.name
+        );
+    }
+    let taken: Vec<&String> = plan
+        .namespaces
+        .iter()
+        .filter(|n| sys::netns_exists(n))
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "network namespace{} {} already exist{}; if a killed lab left {}, `lab clean` removes {}",
+            if taken.len() > 1 { "s" } else { "" },
+            taken
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if taken.len() > 1 { "" } else { "s" },
+            if taken.len() > 1 { "them" } else { "it" },
+            if taken.len() > 1 { "them" } else { "it" },
+        );
+    }
+    // The run directory is the lock: creating it is atomic.
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
+            "{} exists: another `lab up {}` is running, or a killed one left it; `lab clean` removes leftovers",
+            dir.display(),
+            plan.name
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+    let me = std::process::id();
+    let mut guard = Guard {
+        state: Some(State {
+            name: plan.name.clone(),
+            topology: std::fs::canonicalize(topology).unwrap_or_else(|_| topology.to_owned()),
+            created: now_secs(),
+            phase: Phase::Building,
+            owner_pid: me,
+            owner_start: sys::start_time(me).unwrap_or(0),
+            namespaces: Vec::new(),
+            processes: Vec::new(),
+            plan: plan.clone(),
+        }),
+    };
+    for sub in ["logs", "certs"] {
+        std::fs::create_dir(dir.join(sub))
+            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    }
+    // Every namespace is recorded before it is created: creation is create-new, so a
+    // name in the record is never someone else's.
+    guard.state().namespaces = plan.namespaces.clone();
+    guard.state().save()?;
+
+    sys::ensure_netns_dir()?;
+    for (k, ns) in plan.namespaces.iter().enumerate() {
+        let made = check(cancel).and_then(|()| sys::create_netns(ns, plan.ipv6));
+        if let Err(e) = made {
+            // Only the ones before k are ours.
+            guard.state().namespaces.truncate(k);
+            guard.state().save()?;
+            return Err(e);
+        }
+    }
+    let mut fds: HashMap<String, File> = HashMap::new();
+    for ns in &plan.namespaces {
+        fds.insert(ns.clone(), sys::open_netns(ns)?);
+    }
+    check(cancel)?;
+    links::create(plan, &fds)?;
+    check(cancel)?;
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = plan
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let ifaces: Vec<_> = plan
+                    .interfaces
+                    .iter()
+                    .filter(|i| &i.namespace == ns)
+                    .collect();
+                let fd = &fds[ns];
+                let name = &plan.name;
+                s.spawn(move || {
+                    links::configure(name, fd, &ifaces)
+                        .with_context(|| format!("cannot configure namespace {ns}"))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a configuration thread panicked")))?;
+        }
+        Ok(())
+    })?;
+
+    // The LLM (or the relay) first, then every server at once.
+    let log = |role: &str, cell: Option<&str>| {
+        let base = match cell {
+            Some(c) => format!("{c}-{role}"),
+            None => role.to_owned(),
+        };
+        dir.join("logs")
+            .join(format!("{}.log", base.replace(' ', "-")))
+    };
+    let cell_of = |ns: &str| {
+        plan.cells
+            .iter()
+            .find(|c| c.server_ns == ns)
+            .map(|c| c.id.clone())
+    };
+    let mut waves: [Vec<&crate::topology::plan::Process>; 2] = [Vec::new(), Vec::new()];
+    for p in &plan.processes {
+        let wave = usize::from(cell_of(&p.namespace).is_some());
+        waves[wave].push(p);
+    }
+    for wave in waves {
+        let mut started: Vec<Started> = Vec::new();
+        for p in wave {
+            check(cancel)?;
+            let cell = cell_of(&p.namespace);
+            let ns = if p.namespace == HOST {
+                None
+            } else {
+                Some(&fds[&p.namespace])
+            };
+            let st = procs::start(
+                &p.role,
+                cell.as_deref(),
+                &p.namespace,
+                ns,
+                &p.argv,
+                log(&p.role, cell.as_deref()),
+            )?;
+            guard.state().processes.push(st.record.clone());
+            guard.state().save()?;
+            started.push(st);
+        }
+        for mut st in started {
+            st.wait_ready(procs::READY_TIMEOUT, cancel)?;
+            let rec = st.record.clone();
+            if let Some(slot) = guard
+                .state()
+                .processes
+                .iter_mut()
+                .find(|r| r.pid == rec.pid)
+            {
+                *slot = rec;
+            }
+        }
+        guard.state().save()?;
+    }
+    check(cancel)?;
+    guard.state().phase = Phase::Up;
+    guard.state().save()?;
+    Ok(guard.state.take().expect("state present"))
+}
+
+/// Takes a lab down: processes, namespaces in reverse order, then the run directory.
+/// Keeps going past errors and returns what it could not remove.
+pub fn teardown(state: &mut State) -> Vec<String> {
+    let mut failures = Vec::new();
+    // Signal every process first, then wait for all of them: one grace period in total.
+    let fds: Vec<_> = state
+        .processes
+        .iter()
+        .rev()
+        .filter_map(|p| sys::Pidfd::open(p.pid, p.start).map(|fd| (p, fd)))
+        .collect();
+    for (_, fd) in &fds {
+        fd.signal(libc::SIGTERM);
+    }
+    let deadline = Instant::now() + GRACE;
+    for (p, fd) in &fds {
+        if !fd.wait_exit(deadline) {
+            fd.signal(libc::SIGKILL);
+            if !fd.wait_exit(Instant::now() + Duration::from_secs(5)) {
+                failures.push(format!("the {} (pid {}) survived SIGKILL", p.role, p.pid));
+            }
+        }
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(p.pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    for ns in state.namespaces.iter().rev() {
+        if let Err(e) = sys::delete_netns(ns) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if failures.is_empty() {
+        let dir = state.dir();
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != ErrorKind::NotFound
+        {
+            failures.push(format!("cannot remove {}: {e}", dir.display()));
+        }
+    } else {
+        // Keep the record so `lab clean` can finish the job.
+        let _ = state.save();
+    }
+    failures
+}

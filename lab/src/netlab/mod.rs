@@ -1,0 +1,312 @@
+//! The privileged layer: a topology's plan made real as network namespaces, veth pairs,
+//! bridges and processes, and the commands that live in it (`up`, `status`, `shell`,
+//! `exec`, `down`, `clean`, and the hidden `relay`).
+//!
+//! Everything goes over netlink (rtnetlink), ioctl (offloads) and sysctl (IPv6); lab
+//! needs no `ip`, `tc` or `ethtool` at run time.
+
+pub mod ethtool;
+pub mod lifecycle;
+pub mod links;
+pub mod node;
+pub mod procs;
+pub mod relay;
+pub mod shell;
+pub mod state;
+pub mod status;
+pub mod sys;
+
+use crate::cli::{CleanArgs, DownArgs, ExecArgs, RelayArgs, ShellArgs, StatusArgs, UpArgs};
+use crate::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use anyhow::{Context, Result};
+use state::{Phase, State};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit status when a signal interrupted `lab up` (after the lab was taken down).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+fn refuse(e: anyhow::Error) -> Result<u8> {
+    eprintln!("lab: {e:#}");
+    Ok(EXIT_USAGE)
+}
+
+/// `lab up`: build, start, report, return; the lab stays up.
+pub async fn up_cmd(a: UpArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("up") {
+        return refuse(e);
+    }
+    let plan = match crate::topology::load(&a.topology) {
+        Ok((_, plan)) => plan,
+        Err(e) => {
+            eprint!("lab: {e}");
+            if !e.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let c = cancel.clone();
+    let topo = a.topology.clone();
+    let mut build = tokio::task::spawn_blocking(move || lifecycle::up(&topo, &plan, &c));
+    let result = tokio::select! {
+        r = &mut build => r,
+        () = crate::serve::shutdown_signal() => {
+            eprintln!("lab: interrupted; taking the lab down");
+            cancel.store(true, Ordering::SeqCst);
+            let _ = build.await;
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
+    match result {
+        Ok(Ok(state)) => {
+            println!(
+                "lab {} is up: {} cells, {} namespaces, {} processes, built in {} ms\n",
+                state.name,
+                state.plan.cells.len(),
+                state.namespaces.len(),
+                state.processes.len(),
+                started.elapsed().as_millis()
+            );
+            print!("{}", status::render(&state));
+            Ok(EXIT_OK)
+        }
+        Ok(Err(e)) => {
+            eprintln!("lab: {e:#}\nlab: nothing was left behind");
+            Ok(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("lab: building the lab failed: {e}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// `lab down [name]`.
+pub fn down_cmd(a: DownArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("down") {
+        return refuse(e);
+    }
+    let name = match state::pick(a.name.as_deref()) {
+        Ok(n) => n,
+        Err(e) => return refuse(e),
+    };
+    let mut s = State::load(&name)?;
+    if s.phase == Phase::Building && s.owner_alive() {
+        eprintln!(
+            "lab: lab {name} is being built by pid {}; interrupt that (Ctrl-C) and it takes itself down",
+            s.owner_pid
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(report_down(&mut s))
+}
+
+fn report_down(s: &mut State) -> u8 {
+    let failures = lifecycle::teardown(s);
+    if failures.is_empty() {
+        println!(
+            "lab {} is down: stopped {} processes, removed {} namespaces and {}",
+            s.name,
+            s.processes.len(),
+            s.namespaces.len(),
+            s.dir().display()
+        );
+        EXIT_OK
+    } else {
+        for f in &failures {
+            eprintln!("lab: could not remove: {f}");
+        }
+        eprintln!(
+            "lab: {} is partly down; its state record is kept, so `lab clean` can retry",
+            s.name
+        );
+        EXIT_FAILED
+    }
+}
+
+/// `lab clean`: removes what killed labs left behind.
+pub fn clean_cmd(a: CleanArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("clean") {
+        return refuse(e);
+    }
+    let mut code = EXIT_OK;
+    let mut kept: HashSet<String> = HashSet::new();
+    let mut did = 0;
+    for name in state::lab_names() {
+        match State::load(&name) {
+            Ok(mut s) => {
+                let leftover = match s.phase {
+                    Phase::Building => !s.owner_alive(),
+                    Phase::Up => a.all,
+                };
+                if leftover {
+                    did += 1;
+                    if report_down(&mut s) != EXIT_OK {
+                        code = EXIT_FAILED;
+                    }
+                } else {
+                    println!(
+                        "lab {name} is {}; kept (`lab down {name}`, or `lab clean --all`)",
+                        if s.phase == Phase::Up {
+                            "up"
+                        } else {
+                            "being built"
+                        }
+                    );
+                    kept.extend(s.namespaces);
+                }
+            }
+            Err(_) => {
+                // A run directory with no readable record: lab's own tree, nothing else
+                // to go on; marked namespaces are found below.
+                let dir = std::path::PathBuf::from(crate::topology::plan::run_dir(&name));
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        did += 1;
+                        println!("removed {} (it had no state record)", dir.display());
+                    }
+                    Err(e) => {
+                        eprintln!("lab: cannot remove {}: {e}", dir.display());
+                        code = EXIT_FAILED;
+                    }
+                }
+            }
+        }
+    }
+    // Namespaces that carry lab's mark but are in no record.
+    let entries = std::fs::read_dir(sys::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten();
+    for e in entries {
+        let Ok(ns) = e.file_name().into_string() else {
+            continue;
+        };
+        if !ns.starts_with("lab-") || kept.contains(&ns) {
+            continue;
+        }
+        let marked = sys::open_netns(&ns)
+            .ok()
+            .and_then(|f| links::ns_marked(&f).ok().flatten());
+        if let Some(lab) = marked {
+            match sys::delete_netns(&ns) {
+                Ok(()) => {
+                    did += 1;
+                    println!("removed namespace {ns} (marked as lab {lab}'s, in no record)");
+                }
+                Err(e) => {
+                    eprintln!("lab: {e:#}");
+                    code = EXIT_FAILED;
+                }
+            }
+        }
+    }
+    if did == 0 {
+        println!("nothing to clean");
+    }
+    Ok(code)
+}
+
+/// `lab status`.
+pub fn status_cmd(a: StatusArgs) -> Result<u8> {
+    let names = match &a.lab {
+        Some(n) => match state::pick(Some(n)) {
+            Ok(n) => vec![n],
+            Err(e) => return refuse(e),
+        },
+        None => state::lab_names(),
+    };
+    let states: Vec<State> = names
+        .iter()
+        .map(|n| State::load(n))
+        .collect::<Result<_>>()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status::json(&states))?);
+    } else if states.is_empty() {
+        println!("no lab is up; start one with `lab up topologies/<file>.yaml`");
+    } else {
+        let parts: Vec<String> = states.iter().map(status::render).collect();
+        print!("{}", parts.join("\n"));
+    }
+    Ok(EXIT_OK)
+}
+
+fn node_env(lab: &str, node: &str, ns: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("LAB_NAME".to_owned(), lab.to_owned()),
+        ("LAB_NODE".to_owned(), node.to_owned()),
+        ("LAB_NETNS".to_owned(), ns.to_owned()),
+    ])
+}
+
+fn resolve(lab: Option<&str>, node: &str) -> Result<(State, String)> {
+    let name = state::pick(lab)?;
+    let s = State::load(&name)?;
+    let ns = node::resolve(&s.plan, node)?;
+    Ok((s, ns))
+}
+
+/// `lab shell <node>`.
+pub fn shell_cmd(a: ShellArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("shell") {
+        return refuse(e);
+    }
+    let (s, ns) = match resolve(a.lab.as_deref(), &a.node) {
+        Ok(x) => x,
+        Err(e) => return refuse(e),
+    };
+    let rc = s.dir().join(format!("shell-{}.rc", std::process::id()));
+    let (argv, rc_text) = shell::shell_argv(&a.node, &rc);
+    let mut env = node_env(&s.name, &a.node, &ns);
+    if let Some(t) = &rc_text {
+        std::fs::write(&rc, t).with_context(|| format!("cannot write {}", rc.display()))?;
+    } else {
+        env.insert("PS1".into(), format!("[lab {}] # ", a.node));
+    }
+    eprintln!("lab: shell in {ns} (node {}); `exit` to leave", a.node);
+    let code = shell::run_in(&ns, &argv, &env);
+    if rc_text.is_some() {
+        let _ = std::fs::remove_file(&rc);
+    }
+    code
+}
+
+/// `lab exec <node> -- cmd args...`.
+pub fn exec_cmd(a: ExecArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("exec") {
+        return refuse(e);
+    }
+    let (s, ns) = match resolve(a.lab.as_deref(), &a.node) {
+        Ok(x) => x,
+        Err(e) => return refuse(e),
+    };
+    // `lab` as the command means this very executable, so in-lab clients match the servers.
+    let mut argv = a.command.clone();
+    if argv[0] == "lab" {
+        argv[0] = std::env::current_exe()?.display().to_string();
+    }
+    shell::run_in(&ns, &argv, &node_env(&s.name, &a.node, &ns))
+}
+
+/// `lab relay` (started by `lab up` for a `url:` upstream).
+pub async fn relay_cmd(a: RelayArgs) -> Result<u8> {
+    let to = relay::authority(&a.to)?;
+    let listener = relay::bind_in(&a.netns, a.listen)?;
+    let line = serde_json::json!({
+        "event": "ready",
+        "server": "relay",
+        "listen": a.listen.to_string(),
+        "url": format!("http://{}", a.listen),
+        "cert_sha256": null,
+    });
+    println!("{line}");
+    tracing::info!("relaying {} in {} to {to} on the host", a.listen, a.netns);
+    tokio::select! {
+        r = relay::serve(listener, to) => r.map(|()| EXIT_OK),
+        () = crate::serve::shutdown_signal() => Ok(EXIT_OK),
+    }
+}

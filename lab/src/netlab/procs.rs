@@ -1,0 +1,168 @@
+//! Processes inside namespaces: lab re-executes itself (`lab serve ...`), joining the
+//! namespace in `pre_exec` (after fork, before exec, in the single-threaded child), in
+//! its own session so a Ctrl-C at the terminal does not reach it, with stderr in a log
+//! file and stdout a pipe that carries the one JSON ready line.
+
+use super::state::ProcRecord;
+use super::sys;
+use anyhow::{Context, Result, anyhow, bail};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to report ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The last `n` lines of a log file (for reports of a child that died).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A started child that has not reported ready yet.
+pub struct Started {
+    pub child: Child,
+    pub record: ProcRecord,
+    stdout: Option<ChildStdout>,
+}
+
+/// Starts `argv` (whose first word, `lab`, is replaced by this executable) in the
+/// namespace `ns` (none: the host's), logging to `log`.
+pub fn start(
+    role: &str,
+    cell: Option<&str>,
+    namespace: &str,
+    ns: Option<&File>,
+    argv: &[String],
+    log: PathBuf,
+) -> Result<Started> {
+    let exe = std::env::current_exe().context("cannot find the lab executable")?;
+    let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(logf)
+        .env("LAB_LOG", "info");
+    let nsfd = ns.map(|f| f.as_raw_fd());
+    // SAFETY: the closure runs in the forked child and only makes async-signal-safe
+    // system calls (setns, setsid); the fd stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = nsfd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the {role} ({})", argv.join(" ")))?;
+    let pid = child.id();
+    let start = sys::start_time(pid).unwrap_or(0);
+    let stdout = child.stdout.take();
+    Ok(Started {
+        child,
+        record: ProcRecord {
+            role: role.to_owned(),
+            cell: cell.map(str::to_owned),
+            namespace: namespace.to_owned(),
+            pid,
+            start,
+            argv: argv.to_vec(),
+            log,
+            url: None,
+            cert_sha256: None,
+        },
+        stdout,
+    })
+}
+
+impl Started {
+    /// Waits for the child's ready line. Fails, with its exit status and the tail of its
+    /// log, if it exits first; also on timeout or when `cancel` is set.
+    pub fn wait_ready(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
+        let stdout = self
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("the {} has no stdout", self.record.role))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(r);
+        });
+        let deadline = Instant::now() + timeout;
+        let r = &self.record;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(line)) if !line.is_empty() => {
+                    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+                        format!("the {} printed {line:?} instead of a ready line", r.role)
+                    })?;
+                    if v["event"] != "ready" {
+                        bail!("the {} printed {line:?} instead of a ready line", r.role);
+                    }
+                    self.record.url = v["url"].as_str().map(str::to_owned);
+                    self.record.cert_sha256 = v["cert_sha256"].as_str().map(str::to_owned);
+                    return Ok(());
+                }
+                // End of stdout: the child closed it or died; the exit status says which.
+                Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if let Some(fd) = sys::Pidfd::open(r.pid, r.start) {
+                        fd.wait_exit(Instant::now() + Duration::from_secs(2));
+                    }
+                    if let Some(status) = self.child.try_wait()? {
+                        return Err(self.died(&format!("exited ({status})")));
+                    }
+                    return Err(self.died("closed its stdout without a ready line"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(status) = self.child.try_wait()? {
+                        return Err(self.died(&format!("exited ({status})")));
+                    }
+                    if cancel.load(Ordering::SeqCst) {
+                        bail!("interrupted while waiting for the {}", r.role);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(self.died(&format!(
+                            "did not report ready within {} s",
+                            timeout.as_secs()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn died(&self, how: &str) -> anyhow::Error {
+        let r = &self.record;
+        let tail = log_tail(&r.log, 12);
+        anyhow!(
+            "the {} (pid {}, in {}) {how}. Last lines of {}:\n{}",
+            r.role,
+            r.pid,
+            r.namespace,
+            r.log.display(),
+            if tail.is_empty() { "(empty)" } else { &tail }
+        )
+    }
+}

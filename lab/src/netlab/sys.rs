@@ -1,0 +1,282 @@
+//! The system calls under the lab: named network namespaces (the `ip netns` convention,
+//! without `ip`), running code inside a namespace on a dedicated thread, sysctls,
+//! privilege checks and race-free process handles (pidfd).
+//!
+//! Nothing here runs inside an async task: `setns` and `unshare` act on the calling
+//! thread, so they only ever run on threads made for the purpose.
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where named namespaces live, as iproute2 keeps them.
+pub const NETNS_DIR: &str = "/run/netns";
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Fails with a clear message unless this process may build labs.
+pub fn require_privileges(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    // Capabilities: CAP_NET_ADMIN is bit 12, CAP_SYS_ADMIN bit 21 of CapEff.
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    if eff & (1 << 12) != 0 && eff & (1 << 21) != 0 {
+        return Ok(());
+    }
+    bail!(
+        "`lab {what}` needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to create network namespaces, \
+links and mounts; run it with sudo"
+    )
+}
+
+/// Makes /run/netns a shared mount point, as `ip netns add` does, so namespaces mounted
+/// there show in every mount namespace.
+pub fn ensure_netns_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("cannot create {NETNS_DIR}"))?;
+    let shared = |dir: &str| {
+        mount(
+            None::<&str>,
+            dir,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared(NETNS_DIR) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            mount(
+                Some(NETNS_DIR),
+                NETNS_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .with_context(|| format!("cannot bind-mount {NETNS_DIR} on itself"))?;
+            shared(NETNS_DIR).with_context(|| format!("cannot make {NETNS_DIR} a shared mount"))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot make {NETNS_DIR} a shared mount")),
+    }
+}
+
+/// Does a named namespace exist?
+pub fn netns_exists(name: &str) -> bool {
+    netns_path(name).exists()
+}
+
+/// Creates the named network namespace `name`; fails if the name is taken. With
+/// `ipv6` false, IPv6 is off for every interface that will ever appear in it. Loopback
+/// is brought up later, with the other links.
+pub fn create_netns(name: &str, ipv6: bool) -> Result<()> {
+    let path = netns_path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists {
+                anyhow::anyhow!(
+                    "network namespace {name} already exists ({}); lab did not create it now. \
+If a killed lab left it, `lab clean` removes it",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("cannot create {}", path.display()))
+            }
+        })?;
+    let p = path.clone();
+    let made = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &p,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("cannot bind-mount the new namespace on {}", p.display()))?;
+        if !ipv6 {
+            for which in ["default", "all"] {
+                write_sysctl(&format!("net/ipv6/conf/{which}/disable_ipv6"), "1", true)?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the namespace thread panicked")));
+    if let Err(e) = made {
+        let _ = umount2(&path, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&path);
+        return Err(e.context(format!("cannot create network namespace {name}")));
+    }
+    Ok(())
+}
+
+/// Removes a named namespace: unmounts and unlinks it. A namespace that is already gone
+/// is not an error. Interfaces inside it go with it once no process holds it.
+pub fn delete_netns(name: &str) -> Result<()> {
+    let path = netns_path(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot unmount {}", path.display())),
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// Opens a named namespace (for `setns`).
+pub fn open_netns(name: &str) -> Result<File> {
+    let path = netns_path(name);
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot open network namespace {}", path.display()))
+}
+
+/// Runs `f` on a new thread that has joined the network namespace `ns`. Sockets made
+/// there (netlink, ioctl, listeners) stay bound to that namespace afterwards.
+pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("setns(CLONE_NEWNET)")?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("a namespace thread panicked")))
+    })
+}
+
+/// Writes `/proc/sys/<key>` of the calling thread's network namespace.
+pub fn write_sysctl(key: &str, value: &str, missing_ok: bool) -> Result<()> {
+    let path = Path::new("/proc/sys").join(key);
+    match std::fs::write(&path, value) {
+        Ok(()) => Ok(()),
+        Err(e) if missing_ok && e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot write {value} to {}", path.display())),
+    }
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat, in clock ticks since boot).
+/// With the pid it names one process for good: a reused pid has another start time.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// State letter (R, S, Z, ...) and resident memory in bytes of a live process.
+pub fn proc_state_rss(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let state = rest.chars().next()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split(' ').nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some((state, pages * page))
+}
+
+/// A handle on one process that cannot be confused with a later process of the same pid.
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// Opens the process `pid` if it is still the one that started at `start`.
+    pub fn open(pid: u32, start: u64) -> Option<Pidfd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let fd = Pidfd(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        // Checked after opening: if the start time still matches, the fd names our process.
+        (start_time(pid) == Some(start)).then_some(fd)
+    }
+
+    pub fn signal(&self, sig: i32) -> bool {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no info, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0
+    }
+
+    /// Waits until the process has exited, or the deadline passes. True if it exited.
+    pub fn wait_exit(&self, deadline: Instant) -> bool {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r > 0 {
+                return true;
+            }
+            if r == 0 || left.is_zero() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Stops a process politely: SIGTERM, then SIGKILL after `grace`. Returns a description
+/// of what happened, or an error if it would not die.
+pub fn stop_process(pid: u32, start: u64, grace: Duration) -> Result<&'static str> {
+    let Some(fd) = Pidfd::open(pid, start) else {
+        return Ok("already gone");
+    };
+    fd.signal(libc::SIGTERM);
+    if fd.wait_exit(Instant::now() + grace) {
+        reap(pid);
+        return Ok("stopped");
+    }
+    fd.signal(libc::SIGKILL);
+    if fd.wait_exit(Instant::now() + Duration::from_secs(5)) {
+        reap(pid);
+        return Ok("killed after SIGTERM was ignored");
+    }
+    bail!("pid {pid} survived SIGKILL for 5 s")
+}
+
+/// Collects the exit status of a child of ours, if it is one; harmless otherwise.
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
