@@ -10,6 +10,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # tests check that `ip netns` sees lab namespaces; lab itself never runs ip
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

@@ -101,39 +101,44 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
             if taken.len() > 1 { "them" } else { "it" },
         );
     }
-    // The run directory is the lock: creating it is atomic.
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
-            "{} exists: another `lab up {}` is running, or a killed one left it; `lab clean` removes leftovers",
-            dir.display(),
-            plan.name
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-    }
-    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
     let me = std::process::id();
-    let mut guard = Guard {
-        state: Some(State {
-            name: plan.name.clone(),
-            topology: std::fs::canonicalize(topology).unwrap_or_else(|_| topology.to_owned()),
-            created: now_secs(),
-            phase: Phase::Building,
-            owner_pid: me,
-            owner_start: sys::start_time(me).unwrap_or(0),
-            namespaces: Vec::new(),
-            processes: Vec::new(),
-            plan: plan.clone(),
-        }),
+    let state = State {
+        name: plan.name.clone(),
+        topology: std::fs::canonicalize(topology).unwrap_or_else(|_| topology.to_owned()),
+        created: now_secs(),
+        phase: Phase::Building,
+        owner_pid: me,
+        owner_start: sys::start_time(me).unwrap_or(0),
+        // Every namespace is recorded before it is created: creation is create-new, so
+        // a name in the record is never someone else's.
+        namespaces: plan.namespaces.clone(),
+        processes: Vec::new(),
+        plan: plan.clone(),
     };
+    // The run directory is the lock. It is prepared under a temporary name and renamed
+    // into place without replacing anything, so it never exists without its record.
+    let tmp = Path::new(RUN_ROOT).join(format!(".building-{me}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
     for sub in ["logs", "certs"] {
-        std::fs::create_dir(dir.join(sub))
-            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+        std::fs::create_dir(tmp.join(sub))
+            .with_context(|| format!("cannot create {}", tmp.join(sub).display()))?;
     }
-    // Every namespace is recorded before it is created: creation is create-new, so a
-    // name in the record is never someone else's.
-    guard.state().namespaces = plan.namespaces.clone();
-    guard.state().save()?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = sys::rename_noreplace(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if e.kind() == ErrorKind::AlreadyExists {
+            bail!(
+                "a lab named {} is already up or being built ({} exists); `lab status` shows it",
+                plan.name,
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+    }
+    let mut guard = Guard { state: Some(state) };
 
     sys::ensure_netns_dir()?;
     for (k, ns) in plan.namespaces.iter().enumerate() {
@@ -178,6 +183,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
     })?;
 
     // The LLM (or the relay) first, then every server at once.
+    let exe = std::env::current_exe().context("cannot find the lab executable")?;
     let log = |role: &str, cell: Option<&str>| {
         let base = match cell {
             Some(c) => format!("{c}-{role}"),
@@ -208,6 +214,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
                 Some(&fds[&p.namespace])
             };
             let st = procs::start(
+                &exe,
                 &p.role,
                 cell.as_deref(),
                 &p.namespace,

@@ -245,7 +245,10 @@ pub fn list(ns: &File) -> Result<Vec<LinkInfo>> {
                 let mut name = String::new();
                 let mut alts = Vec::new();
                 let mut master = None;
-                let up = l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up);
+                let up = l
+                    .header
+                    .flags
+                    .contains(netlink_packet_route::link::LinkFlags::Up);
                 for a in l.attributes {
                     match a {
                         LinkAttribute::IfName(n) => name = n,

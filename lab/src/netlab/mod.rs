@@ -169,12 +169,32 @@ pub fn clean_cmd(a: CleanArgs) -> Result<u8> {
                         did += 1;
                         println!("removed {} (it had no state record)", dir.display());
                     }
+                    // A `lab down` finished removing it meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
                         eprintln!("lab: cannot remove {}: {e}", dir.display());
                         code = EXIT_FAILED;
                     }
                 }
             }
+        }
+    }
+    // Run directories that a `lab up` was still preparing when it died.
+    for e in std::fs::read_dir(crate::topology::plan::RUN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".building-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if sys::start_time(pid).is_none() && std::fs::remove_dir_all(e.path()).is_ok() {
+            did += 1;
+            println!("removed {}", e.path().display());
         }
     }
     // Namespaces that carry lab's mark but are in no record.

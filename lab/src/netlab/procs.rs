@@ -39,9 +39,10 @@ pub struct Started {
     stdout: Option<ChildStdout>,
 }
 
-/// Starts `argv` (whose first word, `lab`, is replaced by this executable) in the
-/// namespace `ns` (none: the host's), logging to `log`.
+/// Starts `argv` (whose first word, `lab`, is replaced by `exe`) in the namespace `ns`
+/// (none: the host's), logging to `log`.
 pub fn start(
+    exe: &Path,
     role: &str,
     cell: Option<&str>,
     namespace: &str,
@@ -49,9 +50,8 @@ pub fn start(
     argv: &[String],
     log: PathBuf,
 ) -> Result<Started> {
-    let exe = std::env::current_exe().context("cannot find the lab executable")?;
     let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Command::new(exe);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,0 +1,614 @@
+//! Root integration tests of the namespace lab: `lab up`, `status`, `exec`, `shell`,
+//! `down` and `clean`, for real, on this machine. Every test uses its own lab name, so
+//! they run side by side (which also shows that labs with different names coexist).
+
+use lab::netlab::{ethtool, links, sys};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+/// A namespace that looks exactly like one of lab `tkill`'s, but that lab did not create.
+const FOREIGN: &str = "lab-tkill-c9-client";
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(LAB)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lab")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = lab(args);
+    assert!(o.status.success(), "lab {}: {}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Takes the lab down when a test ends, even by a failed assertion, so one failure does
+/// not leave namespaces behind for the next run. A lab already down is fine.
+struct Down(&'static str);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab(&["down", self.0]);
+    }
+}
+
+/// A small, fast topology named `name`, written to a temporary file.
+fn topology(name: &str, approaches: &str, profiles: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("lab-test-{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\napproaches: [{approaches}]\nllm:\n  mock: {{ ttft: 5ms, tbt: 1ms, jitter: 0%, max_tokens: 12 }}\nprofiles:\n{profiles}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn namespaces_of(name: &str) -> Vec<String> {
+    let prefix = format!("lab-{name}-");
+    let mut v: Vec<String> = std::fs::read_dir(sys::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn state_json(name: &str) -> serde_json::Value {
+    let o = lab(&["status", "--lab", name, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["labs"][0].clone()
+}
+
+/// (pid, start time) of every process the lab recorded.
+fn pids(state: &serde_json::Value) -> Vec<(u32, u64)> {
+    state["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_u64().unwrap() as u32,
+                p["start"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Nothing of lab `name` is left: no namespaces, no run directory, no processes.
+fn assert_gone(name: &str, procs: &[(u32, u64)]) {
+    let left: Vec<String> = namespaces_of(name)
+        .into_iter()
+        .filter(|n| n != FOREIGN)
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "namespaces left");
+    assert!(
+        !PathBuf::from(format!("/run/lab/{name}")).exists(),
+        "run directory left"
+    );
+    for (pid, start) in procs {
+        // An exited process may stay a zombie until init reaps it: that is gone too.
+        let running = sys::start_time(*pid) == Some(*start)
+            && sys::proc_state_rss(*pid).is_some_and(|(s, _)| s != 'Z');
+        assert!(!running, "process {pid} is still running");
+    }
+}
+
+fn client(name: &str, node: &str, approach: &str, url: &str, cell: &str) -> Vec<serde_json::Value> {
+    let ca = format!("/run/lab/{name}/certs/{cell}/cert.pem");
+    let out = ok(&[
+        "exec",
+        "--lab",
+        name,
+        node,
+        "--",
+        "lab",
+        "client",
+        approach,
+        "--url",
+        url,
+        "--ca",
+        &ca,
+        "--json",
+        "--timeout",
+        "20s",
+    ]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn up_builds_the_planned_lab_and_down_removes_all_of_it() {
+    let name = "tbasic";
+    let _down = Down(name);
+    let topo = topology(name, "sse, wt", "  base: {}\n");
+    let out = ok(&["up", topo.to_str().unwrap()]);
+    assert!(
+        out.contains("lab tbasic is up: 2 cells, 7 namespaces, 3 processes"),
+        "{out}"
+    );
+    assert!(out.contains("https://198.18.1.2:4433/wt"), "{out}");
+
+    // Namespaces, as `ip netns list` would show them.
+    assert_eq!(
+        namespaces_of(name),
+        [
+            "lab-tbasic-c0-client",
+            "lab-tbasic-c0-server",
+            "lab-tbasic-c0-wire",
+            "lab-tbasic-c1-client",
+            "lab-tbasic-c1-server",
+            "lab-tbasic-c1-wire",
+            "lab-tbasic-llm"
+        ]
+    );
+    // Interfaces: names, marks, addresses, bridge ports, up; offloads and IPv6 off.
+    let ns = sys::open_netns("lab-tbasic-c1-client").unwrap();
+    let l = links::list(&ns).unwrap();
+    let wire = l.iter().find(|i| i.name == "to-wire").expect("to-wire");
+    assert_eq!(wire.addresses, ["198.18.1.1/24"]);
+    assert_eq!(wire.altnames, ["lab.tbasic.to-wire"]);
+    assert!(wire.up);
+    let lo = l.iter().find(|i| i.name == "lo").expect("lo");
+    assert!(lo.up && lo.altnames == ["lab.tbasic.ns"], "{lo:?}");
+    assert_eq!(links::ns_marked(&ns).unwrap().as_deref(), Some("tbasic"));
+    let feats = sys::in_netns(&ns, || ethtool::active_features("to-wire")).unwrap();
+    let unwanted: Vec<_> = feats.iter().filter(|f| ethtool::is_unwanted(f)).collect();
+    assert!(unwanted.is_empty(), "offloads still on: {unwanted:?}");
+    assert!(!feats.is_empty(), "no active features read at all");
+    let v6 = sys::in_netns(&ns, || {
+        Ok(std::fs::read_to_string(
+            "/proc/sys/net/ipv6/conf/to-wire/disable_ipv6",
+        )?)
+    })
+    .unwrap();
+    assert_eq!(v6.trim(), "1");
+    let wns = sys::open_netns("lab-tbasic-c1-wire").unwrap();
+    let wl = links::list(&wns).unwrap();
+    for port in ["to-client", "to-server"] {
+        let p = wl.iter().find(|i| i.name == port).unwrap();
+        assert_eq!(p.master.as_deref(), Some("br0"), "{p:?}");
+        assert!(p.up);
+    }
+    let sns = sys::open_netns("lab-tbasic-c1-server").unwrap();
+    let sl = links::list(&sns).unwrap();
+    let llm = sl.iter().find(|i| i.name == "to-llm").unwrap();
+    assert_eq!(llm.addresses, ["198.19.0.2/16"]);
+
+    // The servers serve through the lab: each client gets whole answers.
+    for (node, approach, url, cell) in [
+        ("sse", "sse", "https://198.18.0.2:8080/chat", "c0"),
+        ("wt", "wt", "https://198.18.1.2:4433/wt", "c1"),
+    ] {
+        let recs = client(name, node, approach, url, cell);
+        assert_eq!(recs.len(), 10, "{approach}");
+        for r in &recs {
+            assert_eq!(r["tokens"], 12, "{approach}: {r}");
+            assert!(r["error"].is_null(), "{approach}: {r}");
+        }
+    }
+    // `ip netns exec` works on lab namespaces too.
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "lab-tbasic-c0-client",
+            "ip",
+            "-br",
+            "-4",
+            "addr",
+            "show",
+            "to-wire",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("198.18.0.1/24"),
+        "{}",
+        text(&o)
+    );
+
+    // Status: processes alive with RSS, namespaces present.
+    let st = state_json(name);
+    assert_eq!(st["phase"], "up");
+    for p in st["live"]["processes"].as_array().unwrap() {
+        assert_eq!(p["alive"], true, "{p}");
+        assert!(p["rss_bytes"].as_u64().unwrap() > 1 << 20, "{p}");
+    }
+    let human = ok(&["status", "--lab", name]);
+    assert!(human.contains("| c1   | wt "), "{human}");
+    assert!(human.contains("7 of 7 present"), "{human}");
+
+    // The same name twice is a clear error, and leaves the running lab alone.
+    let again = lab(&["up", topo.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("a lab named tbasic is already up"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(namespaces_of(name).len(), 7);
+
+    let procs = pids(&st);
+    let down = ok(&["down", name]);
+    assert!(
+        down.contains("lab tbasic is down: stopped 3 processes, removed 7 namespaces"),
+        "{down}"
+    );
+    assert_gone(name, &procs);
+    // Twice is an error that says why.
+    let o = lab(&["down", name]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    std::fs::remove_file(topo).unwrap();
+}
+
+#[test]
+fn exec_returns_the_exit_status_and_unknown_nodes_list_the_valid_ones() {
+    let name = "texec";
+    let _down = Down(name);
+    let topo = topology(name, "raw, wt", "  a: { delay: 10ms }\n  b: {}\n");
+    ok(&["up", topo.to_str().unwrap()]);
+    let o = lab(&[
+        "exec",
+        "--lab",
+        name,
+        "wt@b.server",
+        "--",
+        "sh",
+        "-c",
+        "echo $LAB_NETNS; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "lab-texec-c3-server"
+    );
+    // /sys is the namespace's: only its own interfaces.
+    let o = lab(&[
+        "exec",
+        "--lab",
+        name,
+        "c1.wire",
+        "--",
+        "ls",
+        "/sys/class/net",
+    ]);
+    let mut seen: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["br0", "lo", "to-client", "to-server"],
+        "{}",
+        text(&o)
+    );
+    // With two profiles, a bare approach is ambiguous: the error lists the valid names.
+    let o = lab(&["exec", "--lab", name, "wt", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no node \"wt\" in lab texec"), "{err}");
+    assert!(
+        err.contains("llm, raw@a, c0, wt@a, c1, raw@b, c2, wt@b, c3"),
+        "{err}"
+    );
+    // A signal is reported as 128 + its number.
+    let o = lab(&[
+        "exec",
+        "--lab",
+        name,
+        "llm",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+    ]);
+    assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
+    let procs = pids(&state_json(name));
+    ok(&["down", name]);
+    assert_gone(name, &procs);
+    std::fs::remove_file(topo).unwrap();
+}
+
+/// A pseudo-terminal pair: (controller, terminal).
+fn openpty() -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills two fds; names and settings are not needed.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: fresh fds we own.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+#[test]
+fn shell_is_interactive_inside_the_namespace_with_the_node_in_the_prompt() {
+    let name = "tshell";
+    let _down = Down(name);
+    let topo = topology(name, "sse", "  base: {}\n");
+    ok(&["up", topo.to_str().unwrap()]);
+    let (ctl, term) = openpty();
+    let tfd = term.as_raw_fd();
+    let mut cmd = Command::new(LAB);
+    cmd.args(["shell", "--lab", name, "sse"])
+        .env("SHELL", "/bin/bash")
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::from(term.try_clone().unwrap()))
+        .stdout(Stdio::from(term.try_clone().unwrap()))
+        .stderr(Stdio::from(term));
+    // SAFETY: in the child: a new session with the pty as its controlling terminal.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::ioctl(tfd, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The command holds copies of the terminal; without them, reads end when the shell does.
+    drop(cmd);
+    let mut w = std::fs::File::from(ctl.try_clone().unwrap());
+    w.write_all(
+        b"echo node=$LAB_NODE ns=$LAB_NETNS; ls /sys/class/net | tr '\\n' ' '; echo; exit 3\n",
+    )
+    .unwrap();
+    let mut r = std::fs::File::from(ctl);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the shell has exited
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(out.contains("[lab sse]"), "no node in the prompt: {out}");
+    assert!(out.contains("node=sse ns=lab-tshell-c0-client"), "{out}");
+    assert!(
+        out.contains("lo to-wire"),
+        "/sys is not the namespace's: {out}"
+    );
+    // The rc file is gone.
+    let leftovers: Vec<_> = std::fs::read_dir(format!("/run/lab/{name}"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shell-"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let procs = pids(&state_json(name));
+    ok(&["down", name]);
+    assert_gone(name, &procs);
+    std::fs::remove_file(topo).unwrap();
+}
+
+/// Kills `lab up` at many points of the build; `lab clean` must remove whatever it left
+/// (and nothing else), or the lab must be whole if the build had finished.
+#[test]
+fn killed_builds_leave_nothing_that_clean_does_not_remove() {
+    let name = "tkill";
+    let _down = Down(name);
+    let topo = topology(name, "raw, sse, wt", "  a: {}\n  b: { delay: 5ms }\n");
+    // Foreign objects that look like lab's: a namespace with lab's prefix and a run
+    // directory entry that is not a lab's; both must survive.
+    let foreign = FOREIGN;
+    struct Foreign;
+    impl Drop for Foreign {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", FOREIGN]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", foreign]).status();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", foreign])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _foreign = Foreign;
+    let (mut mid_build, mut interrupted) = (0, 0);
+    for (i, signal) in [libc::SIGKILL, libc::SIGTERM]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let mut up = Command::new(LAB)
+            .args(["up", topo.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it when its state record appears, and a little later each round.
+        let state = PathBuf::from(format!("/run/lab/{name}/state.json"));
+        let t0 = Instant::now();
+        while !state.exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(Duration::from_millis(4 * (i as u64 / 2)));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(up.id() as i32, signal) };
+        let status = up.wait().unwrap();
+        let st: serde_json::Value = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let procs: Vec<(u32, u64)> = st["processes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["pid"].as_u64().unwrap() as u32,
+                            p["start"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if signal == libc::SIGTERM {
+            // SIGTERM: lab up takes itself down (130), or had already finished (0).
+            match status.code() {
+                Some(130) => {
+                    interrupted += 1;
+                    assert_gone(name, &procs);
+                }
+                Some(0) => {
+                    ok(&["down", name]);
+                    assert_gone(name, &procs);
+                }
+                other => panic!("lab up ended with {other:?} after SIGTERM"),
+            }
+            continue;
+        }
+        if st["phase"] == "building" {
+            mid_build += 1;
+        }
+        let out = ok(&["clean"]);
+        if st["phase"] == "up" {
+            // The build had finished: clean keeps a healthy lab.
+            assert!(out.contains("lab tkill is up; kept"), "{out}");
+            ok(&["down", name]);
+        }
+        assert_gone(name, &procs);
+        assert!(
+            PathBuf::from(sys::netns_path(foreign)).exists(),
+            "clean removed a namespace that lab did not create"
+        );
+    }
+    assert!(mid_build > 0, "no SIGKILL landed during a build");
+    assert!(interrupted > 0, "no SIGTERM landed during a build");
+    // Clean twice is safe.
+    let out = ok(&["clean"]);
+    assert!(!out.contains("tkill"), "{out}");
+    std::fs::remove_file(topo).unwrap();
+}
+
+#[test]
+fn a_crashed_server_shows_in_status_and_down_still_works() {
+    let name = "tcrash";
+    let _down = Down(name);
+    let topo = topology(name, "wt", "  base: {}\n");
+    ok(&["up", topo.to_str().unwrap()]);
+    let st = state_json(name);
+    let server = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "wt server")
+        .unwrap()
+        .clone();
+    let pid = server["pid"].as_u64().unwrap() as i32;
+    // SAFETY: killing the server lab started for this test.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    loop {
+        let st = state_json(name);
+        let p = st["live"]["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap()
+            .clone();
+        if p["alive"] == false || p["state"] == "Z" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still alive: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let procs = pids(&st);
+    ok(&["down", name]);
+    assert_gone(name, &procs);
+    std::fs::remove_file(topo).unwrap();
+}
+
+#[test]
+fn a_child_that_dies_is_reported_with_its_status_and_log() {
+    let dir = std::env::temp_dir().join("lab-test-child-dies");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let argv: Vec<String> = ["lab", "serve", "llm", "--listen", "192.0.2.1:9"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let exe = PathBuf::from(LAB);
+    let mut st =
+        lab::netlab::procs::start(&exe, "llm", None, "host", None, &argv, dir.join("llm.log"))
+            .unwrap();
+    let err = st
+        .wait_ready(
+            Duration::from_secs(10),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the llm (pid"), "{err}");
+    assert!(err.contains("exited (exit status: 2)"), "{err}");
+    assert!(err.contains("cannot listen on 192.0.2.1:9"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn without_root_lab_refuses_and_says_what_it_needs() {
+    for args in [
+        vec!["up", "topologies/ci.yaml"],
+        vec!["down"],
+        vec!["clean"],
+        vec!["shell", "wt"],
+    ] {
+        let mut c = Command::new(LAB);
+        c.args(&args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        // SAFETY: dropping to nobody in the child before exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN"),
+            "{err}"
+        );
+    }
+}
