@@ -506,7 +506,7 @@ fn killed_builds_leave_nothing_that_clean_does_not_remove() {
         }
         assert_gone(name, &procs);
         assert!(
-            PathBuf::from(sys::netns_path(foreign)).exists(),
+            sys::netns_path(foreign).exists(),
             "clean removed a namespace that lab did not create"
         );
     }
