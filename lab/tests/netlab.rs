@@ -612,3 +612,84 @@ fn without_root_lab_refuses_and_says_what_it_needs() {
         );
     }
 }
+
+#[test]
+fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
+    use std::io::BufRead;
+    let name = "trelay";
+    let _down = Down(name);
+    let host_net = || {
+        let run = |args: &[&str]| {
+            String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap()
+        };
+        (
+            run(&["-br", "link"]),
+            run(&["-br", "addr"]),
+            run(&["route", "show", "table", "all"]),
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        )
+    };
+    // An upstream on the host's loopback, as Ollama would be.
+    let mut upstream = Command::new(LAB)
+        .args([
+            "serve",
+            "llm",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-tokens",
+            "9",
+            "--ttft",
+            "5ms",
+            "--tbt",
+            "1ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(upstream.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let listen = ready["listen"].as_str().unwrap().to_owned();
+    let before = host_net();
+
+    let topo = std::env::temp_dir().join("lab-test-trelay.yaml");
+    std::fs::write(
+        &topo,
+        format!("name: {name}\napproaches: [sse]\nllm:\n  url: http://{listen}\nprofiles:\n  base: {{}}\n"),
+    )
+    .unwrap();
+    let out = ok(&["up", topo.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("llm: relay (http://{listen})")),
+        "{out}"
+    );
+    let st = state_json(name);
+    let relay = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "relay")
+        .expect("a relay process")
+        .clone();
+    assert_eq!(relay["namespace"], "host");
+    let recs = client(name, "sse", "sse", "https://198.18.0.2:8080/chat", "c0");
+    assert_eq!(recs.len(), 10);
+    for r in &recs {
+        assert_eq!(r["tokens"], 9, "{r}");
+    }
+    assert_eq!(
+        host_net(),
+        before,
+        "lab changed the host's network configuration"
+    );
+    let procs = pids(&st);
+    ok(&["down", name]);
+    assert_gone(name, &procs);
+    assert_eq!(host_net(), before);
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+    std::fs::remove_file(topo).unwrap();
+}

@@ -94,6 +94,7 @@ pub fn render(s: &State) -> String {
         cell: String,
         node: String,
         profile: String,
+        namespaces: String,
         client: String,
         #[tabled(rename = "server URL")]
         url: String,
@@ -117,6 +118,10 @@ pub fn render(s: &State) -> String {
                 cell: c.id.clone(),
                 node,
                 profile: c.profile.clone(),
+                namespaces: format!(
+                    "{}-{{client,wire,server}}",
+                    c.client_ns.trim_end_matches("-client")
+                ),
                 client: c.client_addr.to_string(),
                 url: c.url.clone(),
                 link: if up == down {
