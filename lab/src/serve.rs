@@ -46,7 +46,13 @@ fn ready(server: &str, listen: SocketAddr, url: &str, cert: Option<&CertKey>) {
         "url": url,
         "cert_sha256": cert.map(CertKey::sha256_hex),
     });
-    println!("{line}");
+    // Written once; an orchestrator may close the pipe after reading it, so a failed
+    // write is not worth a panic.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
     match cert {
         Some(c) => tracing::info!(
             "{server} listening on {url} (certificate sha256 {})",

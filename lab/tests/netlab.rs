@@ -693,3 +693,37 @@ fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
     upstream.wait().unwrap();
     std::fs::remove_file(topo).unwrap();
 }
+
+#[test]
+fn two_labs_with_different_names_are_up_at_once() {
+    let (a, b) = ("ttwo-a", "ttwo-b");
+    let (_da, _db) = (Down(a), Down(b));
+    let ta = topology(a, "sse", "  base: {}\n");
+    let tb = topology(b, "sse", "  base: {}\n");
+    ok(&["up", ta.to_str().unwrap()]);
+    ok(&["up", tb.to_str().unwrap()]);
+    // Same addresses in each lab, separate namespaces: both serve.
+    for name in [a, b] {
+        let recs = client(name, "sse", "sse", "https://198.18.0.2:8080/chat", "c0");
+        assert_eq!(recs.len(), 10, "{name}");
+        assert!(recs.iter().all(|r| r["tokens"] == 12), "{name}");
+    }
+    // Without --lab, a command that needs one lab says which are up.
+    let o = lab(&["exec", "sse", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("labs are up (") && err.contains(a) && err.contains(b),
+        "{err}"
+    );
+    let (pa, pb) = (pids(&state_json(a)), pids(&state_json(b)));
+    ok(&["down", a]);
+    assert_gone(a, &pa);
+    // Taking one down leaves the other whole.
+    assert_eq!(state_json(b)["live"]["processes"][0]["alive"], true);
+    assert_eq!(namespaces_of(b).len(), 4);
+    ok(&["down", b]);
+    assert_gone(b, &pb);
+    std::fs::remove_file(ta).unwrap();
+    std::fs::remove_file(tb).unwrap();
+}

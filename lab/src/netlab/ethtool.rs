@@ -2,7 +2,7 @@
 //!
 //! veth pairs segment and checksum in software by default: a bulk TCP capture sees
 //! 65 KB "frames", and a userspace forwarder passes on frames with partial checksums.
-//! lab turns off every segmentation offload, GRO and the transmit checksum offloads,
+//! lab turns off every segmentation offload, GRO and the checksum offloads,
 //! by feature name (the kernel's string set), so new features such as
 //! `tx-tcp-accecn-segmentation` are covered without a table of bit numbers.
 
@@ -19,9 +19,15 @@ const ETH_GSTRING_LEN: usize = 32;
 
 /// Is this a feature lab turns off?
 pub fn is_unwanted(name: &str) -> bool {
-    let tx_offload = name.starts_with("tx-")
-        && (name.contains("segmentation") || name.contains("checksum") || name.contains("gso"));
-    tx_offload || name.starts_with("rx-gro") || name == "rx-lro" || name == "rx-udp-gro-forwarding"
+    let segmentation =
+        name.starts_with("tx-") && (name.contains("segmentation") || name.contains("gso"));
+    let checksum =
+        (name.starts_with("tx-") || name.starts_with("rx-")) && name.contains("checksum");
+    segmentation
+        || checksum
+        || name.starts_with("rx-gro")
+        || name == "rx-lro"
+        || name == "rx-udp-gro-forwarding"
 }
 
 #[repr(C)]
@@ -167,11 +173,11 @@ mod tests {
             "rx-gro-list",
             "rx-udp-gro-forwarding",
             "rx-lro",
+            "rx-checksum",
         ] {
             assert!(is_unwanted(n), "{n}");
         }
         for n in [
-            "rx-checksum",
             "tx-scatter-gather",
             "highdma",
             "rx-vlan-hw-parse",

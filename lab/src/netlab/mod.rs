@@ -323,7 +323,11 @@ pub async fn relay_cmd(a: RelayArgs) -> Result<u8> {
         "url": format!("http://{}", a.listen),
         "cert_sha256": null,
     });
-    println!("{line}");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
     tracing::info!("relaying {} in {} to {to} on the host", a.listen, a.netns);
     tokio::select! {
         r = relay::serve(listener, to) => r.map(|()| EXIT_OK),
