@@ -66,6 +66,33 @@ pub enum Command {
     /// for a `url:` upstream).
     #[command(hide = true)]
     Relay(RelayArgs),
+    /// The userspace link emulator: forwards frames between two interfaces over
+    /// AF_PACKET, shaping each direction (started by `lab up` in each wire namespace
+    /// when the kernel has no netem).
+    #[command(hide = true)]
+    Wire(WireArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WireArgs {
+    /// The interface towards the client.
+    #[arg(long, default_value = "to-client")]
+    pub client_if: String,
+    /// The interface towards the server.
+    #[arg(long, default_value = "to-server")]
+    pub server_if: String,
+    /// Client-to-server settings, as JSON: {"delay":"50ms","loss":"1%","rate":"10mbit"}.
+    #[arg(long, default_value = "{}")]
+    pub up: String,
+    /// Server-to-client settings, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub down: String,
+    /// Seed of loss, jitter and the rest.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write counters here (JSON) every second and at exit.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod demo;
 pub mod netlab;
 pub mod serve;
+pub mod shaping;
 pub mod stack;
 pub mod topology;
 
@@ -42,6 +43,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Down(a) => return netlab::down_cmd(a),
         Command::Clean(a) => return netlab::clean_cmd(a),
         Command::Relay(a) => return netlab::relay_cmd(a).await,
+        Command::Wire(a) => {
+            shaping::wire_cmd(a)?;
+            true
+        }
     };
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
 }

@@ -9,6 +9,17 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // The link emulator runs without an async runtime: its threads must all block the
+    // stop signals, which a runtime's worker threads would not.
+    if let lab::cli::Command::Wire(a) = cli.command {
+        return match lab::shaping::wire_cmd(a) {
+            Ok(()) => ExitCode::from(lab::EXIT_OK),
+            Err(e) => {
+                eprintln!("lab: {e:#}");
+                ExitCode::from(lab::EXIT_FAILED)
+            }
+        };
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,460 @@
+//! `lab wire`: the userspace link emulator. It runs in a cell's wire namespace and
+//! forwards frames between the two veths over AF_PACKET, applying each direction's
+//! settings through an [`Engine`].
+//!
+//! One thread per direction. Each waits in `ppoll` (nanosecond timeout, timer slack set
+//! to 1 ns) for the next departure or the next arriving frame, sends what is due, and
+//! reads what has arrived. The sockets use `PACKET_IGNORE_OUTGOING`, so the emulator
+//! never reads back its own output. ARP and every other non-IP frame pass straight
+//! through, unshaped and counted apart. Counters go to a JSON file every second and at
+//! exit.
+
+use super::engine::{Drop, Engine, Verdict};
+use super::params::Params;
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::collections::BinaryHeap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const ETH_HLEN: usize = 14;
+const MAX_FRAME: usize = 65_536 + ETH_HLEN;
+
+/// Counters of one direction.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub in_frames: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_frames: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub dropped_loss: AtomicU64,
+    pub dropped_queue: AtomicU64,
+    /// The egress refused the frame (ENOBUFS and the like).
+    pub dropped_send: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub corrupted: AtomicU64,
+    pub reordered: AtomicU64,
+    /// ARP and other non-IP frames, passed through unshaped (also in in/out).
+    pub non_ip: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub in_frames: u64,
+    pub in_bytes: u64,
+    pub out_frames: u64,
+    pub out_bytes: u64,
+    pub dropped_loss: u64,
+    pub dropped_queue: u64,
+    pub dropped_send: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+    pub reordered: u64,
+    pub non_ip: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            in_frames: l(&self.in_frames),
+            in_bytes: l(&self.in_bytes),
+            out_frames: l(&self.out_frames),
+            out_bytes: l(&self.out_bytes),
+            dropped_loss: l(&self.dropped_loss),
+            dropped_queue: l(&self.dropped_queue),
+            dropped_send: l(&self.dropped_send),
+            duplicated: l(&self.duplicated),
+            corrupted: l(&self.corrupted),
+            reordered: l(&self.reordered),
+            non_ip: l(&self.non_ip),
+        }
+    }
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The monotonic clock in nanoseconds.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn os_err(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// An AF_PACKET socket bound to `ifname` (in the calling thread's namespace), seeing
+/// every protocol, blind to its own output, promiscuous.
+pub fn packet_socket(ifname: &str) -> Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            proto as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err("socket(AF_PACKET)"));
+    }
+    // SAFETY: fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {ifname} here");
+    }
+    let setopt = |level, opt, val: libc::c_int, what: &str| -> Result<()> {
+        // SAFETY: an int option.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(os_err(what));
+        }
+        Ok(())
+    };
+    setopt(
+        libc::SOL_PACKET,
+        PACKET_IGNORE_OUTGOING,
+        1,
+        "PACKET_IGNORE_OUTGOING",
+    )?;
+    // Room for bursts; FORCE works for root, the plain option is the fallback.
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setopt(libc::SOL_SOCKET, force, 16 << 20, "buffer").is_err() {
+            setopt(libc::SOL_SOCKET, plain, 16 << 20, "buffer")?;
+        }
+    }
+    // SAFETY: zeroed sockaddr_ll, then filled.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: binding with a valid sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(os_err(&format!("bind to {ifname}")));
+    }
+    // SAFETY: zeroed packet_mreq, then filled.
+    let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mr.mr_ifindex = index as i32;
+    mr.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: a valid packet_mreq.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mr as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(os_err("PACKET_MR_PROMISC"));
+    }
+    Ok(fd)
+}
+
+struct Held {
+    at: u64,
+    seq: u64,
+    frame: Vec<u8>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    // A min-heap on (time, arrival order).
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+fn send(out: &OwnedFd, frame: &[u8], c: &Counters) {
+    // SAFETY: sending a buffer on a bound packet socket.
+    let r = unsafe { libc::send(out.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    if r < 0 {
+        add(&c.dropped_send, 1);
+    } else {
+        add(&c.out_frames, 1);
+        add(&c.out_bytes, frame.len() as u64);
+    }
+}
+
+fn is_ip(frame: &[u8]) -> bool {
+    frame.len() >= ETH_HLEN && matches!([frame[12], frame[13]], [0x08, 0x00] | [0x86, 0xdd])
+}
+
+/// Forwards one direction until `stop`: frames read from `input` go out on `output`.
+pub fn forward(
+    input: &OwnedFd,
+    output: &OwnedFd,
+    mut engine: Engine,
+    counters: &Counters,
+    stop: &AtomicBool,
+) -> Result<()> {
+    // SAFETY: per-thread timer slack; 1 ns asks for the most precise wakeups.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0, 0, 0) };
+    let mut heap: BinaryHeap<Held> = BinaryHeap::new();
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut seq = 0u64;
+    let identity = engine.params().is_identity();
+    while !stop.load(Ordering::Relaxed) {
+        let now = now_ns();
+        while heap.peek().is_some_and(|h| h.at <= now) {
+            let h = heap.pop().expect("peeked");
+            engine.released(h.frame.len());
+            send(output, &h.frame, counters);
+        }
+        // Wait for a frame, the next departure, or 50 ms (to notice `stop`).
+        let wait = heap
+            .peek()
+            .map_or(50_000_000, |h| h.at.saturating_sub(now).min(50_000_000));
+        let ts = libc::timespec {
+            tv_sec: (wait / 1_000_000_000) as i64,
+            tv_nsec: (wait % 1_000_000_000) as i64,
+        };
+        let mut pfd = libc::pollfd {
+            fd: input.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, a timeout, no signal mask change.
+        let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            bail!("ppoll: {e}");
+        }
+        if r == 0 {
+            continue;
+        }
+        // Read everything that is there.
+        loop {
+            // SAFETY: receiving into our buffer; MSG_TRUNC returns the real length.
+            let n = unsafe {
+                libc::recv(
+                    input.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => break,
+                    _ => bail!("recv: {e}"),
+                }
+            }
+            let len = n as usize;
+            if len > buf.len() {
+                // Larger than any frame we can hold: offloads are on somewhere.
+                add(&counters.in_frames, 1);
+                add(&counters.in_bytes, len as u64);
+                add(&counters.dropped_send, 1);
+                continue;
+            }
+            add(&counters.in_frames, 1);
+            add(&counters.in_bytes, len as u64);
+            let frame = &buf[..len];
+            if identity || !is_ip(frame) {
+                if !is_ip(frame) {
+                    add(&counters.non_ip, 1);
+                }
+                send(output, frame, counters);
+                continue;
+            }
+            let arrived = now_ns();
+            match engine.on_packet(arrived, len, len - ETH_HLEN) {
+                Verdict::Drop(Drop::Loss) => add(&counters.dropped_loss, 1),
+                Verdict::Drop(Drop::Queue) => add(&counters.dropped_queue, 1),
+                Verdict::Send {
+                    at,
+                    corrupt_bit,
+                    duplicate_at,
+                    reordered,
+                } => {
+                    let mut f = frame.to_vec();
+                    if let Some(bit) = corrupt_bit {
+                        f[ETH_HLEN + bit / 8] ^= 1 << (bit % 8);
+                        add(&counters.corrupted, 1);
+                    }
+                    if reordered {
+                        add(&counters.reordered, 1);
+                    }
+                    if let Some(d) = duplicate_at {
+                        add(&counters.duplicated, 1);
+                        seq += 1;
+                        heap.push(Held {
+                            at: d,
+                            seq,
+                            frame: frame.to_vec(),
+                        });
+                    }
+                    seq += 1;
+                    heap.push(Held { at, seq, frame: f });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct WireStats {
+    pub seed: u64,
+    /// Client to server.
+    pub up: CounterSnapshot,
+    /// Server to client.
+    pub down: CounterSnapshot,
+    pub up_params: Params,
+    pub down_params: Params,
+}
+
+fn write_stats(path: &Path, s: &WireStats) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Seed of a direction: the two directions draw from different streams.
+pub fn direction_seed(seed: u64, up: bool) -> u64 {
+    if up {
+        seed
+    } else {
+        seed ^ 0x9E37_79B9_7F4A_7C15
+    }
+}
+
+/// What `lab wire` runs with.
+pub struct WireConfig {
+    pub client_if: String,
+    pub server_if: String,
+    pub up: Params,
+    pub down: Params,
+    pub seed: u64,
+    pub stats: Option<PathBuf>,
+}
+
+/// Runs the emulator until SIGTERM or SIGINT; prints the ready line once both sockets
+/// are open. Call before any other thread exists (it blocks those signals).
+pub fn run(cfg: WireConfig) -> Result<()> {
+    // Block the stop signals in every thread; the main thread waits for them.
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.thread_block().context("cannot block SIGTERM")?;
+
+    let client = packet_socket(&cfg.client_if)
+        .with_context(|| format!("cannot open {}", cfg.client_if))?;
+    let server = packet_socket(&cfg.server_if)
+        .with_context(|| format!("cannot open {}", cfg.server_if))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let up_c = Arc::new(Counters::default());
+    let down_c = Arc::new(Counters::default());
+    let stats = |up: &Counters, down: &Counters| WireStats {
+        seed: cfg.seed,
+        up: up.snapshot(),
+        down: down.snapshot(),
+        up_params: cfg.up.clone(),
+        down_params: cfg.down.clone(),
+    };
+    let line = serde_json::json!({
+        "event": "ready",
+        "server": "wire",
+        "listen": format!("{} <-> {}", cfg.client_if, cfg.server_if),
+        "url": null,
+        "cert_sha256": null,
+        "seed": cfg.seed,
+    });
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+    tracing::info!(
+        "forwarding {} <-> {}, seed {}",
+        cfg.client_if,
+        cfg.server_if,
+        cfg.seed
+    );
+    let result = std::thread::scope(|s| -> Result<()> {
+        let (c, sv) = (&client, &server);
+        let (st1, st2) = (&stop, &stop);
+        let (uc, dc) = (&up_c, &down_c);
+        let up_engine = Engine::new(cfg.up.clone(), direction_seed(cfg.seed, true));
+        let down_engine = Engine::new(cfg.down.clone(), direction_seed(cfg.seed, false));
+        let up = s.spawn(move || forward(c, sv, up_engine, uc, st1));
+        let down = s.spawn(move || forward(sv, c, down_engine, dc, st2));
+        loop {
+            if let Some(p) = &cfg.stats {
+                let _ = write_stats(p, &stats(&up_c, &down_c));
+            }
+            if up.is_finished() || down.is_finished() {
+                break;
+            }
+            let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_secs(1));
+            // SAFETY: waiting for one of the blocked signals, with a timeout.
+            let sig = unsafe {
+                libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts.as_ref())
+            };
+            if sig > 0 {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let r1 = up.join().unwrap_or_else(|_| bail!("the up thread panicked"));
+        let r2 = down
+            .join()
+            .unwrap_or_else(|_| bail!("the down thread panicked"));
+        r1.and(r2)
+    });
+    if let Some(p) = &cfg.stats {
+        write_stats(p, &stats(&up_c, &down_c))
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    result
+}
