@@ -144,9 +144,8 @@ impl Engine {
         if self.full(len) {
             return Verdict::Drop(Drop::Queue);
         }
-        let reordered = self.p.reorder > 0.0
-            && !self.p.delay.is_zero()
-            && self.rng.f64() < self.p.reorder;
+        let reordered =
+            self.p.reorder > 0.0 && !self.p.delay.is_zero() && self.rng.f64() < self.p.reorder;
         let at = self.schedule(now, len, reordered);
         self.held_packets += 1;
         self.held_bytes += len as u64;
@@ -224,7 +223,9 @@ mod tests {
             },
             1,
         );
-        let t: Vec<u64> = (0..3).map(|_| send_at(e.on_packet(0, 1250, 1236))).collect();
+        let t: Vec<u64> = (0..3)
+            .map(|_| send_at(e.on_packet(0, 1250, 1236)))
+            .collect();
         assert_eq!(t, [15_000_000, 25_000_000, 35_000_000]);
         // After the link went idle, a packet starts at once.
         assert_eq!(send_at(e.on_packet(100_000_000, 1250, 1236)), 115_000_000);
@@ -384,7 +385,11 @@ mod tests {
             }
             e.released(100);
         }
-        for (what, n, p) in [("dup", dup, 0.1), ("corrupt", cor, 0.2), ("reorder", reo, 0.3)] {
+        for (what, n, p) in [
+            ("dup", dup, 0.1),
+            ("corrupt", cor, 0.2),
+            ("reorder", reo, 0.3),
+        ] {
             let share = n as f64 / 100_000.0;
             assert!((share - p).abs() < 0.01, "{what}: {share}");
         }

@@ -2,6 +2,7 @@
 //! ([`engine`]), and the userspace link emulator that applies it ([`wire`], `lab wire`).
 
 pub mod engine;
+pub mod kernel;
 pub mod params;
 pub mod wire;
 
@@ -11,8 +12,9 @@ use anyhow::{Context, Result};
 use params::Params;
 
 fn link(json: &str, which: &str) -> Result<Params> {
-    let l: Link = serde_json::from_str(json)
-        .with_context(|| format!("--{which} is not a link in JSON, e.g. {{\"delay\":\"50ms\",\"loss\":\"1%\"}}"))?;
+    let l: Link = serde_json::from_str(json).with_context(|| {
+        format!("--{which} is not a link in JSON, e.g. {{\"delay\":\"50ms\",\"loss\":\"1%\"}}")
+    })?;
     Ok(Params::from_link(&l))
 }
 

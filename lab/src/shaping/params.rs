@@ -21,7 +21,12 @@ pub enum Loss {
     Random(f64),
     /// netem's Gilbert-Elliott model: p (good to bad), r (bad to good), h (1 - loss in
     /// bad), k (1 - loss in good).
-    GilbertElliott { p: f64, r: f64, h: f64, k: f64 },
+    GilbertElliott {
+        p: f64,
+        r: f64,
+        h: f64,
+        k: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

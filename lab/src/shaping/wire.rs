@@ -388,10 +388,10 @@ pub fn run(cfg: WireConfig) -> Result<()> {
     set.add(nix::sys::signal::Signal::SIGINT);
     set.thread_block().context("cannot block SIGTERM")?;
 
-    let client = packet_socket(&cfg.client_if)
-        .with_context(|| format!("cannot open {}", cfg.client_if))?;
-    let server = packet_socket(&cfg.server_if)
-        .with_context(|| format!("cannot open {}", cfg.server_if))?;
+    let client =
+        packet_socket(&cfg.client_if).with_context(|| format!("cannot open {}", cfg.client_if))?;
+    let server =
+        packet_socket(&cfg.server_if).with_context(|| format!("cannot open {}", cfg.server_if))?;
     let stop = Arc::new(AtomicBool::new(false));
     let up_c = Arc::new(Counters::default());
     let down_c = Arc::new(Counters::default());
@@ -438,15 +438,16 @@ pub fn run(cfg: WireConfig) -> Result<()> {
             }
             let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_secs(1));
             // SAFETY: waiting for one of the blocked signals, with a timeout.
-            let sig = unsafe {
-                libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts.as_ref())
-            };
+            let sig =
+                unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), ts.as_ref()) };
             if sig > 0 {
                 break;
             }
         }
         stop.store(true, Ordering::Relaxed);
-        let r1 = up.join().unwrap_or_else(|_| bail!("the up thread panicked"));
+        let r1 = up
+            .join()
+            .unwrap_or_else(|_| bail!("the up thread panicked"));
         let r2 = down
             .join()
             .unwrap_or_else(|_| bail!("the down thread panicked"));

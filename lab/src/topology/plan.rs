@@ -42,7 +42,11 @@ pub type LinkSpec = Link;
 pub struct Plan {
     pub name: String,
     pub prefix: String,
+    /// The backend the topology asks for.
     pub backend: Backend,
+    /// The backend in use, once decided (`lab up` probes for netem when asked for auto).
+    #[serde(default)]
+    pub shaping: Option<ShapingChoice>,
     pub seed: u64,
     pub ipv6: bool,
     pub llm: LlmNode,
@@ -155,6 +159,67 @@ fn server_cmd(a: ApproachName) -> &'static str {
         ApproachName::Sse => "sse",
         ApproachName::Wt => "wt",
     }
+}
+
+/// The shaping backend that builds the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shaper {
+    /// netem (and tbf) qdiscs on the wire namespace's bridge ports.
+    Kernel,
+    /// `lab wire`, the userspace link emulator, between the wire namespace's veths.
+    Userspace,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapingChoice {
+    pub backend: Shaper,
+    /// Why this backend: asked for, or what the netem probe found.
+    pub why: String,
+}
+
+/// The plan laid out for a backend. The kernel layout bridges each wire namespace's
+/// veths (the qdiscs go on the bridge ports); the userspace layout leaves them apart and
+/// runs `lab wire` between them.
+pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Plan {
+    if backend == Shaper::Userspace {
+        let wires: Vec<String> = p.cells.iter().map(|c| c.wire_ns.clone()).collect();
+        p.interfaces
+            .retain(|i| !(i.kind == "bridge" && wires.contains(&i.namespace)));
+        for i in &mut p.interfaces {
+            if wires.contains(&i.namespace) {
+                i.master = None;
+            }
+        }
+        for c in &p.cells {
+            let json = |l: &Link| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
+            p.processes.push(Process {
+                namespace: c.wire_ns.clone(),
+                role: "wire".into(),
+                argv: vec![
+                    "lab".into(),
+                    "wire".into(),
+                    "--client-if".into(),
+                    "to-client".into(),
+                    "--server-if".into(),
+                    "to-server".into(),
+                    "--seed".into(),
+                    p.seed.to_string(),
+                    "--up".into(),
+                    json(&c.up),
+                    "--down".into(),
+                    json(&c.down),
+                    "--stats".into(),
+                    format!("{}/wire/{}.json", run_dir(&p.name), c.id),
+                ],
+            });
+        }
+    }
+    p.shaping = Some(ShapingChoice {
+        backend,
+        why: why.into(),
+    });
+    p
 }
 
 /// Computes the plan. Fails only when the lab has more cells than addresses.
@@ -369,6 +434,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         name: t.name.clone(),
         prefix,
         backend: t.shaping.backend,
+        shaping: None,
         seed: t.shaping.seed.unwrap_or(1),
         ipv6: t.ipv6,
         llm,
