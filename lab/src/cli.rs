@@ -168,6 +168,12 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Lay the plan out for this backend (kernel: bridged wire namespaces with netem;
+    /// userspace: `lab wire` between the veths). Default: what the topology asks for;
+    /// for auto, what `lab up` would pick here (probing for netem needs root; without
+    /// root the plan stays undecided).
+    #[arg(long, value_parser = ["kernel", "userspace"])]
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,6 +54,19 @@ pub async fn run(cli: Cli) -> Result<u8> {
 fn plan_cmd(a: &cli::PlanArgs) -> Result<u8> {
     match topology::load(&a.topology) {
         Ok((_, plan)) => {
+            use topology::model::Backend;
+            use topology::plan::{Shaper, with_backend};
+            let plan = match (a.backend.as_deref(), plan.backend) {
+                (Some("kernel"), _) => with_backend(plan, Shaper::Kernel, "--backend kernel"),
+                (Some(_), _) => with_backend(plan, Shaper::Userspace, "--backend userspace"),
+                (None, Backend::Userspace) => {
+                    with_backend(plan, Shaper::Userspace, "asked for by the topology")
+                }
+                (None, _) if netlab::sys::require_privileges("plan").is_ok() => {
+                    shaping::resolve(plan)?
+                }
+                (None, _) => plan,
+            };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

@@ -88,6 +88,10 @@ fn plan_snapshots() {
         let (_, p) = topology::load(&root().join(format!("topologies/{name}.yaml"))).unwrap();
         insta::assert_snapshot!(format!("plan_{name}"), plan::render(&p));
     }
+    // The userspace layout: no bridge in the wire namespaces, `lab wire` between the veths.
+    let (_, p) = topology::load(&root().join("topologies/degraded.yaml")).unwrap();
+    let p = plan::with_backend(p, plan::Shaper::Userspace, "test");
+    insta::assert_snapshot!("plan_degraded_userspace", plan::render(&p));
 }
 
 #[test]
@@ -200,14 +204,22 @@ fn planned_commands_are_valid_lab_command_lines() {
     use clap::Parser;
     for path in examples() {
         let (_, p) = topology::load(&path).unwrap();
+        let p = plan::with_backend(p, plan::Shaper::Userspace, "test");
         for pr in &p.processes {
-            lab::cli::Cli::try_parse_from(&pr.argv).unwrap_or_else(|e| {
+            let cli = lab::cli::Cli::try_parse_from(&pr.argv).unwrap_or_else(|e| {
                 panic!(
                     "{}: planned `{}` does not parse: {e}",
                     path.display(),
                     pr.argv.join(" ")
                 )
             });
+            // The emulator's link settings must read back as what the plan says.
+            if let lab::cli::Command::Wire(w) = cli.command {
+                let cell = p.cells.iter().find(|c| c.wire_ns == pr.namespace).unwrap();
+                let up: lab::topology::model::Link = serde_json::from_str(&w.up).unwrap();
+                let down: lab::topology::model::Link = serde_json::from_str(&w.down).unwrap();
+                assert_eq!((up, down), (cell.up.clone(), cell.down.clone()));
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 /// Builds the lab of `plan` and starts its processes. On success the lab stays up and
 /// its state record says what is where; on any failure everything is already removed.
 pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
+    let plan = &crate::shaping::resolve(plan.clone())?;
     let dir = PathBuf::from(run_dir(&plan.name));
     std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("cannot create {RUN_ROOT}"))?;
     if let Ok(s) = State::load(&plan.name) {
@@ -121,7 +122,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
-    for sub in ["logs", "certs"] {
+    for sub in ["logs", "certs", "wire"] {
         std::fs::create_dir(tmp.join(sub))
             .with_context(|| format!("cannot create {}", tmp.join(sub).display()))?;
     }
@@ -182,6 +183,11 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
         Ok(())
     })?;
 
+    if plan.shaping.as_ref().map(|s| s.backend) == Some(crate::topology::plan::Shaper::Kernel) {
+        crate::shaping::apply_kernel(plan, &fds)?;
+    }
+    check(cancel)?;
+
     // The LLM (or the relay) first, then every server at once.
     let exe = std::env::current_exe().context("cannot find the lab executable")?;
     let log = |role: &str, cell: Option<&str>| {
@@ -195,7 +201,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
     let cell_of = |ns: &str| {
         plan.cells
             .iter()
-            .find(|c| c.server_ns == ns)
+            .find(|c| c.server_ns == ns || c.wire_ns == ns)
             .map(|c| c.id.clone())
     };
     let mut waves: [Vec<&crate::topology::plan::Process>; 2] = [Vec::new(), Vec::new()];

@@ -28,7 +28,7 @@ pub fn ns_mark(lab: &str) -> String {
 
 /// A current-thread runtime with a netlink connection opened in the calling thread's
 /// network namespace.
-fn with_netlink<T>(f: impl AsyncFnOnce(Handle) -> Result<T>) -> Result<T> {
+pub(crate) fn with_netlink<T>(f: impl AsyncFnOnce(Handle) -> Result<T>) -> Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -56,12 +56,47 @@ pub fn json(states: &[State]) -> serde_json::Value {
                 "owner_alive": s.owner_alive(),
                 "processes": procs,
                 "namespaces": nss,
-                "shaping": "none: each wire namespace bridges its two veths",
+                "shaping": shaping_line(&s.plan),
+                "wire": wire_rows(s).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
             v
         })
         .collect();
     json!({ "labs": labs })
+}
+
+/// The shaping backend, why it was chosen, and the seed.
+pub fn shaping_line(p: &crate::topology::plan::Plan) -> String {
+    use crate::topology::plan::Shaper;
+    match &p.shaping {
+        Some(c) => format!(
+            "{} ({}), seed {}; {}",
+            match c.backend {
+                Shaper::Kernel => "kernel",
+                Shaper::Userspace => "userspace",
+            },
+            match c.backend {
+                Shaper::Kernel => "netem on each wire namespace's bridge ports",
+                Shaper::Userspace => "lab wire between each wire namespace's veths",
+            },
+            p.seed,
+            c.why
+        ),
+        None => format!("not decided yet, seed {}", p.seed),
+    }
+}
+
+/// Per-direction counters of each cell's `lab wire`, from its stats file.
+pub fn wire_rows(s: &State) -> Vec<(String, crate::shaping::wire::WireStats)> {
+    s.plan
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let path = format!("{}/wire/{}.json", run_dir(&s.name), c.id);
+            let bytes = std::fs::read(path).ok()?;
+            Some((c.id.clone(), serde_json::from_slice(&bytes).ok()?))
+        })
+        .collect()
 }
 
 /// The status of one lab as a person reads it.
@@ -85,9 +120,7 @@ pub fn render(s: &State) -> String {
         "llm: {} ({}) for model {}, at http://{}:{} in {}\n",
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.address, p.llm.port, p.llm.namespace
     ));
-    out.push_str(
-        "shaping: none applied; each wire namespace bridges its two veths (the profiles below are what the cells are meant to get)\n\n",
-    );
+    out.push_str(&format!("shaping: {}\n\n", shaping_line(p)));
 
     #[derive(tabled::Tabled)]
     struct CellRow {
@@ -168,6 +201,44 @@ pub fn render(s: &State) -> String {
         .collect();
     out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
     out.push_str("\n\n");
+    let wires = wire_rows(s);
+    if !wires.is_empty() {
+        #[derive(tabled::Tabled)]
+        struct WireRow {
+            cell: String,
+            direction: &'static str,
+            #[tabled(rename = "frames in")]
+            frames_in: u64,
+            #[tabled(rename = "frames out")]
+            frames_out: u64,
+            #[tabled(rename = "bytes out")]
+            bytes_out: u64,
+            #[tabled(rename = "lost (loss model)")]
+            lost: u64,
+            #[tabled(rename = "dropped (queue full)")]
+            queue: u64,
+            #[tabled(rename = "dropped (send)")]
+            send: u64,
+        }
+        let mut rows = Vec::new();
+        for (cell, w) in &wires {
+            for (direction, c) in [("up", &w.up), ("down", &w.down)] {
+                rows.push(WireRow {
+                    cell: cell.clone(),
+                    direction,
+                    frames_in: c.in_frames,
+                    frames_out: c.out_frames,
+                    bytes_out: c.out_bytes,
+                    lost: c.dropped_loss,
+                    queue: c.dropped_queue,
+                    send: c.dropped_send,
+                });
+            }
+        }
+        out.push_str("link emulator counters (updated every second):\n");
+        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+        out.push_str("\n\n");
+    }
     let missing: Vec<&String> = s
         .namespaces
         .iter()

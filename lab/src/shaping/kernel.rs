@@ -234,3 +234,75 @@ pub fn request_bytes(mut req: NetlinkMessage<RouteNetlinkMessage>, seq: u32) -> 
     req.serialize(&mut buf);
     buf
 }
+
+/// Sends one request and waits for the kernel's answer: Ok, or the error number.
+async fn execute(
+    h: &rtnetlink::Handle,
+    req: NetlinkMessage<RouteNetlinkMessage>,
+) -> Result<std::result::Result<(), i32>> {
+    use futures_util::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    let mut h = h.clone();
+    let mut resp = h.request(req)?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+        {
+            return Ok(Err(-code.get()));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Does this kernel have netem? Adds a netem qdisc to the loopback of a throwaway
+/// network namespace (a clean device: no root qdisc to collide with), which vanishes
+/// with the thread. Ok(None): netem works; Ok(Some(why)): it does not, and why.
+pub fn probe_netem() -> Result<Option<String>> {
+    std::thread::spawn(|| -> Result<Option<String>> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut p = super::params::Params::from_link(&Default::default());
+        p.limit = Limit::Packets(1000);
+        let opts = netem_options(&p, None)?;
+        crate::netlab::links::with_netlink(async |h| {
+            Ok(match execute(&h, new_qdisc(1, "netem", opts)).await? {
+                Ok(()) => None,
+                Err(libc::ENOENT) => Some(
+                    "this kernel has no netem: adding a netem qdisc on a clean device failed with ENOENT (sch_netem is not built or loadable)"
+                        .to_owned(),
+                ),
+                Err(e) => Some(format!(
+                    "adding a netem qdisc on a clean device failed: {}",
+                    std::io::Error::from_raw_os_error(e)
+                )),
+            })
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| bail!("the netem probe panicked"))
+}
+
+/// Puts `kind` with `options` as the root qdisc of `ifname`, in the calling thread's
+/// namespace.
+pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
+    crate::netlab::links::with_netlink(async |h| {
+        use futures_util::TryStreamExt;
+        let link = h
+            .link()
+            .get()
+            .match_name(ifname.to_owned())
+            .execute()
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+        match execute(&h, new_qdisc(link.header.index as i32, kind, options)).await? {
+            Ok(()) => Ok(()),
+            Err(libc::ENOENT) if kind == "netem" => bail!(
+                "this kernel has no netem; set `shaping: {{ backend: userspace }}` (or auto) in the topology"
+            ),
+            Err(e) => bail!(
+                "cannot add {kind} on {ifname}: {}",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        }
+    })
+}

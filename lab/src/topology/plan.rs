@@ -510,15 +510,23 @@ pub fn render(p: &Plan) -> String {
         p.cells.len(),
         p.namespaces.len()
     ));
-    out.push_str(&format!(
-        "shaping: {} backend, seed {}\n",
-        match p.backend {
-            Backend::Auto => "auto",
-            Backend::Kernel => "kernel",
-            Backend::Userspace => "userspace",
-        },
-        p.seed
-    ));
+    let asked = match p.backend {
+        Backend::Auto => "auto",
+        Backend::Kernel => "kernel",
+        Backend::Userspace => "userspace",
+    };
+    match &p.shaping {
+        Some(c) => out.push_str(&format!(
+            "shaping: {} backend (asked: {asked}; {}), seed {}\n",
+            match c.backend {
+                Shaper::Kernel => "kernel",
+                Shaper::Userspace => "userspace",
+            },
+            c.why,
+            p.seed
+        )),
+        None => out.push_str(&format!("shaping: {asked} backend, seed {}\n", p.seed)),
+    }
     out.push_str(&format!(
         "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
