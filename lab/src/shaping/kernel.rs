@@ -306,3 +306,30 @@ pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
         }
     })
 }
+
+/// The kind of the root qdisc of `ifname` (calling thread's namespace), read back over
+/// netlink.
+pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
+    crate::netlab::links::with_netlink(async |h| {
+        use futures_util::TryStreamExt;
+        let link = h
+            .link()
+            .get()
+            .match_name(ifname.to_owned())
+            .execute()
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+        let mut qd = h.clone();
+        let mut s = qd.qdisc().get().execute();
+        while let Some(m) = s.try_next().await? {
+            if m.header.index == link.header.index as i32 && m.header.parent == TcHandle::ROOT {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(None)
+    })
+}

@@ -60,7 +60,10 @@ pub fn resolve(plan: Plan) -> Result<Plan> {
 /// Puts each cell's netem qdiscs on its wire namespace's bridge ports: the up settings
 /// on `to-server` (its egress carries client-to-server traffic), the down settings on
 /// `to-client`. Directions with nothing to shape get no qdisc.
-pub fn apply_kernel(plan: &Plan, wire_ns: &std::collections::HashMap<String, std::fs::File>) -> Result<()> {
+pub fn apply_kernel(
+    plan: &Plan,
+    wire_ns: &std::collections::HashMap<String, std::fs::File>,
+) -> Result<()> {
     for c in &plan.cells {
         let fd = &wire_ns[&c.wire_ns];
         crate::netlab::sys::in_netns(fd, || {

@@ -81,7 +81,7 @@ fn add(a: &AtomicU64, n: u64) {
 }
 
 /// The monotonic clock in nanoseconds.
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -344,6 +344,8 @@ pub fn forward(
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct WireStats {
+    /// CLOCK_MONOTONIC, in nanoseconds, when these counters were read.
+    pub at_ns: u64,
     pub seed: u64,
     /// Client to server.
     pub up: CounterSnapshot,
@@ -396,6 +398,7 @@ pub fn run(cfg: WireConfig) -> Result<()> {
     let up_c = Arc::new(Counters::default());
     let down_c = Arc::new(Counters::default());
     let stats = |up: &Counters, down: &Counters| WireStats {
+        at_ns: now_ns(),
         seed: cfg.seed,
         up: up.snapshot(),
         down: down.snapshot(),

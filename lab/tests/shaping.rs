@@ -1,0 +1,545 @@
+//! Fidelity of the link emulator, measured for real (root) from inside a lab's client
+//! namespace against its server namespace: delay, rate, loss, Gilbert-Elliott bursts,
+//! reproducibility and asymmetry. This kernel has no netem, so `auto` picks the
+//! userspace backend; the first test checks that it did.
+//!
+//! The tests share the two cores, so they take turns (one lock): timing and rate
+//! measurements are not made while another test floods a link.
+
+use lab::netlab::sys;
+use lab::shaping::wire::WireStats;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+static TURN: Mutex<()> = Mutex::new(());
+const SERVER: &str = "198.18.0.2";
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(LAB)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lab")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = lab(args);
+    assert!(
+        o.status.success(),
+        "lab {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A one-cell lab named `name` whose only profile is `profile` (YAML flow mapping).
+struct Lab {
+    name: String,
+    client: std::fs::File,
+    server: std::fs::File,
+}
+
+impl Lab {
+    fn up(name: &str, profile: &str, seed: u64) -> Lab {
+        let topo = std::env::temp_dir().join(format!("lab-test-{name}.yaml"));
+        std::fs::write(
+            &topo,
+            format!(
+                "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: auto, seed: {seed} }}\n"
+            ),
+        )
+        .unwrap();
+        let _ = lab(&["down", name]);
+        let out = ok(&["up", topo.to_str().unwrap()]);
+        std::fs::remove_file(&topo).unwrap();
+        assert!(out.contains("shaping: userspace"), "{out}");
+        Lab {
+            name: name.to_owned(),
+            client: sys::open_netns(&format!("lab-{name}-c0-client")).unwrap(),
+            server: sys::open_netns(&format!("lab-{name}-c0-server")).unwrap(),
+        }
+    }
+
+    fn stats(&self) -> WireStats {
+        let path = format!("/run/lab/{}/wire/c0.json", self.name);
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no {path}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the emulator's next counter snapshot (written every second).
+    fn next_stats(&self) -> WireStats {
+        let first = self.stats().at_ns;
+        let t0 = Instant::now();
+        loop {
+            let s = self.stats();
+            if s.at_ns != first {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "counters stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn udp(&self, server: bool, port: u16) -> UdpSocket {
+        let ns = if server { &self.server } else { &self.client };
+        let addr = if server {
+            format!("{SERVER}:{port}")
+        } else {
+            "198.18.0.1:0".to_owned()
+        };
+        let s = sys::in_netns(ns, || Ok(UdpSocket::bind(&addr)?)).unwrap();
+        big_buffers(&s);
+        s
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = lab(&["down", &self.name]);
+    }
+}
+
+fn big_buffers(s: &impl AsRawFd) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        let v: libc::c_int = 8 << 20;
+        // SAFETY: an int socket option on a valid fd.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                4,
+            )
+        };
+    }
+}
+
+/// RTTs of `n` UDP probes, one every 5 ms, echoed by the server namespace.
+fn rtts(l: &Lab, n: usize) -> Vec<Duration> {
+    let server = l.udp(true, 9000);
+    let client = l.udp(false, 0);
+    client.connect(format!("{SERVER}:9000")).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((k, from)) = server.recv_from(&mut buf) {
+                server.send_to(&buf[..k], from).unwrap();
+            }
+        }
+    });
+    let start = Instant::now();
+    let rx = client.try_clone().unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![None; n];
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let Ok(k) = rx.recv(&mut buf) else { break };
+            assert_eq!(k, 16);
+            let seq = u64::from_ne_bytes(buf[..8].try_into().unwrap()) as usize;
+            let sent = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+            got[seq] = Some(start.elapsed() - Duration::from_nanos(sent));
+        }
+        got
+    });
+    for i in 0..n {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&(i as u64).to_ne_bytes());
+        b[8..].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_ne_bytes());
+        client.send(&b).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = reader.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo.join().unwrap();
+    let mut v: Vec<Duration> = got.into_iter().flatten().collect();
+    assert_eq!(v.len(), n, "probes were lost");
+    v.sort();
+    v
+}
+
+fn p50(v: &[Duration]) -> Duration {
+    v[v.len() / 2]
+}
+
+#[test]
+fn delay_50ms_gives_100ms_rtt_and_200ms_gives_400ms() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    for (delay, want, tol) in [(50, 100.0, 1.0), (200, 400.0, 2.0)] {
+        let l = Lab::up("sdelay", &format!("{{ delay: {delay}ms }}"), 1);
+        let r = rtts(&l, 250);
+        let ms = p50(&r).as_secs_f64() * 1e3;
+        println!(
+            "delay {delay}ms: RTT p50 {ms:.3} ms, min {:.3}, max {:.3} over {} probes",
+            r[0].as_secs_f64() * 1e3,
+            r[r.len() - 1].as_secs_f64() * 1e3,
+            r.len()
+        );
+        assert!(
+            (ms - want).abs() <= tol,
+            "RTT p50 {ms} ms, want {want} ± {tol}"
+        );
+    }
+}
+
+/// Sends `n` numbered UDP packets client to server, paced; returns which arrived.
+fn one_way(l: &Lab, n: usize, pps: u64) -> Vec<bool> {
+    let server = l.udp(true, 9001);
+    server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let client = l.udp(false, 0);
+    client.connect(format!("{SERVER}:9001")).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![false; n];
+        let mut buf = [0u8; 64];
+        while let Ok(k) = server.recv(&mut buf) {
+            assert_eq!(k, 32);
+            let i = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+            if i != u64::MAX {
+                got[i as usize] = true;
+            }
+        }
+        got
+    });
+    // One warm-up packet first: while ARP resolves, the kernel queues packets and may
+    // release the first two in either order. After it, the order is fixed, and so is
+    // the loss model's draw for each numbered packet (the warm-up takes one draw).
+    client.send(&[0xff; 32]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    for i in 0..n {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&(i as u64).to_ne_bytes());
+        client.send(&b).unwrap();
+        let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / pps);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+    }
+    reader.join().unwrap()
+}
+
+/// The 99% interval of a binomial count (normal approximation).
+fn interval99(n: usize, p: f64) -> (f64, f64) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (mean - 2.576 * sd, mean + 2.576 * sd)
+}
+
+#[test]
+fn random_loss_is_inside_the_binomial_interval_and_reproducible() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let n = 10_000;
+    for p in [0.01, 0.05] {
+        let profile = format!("{{ loss: {}% }}", p * 100.0);
+        let lost = |seed| {
+            let l = Lab::up("sloss", &profile, seed);
+            let got = one_way(&l, n, 20_000);
+            let s = l.next_stats();
+            // Every packet went through the loss model; nothing else dropped any.
+            assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
+            assert_eq!(
+                s.up.in_frames - s.up.non_ip,
+                n as u64 + 1,
+                "IP frames seen: {s:?}"
+            );
+            let idx: Vec<usize> = (0..n).filter(|&i| !got[i]).collect();
+            assert_eq!(
+                idx.len() as u64,
+                s.up.dropped_loss,
+                "receiver and emulator disagree"
+            );
+            idx
+        };
+        let a = lost(7);
+        let (lo, hi) = interval99(n, p);
+        println!(
+            "loss {p}: {} of {n} lost (99% interval {lo:.0}..{hi:.0})",
+            a.len()
+        );
+        assert!((lo..=hi).contains(&(a.len() as f64)), "{} lost", a.len());
+        // Same seed, same packets lost; another seed, others.
+        let b = lost(7);
+        if b != a {
+            let k = a
+                .iter()
+                .zip(&b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
+            panic!(
+                "same seed, different losses: {} vs {} lost; first difference at #{k}: {:?} vs {:?}",
+                a.len(),
+                b.len(),
+                &a[k.saturating_sub(2)..(k + 5).min(a.len())],
+                &b[k.saturating_sub(2)..(k + 5).min(b.len())]
+            );
+        }
+        assert_ne!(lost(8), a, "another seed lost the same packets");
+    }
+}
+
+#[test]
+fn gilbert_elliott_gives_the_configured_mean_burst_length() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    // 1-h = 100%, 1-k = 0%: a burst is a stay in the bad state, mean 1/r = 4 packets.
+    let l = Lab::up("sge", "{ gilbert_elliott: { p: 1%, r: 25% } }", 3);
+    let n = 100_000;
+    let got = one_way(&l, n, 50_000);
+    let mut bursts = Vec::new();
+    let mut run = 0;
+    for ok in got {
+        if !ok {
+            run += 1;
+        } else if run > 0 {
+            bursts.push(run);
+            run = 0;
+        }
+    }
+    let mean = bursts.iter().sum::<usize>() as f64 / bursts.len() as f64;
+    println!(
+        "Gilbert-Elliott: {} bursts, mean length {mean:.3} (configured 4)",
+        bursts.len()
+    );
+    assert!(bursts.len() > 500, "{} bursts", bursts.len());
+    assert!((mean - 4.0).abs() <= 0.4, "mean burst {mean}");
+    let s = l.next_stats();
+    assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
+}
+
+#[test]
+fn direction_up_leaves_the_down_direction_untouched() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let l = Lab::up("sasym", "{ delay: 50ms, loss: 5%, direction: up }", 1);
+    // Probes that are lost on the way up never come back; count what does.
+    let server = l.udp(true, 9002);
+    let client = l.udp(false, 0);
+    client.connect(format!("{SERVER}:9002")).unwrap();
+    // Down only: the server sends to the client, nothing shaped on the way.
+    let caddr: SocketAddr = client.local_addr().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let n = 5000;
+    let t = std::thread::spawn(move || {
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while client.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    for i in 0..n {
+        server.send_to(&(i as u64).to_ne_bytes(), caddr).unwrap();
+        if i % 100 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(t.join().unwrap(), n, "the down direction lost packets");
+    let s = l.next_stats();
+    assert_eq!(
+        (
+            s.down.dropped_loss,
+            s.down.dropped_queue,
+            s.down.dropped_send
+        ),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    // RTT = 50 ms up + nothing down (probes lost on the way up are retried by count).
+    let server = l.udp(true, 9003);
+    let c = l.udp(false, 0);
+    c.connect(format!("{SERVER}:9003")).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut r = Vec::new();
+    let mut buf = [0u8; 16];
+    while r.len() < 200 {
+        let t0 = Instant::now();
+        c.send(b"probe").unwrap();
+        if let Ok((k, from)) = server.recv_from(&mut buf) {
+            server.send_to(&buf[..k], from).unwrap();
+            if c.recv(&mut buf).is_ok() {
+                r.push(t0.elapsed());
+            }
+        }
+    }
+    r.sort();
+    let ms = p50(&r).as_secs_f64() * 1e3;
+    println!("direction up, delay 50ms: RTT p50 {ms:.3} ms");
+    assert!(
+        (ms - 50.0).abs() <= 1.0,
+        "RTT p50 {ms} ms, want 50 (down adds nothing)"
+    );
+    let s = l.next_stats();
+    assert!(
+        s.up.dropped_loss > 0,
+        "the up direction lost nothing: {s:?}"
+    );
+    assert_eq!(s.down.dropped_loss, 0);
+}
+
+/// Bulk TCP client to server for `secs`; returns the delivered L2 rate in bits/s
+/// measured on the server's interface counters (the kernel's, not lab's), over the
+/// second half of the transfer.
+fn bulk_tcp(l: &Lab, secs: f64) -> f64 {
+    let listener = sys::in_netns(&l.server, || {
+        Ok(TcpListener::bind(format!("{SERVER}:9100"))?)
+    })
+    .unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while std::io::Read::read(&mut s, &mut buf).unwrap_or(0) > 0 {}
+    });
+    let stream = sys::in_netns(&l.client, || {
+        Ok(TcpStream::connect(format!("{SERVER}:9100"))?)
+    })
+    .unwrap();
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let writer = std::thread::spawn(move || {
+        let mut s = stream;
+        let buf = vec![7u8; 1 << 16];
+        while Instant::now() < stop {
+            if std::io::Write::write_all(&mut s, &buf).is_err() {
+                break;
+            }
+        }
+    });
+    let rx = |l: &Lab| -> (Instant, u64) {
+        // /proc/thread-self/net/dev is this thread's namespace (/sys is the host's).
+        let v = sys::in_netns(&l.server, || {
+            Ok(std::fs::read_to_string("/proc/thread-self/net/dev")?)
+        })
+        .unwrap();
+        (Instant::now(), parse_rx(&v))
+    };
+    std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+    let (t1, b1) = rx(l);
+    std::thread::sleep(Duration::from_secs_f64(secs / 2.0 - 0.2));
+    let (t2, b2) = rx(l);
+    writer.join().unwrap();
+    sink.join().unwrap();
+    (b2 - b1) as f64 * 8.0 / (t2 - t1).as_secs_f64()
+}
+
+/// rx_bytes of to-wire from /proc/net/dev text.
+fn parse_rx(dev: &str) -> u64 {
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with("to-wire:"))
+        .expect("to-wire in /proc/net/dev");
+    line.split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn bulk_tcp_gets_the_configured_rate() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    for (rate, bps, secs) in [
+        ("1mbit", 1e6, 6.0),
+        ("10mbit", 1e7, 4.0),
+        ("100mbit", 1e8, 4.0),
+    ] {
+        let l = Lab::up("srate", &format!("{{ rate: {rate}, delay: 1ms }}"), 1);
+        let got = bulk_tcp(&l, secs);
+        let err = (got - bps) / bps;
+        println!(
+            "rate {rate}: delivered {:.3} Mbit/s ({:+.2}%)",
+            got / 1e6,
+            err * 100.0
+        );
+        assert!(err.abs() <= 0.03, "rate {rate}: delivered {got} bit/s");
+    }
+}
+
+#[test]
+fn at_100kbit_the_emulators_own_counters_match_the_rate() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let l = Lab::up("sslow", "{ rate: 100kbit }", 1);
+    let handle = {
+        let listener = sys::in_netns(&l.server, || {
+            Ok(TcpListener::bind(format!("{SERVER}:9100"))?)
+        })
+        .unwrap();
+        let stream = sys::in_netns(&l.client, || {
+            Ok(TcpStream::connect(format!("{SERVER}:9100"))?)
+        })
+        .unwrap();
+        let (mut srv, _) = listener.accept().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while std::io::Read::read(&mut srv, &mut buf).unwrap_or(0) > 0 {}
+        });
+        stream
+    };
+    let mut s = handle;
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let w = std::thread::spawn(move || {
+        let stop = Instant::now() + Duration::from_secs(9);
+        let buf = vec![1u8; 4096];
+        while Instant::now() < stop {
+            let _ = std::io::Write::write(&mut s, &buf);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let a = l.next_stats();
+    std::thread::sleep(Duration::from_secs(5));
+    let b = l.next_stats();
+    w.join().unwrap();
+    let rate = (b.up.out_bytes - a.up.out_bytes) as f64 * 8.0 / ((b.at_ns - a.at_ns) as f64 / 1e9);
+    println!("100kbit: lab wire delivered {:.2} kbit/s", rate / 1e3);
+    assert!((rate - 1e5).abs() / 1e5 <= 0.03, "{rate} bit/s");
+}
+
+#[test]
+fn tbf_applied_over_netlink_shapes_for_real() {
+    use lab::shaping::kernel;
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let l = Lab::up("stbf", "{}", 1);
+    // tbf at 10 Mbit/s on the client's egress, through lab's own netlink request.
+    sys::in_netns(&l.client, || {
+        kernel::apply(
+            "to-wire",
+            "tbf",
+            kernel::tbf_options(10_000_000, 32 * 1024, 128 * 1024),
+        )
+    })
+    .unwrap();
+    let kind = sys::in_netns(&l.client, || kernel::root_qdisc_kind("to-wire")).unwrap();
+    assert_eq!(kind.as_deref(), Some("tbf"));
+    let got = bulk_tcp(&l, 4.0);
+    println!("tbf 10mbit: delivered {:.3} Mbit/s", got / 1e6);
+    assert!((got - 1e7).abs() / 1e7 <= 0.03, "{got} bit/s");
+}
