@@ -320,7 +320,7 @@ pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
             .try_next()
             .await?
             .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
-        let mut qd = h.clone();
+        let qd = h.clone();
         let mut s = qd.qdisc().get().execute();
         while let Some(m) = s.try_next().await? {
             if m.header.index == link.header.index as i32 && m.header.parent == TcHandle::ROOT {
