@@ -24,9 +24,67 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const ETH_HLEN: usize = 14;
 const MAX_FRAME: usize = 65_536 + ETH_HLEN;
 
+/// Buckets of the lateness histogram: 1 us each, the last one for 2 ms and more.
+const LATE_BUCKETS: usize = 2001;
+
+/// How late held packets left, against their scheduled time: 1-us buckets.
+#[derive(Debug)]
+pub struct Lateness {
+    buckets: Vec<AtomicU64>,
+    max_ns: AtomicU64,
+}
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Lateness {
+            buckets: (0..LATE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lateness {
+    fn record(&self, ns: u64) {
+        let b = ((ns / 1000) as usize).min(LATE_BUCKETS - 1);
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// (p50, p99, max) in microseconds; p50 and p99 are bucket upper bounds.
+    fn summary(&self) -> Option<(u64, u64, u64)> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let at = |q: f64| {
+            let want = (total as f64 * q).ceil() as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return i as u64 + 1;
+                }
+            }
+            LATE_BUCKETS as u64
+        };
+        Some((
+            at(0.5),
+            at(0.99),
+            self.max_ns.load(Ordering::Relaxed) / 1000,
+        ))
+    }
+}
+
 /// Counters of one direction.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Lateness of held packets.
+    pub late: Lateness,
     pub in_frames: AtomicU64,
     pub in_bytes: AtomicU64,
     pub out_frames: AtomicU64,
@@ -55,6 +113,10 @@ pub struct CounterSnapshot {
     pub corrupted: u64,
     pub reordered: u64,
     pub non_ip: u64,
+    /// How late held packets left: p50, p99 and max, in microseconds (p50 and p99 to
+    /// the microsecond above).
+    #[serde(default)]
+    pub late_us: Option<(u64, u64, u64)>,
 }
 
 impl Counters {
@@ -72,6 +134,7 @@ impl Counters {
             corrupted: l(&self.corrupted),
             reordered: l(&self.reordered),
             non_ip: l(&self.non_ip),
+            late_us: self.late.summary(),
         }
     }
 }
@@ -243,6 +306,7 @@ pub fn forward(
         while heap.peek().is_some_and(|h| h.at <= now) {
             let h = heap.pop().expect("peeked");
             engine.released(h.frame.len());
+            counters.late.record(now_ns().saturating_sub(h.at));
             send(output, &h.frame, counters);
         }
         // Wait for a frame, the next departure, or 50 ms (to notice `stop`).

@@ -1,0 +1,162 @@
+//! The userspace link emulator (`lab wire`), measured through a real lab. Needs root.
+//!
+//! - added RTT at zero impairment: UDP ping-pong client <-> server through `lab wire`,
+//!   minus the same through a plain bridge in the same wire namespace (the emulator
+//!   stopped, the two veths bridged);
+//! - bulk TCP throughput with no rate limit (identity path, and with 1 ms delay so that
+//!   every packet goes through the link model);
+//! - how late packets leave against their schedule at 100 Mbit/s with 10 ms delay.
+//!
+//! `cargo bench -p lab --bench wire`
+
+use lab::netlab::sys;
+use lab::shaping::wire::WireStats;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+fn lab(args: &[&str]) -> String {
+    let o = Command::new(LAB).args(args).output().expect("run lab");
+    assert!(
+        o.status.success(),
+        "lab {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn up(profile: &str) {
+    let t = std::env::temp_dir().join("lab-bench-wire.yaml");
+    std::fs::write(
+        &t,
+        format!("name: bwire\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: userspace }}\n"),
+    )
+    .unwrap();
+    let _ = Command::new(LAB).args(["down", "bwire"]).output();
+    lab(&["up", t.to_str().unwrap()]);
+}
+
+fn ns(side: &str) -> std::fs::File {
+    sys::open_netns(&format!("lab-bwire-c0-{side}")).unwrap()
+}
+
+fn rtt_p50(n: usize) -> Duration {
+    let server = sys::in_netns(&ns("server"), || Ok(UdpSocket::bind("198.18.0.2:9000")?)).unwrap();
+    let client = sys::in_netns(&ns("client"), || Ok(UdpSocket::bind("198.18.0.1:0")?)).unwrap();
+    client.connect("198.18.0.2:9000").unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        for _ in 0..n + 100 {
+            let (k, from) = server.recv_from(&mut b).unwrap();
+            server.send_to(&b[..k], from).unwrap();
+        }
+    });
+    let mut v = Vec::with_capacity(n);
+    let mut b = [0u8; 64];
+    for i in 0..n + 100 {
+        let t = Instant::now();
+        client.send(b"ping").unwrap();
+        client.recv(&mut b).unwrap();
+        if i >= 100 {
+            v.push(t.elapsed());
+        }
+    }
+    echo.join().unwrap();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bulk(secs: f64) -> f64 {
+    let l = sys::in_netns(&ns("server"), || Ok(TcpListener::bind("198.18.0.2:9100")?)).unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        let t = Instant::now();
+        loop {
+            let k = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n as f64 * 8.0 / t.elapsed().as_secs_f64()
+    });
+    let mut c =
+        sys::in_netns(&ns("client"), || Ok(TcpStream::connect("198.18.0.2:9100")?)).unwrap();
+    let buf = vec![0u8; 1 << 16];
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < stop {
+        std::io::Write::write_all(&mut c, &buf).unwrap();
+    }
+    drop(c);
+    sink.join().unwrap()
+}
+
+fn stats() -> WireStats {
+    serde_json::from_slice(&std::fs::read("/run/lab/bwire/wire/c0.json").unwrap()).unwrap()
+}
+
+fn main() {
+    // Added RTT at zero impairment.
+    up("{}");
+    let through = rtt_p50(2000);
+    let st = lab(&["status", "--lab", "bwire", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let wire_pid = v["labs"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "wire")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    // SAFETY: pausing the emulator lab started for this bench.
+    unsafe { libc::kill(wire_pid, libc::SIGSTOP) };
+    let ip = |args: &str| {
+        let mut a = vec!["-n", "lab-bwire-c0-wire"];
+        a.extend(args.split(' '));
+        assert!(
+            Command::new("ip").args(&a).status().unwrap().success(),
+            "ip {args}"
+        );
+    };
+    ip("link add br0 type bridge");
+    ip("link set to-client master br0");
+    ip("link set to-server master br0");
+    ip("link set br0 up");
+    let bridged = rtt_p50(2000);
+    // SAFETY: resuming it, so that lab down stops it normally.
+    unsafe { libc::kill(wire_pid, libc::SIGCONT) };
+    lab(&["down", "bwire"]);
+    println!(
+        "RTT p50 at zero impairment: {:.1} us through lab wire, {:.1} us through a bridge: added {:.1} us",
+        through.as_secs_f64() * 1e6,
+        bridged.as_secs_f64() * 1e6,
+        (through.as_secs_f64() - bridged.as_secs_f64()) * 1e6
+    );
+
+    // Bulk throughput, no rate limit.
+    for profile in ["{}", "{ delay: 1ms }"] {
+        up(profile);
+        let g = bulk(5.0);
+        lab(&["down", "bwire"]);
+        println!("bulk TCP, profile {profile}: {:.2} Gbit/s", g / 1e9);
+    }
+
+    // Lateness at 100 Mbit/s.
+    up("{ rate: 100mbit, delay: 10ms }");
+    let g = bulk(5.0);
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = stats();
+    lab(&["down", "bwire"]);
+    let (p50, p99, max) = s.up.late_us.unwrap();
+    println!(
+        "100 Mbit/s + 10 ms: bulk TCP {:.1} Mbit/s; packets left late by p50 <= {p50} us, p99 <= {p99} us, max {max} us ({} frames)",
+        g / 1e6,
+        s.up.out_frames
+    );
+}
