@@ -543,3 +543,44 @@ fn tbf_applied_over_netlink_shapes_for_real() {
     println!("tbf 10mbit: delivered {:.3} Mbit/s", got / 1e6);
     assert!((got - 1e7).abs() / 1e7 <= 0.03, "{got} bit/s");
 }
+
+/// `backend: kernel` uses netem where the kernel has it, and otherwise refuses with the
+/// probe's reason and a way out. Which of the two this machine shows depends on its
+/// kernel; both are checked to the letter.
+#[test]
+fn the_kernel_backend_uses_netem_or_says_why_not() {
+    use lab::shaping::kernel;
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "skern";
+    let topo = std::env::temp_dir().join("lab-test-skern.yaml");
+    std::fs::write(
+        &topo,
+        format!("name: {name}\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {{ delay: 10ms, loss: 1% }}\nshaping: {{ backend: kernel }}\n"),
+    )
+    .unwrap();
+    let o = lab(&["up", topo.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    match kernel::probe_netem().unwrap() {
+        Some(why) => {
+            assert_eq!(o.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains("the topology asks for the kernel backend, but"),
+                "{err}"
+            );
+            assert!(err.contains(&why), "{err}");
+            assert!(err.contains("backend: userspace"), "{err}");
+            assert!(!std::path::Path::new("/run/lab/skern").exists());
+            assert!(!sys::netns_exists("lab-skern-llm"));
+        }
+        None => {
+            assert!(o.status.success(), "{err}");
+            let wire = sys::open_netns("lab-skern-c0-wire").unwrap();
+            for ifname in ["to-client", "to-server"] {
+                let k = sys::in_netns(&wire, || kernel::root_qdisc_kind(ifname)).unwrap();
+                assert_eq!(k.as_deref(), Some("netem"), "{ifname}");
+            }
+            ok(&["down", name]);
+        }
+    }
+    std::fs::remove_file(topo).unwrap();
+}
