@@ -51,9 +51,12 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
                     "{ap} {mode}: tokens differ for {p}"
                 );
                 assert!(r.ttft_ms.unwrap() >= 5.0, "TTFT below the mock's 5 ms");
-                // Tokens the mock spaces 1 ms apart arrive apart: no server batches them.
+                // Tokens the mock spaces 1 ms apart arrive apart: no server batches them
+                // (batching would bring the mean gap near zero). The floor leaves room
+                // for load: the mock keeps its schedule, so a late first token is
+                // followed by a catch-up that pulls the mean down (0.77 ms seen in CI).
                 let tbt = r.tbt_mean_ms.unwrap();
-                assert!((0.8..3.0).contains(&tbt), "{ap} {mode}: mean TBT {tbt} ms");
+                assert!((0.5..3.0).contains(&tbt), "{ap} {mode}: mean TBT {tbt} ms");
                 assert!(r.app_bytes > 0);
             }
             let after = stack.stats(ap).snapshot();
