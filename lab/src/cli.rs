@@ -42,6 +42,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the JSON schema of topology files (also in lab/topology.schema.json).
     Schema,
+    /// The main job: build the lab, warm up, run the workload in every cell while
+    /// capturing both ends of each link, print and save the tables (results/), check
+    /// the topology's expectations, and take everything down. Needs root.
+    Run(RunArgs),
     /// Build a topology's lab (namespaces, links, servers), print what is where, and
     /// return; the lab stays up until `lab down`. Needs root.
     Up(UpArgs),
@@ -93,6 +97,21 @@ pub struct WireArgs {
     /// Write counters here (JSON) every second and at exit.
     #[arg(long)]
     pub stats: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 everything ran and every expectation holds; 1 the run had errors \
+(a failed prompt, a token mismatch, a capture that disagrees with the kernel, a lab that would not \
+build); 2 bad input (topology, expectations, no root); 3 the run was clean but an expectation \
+failed; 130 interrupted (what was measured is saved, the lab is taken down)."
+)]
+pub struct RunArgs {
+    /// The topology file, e.g. topologies/degraded.yaml.
+    pub topology: PathBuf,
+    /// Where to save results: a directory <timestamp>-<name>/ is made in it.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod netlab;
+pub mod run;
 pub mod serve;
 pub mod shaping;
 pub mod stack;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print!("{}", topology::schema_json());
             true
         }
+        Command::Run(a) => return run::run_cmd(a).await,
         Command::Up(a) => return netlab::up_cmd(a).await,
         Command::Status(a) => return netlab::status_cmd(a),
         Command::Shell(a) => return netlab::shell_cmd(a),

@@ -97,6 +97,11 @@ pub fn start(
 }
 
 impl Started {
+    /// Takes the child's stdout, to read it as it comes (instead of [`Started::wait_ready`]).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.stdout.take()
+    }
+
     /// Waits for the child's ready line. Fails, with its exit status and the tail of its
     /// log, if it exits first; also on timeout or when `cancel` is set.
     pub fn wait_ready(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<()> {

@@ -1,0 +1,337 @@
+//! Wire capture: every frame on one interface, counted per direction, at L2 and L3, by
+//! transport and by the server's port, with ARP and other non-IP frames apart. Raw
+//! AF_PACKET rather than pnet: pnet's reader drops the direction (`sll_pkttype`) and
+//! truncates frames to its buffer; here MSG_TRUNC gives every frame's true length.
+//! The kernel's own interface counters (netlink link stats) are read at the same
+//! points, so the two can be compared.
+
+use crate::netlab::{links, sys};
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, Stats64};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+const PACKET_OUTGOING: u8 = 4;
+
+/// Counts of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dir {
+    /// Every frame, and its bytes with the Ethernet header (what the kernel counts).
+    pub frames: u64,
+    pub l2_bytes: u64,
+    /// IPv4/IPv6 packets and their bytes from the IP header on.
+    pub ip_packets: u64,
+    pub l3_bytes: u64,
+    pub tcp_packets: u64,
+    pub tcp_bytes: u64,
+    pub udp_packets: u64,
+    pub udp_bytes: u64,
+    /// IP packets to or from the cell's server port (TCP or UDP), L3 bytes.
+    pub port_packets: u64,
+    pub port_bytes: u64,
+    /// ARP and every other non-IP frame, L2 bytes.
+    pub other_frames: u64,
+    pub other_bytes: u64,
+}
+
+/// One interface's capture: what left it (tx) and what arrived (rx).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub tx: Dir,
+    pub rx: Dir,
+}
+
+/// The kernel's counters of an interface (a difference between two readings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+impl Kernel {
+    pub fn minus(self, before: Kernel) -> Kernel {
+        Kernel {
+            tx_packets: self.tx_packets - before.tx_packets,
+            tx_bytes: self.tx_bytes - before.tx_bytes,
+            rx_packets: self.rx_packets - before.rx_packets,
+            rx_bytes: self.rx_bytes - before.rx_bytes,
+        }
+    }
+
+    /// Differences between the capture and the kernel's counters, as text; empty when
+    /// they agree exactly.
+    pub fn differences(self, c: &Counts) -> Vec<String> {
+        let mut d = Vec::new();
+        for (what, k, got) in [
+            ("tx frames", self.tx_packets, c.tx.frames),
+            ("tx bytes", self.tx_bytes, c.tx.l2_bytes),
+            ("rx frames", self.rx_packets, c.rx.frames),
+            ("rx bytes", self.rx_bytes, c.rx.l2_bytes),
+        ] {
+            if k != got {
+                d.push(format!("{what}: captured {got}, kernel {k}"));
+            }
+        }
+        d
+    }
+}
+
+/// Adds one frame of true length `len` (of which `head` holds the start) to `d`.
+pub fn count(d: &mut Dir, head: &[u8], len: usize, port: u16) {
+    d.frames += 1;
+    d.l2_bytes += len as u64;
+    let ethertype = head.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (l3, proto, l4) = match ethertype {
+        Some(0x0800) if head.len() >= 34 => {
+            let ihl = usize::from(head[14] & 0x0f) * 4;
+            (14, head[23], 14 + ihl)
+        }
+        Some(0x86dd) if head.len() >= 54 => (14, head[20], 54),
+        _ => {
+            d.other_frames += 1;
+            d.other_bytes += len as u64;
+            return;
+        }
+    };
+    let l3_len = (len - l3) as u64;
+    d.ip_packets += 1;
+    d.l3_bytes += l3_len;
+    match proto {
+        6 => {
+            d.tcp_packets += 1;
+            d.tcp_bytes += l3_len;
+        }
+        17 => {
+            d.udp_packets += 1;
+            d.udp_bytes += l3_len;
+        }
+        _ => return,
+    }
+    if let Some(p) = head.get(l4..l4 + 4) {
+        let (src, dst) = (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        );
+        if src == port || dst == port {
+            d.port_packets += 1;
+            d.port_bytes += l3_len;
+        }
+    }
+}
+
+/// The kernel's counters of `ifname` in the namespace `ns`.
+pub fn kernel_counters(ns: &File, ifname: &str) -> Result<Kernel> {
+    sys::in_netns(ns, || {
+        links::with_netlink(async |h| {
+            let l = h
+                .link()
+                .get()
+                .match_name(ifname.to_owned())
+                .execute()
+                .try_next()
+                .await?
+                .ok_or_else(|| anyhow!("no interface {ifname}"))?;
+            let s: Stats64 = l
+                .attributes
+                .into_iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Stats64(s) => Some(s),
+                    _ => None,
+                })
+                .ok_or_else(|| anyhow!("{ifname} has no stats"))?;
+            Ok(Kernel {
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+            })
+        })
+    })
+}
+
+/// A capture running on one interface.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<Counts>>,
+}
+
+/// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
+fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
+    sys::in_netns(ns, || {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2), owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                proto as i32,
+            )
+        };
+        if fd < 0 {
+            bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname)?;
+        // SAFETY: NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            bail!("no interface {ifname}");
+        }
+        let v: libc::c_int = 32 << 20;
+        // SAFETY: an int option on our fd.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&v as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        // SAFETY: zeroed then filled sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: valid sockaddr_ll.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r != 0 {
+            bail!("bind to {ifname}: {}", std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    })
+    .with_context(|| format!("cannot capture on {ifname}"))
+}
+
+impl Capture {
+    /// Starts counting every frame on `ifname` in `ns`; `port` is the server's port.
+    pub fn start(ns: &File, ifname: &str, port: u16) -> Result<Capture> {
+        let fd = open(ns, ifname)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || -> Result<Counts> {
+            let mut c = Counts::default();
+            let mut buf = vec![0u8; 256];
+            loop {
+                // Drain everything queued, then stop if asked (so nothing queued is lost).
+                loop {
+                    // SAFETY: zeroed sockaddr_ll for recvfrom to fill.
+                    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                    // SAFETY: receiving the head of a frame; MSG_TRUNC gives its length.
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                            (&mut sll as *mut libc::sockaddr_ll).cast(),
+                            &mut sl,
+                        )
+                    };
+                    if n < 0 {
+                        let e = std::io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::EAGAIN) | Some(libc::EINTR) => break,
+                            _ => bail!("capture: {e}"),
+                        }
+                    }
+                    let len = n as usize;
+                    let head = &buf[..len.min(buf.len())];
+                    let d = if sll.sll_pkttype == PACKET_OUTGOING {
+                        &mut c.tx
+                    } else {
+                        &mut c.rx
+                    };
+                    count(d, head, len, port);
+                }
+                if st.load(Ordering::SeqCst) {
+                    return Ok(c);
+                }
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd, 20 ms.
+                unsafe { libc::poll(&mut pfd, 1, 20) };
+            }
+        });
+        Ok(Capture { stop, thread })
+    }
+
+    /// Stops and returns the counts (after reading every frame already queued).
+    pub fn finish(self) -> Result<Counts> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| bail!("the capture thread panicked"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(proto: u8, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[23] = proto;
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn frames_are_counted_by_layer_transport_and_port() {
+        let mut d = Dir::default();
+        let tcp = ipv4(6, 40000, 8080, 100);
+        count(&mut d, &tcp, 100, 8080);
+        let udp = ipv4(17, 4433, 50000, 1514);
+        count(&mut d, &udp[..256], 1514, 4433);
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        count(&mut d, &arp, 42, 8080);
+        count(&mut d, &tcp, 100, 9999);
+        assert_eq!(d.frames, 4);
+        assert_eq!(d.l2_bytes, 100 + 1514 + 42 + 100);
+        assert_eq!((d.ip_packets, d.l3_bytes), (3, 86 + 1500 + 86));
+        assert_eq!((d.tcp_packets, d.tcp_bytes), (2, 172));
+        assert_eq!((d.udp_packets, d.udp_bytes), (1, 1500));
+        assert_eq!((d.port_packets, d.port_bytes), (2, 86 + 1500));
+        assert_eq!((d.other_frames, d.other_bytes), (1, 42));
+    }
+
+    #[test]
+    fn kernel_differences_name_each_counter() {
+        let k = Kernel {
+            tx_packets: 2,
+            tx_bytes: 200,
+            rx_packets: 1,
+            rx_bytes: 60,
+        };
+        let mut c = Counts::default();
+        c.tx.frames = 2;
+        c.tx.l2_bytes = 200;
+        c.rx.frames = 1;
+        c.rx.l2_bytes = 60;
+        assert!(k.differences(&c).is_empty());
+        c.rx.l2_bytes = 61;
+        assert_eq!(k.differences(&c), ["rx bytes: captured 61, kernel 60"]);
+    }
+}

@@ -1,0 +1,337 @@
+//! Expectations: the `expect:` list of a topology, checked at the end of `lab run`.
+//! Pure: parsed and evaluated against a metrics lookup.
+//!
+//! An expectation compares two operands: `<approach>[@<profile>].<metric>` or a
+//! constant, e.g. `wt.wire_bytes_per_token < sse.wire_bytes_per_token` or
+//! `sse@degraded.ttft_p50 < 1.5s`. An operand without `@profile` stands for every
+//! profile in turn: the expectation must hold in each.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Milliseconds.
+    Time,
+    Count,
+}
+
+/// The metrics an expectation can name, with their kind and meaning.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("ttft_p50", Kind::Time, "median time to first token"),
+    (
+        "ttft_p95",
+        Kind::Time,
+        "95th percentile time to first token",
+    ),
+    (
+        "ttft_p99",
+        Kind::Time,
+        "99th percentile time to first token",
+    ),
+    ("tbt_avg", Kind::Time, "mean time between tokens"),
+    ("total_avg", Kind::Time, "mean time per prompt"),
+    ("setup", Kind::Time, "mean connection set-up time"),
+    ("tokens_avg", Kind::Count, "mean tokens per prompt"),
+    (
+        "bytes_per_token",
+        Kind::Count,
+        "application bytes per token",
+    ),
+    (
+        "wire_bytes_per_token",
+        Kind::Count,
+        "bytes on the wire (both directions, L2) per token",
+    ),
+    (
+        "wire_bytes",
+        Kind::Count,
+        "bytes on the wire, both directions, L2",
+    ),
+    (
+        "packets",
+        Kind::Count,
+        "frames on the wire, both directions",
+    ),
+    ("errors", Kind::Count, "prompts that failed"),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Metric {
+        approach: String,
+        profile: Option<String>,
+        metric: String,
+    },
+    Const(f64, Kind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Op {
+    fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Op::Lt => a < b,
+            Op::Le => a <= b,
+            Op::Gt => a > b,
+            Op::Ge => a >= b,
+            Op::Eq => a == b,
+            Op::Ne => a != b,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expect {
+    pub text: String,
+    pub lhs: Operand,
+    pub op: Op,
+    pub rhs: Operand,
+}
+
+fn kind_of(metric: &str) -> Option<Kind> {
+    METRICS.iter().find(|m| m.0 == metric).map(|m| m.1)
+}
+
+fn operand(s: &str, approaches: &[String], profiles: &[String]) -> Result<Operand, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("an operand is missing".into());
+    }
+    if s.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        let end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let v: f64 = s[..end]
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number"))?;
+        return match &s[end..] {
+            "" => Ok(Operand::Const(v, Kind::Count)),
+            "us" => Ok(Operand::Const(v / 1000.0, Kind::Time)),
+            "ms" => Ok(Operand::Const(v, Kind::Time)),
+            "s" => Ok(Operand::Const(v * 1000.0, Kind::Time)),
+            u => Err(format!(
+                "unknown unit '{u}' in '{s}'; use us, ms or s, or none for counts"
+            )),
+        };
+    }
+    let (subject, metric) = s
+        .rsplit_once('.')
+        .ok_or_else(|| format!("'{s}' is neither a number nor <approach>[@<profile>].<metric>"))?;
+    let (approach, profile) = match subject.split_once('@') {
+        Some((a, p)) => (a, Some(p)),
+        None => (subject, None),
+    };
+    if !approaches.iter().any(|a| a == approach) {
+        return Err(format!(
+            "'{approach}' is not an approach of this topology ({})",
+            approaches.join(", ")
+        ));
+    }
+    if let Some(p) = profile
+        && !profiles.iter().any(|x| x == p)
+    {
+        return Err(format!(
+            "'{p}' is not a profile of this topology ({})",
+            profiles.join(", ")
+        ));
+    }
+    if kind_of(metric).is_none() {
+        let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
+        return Err(format!(
+            "unknown metric '{metric}'; valid: {}",
+            names.join(", ")
+        ));
+    }
+    Ok(Operand::Metric {
+        approach: approach.to_owned(),
+        profile: profile.map(str::to_owned),
+        metric: metric.to_owned(),
+    })
+}
+
+fn kind(o: &Operand) -> Kind {
+    match o {
+        Operand::Const(_, k) => *k,
+        Operand::Metric { metric, .. } => kind_of(metric).unwrap_or(Kind::Count),
+    }
+}
+
+/// Parses one expectation against the topology's approaches and profiles.
+pub fn parse(text: &str, approaches: &[String], profiles: &[String]) -> Result<Expect, String> {
+    let ops = [
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+    ];
+    let (at, sym, op) = ops
+        .iter()
+        .filter_map(|(sym, op)| text.find(sym).map(|i| (i, *sym, *op)))
+        .min_by_key(|(i, sym, _)| (*i, std::cmp::Reverse(sym.len())))
+        .ok_or_else(|| {
+            "no comparison; write e.g. wt.wire_bytes_per_token < sse.wire_bytes_per_token"
+                .to_owned()
+        })?;
+    let lhs = operand(&text[..at], approaches, profiles)?;
+    let rhs = operand(&text[at + sym.len()..], approaches, profiles)?;
+    if kind(&lhs) != kind(&rhs) {
+        return Err(match (&lhs, &rhs) {
+            (_, Operand::Const(v, Kind::Count)) | (Operand::Const(v, Kind::Count), _) => {
+                format!("{v} needs a time unit to compare with a time, e.g. {v}ms or {v}s")
+            }
+            _ => "compares a time with a count".into(),
+        });
+    }
+    if matches!((&lhs, &rhs), (Operand::Const(..), Operand::Const(..))) {
+        return Err("compares two constants; name a metric".into());
+    }
+    Ok(Expect {
+        text: text.to_owned(),
+        lhs,
+        op,
+        rhs,
+    })
+}
+
+/// The result of one expectation under one profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub expect: String,
+    pub profile: String,
+    pub lhs: Option<f64>,
+    pub rhs: Option<f64>,
+    pub holds: bool,
+}
+
+/// Evaluates `e` under each profile it covers. `metric(approach, profile, name)` gives
+/// a metric's value, or None if the run has no value (a cell with no answers): such
+/// an expectation does not hold.
+pub fn evaluate(
+    e: &Expect,
+    profiles: &[String],
+    metric: &dyn Fn(&str, &str, &str) -> Option<f64>,
+) -> Vec<Outcome> {
+    let fixed = |o: &Operand| match o {
+        Operand::Metric { profile, .. } => profile.clone(),
+        Operand::Const(..) => None,
+    };
+    let covered: Vec<String> = match (fixed(&e.lhs), fixed(&e.rhs)) {
+        (Some(p), _) | (None, Some(p))
+            if matches!(e.lhs, Operand::Const(..))
+                || matches!(e.rhs, Operand::Const(..))
+                || (fixed(&e.lhs).is_some() && fixed(&e.rhs).is_some()) =>
+        {
+            vec![p]
+        }
+        _ => profiles.to_vec(),
+    };
+    covered
+        .into_iter()
+        .map(|p| {
+            let value = |o: &Operand| match o {
+                Operand::Const(v, _) => Some(*v),
+                Operand::Metric {
+                    approach,
+                    profile,
+                    metric: m,
+                } => metric(approach, profile.as_deref().unwrap_or(&p), m),
+            };
+            let (lhs, rhs) = (value(&e.lhs), value(&e.rhs));
+            let holds = matches!((lhs, rhs), (Some(a), Some(b)) if e.op.holds(a, b));
+            Outcome {
+                expect: e.text.clone(),
+                profile: p,
+                lhs,
+                rhs,
+                holds,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_metrics_constants_and_units() {
+        let (a, p) = (names(&["raw", "sse", "wt"]), names(&["base", "degraded"]));
+        let e = parse("wt.wire_bytes_per_token < sse.wire_bytes_per_token", &a, &p).unwrap();
+        assert_eq!(e.op, Op::Lt);
+        let e = parse("sse@degraded.ttft_p50 <= 1.5s", &a, &p).unwrap();
+        assert_eq!(e.rhs, Operand::Const(1500.0, Kind::Time));
+        assert_eq!(
+            e.lhs,
+            Operand::Metric {
+                approach: "sse".into(),
+                profile: Some("degraded".into()),
+                metric: "ttft_p50".into()
+            }
+        );
+        assert_eq!(parse("wt.errors == 0", &a, &p).unwrap().op, Op::Eq);
+        assert_eq!(
+            parse("raw.ttft_p99>=250us", &a, &p).unwrap().rhs,
+            Operand::Const(0.25, Kind::Time)
+        );
+    }
+
+    #[test]
+    fn bad_expectations_say_what_is_wrong() {
+        let (a, p) = (names(&["sse", "wt"]), names(&["base"]));
+        let err = |s: &str| parse(s, &a, &p).unwrap_err();
+        assert!(err("wt.ttft_p50").contains("no comparison"));
+        assert!(
+            err("raw.ttft_p50 < 1s")
+                .contains("'raw' is not an approach of this topology (sse, wt)")
+        );
+        assert!(err("wt@bad.ttft_p50 < 1s").contains("'bad' is not a profile"));
+        assert!(err("wt.latency < 1s").contains("unknown metric 'latency'; valid: ttft_p50"));
+        assert!(err("wt.ttft_p50 < 1.5").contains("1.5 needs a time unit"));
+        assert!(err("wt.ttft_p50 < 1.5h").contains("unknown unit 'h'"));
+        assert!(err("wt.packets < sse.ttft_p50").contains("compares a time with a count"));
+        assert!(err("1 < 2").contains("compares two constants"));
+    }
+
+    #[test]
+    fn evaluates_per_profile() {
+        let (a, p) = (names(&["sse", "wt"]), names(&["base", "bad"]));
+        let m = |ap: &str, pr: &str, _: &str| -> Option<f64> {
+            Some(match (ap, pr) {
+                ("wt", "base") => 7.0,
+                ("sse", "base") => 13.0,
+                ("wt", "bad") => 20.0,
+                ("sse", "bad") => 14.0,
+                _ => return None,
+            })
+        };
+        let e = parse("wt.wire_bytes_per_token < sse.wire_bytes_per_token", &a, &p).unwrap();
+        let o = evaluate(&e, &p, &m);
+        assert_eq!(o.len(), 2);
+        assert!(o[0].holds && o[0].profile == "base");
+        assert!(!o[1].holds && o[1].lhs == Some(20.0));
+        let e = parse("sse@bad.packets < 15", &a, &p).unwrap();
+        let o = evaluate(&e, &p, &m);
+        assert_eq!(
+            (o.len(), o[0].holds, o[0].profile.as_str()),
+            (1, true, "bad")
+        );
+        // A missing value never holds.
+        let none = |_: &str, _: &str, _: &str| None;
+        assert!(!evaluate(&e, &p, &none)[0].holds);
+    }
+}

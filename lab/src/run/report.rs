@@ -1,0 +1,325 @@
+//! The tables of a run, its metrics, and what counts as a run error. Pure: computed from
+//! a [`Run`], so `run.json` alone can be rendered again.
+
+use super::{CellResult, Run};
+use crate::topology::plan::describe_link;
+use lab_clients::record::{Summary, summary_table};
+use tabled::settings::Style;
+
+/// The cells of one profile, in plan order.
+fn cells_of<'a>(run: &'a Run, profile: &str) -> Vec<&'a CellResult> {
+    run.cells
+        .iter()
+        .filter(|c| c.cell.profile == profile)
+        .collect()
+}
+
+fn profiles(run: &Run) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for c in &run.cells {
+        if !v.contains(&c.cell.profile) {
+            v.push(c.cell.profile.clone());
+        }
+    }
+    v
+}
+
+/// Successful tokens of a cell.
+fn tokens(c: &CellResult) -> usize {
+    c.records
+        .iter()
+        .filter(|r| r.error.is_none())
+        .map(|r| r.tokens)
+        .sum()
+}
+
+/// Wire totals at the client's end: (bytes up, bytes down, frames up, frames down).
+fn wire(c: &CellResult) -> Option<(u64, u64, u64, u64)> {
+    c.client.as_ref().map(|e| {
+        (
+            e.capture.tx.l2_bytes,
+            e.capture.rx.l2_bytes,
+            e.capture.tx.frames,
+            e.capture.rx.frames,
+        )
+    })
+}
+
+/// A metric of `approach` under `profile`, as expectations name them.
+pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f64> {
+    let c = run.cells.iter().find(|c| {
+        c.cell.profile == profile && c.cell.approach.approach().to_string() == approach
+    })?;
+    let s = Summary::of(approach, &c.records);
+    let ok = s.prompts - s.errors;
+    let toks = tokens(c) as f64;
+    match name {
+        "ttft_p50" => s.ttft_p50_ms,
+        "ttft_p95" => s.ttft_p95_ms,
+        "ttft_p99" => s.ttft_p99_ms,
+        "tbt_avg" => s.avg_tbt_ms,
+        "total_avg" => (ok > 0).then_some(s.avg_total_ms),
+        "setup" => s.avg_connect_ms,
+        "tokens_avg" => (ok > 0).then_some(s.avg_tokens),
+        "bytes_per_token" => s.avg_bytes_per_token,
+        "wire_bytes_per_token" => wire(c)
+            .filter(|_| toks > 0.0)
+            .map(|(u, d, _, _)| (u + d) as f64 / toks),
+        "wire_bytes" => wire(c).map(|(u, d, _, _)| (u + d) as f64),
+        "packets" => wire(c).map(|(_, _, fu, fd)| (fu + fd) as f64),
+        "errors" => Some(s.errors as f64),
+        _ => None,
+    }
+}
+
+/// Prompts whose tokens differ between approaches of one profile (the embedded mock
+/// answers every approach with the same tokens).
+pub fn digest_mismatches(run: &Run) -> Vec<String> {
+    if run.plan.llm.kind != "mock" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in profiles(run) {
+        let cells = cells_of(run, &p);
+        let Some(first) = cells.first() else { continue };
+        for r in &first.records {
+            if r.error.is_some() {
+                continue;
+            }
+            for other in &cells[1..] {
+                let same = other
+                    .records
+                    .iter()
+                    .find(|o| o.index == r.index && o.error.is_none());
+                if let Some(o) = same
+                    && o.digest != r.digest
+                {
+                    out.push(format!(
+                        "{p}: prompt {} ({}): {} and {} received different tokens",
+                        r.index + 1,
+                        r.prompt,
+                        first.cell.approach.approach(),
+                        other.cell.approach.approach()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything that makes the run itself a failure.
+pub fn run_errors(run: &Run) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &run.cells {
+        let who = format!(
+            "{} ({}@{})",
+            c.cell.id,
+            c.cell.approach.approach(),
+            c.cell.profile
+        );
+        for e in &c.errors {
+            out.push(format!("{who}: {e}"));
+        }
+        let failed: Vec<_> = c.records.iter().filter(|r| r.error.is_some()).collect();
+        if !failed.is_empty() {
+            out.push(format!(
+                "{who}: {} of {} prompts failed ({})",
+                failed.len(),
+                c.records.len(),
+                failed
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| e.category.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(w) = &c.warmup_error {
+            out.push(format!("{who}: the warm-up failed: {w}"));
+        }
+        for (side, e) in [("client", &c.client), ("server", &c.server)] {
+            if let Some(e) = e
+                && !e.differences.is_empty()
+            {
+                out.push(format!(
+                    "{who}: the {side}-side capture and the kernel's counters differ: {}",
+                    e.differences.join("; ")
+                ));
+            }
+        }
+    }
+    out.extend(run.digest_mismatches.iter().cloned());
+    out
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// The report: per profile, the reference's summary table plus the wire table; then
+/// the link behaviour, the capture cross-check and the expectations.
+pub fn render(run: &Run) -> String {
+    let mut out = format!(
+        "# lab run: {}\n\n{} cells in {:.1} s; shaping: {}\n\n",
+        run.name,
+        run.cells.len(),
+        run.seconds,
+        crate::netlab::status::shaping_line(&run.plan)
+    );
+    for p in profiles(run) {
+        let cells = cells_of(run, &p);
+        let link = cells.first().map(|c| {
+            let (u, d) = (describe_link(&c.cell.up), describe_link(&c.cell.down));
+            if u == d {
+                u
+            } else {
+                format!("up: {u}; down: {d}")
+            }
+        });
+        out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
+        let sums: Vec<Summary> = cells
+            .iter()
+            .map(|c| Summary::of(&c.cell.approach.approach().to_string(), &c.records))
+            .collect();
+        out.push_str(&summary_table(&sums));
+        out.push_str("\n\n");
+
+        #[derive(tabled::Tabled)]
+        struct WireRow {
+            #[tabled(rename = "Approach")]
+            approach: String,
+            #[tabled(rename = "Wire bytes up")]
+            up: u64,
+            #[tabled(rename = "Wire bytes down")]
+            down: u64,
+            #[tabled(rename = "Packets up")]
+            pu: u64,
+            #[tabled(rename = "Packets down")]
+            pd: u64,
+            #[tabled(rename = "Tokens")]
+            tokens: usize,
+            #[tabled(rename = "Wire B/tok")]
+            bpt: String,
+            #[tabled(rename = "vs first")]
+            ratio: String,
+        }
+        let mut first_bpt = None;
+        let rows: Vec<WireRow> = cells
+            .iter()
+            .map(|c| {
+                let (u, d, pu, pd) = wire(c).unwrap_or_default();
+                let t = tokens(c);
+                let bpt = (t > 0).then(|| (u + d) as f64 / t as f64);
+                if first_bpt.is_none() {
+                    first_bpt = bpt;
+                }
+                WireRow {
+                    approach: c.cell.approach.approach().to_string(),
+                    up: u,
+                    down: d,
+                    pu,
+                    pd,
+                    tokens: t,
+                    bpt: bpt.map_or("-".into(), |b| format!("{b:.1}")),
+                    ratio: match (bpt, first_bpt) {
+                        (Some(b), Some(f)) if f > 0.0 => format!("{:.2}x", b / f),
+                        _ => "-".into(),
+                    },
+                }
+            })
+            .collect();
+        out.push_str("Wire, at the client's interface (L2, every frame of the cell's run):\n\n");
+        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+        out.push_str("\n\n");
+    }
+
+    #[derive(tabled::Tabled)]
+    struct LinkRow {
+        cell: String,
+        direction: &'static str,
+        configured: String,
+        sent: u64,
+        delivered: u64,
+        #[tabled(rename = "measured loss")]
+        loss: String,
+        #[tabled(rename = "bytes delivered")]
+        bytes: u64,
+    }
+    let mut rows = Vec::new();
+    for c in &run.cells {
+        if let (Some(cl), Some(sv)) = (&c.client, &c.server) {
+            for (dir, link, sent, got) in [
+                ("up", &c.cell.up, &cl.capture.tx, &sv.capture.rx),
+                ("down", &c.cell.down, &sv.capture.tx, &cl.capture.rx),
+            ] {
+                rows.push(LinkRow {
+                    cell: format!(
+                        "{} {}@{}",
+                        c.cell.id,
+                        c.cell.approach.approach(),
+                        c.cell.profile
+                    ),
+                    direction: dir,
+                    configured: describe_link(link),
+                    sent: sent.ip_packets,
+                    delivered: got.ip_packets,
+                    loss: if sent.ip_packets > 0 {
+                        pct(1.0 - got.ip_packets as f64 / sent.ip_packets as f64)
+                    } else {
+                        "-".into()
+                    },
+                    bytes: got.l2_bytes,
+                });
+            }
+        }
+    }
+    out.push_str("## Link behaviour (IP packets sent at one end, delivered at the other)\n\n");
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push_str("\n\n");
+
+    let checks: Vec<String> = run
+        .cells
+        .iter()
+        .flat_map(|c| {
+            [("client", &c.client), ("server", &c.server)]
+                .into_iter()
+                .map(move |(side, e)| match e {
+                    Some(e) if e.differences.is_empty() => format!(
+                        "- {} {side}: capture = kernel counters ({} + {} frames)",
+                        c.cell.id, e.kernel.tx_packets, e.kernel.rx_packets
+                    ),
+                    Some(e) => format!(
+                        "- {} {side}: DIFFERS: {}",
+                        c.cell.id,
+                        e.differences.join("; ")
+                    ),
+                    None => format!("- {} {side}: no capture", c.cell.id),
+                })
+        })
+        .collect();
+    out.push_str("## Capture cross-check\n\n");
+    out.push_str(&checks.join("\n"));
+    out.push_str("\n\n");
+    if !run.digest_mismatches.is_empty() {
+        out.push_str("## Token mismatches\n\n");
+        for m in &run.digest_mismatches {
+            out.push_str(&format!("- {m}\n"));
+        }
+        out.push('\n');
+    }
+    if !run.expectations.is_empty() {
+        out.push_str("## Expectations\n\n");
+        for o in &run.expectations {
+            let v = |x: Option<f64>| x.map_or("no value".to_owned(), |v| format!("{v:.3}"));
+            out.push_str(&format!(
+                "- {} `{}` under {}: {} vs {}\n",
+                if o.holds { "holds:" } else { "FAILS:" },
+                o.expect,
+                o.profile,
+                v(o.lhs),
+                v(o.rhs)
+            ));
+        }
+    }
+    out
+}

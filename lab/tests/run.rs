@@ -1,0 +1,189 @@
+//! `lab run` end to end, for real (root): the CI topology, a failed expectation, and a
+//! link that loses everything. Each must finish, save its results, take the lab down,
+//! and exit with its documented status.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+static TURN: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn run(topology: &Path, results: &Path) -> Output {
+    Command::new(LAB)
+        .args([
+            "run",
+            topology.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .output()
+        .expect("run lab")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The one results directory under `results`, and its run.json.
+fn saved(results: &Path) -> (PathBuf, serde_json::Value) {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(results)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let run = serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    (dirs[0].clone(), run)
+}
+
+fn nothing_left(name: &str) {
+    let prefix = format!("lab-{name}-");
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(
+        !Path::new(&format!("/run/lab/{name}")).exists(),
+        "run directory left"
+    );
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lab-test-run-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_ci_topology_runs_reports_and_holds_its_expectations() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("ci");
+    let o = run(&root().join("topologies/ci.yaml"), &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Per-prompt lines as the run goes, then the tables.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[c5 wt@degraded]") && l.contains("[10] ")),
+        "{out}"
+    );
+    for needle in [
+        "## baseline (unshaped)",
+        "## degraded (delay 20ms, loss 1%, rate 1mbit)",
+        "| Approach | Avg Bytes | P50 TTFT |",
+        "| Approach | Wire bytes up | Wire bytes down |",
+        "## Link behaviour",
+        "- holds: `wt.wire_bytes_per_token < raw.wire_bytes_per_token` under degraded",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+    let (dir, run) = saved(&results);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("## Capture cross-check"));
+    // Every cell: ten whole answers, identical tokens across approaches, and captures
+    // that agree exactly with the kernel's counters at both ends.
+    let cells = run["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 6);
+    for c in cells {
+        let recs = c["records"].as_array().unwrap();
+        assert_eq!(recs.len(), 10, "{}", c["cell"]["id"]);
+        assert!(
+            recs.iter()
+                .all(|r| r["error"].is_null() && r["tokens"] == 40)
+        );
+        for side in ["client", "server"] {
+            let e = &c[side];
+            assert_eq!(e["differences"].as_array().unwrap().len(), 0, "{e}");
+            assert_eq!(e["capture"]["tx"]["frames"], e["kernel"]["tx_packets"]);
+            assert!(e["capture"]["rx"]["port_packets"].as_u64().unwrap() > 0);
+        }
+    }
+    assert_eq!(run["digest_mismatches"].as_array().unwrap().len(), 0);
+    assert_eq!(run["expectations"].as_array().unwrap().len(), 7);
+    assert!(run["environment"]["kernel"].is_string());
+    assert_eq!(run["environment"]["seed"], 1);
+    nothing_left("ci");
+    std::fs::remove_dir_all(results).unwrap();
+}
+
+fn small(name: &str, profile: &str, expect: &str) -> PathBuf {
+    let dir = tempdir(&format!("{name}-topo"));
+    std::fs::write(dir.join("prompts.txt"), "What is TCP?\nWhat is UDP?\n").unwrap();
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "name: {name}\napproaches: [sse, wt]\nllm:\n  mock: {{ ttft: 5ms, tbt: 1ms, jitter: 0%, max_tokens: 8 }}\nprofiles:\n  p: {profile}\nworkload: {{ prompts: prompts.txt, timeout: 2s }}\nexpect:\n{expect}"
+        ),
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn a_failed_expectation_exits_3_with_the_numbers() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("exp");
+    let t = small("rexp", "{}", "  - sse.ttft_p50 < 1us\n");
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("- FAILS: `sse.ttft_p50 < 1us` under p:"),
+        "{out}"
+    );
+    let (_, run) = saved(&results);
+    assert_eq!(run["expectations"][0]["holds"], false);
+    nothing_left("rexp");
+    std::fs::remove_dir_all(results).unwrap();
+}
+
+#[test]
+fn a_link_that_loses_everything_ends_in_timeouts_not_a_hang() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("dead");
+    let t = small("rdead", "{ loss: 100% }", "  - wt.errors == 0\n");
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 of 2 prompts failed"), "{err}");
+    let (_, run) = saved(&results);
+    for c in run["cells"].as_array().unwrap() {
+        for r in c["records"].as_array().unwrap() {
+            let cat = r["error"]["category"].as_str().unwrap();
+            assert!(cat == "timeout" || cat == "connect", "{r}");
+        }
+    }
+    nothing_left("rdead");
+    std::fs::remove_dir_all(results).unwrap();
+}
+
+#[test]
+fn bad_expectations_are_bad_input() {
+    let results = tempdir("badexp");
+    let t = small("rbad", "{}", "  - wt.latency < 1s\n");
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown metric 'latency'"),
+        "{}",
+        text(&o)
+    );
+    nothing_left("rbad");
+}
