@@ -276,7 +276,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                             if s.trim().is_empty() {
                                 cx.push(pos(item), &format!("expect[{i}]"), "empty expectation");
                             }
-                            list.push(s);
+                            list.push((s, pos(item), i));
                         }
                     }
                     expect = Some(list);
@@ -334,6 +334,24 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     if let Some(l) = &llm {
         check_llm(&mut cx, llm_at, l);
     }
+    // Expectations name approaches and profiles of this topology.
+    let names: Vec<String> = approaches_list
+        .iter()
+        .map(|a| a.approach().to_string())
+        .collect();
+    let profile_names: Vec<String> = profiles
+        .iter()
+        .flatten()
+        .map(|(n, _)| n.clone())
+        .collect();
+    for (text, at, i) in expect.iter().flatten() {
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Err(msg) = crate::run::expect::parse(text, &names, &profile_names) {
+            cx.push(*at, &format!("expect[{i}]"), msg);
+        }
+    }
 
     if cx.out.is_empty() {
         Ok(Topology {
@@ -343,7 +361,11 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             profiles: Profiles(profiles.unwrap_or_default()),
             workload: workload.unwrap_or_default(),
             shaping: shaping.unwrap_or_default(),
-            expect: expect.unwrap_or_default(),
+            expect: expect
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _, _)| s)
+                .collect(),
             ipv6: ipv6.unwrap_or(false),
         })
     } else {
