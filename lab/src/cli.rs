@@ -46,6 +46,10 @@ pub enum Command {
     /// capturing both ends of each link, print and save the tables (results/), check
     /// the topology's expectations, and take everything down. Needs root.
     Run(RunArgs),
+    /// Render the tables and plots of a results directory again, from its run.json.
+    Report(ReportArgs),
+    /// Compare two runs: each metric per profile and approach, side by side.
+    Compare(CompareArgs),
     /// Build a topology's lab (namespaces, links, servers), print what is where, and
     /// return; the lab stays up until `lab down`. Needs root.
     Up(UpArgs),
@@ -112,6 +116,23 @@ pub struct RunArgs {
     /// Where to save results: a directory <timestamp>-<name>/ is made in it.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A results directory (or its run.json).
+    pub results: PathBuf,
+    /// The prompt whose token arrivals timeline.svg shows (1 = the first).
+    #[arg(long, default_value_t = 1)]
+    pub prompt: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The first results directory (or run.json).
+    pub a: PathBuf,
+    /// The second.
+    pub b: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
             true
         }
         Command::Run(a) => return run::run_cmd(a).await,
+        Command::Report(a) => return run::report_cmd(a),
+        Command::Compare(a) => return run::compare_cmd(a),
         Command::Up(a) => return netlab::up_cmd(a).await,
         Command::Status(a) => return netlab::status_cmd(a),
         Command::Shell(a) => return netlab::shell_cmd(a),

@@ -118,6 +118,44 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
     assert_eq!(run["expectations"].as_array().unwrap().len(), 7);
     assert!(run["environment"]["kernel"].is_string());
     assert_eq!(run["environment"]["seed"], 1);
+    for svg in ["ttft.svg", "bytes_per_token.svg", "timeline.svg"] {
+        let body = std::fs::read_to_string(dir.join(svg)).unwrap();
+        assert!(
+            body.starts_with("<svg") && body.contains("wt@degraded"),
+            "{svg}"
+        );
+    }
+    // lab report renders the same report from run.json; lab compare lines runs up.
+    let o = Command::new(LAB)
+        .args(["report", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("report.md")).unwrap(),
+        report
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), report);
+    let o = Command::new(LAB)
+        .args([
+            "compare",
+            dir.to_str().unwrap(),
+            dir.join("run.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cmp = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        cmp.contains("| degraded | wt       | wire_bytes_per_token |"),
+        "{cmp}"
+    );
+    assert!(cmp.contains("+0.0%"), "{cmp}");
+    let o = Command::new(LAB)
+        .args(["report", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     nothing_left("ci");
     std::fs::remove_dir_all(results).unwrap();
 }

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod expect;
+pub mod plots;
 pub mod report;
 
 use crate::cli::RunArgs;
@@ -342,6 +343,69 @@ fn give_to_sudo_user(path: &Path) {
     }
 }
 
+/// Writes run.json, report.md and the plots into `dir`; returns the file names.
+pub fn save(run: &Run, report_text: &str, dir: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(run)?)
+        .with_context(|| format!("cannot write {}", dir.join("run.json").display()))?;
+    std::fs::write(dir.join("report.md"), report_text)?;
+    let mut files = vec!["run.json".to_owned(), "report.md".to_owned()];
+    files.extend(plots::write_all(run, dir, 0)?);
+    give_to_sudo_user(dir);
+    Ok(files)
+}
+
+/// Reads a run.json (or the run.json of a results directory).
+pub fn load(path: &Path) -> Result<Run> {
+    let file = if path.is_dir() {
+        path.join("run.json")
+    } else {
+        path.to_owned()
+    };
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a run.json that this lab can read",
+            file.display()
+        )
+    })
+}
+
+/// `lab report <results>`: renders the tables and plots again from run.json.
+pub fn report_cmd(a: crate::cli::ReportArgs) -> Result<u8> {
+    let run = match load(&a.results) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lab: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let dir = if a.results.is_dir() {
+        a.results.clone()
+    } else {
+        a.results.parent().unwrap_or(Path::new(".")).to_owned()
+    };
+    let text = report::render(&run);
+    print!("{text}");
+    std::fs::write(dir.join("report.md"), &text)?;
+    let files = plots::write_all(&run, &dir, a.prompt.saturating_sub(1))?;
+    eprintln!("wrote report.md, {} in {}", files.join(", "), dir.display());
+    Ok(EXIT_OK)
+}
+
+/// `lab compare <a> <b>`.
+pub fn compare_cmd(a: crate::cli::CompareArgs) -> Result<u8> {
+    let (x, y) = match (load(&a.a), load(&a.b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("lab: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    print!("{}", report::compare(&x, &y));
+    Ok(EXIT_OK)
+}
+
 /// `lab run`.
 pub async fn run_cmd(a: RunArgs) -> Result<u8> {
     if let Err(e) = sys::require_privileges("run") {
@@ -504,16 +568,9 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
             .replace(':', ""),
         run.name
     ));
-    let saved = (|| -> Result<()> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&run)?)?;
-        std::fs::write(dir.join("report.md"), &text)?;
-        give_to_sudo_user(&dir);
-        Ok(())
-    })();
+    let saved = save(&run, &text, &dir);
     match &saved {
-        Ok(()) => println!("results: {}", dir.display()),
+        Ok(files) => println!("results: {} ({})", dir.display(), files.join(", ")),
         Err(e) => eprintln!("lab: cannot save the results: {e:#}"),
     }
 

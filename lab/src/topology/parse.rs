@@ -339,11 +339,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         .iter()
         .map(|a| a.approach().to_string())
         .collect();
-    let profile_names: Vec<String> = profiles
-        .iter()
-        .flatten()
-        .map(|(n, _)| n.clone())
-        .collect();
+    let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
     for (text, at, i) in expect.iter().flatten() {
         if text.trim().is_empty() {
             continue;

@@ -1,0 +1,246 @@
+//! SVG plots of a run (plotters' SVG backend): the TTFT distribution of every cell, wire
+//! and application bytes per token, and the token-arrival timeline of one prompt.
+
+use super::Run;
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use std::path::Path;
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn label(c: &super::CellResult) -> String {
+    format!("{}@{}", c.cell.approach.approach(), c.cell.profile)
+}
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("plot: {e}")
+}
+
+/// TTFT cumulative distribution, one line per cell.
+pub fn ttft(run: &Run, path: &Path) -> Result<()> {
+    let series: Vec<(String, Vec<f64>)> = run
+        .cells
+        .iter()
+        .map(|c| {
+            let mut v: Vec<f64> = c.records.iter().filter_map(|r| r.ttft_ms).collect();
+            v.sort_by(f64::total_cmp);
+            (label(c), v)
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.last().copied())
+        .fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{}: time to first token", run.name),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max * 1.05, 0.0..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("TTFT (ms)")
+        .y_desc("share of prompts")
+        .draw()
+        .map_err(err)?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let n = v.len() as f64;
+        let mut pts = vec![(0.0, 0.0)];
+        for (k, x) in v.iter().enumerate() {
+            pts.push((*x, k as f64 / n));
+            pts.push((*x, (k + 1) as f64 / n));
+        }
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Wire and application bytes per token, two bars per cell.
+pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
+    let rows: Vec<(String, f64, f64)> = run
+        .cells
+        .iter()
+        .map(|c| {
+            let ap = c.cell.approach.approach().to_string();
+            let p = &c.cell.profile;
+            (
+                label(c),
+                super::report::metric(run, &ap, p, "wire_bytes_per_token").unwrap_or(0.0),
+                super::report::metric(run, &ap, p, "bytes_per_token").unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let max = rows.iter().map(|r| r.1.max(r.2)).fold(1.0, f64::max);
+    let n = rows.len().max(1);
+    let root = SVGBackend::new(path, (140 + 110 * n as u32, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: bytes per token", run.name), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..max * 1.1)
+        .map_err(err)?;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("bytes per token")
+        .draw()
+        .map_err(err)?;
+    let wire = PALETTE[0];
+    let app = PALETTE[1];
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            Rectangle::new(
+                [(i as f64 - 0.4, 0.0), (i as f64 - 0.02, r.1)],
+                wire.filled(),
+            )
+        }))
+        .map_err(err)?
+        .label("wire (L2, both directions)")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], wire.filled()));
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            Rectangle::new(
+                [(i as f64 + 0.02, 0.0), (i as f64 + 0.4, r.2)],
+                app.filled(),
+            )
+        }))
+        .map_err(err)?
+        .label("application")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], app.filled()));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// When each token of prompt `index` arrived, one line per cell.
+pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
+    let series: Vec<(String, Vec<f64>)> = run
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let r = c
+                .records
+                .iter()
+                .find(|r| r.index == index && r.error.is_none())?;
+            Some((label(c), r.token_ms.clone()))
+        })
+        .collect();
+    let prompt = run
+        .cells
+        .iter()
+        .flat_map(|c| c.records.iter())
+        .find(|r| r.index == index)
+        .map(|r| r.prompt.clone())
+        .unwrap_or_default();
+    let tmax = series
+        .iter()
+        .flat_map(|(_, v)| v.last().copied())
+        .fold(1.0, f64::max);
+    let nmax = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1) as f64;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{}: token arrivals, prompt {} ({prompt})",
+                run.name,
+                index + 1
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..tmax * 1.05, 0.0..nmax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the request (ms)")
+        .y_desc("tokens received")
+        .draw()
+        .map_err(err)?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let pts: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (*t, (k + 1) as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Writes the three plots into `dir`; returns their file names.
+pub fn write_all(run: &Run, dir: &Path, prompt: usize) -> Result<Vec<String>> {
+    ttft(run, &dir.join("ttft.svg"))?;
+    bytes_per_token(run, &dir.join("bytes_per_token.svg"))?;
+    timeline(run, prompt, &dir.join("timeline.svg"))?;
+    Ok(vec![
+        "ttft.svg".into(),
+        "bytes_per_token.svg".into(),
+        "timeline.svg".into(),
+    ])
+}
