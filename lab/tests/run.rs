@@ -225,3 +225,95 @@ fn bad_expectations_are_bad_input() {
     );
     nothing_left("rbad");
 }
+
+#[test]
+fn a_server_that_dies_mid_run_fails_its_prompts_not_the_run() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("died");
+    let dir = tempdir("died-topo");
+    std::fs::write(dir.join("prompts.txt"), "one\ntwo\nthree\nfour\n").unwrap();
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        "name: rdied\napproaches: [sse]\nllm:\n  mock: { ttft: 5ms, tbt: 20ms, jitter: 0%, max_tokens: 40 }\nprofiles:\n  p: {}\nworkload: { prompts: prompts.txt, timeout: 5s }\n",
+    )
+    .unwrap();
+    let child = Command::new(LAB)
+        .args([
+            "run",
+            t.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the lab is up and a prompt is under way, kill the SSE server.
+    let state = Path::new("/run/lab/rdied/state.json");
+    let t0 = std::time::Instant::now();
+    let pid = loop {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the lab never came up"
+        );
+        let v: Option<serde_json::Value> = std::fs::read(state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(v) = v.filter(|v| v["phase"] == "up") {
+            break v["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["role"] == "sse server")
+                .unwrap()["pid"]
+                .as_i64()
+                .unwrap() as i32;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: killing the server this test's lab started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let (_, run) = saved(&results);
+    let recs = run["cells"][0]["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 4, "every prompt has a record");
+    let failed: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| r["error"]["category"].as_str())
+        .collect();
+    assert!(!failed.is_empty(), "no prompt failed after the server died");
+    assert!(
+        failed
+            .iter()
+            .all(|c| ["connect", "receive", "send"].contains(c)),
+        "{failed:?}"
+    );
+    nothing_left("rdied");
+}
+
+#[test]
+fn an_upstream_that_is_down_is_an_upstream_error() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("updown");
+    let dir = tempdir("updown-topo");
+    std::fs::write(dir.join("prompts.txt"), "one\n").unwrap();
+    // Nothing listens on port 9 of the host's loopback.
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        "name: rupdown\napproaches: [raw, sse, wt]\nllm:\n  url: http://127.0.0.1:9\nprofiles:\n  p: {}\nworkload: { prompts: prompts.txt, timeout: 5s }\n",
+    )
+    .unwrap();
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let (_, run) = saved(&results);
+    for c in run["cells"].as_array().unwrap() {
+        for r in c["records"].as_array().unwrap() {
+            assert_eq!(r["error"]["category"], "upstream", "{r}");
+        }
+    }
+    nothing_left("rupdown");
+}

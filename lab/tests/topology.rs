@@ -223,3 +223,32 @@ fn planned_commands_are_valid_lab_command_lines() {
         }
     }
 }
+
+#[test]
+fn the_ci_workflow_is_valid_yaml_and_runs_the_readmes_steps() {
+    let text = std::fs::read_to_string(root().join(".github/workflows/lab.yml")).unwrap();
+    let doc = marked_yaml::parse_yaml(0, &text).expect("lab.yml is valid YAML");
+    let steps = doc
+        .as_mapping()
+        .and_then(|m| m.get_mapping("jobs"))
+        .and_then(|j| j.get_mapping("lab"))
+        .and_then(|l| l.get_sequence("steps"))
+        .expect("jobs.lab.steps");
+    let runs: Vec<String> = steps
+        .iter()
+        .filter_map(|s| {
+            s.as_mapping()?
+                .get_scalar("run")
+                .map(|r| r.as_str().to_owned())
+        })
+        .collect();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for want in ["scripts/setup.sh", "lab run topologies/ci.yaml"] {
+        assert!(
+            runs.iter().any(|r| r.contains(want)),
+            "no step runs {want}: {runs:?}"
+        );
+        assert!(readme.contains(want), "the README does not say {want}");
+    }
+    assert!(runs.iter().any(|r| r.contains("cargo build --release")));
+}
