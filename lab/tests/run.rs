@@ -63,11 +63,27 @@ fn nothing_left(name: &str) {
     );
 }
 
-fn tempdir(name: &str) -> PathBuf {
+/// A scratch directory, removed when the test ends (passed or failed).
+struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("lab-test-run-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
 }
 
 #[test]
@@ -157,10 +173,9 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     nothing_left("ci");
-    std::fs::remove_dir_all(results).unwrap();
 }
 
-fn small(name: &str, profile: &str, expect: &str) -> PathBuf {
+fn small(name: &str, profile: &str, expect: &str) -> (Tmp, PathBuf) {
     let dir = tempdir(&format!("{name}-topo"));
     std::fs::write(dir.join("prompts.txt"), "What is TCP?\nWhat is UDP?\n").unwrap();
     let t = dir.join("t.yaml");
@@ -171,14 +186,14 @@ fn small(name: &str, profile: &str, expect: &str) -> PathBuf {
         ),
     )
     .unwrap();
-    t
+    (dir, t)
 }
 
 #[test]
 fn a_failed_expectation_exits_3_with_the_numbers() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let results = tempdir("exp");
-    let t = small("rexp", "{}", "  - sse.ttft_p50 < 1us\n");
+    let (_topo, t) = small("rexp", "{}", "  - sse.ttft_p50 < 1us\n");
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -189,14 +204,13 @@ fn a_failed_expectation_exits_3_with_the_numbers() {
     let (_, run) = saved(&results);
     assert_eq!(run["expectations"][0]["holds"], false);
     nothing_left("rexp");
-    std::fs::remove_dir_all(results).unwrap();
 }
 
 #[test]
 fn a_link_that_loses_everything_ends_in_timeouts_not_a_hang() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let results = tempdir("dead");
-    let t = small("rdead", "{ loss: 100% }", "  - wt.errors == 0\n");
+    let (_topo, t) = small("rdead", "{ loss: 100% }", "  - wt.errors == 0\n");
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -209,13 +223,12 @@ fn a_link_that_loses_everything_ends_in_timeouts_not_a_hang() {
         }
     }
     nothing_left("rdead");
-    std::fs::remove_dir_all(results).unwrap();
 }
 
 #[test]
 fn bad_expectations_are_bad_input() {
     let results = tempdir("badexp");
-    let t = small("rbad", "{}", "  - wt.latency < 1s\n");
+    let (_topo, t) = small("rbad", "{}", "  - wt.latency < 1s\n");
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
