@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// Where to save results: a directory <timestamp>-<name>/ is made in it.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// Also write every captured frame: pcap/<cell>-client.pcap and -server.pcap, and
+    /// each client's TLS secrets in pcap/<cell>.keys (SSLKEYLOGFILE format), so that
+    /// Wireshark decrypts the TLS and QUIC traffic.
+    #[arg(long)]
+    pub pcap: bool,
 }
 
 #[derive(Debug, Args)]

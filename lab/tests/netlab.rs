@@ -580,9 +580,17 @@ fn a_child_that_dies_is_reported_with_its_status_and_log() {
         .map(|s| (*s).to_owned())
         .collect();
     let exe = PathBuf::from(LAB);
-    let mut st =
-        lab::netlab::procs::start(&exe, "llm", None, "host", None, &argv, dir.join("llm.log"))
-            .unwrap();
+    let mut st = lab::netlab::procs::start(
+        &exe,
+        "llm",
+        None,
+        "host",
+        None,
+        &argv,
+        dir.join("llm.log"),
+        &[],
+    )
+    .unwrap();
     let err = st
         .wait_ready(
             Duration::from_secs(10),

@@ -330,3 +330,153 @@ fn an_upstream_that_is_down_is_an_upstream_error() {
     }
     nothing_left("rupdown");
 }
+
+/// lab's capture against tcpdump on the same interface at the same time, and against
+/// the kernel's counters; lab's pcap file read back by tcpdump. Then `lab run --pcap`
+/// writes both ends' pcap files and the clients' TLS key logs.
+#[test]
+fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
+    use lab::netlab::sys;
+    use lab::run::capture::{Capture, kernel_counters};
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let (_topo, t) = small("rpcap", "{ delay: 5ms, loss: 2% }", "  - wt.errors == 0\n");
+    let _ = Command::new(LAB).args(["down", "rpcap"]).output();
+    let up = Command::new(LAB)
+        .args(["up", t.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", text(&up));
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(LAB).args(["down", "rpcap"]).output();
+        }
+    }
+    let _down = Down;
+    let scratch = tempdir("pcap");
+    let ns = sys::open_netns("lab-rpcap-c1-client").unwrap();
+    let ours = scratch.join("ours.pcap");
+    let theirs = scratch.join("tcpdump.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "lab-rpcap-c1-client",
+            "tcpdump",
+            "-i",
+            "to-wire",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-w",
+        ])
+        .arg(&theirs)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tcpdump says when it listens.
+    let mut err = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpdump did not start"
+        );
+    }
+    let cap = Capture::start(&ns, "to-wire", 4433, Some(ours.clone())).unwrap();
+    let k0 = kernel_counters(&ns, "to-wire").unwrap();
+    let o = Command::new(LAB)
+        .args([
+            "exec",
+            "--lab",
+            "rpcap",
+            "c1",
+            "--",
+            "lab",
+            "client",
+            "wt",
+            "--url",
+            "https://198.18.1.2:4433/wt",
+            "--ca",
+            "/run/lab/rpcap/certs/c1/cert.pem",
+            "--prompts",
+        ])
+        .arg(t.parent().unwrap().join("prompts.txt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let sns = sys::open_netns("lab-rpcap-c1-server").unwrap();
+    assert!(lab::run::wait_quiet(
+        &[&ns, &sns],
+        Duration::from_millis(300),
+        Duration::from_secs(10)
+    ));
+    let k = kernel_counters(&ns, "to-wire").unwrap().minus(k0);
+    let c = cap.finish().unwrap();
+    // SAFETY: stopping the tcpdump this test started.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    tcpdump.wait().unwrap();
+    let n = |what: &str| -> u64 {
+        rest.lines()
+            .find(|l| l.ends_with(what))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no '{what}' in tcpdump's output: {rest}"))
+    };
+    let frames = c.tx.frames + c.rx.frames;
+    assert!(frames > 20, "{c:?}");
+    assert_eq!(n("packets dropped by kernel"), 0);
+    assert_eq!(n("packets captured"), frames, "tcpdump vs lab: {rest}");
+    assert!(k.differences(&c).is_empty(), "{:?}", k.differences(&c));
+    // Both pcap files hold the same frames.
+    let count = |p: &Path| {
+        let o = Command::new("tcpdump")
+            .arg("-r")
+            .arg(p)
+            .arg("-n")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "tcpdump -r {}: {}",
+            p.display(),
+            text(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).lines().count() as u64
+    };
+    assert_eq!(count(&ours), frames);
+    assert_eq!(count(&theirs), frames);
+    drop(_down);
+
+    // lab run --pcap: pcap files of both ends and the TLS key logs.
+    let results = tempdir("pcap-run");
+    let o = Command::new(LAB)
+        .args([
+            "run",
+            t.to_str().unwrap(),
+            "--pcap",
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (dir, run) = saved(&results);
+    for cell in ["c0", "c1"] {
+        for side in ["client", "server"] {
+            let p = dir.join("pcap").join(format!("{cell}-{side}.pcap"));
+            let frames = run["cells"][if cell == "c0" { 0 } else { 1 }][side]["kernel"]
+                .as_object()
+                .map(|k| k["tx_packets"].as_u64().unwrap() + k["rx_packets"].as_u64().unwrap())
+                .unwrap();
+            assert_eq!(count(&p), frames, "{}", p.display());
+        }
+        let keys = std::fs::read_to_string(dir.join("pcap").join(format!("{cell}.keys"))).unwrap();
+        assert!(keys.contains("CLIENT_TRAFFIC_SECRET_0"), "{cell}: {keys}");
+    }
+}

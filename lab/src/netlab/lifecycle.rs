@@ -227,6 +227,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
                 ns,
                 &p.argv,
                 log(&p.role, cell.as_deref()),
+                &[],
             )?;
             guard.state().processes.push(st.record.clone());
             guard.state().save()?;

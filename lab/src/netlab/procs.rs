@@ -40,7 +40,7 @@ pub struct Started {
 }
 
 /// Starts `argv` (whose first word, `lab`, is replaced by `exe`) in the namespace `ns`
-/// (none: the host's), logging to `log`.
+/// (none: the host's), logging to `log`, with `env` added to its environment.
 pub fn start(
     exe: &Path,
     role: &str,
@@ -49,6 +49,7 @@ pub fn start(
     ns: Option<&File>,
     argv: &[String],
     log: PathBuf,
+    env: &[(String, String)],
 ) -> Result<Started> {
     let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
@@ -56,7 +57,8 @@ pub fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(logf)
-        .env("LAB_LOG", "info");
+        .env("LAB_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let nsfd = ns.map(|f| f.as_raw_fd());
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe
     // system calls (setns, setsid); the fd stays open in the parent until spawn returns.

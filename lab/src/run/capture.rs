@@ -217,15 +217,64 @@ fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
     .with_context(|| format!("cannot capture on {ifname}"))
 }
 
+/// A pcap file (microsecond timestamps, Ethernet link type).
+struct Pcap(std::io::BufWriter<File>);
+
+impl Pcap {
+    fn create(path: &std::path::Path) -> Result<Pcap> {
+        use std::io::Write;
+        let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        // magic, version 2.4, zone, sigfigs, snaplen, LINKTYPE_ETHERNET
+        for v in [0xa1b2_c3d4u32] {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        w.write_all(&2u16.to_le_bytes())?;
+        w.write_all(&4u16.to_le_bytes())?;
+        for v in [0u32, 0, SNAP as u32, 1] {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        Ok(Pcap(w))
+    }
+
+    fn write(&mut self, frame: &[u8], len: usize) -> Result<()> {
+        use std::io::Write;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        for v in [
+            now.as_secs() as u32,
+            now.subsec_micros(),
+            frame.len() as u32,
+            len as u32,
+        ] {
+            self.0.write_all(&v.to_le_bytes())?;
+        }
+        self.0.write_all(frame)?;
+        Ok(())
+    }
+}
+
+/// The most of a frame kept in a pcap file.
+const SNAP: usize = 65_535;
+
 impl Capture {
     /// Starts counting every frame on `ifname` in `ns`; `port` is the server's port.
-    pub fn start(ns: &File, ifname: &str, port: u16) -> Result<Capture> {
+    /// With `pcap`, every frame is also written to that file.
+    pub fn start(
+        ns: &File,
+        ifname: &str,
+        port: u16,
+        pcap: Option<std::path::PathBuf>,
+    ) -> Result<Capture> {
         let fd = open(ns, ifname)?;
+        let mut pcap = pcap.map(|p| Pcap::create(&p)).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::spawn(move || -> Result<Counts> {
             let mut c = Counts::default();
-            let mut buf = vec![0u8; 256];
+            // Only headers are needed for counting; a pcap needs whole frames.
+            let mut buf = vec![0u8; if pcap.is_some() { SNAP } else { 256 }];
             loop {
                 // Drain everything queued, then stop if asked (so nothing queued is lost).
                 loop {
@@ -258,8 +307,15 @@ impl Capture {
                         &mut c.rx
                     };
                     count(d, head, len, port);
+                    if let Some(p) = pcap.as_mut() {
+                        p.write(head, len)?;
+                    }
                 }
                 if st.load(Ordering::SeqCst) {
+                    if let Some(mut p) = pcap {
+                        use std::io::Write;
+                        p.0.flush()?;
+                    }
                     return Ok(c);
                 }
                 let mut pfd = libc::pollfd {

@@ -84,6 +84,7 @@ fn client(
     cell: &Cell,
     extra: &[String],
     log: PathBuf,
+    env: &[(String, String)],
     deadline: Duration,
     each: &mut dyn FnMut(PromptRecord),
 ) -> Result<()> {
@@ -120,6 +121,7 @@ fn client(
         Some(&ns),
         &argv,
         log,
+        env,
     )?;
     let out = st
         .take_stdout()
@@ -176,7 +178,7 @@ fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
 /// earlier exchange, such as a FIN retransmitted over a lossy link, still landing), or
 /// `max` has passed. Capturing starts and ends in such quiet moments, so that the
 /// capture and the kernel's counters cover the same frames.
-fn wait_quiet(ends: &[&std::fs::File], quiet: Duration, max: Duration) -> bool {
+pub fn wait_quiet(ends: &[&std::fs::File], quiet: Duration, max: Duration) -> bool {
     let read = || -> Option<Vec<Kernel>> {
         ends.iter()
             .map(|ns| capture::kernel_counters(ns, "to-wire").ok())
@@ -203,6 +205,7 @@ fn run_cell(
     state: &State,
     cell: &Cell,
     prompts: &[String],
+    pcap: Option<&Path>,
     print: &(dyn Fn(&str) + Sync),
 ) -> CellResult {
     let t0 = Instant::now();
@@ -234,6 +237,7 @@ fn run_cell(
         cell,
         &["--prompts".into(), warm_file.display().to_string()],
         dir.join("logs").join(format!("{}-warmup.log", cell.id)),
+        &[],
         timeout + Duration::from_secs(30),
         &mut |r| {
             if let Some(e) = r.error {
@@ -259,8 +263,9 @@ fn run_cell(
                 cell.id
             );
         }
-        let cc = Capture::start(&cns, "to-wire", cell.port)?;
-        let sc = Capture::start(&sns, "to-wire", cell.port)?;
+        let file = |side: &str| pcap.map(|d| d.join(format!("{}-{side}.pcap", cell.id)));
+        let cc = Capture::start(&cns, "to-wire", cell.port, file("client"))?;
+        let sc = Capture::start(&sns, "to-wire", cell.port, file("server"))?;
         let k0 = (
             capture::kernel_counters(&cns, "to-wire")?,
             capture::kernel_counters(&sns, "to-wire")?,
@@ -277,6 +282,16 @@ fn run_cell(
     let n = prompts.len() * w.repeat.max(1) as usize;
     let deadline = timeout * n as u32 + Duration::from_secs(30);
     let label = format!("{} {}@{}", cell.id, cell.approach.approach(), cell.profile);
+    // With --pcap, the client logs its TLS secrets (rustls, and quinn's TLS, which is
+    // rustls too) so that Wireshark can decrypt the capture.
+    let keylog: Vec<(String, String)> = pcap
+        .map(|d| {
+            vec![(
+                "SSLKEYLOGFILE".to_owned(),
+                d.join(format!("{}.keys", cell.id)).display().to_string(),
+            )]
+        })
+        .unwrap_or_default();
     let mut records = Vec::new();
     let r = client(
         state,
@@ -288,6 +303,7 @@ fn run_cell(
             w.repeat.to_string(),
         ],
         dir.join("logs").join(format!("{}-client.log", cell.id)),
+        &keylog,
         deadline,
         &mut |r| {
             print(&format!("[{label}] {}", prompt_line(&r)));
@@ -488,11 +504,30 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
         state.plan.cells.len()
     );
 
+    let dir = a.results.join(format!(
+        "{}-{}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', ""),
+        state.name
+    ));
+    let pcap = if a.pcap {
+        let p = dir.join("pcap");
+        if let Err(e) = std::fs::create_dir_all(&p) {
+            eprintln!("lab: cannot create {}: {e}", p.display());
+        }
+        Some(p)
+    } else {
+        None
+    };
+
     // Run the cells; a signal stops the clients (their records so far are kept).
     let st = Arc::new(state);
     let s2 = st.clone();
     let p2 = prompts.clone();
+    let pcap2 = pcap.clone();
     let mut work = tokio::task::spawn_blocking(move || {
+        let pcap = pcap2;
         let print = |l: &str| println!("{l}");
         if s2.plan.workload.parallel {
             std::thread::scope(|sc| {
@@ -500,7 +535,7 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
                     .plan
                     .cells
                     .iter()
-                    .map(|cell| sc.spawn(|| run_cell(&s2, cell, &p2, &print)))
+                    .map(|cell| sc.spawn(|| run_cell(&s2, cell, &p2, pcap.as_deref(), &print)))
                     .collect();
                 hs.into_iter()
                     .zip(&s2.plan.cells)
@@ -522,7 +557,7 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
             s2.plan
                 .cells
                 .iter()
-                .map(|cell| run_cell(&s2, cell, &p2, &print))
+                .map(|cell| run_cell(&s2, cell, &p2, pcap.as_deref(), &print))
                 .collect()
         }
     });
@@ -561,13 +596,6 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
     }
     let text = report::render(&run);
     println!("\n{text}");
-    let dir = a.results.join(format!(
-        "{}-{}",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace(':', ""),
-        run.name
-    ));
     let saved = save(&run, &text, &dir);
     match &saved {
         Ok(files) => println!("results: {} ({})", dir.display(), files.join(", ")),
