@@ -226,9 +226,7 @@ impl Pcap {
         let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut w = std::io::BufWriter::new(f);
         // magic, version 2.4, zone, sigfigs, snaplen, LINKTYPE_ETHERNET
-        for v in [0xa1b2_c3d4u32] {
-            w.write_all(&v.to_le_bytes())?;
-        }
+        w.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
         w.write_all(&2u16.to_le_bytes())?;
         w.write_all(&4u16.to_le_bytes())?;
         for v in [0u32, 0, SNAP as u32, 1] {
