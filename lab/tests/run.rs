@@ -112,6 +112,10 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
     let (dir, run) = saved(&results);
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("## Capture cross-check"));
+    assert!(
+        report.contains("kbit/s") || report.contains("Mbit/s"),
+        "no delivered rate"
+    );
     // Every cell: ten whole answers, identical tokens across approaches, and captures
     // that agree exactly with the kernel's counters at both ends.
     let cells = run["cells"].as_array().unwrap();

@@ -37,6 +37,19 @@ pub struct Dir {
     /// ARP and every other non-IP frame, L2 bytes.
     pub other_frames: u64,
     pub other_bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the first and last frame (0 if none).
+    #[serde(default)]
+    pub first_ns: u64,
+    #[serde(default)]
+    pub last_ns: u64,
+}
+
+impl Dir {
+    /// The average rate, in bits per second, from the first frame to the last.
+    pub fn rate_bps(&self) -> Option<f64> {
+        let span = self.last_ns.saturating_sub(self.first_ns);
+        (self.frames > 1 && span > 0).then(|| self.l2_bytes as f64 * 8.0 / (span as f64 / 1e9))
+    }
 }
 
 /// One interface's capture: what left it (tx) and what arrived (rx).
@@ -305,6 +318,11 @@ impl Capture {
                         &mut c.rx
                     };
                     count(d, head, len, port);
+                    let now = crate::shaping::wire::now_ns();
+                    if d.first_ns == 0 {
+                        d.first_ns = now;
+                    }
+                    d.last_ns = now;
                     if let Some(p) = pcap.as_mut() {
                         p.write(head, len)?;
                     }

@@ -528,7 +528,17 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
     let pcap2 = pcap.clone();
     let mut work = tokio::task::spawn_blocking(move || {
         let pcap = pcap2;
-        let print = |l: &str| println!("{l}");
+        // Progress: every prompt line ends with how far the whole run is.
+        let total = s2.plan.cells.len() * p2.len() * s2.plan.workload.repeat.max(1) as usize;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let t0 = Instant::now();
+        let print = |l: &str| {
+            let k = done.fetch_add(1, Ordering::SeqCst) + 1;
+            println!(
+                "{l}  ({k}/{total} prompts, {:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        };
         if s2.plan.workload.parallel {
             std::thread::scope(|sc| {
                 let hs: Vec<_> = s2

@@ -152,6 +152,14 @@ pub fn run_errors(run: &Run) -> Vec<String> {
     out
 }
 
+fn fmt_rate(bps: f64) -> String {
+    if bps >= 1e6 {
+        format!("{:.2} Mbit/s", bps / 1e6)
+    } else {
+        format!("{:.1} kbit/s", bps / 1e3)
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
@@ -244,6 +252,8 @@ pub fn render(run: &Run) -> String {
         loss: String,
         #[tabled(rename = "bytes delivered")]
         bytes: u64,
+        #[tabled(rename = "delivered rate (first to last frame)")]
+        rate: String,
     }
     let mut rows = Vec::new();
     for c in &run.cells {
@@ -269,11 +279,13 @@ pub fn render(run: &Run) -> String {
                         "-".into()
                     },
                     bytes: got.l2_bytes,
+                    rate: got.rate_bps().map_or("-".into(), fmt_rate),
                 });
             }
         }
     }
     out.push_str("## Link behaviour (IP packets sent at one end, delivered at the other)\n\n");
+    out.push_str("The delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n");
     out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
     out.push_str("\n\n");
 
