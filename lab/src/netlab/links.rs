@@ -106,17 +106,21 @@ pub fn create(plan: &Plan, fds: &HashMap<String, File>) -> Result<()> {
     })
 }
 
-async fn index_of(h: &Handle, name: &str) -> Result<u32> {
-    let link = h
-        .link()
+/// The link named `name`, with its attributes (stats included).
+pub(crate) async fn get(h: &Handle, name: &str) -> Result<netlink_packet_route::link::LinkMessage> {
+    h.link()
         .get()
         .match_name(name.to_owned())
         .execute()
         .try_next()
         .await
         .with_context(|| format!("cannot find interface {name}"))?
-        .ok_or_else(|| anyhow!("interface {name} is missing"))?;
-    Ok(link.header.index)
+        .ok_or_else(|| anyhow!("interface {name} is missing"))
+}
+
+/// The index of the link named `name`.
+pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<u32> {
+    Ok(get(h, name).await?.header.index)
 }
 
 async fn up(h: &Handle, index: u32) -> Result<()> {
@@ -196,14 +200,7 @@ pub fn configure(lab: &str, ns: &File, ifaces: &[&Iface]) -> Result<()> {
 pub fn ns_marked(ns: &File) -> Result<Option<String>> {
     sys::in_netns(ns, || {
         with_netlink(async |h| {
-            let lo = h
-                .link()
-                .get()
-                .match_name("lo".to_owned())
-                .execute()
-                .try_next()
-                .await?
-                .ok_or_else(|| anyhow!("no loopback"))?;
+            let lo = get(&h, "lo").await?;
             for a in lo.attributes {
                 if let LinkAttribute::PropList(props) = a {
                     for p in props {

@@ -9,6 +9,7 @@ pub mod ethtool;
 pub mod lifecycle;
 pub mod links;
 pub mod node;
+pub mod packet;
 pub mod procs;
 pub mod relay;
 pub mod shell;

@@ -7,11 +7,10 @@
 
 use crate::netlab::{links, sys};
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, Stats64};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -143,14 +142,7 @@ pub fn count(d: &mut Dir, head: &[u8], len: usize, port: u16) {
 pub fn kernel_counters(ns: &File, ifname: &str) -> Result<Kernel> {
     sys::in_netns(ns, || {
         links::with_netlink(async |h| {
-            let l = h
-                .link()
-                .get()
-                .match_name(ifname.to_owned())
-                .execute()
-                .try_next()
-                .await?
-                .ok_or_else(|| anyhow!("no interface {ifname}"))?;
+            let l = links::get(&h, ifname).await?;
             let s: Stats64 = l
                 .attributes
                 .into_iter()
@@ -178,54 +170,14 @@ pub struct Capture {
 /// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
 fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
     sys::in_netns(ns, || {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket(2), owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                proto as i32,
-            )
-        };
-        if fd < 0 {
-            bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            bail!("no interface {ifname}");
-        }
-        let v: libc::c_int = 32 << 20;
-        // SAFETY: an int option on our fd.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&v as *const libc::c_int).cast(),
-                4,
-            )
-        };
-        // SAFETY: zeroed then filled sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: valid sockaddr_ll.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r != 0 {
-            bail!("bind to {ifname}: {}", std::io::Error::last_os_error());
-        }
-        Ok(fd)
+        crate::netlab::packet::open(
+            ifname,
+            crate::netlab::packet::Options {
+                ignore_outgoing: false,
+                promiscuous: false,
+                buffer: 32 << 20,
+            },
+        )
     })
     .with_context(|| format!("cannot capture on {ifname}"))
 }

@@ -285,15 +285,7 @@ pub fn probe_netem() -> Result<Option<String>> {
 /// namespace.
 pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
     crate::netlab::links::with_netlink(async |h| {
-        use futures_util::TryStreamExt;
-        let link = h
-            .link()
-            .get()
-            .match_name(ifname.to_owned())
-            .execute()
-            .try_next()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+        let link = crate::netlab::links::get(&h, ifname).await?;
         match execute(&h, new_qdisc(link.header.index as i32, kind, options)).await? {
             Ok(()) => Ok(()),
             Err(libc::ENOENT) if kind == "netem" => bail!(
@@ -312,14 +304,7 @@ pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
 pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
     crate::netlab::links::with_netlink(async |h| {
         use futures_util::TryStreamExt;
-        let link = h
-            .link()
-            .get()
-            .match_name(ifname.to_owned())
-            .execute()
-            .try_next()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+        let link = crate::netlab::links::get(&h, ifname).await?;
         let qd = h.clone();
         let mut s = qd.qdisc().get().execute();
         while let Some(m) = s.try_next().await? {

@@ -14,13 +14,12 @@ use super::params::Params;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::collections::BinaryHeap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const ETH_HLEN: usize = 14;
 const MAX_FRAME: usize = 65_536 + ETH_HLEN;
 
@@ -154,98 +153,17 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn os_err(what: &str) -> anyhow::Error {
-    anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error())
-}
-
 /// An AF_PACKET socket bound to `ifname` (in the calling thread's namespace), seeing
 /// every protocol, blind to its own output, promiscuous.
 pub fn packet_socket(ifname: &str) -> Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            proto as i32,
-        )
-    };
-    if fd < 0 {
-        return Err(os_err("socket(AF_PACKET)"));
-    }
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {ifname} here");
-    }
-    let setopt = |level, opt, val: libc::c_int, what: &str| -> Result<()> {
-        // SAFETY: an int option.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(os_err(what));
-        }
-        Ok(())
-    };
-    setopt(
-        libc::SOL_PACKET,
-        PACKET_IGNORE_OUTGOING,
-        1,
-        "PACKET_IGNORE_OUTGOING",
-    )?;
-    // Room for bursts; FORCE works for root, the plain option is the fallback.
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        if setopt(libc::SOL_SOCKET, force, 16 << 20, "buffer").is_err() {
-            setopt(libc::SOL_SOCKET, plain, 16 << 20, "buffer")?;
-        }
-    }
-    // SAFETY: zeroed sockaddr_ll, then filled.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = index as i32;
-    // SAFETY: binding with a valid sockaddr_ll.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(os_err(&format!("bind to {ifname}")));
-    }
-    // SAFETY: zeroed packet_mreq, then filled.
-    let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
-    mr.mr_ifindex = index as i32;
-    mr.mr_type = libc::PACKET_MR_PROMISC as u16;
-    // SAFETY: a valid packet_mreq.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            (&mr as *const libc::packet_mreq).cast(),
-            std::mem::size_of::<libc::packet_mreq>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(os_err("PACKET_MR_PROMISC"));
-    }
-    Ok(fd)
+    crate::netlab::packet::open(
+        ifname,
+        crate::netlab::packet::Options {
+            ignore_outgoing: true,
+            promiscuous: true,
+            buffer: 16 << 20,
+        },
+    )
 }
 
 struct Held {

@@ -1,0 +1,99 @@
+//! AF_PACKET sockets bound to one interface, for the link emulator and the capture.
+//! `recv` with MSG_TRUNC gives each frame's true length; `sll_pkttype` its direction.
+
+use anyhow::{Result, bail};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// How to open a packet socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Do not see the frames this host sends (the emulator must not read its own output).
+    pub ignore_outgoing: bool,
+    /// See frames for other MAC addresses too.
+    pub promiscuous: bool,
+    /// Receive and send buffer sizes (root may exceed the sysctl limits).
+    pub buffer: libc::c_int,
+}
+
+fn last(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn setopt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: &T) -> bool {
+    // SAFETY: a plain value of the size the option expects, on our fd.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        ) == 0
+    }
+}
+
+/// A non-blocking AF_PACKET socket for every protocol, bound to `ifname` in the calling
+/// thread's network namespace.
+pub fn open(ifname: &str, o: Options) -> Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            proto as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(last("socket(AF_PACKET)"));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {ifname} here");
+    }
+    if o.ignore_outgoing && !setopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32) {
+        return Err(last("PACKET_IGNORE_OUTGOING"));
+    }
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if !setopt(&fd, libc::SOL_SOCKET, force, &o.buffer)
+            && !setopt(&fd, libc::SOL_SOCKET, plain, &o.buffer)
+        {
+            return Err(last("socket buffer size"));
+        }
+    }
+    // SAFETY: zeroed, then filled.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: binding with a valid sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(last(&format!("bind to {ifname}")));
+    }
+    if o.promiscuous {
+        // SAFETY: zeroed, then filled.
+        let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mr.mr_ifindex = index as i32;
+        mr.mr_type = libc::PACKET_MR_PROMISC as u16;
+        if !setopt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr) {
+            return Err(last("PACKET_MR_PROMISC"));
+        }
+    }
+    Ok(fd)
+}
