@@ -14,11 +14,14 @@ use std::time::Duration;
     about = "Measure LLM token-streaming transports (WebTransport, SSE, raw OpenAI API) on a bad network",
     long_about = "lab measures how LLM token-streaming transports behave on a bad network: time to first \
 token, time between tokens, and bytes on the wire per token.\n\n\
-The servers and clients run on their own (on loopback): `lab serve ...`, `lab client ...`, and \
-`lab demo`, which starts all four servers and compares the three approaches. A topology file describes a \
-lab of network namespaces: `lab plan` resolves it without root; `lab up` builds it and starts the servers \
-in it; `lab status`, `lab shell` and `lab exec` live in it; `lab down` and `lab clean` remove it.",
-    after_help = "Examples:\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  sudo lab up topologies/ci.yaml && sudo lab shell wt\n  sudo lab exec wt -- ping -c 3 198.18.2.2\n  sudo lab down\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
+The main job is `lab run topo.yaml` (root): it builds a lab of network namespaces from a topology \
+file, shapes its links, runs the workload in every cell, captures the wire, prints and saves tables \
+and plots under results/, checks the topology's expectations and takes everything down; `lab report` \
+and `lab compare` read saved runs. `lab plan` resolves a topology without root; `lab up` builds the \
+lab and leaves it up; `lab status`, `lab shell` and `lab exec` live in it; `lab down` and `lab clean` \
+remove it. The servers and clients also run on their own, on loopback: `lab serve ...`, \
+`lab client ...`, and `lab demo`, which compares the three approaches without namespaces or root.",
+    after_help = "Examples:\n  sudo lab run topologies/degraded.yaml\n  lab report results/<timestamp>-degraded\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  sudo lab up topologies/ci.yaml && sudo lab shell wt\n  sudo lab exec wt -- ping -c 3 198.18.2.2\n  sudo lab down\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
 )]
 pub struct Cli {
     /// Log filter for stderr (also RUST_LOG), e.g. `debug` or `lab_servers=trace`.

@@ -25,52 +25,35 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plot: {e}")
 }
 
-/// TTFT cumulative distribution, one line per cell.
-pub fn ttft(run: &Run, path: &Path) -> Result<()> {
-    let series: Vec<(String, Vec<f64>)> = run
-        .cells
-        .iter()
-        .map(|c| {
-            let mut v: Vec<f64> = c.records.iter().filter_map(|r| r.ttft_ms).collect();
-            v.sort_by(f64::total_cmp);
-            (label(c), v)
-        })
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-    let max = series
-        .iter()
-        .flat_map(|(_, v)| v.last().copied())
-        .fold(1.0, f64::max);
+/// A chart of lines, one per named series, with a legend in the lower right.
+fn line_chart(
+    path: &Path,
+    caption: &str,
+    (x_desc, y_desc): (&str, &str),
+    (x_max, y_max): (f64, f64),
+    series: Vec<(String, Vec<(f64, f64)>)>,
+) -> Result<()> {
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: time to first token", run.name),
-            ("sans-serif", 20),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max * 1.05, 0.0..1.0)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("TTFT (ms)")
-        .y_desc("share of prompts")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .draw()
         .map_err(err)?;
-    for (i, (name, v)) in series.iter().enumerate() {
+    for (i, (name, pts)) in series.into_iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let n = v.len() as f64;
-        let mut pts = vec![(0.0, 0.0)];
-        for (k, x) in v.iter().enumerate() {
-            pts.push((*x, k as f64 / n));
-            pts.push((*x, (k + 1) as f64 / n));
-        }
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(err)?
-            .label(name.clone())
+            .label(name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
@@ -84,6 +67,36 @@ pub fn ttft(run: &Run, path: &Path) -> Result<()> {
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// TTFT cumulative distribution, one line per cell.
+pub fn ttft(run: &Run, path: &Path) -> Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = run
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let mut v: Vec<f64> = c.records.iter().filter_map(|r| r.ttft_ms).collect();
+            v.sort_by(f64::total_cmp);
+            let n = v.len() as f64;
+            let mut pts = vec![(0.0, 0.0)];
+            for (k, x) in v.iter().enumerate() {
+                pts.push((*x, k as f64 / n));
+                pts.push((*x, (k + 1) as f64 / n));
+            }
+            (!v.is_empty()).then(|| (label(c), pts))
+        })
+        .collect();
+    let max = series
+        .iter()
+        .flat_map(|(_, p)| p.last().map(|p| p.0))
+        .fold(1.0, f64::max);
+    line_chart(
+        path,
+        &format!("{}: time to first token", run.name),
+        ("TTFT (ms)", "share of prompts"),
+        (max * 1.05, 1.0),
+        series,
+    )
 }
 
 /// Wire and application bytes per token, two bars per cell.
@@ -162,7 +175,7 @@ pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
 
 /// When each token of prompt `index` arrived, one line per cell.
 pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
-    let series: Vec<(String, Vec<f64>)> = run
+    let series: Vec<(String, Vec<(f64, f64)>)> = run
         .cells
         .iter()
         .filter_map(|c| {
@@ -170,7 +183,13 @@ pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
                 .records
                 .iter()
                 .find(|r| r.index == index && r.error.is_none())?;
-            Some((label(c), r.token_ms.clone()))
+            let pts = r
+                .token_ms
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (*t, (k + 1) as f64))
+                .collect();
+            Some((label(c), pts))
         })
         .collect();
     let prompt = run
@@ -182,55 +201,20 @@ pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
         .unwrap_or_default();
     let tmax = series
         .iter()
-        .flat_map(|(_, v)| v.last().copied())
+        .flat_map(|(_, p)| p.last().map(|p| p.0))
         .fold(1.0, f64::max);
-    let nmax = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1) as f64;
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{}: token arrivals, prompt {} ({prompt})",
-                run.name,
-                index + 1
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..tmax * 1.05, 0.0..nmax)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the request (ms)")
-        .y_desc("tokens received")
-        .draw()
-        .map_err(err)?;
-    for (i, (name, v)) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = v
-            .iter()
-            .enumerate()
-            .map(|(k, t)| (*t, (k + 1) as f64))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(err)?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    let nmax = series.iter().map(|(_, p)| p.len()).max().unwrap_or(1) as f64;
+    line_chart(
+        path,
+        &format!(
+            "{}: token arrivals, prompt {} ({prompt})",
+            run.name,
+            index + 1
+        ),
+        ("time since the request (ms)", "tokens received"),
+        (tmax * 1.05, nmax),
+        series,
+    )
 }
 
 /// Writes the three plots into `dir`; returns their file names.
