@@ -7,7 +7,7 @@
 //! if and only if it is still open.
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
-use crate::{BoxFuture, Runner, Target, TokenSink};
+use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -33,10 +33,6 @@ pub enum EventMeaning {
 
 /// The request and event interpretation of one HTTP streaming API.
 pub trait SseApi: Send + Sync + 'static {
-    /// Short name of the approach.
-    fn name(&self) -> &'static str;
-    /// The path to POST to when the URL gives none.
-    fn default_path(&self) -> &'static str;
     /// The JSON body for one prompt.
     fn body(&self, prompt: &str) -> Vec<u8>;
     /// Interprets one event.
@@ -46,8 +42,8 @@ pub trait SseApi: Send + Sync + 'static {
 /// A runner for an HTTP API that answers with an event stream.
 pub struct HttpRunner<A: SseApi> {
     api: A,
+    name: &'static str,
     target: Target,
-    path: String,
     tls: TlsConnector,
     mode: Mode,
     timeout: Duration,
@@ -55,27 +51,17 @@ pub struct HttpRunner<A: SseApi> {
 }
 
 impl<A: SseApi> HttpRunner<A> {
-    pub fn new(
-        api: A,
-        target: Target,
-        mode: Mode,
-        timeout: Duration,
-        tls: rustls::ClientConfig,
-    ) -> Self {
-        let path = if target.path.is_empty() || target.path == "/" {
-            api.default_path().to_owned()
-        } else {
-            target.path.clone()
-        };
-        Self {
+    pub fn new(api: A, target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
+        let tls = opts.trust.http1_client_config()?;
+        Ok(Self {
             api,
+            name: opts.approach,
             target,
-            path,
             tls: TlsConnector::from(Arc::new(tls)),
-            mode,
-            timeout,
+            mode: opts.mode,
+            timeout: opts.timeout,
             conn: None,
-        }
+        })
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PromptError> {
@@ -121,7 +107,7 @@ impl<A: SseApi> HttpRunner<A> {
         let Some(sender) = self.conn.as_mut() else {
             return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
         };
-        let mut req = http::Request::post(self.path.as_str())
+        let mut req = http::Request::post(self.target.path.as_str())
             .header(http::header::HOST, self.target.authority.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream");
@@ -201,7 +187,7 @@ impl<A: SseApi> HttpRunner<A> {
 
 impl<A: SseApi> Runner for HttpRunner<A> {
     fn name(&self) -> &'static str {
-        self.api.name()
+        self.name
     }
 
     fn run<'a>(
@@ -218,7 +204,7 @@ impl<A: SseApi> Runner for HttpRunner<A> {
                 // A connection in an unknown state is never reused.
                 self.conn = None;
             }
-            rec.finish(self.api.name(), self.mode, index, prompt, error)
+            rec.finish(self.name, self.mode, index, prompt, error)
         })
     }
 

@@ -4,8 +4,11 @@
 //! - [`sse`]: lab's SSE server.
 //! - [`wt`]: lab's WebTransport server.
 //!
-//! A runner turns a prompt into a [`record::PromptRecord`]. Adding an approach means one
-//! runner module and one entry in [`Approach`].
+//! A runner turns a prompt into a [`record::PromptRecord`]. Each module has a `runner`
+//! function that builds its runner from a [`Target`] and [`RunnerOpts`]; lab's approach
+//! registry names them. Adding an approach means one runner module here, one server
+//! module in lab-servers and one registry entry in lab. Clients never depend on the
+//! servers: what both sides share is in lab-codec.
 
 pub mod http;
 pub mod prompts;
@@ -15,7 +18,7 @@ pub mod sse;
 pub mod wt;
 
 use anyhow::{Context, Result, bail};
-use lab_servers::tls::Trust;
+use lab_codec::trust::Trust;
 use record::{Mode, PromptRecord};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -56,84 +59,21 @@ where
     }
 }
 
-/// The approaches lab knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Approach {
-    /// The raw OpenAI-compatible API behind a TLS proxy.
-    Raw,
-    /// HTTP Server-Sent Events over TLS.
-    Sse,
-    /// WebTransport over QUIC.
-    Wt,
+/// What every runner is built with, besides where it connects.
+#[derive(Debug, Clone)]
+pub struct RunnerOpts {
+    /// The approach's name, as records carry it.
+    pub approach: &'static str,
+    pub mode: Mode,
+    /// Bound on each prompt.
+    pub timeout: Duration,
+    pub trust: Trust,
+    /// The model, for runners whose requests name one (the raw API).
+    pub model: String,
 }
 
-impl Approach {
-    pub const ALL: [Approach; 3] = [Approach::Raw, Approach::Sse, Approach::Wt];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Raw => "raw",
-            Self::Sse => "sse",
-            Self::Wt => "wt",
-        }
-    }
-
-    /// Builds this approach's runner.
-    pub fn runner(
-        self,
-        target: Target,
-        mode: Mode,
-        timeout: Duration,
-        trust: &Trust,
-        model: &str,
-    ) -> Result<Box<dyn Runner>> {
-        Ok(match self {
-            Self::Raw => Box::new(http::HttpRunner::new(
-                raw::RawApi {
-                    model: model.to_owned(),
-                },
-                target,
-                mode,
-                timeout,
-                trust.http1_client_config()?,
-            )),
-            Self::Sse => Box::new(http::HttpRunner::new(
-                sse::SseServerApi,
-                target,
-                mode,
-                timeout,
-                trust.http1_client_config()?,
-            )),
-            Self::Wt => Box::new(wt::WtRunner::new(
-                target,
-                mode,
-                timeout,
-                trust.h3_client_config()?,
-            )?),
-        })
-    }
-}
-
-impl std::str::FromStr for Approach {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "raw" => Ok(Self::Raw),
-            "sse" => Ok(Self::Sse),
-            "wt" => Ok(Self::Wt),
-            o => Err(format!("unknown approach '{o}'; valid: raw, sse, wt")),
-        }
-    }
-}
-
-impl std::fmt::Display for Approach {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where a client connects: `https://host:port[/path]`.
+/// Where a client connects: `https://host:port[/path]`. The registry fills in an
+/// approach's path when the URL gives none.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// `host:port` as written, for the Host header and the WebTransport URL.
@@ -141,7 +81,7 @@ pub struct Target {
     /// The host, for TLS server name indication.
     pub host: String,
     pub addr: SocketAddr,
-    /// The path; empty means the approach's default.
+    /// The path (`/` when the URL gives none).
     pub path: String,
 }
 
@@ -221,17 +161,5 @@ mod tests {
         }
         let e = Target::parse("http://127.0.0.1:1").unwrap_err().to_string();
         assert!(e.contains("https://"), "{e}");
-    }
-
-    #[test]
-    fn approach_names_round_trip() {
-        for a in Approach::ALL {
-            assert_eq!(a.name().parse::<Approach>().unwrap(), a);
-        }
-        assert!(
-            "ws".parse::<Approach>()
-                .unwrap_err()
-                .contains("valid: raw, sse, wt")
-        );
     }
 }

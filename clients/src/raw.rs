@@ -1,10 +1,19 @@
 //! The raw-API runner: `POST /v1/chat/completions` with `stream: true` through the TLS
 //! proxy, parsing OpenAI chat chunks. A token is a chunk with non-empty delta content.
 
-use crate::http::{EventMeaning, SseApi};
+use crate::http::{EventMeaning, HttpRunner, SseApi};
 use crate::record::{ErrorCategory, PromptError};
+use crate::{Runner, RunnerOpts, Target};
 use lab_codec::openai::{ChatChunk, ChatRequest, ErrorBody};
 use lab_codec::sse;
+
+/// The raw-API runner for `target`.
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    let api = RawApi {
+        model: opts.model.clone(),
+    };
+    Ok(Box::new(HttpRunner::new(api, target, opts)?))
+}
 
 /// The raw OpenAI-compatible API.
 pub struct RawApi {
@@ -12,12 +21,6 @@ pub struct RawApi {
 }
 
 impl SseApi for RawApi {
-    fn name(&self) -> &'static str {
-        "raw"
-    }
-    fn default_path(&self) -> &'static str {
-        "/v1/chat/completions"
-    }
     fn body(&self, prompt: &str) -> Vec<u8> {
         serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true)).unwrap_or_default()
     }

@@ -1,20 +1,20 @@
 //! The SSE runner: `POST /chat` with `{"message": ...}`; every `data:` event is one token,
 //! `data: [DONE]` ends the answer, and an `event: error` reports an upstream failure.
 
-use crate::http::{EventMeaning, SseApi};
+use crate::http::{EventMeaning, HttpRunner, SseApi};
 use crate::record::{ErrorCategory, PromptError};
+use crate::{Runner, RunnerOpts, Target};
 use lab_codec::sse;
+
+/// The SSE runner for `target`.
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(Box::new(HttpRunner::new(SseServerApi, target, opts)?))
+}
 
 /// lab's SSE server API.
 pub struct SseServerApi;
 
 impl SseApi for SseServerApi {
-    fn name(&self) -> &'static str {
-        "sse"
-    }
-    fn default_path(&self) -> &'static str {
-        "/chat"
-    }
     fn body(&self, prompt: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({ "message": prompt })).unwrap_or_default()
     }

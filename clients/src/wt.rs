@@ -6,17 +6,23 @@
 //! one session and opens a new stream per prompt, as a browser tab would.
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
-use crate::{BoxFuture, Runner, Target, TokenSink};
+use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
-use lab_servers::wt::ERR_UPSTREAM;
+use lab_codec::wt::ERR_UPSTREAM;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use wtransport::endpoint::endpoint_side::Client;
 use wtransport::error::StreamReadError;
 use wtransport::{ClientConfig, Connection, Endpoint, VarInt};
 
+/// The WebTransport runner for `target` (its path is the session path).
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(Box::new(WtRunner::new(target, opts)?))
+}
+
 pub struct WtRunner {
+    name: &'static str,
     endpoint: Endpoint<Client>,
     url: String,
     mode: Mode,
@@ -25,12 +31,8 @@ pub struct WtRunner {
 }
 
 impl WtRunner {
-    pub fn new(
-        target: Target,
-        mode: Mode,
-        timeout: Duration,
-        tls: rustls::ClientConfig,
-    ) -> anyhow::Result<Self> {
+    pub fn new(target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
+        let tls = opts.trust.h3_client_config()?;
         let bind: SocketAddr = if target.addr.is_ipv4() {
             "0.0.0.0:0".parse()?
         } else {
@@ -44,17 +46,13 @@ impl WtRunner {
             .map_err(|e| anyhow::anyhow!("invalid idle timeout: {e}"))?
             .build();
         let endpoint = Endpoint::client(cfg)?;
-        let path = if target.path.is_empty() || target.path == "/" {
-            lab_servers::wt::PATH
-        } else {
-            target.path.as_str()
-        };
-        let url = format!("https://{}{}", target.authority, path);
+        let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
+            name: opts.approach,
             endpoint,
             url,
-            mode,
-            timeout,
+            mode: opts.mode,
+            timeout: opts.timeout,
             conn: None,
         })
     }
@@ -148,7 +146,7 @@ impl WtRunner {
 
 impl Runner for WtRunner {
     fn name(&self) -> &'static str {
-        "wt"
+        self.name
     }
 
     fn run<'a>(
@@ -165,7 +163,7 @@ impl Runner for WtRunner {
             if error.is_some() || self.mode == Mode::Fresh {
                 self.drop_conn();
             }
-            rec.finish("wt", self.mode, index, prompt, error)
+            rec.finish(self.name, self.mode, index, prompt, error)
         })
     }
 

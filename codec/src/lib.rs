@@ -1,12 +1,18 @@
-//! Pure wire codecs shared by lab's servers and clients.
+//! lab's shared protocol crate: what its servers and clients both speak and know.
 //!
 //! - [`lenprefix`]: the `<len>:<payload>` messages that WebTransport streams carry.
 //! - [`sse`]: Server-Sent Events, encoder and incremental decoder (WHATWG).
 //! - [`openai`]: OpenAI chat-completion types, and byte-exact Ollama chunk writers.
+//! - [`wt`]: the WebTransport protocol's reset codes.
+//! - [`trust`]: how a client trusts a server (pin, CA, none), ALPN, the crypto provider.
+//! - [`rng`]: the seeded random number generator behind every deterministic choice.
 //!
-//! Nothing here performs I/O; every decoder is incremental and accepts any split of its
-//! input.
+//! The codecs perform no I/O; every decoder is incremental and accepts any split of its
+//! input. Clients depend on this crate, never on the servers.
 
 pub mod lenprefix;
 pub mod openai;
+pub mod rng;
 pub mod sse;
+pub mod trust;
+pub mod wt;

@@ -13,9 +13,10 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use lab::approach::Approach;
 use lab_clients::record::Mode;
-use lab_clients::{Approach, Target};
-use lab_servers::tls::{Trust, parse_pin};
+use lab_clients::{RunnerOpts, Target};
+use lab_codec::trust::{Trust, parse_pin};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -129,15 +130,14 @@ async fn runner_stream(
     until: Instant,
     tokens: Arc<AtomicU64>,
 ) {
-    let mut r = ap
-        .runner(
-            Target::parse(&url).unwrap(),
-            Mode::Reuse,
-            Duration::from_secs(60),
-            &trust,
-            "gemma3:12b",
-        )
-        .unwrap();
+    let opts = RunnerOpts {
+        approach: ap.name,
+        mode: Mode::Reuse,
+        timeout: Duration::from_secs(60),
+        trust,
+        model: "gemma3:12b".into(),
+    };
+    let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;
     while Instant::now() < until {
         let prompt = format!("bench {id} {i}");
@@ -231,16 +231,21 @@ fn main() {
         ]);
         let up = llm.url.trim_end_matches("/v1/chat/completions").to_owned();
         let llm_addr: std::net::SocketAddr = up.trim_start_matches("http://").parse().unwrap();
-        let proxy = Server::start(&[
-            "serve",
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-        ]);
-        let sse = Server::start(&["serve", "sse", "--listen", "127.0.0.1:0", "--upstream", &up]);
-        let wt = Server::start(&["serve", "wt", "--listen", "127.0.0.1:0", "--upstream", &up]);
+        // Every approach's server, each as its own `lab serve` process.
+        let servers: Vec<(Approach, Server)> = lab::approach::all()
+            .map(|a| {
+                let srv = Server::start(&[
+                    "serve",
+                    a.server,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    &up,
+                ]);
+                (a, srv)
+            })
+            .collect();
+        let by_name = |n: &str| &servers.iter().find(|(a, _)| a.name == n).unwrap().1;
 
         println!(
             "Token delivery rate at TBT 0, {:.0} s per row (clients on the same 2 cores)\n",
@@ -253,13 +258,10 @@ fn main() {
                 tokio::spawn(mock_stream(llm_addr, i, until, t))
             })
             .await;
-            for (ap, srv, name) in [
-                (Approach::Raw, &proxy, "raw-API proxy (TLS)"),
-                (Approach::Sse, &sse, "SSE server (TLS)"),
-                (Approach::Wt, &wt, "WebTransport server"),
-            ] {
-                let (url, trust) = (srv.url.clone(), srv.trust());
-                rate(name, streams, move |i, until, t| {
+            for (ap, srv) in &servers {
+                let (ap, url, trust) = (*ap, srv.url.clone(), srv.trust());
+                let name = format!("{} server ({ap})", ap.server);
+                rate(&name, streams, move |i, until, t| {
                     tokio::spawn(runner_stream(ap, url.clone(), trust.clone(), i, until, t))
                 })
                 .await;
@@ -274,8 +276,11 @@ fn main() {
         println!("|---------------------|---------------------------|");
         println!(
             "| SSE (TCP+TLS)       | {:>25.0} |",
-            idle_sse(&sse, n).await
+            idle_sse(by_name("sse"), n).await
         );
-        println!("| WebTransport (QUIC) | {:>25.0} |", idle_wt(&wt, n).await);
+        println!(
+            "| WebTransport (QUIC) | {:>25.0} |",
+            idle_wt(by_name("wt"), n).await
+        );
     });
 }

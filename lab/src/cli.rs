@@ -1,5 +1,6 @@
 //! The command line: every subcommand, its flags and their help.
 
+use crate::approach::Approach;
 use clap::{Args, Parser, Subcommand};
 use lab_clients::record::Mode;
 use lab_codec::openai::StreamFormat;
@@ -33,7 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one server in the foreground until Ctrl-C or SIGTERM.
+    /// Run one server in the foreground until Ctrl-C or SIGTERM: the mock LLM, or an
+    /// approach's server.
     #[command(subcommand)]
     Serve(Serve),
     /// Run one client: the reference prompts, a prompts file, or prompts typed in.
@@ -224,16 +226,71 @@ pub struct PlanArgs {
     pub backend: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
+/// `lab serve`: the mock LLM, or the server of one approach (named by the registry).
+#[derive(Debug)]
 pub enum Serve {
-    /// The mock LLM: an OpenAI-compatible server, byte-faithful to Ollama, deterministic.
+    /// The mock LLM.
     Llm(LlmArgs),
-    /// TLS-terminating streaming reverse proxy to an OpenAI-compatible upstream (the raw-API approach).
-    Proxy(ProxyArgs),
-    /// HTTP SSE server over TLS: POST /chat {"message": ...} streams one event per token.
-    Sse(UpstreamServerArgs),
-    /// WebTransport server over HTTP/3: session path /wt, length-prefixed tokens per stream.
-    Wt(UpstreamServerArgs),
+    /// The server of an approach, e.g. `lab serve sse`.
+    Approach(Approach, ServerArgs),
+}
+
+const LLM_ABOUT: &str =
+    "The mock LLM: an OpenAI-compatible server, byte-faithful to Ollama, deterministic";
+
+impl clap::FromArgMatches for Serve {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        match m.subcommand() {
+            Some(("llm", sub)) => Ok(Self::Llm(LlmArgs::from_arg_matches(sub)?)),
+            Some((name, sub)) => match crate::approach::by_server(name) {
+                Some(a) => Ok(Self::Approach(a, ServerArgs::from_arg_matches(sub)?)),
+                None => Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidSubcommand,
+                    format!("no server '{name}'\n"),
+                )),
+            },
+            None => Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "name a server: llm, or an approach's server\n",
+            )),
+        }
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for Serve {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd
+            .subcommand(LlmArgs::augment_args(clap::Command::new("llm")).about(LLM_ABOUT))
+            .subcommand_required(true);
+        for a in crate::approach::all() {
+            let listen = format!(
+                "Address to listen on ({})",
+                match a.transport {
+                    crate::approach::Transport::Tcp => "TCP",
+                    crate::approach::Transport::Udp => "UDP",
+                }
+            );
+            let sub = ServerArgs::augment_args(clap::Command::new(a.server))
+                .about(a.server_about)
+                .mut_arg("listen", |arg| {
+                    arg.default_value(format!("127.0.0.1:{}", a.port))
+                        .required(false)
+                        .help(listen)
+                });
+            cmd = cmd.subcommand(sub);
+        }
+        cmd
+    }
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        name == "llm" || crate::approach::by_server(name).is_some()
+    }
 }
 
 /// Mock LLM timing and text settings, shared by `serve llm` and `demo`.
@@ -291,27 +348,17 @@ pub struct TlsArgs {
     pub sans: Vec<String>,
 }
 
+/// The flags of every approach's server.
 #[derive(Debug, Args)]
-pub struct ProxyArgs {
-    /// Address to listen on (TLS).
-    #[arg(long, default_value = "127.0.0.1:11435")]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long)]
     pub listen: SocketAddr,
     /// The OpenAI-compatible upstream's base URL.
     #[arg(long, default_value = "http://127.0.0.1:11434")]
     pub upstream: String,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct UpstreamServerArgs {
-    /// Address to listen on (TCP for sse, UDP for wt). Defaults: sse 127.0.0.1:8080, wt 127.0.0.1:4433.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// The OpenAI-compatible upstream's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:11434")]
-    pub upstream: String,
-    /// Model to request from the upstream.
+    /// Model to request from the upstream (servers that make their own requests; the raw
+    /// proxy forwards the client's requests, which name the model).
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,
     #[command(flatten)]
@@ -334,9 +381,9 @@ pub struct TrustArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Which approach: raw (OpenAI API via the proxy), sse, or wt.
-    pub approach: lab_clients::Approach,
-    /// Server URL, e.g. https://127.0.0.1:11435 (raw), https://127.0.0.1:8080 (sse), https://127.0.0.1:4433/wt (wt).
+    /// Which approach.
+    pub approach: Approach,
+    /// Server URL, e.g. https://127.0.0.1:8080; without a path, the approach's own.
     #[arg(long)]
     pub url: String,
     #[command(flatten)]

@@ -1,10 +1,10 @@
-//! `lab client raw|sse|wt`: run prompts against one server, or type them in.
+//! `lab client <approach>`: run prompts against one server, or type them in.
 
 use crate::cli::ClientArgs;
 use anyhow::{Context, Result};
 use lab_clients::record::{self, Summary};
-use lab_clients::{Target, prompts};
-use lab_servers::tls::Trust;
+use lab_clients::{RunnerOpts, prompts};
+use lab_codec::trust::Trust;
 use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
@@ -15,10 +15,14 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         a.trust.ca.as_deref(),
         a.trust.insecure,
     )?;
-    let target = Target::parse(&a.url)?;
-    let mut runner = a
-        .approach
-        .runner(target, a.mode, a.timeout, &trust, &a.model)?;
+    let opts = RunnerOpts {
+        approach: a.approach.name,
+        mode: a.mode,
+        timeout: a.timeout,
+        trust,
+        model: a.model.clone(),
+    };
+    let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {
         return interactive(runner.as_mut()).await;
     }
@@ -43,7 +47,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         }
     })
     .await;
-    let table = record::summary_table(&[Summary::of(a.approach.name(), &records)]);
+    let table = record::summary_table(&[Summary::of(a.approach.name, &records)]);
     if json {
         eprintln!("{table}");
     } else {

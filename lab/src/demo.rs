@@ -1,15 +1,16 @@
-//! `lab demo`: the four servers on loopback and the three approaches compared, the same
-//! prompts through each. Until the namespace lab lands, this is lab's main job.
+//! `lab demo`: the mock and every approach's server on loopback, and the approaches
+//! compared, the same prompts through each, without namespaces or root.
 //!
 //! With the embedded mock, every record's token digest is also checked against the digest
 //! of the answer the mock must have generated, so a transport that drops, splits or alters
 //! a token is caught.
 
+use crate::approach::Approach;
 use crate::cli::DemoArgs;
 use crate::stack::{Stack, UpstreamChoice};
 use anyhow::Result;
+use lab_clients::prompts;
 use lab_clients::record::{self, PromptRecord, Summary};
-use lab_clients::{Approach, Target, prompts};
 use lab_servers::textgen;
 use std::io::Write;
 
@@ -34,7 +35,7 @@ pub fn check_digests(
         let mut seen: Vec<(String, String)> = Vec::new();
         for (a, recs) in results {
             if let Some(r) = recs.get(i).filter(|r| r.error.is_none()) {
-                seen.push((a.name().to_owned(), r.digest.clone()));
+                seen.push((a.name.to_owned(), r.digest.clone()));
             }
         }
         if let Some(f) = expected {
@@ -82,8 +83,8 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
     } else {
         println!("  upstream  {}", stack.upstream_url);
     }
-    for ap in Approach::ALL {
-        println!("  {:<4}      {}", ap.name(), stack.url(ap));
+    for r in &stack.servers {
+        println!("  {:<4}      {}", r.approach.name, stack.url(r.approach));
     }
     println!("  certificate sha256 {}", stack.cert.sha256_hex());
     println!(
@@ -93,12 +94,10 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         a.mode
     );
 
-    let trust = stack.trust();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PromptRecord>();
     let mut tasks = Vec::new();
-    for ap in Approach::ALL {
-        let target = Target::parse(&stack.url(ap))?;
-        let mut runner = ap.runner(target, a.mode, a.timeout, &trust, &a.model)?;
+    for ap in crate::approach::all() {
+        let mut runner = stack.runner(ap, a.mode, a.timeout)?;
         let (prompts, tx, repeat) = (prompts.clone(), tx.clone(), a.repeat);
         tasks.push(tokio::spawn(async move {
             let recs = lab_clients::run_all(runner.as_mut(), &prompts, repeat, |r| {
@@ -131,7 +130,7 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
     }
     let summaries: Vec<Summary> = results
         .iter()
-        .map(|(ap, r)| Summary::of(ap.name(), r))
+        .map(|(ap, r)| Summary::of(ap.name, r))
         .collect();
     println!("\n{}\n", record::summary_table(&summaries));
 

@@ -3,6 +3,7 @@
 //! Data flow today: `lab serve` (one server) and `lab client` (one approach) stand alone;
 //! `lab demo` starts the [`stack`] of four servers and compares the approaches.
 
+pub mod approach;
 pub mod cli;
 pub mod client;
 pub mod demo;

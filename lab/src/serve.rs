@@ -1,14 +1,15 @@
-//! `lab serve llm|proxy|sse|wt`: one server in the foreground.
+//! `lab serve llm|<server>`: the mock LLM or one approach's server, in the foreground.
 //!
 //! Each binds, prints one JSON readiness line on stdout (what an orchestrator waits for),
 //! logs a human line on stderr, and serves until SIGINT or SIGTERM.
 
-use crate::cli::{LlmArgs, MockArgs, ProxyArgs, Serve, TlsArgs, UpstreamServerArgs};
+use crate::approach::{Approach, Transport};
+use crate::cli::{LlmArgs, MockArgs, Serve, ServerArgs, TlsArgs};
 use anyhow::{Context, Result};
 use lab_servers::llm::MockConfig;
 use lab_servers::stats::ServerStats;
 use lab_servers::tls::CertKey;
-use lab_servers::upstream::Upstream;
+use lab_servers::{Listener, ServerEnv};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -32,9 +33,7 @@ impl MockArgs {
 pub async fn run(cmd: Serve) -> Result<()> {
     match cmd {
         Serve::Llm(a) => llm(a).await,
-        Serve::Proxy(a) => proxy(a).await,
-        Serve::Sse(a) => sse(a).await,
-        Serve::Wt(a) => wt(a).await,
+        Serve::Approach(a, args) => approach(a, args).await,
     }
 }
 
@@ -131,63 +130,31 @@ async fn llm(a: LlmArgs) -> Result<()> {
     .await
 }
 
-async fn proxy(a: ProxyArgs) -> Result<()> {
-    let ck = cert(&a.tls)?;
-    let app = lab_servers::proxy::app(&a.upstream, Arc::new(ServerStats::default()))?;
-    let l = bind_tcp(a.listen, "proxy").await?;
-    let addr = l.local_addr()?;
-    ready(
-        "proxy",
-        addr,
-        &format!("https://{addr}/v1/chat/completions"),
-        Some(&ck),
-    );
-    tracing::info!("forwarding to {}", a.upstream);
-    until_signal(lab_servers::http::serve_tls(
-        l,
-        Arc::new(ck.http1_server_config()?),
-        app,
-        Arc::new(ServerStats::default()),
-    ))
-    .await
-}
-
-async fn sse(a: UpstreamServerArgs) -> Result<()> {
-    let ck = cert(&a.tls)?;
-    let up = Arc::new(Upstream::new(&a.upstream, &a.model)?);
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let l = bind_tcp(listen, "SSE server").await?;
-    let addr = l.local_addr()?;
-    let stats = Arc::new(ServerStats::default());
-    let app = lab_servers::sse::app(up, stats.clone());
-    ready("sse", addr, &format!("https://{addr}/chat"), Some(&ck));
-    until_signal(lab_servers::http::serve_tls(
-        l,
-        Arc::new(ck.http1_server_config()?),
-        app,
-        stats,
-    ))
-    .await
-}
-
-async fn wt(a: UpstreamServerArgs) -> Result<()> {
-    let ck = cert(&a.tls)?;
-    let up = Arc::new(Upstream::new(&a.upstream, &a.model)?);
-    let listen = a
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
-    let udp = std::net::UdpSocket::bind(listen).with_context(|| {
-        format!("cannot listen on UDP {listen} for the WebTransport server; is the port in use? pick another with --listen")
-    })?;
-    let addr = udp.local_addr()?;
-    let endpoint = lab_servers::wt::endpoint(udp, ck.h3_server_config()?)?;
-    ready("wt", addr, &format!("https://{addr}/wt"), Some(&ck));
-    until_signal(lab_servers::wt::serve(
-        endpoint,
-        up,
-        Arc::new(ServerStats::default()),
-    ))
-    .await
+/// An approach's server: binds its transport, prints the ready line, serves.
+async fn approach(a: Approach, args: ServerArgs) -> Result<()> {
+    let cert = cert(&args.tls)?;
+    let what = format!("{} server", a.server);
+    let listener = match a.transport {
+        Transport::Tcp => Listener::Tcp(bind_tcp(args.listen, &what).await?),
+        Transport::Udp => Listener::Udp(std::net::UdpSocket::bind(args.listen).with_context(|| {
+            format!(
+                "cannot listen on UDP {} for the {what}; is the port in use? pick another with --listen",
+                args.listen
+            )
+        })?),
+    };
+    let addr = listener.local_addr()?;
+    let upstream = args.upstream.clone();
+    let env = ServerEnv {
+        cert: cert.clone(),
+        upstream: args.upstream,
+        model: args.model,
+        stats: Arc::new(ServerStats::default()),
+    };
+    let serving = a.serve(listener, env)?;
+    ready(a.server, addr, &a.url(addr), Some(&cert));
+    if a.model == crate::approach::Model::Client {
+        tracing::info!("forwarding to {upstream}");
+    }
+    until_signal(serving).await
 }

@@ -1,17 +1,22 @@
-//! The four servers started in-process on loopback, for `lab demo`, tests and benchmarks.
+//! The mock and every approach's server started in-process on loopback, for `lab demo`,
+//! tests and benchmarks.
 //!
 //! Every server binds to `127.0.0.1:0`; the stack knows the chosen ports, holds the
 //! generated certificate (so clients can pin it) and each server's counters. Dropping the
 //! stack stops every server task.
 
+use crate::approach::{Approach, Transport};
 use anyhow::{Context, Result};
-use lab_clients::Approach;
+use lab_clients::RunnerOpts;
+use lab_clients::record::Mode;
+use lab_codec::trust::Trust;
 use lab_servers::llm::MockConfig;
 use lab_servers::stats::ServerStats;
-use lab_servers::tls::{CertKey, Trust};
-use lab_servers::upstream::Upstream;
+use lab_servers::tls::CertKey;
+use lab_servers::{Listener, ServerEnv};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -24,19 +29,22 @@ pub enum UpstreamChoice {
     Url(String),
 }
 
+/// One approach's server on loopback.
+pub struct Running {
+    pub approach: Approach,
+    pub addr: SocketAddr,
+    pub stats: Arc<ServerStats>,
+}
+
 /// Running servers on loopback.
 pub struct Stack {
     pub llm: Option<SocketAddr>,
     pub upstream_url: String,
-    pub proxy: SocketAddr,
-    pub sse: SocketAddr,
-    pub wt: SocketAddr,
+    /// Every approach's server, in registry order.
+    pub servers: Vec<Running>,
     pub model: String,
     pub cert: CertKey,
     pub llm_stats: Arc<ServerStats>,
-    pub proxy_stats: Arc<ServerStats>,
-    pub sse_stats: Arc<ServerStats>,
-    pub wt_stats: Arc<ServerStats>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -48,7 +56,7 @@ impl Drop for Stack {
     }
 }
 
-fn spawn_logged<F>(what: &'static str, f: F) -> JoinHandle<()>
+fn spawn_logged<F>(what: String, f: F) -> JoinHandle<()>
 where
     F: std::future::Future<Output = Result<()>> + Send + 'static,
 {
@@ -60,7 +68,7 @@ where
 }
 
 impl Stack {
-    /// Starts the mock (if chosen), the proxy, the SSE and the WebTransport server.
+    /// Starts the mock (if chosen) and every approach's server.
     pub async fn start(upstream: UpstreamChoice, model: &str) -> Result<Self> {
         let loopback: SocketAddr = "127.0.0.1:0".parse()?;
         let mut tasks = Vec::new();
@@ -70,7 +78,7 @@ impl Stack {
                 let l = TcpListener::bind(loopback).await.context("bind mock LLM")?;
                 let addr = l.local_addr()?;
                 tasks.push(spawn_logged(
-                    "mock LLM",
+                    "mock LLM".into(),
                     lab_servers::llm::serve(l, Arc::new(cfg), llm_stats.clone()),
                 ));
                 (Some(addr), format!("http://{addr}"))
@@ -78,61 +86,61 @@ impl Stack {
             UpstreamChoice::Url(u) => (None, u),
         };
         let cert = CertKey::generate(&[])?;
-        let http_tls = Arc::new(cert.http1_server_config()?);
-        let up = Arc::new(Upstream::new(&upstream_url, model)?);
-
-        let proxy_stats = Arc::new(ServerStats::default());
-        let l = TcpListener::bind(loopback).await.context("bind proxy")?;
-        let proxy = l.local_addr()?;
-        let app = lab_servers::proxy::app(&upstream_url, proxy_stats.clone())?;
-        tasks.push(spawn_logged(
-            "proxy",
-            lab_servers::http::serve_tls(l, http_tls.clone(), app, proxy_stats.clone()),
-        ));
-
-        let sse_stats = Arc::new(ServerStats::default());
-        let l = TcpListener::bind(loopback)
-            .await
-            .context("bind SSE server")?;
-        let sse = l.local_addr()?;
-        let app = lab_servers::sse::app(up.clone(), sse_stats.clone());
-        tasks.push(spawn_logged(
-            "SSE server",
-            lab_servers::http::serve_tls(l, http_tls, app, sse_stats.clone()),
-        ));
-
-        let wt_stats = Arc::new(ServerStats::default());
-        let udp = std::net::UdpSocket::bind(loopback).context("bind WebTransport server")?;
-        let wt = udp.local_addr()?;
-        let endpoint = lab_servers::wt::endpoint(udp, cert.h3_server_config()?)?;
-        tasks.push(spawn_logged(
-            "WebTransport server",
-            lab_servers::wt::serve(endpoint, up, wt_stats.clone()),
-        ));
-
+        let mut servers = Vec::new();
+        for a in crate::approach::all() {
+            let what = format!("{} server", a.server);
+            let listener = match a.transport {
+                Transport::Tcp => Listener::Tcp(
+                    TcpListener::bind(loopback)
+                        .await
+                        .with_context(|| format!("bind the {what}"))?,
+                ),
+                Transport::Udp => Listener::Udp(
+                    std::net::UdpSocket::bind(loopback)
+                        .with_context(|| format!("bind the {what}"))?,
+                ),
+            };
+            let addr = listener.local_addr()?;
+            let stats = Arc::new(ServerStats::default());
+            let env = ServerEnv {
+                cert: cert.clone(),
+                upstream: upstream_url.clone(),
+                model: model.to_owned(),
+                stats: stats.clone(),
+            };
+            tasks.push(spawn_logged(what, a.serve(listener, env)?));
+            servers.push(Running {
+                approach: a,
+                addr,
+                stats,
+            });
+        }
         Ok(Self {
             llm,
             upstream_url,
-            proxy,
-            sse,
-            wt,
+            servers,
             model: model.to_owned(),
             cert,
             llm_stats,
-            proxy_stats,
-            sse_stats,
-            wt_stats,
             tasks,
         })
     }
 
+    fn server(&self, approach: Approach) -> &Running {
+        self.servers
+            .iter()
+            .find(|r| r.approach == approach)
+            .expect("the stack runs every approach in the registry")
+    }
+
+    /// Where `approach`'s server listens.
+    pub fn addr(&self, approach: Approach) -> SocketAddr {
+        self.server(approach).addr
+    }
+
     /// The URL a client of `approach` connects to.
     pub fn url(&self, approach: Approach) -> String {
-        match approach {
-            Approach::Raw => format!("https://{}/v1/chat/completions", self.proxy),
-            Approach::Sse => format!("https://{}/chat", self.sse),
-            Approach::Wt => format!("https://{}/wt", self.wt),
-        }
+        approach.url(self.server(approach).addr)
     }
 
     /// Trust pinned to the stack's certificate.
@@ -140,12 +148,32 @@ impl Stack {
         Trust::Pin(self.cert.sha256)
     }
 
+    /// Options for a runner against this stack.
+    pub fn runner_opts(&self, approach: Approach, mode: Mode, timeout: Duration) -> RunnerOpts {
+        RunnerOpts {
+            approach: approach.name,
+            mode,
+            timeout,
+            trust: self.trust(),
+            model: self.model.clone(),
+        }
+    }
+
+    /// A runner of `approach` against this stack.
+    pub fn runner(
+        &self,
+        approach: Approach,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<Box<dyn lab_clients::Runner>> {
+        approach.runner(
+            &self.url(approach),
+            &self.runner_opts(approach, mode, timeout),
+        )
+    }
+
     /// The counters of the server that `approach`'s client talks to.
     pub fn stats(&self, approach: Approach) -> &Arc<ServerStats> {
-        match approach {
-            Approach::Raw => &self.proxy_stats,
-            Approach::Sse => &self.sse_stats,
-            Approach::Wt => &self.wt_stats,
-        }
+        &self.server(approach).stats
     }
 }

@@ -245,7 +245,7 @@ fn bad_command_lines_get_clear_errors() {
     lab_fails(
         &["client", "ws", "--url", "https://127.0.0.1:1"],
         2,
-        "valid: raw, sse, wt",
+        "approach 'ws' is not supported; supported: raw, sse, wt",
     );
     lab_fails(
         &[

@@ -3,10 +3,11 @@
 mod common;
 
 use common::*;
+use lab::approach::Approach;
 use lab_clients::record::{ErrorCategory, Mode, digest_tokens};
-use lab_clients::{Approach, Target, prompts, run_all};
+use lab_clients::{prompts, run_all};
+use lab_codec::trust::Trust;
 use lab_servers::stats::ServerStats;
-use lab_servers::tls::Trust;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,11 @@ async fn one_prompt(
     timeout: Duration,
     trust: &Trust,
 ) -> lab_clients::record::PromptRecord {
-    let target = Target::parse(&stack.url(ap)).unwrap();
-    let mut r = ap.runner(target, mode, timeout, trust, MODEL).unwrap();
+    let opts = lab_clients::RunnerOpts {
+        trust: trust.clone(),
+        ..stack.runner_opts(ap, mode, timeout)
+    };
+    let mut r = ap.runner(&stack.url(ap), &opts).unwrap();
     run_all(r.as_mut(), &["hi".to_string()], 1, |_| {})
         .await
         .remove(0)
@@ -33,12 +37,9 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
     let stack = stack(max).await;
     let prompts = prompts::reference();
     for mode in [Mode::Reuse, Mode::Fresh] {
-        for ap in Approach::ALL {
+        for ap in lab::approach::all() {
             let before = stack.stats(ap).snapshot();
-            let target = Target::parse(&stack.url(ap)).unwrap();
-            let mut runner = ap
-                .runner(target, mode, TIMEOUT, &stack.trust(), MODEL)
-                .unwrap();
+            let mut runner = stack.runner(ap, mode, TIMEOUT).unwrap();
             let recs = run_all(runner.as_mut(), &prompts, 1, |_| {}).await;
             assert_eq!(recs.len(), 10);
             for (r, p) in recs.iter().zip(&prompts) {
@@ -81,12 +82,19 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
 async fn sse_server_rejects_bad_input_and_keeps_serving() {
     let stack = stack(5).await;
     let t = stack.trust();
-    let (s, ct, body) = https(stack.sse, &t, "POST", "/chat", b"{not json".to_vec()).await;
+    let (s, ct, body) = https(
+        stack.addr(ap("sse")),
+        &t,
+        "POST",
+        "/chat",
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(ct.starts_with("application/json"));
     assert!(body.contains("invalid JSON"), "{body}");
     let (s, _, body) = https(
-        stack.sse,
+        stack.addr(ap("sse")),
         &t,
         "POST",
         "/chat",
@@ -95,20 +103,27 @@ async fn sse_server_rejects_bad_input_and_keeps_serving() {
     .await;
     assert_eq!(s, 400);
     assert!(body.contains("missing or empty"), "{body}");
-    let (s, _, _) = https(stack.sse, &t, "POST", "/chat", br#"{"other":1}"#.to_vec()).await;
+    let (s, _, _) = https(
+        stack.addr(ap("sse")),
+        &t,
+        "POST",
+        "/chat",
+        br#"{"other":1}"#.to_vec(),
+    )
+    .await;
     assert_eq!(s, 400);
-    let (s, _, body) = https(stack.sse, &t, "GET", "/chat", vec![]).await;
+    let (s, _, body) = https(stack.addr(ap("sse")), &t, "GET", "/chat", vec![]).await;
     assert_eq!(s, 405);
     assert!(body.contains("POST"));
     let big = format!(r#"{{"message":"{}"}}"#, "x".repeat((1 << 20) + 10));
-    let (s, _, body) = https(stack.sse, &t, "POST", "/chat", big.into_bytes()).await;
+    let (s, _, body) = https(stack.addr(ap("sse")), &t, "POST", "/chat", big.into_bytes()).await;
     assert_eq!(s, 413);
     assert!(body.contains("limit"), "{body}");
-    let (s, _, _) = https(stack.sse, &t, "POST", "/elsewhere", vec![]).await;
+    let (s, _, _) = https(stack.addr(ap("sse")), &t, "POST", "/elsewhere", vec![]).await;
     assert_eq!(s, 404);
     // Still serving, and the answer is framed per the spec.
     let (s, ct, body) = https(
-        stack.sse,
+        stack.addr(ap("sse")),
         &t,
         "POST",
         "/chat",
@@ -137,7 +152,7 @@ async fn tokens_with_newlines_survive_sse_framing() {
         .unwrap();
     let body = format!(r#"{{"message":"{prompt}"}}"#);
     let (s, _, text) = https(
-        stack.sse,
+        stack.addr(ap("sse")),
         &stack.trust(),
         "POST",
         "/chat",
@@ -175,15 +190,21 @@ async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
         br#"{"model":"gemma3:12b","messages":[{"role":"user","content":"hi"}],"stream":true}"#
             .to_vec();
     for _ in 0..2 {
-        let (s, ct, body) =
-            https(stack.proxy, &t, "POST", "/v1/chat/completions", req.clone()).await;
+        let (s, ct, body) = https(
+            stack.addr(ap("raw")),
+            &t,
+            "POST",
+            "/v1/chat/completions",
+            req.clone(),
+        )
+        .await;
         assert_eq!(s, 502);
         assert!(ct.starts_with("application/json"));
         let e: lab_codec::openai::ErrorBody = serde_json::from_str(&body).unwrap();
         assert_eq!(e.error.kind, "upstream_error");
     }
     // The SSE and WebTransport servers report the same failure as an upstream error.
-    for ap in [Approach::Sse, Approach::Wt, Approach::Raw] {
+    for ap in [ap("sse"), ap("wt"), ap("raw")] {
         let rec = one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await;
         assert_eq!(
             rec.error.as_ref().unwrap().category,
@@ -200,7 +221,14 @@ async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
         Arc::new(fast_mock(5)),
         Arc::new(ServerStats::default()),
     ));
-    let (s, ct, body) = https(stack.proxy, &t, "POST", "/v1/chat/completions", req).await;
+    let (s, ct, body) = https(
+        stack.addr(ap("raw")),
+        &t,
+        "POST",
+        "/v1/chat/completions",
+        req,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(ct, "text/event-stream");
     assert_eq!(raw_tokens(&body), expected("hi", 5));
@@ -260,7 +288,7 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
     let t = stack.trust();
     // SSE: the two tokens, an error event, then [DONE].
     let (s, _, body) = https(
-        stack.sse,
+        stack.addr(ap("sse")),
         &t,
         "POST",
         "/chat",
@@ -275,9 +303,9 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
     assert!(ev[3].is_done());
     // Every client classifies it, after receiving the tokens that did arrive.
     for (ap, cat) in [
-        (Approach::Sse, ErrorCategory::Upstream),
-        (Approach::Wt, ErrorCategory::Upstream),
-        (Approach::Raw, ErrorCategory::Receive),
+        (ap("sse"), ErrorCategory::Upstream),
+        (ap("wt"), ErrorCategory::Upstream),
+        (ap("raw"), ErrorCategory::Receive),
     ] {
         let rec = one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await;
         let e = rec.error.as_ref().unwrap();
@@ -298,7 +326,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     let ep = wtransport::Endpoint::client(cfg).unwrap();
     // Any other path: 404, the session is refused.
     let e = ep
-        .connect(format!("https://{}/nope", stack.wt))
+        .connect(format!("https://{}/nope", stack.addr(ap("wt"))))
         .await
         .err()
         .unwrap();
@@ -308,7 +336,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     );
 
     let conn = ep
-        .connect(format!("https://{}/wt", stack.wt))
+        .connect(format!("https://{}/wt", stack.addr(ap("wt"))))
         .await
         .unwrap();
     let read_all = |mut recv: wtransport::RecvStream| async move {
@@ -330,7 +358,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
             Err(StreamReadError::Reset(code)) => {
                 assert_eq!(
                     code,
-                    wtransport::VarInt::from_u32(lab_servers::wt::ERR_FRAMING),
+                    wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
                     "{bad:?}"
                 )
             }
@@ -346,7 +374,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
         answers,
         vec![expected("hi", 5), expected("hello", 5), vec![]]
     );
-    assert_eq!(stack.wt_stats.snapshot().errors, 4);
+    assert_eq!(stack.stats(ap("wt")).snapshot().errors, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +384,7 @@ async fn many_concurrent_webtransport_streams_and_sessions() {
     let mut tasks = Vec::new();
     for s in 0..4 {
         let tls = trust.h3_client_config().unwrap();
-        let url = format!("https://{}/wt", stack.wt);
+        let url = format!("https://{}/wt", stack.addr(ap("wt")));
         tasks.push(tokio::spawn(async move {
             let cfg = wtransport::ClientConfig::builder()
                 .with_bind_address("127.0.0.1:0".parse().unwrap())
@@ -394,7 +422,7 @@ async fn many_concurrent_webtransport_streams_and_sessions() {
     for t in tasks {
         t.await.unwrap();
     }
-    let snap = stack.wt_stats.snapshot();
+    let snap = stack.stats(ap("wt")).snapshot();
     assert_eq!(snap.connections_accepted, 4);
     assert_eq!(snap.requests, 100);
 }
@@ -408,7 +436,7 @@ async fn client_timeout_is_its_own_category() {
     let stack = lab::stack::Stack::start(lab::stack::UpstreamChoice::Mock(slow), MODEL)
         .await
         .unwrap();
-    for ap in Approach::ALL {
+    for ap in lab::approach::all() {
         let rec = one_prompt(
             &stack,
             ap,
@@ -430,7 +458,7 @@ async fn client_timeout_is_its_own_category() {
 async fn wrong_certificate_pin_fails_to_connect() {
     let stack = stack(5).await;
     let wrong = Trust::Pin([7; 32]);
-    for ap in Approach::ALL {
+    for ap in lab::approach::all() {
         let rec = one_prompt(&stack, ap, Mode::Fresh, TIMEOUT, &wrong).await;
         assert_eq!(
             rec.error.as_ref().unwrap().category,

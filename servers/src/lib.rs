@@ -3,6 +3,10 @@
 //!
 //! Data flow of one token: [`llm`] (mock, or a real upstream) -> [`upstream`] client ->
 //! [`sse`] / [`wt`] server -> client. The [`proxy`] forwards the raw API unchanged.
+//!
+//! Every approach's server has the same entry point, `start(Listener, ServerEnv)`, which
+//! checks its settings and returns the future that serves, and its URL path as a `PATH`
+//! constant; lab's approach registry names them and nothing else.
 
 pub mod http;
 pub mod llm;
@@ -13,3 +17,60 @@ pub mod textgen;
 pub mod tls;
 pub mod upstream;
 pub mod wt;
+
+use anyhow::{Result, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The already-bound socket a server is handed.
+#[derive(Debug)]
+pub enum Listener {
+    /// For servers over TCP (TLS, HTTP).
+    Tcp(tokio::net::TcpListener),
+    /// For servers over QUIC.
+    Udp(std::net::UdpSocket),
+}
+
+impl Listener {
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr(),
+            Self::Udp(s) => s.local_addr(),
+        }
+    }
+
+    /// The TCP listener, or an error naming the server that needed one.
+    pub fn tcp(self, server: &str) -> Result<tokio::net::TcpListener> {
+        match self {
+            Self::Tcp(l) => Ok(l),
+            Self::Udp(_) => bail!("the {server} server runs over TCP but was handed a UDP socket"),
+        }
+    }
+
+    /// The UDP socket, or an error naming the server that needed one.
+    pub fn udp(self, server: &str) -> Result<std::net::UdpSocket> {
+        match self {
+            Self::Udp(s) => Ok(s),
+            Self::Tcp(_) => {
+                bail!("the {server} server runs over UDP but was handed a TCP listener")
+            }
+        }
+    }
+}
+
+/// A server, set up and ready to serve: it runs until dropped, or fails.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// What every approach's server is built from, besides its socket.
+#[derive(Debug, Clone)]
+pub struct ServerEnv {
+    /// The TLS certificate and key it presents.
+    pub cert: tls::CertKey,
+    /// The OpenAI-compatible upstream's base URL, e.g. `http://127.0.0.1:11434`.
+    pub upstream: String,
+    /// The model a server that makes its own upstream requests asks for.
+    pub model: String,
+    /// Counters the server keeps about itself.
+    pub stats: Arc<stats::ServerStats>,
+}

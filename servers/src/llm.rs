@@ -428,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // of a run are reproducible.
             StreamFormat::OllamaLegacy | StreamFormat::Ollama => format!("chatcmpl-{}", key % 999),
             StreamFormat::Openai => {
-                let mut r = textgen::SplitMix64::new(key);
+                let mut r = lab_codec::rng::SplitMix64::new(key);
                 let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
                 let tail: String = (0..29)
                     .map(|_| alphabet[r.below(alphabet.len())] as char)

@@ -28,6 +28,18 @@ struct AppState {
     stats: Arc<ServerStats>,
 }
 
+/// The path the raw API streams on (the proxy forwards every path).
+pub const PATH: &str = "/v1/chat/completions";
+
+/// Sets up the raw-API proxy on `listener`; errors in its settings come here, before it
+/// serves.
+pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
+    let tcp = listener.tcp("raw-API proxy")?;
+    let tls = Arc::new(env.cert.http1_server_config()?);
+    let app = app(&env.upstream, env.stats.clone())?;
+    Ok(Box::pin(crate::http::serve_tls(tcp, tls, app, env.stats)))
+}
+
 /// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`).
 pub fn app(upstream: &str, stats: Arc<ServerStats>) -> Result<Router, UpstreamError> {
     let bad = |why: &str| UpstreamError::BadUrl {
@@ -45,7 +57,7 @@ pub fn app(upstream: &str, stats: Arc<ServerStats>) -> Result<Router, UpstreamEr
         return Err(bad("the scheme must be http or https"));
     }
     let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(lab_codec::trust::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(&e.to_string()))?
         .with_root_certificates(rustls::RootCertStore {

@@ -26,6 +26,19 @@ use std::sync::Arc;
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// The path the SSE server serves.
+pub const PATH: &str = "/chat";
+
+/// Sets up the SSE approach's server on `listener`; errors in its settings come here,
+/// before it serves.
+pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
+    let tcp = listener.tcp("SSE")?;
+    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let tls = Arc::new(env.cert.http1_server_config()?);
+    let app = app(up, env.stats.clone());
+    Ok(Box::pin(crate::http::serve_tls(tcp, tls, app, env.stats)))
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct ChatBody {
     message: Option<String>,
@@ -41,7 +54,7 @@ struct AppState {
 pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
     Router::new()
         .route(
-            "/chat",
+            PATH,
             post(chat).fallback(|| async {
                 let mut r = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,

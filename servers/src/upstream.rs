@@ -61,7 +61,7 @@ impl Upstream {
         let chat_uri = chat_uri(url)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                rustls::ClientConfig::builder_with_provider(lab_codec::trust::provider())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| UpstreamError::BadUrl {
                         url: url.into(),

@@ -21,13 +21,19 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::{Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
 
-/// Stream reset code: the client's bytes were not valid length-prefixed messages.
-pub const ERR_FRAMING: u32 = 0x10;
-/// Stream reset code: the upstream LLM failed before the answer was complete.
-pub const ERR_UPSTREAM: u32 = 0x11;
+use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM};
 
 /// The session path.
 pub const PATH: &str = "/wt";
+
+/// Sets up the WebTransport server on `listener`; errors in its settings come here,
+/// before it serves.
+pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
+    let udp = listener.udp("WebTransport")?;
+    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let endpoint = endpoint(udp, env.cert.h3_server_config()?)?;
+    Ok(Box::pin(serve(endpoint, up, env.stats)))
+}
 
 /// Builds the QUIC endpoint on an already-bound UDP socket.
 pub fn endpoint(

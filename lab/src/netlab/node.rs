@@ -18,7 +18,7 @@ pub fn nodes(plan: &Plan) -> Vec<(String, String)> {
         *seen_approach.entry(c.approach).or_insert(0usize) += 1;
     }
     for c in &plan.cells {
-        let a = c.approach.approach().to_string();
+        let a = c.approach.to_string();
         let mut bases = Vec::new();
         if seen_approach[&c.approach] == 1 {
             bases.push(a.clone());

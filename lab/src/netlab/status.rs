@@ -268,7 +268,7 @@ pub fn render(s: &State) -> String {
             "\ntry:\n  lab shell --lab {name} {id}                 # a shell in {id}'s client namespace\n  lab exec --lab {name} {id} -- lab client {a} --url {url} --ca {dir}/certs/{id}/cert.pem\n  lab down {name}\n",
             name = s.name,
             id = c.id,
-            a = c.approach.approach(),
+            a = c.approach,
             url = c.url,
         ));
     }

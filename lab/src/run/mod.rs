@@ -93,7 +93,7 @@ fn client(
     let mut argv: Vec<String> = vec![
         "lab".into(),
         "client".into(),
-        cell.approach.approach().to_string(),
+        cell.approach.to_string(),
         "--url".into(),
         cell.url.clone(),
         "--ca".into(),
@@ -281,7 +281,7 @@ fn run_cell(
     };
     let n = prompts.len() * w.repeat.max(1) as usize;
     let deadline = timeout * n as u32 + Duration::from_secs(30);
-    let label = format!("{} {}@{}", cell.id, cell.approach.approach(), cell.profile);
+    let label = format!("{} {}@{}", cell.id, cell.approach, cell.profile);
     // With --pcap, the client logs its TLS secrets (rustls, and quinn's TLS, which is
     // rustls too) so that Wireshark can decrypt the capture.
     let keylog: Vec<(String, String)> = pcap
@@ -438,11 +438,7 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    let approaches: Vec<String> = topo
-        .approaches
-        .iter()
-        .map(|x| x.approach().to_string())
-        .collect();
+    let approaches: Vec<String> = topo.approaches.iter().map(|x| x.to_string()).collect();
     let profiles: Vec<String> = topo.profiles.0.iter().map(|(n, _)| n.clone()).collect();
     let mut expects = Vec::new();
     for e in &topo.expect {

@@ -18,7 +18,7 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 fn label(c: &super::CellResult) -> String {
-    format!("{}@{}", c.cell.approach.approach(), c.cell.profile)
+    format!("{}@{}", c.cell.approach, c.cell.profile)
 }
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -105,7 +105,7 @@ pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
         .cells
         .iter()
         .map(|c| {
-            let ap = c.cell.approach.approach().to_string();
+            let ap = c.cell.approach.to_string();
             let p = &c.cell.profile;
             (
                 label(c),

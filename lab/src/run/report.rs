@@ -47,9 +47,10 @@ fn wire(c: &CellResult) -> Option<(u64, u64, u64, u64)> {
 
 /// A metric of `approach` under `profile`, as expectations name them.
 pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f64> {
-    let c = run.cells.iter().find(|c| {
-        c.cell.profile == profile && c.cell.approach.approach().to_string() == approach
-    })?;
+    let c = run
+        .cells
+        .iter()
+        .find(|c| c.cell.profile == profile && c.cell.approach.to_string() == approach)?;
     let s = Summary::of(approach, &c.records);
     let ok = s.prompts - s.errors;
     let toks = tokens(c) as f64;
@@ -98,8 +99,8 @@ pub fn digest_mismatches(run: &Run) -> Vec<String> {
                         "{p}: prompt {} ({}): {} and {} received different tokens",
                         r.index + 1,
                         r.prompt,
-                        first.cell.approach.approach(),
-                        other.cell.approach.approach()
+                        first.cell.approach,
+                        other.cell.approach
                     ));
                 }
             }
@@ -112,12 +113,7 @@ pub fn digest_mismatches(run: &Run) -> Vec<String> {
 pub fn run_errors(run: &Run) -> Vec<String> {
     let mut out = Vec::new();
     for c in &run.cells {
-        let who = format!(
-            "{} ({}@{})",
-            c.cell.id,
-            c.cell.approach.approach(),
-            c.cell.profile
-        );
+        let who = format!("{} ({}@{})", c.cell.id, c.cell.approach, c.cell.profile);
         for e in &c.errors {
             out.push(format!("{who}: {e}"));
         }
@@ -187,7 +183,7 @@ pub fn render(run: &Run) -> String {
         out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
         let sums: Vec<Summary> = cells
             .iter()
-            .map(|c| Summary::of(&c.cell.approach.approach().to_string(), &c.records))
+            .map(|c| Summary::of(&c.cell.approach.to_string(), &c.records))
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
@@ -222,7 +218,7 @@ pub fn render(run: &Run) -> String {
                     first_bpt = bpt;
                 }
                 WireRow {
-                    approach: c.cell.approach.approach().to_string(),
+                    approach: c.cell.approach.to_string(),
                     up: u,
                     down: d,
                     pu,
@@ -263,12 +259,7 @@ pub fn render(run: &Run) -> String {
                 ("down", &c.cell.down, &sv.capture.tx, &cl.capture.rx),
             ] {
                 rows.push(LinkRow {
-                    cell: format!(
-                        "{} {}@{}",
-                        c.cell.id,
-                        c.cell.approach.approach(),
-                        c.cell.profile
-                    ),
+                    cell: format!("{} {}@{}", c.cell.id, c.cell.approach, c.cell.profile),
                     direction: dir,
                     configured: describe_link(link),
                     sent: sent.ip_packets,
@@ -358,7 +349,7 @@ pub fn compare(a: &Run, b: &Run) -> String {
     }
     let mut rows = Vec::new();
     for c in &a.cells {
-        let ap = c.cell.approach.approach().to_string();
+        let ap = c.cell.approach.to_string();
         let p = &c.cell.profile;
         for m in SHOWN {
             let (va, vb) = (metric(a, &ap, p, m), metric(b, &ap, p, m));
@@ -385,7 +376,7 @@ pub fn compare(a: &Run, b: &Run) -> String {
                 .iter()
                 .any(|x| x.cell.profile == c.cell.profile && x.cell.approach == c.cell.approach)
         })
-        .map(|c| format!("{}@{}", c.cell.approach.approach(), c.cell.profile))
+        .map(|c| format!("{}@{}", c.cell.approach, c.cell.profile))
         .collect();
     let mut out = format!(
         "a: {} ({} cells, started {}), b: {} ({} cells, started {})\n\n",

@@ -11,7 +11,7 @@
 //! The queue limit counts every packet held, delayed or waiting for the link.
 
 use super::params::{Limit, Loss, Params};
-use lab_servers::textgen::SplitMix64;
+use lab_codec::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drop {

@@ -2,6 +2,7 @@
 //! typed ([`super::units`]); the JSON schema is generated from these types.
 
 use super::units::{Dur, Percent, Rate, Size};
+use crate::approach::Approach;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ pub struct Topology {
     pub name: String,
     /// Approaches to compare, each in its own cell under every profile.
     #[serde(default = "all_approaches")]
-    pub approaches: Vec<ApproachName>,
+    pub approaches: Vec<Approach>,
     /// The LLM upstream: the embedded mock (default) or a URL.
     #[serde(default)]
     pub llm: Llm,
@@ -37,30 +38,8 @@ pub struct Topology {
     pub ipv6: bool,
 }
 
-pub fn all_approaches() -> Vec<ApproachName> {
-    vec![ApproachName::Raw, ApproachName::Sse, ApproachName::Wt]
-}
-
-/// An approach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ApproachName {
-    /// The raw OpenAI-compatible API behind a TLS proxy.
-    Raw,
-    /// HTTP Server-Sent Events over TLS.
-    Sse,
-    /// WebTransport over QUIC.
-    Wt,
-}
-
-impl ApproachName {
-    pub fn approach(self) -> lab_clients::Approach {
-        match self {
-            Self::Raw => lab_clients::Approach::Raw,
-            Self::Sse => lab_clients::Approach::Sse,
-            Self::Wt => lab_clients::Approach::Wt,
-        }
-    }
+pub fn all_approaches() -> Vec<Approach> {
+    crate::approach::all().collect()
 }
 
 /// Profiles in file order.

@@ -8,6 +8,7 @@
 //! be valid.
 
 use super::model::*;
+use crate::approach::Approach;
 use marked_yaml::{LoaderOptions, Node};
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -211,13 +212,13 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                     Some(seq) => {
                         let mut list = Vec::new();
                         for (i, item) in seq.iter().enumerate() {
-                            if let Some(a) = cx.de::<ApproachName>(item, &format!("approaches[{i}]")) {
+                            if let Some(a) = cx.de::<Approach>(item, &format!("approaches[{i}]")) {
                                 list.push((a, pos(item)));
                             }
                         }
                         approaches = Some(list);
                     }
-                    None => cx.push(pos(v), "approaches", "expected a list, e.g. [raw, sse, wt]"),
+                    None => cx.push(pos(v), "approaches", format!("expected a list, e.g. [{}]", crate::approach::names())),
                 }
             }
             "llm" => {
@@ -307,16 +308,12 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             "missing: add at least one profile, e.g. `profiles: { baseline: {} }`",
         );
     }
-    let approaches_list: Vec<ApproachName> = match approaches {
+    let approaches_list: Vec<Approach> = match approaches {
         Some(list) => {
             let mut seen = Vec::new();
             for (a, at) in &list {
                 if seen.contains(a) {
-                    cx.push(
-                        *at,
-                        "approaches",
-                        format!("'{}' is listed twice", a.approach()),
-                    );
+                    cx.push(*at, "approaches", format!("'{a}' is listed twice"));
                 }
                 seen.push(*a);
             }
@@ -324,7 +321,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                 cx.push(
                     approaches_at,
                     "approaches",
-                    "empty: list at least one of raw, sse, wt",
+                    format!("empty: list at least one of {}", crate::approach::names()),
                 );
             }
             seen
@@ -335,10 +332,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         check_llm(&mut cx, llm_at, l);
     }
     // Expectations name approaches and profiles of this topology.
-    let names: Vec<String> = approaches_list
-        .iter()
-        .map(|a| a.approach().to_string())
-        .collect();
+    let names: Vec<String> = approaches_list.iter().map(|a| a.to_string()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
     for (text, at, i) in expect.iter().flatten() {
         if text.trim().is_empty() {

@@ -14,6 +14,7 @@
 
 use super::model::*;
 use super::units::{Dur, Percent};
+use crate::approach::{Approach, Model};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -73,7 +74,7 @@ pub struct LlmNode {
 pub struct Cell {
     pub id: String,
     pub index: usize,
-    pub approach: ApproachName,
+    pub approach: Approach,
     pub profile: String,
     pub client_ns: String,
     pub wire_ns: String,
@@ -142,23 +143,6 @@ pub fn directions(p: &Profile) -> (LinkSpec, LinkSpec) {
         .as_ref()
         .map_or_else(|| down_base.clone(), |d| merge(down_base, d));
     (up, down)
-}
-
-/// Port each approach's server listens on (the reference's ports).
-pub fn port(a: ApproachName) -> u16 {
-    match a {
-        ApproachName::Raw => 11435,
-        ApproachName::Sse => 8080,
-        ApproachName::Wt => 4433,
-    }
-}
-
-fn server_cmd(a: ApproachName) -> &'static str {
-    match a {
-        ApproachName::Raw => "proxy",
-        ApproachName::Sse => "sse",
-        ApproachName::Wt => "wt",
-    }
 }
 
 /// The shaping backend that builds the lab.
@@ -327,12 +311,8 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             let client_addr = Ipv4Addr::new(198, 18, i as u8, 1);
             let server_addr = Ipv4Addr::new(198, 18, i as u8, 2);
             let server_llm_addr = Ipv4Addr::new(198, 19, 0, i as u8 + 1);
-            let p = port(a);
-            let url = match a {
-                ApproachName::Raw => format!("https://{server_addr}:{p}/v1/chat/completions"),
-                ApproachName::Sse => format!("https://{server_addr}:{p}/chat"),
-                ApproachName::Wt => format!("https://{server_addr}:{p}/wt"),
-            };
+            let p = a.port;
+            let url = a.url(format!("{server_addr}:{p}"));
             namespaces.extend([client_ns.clone(), wire_ns.clone(), server_ns.clone()]);
             let veth = |ns: &str,
                         name: &str,
@@ -396,10 +376,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 None,
                 Some("br0"),
             ));
-            let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), server_cmd(a).into()];
+            let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), a.server.into()];
             argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
             argv.extend(["--upstream".into(), upstream.clone()]);
-            if a != ApproachName::Raw {
+            if a.model == Model::Server {
                 argv.extend(["--model".into(), t.llm.model.clone()]);
             }
             argv.extend(["--san".into(), server_addr.to_string()]);
@@ -409,7 +389,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             ]);
             processes.push(Process {
                 namespace: server_ns.clone(),
-                role: format!("{} server", a.approach()),
+                role: format!("{a} server"),
                 argv,
             });
             cells.push(Cell {
@@ -563,7 +543,7 @@ pub fn render(p: &Plan) -> String {
         .iter()
         .map(|c| CellRow {
             cell: c.id.clone(),
-            approach: c.approach.approach().to_string(),
+            approach: c.approach.to_string(),
             profile: c.profile.clone(),
             client: c.client_addr.to_string(),
             server: c.url.clone(),

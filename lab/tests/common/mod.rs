@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use lab::stack::{Stack, UpstreamChoice};
+use lab_codec::trust::Trust;
 use lab_servers::llm::MockConfig;
-use lab_servers::tls::Trust;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const MODEL: &str = "gemma3:12b";
+
+/// The approach named `name` in the registry.
+pub fn ap(name: &str) -> lab::approach::Approach {
+    name.parse().unwrap()
+}
 
 /// A fast, jitter-free mock: answers capped at `max_tokens`.
 pub fn fast_mock(max_tokens: usize) -> MockConfig {

@@ -1,0 +1,289 @@
+//! The approach registry: every transport lab can measure, and all that the rest of lab
+//! knows about one.
+//!
+//! An entry holds an approach's name, its transport, its server's default port and URL
+//! path, the server (a `start(Listener, ServerEnv)` in lab-servers) and the client runner
+//! (a `runner(Target, &RunnerOpts)` in lab-clients). Topology files, plans, `lab serve`,
+//! `lab client`, the loopback stack, `lab run` and the reports all iterate this table;
+//! nothing else in lab names an approach.
+//!
+//! Adding an approach takes three things, and nothing more:
+//! 1. a server module in `servers/src/` with `PATH` and `start`;
+//! 2. a runner module in `clients/src/` with `runner`;
+//! 3. one [`Entry`] in [`ENTRIES`] below.
+
+use anyhow::Result;
+use lab_clients::{Runner, RunnerOpts, Target};
+use lab_servers::{Listener, ServerEnv, Serving};
+use std::fmt;
+
+/// The transport an approach's server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// Who names the model in upstream requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// The client's own requests carry it; the server forwards them (the raw API).
+    Client,
+    /// The server makes one upstream request per prompt, for its `--model`.
+    Server,
+}
+
+/// Sets up an approach's server on an already-bound socket, returning what serves.
+pub type ServeFn = fn(Listener, ServerEnv) -> Result<Serving>;
+/// Builds an approach's client runner.
+pub type RunnerFn = fn(Target, &RunnerOpts) -> Result<Box<dyn Runner>>;
+
+/// One approach.
+pub struct Entry {
+    /// Its name in topology files, `lab client`, records and reports.
+    pub name: &'static str,
+    /// One line on what it is.
+    pub about: &'static str,
+    /// Its server's name in `lab serve`.
+    pub server: &'static str,
+    /// One line on the server.
+    pub server_about: &'static str,
+    pub transport: Transport,
+    /// The server's default port (the reference benchmark's ports).
+    pub port: u16,
+    /// The URL path its client talks to.
+    pub path: &'static str,
+    pub model: Model,
+    pub serve: ServeFn,
+    pub runner: RunnerFn,
+}
+
+/// Every approach, in the order reports list them by default.
+pub static ENTRIES: [Entry; 3] = [
+    Entry {
+        name: "raw",
+        about: "the raw OpenAI-compatible API behind a TLS proxy",
+        server: "proxy",
+        server_about: "TLS-terminating streaming reverse proxy to an OpenAI-compatible upstream (the raw-API approach)",
+        transport: Transport::Tcp,
+        port: 11435,
+        path: lab_servers::proxy::PATH,
+        model: Model::Client,
+        serve: lab_servers::proxy::start,
+        runner: lab_clients::raw::runner,
+    },
+    Entry {
+        name: "sse",
+        about: "HTTP Server-Sent Events over TLS",
+        server: "sse",
+        server_about: "HTTP SSE server over TLS: POST /chat {\"message\": ...} streams one event per token",
+        transport: Transport::Tcp,
+        port: 8080,
+        path: lab_servers::sse::PATH,
+        model: Model::Server,
+        serve: lab_servers::sse::start,
+        runner: lab_clients::sse::runner,
+    },
+    Entry {
+        name: "wt",
+        about: "WebTransport over QUIC (HTTP/3)",
+        server: "wt",
+        server_about: "WebTransport server over HTTP/3: session path /wt, length-prefixed tokens per stream",
+        transport: Transport::Udp,
+        port: 4433,
+        path: lab_servers::wt::PATH,
+        model: Model::Server,
+        serve: lab_servers::wt::start,
+        runner: lab_clients::wt::runner,
+    },
+];
+
+/// A handle on a registry entry: what topologies, plans and records carry. It reads and
+/// writes as the approach's name.
+#[derive(Clone, Copy)]
+pub struct Approach(&'static Entry);
+
+impl std::ops::Deref for Approach {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        self.0
+    }
+}
+
+impl PartialEq for Approach {
+    fn eq(&self, o: &Self) -> bool {
+        std::ptr::eq(self.0, o.0)
+    }
+}
+impl Eq for Approach {}
+
+impl std::hash::Hash for Approach {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.name.hash(h);
+    }
+}
+
+impl fmt::Debug for Approach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl fmt::Display for Approach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+/// Every approach, in registry order.
+pub fn all() -> impl Iterator<Item = Approach> {
+    ENTRIES.iter().map(Approach)
+}
+
+/// The names of every approach, e.g. `raw, sse, wt`.
+pub fn names() -> String {
+    all().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The approach whose `lab serve` server is `server`.
+pub fn by_server(server: &str) -> Option<Approach> {
+    all().find(|a| a.server == server)
+}
+
+impl std::str::FromStr for Approach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        all()
+            .find(|a| a.name == s)
+            .ok_or_else(|| format!("approach '{s}' is not supported; supported: {}", names()))
+    }
+}
+
+impl Approach {
+    /// The URL of this approach's server at `addr` (host and port).
+    pub fn url(&self, addr: impl fmt::Display) -> String {
+        format!("https://{addr}{}", self.path)
+    }
+
+    /// This approach's runner for `url`; a URL without a path gets the approach's.
+    pub fn runner(&self, url: &str, opts: &RunnerOpts) -> Result<Box<dyn Runner>> {
+        let mut target = Target::parse(url)?;
+        if target.path.is_empty() || target.path == "/" {
+            target.path = self.path.to_owned();
+        }
+        (self.runner)(target, opts)
+    }
+
+    /// Sets up this approach's server on `listener`; the result serves until dropped.
+    pub fn serve(&self, listener: Listener, env: ServerEnv) -> Result<Serving> {
+        (self.serve)(listener, env)
+    }
+}
+
+impl serde::Serialize for Approach {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Approach {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for Approach {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Approach".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = all().map(|a| a.name).collect();
+        let about: Vec<String> = all().map(|a| format!("{}: {}", a.name, a.about)).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "enum": names,
+            "description": format!("An approach. {}.", about.join("; ")),
+        })
+    }
+}
+
+/// Lets clap parse an approach by name and list the names in `--help`.
+#[derive(Debug, Clone, Copy)]
+pub struct Parser;
+
+impl clap::builder::TypedValueParser for Parser {
+    type Value = Approach;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Approach, clap::Error> {
+        let s = value.to_string_lossy();
+        s.parse().map_err(|e: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")).with_cmd(cmd)
+        })
+    }
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(all().map(|a| {
+            clap::builder::PossibleValue::new(a.name).help(a.about)
+        })))
+    }
+}
+
+impl clap::builder::ValueParserFactory for Approach {
+    type Parser = Parser;
+    fn value_parser() -> Parser {
+        Parser
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_ports_and_servers_are_unique() {
+        let v: Vec<Approach> = all().collect();
+        for (i, a) in v.iter().enumerate() {
+            for b in &v[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.server, b.server);
+                assert!(
+                    a.port != b.port || a.transport != b.transport,
+                    "{a} and {b} share a port"
+                );
+            }
+            assert!(a.path.starts_with('/'), "{a}: {}", a.path);
+            assert_ne!(a.server, "llm", "`lab serve llm` is the mock");
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_supported_ones() {
+        for a in all() {
+            assert_eq!(a.name.parse::<Approach>().unwrap(), a);
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(json, format!("\"{}\"", a.name));
+            assert_eq!(serde_json::from_str::<Approach>(&json).unwrap(), a);
+        }
+        let e = "ws".parse::<Approach>().unwrap_err();
+        assert_eq!(
+            e,
+            format!("approach 'ws' is not supported; supported: {}", names())
+        );
+        assert_eq!(names(), "raw, sse, wt");
+    }
+
+    #[test]
+    fn urls_take_the_approach_path() {
+        let wt: Approach = "wt".parse().unwrap();
+        assert_eq!(wt.url("198.18.2.2:4433"), "https://198.18.2.2:4433/wt");
+        assert_eq!(by_server("proxy").map(|a| a.name), Some("raw"));
+        assert!(by_server("raw").is_none());
+    }
+}
