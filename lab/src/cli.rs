@@ -438,44 +438,22 @@ pub struct DemoArgs {
     pub timeout: Duration,
 }
 
-/// Parses `250ms`, `1.5s`, `2m`, or `0`.
+/// Parses `250ms`, `1.5s`, `2m`, or `0`: the topology's durations, one parser for both.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{s}' has no unit; write e.g. 250ms, 1.5s, 2m"))?;
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration; write e.g. 250ms, 1.5s, 2m"))?;
-    let secs = match unit.trim() {
-        "us" | "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        u => return Err(format!("unknown unit '{u}' in '{s}'; valid: us, ms, s, m")),
-    };
-    if !secs.is_finite() || secs > 86_400.0 {
-        return Err(format!("'{s}' is out of range (at most a day)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    s.parse::<crate::topology::units::Dur>().map(|d| d.0)
 }
 
-/// Parses `10%` or `0.1` as a fraction in [0, 1].
+/// Parses `10%` (a topology percentage) or a bare fraction such as `0.1`, in [0, 1].
 pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let s = s.trim();
-    let v = match s.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => s.parse::<f64>(),
+    let t = s.trim();
+    if t.ends_with('%') {
+        return t.parse::<crate::topology::units::Percent>().map(|p| p.0);
     }
-    .map_err(|_| format!("'{s}' is not a fraction; write e.g. 10% or 0.1"))?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("'{s}' is outside 0%..100%"));
+    match t.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("'{s}' is outside 0..1; write e.g. 10% or 0.1")),
+        Err(_) => Err(format!("'{s}' is not a fraction; write e.g. 10% or 0.1")),
     }
-    Ok(v)
 }
 
 #[cfg(test)]
@@ -495,7 +473,12 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert!(parse_duration("250").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5h")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+        assert!(parse_duration("2h").is_err() && parse_duration("61m").is_err());
         assert!(parse_duration("abc").is_err());
     }
 

@@ -1,6 +1,7 @@
 //! Topology files and plans: the examples, the published schema, snapshot plans, and a
 //! corpus of bad files, each checked for its exact message.
 
+use lab::shaping::params::Params;
 use lab::topology::{self, plan};
 use std::path::{Path, PathBuf};
 
@@ -54,9 +55,11 @@ fn the_reference_profiles_have_the_reference_values() {
     let (t, _) = topology::load(&root().join("topologies/matrix.yaml")).unwrap();
     let got: Vec<(String, String)> = t
         .profiles
-        .0
         .iter()
-        .map(|(n, p)| (n.clone(), plan::describe_link(&p.link())))
+        .map(|(n, p)| {
+            assert_eq!(p.up, p.down, "{n} shapes both directions alike");
+            (n.clone(), Params::from_link(&p.up).describe())
+        })
         .collect();
     let want = [
         ("baseline", "unshaped"),
@@ -216,8 +219,8 @@ fn planned_commands_are_valid_lab_command_lines() {
             // The emulator's link settings must read back as what the plan says.
             if let lab::cli::Command::Wire(w) = cli.command {
                 let cell = p.cells.iter().find(|c| c.wire_ns == pr.namespace).unwrap();
-                let up: lab::topology::model::Link = serde_json::from_str(&w.up).unwrap();
-                let down: lab::topology::model::Link = serde_json::from_str(&w.down).unwrap();
+                let up: Params = serde_json::from_str(&w.up).unwrap();
+                let down: Params = serde_json::from_str(&w.down).unwrap();
                 assert_eq!((up, down), (cell.up.clone(), cell.down.clone()));
             }
         }

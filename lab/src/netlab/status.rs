@@ -3,7 +3,7 @@
 
 use super::state::{Phase, State};
 use super::sys;
-use crate::topology::plan::{describe_link, run_dir};
+use crate::topology::plan::run_dir;
 use serde_json::json;
 use tabled::settings::Style;
 
@@ -146,7 +146,7 @@ pub fn render(s: &State) -> String {
                 .map(|(n, _)| n.clone())
                 .next()
                 .unwrap_or_else(|| c.id.clone());
-            let (up, down) = (describe_link(&c.up), describe_link(&c.down));
+            let (up, down) = (c.up.describe(), c.down.describe());
             CellRow {
                 cell: c.id.clone(),
                 node,

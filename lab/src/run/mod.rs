@@ -2,7 +2,6 @@
 //! ends of its link, report, check expectations, tear down.
 
 pub mod capture;
-pub mod expect;
 pub mod plots;
 pub mod report;
 
@@ -60,7 +59,7 @@ pub struct Run {
     pub environment: serde_json::Value,
     pub plan: Plan,
     pub cells: Vec<CellResult>,
-    pub expectations: Vec<expect::Outcome>,
+    pub expectations: Vec<crate::topology::expect::Outcome>,
     pub digest_mismatches: Vec<String>,
 }
 
@@ -248,11 +247,7 @@ fn run_cell(
     res.warmup_error = warm.err().map(|e| format!("{e:#}")).or(warm_err);
 
     // Quiet means no frame for 100 ms plus a round trip and its jitter.
-    let one_way = [&cell.up, &cell.down]
-        .iter()
-        .map(|l| l.delay.map_or(Duration::ZERO, |d| d.0) + l.jitter.map_or(Duration::ZERO, |d| d.0))
-        .max()
-        .unwrap_or_default();
+    let one_way = cell.up.max_delay().max(cell.down.max_delay());
     let quiet = Duration::from_millis(100) + one_way * 2;
     let ends = (|| -> Result<_> {
         let cns = sys::open_netns(&cell.client_ns)?;
@@ -438,18 +433,8 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    let approaches: Vec<String> = topo.approaches.iter().map(|x| x.to_string()).collect();
-    let profiles: Vec<String> = topo.profiles.0.iter().map(|(n, _)| n.clone()).collect();
-    let mut expects = Vec::new();
-    for e in &topo.expect {
-        match expect::parse(e, &approaches, &profiles) {
-            Ok(x) => expects.push(x),
-            Err(msg) => {
-                eprintln!("lab: {}: expect: '{e}': {msg}", a.topology.display());
-                return Ok(EXIT_USAGE);
-            }
-        }
-    }
+    let profiles: Vec<String> = topo.profiles.iter().map(|(n, _)| n.clone()).collect();
+    let expects = topo.expect.clone();
     let prompts = if topo.workload.prompts == "reference" {
         lab_clients::prompts::reference()
     } else {
@@ -595,10 +580,11 @@ pub async fn run_cmd(a: RunArgs) -> Result<u8> {
     };
     run.digest_mismatches = report::digest_mismatches(&run);
     for e in &expects {
-        run.expectations
-            .extend(expect::evaluate(e, &profiles, &|ap, pr, m| {
-                report::metric(&run, ap, pr, m)
-            }));
+        run.expectations.extend(crate::topology::expect::evaluate(
+            e,
+            &profiles,
+            &|ap, pr, m| report::metric(&run, ap, pr, m),
+        ));
     }
     let text = report::render(&run);
     println!("\n{text}");

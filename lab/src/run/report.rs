@@ -2,7 +2,6 @@
 //! a [`Run`], so `run.json` alone can be rendered again.
 
 use super::{CellResult, Run};
-use crate::topology::plan::describe_link;
 use lab_clients::record::{Summary, summary_table};
 use tabled::settings::Style;
 
@@ -173,7 +172,7 @@ pub fn render(run: &Run) -> String {
     for p in profiles(run) {
         let cells = cells_of(run, &p);
         let link = cells.first().map(|c| {
-            let (u, d) = (describe_link(&c.cell.up), describe_link(&c.cell.down));
+            let (u, d) = (c.cell.up.describe(), c.cell.down.describe());
             if u == d {
                 u
             } else {
@@ -261,7 +260,7 @@ pub fn render(run: &Run) -> String {
                 rows.push(LinkRow {
                     cell: format!("{} {}@{}", c.cell.id, c.cell.approach, c.cell.profile),
                     direction: dir,
-                    configured: describe_link(link),
+                    configured: link.describe(),
                     sent: sent.ip_packets,
                     delivered: got.ip_packets,
                     loss: if sent.ip_packets > 0 {

@@ -7,15 +7,13 @@ pub mod params;
 pub mod wire;
 
 use crate::cli::WireArgs;
-use crate::topology::model::Link;
 use anyhow::{Context, Result};
 use params::Params;
 
 fn link(json: &str, which: &str) -> Result<Params> {
-    let l: Link = serde_json::from_str(json).with_context(|| {
-        format!("--{which} is not a link in JSON, e.g. {{\"delay\":\"50ms\",\"loss\":\"1%\"}}")
-    })?;
-    Ok(Params::from_link(&l))
+    serde_json::from_str(json).with_context(|| {
+        format!("--{which} is not a direction's resolved settings in JSON, as `lab plan --json` shows them")
+    })
 }
 
 /// `lab wire`: runs the userspace link emulator in the foreground (synchronous; no
@@ -67,10 +65,9 @@ pub fn apply_kernel(
     for c in &plan.cells {
         let fd = &wire_ns[&c.wire_ns];
         crate::netlab::sys::in_netns(fd, || {
-            for (ifname, link) in [("to-server", &c.up), ("to-client", &c.down)] {
-                let p = Params::from_link(link);
+            for (ifname, p) in [("to-server", &c.up), ("to-client", &c.down)] {
                 if !p.is_identity() {
-                    kernel::apply(ifname, "netem", kernel::netem_options(&p, Some(plan.seed))?)
+                    kernel::apply(ifname, "netem", kernel::netem_options(p, Some(plan.seed))?)
                         .with_context(|| format!("cell {}: {ifname}", c.id))?;
                 }
             }

@@ -1,5 +1,7 @@
 //! A direction's link settings, resolved from the topology into plain numbers, and the
-//! defaults both backends share. Pure.
+//! defaults both backends share. Pure. The plan resolves each direction once; the
+//! kernel backend's encoders, `lab wire`'s engine, `lab run`'s quiet times and every
+//! description read these numbers, never the topology's fields.
 
 use crate::topology::model::{Distribution, Link};
 use crate::topology::units::Size;
@@ -13,20 +15,16 @@ pub const UNLIMITED_RATE_BPS: u64 = 10_000_000_000;
 /// Frame size assumed for the queue-limit default.
 pub const FULL_FRAME: u64 = 1514;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
+    #[default]
     None,
     /// Independent loss with this probability.
     Random(f64),
     /// netem's Gilbert-Elliott model: p (good to bad), r (bad to good), h (1 - loss in
     /// bad), k (1 - loss in good).
-    GilbertElliott {
-        p: f64,
-        r: f64,
-        h: f64,
-        k: f64,
-    },
+    GilbertElliott { p: f64, r: f64, h: f64, k: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,24 +34,57 @@ pub enum Limit {
     Bytes(u64),
 }
 
-/// One direction's settings, as numbers.
+/// One direction's settings, as numbers: what the plan carries for each direction of
+/// each cell, and what both backends apply. Computed once, from the topology, by
+/// [`Params::from_link`]. In JSON, settings that change nothing are left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
+    #[serde(
+        with = "crate::topology::units::as_dur",
+        default,
+        skip_serializing_if = "Duration::is_zero"
+    )]
     pub delay: Duration,
+    #[serde(
+        with = "crate::topology::units::as_dur",
+        default,
+        skip_serializing_if = "Duration::is_zero"
+    )]
     pub jitter: Duration,
     /// Normal jitter (else uniform).
+    #[serde(default, skip_serializing_if = "is_false")]
     pub normal: bool,
+    #[serde(default, skip_serializing_if = "is_no_loss")]
     pub loss: Loss,
     /// Bits per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
     /// Bytes added to each packet's length for the rate.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub overhead: i64,
     pub limit: Limit,
     /// Whether `limit` came from the topology (else it is the computed default).
+    #[serde(default, skip_serializing_if = "is_false")]
     pub limit_set: bool,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub reorder: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub duplicate: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub corrupt: f64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+fn is_no_loss(l: &Loss) -> bool {
+    *l == Loss::None
+}
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// The default queue limit: netem's 1000 packets, or twice the rate-delay product in
@@ -99,6 +130,68 @@ impl Params {
             reorder: l.reorder.map_or(0.0, |p| p.0),
             duplicate: l.duplicate.map_or(0.0, |p| p.0),
             corrupt: l.corrupt.map_or(0.0, |p| p.0),
+        }
+    }
+
+    /// The longest one-way delay a packet can see: the delay plus its jitter.
+    pub fn max_delay(&self) -> Duration {
+        self.delay + self.jitter
+    }
+
+    /// One line describing these settings, in tc's words, e.g. `delay 200ms, loss 5%`.
+    pub fn describe(&self) -> String {
+        use crate::topology::units::{Dur, Percent, Rate, Size};
+        let mut parts = Vec::new();
+        if !self.delay.is_zero() || !self.jitter.is_zero() {
+            let mut s = format!("delay {}", Dur(self.delay));
+            if !self.jitter.is_zero() {
+                s.push_str(&format!(" ± {}", Dur(self.jitter)));
+                if self.normal {
+                    s.push_str(" normal");
+                }
+            }
+            parts.push(s);
+        }
+        match self.loss {
+            Loss::None => {}
+            Loss::Random(p) => parts.push(format!("loss {}", Percent(p))),
+            Loss::GilbertElliott { p, r, h, k } => parts.push(format!(
+                "loss gemodel p {} r {} 1-h {} 1-k {}",
+                Percent(p),
+                Percent(r),
+                Percent(1.0 - h),
+                Percent(1.0 - k)
+            )),
+        }
+        if let Some(r) = self.rate {
+            let mut s = format!("rate {}", Rate(r));
+            if self.overhead != 0 {
+                s.push_str(&format!(" overhead {}", self.overhead));
+            }
+            parts.push(s);
+        }
+        if self.limit_set {
+            parts.push(format!(
+                "limit {}",
+                match self.limit {
+                    Limit::Packets(n) => Size::Packets(n),
+                    Limit::Bytes(n) => Size::Bytes(n),
+                }
+            ));
+        }
+        for (name, v) in [
+            ("reorder", self.reorder),
+            ("duplicate", self.duplicate),
+            ("corrupt", self.corrupt),
+        ] {
+            if v > 0.0 {
+                parts.push(format!("{name} {}", Percent(v)));
+            }
+        }
+        if parts.is_empty() {
+            "unshaped".into()
+        } else {
+            parts.join(", ")
         }
     }
 
@@ -165,5 +258,12 @@ mod tests {
             }
         );
         assert!(Params::from_link(&Link::default()).is_identity());
+        // JSON leaves out what changes nothing, and reads back the same.
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"delay":"200ms","loss":{"random":0.05},"rate":100000,"limit":{"packets":1000}}"#
+        );
+        assert_eq!(serde_json::from_str::<Params>(&json).unwrap(), p);
     }
 }

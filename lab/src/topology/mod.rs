@@ -2,6 +2,7 @@
 //! into a [`plan::Plan`] of namespaces, links, addresses and processes. All pure code;
 //! the privileged layer that carries out a plan comes with `lab up`.
 
+pub mod expect;
 pub mod model;
 pub mod parse;
 pub mod plan;

@@ -7,10 +7,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+// Parsed by `super::parse`, which reports every problem at once; this type's serde
+// attributes give the published schema.
 /// A lab: approaches under network profiles, an LLM upstream, a workload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(title = "lab topology")]
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(title = "lab topology", deny_unknown_fields)]
 pub struct Topology {
     /// The lab's name: 1 to 24 characters of a-z, 0-9 and '-', starting with a letter.
     /// Namespaces are named `lab-<name>-...`.
@@ -22,8 +23,8 @@ pub struct Topology {
     #[serde(default)]
     pub llm: Llm,
     /// Network profiles by name, in the order they run.
-    #[schemars(with = "BTreeMap<String, Profile>")]
-    pub profiles: Profiles,
+    #[schemars(with = "BTreeMap<String, WrittenProfile>")]
+    pub profiles: Vec<(String, Profile)>,
     /// What each cell's client runs.
     #[serde(default)]
     pub workload: Workload,
@@ -32,7 +33,8 @@ pub struct Topology {
     pub shaping: Shaping,
     /// Expectations checked at the end of `lab run`, e.g. `wt.wire_bytes_per_token < sse.wire_bytes_per_token`.
     #[serde(default)]
-    pub expect: Vec<String>,
+    #[schemars(with = "Vec<String>", extend("default" = []))]
+    pub expect: Vec<super::expect::Expect>,
     /// Enable IPv6 on lab interfaces (off by default: it only adds noise to captures).
     #[serde(default)]
     pub ipv6: bool,
@@ -40,44 +42,6 @@ pub struct Topology {
 
 pub fn all_approaches() -> Vec<Approach> {
     crate::approach::all().collect()
-}
-
-/// Profiles in file order.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Profiles(pub Vec<(String, Profile)>);
-
-impl Serialize for Profiles {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Profiles {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Profiles;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a mapping of profile names to profiles")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Profiles, A::Error> {
-                let mut v = Vec::new();
-                while let Some((k, p)) = a.next_entry()? {
-                    v.push((k, p));
-                }
-                Ok(Profiles(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// The LLM upstream.
@@ -180,34 +144,14 @@ pub struct Link {
     pub corrupt: Option<Percent>,
 }
 
-// The first fields repeat `Link`'s: serde cannot combine `flatten` with
-// `deny_unknown_fields`, and strictness matters more here.
+// The profile as written; the parser resolves it into a `Profile`. This type gives the
+// schema.
 /// A network profile: impairments for both directions, optionally per direction.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub distribution: Option<Distribution>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<Percent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gilbert_elliott: Option<GilbertElliott>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Rate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overhead: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<Size>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reorder: Option<Percent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate: Option<Percent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub corrupt: Option<Percent>,
+#[derive(Debug, Clone, PartialEq, Default, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Profile")]
+pub struct WrittenProfile {
+    #[serde(flatten)]
+    pub link: Link,
     /// Which directions the profile's own fields shape: both (default), up (client to
     /// server only, as the reference's pf rules did) or down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,23 +164,16 @@ pub struct Profile {
     pub down: Option<Link>,
 }
 
-impl Profile {
-    /// The profile's own link fields.
-    pub fn link(&self) -> Link {
-        Link {
-            delay: self.delay,
-            jitter: self.jitter,
-            distribution: self.distribution,
-            loss: self.loss,
-            gilbert_elliott: self.gilbert_elliott,
-            rate: self.rate,
-            overhead: self.overhead,
-            limit: self.limit,
-            reorder: self.reorder,
-            duplicate: self.duplicate,
-            corrupt: self.corrupt,
-        }
-    }
+/// The profile's keys besides the link fields.
+pub const PROFILE_KEYS: [&str; 3] = ["direction", "up", "down"];
+
+/// A network profile, resolved per direction: `direction`, `up:` and `down:` applied.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Profile {
+    /// Client to server.
+    pub up: Link,
+    /// Server to client.
+    pub down: Link,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -2,13 +2,21 @@
 //!
 //! The file is loaded into a YAML tree that keeps each node's line (marked-yaml; a serde
 //! deserializer such as serde_yaml_ng stops at the first error and keeps no positions).
-//! Each top-level section, each profile and each list item is then deserialized on its
-//! own, so one mistake does not hide the next, and the checks that span sections run
-//! last. Every [`Diagnostic`] names the file, line, field, what is wrong and what would
-//! be valid.
+//! Each section is then checked field by field: every field of a section is
+//! deserialized on its own, so two mistakes in one profile are both reported, and a
+//! section is built only from the fields that passed. The checks that span fields or
+//! sections run last. Every [`Diagnostic`] names the file, line, column, field, what is
+//! wrong and what would be valid.
+//!
+//! Profiles are resolved here, from the fields as written to one link per direction
+//! ([`Profile`]): `direction` picks the directions the profile's own fields shape, and
+//! `up:`/`down:` fields replace them for their direction. Link checks run on the
+//! resolved links and point at the field that was written.
 
+use super::expect::{self, Expect};
 use super::model::*;
 use crate::approach::Approach;
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoaderOptions, Node};
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -72,30 +80,66 @@ const TOP_FIELDS: &[&str] = &[
     "ipv6",
 ];
 
+/// A line and column.
+type At = (usize, usize);
+
 struct Ctx<'a> {
     file: &'a str,
     out: Vec<Diagnostic>,
 }
 
-fn pos(node: &Node) -> (usize, usize) {
+fn pos(node: &Node) -> At {
     node.span()
         .start()
         .map_or((1, 1), |m| (m.line(), m.column()))
 }
 
+fn key_pos(key: &MarkedScalarNode) -> At {
+    key.span()
+        .start()
+        .map_or((1, 1), |m| (m.line(), m.column()))
+}
+
+/// A field as written: its key, value and dotted path.
+#[derive(Clone)]
+struct Field<'a> {
+    key: &'a MarkedScalarNode,
+    value: &'a Node,
+    path: String,
+}
+
+impl Field<'_> {
+    fn name(&self) -> &str {
+        self.key.as_str()
+    }
+    fn at(&self) -> At {
+        key_pos(self.key)
+    }
+}
+
 impl Ctx<'_> {
-    fn push(&mut self, at: (usize, usize), field: &str, message: impl Into<String>) {
-        self.out.push(Diagnostic {
+    fn push(&mut self, at: At, field: &str, message: impl Into<String>) {
+        let d = Diagnostic {
             file: self.file.to_owned(),
             line: at.0,
             column: at.1,
             field: field.to_owned(),
             message: message.into(),
-        });
+        };
+        // A link check on a field that both directions inherit fires twice.
+        if !self.out.contains(&d) {
+            self.out.push(d);
+        }
     }
 
-    /// Deserializes one node, recording its error.
-    fn de<T: DeserializeOwned>(&mut self, node: &Node, field: &str) -> Option<T> {
+    /// Deserializes one node, recording its error. `also` lists keys the caller accepts
+    /// besides `T`'s fields, for the list of valid fields in an "unknown field" message.
+    fn de_with<T: DeserializeOwned>(
+        &mut self,
+        node: &Node,
+        field: &str,
+        also: &[&str],
+    ) -> Option<T> {
         match marked_yaml::from_node::<T>(node) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -111,18 +155,78 @@ impl Ctx<'_> {
                     Some(s) => format!("{field}.{s}"),
                     None => field.to_owned(),
                 };
-                self.push(at, &field, describe(&inner));
+                self.push(at, &field, describe(&inner, also));
                 None
             }
         }
     }
+
+    fn de<T: DeserializeOwned>(&mut self, node: &Node, field: &str) -> Option<T> {
+        self.de_with(node, field, &[])
+    }
+
+    /// Checks a section of optional fields one field at a time: each bad field is
+    /// reported, and the good ones are returned. Keys in `also` are returned unchecked,
+    /// for the caller. None if the node is not a mapping.
+    fn fields<'n, T: DeserializeOwned>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        also: &[&str],
+    ) -> Option<(Vec<Field<'n>>, Vec<Field<'n>>)> {
+        let Some(map) = node.as_mapping() else {
+            self.push(pos(node), path, "expected a mapping of fields");
+            return None;
+        };
+        let (mut good, mut extra) = (Vec::new(), Vec::new());
+        for (k, v) in map.iter() {
+            let f = Field {
+                key: k,
+                value: v,
+                path: format!("{path}.{}", k.as_str()),
+            };
+            if also.contains(&k.as_str()) {
+                extra.push(f);
+                continue;
+            }
+            let one = mapping(node, std::slice::from_ref(&f));
+            if self.de_with::<T>(&one, path, also).is_some() {
+                good.push(f);
+            }
+        }
+        Some((good, extra))
+    }
+
+    /// A section of optional fields, built from the fields that pass; every bad field is
+    /// reported. None if the node is not a mapping.
+    fn section<T: DeserializeOwned + Default>(&mut self, node: &Node, path: &str) -> Option<T> {
+        let (good, _) = self.fields::<T>(node, path, &[])?;
+        Some(build(node, &good))
+    }
 }
 
-fn describe(e: &marked_yaml::Error) -> String {
+/// A mapping node of `fields`, at `at`'s position.
+fn mapping(at: &Node, fields: &[Field<'_>]) -> Node {
+    let mut m = MarkedMappingNode::new_empty(*at.span());
+    for f in fields {
+        m.insert(f.key.clone(), f.value.clone());
+    }
+    Node::Mapping(m)
+}
+
+/// Builds `T` from fields that each deserialized on their own.
+fn build<T: DeserializeOwned + Default>(at: &Node, fields: &[Field<'_>]) -> T {
+    // Each field passed alone and none depends on another, so this cannot fail; the
+    // default is a fallback that no test has seen.
+    marked_yaml::from_node(&mapping(at, fields)).unwrap_or_default()
+}
+
+fn describe(e: &marked_yaml::Error, also: &[&str]) -> String {
     use marked_yaml::Error::*;
     match e {
         UnknownFieldError(name, valid, _) => {
-            format!("unknown field '{name}'; valid fields: {}", valid.join(", "))
+            let all: Vec<&str> = valid.iter().copied().chain(also.iter().copied()).collect();
+            format!("unknown field '{name}'; valid fields: {}", all.join(", "))
         }
         NotBoolean(_) => "expected true or false".into(),
         IntegerParseFailure(err, _) => format!("expected a whole number ({err})"),
@@ -193,15 +297,13 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut profiles: Option<Vec<(String, Profile)>> = None;
     let mut workload = None;
     let mut shaping = None;
-    let mut expect = None;
+    let mut expect_texts = None;
     let mut ipv6 = None;
     let mut name_at = (1, 1);
-    let mut llm_at = (1, 1);
     let mut approaches_at = (1, 1);
 
     for (k, v) in map.iter() {
-        let key = k.as_str();
-        match key {
+        match k.as_str() {
             "name" => {
                 name_at = pos(v);
                 name = cx.de::<String>(v, "name");
@@ -218,57 +320,17 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                         }
                         approaches = Some(list);
                     }
-                    None => cx.push(pos(v), "approaches", format!("expected a list, e.g. [{}]", crate::approach::names())),
+                    None => cx.push(
+                        pos(v),
+                        "approaches",
+                        format!("expected a list, e.g. [{}]", crate::approach::names()),
+                    ),
                 }
             }
-            "llm" => {
-                llm_at = pos(v);
-                llm = cx.de::<Llm>(v, "llm");
-            }
-            "profiles" => match v.as_mapping() {
-                Some(pm) => {
-                    let mut list = Vec::new();
-                    for (pk, pv) in pm.iter() {
-                        let pname = pk.as_str().to_owned();
-                        let field = format!("profiles.{pname}");
-                        let at = pk.span().start().map_or((1, 1), |m| (m.line(), m.column()));
-                        if !is_name(&pname, MAX_PROFILE) {
-                            cx.push(
-                                at,
-                                &field,
-                                format!(
-                                    "invalid profile name '{pname}': use 1 to {MAX_PROFILE} characters of a-z, 0-9 and '-', starting with a letter"
-                                ),
-                            );
-                        }
-                        if let Some(p) = cx.de::<Profile>(pv, &field) {
-                            check_profile(&mut cx, &field, at, &p);
-                            list.push((pname, p));
-                        }
-                    }
-                    if pm.is_empty() {
-                        cx.push(pos(v), "profiles", "no profiles: add at least one, e.g. `baseline: {}`");
-                    }
-                    profiles = Some(list);
-                }
-                None => cx.push(
-                    pos(v),
-                    "profiles",
-                    "expected a mapping of profile names to settings, e.g. `degraded: { delay: 200ms, loss: 5% }`",
-                ),
-            },
-            "workload" => {
-                if let Some(w) = cx.de::<Workload>(v, "workload") {
-                    if w.repeat == 0 {
-                        cx.push(pos(v), "workload.repeat", "must be at least 1");
-                    }
-                    if w.prompts.trim().is_empty() {
-                        cx.push(pos(v), "workload.prompts", "empty; use `reference` or a prompts file");
-                    }
-                    workload = Some(w);
-                }
-            }
-            "shaping" => shaping = cx.de::<Shaping>(v, "shaping"),
+            "llm" => llm = parse_llm(&mut cx, v),
+            "profiles" => profiles = parse_profiles(&mut cx, v),
+            "workload" => workload = parse_workload(&mut cx, v),
+            "shaping" => shaping = cx.section::<Shaping>(v, "shaping"),
             "expect" => match v.as_sequence() {
                 Some(seq) => {
                     let mut list = Vec::new();
@@ -276,28 +338,37 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                         if let Some(s) = cx.de::<String>(item, &format!("expect[{i}]")) {
                             if s.trim().is_empty() {
                                 cx.push(pos(item), &format!("expect[{i}]"), "empty expectation");
+                            } else {
+                                list.push((s, pos(item), i));
                             }
-                            list.push((s, pos(item), i));
                         }
                     }
-                    expect = Some(list);
+                    expect_texts = Some(list);
                 }
                 None => cx.push(pos(v), "expect", "expected a list of expressions"),
             },
             "ipv6" => ipv6 = cx.de::<bool>(v, "ipv6"),
-            other => {
-                let at = k.span().start().map_or((1, 1), |m| (m.line(), m.column()));
-                cx.push(at, other, format!("unknown field '{other}'; valid fields: {}", TOP_FIELDS.join(", ")));
-            }
+            other => cx.push(
+                key_pos(k),
+                other,
+                format!(
+                    "unknown field '{other}'; valid fields: {}",
+                    TOP_FIELDS.join(", ")
+                ),
+            ),
         }
     }
 
     match &name {
-        None if !map.contains_key("name") => cx.push((1, 1), "name", "missing: every topology needs a `name`"),
+        None if !map.contains_key("name") => {
+            cx.push((1, 1), "name", "missing: every topology needs a `name`")
+        }
         Some(n) if !is_name(n, MAX_NAME) => cx.push(
             name_at,
             "name",
-            format!("invalid name '{n}': use 1 to {MAX_NAME} characters of a-z, 0-9 and '-', starting with a letter"),
+            format!(
+                "invalid name '{n}': use 1 to {MAX_NAME} characters of a-z, 0-9 and '-', starting with a letter"
+            ),
         ),
         _ => {}
     }
@@ -328,18 +399,14 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         }
         None => all_approaches(),
     };
-    if let Some(l) = &llm {
-        check_llm(&mut cx, llm_at, l);
-    }
     // Expectations name approaches and profiles of this topology.
     let names: Vec<String> = approaches_list.iter().map(|a| a.to_string()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
-    for (text, at, i) in expect.iter().flatten() {
-        if text.trim().is_empty() {
-            continue;
-        }
-        if let Err(msg) = crate::run::expect::parse(text, &names, &profile_names) {
-            cx.push(*at, &format!("expect[{i}]"), msg);
+    let mut expects: Vec<Expect> = Vec::new();
+    for (text, at, i) in expect_texts.iter().flatten() {
+        match expect::parse(text, &names, &profile_names) {
+            Ok(e) => expects.push(e),
+            Err(msg) => cx.push(*at, &format!("expect[{i}]"), msg),
         }
     }
 
@@ -348,14 +415,10 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             name: name.unwrap_or_default(),
             approaches: approaches_list,
             llm: llm.unwrap_or_default(),
-            profiles: Profiles(profiles.unwrap_or_default()),
+            profiles: profiles.unwrap_or_default(),
             workload: workload.unwrap_or_default(),
             shaping: shaping.unwrap_or_default(),
-            expect: expect
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, _, _)| s)
-                .collect(),
+            expect: expects,
             ipv6: ipv6.unwrap_or(false),
         })
     } else {
@@ -364,11 +427,29 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     }
 }
 
-fn check_llm(cx: &mut Ctx<'_>, at: (usize, usize), l: &Llm) {
-    if l.mock.is_some() && l.url.is_some() {
-        cx.push(at, "llm", "give either `mock` or `url`, not both");
+fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
+    let (good, extra) = cx.fields::<Llm>(v, "llm", &["mock"])?;
+    let mut l: Llm = build(v, &good);
+    for f in &extra {
+        l.mock = cx.section::<MockSpec>(f.value, &f.path);
+    }
+    let at = pos(v);
+    // Where a field's value was written, for problems with the value.
+    let field_at = |name: &str| {
+        good.iter()
+            .chain(&extra)
+            .find(|f| f.name() == name)
+            .map_or(at, |f| pos(f.value))
+    };
+    if extra.iter().any(|f| f.name() == "mock") && good.iter().any(|f| f.name() == "url") {
+        cx.push(
+            field_at("url"),
+            "llm",
+            "give either `mock` or `url`, not both",
+        );
     }
     if let Some(u) = &l.url {
+        let at = field_at("url");
         match u.parse::<http::Uri>() {
             Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
                 if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/")) {
@@ -396,61 +477,164 @@ fn check_llm(cx: &mut Ctx<'_>, at: (usize, usize), l: &Llm) {
         }
     }
     if l.model.trim().is_empty() {
-        cx.push(at, "llm.model", "empty model name");
+        cx.push(field_at("model"), "llm.model", "empty model name");
     }
+    Some(l)
 }
 
-fn check_link(cx: &mut Ctx<'_>, field: &str, at: (usize, usize), l: &Link) {
-    if l.loss.is_some() && l.gilbert_elliott.is_some() {
+fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
+    let (good, _) = cx.fields::<Workload>(v, "workload", &[])?;
+    let w: Workload = build(v, &good);
+    let at = |name: &str| {
+        good.iter()
+            .find(|f| f.name() == name)
+            .map_or(pos(v), Field::at)
+    };
+    if w.repeat == 0 {
+        cx.push(at("repeat"), "workload.repeat", "must be at least 1");
+    }
+    if w.prompts.trim().is_empty() {
         cx.push(
-            at,
-            field,
-            "give either `loss` (random) or `gilbert_elliott` (bursts), not both",
+            at("prompts"),
+            "workload.prompts",
+            "empty; use `reference` or a prompts file",
         );
     }
-    if l.distribution.is_some() && l.jitter.is_none() {
-        cx.push(
-            at,
-            &format!("{field}.distribution"),
-            "has no effect without `jitter`",
-        );
-    }
-    if l.reorder.is_some() && l.delay.is_none_or(|d| d.0.is_zero()) {
-        cx.push(
-            at,
-            &format!("{field}.reorder"),
-            "reordering needs a `delay` to reorder against",
-        );
-    }
-    if l.overhead.is_some() && l.rate.is_none() {
-        cx.push(
-            at,
-            &format!("{field}.overhead"),
-            "has no effect without `rate`",
-        );
-    }
+    Some(w)
 }
 
-fn check_profile(cx: &mut Ctx<'_>, field: &str, at: (usize, usize), p: &Profile) {
-    check_link(cx, field, at, &p.link());
-    if let Some(u) = &p.up {
-        check_link(cx, &format!("{field}.up"), at, u);
+fn parse_profiles(cx: &mut Ctx<'_>, v: &Node) -> Option<Vec<(String, Profile)>> {
+    let Some(pm) = v.as_mapping() else {
+        cx.push(
+            pos(v),
+            "profiles",
+            "expected a mapping of profile names to settings, e.g. `degraded: { delay: 200ms, loss: 5% }`",
+        );
+        return None;
+    };
+    if pm.is_empty() {
+        cx.push(
+            pos(v),
+            "profiles",
+            "no profiles: add at least one, e.g. `baseline: {}`",
+        );
     }
-    if let Some(d) = &p.down {
-        check_link(cx, &format!("{field}.down"), at, d);
+    let mut list = Vec::new();
+    for (pk, pv) in pm.iter() {
+        let pname = pk.as_str().to_owned();
+        let path = format!("profiles.{pname}");
+        if !is_name(&pname, MAX_PROFILE) {
+            cx.push(
+                key_pos(pk),
+                &path,
+                format!(
+                    "invalid profile name '{pname}': use 1 to {MAX_PROFILE} characters of a-z, 0-9 and '-', starting with a letter"
+                ),
+            );
+        }
+        if let Some(p) = parse_profile(cx, pv, &path) {
+            list.push((pname, p));
+        }
     }
-    match p.direction {
-        Some(Direction::Up) if p.down.is_some() => cx.push(
-            at,
-            &format!("{field}.direction"),
+    Some(list)
+}
+
+/// One profile: its own link fields, `direction`, `up:` and `down:`, resolved per
+/// direction.
+fn parse_profile(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<Profile> {
+    let (own, extra) = cx.fields::<Link>(v, path, &PROFILE_KEYS)?;
+    let mut direction = Direction::Both;
+    let mut up: Option<(Field<'_>, Vec<Field<'_>>)> = None;
+    let mut down: Option<(Field<'_>, Vec<Field<'_>>)> = None;
+    for f in &extra {
+        match f.name() {
+            "direction" => {
+                if let Some(d) = cx.de::<Direction>(f.value, &f.path) {
+                    direction = d;
+                }
+            }
+            side => {
+                if let Some((good, _)) = cx.fields::<Link>(f.value, &f.path, &[]) {
+                    let slot = if side == "up" { &mut up } else { &mut down };
+                    *slot = Some((f.clone(), good));
+                }
+            }
+        }
+    }
+    let dir_at = extra
+        .iter()
+        .find(|f| f.name() == "direction")
+        .map(Field::at);
+    match (direction, &up, &down) {
+        (Direction::Up, _, Some((d, _))) => cx.push(
+            dir_at.unwrap_or(d.at()),
+            &format!("{path}.direction"),
             "`direction: up` leaves the down direction unshaped, but `down:` is given; remove one",
         ),
-        Some(Direction::Down) if p.up.is_some() => cx.push(
-            at,
-            &format!("{field}.direction"),
+        (Direction::Down, Some((u, _)), _) => cx.push(
+            dir_at.unwrap_or(u.at()),
+            &format!("{path}.direction"),
             "`direction: down` leaves the up direction unshaped, but `up:` is given; remove one",
         ),
         _ => {}
+    }
+    let up_fields = resolve(&own, direction != Direction::Down, &up);
+    let down_fields = resolve(&own, direction != Direction::Up, &down);
+    check_link(cx, &up_fields);
+    check_link(cx, &down_fields);
+    Some(Profile {
+        up: build(v, &up_fields),
+        down: build(v, &down_fields),
+    })
+}
+
+/// A direction's fields: the profile's own if they shape it, each replaced by the same
+/// field of the direction's own section.
+fn resolve<'n>(
+    own: &[Field<'n>],
+    shaped: bool,
+    side: &Option<(Field<'n>, Vec<Field<'n>>)>,
+) -> Vec<Field<'n>> {
+    let mut fields: Vec<Field<'n>> = if shaped { own.to_vec() } else { Vec::new() };
+    for f in side.iter().flat_map(|(_, s)| s) {
+        fields.retain(|o| o.name() != f.name());
+        fields.push(f.clone());
+    }
+    fields
+}
+
+/// Checks that span a direction's fields; each problem points at a field as written.
+fn check_link(cx: &mut Ctx<'_>, fields: &[Field<'_>]) {
+    let get = |name: &str| fields.iter().find(|f| f.name() == name);
+    let zero_delay = get("delay").is_none_or(|f| {
+        marked_yaml::from_node::<super::units::Dur>(f.value).is_ok_and(|d| d.0.is_zero())
+    });
+    if let (Some(loss), Some(ge)) = (get("loss"), get("gilbert_elliott")) {
+        let later = if ge.at() > loss.at() { ge } else { loss };
+        cx.push(
+            later.at(),
+            &later.path,
+            "give either `loss` (random) or `gilbert_elliott` (bursts), not both",
+        );
+    }
+    for (field, needs, message) in [
+        ("distribution", "jitter", "has no effect without `jitter`"),
+        ("overhead", "rate", "has no effect without `rate`"),
+    ] {
+        if let Some(f) = get(field)
+            && get(needs).is_none()
+        {
+            cx.push(f.at(), &f.path, message);
+        }
+    }
+    if let Some(f) = get("reorder")
+        && zero_delay
+    {
+        cx.push(
+            f.at(),
+            &f.path,
+            "reordering needs a `delay` to reorder against",
+        );
     }
 }
 
@@ -465,7 +649,7 @@ mod tests {
         assert_eq!(t.llm.model, "gemma3:12b");
         assert_eq!(t.workload.repeat, 1);
         assert_eq!(t.shaping.backend, Backend::Auto);
-        assert_eq!(t.profiles.0.len(), 1);
+        assert_eq!(t.profiles.len(), 1);
     }
 
     #[test]
@@ -475,11 +659,28 @@ mod tests {
             "name: x\nprofiles:\n  z-last: { delay: 200ms }\n  a-first: { loss: 5%, rate: 100kbit, limit: 64kb }\n",
         )
         .unwrap();
-        let names: Vec<&str> = t.profiles.0.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = t.profiles.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["z-last", "a-first"], "file order is kept");
-        let p = &t.profiles.0[1].1;
-        assert_eq!(p.loss.unwrap().0, 0.05);
-        assert_eq!(p.rate.unwrap().0, 100_000);
+        let p = &t.profiles[1].1;
+        assert_eq!(p.up.loss.unwrap().0, 0.05);
+        assert_eq!(p.down.rate.unwrap().0, 100_000);
+    }
+
+    #[test]
+    fn directions_resolve_from_the_fields_as_written() {
+        let t = parse(
+            "t.yaml",
+            "name: x\nprofiles:\n  a: { delay: 20ms, loss: 1%, down: { loss: 2%, rate: 1mbit } }\n  b: { delay: 200ms, direction: up }\n  c: { direction: down, jitter: 5ms, delay: 10ms }\n",
+        )
+        .unwrap();
+        let (a, b, c) = (&t.profiles[0].1, &t.profiles[1].1, &t.profiles[2].1);
+        assert_eq!(a.up.loss.unwrap().0, 0.01);
+        assert_eq!(a.down.loss.unwrap().0, 0.02);
+        assert_eq!(a.down.delay, a.up.delay, "down keeps the profile's delay");
+        assert!(a.up.rate.is_none() && a.down.rate.is_some());
+        assert!(b.up.delay.is_some() && b.down == Link::default());
+        assert_eq!(c.up, Link::default(), "direction: down leaves up unshaped");
+        assert_eq!(c.down.jitter.unwrap().to_string(), "5ms");
     }
 
     #[test]
@@ -520,6 +721,28 @@ mod tests {
             lines[5].starts_with("bad.yaml:7:") && lines[5].contains("unknown field 'extra'"),
             "{}",
             lines[5]
+        );
+    }
+
+    #[test]
+    fn two_mistakes_in_one_section_are_both_reported() {
+        let text = "name: x\nprofiles:\n  p: { delay: 200, loss: 5, up: { rate: 1kbps, jitter: x } }\nllm: { model: '', mock: { ttft: 1, tbt: 2 } }\nworkload: { repeat: 0, timeout: 3 }\n";
+        let e = parse("t.yaml", text).unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "profiles.p.delay",
+                "profiles.p.loss",
+                "profiles.p.up.rate",
+                "profiles.p.up.jitter",
+                "llm.model",
+                "llm.mock.ttft",
+                "llm.mock.tbt",
+                "workload.repeat",
+                "workload.timeout",
+            ],
+            "{e}"
         );
     }
 }

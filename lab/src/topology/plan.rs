@@ -15,6 +15,7 @@
 use super::model::*;
 use super::units::{Dur, Percent};
 use crate::approach::{Approach, Model};
+use crate::shaping::params::Params;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -35,9 +36,6 @@ pub fn run_dir(name: &str) -> String {
 
 /// `namespace` of a process that runs in the host's namespace (the relay).
 pub const HOST: &str = "host";
-
-/// Link settings of one direction; `None` fields are not shaped.
-pub type LinkSpec = Link;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -84,10 +82,10 @@ pub struct Cell {
     pub server_llm_addr: Ipv4Addr,
     pub port: u16,
     pub url: String,
-    /// Client to server.
-    pub up: LinkSpec,
-    /// Server to client.
-    pub down: LinkSpec,
+    /// Client to server, resolved.
+    pub up: Params,
+    /// Server to client, resolved.
+    pub down: Params,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,41 +106,6 @@ pub struct Process {
     pub namespace: String,
     pub role: String,
     pub argv: Vec<String>,
-}
-
-fn merge(base: &Link, over: &Link) -> Link {
-    Link {
-        delay: over.delay.or(base.delay),
-        jitter: over.jitter.or(base.jitter),
-        distribution: over.distribution.or(base.distribution),
-        loss: over.loss.or(base.loss),
-        gilbert_elliott: over.gilbert_elliott.or(base.gilbert_elliott),
-        rate: over.rate.or(base.rate),
-        overhead: over.overhead.or(base.overhead),
-        limit: over.limit.or(base.limit),
-        reorder: over.reorder.or(base.reorder),
-        duplicate: over.duplicate.or(base.duplicate),
-        corrupt: over.corrupt.or(base.corrupt),
-    }
-}
-
-/// The settings of each direction: (up, down).
-pub fn directions(p: &Profile) -> (LinkSpec, LinkSpec) {
-    let base = p.link();
-    let none = Link::default();
-    let (up_base, down_base) = match p.direction.unwrap_or(Direction::Both) {
-        Direction::Both => (&base, &base),
-        Direction::Up => (&base, &none),
-        Direction::Down => (&none, &base),
-    };
-    let up =
-        p.up.as_ref()
-            .map_or_else(|| up_base.clone(), |u| merge(up_base, u));
-    let down = p
-        .down
-        .as_ref()
-        .map_or_else(|| down_base.clone(), |d| merge(down_base, d));
-    (up, down)
 }
 
 /// The shaping backend that builds the lab.
@@ -176,7 +139,7 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
             }
         }
         for c in &p.cells {
-            let json = |l: &Link| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
+            let json = |l: &Params| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
             p.processes.push(Process {
                 namespace: c.wire_ns.clone(),
                 role: "wire".into(),
@@ -208,7 +171,7 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
 
 /// Computes the plan. Fails only when the lab has more cells than addresses.
 pub fn plan(t: &Topology) -> Result<Plan, String> {
-    let ncells = t.profiles.0.len() * t.approaches.len();
+    let ncells = t.profiles.len() * t.approaches.len();
     if ncells > MAX_CELLS {
         return Err(format!(
             "{ncells} cells (profiles x approaches) is over the limit of {MAX_CELLS}; split the topology"
@@ -300,8 +263,11 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
     }
 
     let mut cells = Vec::with_capacity(ncells);
-    for (pname, profile) in &t.profiles.0 {
-        let (up, down) = directions(profile);
+    for (pname, profile) in &t.profiles {
+        let (up, down) = (
+            Params::from_link(&profile.up),
+            Params::from_link(&profile.down),
+        );
         for &a in &t.approaches {
             let i = cells.len();
             let id = format!("c{i}");
@@ -426,60 +392,6 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
     })
 }
 
-/// One line describing a direction's settings, in tc's words.
-pub fn describe_link(l: &Link) -> String {
-    let mut parts = Vec::new();
-    if let Some(d) = l.delay {
-        let mut s = format!("delay {d}");
-        if let Some(j) = l.jitter {
-            s.push_str(&format!(" ± {j}"));
-            if let Some(dist) = l.distribution {
-                s.push_str(match dist {
-                    Distribution::Uniform => " uniform",
-                    Distribution::Normal => " normal",
-                });
-            }
-        }
-        parts.push(s);
-    }
-    if let Some(p) = l.loss {
-        parts.push(format!("loss {p}"));
-    }
-    if let Some(g) = l.gilbert_elliott {
-        parts.push(format!(
-            "loss gemodel p {} r {} 1-h {} 1-k {}",
-            g.p,
-            g.r.unwrap_or(Percent(1.0 - g.p.0)),
-            g.one_minus_h.unwrap_or(Percent(1.0)),
-            g.one_minus_k.unwrap_or(Percent(0.0))
-        ));
-    }
-    if let Some(r) = l.rate {
-        let mut s = format!("rate {r}");
-        if let Some(o) = l.overhead {
-            s.push_str(&format!(" overhead {o}"));
-        }
-        parts.push(s);
-    }
-    if let Some(lim) = l.limit {
-        parts.push(format!("limit {lim}"));
-    }
-    for (name, v) in [
-        ("reorder", l.reorder),
-        ("duplicate", l.duplicate),
-        ("corrupt", l.corrupt),
-    ] {
-        if let Some(p) = v {
-            parts.push(format!("{name} {p}"));
-        }
-    }
-    if parts.is_empty() {
-        "unshaped".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 /// The plan as a person reads it.
 pub fn render(p: &Plan) -> String {
     use tabled::settings::Style;
@@ -547,8 +459,8 @@ pub fn render(p: &Plan) -> String {
             profile: c.profile.clone(),
             client: c.client_addr.to_string(),
             server: c.url.clone(),
-            up: describe_link(&c.up),
-            down: describe_link(&c.down),
+            up: c.up.describe(),
+            down: c.down.describe(),
         })
         .collect();
     out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
