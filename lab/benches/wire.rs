@@ -10,7 +10,7 @@
 //! `cargo bench -p lab --bench wire`
 
 use lab::netlab::sys;
-use lab::shaping::wire::WireStats;
+use lab::shaping::stats::WireStats;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -78,7 +78,6 @@ fn serve_and_client_binaries_end_to_end() {
     for s in [sse, wt, proxy, llm] {
         assert!(s.stop(), "a server did not exit cleanly on SIGTERM");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -132,7 +131,6 @@ fn interactive_client_streams_typed_prompts() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn curl(args: &[&str]) -> String {
@@ -217,7 +215,6 @@ fn curl_streams_from_the_sse_server_and_through_the_proxy() {
         &proxy.str("url").replace("/chat/completions", "/models"),
     ]);
     assert!(models.contains("\"id\":\"gemma3:12b\""), "{models}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn lab_fails(args: &[&str], code: i32, needle: &str) {

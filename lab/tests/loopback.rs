@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the prompt "hi" once with a fresh runner of `ap`.
 async fn one_prompt(
-    stack: &lab::stack::Stack,
+    stack: &lab::loopback::Stack,
     ap: Approach,
     mode: Mode,
     timeout: Duration,
@@ -179,8 +179,8 @@ async fn proxy_answers_502_when_upstream_is_down_and_recovers() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
-    let stack = lab::stack::Stack::start(
-        lab::stack::UpstreamChoice::Url(format!("http://127.0.0.1:{port}")),
+    let stack = lab::loopback::Stack::start(
+        lab::loopback::UpstreamChoice::Url(format!("http://127.0.0.1:{port}")),
         MODEL,
     )
     .await
@@ -279,8 +279,8 @@ async fn broken_upstream() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failing_mid_stream_is_reported_per_approach() {
-    let stack = lab::stack::Stack::start(
-        lab::stack::UpstreamChoice::Url(broken_upstream().await),
+    let stack = lab::loopback::Stack::start(
+        lab::loopback::UpstreamChoice::Url(broken_upstream().await),
         MODEL,
     )
     .await
@@ -433,7 +433,7 @@ async fn client_timeout_is_its_own_category() {
         ttft: Duration::from_secs(5),
         ..fast_mock(5)
     };
-    let stack = lab::stack::Stack::start(lab::stack::UpstreamChoice::Mock(slow), MODEL)
+    let stack = lab::loopback::Stack::start(lab::loopback::UpstreamChoice::Mock(slow), MODEL)
         .await
         .unwrap();
     for ap in lab::approach::all() {

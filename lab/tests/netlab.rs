@@ -2,55 +2,24 @@
 //! `down` and `clean`, for real, on this machine. Every test uses its own lab name, so
 //! they run side by side (which also shows that labs with different names coexist).
 
+mod common;
+
+use common::*;
 use lab::netlab::{ethtool, links, sys};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
 /// A namespace that looks exactly like one of lab `tkill`'s, but that lab did not create.
 const FOREIGN: &str = "lab-tkill-c9-client";
 
-fn lab(args: &[&str]) -> Output {
-    Command::new(LAB)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lab")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = lab(args);
-    assert!(o.status.success(), "lab {}: {}", args.join(" "), text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Does this machine's kernel have netem (so that `auto` picks the kernel backend)?
+/// Asked of iproute2, not of lab.
 fn kernel_backend() -> bool {
-    lab::shaping::kernel::probe_netem().unwrap().is_none()
-}
-
-/// Takes the lab down when a test ends, even by a failed assertion, so one failure does
-/// not leave namespaces behind for the next run. A lab already down is fine.
-struct Down(&'static str);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = lab(&["down", self.0]);
-    }
+    netem_by_tc()
 }
 
 /// A small, fast topology named `name`, written to a temporary file.
@@ -64,19 +33,6 @@ fn topology(name: &str, approaches: &str, profiles: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn namespaces_of(name: &str) -> Vec<String> {
-    let prefix = format!("lab-{name}-");
-    let mut v: Vec<String> = std::fs::read_dir(sys::NETNS_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    v.sort();
-    v
 }
 
 fn state_json(name: &str) -> serde_json::Value {
@@ -103,15 +59,7 @@ fn pids(state: &serde_json::Value) -> Vec<(u32, u64)> {
 
 /// Nothing of lab `name` is left: no namespaces, no run directory, no processes.
 fn assert_gone(name: &str, procs: &[(u32, u64)]) {
-    let left: Vec<String> = namespaces_of(name)
-        .into_iter()
-        .filter(|n| n != FOREIGN)
-        .collect();
-    assert_eq!(left, Vec::<String>::new(), "namespaces left");
-    assert!(
-        !PathBuf::from(format!("/run/lab/{name}")).exists(),
-        "run directory left"
-    );
+    assert_nothing_left(name, &[FOREIGN]);
     for (pid, start) in procs {
         // An exited process may stay a zombie until init reaps it: that is gone too.
         let running = sys::start_time(*pid) == Some(*start)
@@ -147,7 +95,7 @@ fn client(name: &str, node: &str, approach: &str, url: &str, cell: &str) -> Vec<
 #[test]
 fn up_builds_the_planned_lab_and_down_removes_all_of_it() {
     let name = "tbasic";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let topo = topology(name, "sse, wt", "  base: {}\n");
     let out = ok(&["up", topo.to_str().unwrap()]);
     // The LLM and two servers, plus a link emulator per cell on the userspace backend.
@@ -281,7 +229,7 @@ fn up_builds_the_planned_lab_and_down_removes_all_of_it() {
 #[test]
 fn exec_returns_the_exit_status_and_unknown_nodes_list_the_valid_ones() {
     let name = "texec";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let topo = topology(name, "raw, wt", "  a: { delay: 10ms }\n  b: {}\n");
     ok(&["up", topo.to_str().unwrap()]);
     let o = lab(&[
@@ -368,7 +316,7 @@ fn openpty() -> (OwnedFd, OwnedFd) {
 #[test]
 fn shell_is_interactive_inside_the_namespace_with_the_node_in_the_prompt() {
     let name = "tshell";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let topo = topology(name, "sse", "  base: {}\n");
     ok(&["up", topo.to_str().unwrap()]);
     let (ctl, term) = openpty();
@@ -433,7 +381,7 @@ fn shell_is_interactive_inside_the_namespace_with_the_node_in_the_prompt() {
 #[test]
 fn killed_builds_leave_nothing_that_clean_does_not_remove() {
     let name = "tkill";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let topo = topology(name, "raw, sse, wt", "  a: {}\n  b: { delay: 5ms }\n");
     // Foreign objects that look like lab's: a namespace with lab's prefix and a run
     // directory entry that is not a lab's; both must survive.
@@ -534,7 +482,7 @@ fn killed_builds_leave_nothing_that_clean_does_not_remove() {
 #[test]
 fn a_crashed_server_shows_in_status_and_down_still_works() {
     let name = "tcrash";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let topo = topology(name, "wt", "  base: {}\n");
     ok(&["up", topo.to_str().unwrap()]);
     let st = state_json(name);
@@ -638,7 +586,7 @@ fn without_root_lab_refuses_and_says_what_it_needs() {
 fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
     use std::io::BufRead;
     let name = "trelay";
-    let _down = Down(name);
+    let _down = Down(name.into());
     let host_net = || {
         let run = |args: &[&str]| {
             String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap()
@@ -718,7 +666,7 @@ fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
 #[test]
 fn two_labs_with_different_names_are_up_at_once() {
     let (a, b) = ("ttwo-a", "ttwo-b");
-    let (_da, _db) = (Down(a), Down(b));
+    let (_da, _db) = (Down(a.into()), Down(b.into()));
     let ta = topology(a, "sse", "  base: {}\n");
     let tb = topology(b, "sse", "  base: {}\n");
     ok(&["up", ta.to_str().unwrap()]);

@@ -96,7 +96,6 @@ fn openai_python_client_reads_every_mock_format_and_the_proxy() {
             );
             assert_eq!(strings(&v["tokens"]), want, "through the proxy");
             assert_eq!(v["content"], want.concat(), "through the proxy");
-            std::fs::remove_dir_all(dir).unwrap();
         }
     }
 }
@@ -147,5 +146,4 @@ fn aioquic_webtransport_client_talks_to_the_wt_server() {
         &["127.0.0.1", &port, "/other", ca.to_str().unwrap()],
     );
     assert_eq!(v["status"], 404);
-    std::fs::remove_dir_all(dir).unwrap();
 }

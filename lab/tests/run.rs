@@ -2,11 +2,13 @@
 //! link that loses everything. Each must finish, save its results, take the lab down,
 //! and exit with its documented status.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
 static TURN: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
@@ -26,15 +28,6 @@ fn run(topology: &Path, results: &Path) -> Output {
         .expect("run lab")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The one results directory under `results`, and its run.json.
 fn saved(results: &Path) -> (PathBuf, serde_json::Value) {
     let dirs: Vec<PathBuf> = std::fs::read_dir(results)
@@ -48,42 +41,11 @@ fn saved(results: &Path) -> (PathBuf, serde_json::Value) {
 }
 
 fn nothing_left(name: &str) {
-    let prefix = format!("lab-{name}-");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    assert!(left.is_empty(), "namespaces left: {left:?}");
-    assert!(
-        !Path::new(&format!("/run/lab/{name}")).exists(),
-        "run directory left"
-    );
-}
-
-/// A scratch directory, removed when the test ends (passed or failed).
-struct Tmp(PathBuf);
-
-impl std::ops::Deref for Tmp {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    assert_nothing_left(name, &[]);
 }
 
 fn tempdir(name: &str) -> Tmp {
-    let d = std::env::temp_dir().join(format!("lab-test-run-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Tmp(d)
+    tmpdir(&format!("run-{name}"))
 }
 
 #[test]
@@ -340,8 +302,8 @@ fn an_upstream_that_is_down_is_an_upstream_error() {
 /// writes both ends' pcap files and the clients' TLS key logs.
 #[test]
 fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
+    use lab::capture::{Capture, kernel_counters};
     use lab::netlab::sys;
-    use lab::run::capture::{Capture, kernel_counters};
     use std::io::{BufRead, BufReader};
     use std::time::Duration;
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,7 +375,7 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let sns = sys::open_netns("lab-rpcap-c1-server").unwrap();
-    assert!(lab::run::wait_quiet(
+    assert!(lab::launch::cell::wait_quiet(
         &[&ns, &sns],
         Duration::from_millis(300),
         Duration::from_secs(10)

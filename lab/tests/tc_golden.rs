@@ -3,7 +3,7 @@
 //! under strace, in a throwaway namespace; the request shows even where the kernel has
 //! no netem). Each file: a comment with the tc command, then the request in hex.
 
-use lab::shaping::kernel::{netem_options, new_qdisc, normal_table, request_bytes, tbf_options};
+use lab::shaping::netem::{netem_options, new_qdisc, normal_table, request_bytes, tbf_options};
 use lab::shaping::params::{Limit, Loss, Params};
 use std::time::Duration;
 

@@ -1,8 +1,9 @@
 //! Topology files and plans: the examples, the published schema, snapshot plans, and a
 //! corpus of bad files, each checked for its exact message.
 
+use lab::plan;
 use lab::shaping::params::Params;
-use lab::topology::{self, plan};
+use lab::topology;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {

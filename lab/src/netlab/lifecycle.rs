@@ -9,7 +9,8 @@
 use super::procs::{self, Started};
 use super::state::{Phase, State};
 use super::{links, sys};
-use crate::topology::plan::{HOST, Plan, RUN_ROOT, run_dir};
+use crate::plan::layout::Shaper;
+use crate::plan::{HOST, Plan, RUN_ROOT, run_dir};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,7 +64,11 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 /// Builds the lab of `plan` and starts its processes. On success the lab stays up and
 /// its state record says what is where; on any failure everything is already removed.
 pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
-    let plan = &crate::shaping::resolve(plan.clone())?;
+    let Some(shaping) = &plan.shaping else {
+        bail!(
+            "the plan has no shaping backend yet; decide it (netlab::qdisc::decide) before building"
+        );
+    };
     let dir = PathBuf::from(run_dir(&plan.name));
     std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("cannot create {RUN_ROOT}"))?;
     if let Ok(s) = State::load(&plan.name) {
@@ -183,8 +188,8 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
         Ok(())
     })?;
 
-    if plan.shaping.as_ref().map(|s| s.backend) == Some(crate::topology::plan::Shaper::Kernel) {
-        crate::shaping::apply_kernel(plan, &fds)?;
+    if shaping.backend == Shaper::Kernel {
+        super::qdisc::apply_plan(plan, &fds)?;
     }
     check(cancel)?;
 
@@ -204,7 +209,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
             .find(|c| c.server_ns == ns || c.wire_ns == ns)
             .map(|c| c.id.clone())
     };
-    let mut waves: [Vec<&crate::topology::plan::Process>; 2] = [Vec::new(), Vec::new()];
+    let mut waves: [Vec<&crate::plan::Process>; 2] = [Vec::new(), Vec::new()];
     for p in &plan.processes {
         let wave = usize::from(cell_of(&p.namespace).is_some());
         waves[wave].push(p);

@@ -4,7 +4,7 @@
 //! links up, loopback up, offloads off.
 
 use super::{ethtool, sys};
-use crate::topology::plan::{Iface, Plan};
+use crate::plan::{Iface, Plan};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, Prop};

@@ -5,7 +5,7 @@
 //! exactly what is lab's. `lab down`, `lab clean` and `lab status` read it; cleanup
 //! never touches anything that is not in a record or marked as lab's.
 
-use crate::topology::plan::{Plan, RUN_ROOT, run_dir};
+use crate::plan::{Plan, RUN_ROOT, run_dir};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,13 +1,13 @@
-//! Topology files: parse strictly ([`parse`]), type the units ([`units`]), and resolve
-//! into a [`plan::Plan`] of namespaces, links, addresses and processes. All pure code;
-//! the privileged layer that carries out a plan comes with `lab up`.
+//! Topology files: parse strictly, reporting every problem at once ([`parse`]), with
+//! units typed once ([`units`]) and expectations checked ([`expect`]); [`load`] then
+//! hands the topology to [`crate::plan`]. Pure code, apart from reading the file.
 
 pub mod expect;
 pub mod model;
 pub mod parse;
-pub mod plan;
 pub mod units;
 
+use crate::plan;
 use anyhow::{Context, Result};
 use std::path::Path;
 

@@ -1,10 +1,13 @@
-//! Helpers shared by the loopback integration tests.
+//! Helpers shared by every integration test: the loopback stack, running the `lab`
+//! binary, scratch files and directories that remove themselves, guards that take a lab
+//! down when a test ends (passed or failed), checks that nothing was left behind, and
+//! an oracle for netem that does not ask lab.
 #![allow(dead_code)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use lab::stack::{Stack, UpstreamChoice};
+use lab::loopback::{Stack, UpstreamChoice};
 use lab_codec::trust::Trust;
 use lab_servers::llm::MockConfig;
 use std::io::{BufRead, BufReader};
@@ -186,9 +189,125 @@ pub fn base(url: &str) -> String {
     url.trim_end_matches("/v1/chat/completions").to_owned()
 }
 
-pub fn tmpdir(name: &str) -> std::path::PathBuf {
+/// A scratch directory or file, removed when the test ends (passed or failed).
+pub struct Tmp(pub std::path::PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A fresh scratch directory.
+pub fn tmpdir(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
+}
+
+/// A scratch file holding `text`.
+pub fn tmpfile(name: &str, text: &str) -> Tmp {
+    let p = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    Tmp(p)
+}
+
+/// Runs `lab` with `args` (stdin closed) and returns what it did.
+pub fn lab(args: &[&str]) -> std::process::Output {
+    Command::new(LAB)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lab")
+}
+
+/// An output as a person reads it, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `lab` with `args`, asserts it succeeded, and returns its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let o = lab(args);
+    assert!(o.status.success(), "lab {}: {}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Takes lab `name` down when dropped, so a failed assertion leaves nothing for the
+/// next run. A lab already down is fine.
+pub struct Down(pub String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab(&["down", &self.0]);
+    }
+}
+
+/// The namespaces named like lab `name`'s, sorted.
+pub fn namespaces_of(name: &str) -> Vec<String> {
+    let prefix = format!("lab-{name}-");
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Nothing of lab `name` is left: no namespace (but those in `except`) and no run
+/// directory.
+pub fn assert_nothing_left(name: &str, except: &[&str]) {
+    let left: Vec<String> = namespaces_of(name)
+        .into_iter()
+        .filter(|n| !except.contains(&n.as_str()))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(
+        !std::path::Path::new(&format!("/run/lab/{name}")).exists(),
+        "run directory /run/lab/{name} left"
+    );
+}
+
+/// Does this kernel have netem? Asked of iproute2's `tc` in a throwaway network
+/// namespace (`unshare --net`), not of lab, so lab's own probe can be checked against it.
+pub fn netem_by_tc() -> bool {
+    let o = Command::new("unshare")
+        .args([
+            "--net", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+        ])
+        .output()
+        .expect("run unshare and tc (iproute2, installed by scripts/setup.sh)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Anything but success or "unknown qdisc kind" means the oracle itself failed.
+    assert!(
+        o.status.success() || err.contains("Specified qdisc kind is unknown"),
+        "tc failed for another reason: {err}"
+    );
+    o.status.success()
 }

@@ -1,151 +1,10 @@
-//! The tables of a run, its metrics, and what counts as a run error. Pure: computed from
-//! a [`Run`], so `run.json` alone can be rendered again.
+//! The tables of a run, and two runs compared. Pure: computed from a [`Run`], so
+//! `run.json` alone can be rendered again.
 
-use super::{CellResult, Run};
+use crate::metrics::{Run, cells_of, metric, profiles, tokens, wire};
+use crate::plan::render::shaping_line;
 use lab_clients::record::{Summary, summary_table};
 use tabled::settings::Style;
-
-/// The cells of one profile, in plan order.
-fn cells_of<'a>(run: &'a Run, profile: &str) -> Vec<&'a CellResult> {
-    run.cells
-        .iter()
-        .filter(|c| c.cell.profile == profile)
-        .collect()
-}
-
-fn profiles(run: &Run) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for c in &run.cells {
-        if !v.contains(&c.cell.profile) {
-            v.push(c.cell.profile.clone());
-        }
-    }
-    v
-}
-
-/// Successful tokens of a cell.
-fn tokens(c: &CellResult) -> usize {
-    c.records
-        .iter()
-        .filter(|r| r.error.is_none())
-        .map(|r| r.tokens)
-        .sum()
-}
-
-/// Wire totals at the client's end: (bytes up, bytes down, frames up, frames down).
-fn wire(c: &CellResult) -> Option<(u64, u64, u64, u64)> {
-    c.client.as_ref().map(|e| {
-        (
-            e.capture.tx.l2_bytes,
-            e.capture.rx.l2_bytes,
-            e.capture.tx.frames,
-            e.capture.rx.frames,
-        )
-    })
-}
-
-/// A metric of `approach` under `profile`, as expectations name them.
-pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f64> {
-    let c = run
-        .cells
-        .iter()
-        .find(|c| c.cell.profile == profile && c.cell.approach.to_string() == approach)?;
-    let s = Summary::of(approach, &c.records);
-    let ok = s.prompts - s.errors;
-    let toks = tokens(c) as f64;
-    match name {
-        "ttft_p50" => s.ttft_p50_ms,
-        "ttft_p95" => s.ttft_p95_ms,
-        "ttft_p99" => s.ttft_p99_ms,
-        "tbt_avg" => s.avg_tbt_ms,
-        "total_avg" => (ok > 0).then_some(s.avg_total_ms),
-        "setup" => s.avg_connect_ms,
-        "tokens_avg" => (ok > 0).then_some(s.avg_tokens),
-        "bytes_per_token" => s.avg_bytes_per_token,
-        "wire_bytes_per_token" => wire(c)
-            .filter(|_| toks > 0.0)
-            .map(|(u, d, _, _)| (u + d) as f64 / toks),
-        "wire_bytes" => wire(c).map(|(u, d, _, _)| (u + d) as f64),
-        "packets" => wire(c).map(|(_, _, fu, fd)| (fu + fd) as f64),
-        "errors" => Some(s.errors as f64),
-        _ => None,
-    }
-}
-
-/// Prompts whose tokens differ between approaches of one profile (the embedded mock
-/// answers every approach with the same tokens).
-pub fn digest_mismatches(run: &Run) -> Vec<String> {
-    if run.plan.llm.kind != "mock" {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for p in profiles(run) {
-        let cells = cells_of(run, &p);
-        let Some(first) = cells.first() else { continue };
-        for r in &first.records {
-            if r.error.is_some() {
-                continue;
-            }
-            for other in &cells[1..] {
-                let same = other
-                    .records
-                    .iter()
-                    .find(|o| o.index == r.index && o.error.is_none());
-                if let Some(o) = same
-                    && o.digest != r.digest
-                {
-                    out.push(format!(
-                        "{p}: prompt {} ({}): {} and {} received different tokens",
-                        r.index + 1,
-                        r.prompt,
-                        first.cell.approach,
-                        other.cell.approach
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Everything that makes the run itself a failure.
-pub fn run_errors(run: &Run) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in &run.cells {
-        let who = format!("{} ({}@{})", c.cell.id, c.cell.approach, c.cell.profile);
-        for e in &c.errors {
-            out.push(format!("{who}: {e}"));
-        }
-        let failed: Vec<_> = c.records.iter().filter(|r| r.error.is_some()).collect();
-        if !failed.is_empty() {
-            out.push(format!(
-                "{who}: {} of {} prompts failed ({})",
-                failed.len(),
-                c.records.len(),
-                failed
-                    .iter()
-                    .filter_map(|r| r.error.as_ref().map(|e| e.category.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if let Some(w) = &c.warmup_error {
-            out.push(format!("{who}: the warm-up failed: {w}"));
-        }
-        for (side, e) in [("client", &c.client), ("server", &c.server)] {
-            if let Some(e) = e
-                && !e.differences.is_empty()
-            {
-                out.push(format!(
-                    "{who}: the {side}-side capture and the kernel's counters differ: {}",
-                    e.differences.join("; ")
-                ));
-            }
-        }
-    }
-    out.extend(run.digest_mismatches.iter().cloned());
-    out
-}
 
 fn fmt_rate(bps: f64) -> String {
     if bps >= 1e6 {
@@ -167,7 +26,7 @@ pub fn render(run: &Run) -> String {
         run.name,
         run.cells.len(),
         run.seconds,
-        crate::netlab::status::shaping_line(&run.plan)
+        shaping_line(&run.plan)
     );
     for p in profiles(run) {
         let cells = cells_of(run, &p);

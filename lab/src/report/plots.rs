@@ -1,7 +1,7 @@
 //! SVG plots of a run (plotters' SVG backend): the TTFT distribution of every cell, wire
 //! and application bytes per token, and the token-arrival timeline of one prompt.
 
-use super::Run;
+use crate::metrics::{CellResult, Run, metric};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use std::path::Path;
@@ -17,7 +17,7 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-fn label(c: &super::CellResult) -> String {
+fn label(c: &CellResult) -> String {
     format!("{}@{}", c.cell.approach, c.cell.profile)
 }
 
@@ -109,8 +109,8 @@ pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
             let p = &c.cell.profile;
             (
                 label(c),
-                super::report::metric(run, &ap, p, "wire_bytes_per_token").unwrap_or(0.0),
-                super::report::metric(run, &ap, p, "bytes_per_token").unwrap_or(0.0),
+                metric(run, &ap, p, "wire_bytes_per_token").unwrap_or(0.0),
+                metric(run, &ap, p, "bytes_per_token").unwrap_or(0.0),
             )
         })
         .collect();

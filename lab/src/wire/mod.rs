@@ -9,10 +9,11 @@
 //! through, unshaped and counted apart. Counters go to a JSON file every second and at
 //! exit.
 
-use super::engine::{Drop, Engine, Verdict};
-use super::params::Params;
+use crate::netlab::sys::now_ns;
+use crate::shaping::engine::{Drop, Engine, Verdict};
+use crate::shaping::params::Params;
+use crate::shaping::stats::{CounterSnapshot, WireStats, direction_seed};
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 use std::collections::BinaryHeap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -99,25 +100,6 @@ pub struct Counters {
     pub non_ip: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct CounterSnapshot {
-    pub in_frames: u64,
-    pub in_bytes: u64,
-    pub out_frames: u64,
-    pub out_bytes: u64,
-    pub dropped_loss: u64,
-    pub dropped_queue: u64,
-    pub dropped_send: u64,
-    pub duplicated: u64,
-    pub corrupted: u64,
-    pub reordered: u64,
-    pub non_ip: u64,
-    /// How late held packets left: p50, p99 and max, in microseconds (p50 and p99 to
-    /// the microsecond above).
-    #[serde(default)]
-    pub late_us: Option<(u64, u64, u64)>,
-}
-
 impl Counters {
     pub fn snapshot(&self) -> CounterSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -140,17 +122,6 @@ impl Counters {
 
 fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
-}
-
-/// The monotonic clock in nanoseconds.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// An AF_PACKET socket bound to `ifname` (in the calling thread's namespace), seeing
@@ -324,33 +295,11 @@ pub fn forward(
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct WireStats {
-    /// CLOCK_MONOTONIC, in nanoseconds, when these counters were read.
-    pub at_ns: u64,
-    pub seed: u64,
-    /// Client to server.
-    pub up: CounterSnapshot,
-    /// Server to client.
-    pub down: CounterSnapshot,
-    pub up_params: Params,
-    pub down_params: Params,
-}
-
 fn write_stats(path: &Path, s: &WireStats) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-/// Seed of a direction: the two directions draw from different streams.
-pub fn direction_seed(seed: u64, up: bool) -> u64 {
-    if up {
-        seed
-    } else {
-        seed ^ 0x9E37_79B9_7F4A_7C15
-    }
 }
 
 /// What `lab wire` runs with.

@@ -1,7 +1,8 @@
 //! The resolved plan of a lab: cells, namespaces, interfaces, addresses, processes and
 //! the link settings of each direction. Pure: computed from a parsed topology, with no
 //! root and no system calls, so `lab plan` and snapshot tests show exactly what `lab up`
-//! will build.
+//! will build. [`layout`] lays it out for a shaping backend, [`render`] prints it, and
+//! [`node`] names its namespaces for `lab shell` and `lab exec`.
 //!
 //! Naming and addressing:
 //! - namespaces `lab-<name>-llm` and, per cell `c<i>`, `lab-<name>-c<i>-client`,
@@ -12,10 +13,16 @@
 //! - the unshaped LLM network is 198.19.0.0/16: the LLM at 198.19.255.254, the server of
 //!   cell i at 198.19.0.(i+1).
 
-use super::model::*;
-use super::units::{Dur, Percent};
+pub mod layout;
+pub mod node;
+pub mod render;
+
 use crate::approach::{Approach, Model};
 use crate::shaping::params::Params;
+use crate::topology::model::*;
+use crate::topology::units::{Dur, Percent};
+pub use layout::{Shaper, ShapingChoice, with_backend};
+pub use render::render;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -106,67 +113,6 @@ pub struct Process {
     pub namespace: String,
     pub role: String,
     pub argv: Vec<String>,
-}
-
-/// The shaping backend that builds the lab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Shaper {
-    /// netem (and tbf) qdiscs on the wire namespace's bridge ports.
-    Kernel,
-    /// `lab wire`, the userspace link emulator, between the wire namespace's veths.
-    Userspace,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShapingChoice {
-    pub backend: Shaper,
-    /// Why this backend: asked for, or what the netem probe found.
-    pub why: String,
-}
-
-/// The plan laid out for a backend. The kernel layout bridges each wire namespace's
-/// veths (the qdiscs go on the bridge ports); the userspace layout leaves them apart and
-/// runs `lab wire` between them.
-pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Plan {
-    if backend == Shaper::Userspace {
-        let wires: Vec<String> = p.cells.iter().map(|c| c.wire_ns.clone()).collect();
-        p.interfaces
-            .retain(|i| !(i.kind == "bridge" && wires.contains(&i.namespace)));
-        for i in &mut p.interfaces {
-            if wires.contains(&i.namespace) {
-                i.master = None;
-            }
-        }
-        for c in &p.cells {
-            let json = |l: &Params| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
-            p.processes.push(Process {
-                namespace: c.wire_ns.clone(),
-                role: "wire".into(),
-                argv: vec![
-                    "lab".into(),
-                    "wire".into(),
-                    "--client-if".into(),
-                    "to-client".into(),
-                    "--server-if".into(),
-                    "to-server".into(),
-                    "--seed".into(),
-                    p.seed.to_string(),
-                    "--up".into(),
-                    json(&c.up),
-                    "--down".into(),
-                    json(&c.down),
-                    "--stats".into(),
-                    format!("{}/wire/{}.json", run_dir(&p.name), c.id),
-                ],
-            });
-        }
-    }
-    p.shaping = Some(ShapingChoice {
-        backend,
-        why: why.into(),
-    });
-    p
 }
 
 /// Computes the plan. Fails only when the lab has more cells than addresses.
@@ -390,122 +336,4 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         interfaces,
         processes,
     })
-}
-
-/// The plan as a person reads it.
-pub fn render(p: &Plan) -> String {
-    use tabled::settings::Style;
-    let mut out = String::new();
-    out.push_str(&format!(
-        "lab {}: {} cells, {} namespaces\n",
-        p.name,
-        p.cells.len(),
-        p.namespaces.len()
-    ));
-    let asked = match p.backend {
-        Backend::Auto => "auto",
-        Backend::Kernel => "kernel",
-        Backend::Userspace => "userspace",
-    };
-    match &p.shaping {
-        Some(c) => out.push_str(&format!(
-            "shaping: {} backend (asked: {asked}; {}), seed {}\n",
-            match c.backend {
-                Shaper::Kernel => "kernel",
-                Shaper::Userspace => "userspace",
-            },
-            c.why,
-            p.seed
-        )),
-        None => out.push_str(&format!("shaping: {asked} backend, seed {}\n", p.seed)),
-    }
-    out.push_str(&format!(
-        "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
-        p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
-    ));
-    out.push_str(&format!(
-        "workload: {} prompts, {} connection, repeat {}, cells {}\n\n",
-        p.workload.prompts,
-        match p.workload.connection {
-            Connection::Reuse => "reuse",
-            Connection::Fresh => "fresh",
-        },
-        p.workload.repeat,
-        if p.workload.parallel {
-            "in parallel"
-        } else {
-            "one after another"
-        }
-    ));
-
-    #[derive(tabled::Tabled)]
-    struct CellRow {
-        cell: String,
-        approach: String,
-        profile: String,
-        client: String,
-        server: String,
-        #[tabled(rename = "up (client to server)")]
-        up: String,
-        #[tabled(rename = "down (server to client)")]
-        down: String,
-    }
-    let rows: Vec<CellRow> = p
-        .cells
-        .iter()
-        .map(|c| CellRow {
-            cell: c.id.clone(),
-            approach: c.approach.to_string(),
-            profile: c.profile.clone(),
-            client: c.client_addr.to_string(),
-            server: c.url.clone(),
-            up: c.up.describe(),
-            down: c.down.describe(),
-        })
-        .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
-
-    #[derive(tabled::Tabled)]
-    struct IfRow {
-        namespace: String,
-        interface: String,
-        kind: String,
-        peer: String,
-        address: String,
-        master: String,
-    }
-    let rows: Vec<IfRow> = p
-        .interfaces
-        .iter()
-        .map(|i| IfRow {
-            namespace: i.namespace.clone(),
-            interface: i.name.clone(),
-            kind: i.kind.clone(),
-            peer: i.peer.clone().unwrap_or_default(),
-            address: i.address.clone().unwrap_or_default(),
-            master: i.master.clone().unwrap_or_default(),
-        })
-        .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
-
-    #[derive(tabled::Tabled)]
-    struct ProcRow {
-        namespace: String,
-        role: String,
-        command: String,
-    }
-    let rows: Vec<ProcRow> = p
-        .processes
-        .iter()
-        .map(|pr| ProcRow {
-            namespace: pr.namespace.clone(),
-            role: pr.role.clone(),
-            command: pr.argv.join(" "),
-        })
-        .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push('\n');
-    out
 }

@@ -1,4 +1,5 @@
-//! The kernel backend: netem and tbf qdiscs over netlink.
+//! The kernel backend's encoders: netem and tbf options, and the RTM_NEWQDISC request
+//! that carries them. Pure: they build bytes; `netlab::qdisc` sends them.
 //!
 //! netlink-packet-route has no typed netem or tbf options, so the option bytes are
 //! encoded here, by pure functions that follow iproute2's `tc` byte for byte; golden
@@ -233,88 +234,4 @@ pub fn request_bytes(mut req: NetlinkMessage<RouteNetlinkMessage>, seq: u32) -> 
     let mut buf = vec![0; req.buffer_len()];
     req.serialize(&mut buf);
     buf
-}
-
-/// Sends one request and waits for the kernel's answer: Ok, or the error number.
-async fn execute(
-    h: &rtnetlink::Handle,
-    req: NetlinkMessage<RouteNetlinkMessage>,
-) -> Result<std::result::Result<(), i32>> {
-    use futures_util::StreamExt;
-    use rtnetlink::packet_core::NetlinkPayload;
-    let mut h = h.clone();
-    let mut resp = h.request(req)?;
-    while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload
-            && let Some(code) = e.code
-        {
-            return Ok(Err(-code.get()));
-        }
-    }
-    Ok(Ok(()))
-}
-
-/// Does this kernel have netem? Adds a netem qdisc to the loopback of a throwaway
-/// network namespace (a clean device: no root qdisc to collide with), which vanishes
-/// with the thread. Ok(None): netem works; Ok(Some(why)): it does not, and why.
-pub fn probe_netem() -> Result<Option<String>> {
-    std::thread::spawn(|| -> Result<Option<String>> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut p = super::params::Params::from_link(&Default::default());
-        p.limit = Limit::Packets(1000);
-        let opts = netem_options(&p, None)?;
-        crate::netlab::links::with_netlink(async |h| {
-            Ok(match execute(&h, new_qdisc(1, "netem", opts)).await? {
-                Ok(()) => None,
-                Err(libc::ENOENT) => Some(
-                    "this kernel has no netem: adding a netem qdisc on a clean device failed with ENOENT (sch_netem is not built or loadable)"
-                        .to_owned(),
-                ),
-                Err(e) => Some(format!(
-                    "adding a netem qdisc on a clean device failed: {}",
-                    std::io::Error::from_raw_os_error(e)
-                )),
-            })
-        })
-    })
-    .join()
-    .unwrap_or_else(|_| bail!("the netem probe panicked"))
-}
-
-/// Puts `kind` with `options` as the root qdisc of `ifname`, in the calling thread's
-/// namespace.
-pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
-    crate::netlab::links::with_netlink(async |h| {
-        let link = crate::netlab::links::get(&h, ifname).await?;
-        match execute(&h, new_qdisc(link.header.index as i32, kind, options)).await? {
-            Ok(()) => Ok(()),
-            Err(libc::ENOENT) if kind == "netem" => bail!(
-                "this kernel has no netem; set `shaping: {{ backend: userspace }}` (or auto) in the topology"
-            ),
-            Err(e) => bail!(
-                "cannot add {kind} on {ifname}: {}",
-                std::io::Error::from_raw_os_error(e)
-            ),
-        }
-    })
-}
-
-/// The kind of the root qdisc of `ifname` (calling thread's namespace), read back over
-/// netlink.
-pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
-    crate::netlab::links::with_netlink(async |h| {
-        use futures_util::TryStreamExt;
-        let link = crate::netlab::links::get(&h, ifname).await?;
-        let qd = h.clone();
-        let mut s = qd.qdisc().get().execute();
-        while let Some(m) = s.try_next().await? {
-            if m.header.index == link.header.index as i32 && m.header.parent == TcHandle::ROOT {
-                return Ok(m.attributes.iter().find_map(|a| match a {
-                    TcAttribute::Kind(k) => Some(k.clone()),
-                    _ => None,
-                }));
-            }
-        }
-        Ok(None)
-    })
 }

@@ -7,7 +7,7 @@
 //! - `llm`: the namespace of the LLM upstream (the mock, or the relay's listener);
 //! - a full namespace name, as `ip netns list` shows it.
 
-use crate::topology::plan::Plan;
+use crate::plan::Plan;
 use anyhow::{Result, bail};
 
 /// Every node name of the plan with its namespace, short forms first.
@@ -68,7 +68,7 @@ mod tests {
 
     fn plan(yaml: &str) -> Plan {
         let t = crate::topology::parse::parse("t.yaml", yaml).expect("valid topology");
-        crate::topology::plan::plan(&t).expect("plan")
+        crate::plan::plan(&t).expect("plan")
     }
 
     #[test]

@@ -78,26 +78,10 @@ fn cert(tls: &TlsArgs) -> Result<CertKey> {
     Ok(ck)
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 async fn until_signal(server: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     tokio::select! {
         r = server => r,
-        _ = shutdown_signal() => {
+        _ = super::shutdown_signal() => {
             tracing::info!("stopping");
             Ok(())
         }

@@ -1,18 +1,12 @@
-//! `lab status`: what labs are up, and what is where in them — read from the state
-//! records plus /proc (process state and RSS) and /run/netns.
+//! `lab status` as a person and a program read it: a lab's state record together with
+//! its live facts ([`crate::netlab::live`]). Pure: everything it shows is handed in.
 
-use super::state::{Phase, State};
-use super::sys;
-use crate::topology::plan::run_dir;
+use crate::netlab::live::Live;
+use crate::netlab::state::{Phase, State};
+use crate::plan::render::shaping_line;
+use crate::plan::run_dir;
 use serde_json::json;
 use tabled::settings::Style;
-
-/// Live facts about a recorded process.
-pub fn process_live(pid: u32, start: u64) -> Option<(char, u64)> {
-    (sys::start_time(pid) == Some(start))
-        .then(|| sys::proc_state_rss(pid))
-        .flatten()
-}
 
 fn fmt_bytes(b: u64) -> String {
     if b >= 1 << 20 {
@@ -28,16 +22,16 @@ fn fmt_time(secs: u64) -> String {
 }
 
 /// The status of some labs as JSON: each state record with live facts added.
-pub fn json(states: &[State]) -> serde_json::Value {
-    let labs: Vec<_> = states
+pub fn json(labs: &[(State, Live)]) -> serde_json::Value {
+    let labs: Vec<_> = labs
         .iter()
-        .map(|s| {
+        .map(|(s, l)| {
             let mut v = serde_json::to_value(s).unwrap_or_default();
             let procs: Vec<_> = s
                 .processes
                 .iter()
-                .map(|p| {
-                    let live = process_live(p.pid, p.start);
+                .zip(&l.processes)
+                .map(|(p, &live)| {
                     json!({
                         "role": p.role,
                         "pid": p.pid,
@@ -50,14 +44,15 @@ pub fn json(states: &[State]) -> serde_json::Value {
             let nss: Vec<_> = s
                 .namespaces
                 .iter()
-                .map(|n| json!({"name": n, "exists": sys::netns_exists(n)}))
+                .zip(&l.namespaces)
+                .map(|(n, exists)| json!({"name": n, "exists": exists}))
                 .collect();
             v["live"] = json!({
-                "owner_alive": s.owner_alive(),
+                "owner_alive": l.owner_alive,
                 "processes": procs,
                 "namespaces": nss,
                 "shaping": shaping_line(&s.plan),
-                "wire": wire_rows(s).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "wire": l.wire.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             });
             v
         })
@@ -65,48 +60,14 @@ pub fn json(states: &[State]) -> serde_json::Value {
     json!({ "labs": labs })
 }
 
-/// The shaping backend, why it was chosen, and the seed.
-pub fn shaping_line(p: &crate::topology::plan::Plan) -> String {
-    use crate::topology::plan::Shaper;
-    match &p.shaping {
-        Some(c) => format!(
-            "{} ({}), seed {}; {}",
-            match c.backend {
-                Shaper::Kernel => "kernel",
-                Shaper::Userspace => "userspace",
-            },
-            match c.backend {
-                Shaper::Kernel => "netem on each wire namespace's bridge ports",
-                Shaper::Userspace => "lab wire between each wire namespace's veths",
-            },
-            p.seed,
-            c.why
-        ),
-        None => format!("not decided yet, seed {}", p.seed),
-    }
-}
-
-/// Per-direction counters of each cell's `lab wire`, from its stats file.
-pub fn wire_rows(s: &State) -> Vec<(String, crate::shaping::wire::WireStats)> {
-    s.plan
-        .cells
-        .iter()
-        .filter_map(|c| {
-            let path = format!("{}/wire/{}.json", run_dir(&s.name), c.id);
-            let bytes = std::fs::read(path).ok()?;
-            Some((c.id.clone(), serde_json::from_slice(&bytes).ok()?))
-        })
-        .collect()
-}
-
 /// The status of one lab as a person reads it.
-pub fn render(s: &State) -> String {
+pub fn render(s: &State, l: &Live) -> String {
     let p = &s.plan;
     let mut out = String::new();
     out.push_str(&format!(
         "lab {}: {}, since {} (built by pid {}), from {}\n",
         s.name,
-        match (s.phase, s.owner_alive()) {
+        match (s.phase, l.owner_alive) {
             (Phase::Up, _) => "up",
             (Phase::Building, true) => "being built",
             (Phase::Building, false) =>
@@ -134,7 +95,7 @@ pub fn render(s: &State) -> String {
         #[tabled(rename = "profile (up / down)")]
         link: String,
     }
-    let nodes = super::node::nodes(p);
+    let nodes = crate::plan::node::nodes(p);
     let rows: Vec<CellRow> = p
         .cells
         .iter()
@@ -180,28 +141,26 @@ pub fn render(s: &State) -> String {
     let rows: Vec<ProcRow> = s
         .processes
         .iter()
-        .map(|r| {
-            let live = process_live(r.pid, r.start);
-            ProcRow {
-                role: match &r.cell {
-                    Some(c) => format!("{c} {}", r.role),
-                    None => r.role.clone(),
-                },
-                namespace: r.namespace.clone(),
-                pid: r.pid,
-                state: match live {
-                    Some(('Z', _)) => "exited (zombie)".into(),
-                    Some((c, _)) => format!("running ({c})"),
-                    None => "gone".into(),
-                },
-                rss: live.map(|(_, b)| fmt_bytes(b)).unwrap_or_default(),
-                log: r.log.display().to_string(),
-            }
+        .zip(&l.processes)
+        .map(|(r, &live)| ProcRow {
+            role: match &r.cell {
+                Some(c) => format!("{c} {}", r.role),
+                None => r.role.clone(),
+            },
+            namespace: r.namespace.clone(),
+            pid: r.pid,
+            state: match live {
+                Some(('Z', _)) => "exited (zombie)".into(),
+                Some((c, _)) => format!("running ({c})"),
+                None => "gone".into(),
+            },
+            rss: live.map(|(_, b)| fmt_bytes(b)).unwrap_or_default(),
+            log: r.log.display().to_string(),
         })
         .collect();
     out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
     out.push_str("\n\n");
-    let wires = wire_rows(s);
+    let wires = &l.wire;
     if !wires.is_empty() {
         #[derive(tabled::Tabled)]
         struct WireRow {
@@ -221,7 +180,7 @@ pub fn render(s: &State) -> String {
             send: u64,
         }
         let mut rows = Vec::new();
-        for (cell, w) in &wires {
+        for (cell, w) in wires {
             for (direction, c) in [("up", &w.up), ("down", &w.down)] {
                 rows.push(WireRow {
                     cell: cell.clone(),
@@ -242,7 +201,9 @@ pub fn render(s: &State) -> String {
     let missing: Vec<&String> = s
         .namespaces
         .iter()
-        .filter(|n| !sys::netns_exists(n))
+        .zip(&l.namespaces)
+        .filter(|(_, exists)| !**exists)
+        .map(|(n, _)| n)
         .collect();
     out.push_str(&format!(
         "namespaces: {} ({} of {} present){}\n",

@@ -5,58 +5,14 @@
 //! of the answer the mock must have generated, so a transport that drops, splits or alters
 //! a token is caught.
 
-use crate::approach::Approach;
 use crate::cli::DemoArgs;
-use crate::stack::{Stack, UpstreamChoice};
+use crate::loopback::{Stack, UpstreamChoice};
+use crate::metrics::check_digests;
 use anyhow::Result;
 use lab_clients::prompts;
 use lab_clients::record::{self, PromptRecord, Summary};
 use lab_servers::textgen;
 use std::io::Write;
-
-/// Token digests of one prompt across approaches, and the mock's expected digest.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DigestCheck {
-    pub compared: usize,
-    pub mismatches: Vec<String>,
-}
-
-/// Compares digests per prompt index across approaches (and with `expected`, if given).
-pub fn check_digests(
-    results: &[(Approach, Vec<PromptRecord>)],
-    expected: Option<&dyn Fn(usize) -> String>,
-) -> DigestCheck {
-    let n = results.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
-    let mut check = DigestCheck {
-        compared: 0,
-        mismatches: Vec::new(),
-    };
-    for i in 0..n {
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for (a, recs) in results {
-            if let Some(r) = recs.get(i).filter(|r| r.error.is_none()) {
-                seen.push((a.name.to_owned(), r.digest.clone()));
-            }
-        }
-        if let Some(f) = expected {
-            seen.push(("mock".into(), f(i)));
-        }
-        if seen.len() < 2 {
-            continue;
-        }
-        check.compared += 1;
-        if seen.iter().any(|(_, d)| *d != seen[0].1) {
-            let detail: Vec<String> = seen
-                .iter()
-                .map(|(a, d)| format!("{a}={}", &d[..12.min(d.len())]))
-                .collect();
-            check
-                .mismatches
-                .push(format!("prompt {}: {}", i + 1, detail.join(" ")));
-        }
-    }
-    check
-}
 
 /// Runs the demo; returns whether everything succeeded and matched.
 pub async fn run(a: DemoArgs) -> Result<bool> {

@@ -1,0 +1,11 @@
+//! Wire capture: every frame on one interface, counted per direction ([`count`], pure),
+//! read from an AF_PACKET socket in the interface's namespace ([`socket`]), optionally
+//! written to a pcap file ([`pcap`]). The kernel's own interface counters (netlink link
+//! stats) are read at the same points, so the two can be compared.
+
+pub mod count;
+pub mod pcap;
+pub mod socket;
+
+pub use count::{Counts, Dir, Kernel};
+pub use socket::{Capture, kernel_counters};

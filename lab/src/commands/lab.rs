@@ -1,0 +1,324 @@
+//! The namespace lab's commands: `lab up`, `status`, `shell`, `exec`, `down`, `clean`,
+//! and the hidden `relay`. They print and choose exit statuses; the work is
+//! [`crate::netlab`]'s.
+
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, load_topology, refuse};
+use crate::cli::{CleanArgs, DownArgs, ExecArgs, RelayArgs, ShellArgs, StatusArgs, UpArgs};
+use crate::netlab::state::{self, Phase, State};
+use crate::netlab::{lifecycle, links, live, qdisc, relay, shell, sys};
+use crate::report::status;
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `lab up`: build, start, report, return; the lab stays up.
+pub async fn up(a: UpArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("up") {
+        return refuse(e);
+    }
+    let plan = match load_topology(&a.topology) {
+        Ok((_, plan)) => plan,
+        Err(code) => return Ok(code),
+    };
+    let plan = match qdisc::decide(plan) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lab: {e:#}\nlab: nothing was built");
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let c = cancel.clone();
+    let topo = a.topology.clone();
+    let mut build = tokio::task::spawn_blocking(move || lifecycle::up(&topo, &plan, &c));
+    let result = tokio::select! {
+        r = &mut build => r,
+        () = super::shutdown_signal() => {
+            eprintln!("lab: interrupted; taking the lab down");
+            cancel.store(true, Ordering::SeqCst);
+            let _ = build.await;
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
+    match result {
+        Ok(Ok(state)) => {
+            println!(
+                "lab {} is up: {} cells, {} namespaces, {} processes, built in {} ms\n",
+                state.name,
+                state.plan.cells.len(),
+                state.namespaces.len(),
+                state.processes.len(),
+                started.elapsed().as_millis()
+            );
+            print!("{}", status::render(&state, &live::gather(&state)));
+            Ok(EXIT_OK)
+        }
+        Ok(Err(e)) => {
+            eprintln!("lab: {e:#}\nlab: nothing was left behind");
+            Ok(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("lab: building the lab failed: {e}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// `lab down [name]`.
+pub fn down(a: DownArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("down") {
+        return refuse(e);
+    }
+    let name = match state::pick(a.name.as_deref()) {
+        Ok(n) => n,
+        Err(e) => return refuse(e),
+    };
+    let mut s = State::load(&name)?;
+    if s.phase == Phase::Building && s.owner_alive() {
+        eprintln!(
+            "lab: lab {name} is being built by pid {}; interrupt that (Ctrl-C) and it takes itself down",
+            s.owner_pid
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(report_down(&mut s))
+}
+
+fn report_down(s: &mut State) -> u8 {
+    let failures = lifecycle::teardown(s);
+    if failures.is_empty() {
+        println!(
+            "lab {} is down: stopped {} processes, removed {} namespaces and {}",
+            s.name,
+            s.processes.len(),
+            s.namespaces.len(),
+            s.dir().display()
+        );
+        EXIT_OK
+    } else {
+        for f in &failures {
+            eprintln!("lab: could not remove: {f}");
+        }
+        eprintln!(
+            "lab: {} is partly down; its state record is kept, so `lab clean` can retry",
+            s.name
+        );
+        EXIT_FAILED
+    }
+}
+
+/// `lab clean`: removes what killed labs left behind.
+pub fn clean(a: CleanArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("clean") {
+        return refuse(e);
+    }
+    let mut code = EXIT_OK;
+    let mut kept: HashSet<String> = HashSet::new();
+    let mut did = 0;
+    for name in state::lab_names() {
+        match State::load(&name) {
+            Ok(mut s) => {
+                let leftover = match s.phase {
+                    Phase::Building => !s.owner_alive(),
+                    Phase::Up => a.all,
+                };
+                if leftover {
+                    did += 1;
+                    if report_down(&mut s) != EXIT_OK {
+                        code = EXIT_FAILED;
+                    }
+                } else {
+                    println!(
+                        "lab {name} is {}; kept (`lab down {name}`, or `lab clean --all`)",
+                        if s.phase == Phase::Up {
+                            "up"
+                        } else {
+                            "being built"
+                        }
+                    );
+                    kept.extend(s.namespaces);
+                }
+            }
+            Err(_) => {
+                // A run directory with no readable record: lab's own tree, nothing else
+                // to go on; marked namespaces are found below.
+                let dir = std::path::PathBuf::from(crate::plan::run_dir(&name));
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        did += 1;
+                        println!("removed {} (it had no state record)", dir.display());
+                    }
+                    // A `lab down` finished removing it meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        eprintln!("lab: cannot remove {}: {e}", dir.display());
+                        code = EXIT_FAILED;
+                    }
+                }
+            }
+        }
+    }
+    // Run directories that a `lab up` was still preparing when it died.
+    for e in std::fs::read_dir(crate::plan::RUN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".building-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if sys::start_time(pid).is_none() && std::fs::remove_dir_all(e.path()).is_ok() {
+            did += 1;
+            println!("removed {}", e.path().display());
+        }
+    }
+    // Namespaces that carry lab's mark but are in no record.
+    let entries = std::fs::read_dir(sys::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten();
+    for e in entries {
+        let Ok(ns) = e.file_name().into_string() else {
+            continue;
+        };
+        if !ns.starts_with("lab-") || kept.contains(&ns) {
+            continue;
+        }
+        let marked = sys::open_netns(&ns)
+            .ok()
+            .and_then(|f| links::ns_marked(&f).ok().flatten());
+        if let Some(lab) = marked {
+            match sys::delete_netns(&ns) {
+                Ok(()) => {
+                    did += 1;
+                    println!("removed namespace {ns} (marked as lab {lab}'s, in no record)");
+                }
+                Err(e) => {
+                    eprintln!("lab: {e:#}");
+                    code = EXIT_FAILED;
+                }
+            }
+        }
+    }
+    if did == 0 {
+        println!("nothing to clean");
+    }
+    Ok(code)
+}
+
+/// `lab status`.
+pub fn status(a: StatusArgs) -> Result<u8> {
+    let names = match &a.lab {
+        Some(n) => match state::pick(Some(n)) {
+            Ok(n) => vec![n],
+            Err(e) => return refuse(e),
+        },
+        None => state::lab_names(),
+    };
+    let states: Vec<State> = names
+        .iter()
+        .map(|n| State::load(n))
+        .collect::<Result<_>>()?;
+    let labs: Vec<(State, live::Live)> = states
+        .into_iter()
+        .map(|s| {
+            let l = live::gather(&s);
+            (s, l)
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status::json(&labs))?);
+    } else if labs.is_empty() {
+        println!("no lab is up; start one with `lab up topologies/<file>.yaml`");
+    } else {
+        let parts: Vec<String> = labs.iter().map(|(s, l)| status::render(s, l)).collect();
+        print!("{}", parts.join("\n"));
+    }
+    Ok(EXIT_OK)
+}
+
+fn node_env(lab: &str, node: &str, ns: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("LAB_NAME".to_owned(), lab.to_owned()),
+        ("LAB_NODE".to_owned(), node.to_owned()),
+        ("LAB_NETNS".to_owned(), ns.to_owned()),
+    ])
+}
+
+fn resolve(lab: Option<&str>, node: &str) -> Result<(State, String)> {
+    let name = state::pick(lab)?;
+    let s = State::load(&name)?;
+    let ns = crate::plan::node::resolve(&s.plan, node)?;
+    Ok((s, ns))
+}
+
+/// `lab shell <node>`.
+pub fn shell(a: ShellArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("shell") {
+        return refuse(e);
+    }
+    let (s, ns) = match resolve(a.lab.as_deref(), &a.node) {
+        Ok(x) => x,
+        Err(e) => return refuse(e),
+    };
+    let rc = s.dir().join(format!("shell-{}.rc", std::process::id()));
+    let (argv, rc_text) = shell::shell_argv(&a.node, &rc);
+    let mut env = node_env(&s.name, &a.node, &ns);
+    if let Some(t) = &rc_text {
+        std::fs::write(&rc, t).with_context(|| format!("cannot write {}", rc.display()))?;
+    } else {
+        env.insert("PS1".into(), format!("[lab {}] # ", a.node));
+    }
+    eprintln!("lab: shell in {ns} (node {}); `exit` to leave", a.node);
+    let code = shell::run_in(&ns, &argv, &env);
+    if rc_text.is_some() {
+        let _ = std::fs::remove_file(&rc);
+    }
+    code
+}
+
+/// `lab exec <node> -- cmd args...`.
+pub fn exec(a: ExecArgs) -> Result<u8> {
+    if let Err(e) = sys::require_privileges("exec") {
+        return refuse(e);
+    }
+    let (s, ns) = match resolve(a.lab.as_deref(), &a.node) {
+        Ok(x) => x,
+        Err(e) => return refuse(e),
+    };
+    // `lab` as the command means this very executable, so in-lab clients match the servers.
+    let mut argv = a.command.clone();
+    if argv[0] == "lab" {
+        argv[0] = std::env::current_exe()?.display().to_string();
+    }
+    shell::run_in(&ns, &argv, &node_env(&s.name, &a.node, &ns))
+}
+
+/// `lab relay` (started by `lab up` for a `url:` upstream).
+pub async fn relay(a: RelayArgs) -> Result<u8> {
+    let to = relay::authority(&a.to)?;
+    let listener = relay::bind_in(&a.netns, a.listen)?;
+    let line = serde_json::json!({
+        "event": "ready",
+        "server": "relay",
+        "listen": a.listen.to_string(),
+        "url": format!("http://{}", a.listen),
+        "cert_sha256": null,
+    });
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+    tracing::info!("relaying {} in {} to {to} on the host", a.listen, a.netns);
+    tokio::select! {
+        r = relay::serve(listener, to) => r.map(|()| EXIT_OK),
+        () = super::shutdown_signal() => Ok(EXIT_OK),
+    }
+}

@@ -1,0 +1,122 @@
+//! Every subcommand's handler. Handlers print what a person reads and choose the exit
+//! status; the work is done by the stages they call. [`main`] dispatches a parsed
+//! command line.
+
+pub mod client;
+pub mod demo;
+pub mod lab;
+pub mod plan;
+pub mod report;
+pub mod results;
+pub mod run;
+pub mod serve;
+pub mod wire;
+
+use crate::cli::{Cli, Command};
+use std::process::ExitCode;
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the command ran but something failed (a prompt, a digest check, a lab
+/// that would not build).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: bad input (flags, files, a topology, no root), reported before anything
+/// ran.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of `lab run`: the run was clean but an expectation failed.
+pub const EXIT_EXPECTATION: u8 = 3;
+/// Exit status when Ctrl-C or SIGTERM interrupted the command (after it cleaned up).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs a parsed command line and returns the process's exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // The link emulator runs without an async runtime: its threads must all block the
+    // stop signals, which a runtime's worker threads would not.
+    if let Command::Wire(a) = cli.command {
+        return ExitCode::from(match wire::run(a) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("lab: {e:#}");
+                EXIT_FAILED
+            }
+        });
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lab: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    ExitCode::from(match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lab: {e:#}");
+            EXIT_USAGE
+        }
+    })
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    let ok = |b: bool| if b { EXIT_OK } else { EXIT_FAILED };
+    match command {
+        Command::Serve(s) => serve::run(s).await.map(|()| EXIT_OK),
+        Command::Client(c) => client::run(c).await.map(ok),
+        Command::Demo(d) => demo::run(d).await.map(ok),
+        Command::Plan(p) => plan::run(&p),
+        Command::Schema => plan::schema(),
+        Command::Run(a) => run::run(a).await,
+        Command::Report(a) => report::report(a),
+        Command::Compare(a) => report::compare(a),
+        Command::Up(a) => lab::up(a).await,
+        Command::Status(a) => lab::status(a),
+        Command::Shell(a) => lab::shell(a),
+        Command::Exec(a) => lab::exec(a),
+        Command::Down(a) => lab::down(a),
+        Command::Clean(a) => lab::clean(a),
+        Command::Relay(a) => lab::relay(a).await,
+        Command::Wire(a) => wire::run(a).map(|()| EXIT_OK),
+    }
+}
+
+/// Prints why a command refuses to run; bad input.
+pub fn refuse(e: anyhow::Error) -> anyhow::Result<u8> {
+    eprintln!("lab: {e:#}");
+    Ok(EXIT_USAGE)
+}
+
+/// Loads a topology and its plan, or prints every problem and gives the exit status.
+pub fn load_topology(
+    path: &std::path::Path,
+) -> Result<(crate::topology::model::Topology, crate::plan::Plan), u8> {
+    crate::topology::load(path).map_err(|e| {
+        let text = e.to_string();
+        eprint!("lab: {text}");
+        if !text.ends_with('\n') {
+            eprintln!();
+        }
+        EXIT_USAGE
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

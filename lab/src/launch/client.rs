@@ -1,0 +1,105 @@
+//! A cell's client: `lab client` re-executed in the cell's client namespace, printing
+//! one JSON record per prompt, watched by a deadline.
+
+use crate::netlab::state::State;
+use crate::netlab::{procs, sys};
+use crate::plan::{Cell, run_dir};
+use anyhow::{Result, anyhow};
+use lab_clients::record::PromptRecord;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Runs the client of `cell` in its namespace with `extra` arguments; calls `each` per
+/// record as it arrives. Gives up after `deadline`.
+pub fn run(
+    state: &State,
+    cell: &Cell,
+    extra: &[String],
+    log: PathBuf,
+    env: &[(String, String)],
+    deadline: Duration,
+    each: &mut dyn FnMut(PromptRecord),
+) -> Result<()> {
+    let plan = &state.plan;
+    let w = &plan.workload;
+    let mut argv: Vec<String> = vec![
+        "lab".into(),
+        "client".into(),
+        cell.approach.to_string(),
+        "--url".into(),
+        cell.url.clone(),
+        "--ca".into(),
+        format!("{}/certs/{}/cert.pem", run_dir(&plan.name), cell.id),
+        "--json".into(),
+        "--model".into(),
+        plan.llm.model.clone(),
+        "--mode".into(),
+        match w.connection {
+            crate::topology::model::Connection::Reuse => "reuse".into(),
+            crate::topology::model::Connection::Fresh => "fresh".into(),
+        },
+        "--timeout".into(),
+        w.timeout
+            .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
+    ];
+    argv.extend_from_slice(extra);
+    let ns = sys::open_netns(&cell.client_ns)?;
+    let exe = std::env::current_exe()?;
+    let mut st = procs::start(
+        &exe,
+        "client",
+        Some(&cell.id),
+        &cell.client_ns,
+        Some(&ns),
+        &argv,
+        log,
+        env,
+    )?;
+    let out = st
+        .take_stdout()
+        .ok_or_else(|| anyhow!("the client has no stdout"))?;
+    let pid = st.record.pid;
+    let start = st.record.start;
+    // A watchdog: a client that outlives its deadline is killed.
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while !d2.load(Ordering::SeqCst) {
+            if t0.elapsed() > deadline {
+                let _ = sys::stop_process(pid, start, Duration::from_secs(1));
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        match serde_json::from_str::<PromptRecord>(&line) {
+            Ok(r) => each(r),
+            Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
+        }
+    }
+    let status = st.child.wait()?;
+    done.store(true, Ordering::SeqCst);
+    let killed = watchdog.join().unwrap_or(false);
+    if killed {
+        return Err(anyhow!(
+            "the client ran past its deadline of {} s and was stopped",
+            deadline.as_secs()
+        ));
+    }
+    // Exit 1 means some prompt failed, which the records say; anything else is an error.
+    match status.code() {
+        Some(0) | Some(1) => Ok(()),
+        _ => Err(anyhow!(
+            "the client ended with {status}; last lines of {}:\n{}",
+            st.record.log.display(),
+            procs::log_tail(&st.record.log, 8)
+        )),
+    }
+}

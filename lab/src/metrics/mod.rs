@@ -1,0 +1,254 @@
+//! A run's results and what they add up to: the `run.json` model (every cell's records,
+//! both ends' capture and kernel counters, the emulator's counters), the metrics that
+//! expectations and tables name, the token digests compared across approaches, and what
+//! counts as a run error. Pure.
+
+use crate::approach::Approach;
+use crate::capture::{Counts, Kernel};
+use crate::plan::{Cell, Plan};
+use crate::topology::expect::Outcome;
+use lab_clients::record::{PromptRecord, Summary};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One end of a cell's link: what the capture counted and what the kernel counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct End {
+    pub capture: Counts,
+    pub kernel: Kernel,
+    /// Differences between the two (empty when they agree exactly).
+    pub differences: Vec<String>,
+}
+
+/// What one cell produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellResult {
+    pub cell: Cell,
+    pub records: Vec<PromptRecord>,
+    /// The client at the client's end of the link, the server at the other.
+    pub client: Option<End>,
+    pub server: Option<End>,
+    /// The emulator's counters at the end (userspace backend; warm-up included).
+    pub wire: Option<crate::shaping::stats::WireStats>,
+    pub warmup_error: Option<String>,
+    /// Errors of the cell itself (capture, a client that would not start or end).
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Everything about a run: `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub name: String,
+    pub topology: PathBuf,
+    pub started_unix: u64,
+    pub seconds: f64,
+    pub environment: serde_json::Value,
+    pub plan: Plan,
+    pub cells: Vec<CellResult>,
+    pub expectations: Vec<Outcome>,
+    pub digest_mismatches: Vec<String>,
+}
+
+impl CellResult {
+    /// A cell with nothing measured yet.
+    pub fn empty(cell: &Cell) -> CellResult {
+        CellResult {
+            cell: cell.clone(),
+            records: Vec::new(),
+            client: None,
+            server: None,
+            wire: None,
+            warmup_error: None,
+            errors: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+}
+
+/// The cells of one profile, in plan order.
+pub fn cells_of<'a>(run: &'a Run, profile: &str) -> Vec<&'a CellResult> {
+    run.cells
+        .iter()
+        .filter(|c| c.cell.profile == profile)
+        .collect()
+}
+
+/// The profiles of a run, in plan order.
+pub fn profiles(run: &Run) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for c in &run.cells {
+        if !v.contains(&c.cell.profile) {
+            v.push(c.cell.profile.clone());
+        }
+    }
+    v
+}
+
+/// Successful tokens of a cell.
+pub fn tokens(c: &CellResult) -> usize {
+    c.records
+        .iter()
+        .filter(|r| r.error.is_none())
+        .map(|r| r.tokens)
+        .sum()
+}
+
+/// Wire totals at the client's end: (bytes up, bytes down, frames up, frames down).
+pub fn wire(c: &CellResult) -> Option<(u64, u64, u64, u64)> {
+    c.client.as_ref().map(|e| {
+        (
+            e.capture.tx.l2_bytes,
+            e.capture.rx.l2_bytes,
+            e.capture.tx.frames,
+            e.capture.rx.frames,
+        )
+    })
+}
+
+/// A metric of `approach` under `profile`, as expectations name them.
+pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f64> {
+    let c = run
+        .cells
+        .iter()
+        .find(|c| c.cell.profile == profile && c.cell.approach.to_string() == approach)?;
+    let s = Summary::of(approach, &c.records);
+    let ok = s.prompts - s.errors;
+    let toks = tokens(c) as f64;
+    match name {
+        "ttft_p50" => s.ttft_p50_ms,
+        "ttft_p95" => s.ttft_p95_ms,
+        "ttft_p99" => s.ttft_p99_ms,
+        "tbt_avg" => s.avg_tbt_ms,
+        "total_avg" => (ok > 0).then_some(s.avg_total_ms),
+        "setup" => s.avg_connect_ms,
+        "tokens_avg" => (ok > 0).then_some(s.avg_tokens),
+        "bytes_per_token" => s.avg_bytes_per_token,
+        "wire_bytes_per_token" => wire(c)
+            .filter(|_| toks > 0.0)
+            .map(|(u, d, _, _)| (u + d) as f64 / toks),
+        "wire_bytes" => wire(c).map(|(u, d, _, _)| (u + d) as f64),
+        "packets" => wire(c).map(|(_, _, fu, fd)| (fu + fd) as f64),
+        "errors" => Some(s.errors as f64),
+        _ => None,
+    }
+}
+
+/// Prompts whose tokens differ between approaches of one profile (the embedded mock
+/// answers every approach with the same tokens).
+pub fn digest_mismatches(run: &Run) -> Vec<String> {
+    if run.plan.llm.kind != "mock" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in profiles(run) {
+        let cells = cells_of(run, &p);
+        let Some(first) = cells.first() else { continue };
+        for r in &first.records {
+            if r.error.is_some() {
+                continue;
+            }
+            for other in &cells[1..] {
+                let same = other
+                    .records
+                    .iter()
+                    .find(|o| o.index == r.index && o.error.is_none());
+                if let Some(o) = same
+                    && o.digest != r.digest
+                {
+                    out.push(format!(
+                        "{p}: prompt {} ({}): {} and {} received different tokens",
+                        r.index + 1,
+                        r.prompt,
+                        first.cell.approach,
+                        other.cell.approach
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything that makes the run itself a failure.
+pub fn run_errors(run: &Run) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &run.cells {
+        let who = format!("{} ({}@{})", c.cell.id, c.cell.approach, c.cell.profile);
+        for e in &c.errors {
+            out.push(format!("{who}: {e}"));
+        }
+        let failed: Vec<_> = c.records.iter().filter(|r| r.error.is_some()).collect();
+        if !failed.is_empty() {
+            out.push(format!(
+                "{who}: {} of {} prompts failed ({})",
+                failed.len(),
+                c.records.len(),
+                failed
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| e.category.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(w) = &c.warmup_error {
+            out.push(format!("{who}: the warm-up failed: {w}"));
+        }
+        for (side, e) in [("client", &c.client), ("server", &c.server)] {
+            if let Some(e) = e
+                && !e.differences.is_empty()
+            {
+                out.push(format!(
+                    "{who}: the {side}-side capture and the kernel's counters differ: {}",
+                    e.differences.join("; ")
+                ));
+            }
+        }
+    }
+    out.extend(run.digest_mismatches.iter().cloned());
+    out
+}
+
+/// Token digests of one prompt across approaches, and the mock's expected digest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DigestCheck {
+    pub compared: usize,
+    pub mismatches: Vec<String>,
+}
+
+/// Compares digests per prompt index across approaches (and with `expected`, if given).
+pub fn check_digests(
+    results: &[(Approach, Vec<PromptRecord>)],
+    expected: Option<&dyn Fn(usize) -> String>,
+) -> DigestCheck {
+    let n = results.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+    let mut check = DigestCheck {
+        compared: 0,
+        mismatches: Vec::new(),
+    };
+    for i in 0..n {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (a, recs) in results {
+            if let Some(r) = recs.get(i).filter(|r| r.error.is_none()) {
+                seen.push((a.name.to_owned(), r.digest.clone()));
+            }
+        }
+        if let Some(f) = expected {
+            seen.push(("mock".into(), f(i)));
+        }
+        if seen.len() < 2 {
+            continue;
+        }
+        check.compared += 1;
+        if seen.iter().any(|(_, d)| *d != seen[0].1) {
+            let detail: Vec<String> = seen
+                .iter()
+                .map(|(a, d)| format!("{a}={}", &d[..12.min(d.len())]))
+                .collect();
+            check
+                .mismatches
+                .push(format!("prompt {}: {}", i + 1, detail.join(" ")));
+        }
+    }
+    check
+}

@@ -1,0 +1,142 @@
+//! The kernel backend, carried out: netem qdiscs added over netlink, the probe that says
+//! whether this kernel has netem, and the backend decision made from it before a lab is
+//! built. The option bytes come from [`crate::shaping::netem`].
+
+use crate::plan::Plan;
+use crate::plan::layout::{Shaper, with_backend};
+use crate::shaping::netem::{netem_options, new_qdisc};
+use crate::shaping::params::{Limit, Params};
+use crate::topology::model::Backend;
+use anyhow::{Context, Result, bail};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::tc::{TcAttribute, TcHandle};
+use rtnetlink::packet_core::NetlinkMessage;
+
+/// Sends one request and waits for the kernel's answer: Ok, or the error number.
+async fn execute(
+    h: &rtnetlink::Handle,
+    req: NetlinkMessage<RouteNetlinkMessage>,
+) -> Result<std::result::Result<(), i32>> {
+    use futures_util::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    let mut h = h.clone();
+    let mut resp = h.request(req)?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+        {
+            return Ok(Err(-code.get()));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Does this kernel have netem? Adds a netem qdisc to the loopback of a throwaway
+/// network namespace (a clean device: no root qdisc to collide with), which vanishes
+/// with the thread. Ok(None): netem works; Ok(Some(why)): it does not, and why.
+pub fn probe_netem() -> Result<Option<String>> {
+    std::thread::spawn(|| -> Result<Option<String>> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut p = Params::from_link(&Default::default());
+        p.limit = Limit::Packets(1000);
+        let opts = netem_options(&p, None)?;
+        crate::netlab::links::with_netlink(async |h| {
+            Ok(match execute(&h, new_qdisc(1, "netem", opts)).await? {
+                Ok(()) => None,
+                Err(libc::ENOENT) => Some(
+                    "this kernel has no netem: adding a netem qdisc on a clean device failed with ENOENT (sch_netem is not built or loadable)"
+                        .to_owned(),
+                ),
+                Err(e) => Some(format!(
+                    "adding a netem qdisc on a clean device failed: {}",
+                    std::io::Error::from_raw_os_error(e)
+                )),
+            })
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| bail!("the netem probe panicked"))
+}
+
+/// Puts `kind` with `options` as the root qdisc of `ifname`, in the calling thread's
+/// namespace.
+pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
+    crate::netlab::links::with_netlink(async |h| {
+        let link = crate::netlab::links::get(&h, ifname).await?;
+        match execute(&h, new_qdisc(link.header.index as i32, kind, options)).await? {
+            Ok(()) => Ok(()),
+            Err(libc::ENOENT) if kind == "netem" => bail!(
+                "this kernel has no netem; set `shaping: {{ backend: userspace }}` (or auto) in the topology"
+            ),
+            Err(e) => bail!(
+                "cannot add {kind} on {ifname}: {}",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        }
+    })
+}
+
+/// The kind of the root qdisc of `ifname` (calling thread's namespace), read back over
+/// netlink.
+pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
+    crate::netlab::links::with_netlink(async |h| {
+        use futures_util::TryStreamExt;
+        let link = crate::netlab::links::get(&h, ifname).await?;
+        let qd = h.clone();
+        let mut s = qd.qdisc().get().execute();
+        while let Some(m) = s.try_next().await? {
+            if m.header.index == link.header.index as i32 && m.header.parent == TcHandle::ROOT {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// Decides the backend of a plan (probing for netem when the topology says auto, or
+/// kernel) and lays the plan out for it. `lab up` and `lab run` call this before they
+/// build; the build carries out the decision.
+pub fn decide(plan: Plan) -> Result<Plan> {
+    Ok(match plan.backend {
+        Backend::Userspace => with_backend(plan, Shaper::Userspace, "asked for by the topology"),
+        Backend::Kernel => match probe_netem()? {
+            None => with_backend(
+                plan,
+                Shaper::Kernel,
+                "asked for by the topology; netem is available",
+            ),
+            Some(why) => bail!(
+                "the topology asks for the kernel backend, but {why}; set `shaping: {{ backend: userspace }}` (or auto) to use lab's userspace link emulator"
+            ),
+        },
+        Backend::Auto => match probe_netem()? {
+            None => with_backend(plan, Shaper::Kernel, "auto: netem is available"),
+            Some(why) => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
+        },
+    })
+}
+
+/// Puts each cell's netem qdiscs on its wire namespace's bridge ports: the up settings
+/// on `to-server` (its egress carries client-to-server traffic), the down settings on
+/// `to-client`. Directions with nothing to shape get no qdisc.
+pub fn apply_plan(
+    plan: &Plan,
+    wire_ns: &std::collections::HashMap<String, std::fs::File>,
+) -> Result<()> {
+    for c in &plan.cells {
+        let fd = &wire_ns[&c.wire_ns];
+        crate::netlab::sys::in_netns(fd, || {
+            for (ifname, p) in [("to-server", &c.up), ("to-client", &c.down)] {
+                if !p.is_identity() {
+                    apply(ifname, "netem", netem_options(p, Some(plan.seed))?)
+                        .with_context(|| format!("cell {}: {ifname}", c.id))?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}

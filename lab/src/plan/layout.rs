@@ -1,0 +1,69 @@
+//! The plan laid out for a shaping backend: the kernel layout bridges each wire
+//! namespace's veths (the qdiscs go on the bridge ports); the userspace layout leaves
+//! them apart and runs `lab wire` between them. Pure; which backend a lab gets is decided
+//! by [`crate::netlab::qdisc::decide`] before it is built.
+
+use super::{Plan, Process, run_dir};
+use crate::shaping::params::Params;
+use serde::{Deserialize, Serialize};
+
+/// The shaping backend that builds the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shaper {
+    /// netem (and tbf) qdiscs on the wire namespace's bridge ports.
+    Kernel,
+    /// `lab wire`, the userspace link emulator, between the wire namespace's veths.
+    Userspace,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapingChoice {
+    pub backend: Shaper,
+    /// Why this backend: asked for, or what the netem probe found.
+    pub why: String,
+}
+
+/// The plan laid out for a backend. The kernel layout bridges each wire namespace's
+/// veths (the qdiscs go on the bridge ports); the userspace layout leaves them apart and
+/// runs `lab wire` between them.
+pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Plan {
+    if backend == Shaper::Userspace {
+        let wires: Vec<String> = p.cells.iter().map(|c| c.wire_ns.clone()).collect();
+        p.interfaces
+            .retain(|i| !(i.kind == "bridge" && wires.contains(&i.namespace)));
+        for i in &mut p.interfaces {
+            if wires.contains(&i.namespace) {
+                i.master = None;
+            }
+        }
+        for c in &p.cells {
+            let json = |l: &Params| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
+            p.processes.push(Process {
+                namespace: c.wire_ns.clone(),
+                role: "wire".into(),
+                argv: vec![
+                    "lab".into(),
+                    "wire".into(),
+                    "--client-if".into(),
+                    "to-client".into(),
+                    "--server-if".into(),
+                    "to-server".into(),
+                    "--seed".into(),
+                    p.seed.to_string(),
+                    "--up".into(),
+                    json(&c.up),
+                    "--down".into(),
+                    json(&c.down),
+                    "--stats".into(),
+                    format!("{}/wire/{}.json", run_dir(&p.name), c.id),
+                ],
+            });
+        }
+    }
+    p.shaping = Some(ShapingChoice {
+        backend,
+        why: why.into(),
+    });
+    p
+}

@@ -1,0 +1,144 @@
+//! The plan as a person reads it: `lab plan`'s output, and the shaping line that
+//! `lab up`, `lab status` and `lab run` print. Pure.
+
+use super::Plan;
+use super::layout::Shaper;
+use crate::topology::model::{Backend, Connection};
+
+/// The shaping backend, why it was chosen, and the seed.
+pub fn shaping_line(p: &Plan) -> String {
+    match &p.shaping {
+        Some(c) => format!(
+            "{} ({}), seed {}; {}",
+            match c.backend {
+                Shaper::Kernel => "kernel",
+                Shaper::Userspace => "userspace",
+            },
+            match c.backend {
+                Shaper::Kernel => "netem on each wire namespace's bridge ports",
+                Shaper::Userspace => "lab wire between each wire namespace's veths",
+            },
+            p.seed,
+            c.why
+        ),
+        None => format!("not decided yet, seed {}", p.seed),
+    }
+}
+
+/// The plan as a person reads it.
+pub fn render(p: &Plan) -> String {
+    use tabled::settings::Style;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "lab {}: {} cells, {} namespaces\n",
+        p.name,
+        p.cells.len(),
+        p.namespaces.len()
+    ));
+    let asked = match p.backend {
+        Backend::Auto => "auto",
+        Backend::Kernel => "kernel",
+        Backend::Userspace => "userspace",
+    };
+    match &p.shaping {
+        Some(c) => out.push_str(&format!(
+            "shaping: {} backend (asked: {asked}; {}), seed {}\n",
+            match c.backend {
+                Shaper::Kernel => "kernel",
+                Shaper::Userspace => "userspace",
+            },
+            c.why,
+            p.seed
+        )),
+        None => out.push_str(&format!("shaping: {asked} backend, seed {}\n", p.seed)),
+    }
+    out.push_str(&format!(
+        "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
+        p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
+    ));
+    out.push_str(&format!(
+        "workload: {} prompts, {} connection, repeat {}, cells {}\n\n",
+        p.workload.prompts,
+        match p.workload.connection {
+            Connection::Reuse => "reuse",
+            Connection::Fresh => "fresh",
+        },
+        p.workload.repeat,
+        if p.workload.parallel {
+            "in parallel"
+        } else {
+            "one after another"
+        }
+    ));
+
+    #[derive(tabled::Tabled)]
+    struct CellRow {
+        cell: String,
+        approach: String,
+        profile: String,
+        client: String,
+        server: String,
+        #[tabled(rename = "up (client to server)")]
+        up: String,
+        #[tabled(rename = "down (server to client)")]
+        down: String,
+    }
+    let rows: Vec<CellRow> = p
+        .cells
+        .iter()
+        .map(|c| CellRow {
+            cell: c.id.clone(),
+            approach: c.approach.to_string(),
+            profile: c.profile.clone(),
+            client: c.client_addr.to_string(),
+            server: c.url.clone(),
+            up: c.up.describe(),
+            down: c.down.describe(),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push_str("\n\n");
+
+    #[derive(tabled::Tabled)]
+    struct IfRow {
+        namespace: String,
+        interface: String,
+        kind: String,
+        peer: String,
+        address: String,
+        master: String,
+    }
+    let rows: Vec<IfRow> = p
+        .interfaces
+        .iter()
+        .map(|i| IfRow {
+            namespace: i.namespace.clone(),
+            interface: i.name.clone(),
+            kind: i.kind.clone(),
+            peer: i.peer.clone().unwrap_or_default(),
+            address: i.address.clone().unwrap_or_default(),
+            master: i.master.clone().unwrap_or_default(),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push_str("\n\n");
+
+    #[derive(tabled::Tabled)]
+    struct ProcRow {
+        namespace: String,
+        role: String,
+        command: String,
+    }
+    let rows: Vec<ProcRow> = p
+        .processes
+        .iter()
+        .map(|pr| ProcRow {
+            namespace: pr.namespace.clone(),
+            role: pr.role.clone(),
+            command: pr.argv.join(" "),
+        })
+        .collect();
+    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+    out.push('\n');
+    out
+}
