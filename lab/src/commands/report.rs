@@ -2,7 +2,7 @@
 
 use super::results::load;
 use super::{EXIT_OK, EXIT_USAGE};
-use crate::report::{plots, tables};
+use crate::report::tables;
 use anyhow::Result;
 use std::path::Path;
 
@@ -23,7 +23,7 @@ pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
     let text = tables::render(&run);
     print!("{text}");
     std::fs::write(dir.join("report.md"), &text)?;
-    let files = plots::write_all(&run, &dir, a.prompt.saturating_sub(1))?;
+    let files = super::results::write_plots(&run, &dir, a.prompt.saturating_sub(1))?;
     eprintln!("wrote report.md, {} in {}", files.join(", "), dir.display());
     Ok(EXIT_OK)
 }

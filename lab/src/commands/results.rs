@@ -30,9 +30,20 @@ pub fn save(run: &Run, report_text: &str, dir: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("cannot write {}", dir.join("run.json").display()))?;
     std::fs::write(dir.join("report.md"), report_text)?;
     let mut files = vec!["run.json".to_owned(), "report.md".to_owned()];
-    files.extend(report::plots::write_all(run, dir, 0)?);
+    files.extend(write_plots(run, dir, 0)?);
     give_to_sudo_user(dir);
     Ok(files)
+}
+
+/// Writes the plots of `run` into `dir`; returns their file names.
+pub fn write_plots(run: &Run, dir: &Path, prompt: usize) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for (name, svg) in report::plots::all(run, prompt)? {
+        let path = dir.join(name);
+        std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 /// Reads a run.json (or the run.json of a results directory).

@@ -4,7 +4,6 @@
 use crate::metrics::{CellResult, Run, metric};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
-use std::path::Path;
 
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
@@ -27,13 +26,13 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 
 /// A chart of lines, one per named series, with a legend in the lower right.
 fn line_chart(
-    path: &Path,
     caption: &str,
     (x_desc, y_desc): (&str, &str),
     (x_max, y_max): (f64, f64),
     series: Vec<(String, Vec<(f64, f64)>)>,
-) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+) -> Result<String> {
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 18))
@@ -66,11 +65,13 @@ fn line_chart(
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }
 
 /// TTFT cumulative distribution, one line per cell.
-pub fn ttft(run: &Run, path: &Path) -> Result<()> {
+pub fn ttft(run: &Run) -> Result<String> {
     let series: Vec<(String, Vec<(f64, f64)>)> = run
         .cells
         .iter()
@@ -91,7 +92,6 @@ pub fn ttft(run: &Run, path: &Path) -> Result<()> {
         .flat_map(|(_, p)| p.last().map(|p| p.0))
         .fold(1.0, f64::max);
     line_chart(
-        path,
         &format!("{}: time to first token", run.name),
         ("TTFT (ms)", "share of prompts"),
         (max * 1.05, 1.0),
@@ -100,7 +100,7 @@ pub fn ttft(run: &Run, path: &Path) -> Result<()> {
 }
 
 /// Wire and application bytes per token, two bars per cell.
-pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
+pub fn bytes_per_token(run: &Run) -> Result<String> {
     let rows: Vec<(String, f64, f64)> = run
         .cells
         .iter()
@@ -116,7 +116,8 @@ pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
         .collect();
     let max = rows.iter().map(|r| r.1.max(r.2)).fold(1.0, f64::max);
     let n = rows.len().max(1);
-    let root = SVGBackend::new(path, (140 + 110 * n as u32, 560)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (140 + 110 * n as u32, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{}: bytes per token", run.name), ("sans-serif", 20))
@@ -170,11 +171,13 @@ pub fn bytes_per_token(run: &Run, path: &Path) -> Result<()> {
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }
 
 /// When each token of prompt `index` arrived, one line per cell.
-pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
+pub fn timeline(run: &Run, index: usize) -> Result<String> {
     let series: Vec<(String, Vec<(f64, f64)>)> = run
         .cells
         .iter()
@@ -205,7 +208,6 @@ pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
         .fold(1.0, f64::max);
     let nmax = series.iter().map(|(_, p)| p.len()).max().unwrap_or(1) as f64;
     line_chart(
-        path,
         &format!(
             "{}: token arrivals, prompt {} ({prompt})",
             run.name,
@@ -217,14 +219,11 @@ pub fn timeline(run: &Run, index: usize, path: &Path) -> Result<()> {
     )
 }
 
-/// Writes the three plots into `dir`; returns their file names.
-pub fn write_all(run: &Run, dir: &Path, prompt: usize) -> Result<Vec<String>> {
-    ttft(run, &dir.join("ttft.svg"))?;
-    bytes_per_token(run, &dir.join("bytes_per_token.svg"))?;
-    timeline(run, prompt, &dir.join("timeline.svg"))?;
+/// The three plots, by file name; `prompt` picks the timeline's prompt (0 = the first).
+pub fn all(run: &Run, prompt: usize) -> Result<Vec<(&'static str, String)>> {
     Ok(vec![
-        "ttft.svg".into(),
-        "bytes_per_token.svg".into(),
-        "timeline.svg".into(),
+        ("ttft.svg", ttft(run)?),
+        ("bytes_per_token.svg", bytes_per_token(run)?),
+        ("timeline.svg", timeline(run, prompt)?),
     ])
 }
