@@ -47,13 +47,13 @@ fn every_example_topology_parses_plans_and_points_at_the_schema() {
             "{} does not point at the schema",
             p.display()
         );
-        topology::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        plan::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 }
 
 #[test]
 fn the_reference_profiles_have_the_reference_values() {
-    let (t, _) = topology::load(&root().join("topologies/matrix.yaml")).unwrap();
+    let (t, _) = plan::load(&root().join("topologies/matrix.yaml")).unwrap();
     let got: Vec<(String, String)> = t
         .profiles
         .iter()
@@ -89,11 +89,11 @@ fn published_schema_is_up_to_date() {
 #[test]
 fn plan_snapshots() {
     for name in ["matrix", "degraded", "ci"] {
-        let (_, p) = topology::load(&root().join(format!("topologies/{name}.yaml"))).unwrap();
+        let (_, p) = plan::load(&root().join(format!("topologies/{name}.yaml"))).unwrap();
         insta::assert_snapshot!(format!("plan_{name}"), plan::render(&p));
     }
     // The userspace layout: no bridge in the wire namespaces, `lab wire` between the veths.
-    let (_, p) = topology::load(&root().join("topologies/degraded.yaml")).unwrap();
+    let (_, p) = plan::load(&root().join("topologies/degraded.yaml")).unwrap();
     let p = plan::with_backend(p, plan::Shaper::Userspace, "test");
     insta::assert_snapshot!("plan_degraded_userspace", plan::render(&p));
 }
@@ -101,7 +101,7 @@ fn plan_snapshots() {
 #[test]
 fn plans_obey_the_naming_and_addressing_rules() {
     for path in examples() {
-        let (_, p) = topology::load(&path).unwrap();
+        let (_, p) = plan::load(&path).unwrap();
         let mut ns = p.namespaces.clone();
         ns.sort();
         ns.dedup();
@@ -147,8 +147,8 @@ fn plans_obey_the_naming_and_addressing_rules() {
         assert_eq!(p.cells.len() * 3 + 1, p.namespaces.len());
     }
     // Two labs with different names share no namespace.
-    let (_, a) = topology::load(&root().join("topologies/degraded.yaml")).unwrap();
-    let (_, b) = topology::load(&root().join("topologies/ci.yaml")).unwrap();
+    let (_, a) = plan::load(&root().join("topologies/degraded.yaml")).unwrap();
+    let (_, b) = plan::load(&root().join("topologies/ci.yaml")).unwrap();
     assert!(a.namespaces.iter().all(|n| !b.namespaces.contains(n)));
 }
 
@@ -164,7 +164,7 @@ fn bad_topologies_get_their_exact_messages() {
         n += 1;
         let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
         // Messages name the file as given; run from the crate directory like the corpus.
-        let err = match topology::load(rel) {
+        let err = match plan::load(rel) {
             Ok(_) => panic!("{} was accepted", rel.display()),
             Err(e) => e.to_string(),
         };
@@ -207,7 +207,7 @@ fn lab_plan_exits_2_on_a_bad_topology_and_0_on_a_good_one() {
 fn planned_commands_are_valid_lab_command_lines() {
     use clap::Parser;
     for path in examples() {
-        let (_, p) = topology::load(&path).unwrap();
+        let (_, p) = plan::load(&path).unwrap();
         let p = plan::with_backend(p, plan::Shaper::Userspace, "test");
         for pr in &p.processes {
             let cli = lab::cli::Cli::try_parse_from(&pr.argv).unwrap_or_else(|e| {

@@ -95,7 +95,7 @@ pub fn refuse(e: anyhow::Error) -> anyhow::Result<u8> {
 pub fn load_topology(
     path: &std::path::Path,
 ) -> Result<(crate::topology::model::Topology, crate::plan::Plan), u8> {
-    crate::topology::load(path).map_err(|e| {
+    crate::plan::load(path).map_err(|e| {
         let text = e.to_string();
         eprint!("lab: {text}");
         if !text.ends_with('\n') {

@@ -26,8 +26,14 @@ pub use render::render;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
-/// At most this many cells per lab (one /24 of 198.18.0.0/16 each).
-pub const MAX_CELLS: usize = 250;
+pub use crate::topology::model::MAX_CELLS;
+
+/// Reads and checks a topology file and plans it.
+pub fn load(path: &std::path::Path) -> Result<(Topology, Plan), crate::topology::LoadError> {
+    let t = crate::topology::load(path)?;
+    let p = plan(&t).map_err(crate::topology::LoadError::Plan)?;
+    Ok((t, p))
+}
 
 pub const LLM_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 pub const LLM_PORT: u16 = 11434;

@@ -1,13 +1,13 @@
 //! Topology files: parse strictly, reporting every problem at once ([`parse`]), with
-//! units typed once ([`units`]) and expectations checked ([`expect`]); [`load`] then
-//! hands the topology to [`crate::plan`]. Pure code, apart from reading the file.
+//! units typed once ([`units`]) and expectations checked ([`expect`]). Pure code, apart
+//! from reading the file and checking that a prompts file exists; [`crate::plan`] takes
+//! it from here.
 
 pub mod expect;
 pub mod model;
 pub mod parse;
 pub mod units;
 
-use crate::plan;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -32,7 +32,7 @@ pub enum LoadError {
 }
 
 /// Reads, parses and checks a topology file; a relative prompts file must exist next to it.
-pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
+pub fn load(path: &Path) -> Result<model::Topology, LoadError> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read topology file {}", path.display()))
         .map_err(LoadError::Io)?;
@@ -44,11 +44,12 @@ pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
             .unwrap_or(Path::new("."))
             .join(&t.workload.prompts);
         if !p.is_file() {
+            let at = parse::position(&text, &["workload", "prompts"]).unwrap_or((1, 1));
             return Err(LoadError::Invalid(parse::Diagnostics(vec![
                 parse::Diagnostic {
+                    line: at.0,
+                    column: at.1,
                     file,
-                    line: line_of(&text, "prompts:"),
-                    column: 1,
                     field: "workload.prompts".into(),
                     message: format!(
                         "prompts file {} does not exist; use `reference` or a path relative to the topology file",
@@ -58,12 +59,5 @@ pub fn load(path: &Path) -> Result<(model::Topology, plan::Plan), LoadError> {
             ])));
         }
     }
-    let plan = plan::plan(&t).map_err(LoadError::Plan)?;
-    Ok((t, plan))
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map_or(1, |i| i + 1)
+    Ok(t)
 }

@@ -40,6 +40,10 @@ pub struct Topology {
     pub ipv6: bool,
 }
 
+/// At most this many cells (profiles times approaches) per lab: each gets one /24 of
+/// 198.18.0.0/16.
+pub const MAX_CELLS: usize = 250;
+
 pub fn all_approaches() -> Vec<Approach> {
     crate::approach::all().collect()
 }

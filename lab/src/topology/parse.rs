@@ -247,6 +247,16 @@ fn is_name(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// The line and column of the node at `path` (keys from the top), if the text is YAML
+/// and has it.
+pub fn position(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let mut node = marked_yaml::parse_yaml(0, text).ok()?;
+    for key in path {
+        node = node.as_mapping()?.get_node(key)?.clone();
+    }
+    Some(pos(&node))
+}
+
 /// Longest lab name. Names appear in namespace names (`lab-<name>-c<i>-server`), which
 /// stay readable in `ip netns list`; interface names inside namespaces do not carry it.
 pub const MAX_NAME: usize = 24;
@@ -300,7 +310,8 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut expect_texts = None;
     let mut ipv6 = None;
     let mut name_at = (1, 1);
-    let mut approaches_at = (1, 1);
+    let mut approaches_at = None;
+    let mut profiles_at = None;
 
     for (k, v) in map.iter() {
         match k.as_str() {
@@ -309,7 +320,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                 name = cx.de::<String>(v, "name");
             }
             "approaches" => {
-                approaches_at = pos(v);
+                approaches_at = Some(key_pos(k));
                 match v.as_sequence() {
                     Some(seq) => {
                         let mut list = Vec::new();
@@ -328,7 +339,10 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                 }
             }
             "llm" => llm = parse_llm(&mut cx, v),
-            "profiles" => profiles = parse_profiles(&mut cx, v),
+            "profiles" => {
+                profiles_at = Some(key_pos(k));
+                profiles = parse_profiles(&mut cx, v);
+            }
             "workload" => workload = parse_workload(&mut cx, v),
             "shaping" => shaping = cx.section::<Shaping>(v, "shaping"),
             "expect" => match v.as_sequence() {
@@ -390,7 +404,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             }
             if list.is_empty() && map.contains_key("approaches") {
                 cx.push(
-                    approaches_at,
+                    approaches_at.unwrap_or((1, 1)),
                     "approaches",
                     format!("empty: list at least one of {}", crate::approach::names()),
                 );
@@ -399,6 +413,24 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         }
         None => all_approaches(),
     };
+    let nprofiles = profiles.as_ref().map_or(0, Vec::len);
+    if nprofiles * approaches_list.len() > MAX_CELLS {
+        let lines = |at: Option<At>, what: &str| match at {
+            Some((l, _)) => format!("`{what}` at line {l}"),
+            None => format!("`{what}` (all {} by default)", approaches_list.len()),
+        };
+        cx.push(
+            profiles_at.unwrap_or((1, 1)),
+            "profiles",
+            format!(
+                "{nprofiles} profiles x {} approaches is {} cells, over the limit of {MAX_CELLS} (one /24 of 198.18.0.0/16 each); split the topology: {} and {}",
+                approaches_list.len(),
+                nprofiles * approaches_list.len(),
+                lines(profiles_at, "profiles"),
+                lines(approaches_at, "approaches"),
+            ),
+        );
+    }
     // Expectations name approaches and profiles of this topology.
     let names: Vec<String> = approaches_list.iter().map(|a| a.to_string()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
