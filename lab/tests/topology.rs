@@ -256,3 +256,63 @@ fn the_ci_workflow_is_valid_yaml_and_runs_the_readmes_steps() {
     }
     assert!(runs.iter().any(|r| r.contains("cargo build --release")));
 }
+
+/// Hostile input never panics the parser: every example topology, cut and corrupted at
+/// seeded random places, gives a topology or a list of problems.
+#[test]
+fn mangled_topologies_never_panic_the_parser() {
+    let mut rng = lab_codec::rng::SplitMix64::new(7);
+    let junk = [
+        "",
+        ":",
+        "- ",
+        "{",
+        "}",
+        "[",
+        "]",
+        "'",
+        "\"",
+        "!!str ",
+        "&a ",
+        "*a",
+        "---\n",
+        "\t",
+        "\n  ",
+        "99999999999999999999999",
+        "-1",
+        "1e999",
+        "%",
+        "ms",
+        "é",
+        "\u{0}",
+        "? ",
+    ];
+    let mut n = 0;
+    for path in examples() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for _ in 0..1500 {
+            let mut t = text.clone();
+            for _ in 0..1 + rng.below(3) {
+                let mut at = rng.below(t.len() + 1);
+                while !t.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match rng.below(3) {
+                    0 => t.insert_str(at, junk[rng.below(junk.len())]),
+                    1 => t.truncate(at),
+                    _ => {
+                        let mut end = (at + 1 + rng.below(8)).min(t.len());
+                        while !t.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        t.replace_range(at..end, "");
+                    }
+                }
+            }
+            let r = std::panic::catch_unwind(|| lab::topology::parse::parse("m.yaml", &t));
+            assert!(r.is_ok(), "the parser panicked on:\n{t}");
+            n += 1;
+        }
+    }
+    assert!(n >= 10_000, "{n}");
+}

@@ -33,10 +33,36 @@ pub enum LoadError {
 
 /// Reads, parses and checks a topology file; a relative prompts file must exist next to it.
 pub fn load(path: &Path) -> Result<model::Topology, LoadError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read topology file {}", path.display()))
         .map_err(LoadError::Io)?;
     let file = path.display().to_string();
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let before = &e.as_bytes()[..at];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = at
+                - before
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            return Err(LoadError::Invalid(parse::Diagnostics(vec![
+                parse::Diagnostic {
+                    file,
+                    line,
+                    column,
+                    field: String::new(),
+                    message: format!(
+                        "the file is not UTF-8: byte {at} (0x{:02x}) starts no UTF-8 character; save the file as UTF-8",
+                        e.as_bytes()[at]
+                    ),
+                },
+            ])));
+        }
+    };
     let t = parse::parse(&file, &text)?;
     if t.workload.prompts != "reference" {
         let p = path

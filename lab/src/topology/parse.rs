@@ -263,12 +263,138 @@ pub const MAX_NAME: usize = 24;
 /// Longest profile name.
 pub const MAX_PROFILE: usize = 24;
 
+/// What the YAML loader refuses without saying where in the topology: a second document,
+/// a tag, a duplicate key. Found by walking the parser's events with the field path at
+/// hand; empty if the text does not even scan (the loader then says why).
+fn structure(text: &str) -> Vec<(At, String, String)> {
+    use yaml_rust2::parser::{Event, Parser};
+    enum Frame {
+        Map {
+            path: String,
+            seen: Vec<(String, usize)>,
+            key: Option<String>,
+        },
+        Seq {
+            path: String,
+            next: usize,
+        },
+    }
+    let mut out = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut documents = 0;
+    let mut parser = Parser::new(text.chars());
+    let join = |base: &str, key: &str| {
+        if base.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{base}.{key}")
+        }
+    };
+    loop {
+        let Ok((ev, mark)) = parser.next_token() else {
+            return out;
+        };
+        let at = (mark.line(), mark.col() + 1);
+        // The path of the value this event is, if it is a value.
+        let value_path = |stack: &mut Vec<Frame>| -> String {
+            match stack.last_mut() {
+                Some(Frame::Map { path, key, .. }) => {
+                    let k = key.take().unwrap_or_default();
+                    join(path, &k)
+                }
+                Some(Frame::Seq { path, next }) => {
+                    *next += 1;
+                    format!("{path}[{}]", *next - 1)
+                }
+                None => String::new(),
+            }
+        };
+        let tagged = |out: &mut Vec<_>, tag: &Option<yaml_rust2::parser::Tag>, path: &str| {
+            if let Some(t) = tag {
+                let handle = match t.handle.as_str() {
+                    "tag:yaml.org,2002:" => "!!",
+                    h => h,
+                };
+                out.push((
+                    at,
+                    path.to_owned(),
+                    format!(
+                        "YAML tags such as `{handle}{}` are not read; write the value alone",
+                        t.suffix
+                    ),
+                ));
+            }
+        };
+        match ev {
+            Event::StreamEnd => return out,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents == 2 {
+                    out.push((
+                        at,
+                        String::new(),
+                        "a second YAML document starts here, and lab reads one; remove the `---` and what follows, or put it in a file of its own".to_owned(),
+                    ));
+                }
+            }
+            Event::Scalar(value, _, _, tag) => {
+                let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
+                if is_key {
+                    if let Some(Frame::Map { path, seen, key }) = stack.last_mut() {
+                        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == value) {
+                            out.push((
+                                at,
+                                join(path, &value),
+                                format!(
+                                    "`{value}` is given twice (first on line {first}); remove one"
+                                ),
+                            ));
+                        }
+                        seen.push((value.clone(), at.0));
+                        let p = join(path, &value);
+                        tagged(&mut out, &tag, &p);
+                        *key = Some(value);
+                    }
+                } else {
+                    let p = value_path(&mut stack);
+                    tagged(&mut out, &tag, &p);
+                }
+            }
+            Event::MappingStart(_, tag) => {
+                let p = value_path(&mut stack);
+                tagged(&mut out, &tag, &p);
+                stack.push(Frame::Map {
+                    path: p,
+                    seen: Vec::new(),
+                    key: None,
+                });
+            }
+            Event::SequenceStart(_, tag) => {
+                let p = value_path(&mut stack);
+                tagged(&mut out, &tag, &p);
+                stack.push(Frame::Seq { path: p, next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Parses and checks a topology. `file` is used in messages only.
 pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut cx = Ctx {
         file,
         out: Vec::new(),
     };
+    let problems = structure(text);
+    if !problems.is_empty() {
+        for (at, field, message) in problems {
+            cx.push(at, &field, message);
+        }
+        return Err(Diagnostics(cx.out));
+    }
     let root = match marked_yaml::parse_yaml_with_options(
         0,
         text,
@@ -483,6 +609,19 @@ fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
     if let Some(u) = &l.url {
         let at = field_at("url");
         match u.parse::<http::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && url_port(&uri).is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) =>
+            {
+                cx.push(
+                    at,
+                    "llm.url",
+                    format!(
+                        "'{u}': port {} is out of range; a port is 1 to 65535",
+                        url_port(&uri).unwrap_or_default()
+                    ),
+                );
+            }
             Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
                 if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/")) {
                     cx.push(
@@ -514,6 +653,13 @@ fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
     Some(l)
 }
 
+/// The port of a URL as written (`http::Uri` drops one that is not a u16).
+fn url_port(uri: &http::Uri) -> Option<String> {
+    let auth = uri.authority()?.as_str();
+    let host_end = auth.rfind(']').unwrap_or(0);
+    auth[host_end..].rsplit_once(':').map(|(_, p)| p.to_owned())
+}
+
 fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
     let (good, _) = cx.fields::<Workload>(v, "workload", &[])?;
     let w: Workload = build(v, &good);
@@ -524,6 +670,13 @@ fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
     };
     if w.repeat == 0 {
         cx.push(at("repeat"), "workload.repeat", "must be at least 1");
+    }
+    if w.timeout.is_some_and(|t| t.0.is_zero()) {
+        cx.push(
+            at("timeout"),
+            "workload.timeout",
+            "must be above zero; it bounds each prompt, e.g. 30s",
+        );
     }
     if w.prompts.trim().is_empty() {
         cx.push(
