@@ -537,8 +537,10 @@ fn a_child_that_dies_is_reported_with_its_status_and_log() {
         &argv,
         dir.join("llm.log"),
         &[],
+        lab::netlab::procs::Lifetime::Held,
     )
     .unwrap();
+    st.release().unwrap();
     let err = st
         .wait_ready(
             Duration::from_secs(10),
@@ -550,6 +552,47 @@ fn a_child_that_dies_is_reported_with_its_status_and_log() {
     assert!(err.contains("exited (exit status: 2)"), "{err}");
     assert!(err.contains("cannot listen on 192.0.2.1:9"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A held process that lab never released (lab died before recording it) exits by
+/// itself, without doing anything: it cannot outlive lab unrecorded.
+#[test]
+fn a_held_child_that_is_never_released_exits_without_starting() {
+    let dir = tmpdir("held-child");
+    let argv: Vec<String> = ["lab", "serve", "llm", "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut st = lab::netlab::procs::start(
+        &PathBuf::from(LAB),
+        "llm",
+        None,
+        "host",
+        None,
+        &argv,
+        dir.join("llm.log"),
+        &[],
+        lab::netlab::procs::Lifetime::Held,
+    )
+    .unwrap();
+    // It waits: alive, and silent.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(st.child.try_wait().unwrap().is_none(), "it did not wait");
+    let mut out = st.take_stdout().unwrap();
+    // lab "dies": its end of the hand-shake pipe closes.
+    drop(st.child.stdin.take());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = st.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "it outlived lab");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mut printed = String::new();
+    out.read_to_string(&mut printed).unwrap();
+    assert_eq!(printed, "", "it started serving before it was released");
 }
 
 #[test]

@@ -103,6 +103,7 @@ fn lab_status_as_a_person_and_a_program_read_it() {
         phase: Phase::Up,
         owner_pid: 999,
         owner_start: 4,
+        handed_over: true,
         namespaces: plan.namespaces.clone(),
         processes,
         plan,

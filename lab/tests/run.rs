@@ -352,7 +352,13 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
             "tcpdump did not start"
         );
     }
-    let cap = Capture::start(&ns, "to-wire", 4433, Some(ours.clone())).unwrap();
+    let cap = Capture::start(
+        &ns,
+        "to-wire",
+        4433,
+        Some(std::fs::File::create(&ours).unwrap()),
+    )
+    .unwrap();
     let k0 = kernel_counters(&ns, "to-wire").unwrap();
     let o = Command::new(LAB)
         .args([
@@ -378,7 +384,8 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
     assert!(lab::launch::cell::wait_quiet(
         &[&ns, &sns],
         Duration::from_millis(300),
-        Duration::from_secs(10)
+        Duration::from_secs(10),
+        &std::sync::atomic::AtomicBool::new(false),
     ));
     let k = kernel_counters(&ns, "to-wire").unwrap().minus(k0);
     let c = cap.finish().unwrap();

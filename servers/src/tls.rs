@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 use lab_codec::trust::{ALPN_H3, ALPN_HTTP1, provider, sha256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,15 +124,6 @@ impl CertKey {
         hex::encode(self.sha256)
     }
 
-    /// Writes `cert.pem` (0644) and `key.pem` (0600) into `dir`.
-    pub fn write_to(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create directory {}", dir.display()))?;
-        write_file(&dir.join("cert.pem"), self.cert_pem.as_bytes(), 0o644)?;
-        write_file(&dir.join("key.pem"), self.key_pem.as_bytes(), 0o600)?;
-        Ok(())
-    }
-
     /// A server config for HTTP/1.1 over TLS 1.2 or 1.3.
     pub fn http1_server_config(&self) -> Result<rustls::ServerConfig> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -161,24 +151,6 @@ impl CertKey {
     }
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::fs::PermissionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
-    // The mode given at creation is masked by the umask, and an existing file keeps its
-    // mode: set it explicitly.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("failed to set mode {mode:o} on {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("failed to write {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,16 +167,12 @@ mod tests {
     }
 
     #[test]
-    fn written_key_is_0600_and_loads_back() {
-        use std::os::unix::fs::PermissionsExt;
+    fn generated_pem_loads_back() {
         let dir = std::env::temp_dir().join(format!("lab-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let ck = CertKey::generate(&[]).unwrap();
-        ck.write_to(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join("key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.join("cert.pem"), &ck.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &ck.key_pem).unwrap();
         let back = CertKey::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
         assert_eq!(back.sha256, ck.sha256);
         std::fs::remove_dir_all(&dir).unwrap();

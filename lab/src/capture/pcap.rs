@@ -1,7 +1,7 @@
 //! pcap files of captured frames (microsecond timestamps, Ethernet link type), which
 //! tcpdump and Wireshark read.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::fs::File;
 
 /// The most of a frame kept in a pcap file.
@@ -11,9 +11,9 @@ pub const SNAP: usize = 65_535;
 pub struct Pcap(std::io::BufWriter<File>);
 
 impl Pcap {
-    pub fn create(path: &std::path::Path) -> Result<Pcap> {
+    /// Starts a pcap file in `f` (new and empty) with its header.
+    pub fn new(f: File) -> Result<Pcap> {
         use std::io::Write;
-        let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut w = std::io::BufWriter::new(f);
         // magic, version 2.4, zone, sigfigs, snaplen, LINKTYPE_ETHERNET
         w.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;

@@ -62,15 +62,10 @@ fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
 
 impl Capture {
     /// Starts counting every frame on `ifname` in `ns`; `port` is the server's port.
-    /// With `pcap`, every frame is also written to that file.
-    pub fn start(
-        ns: &File,
-        ifname: &str,
-        port: u16,
-        pcap: Option<std::path::PathBuf>,
-    ) -> Result<Capture> {
+    /// With `pcap`, every frame is also written to that file (new and empty).
+    pub fn start(ns: &File, ifname: &str, port: u16, pcap: Option<File>) -> Result<Capture> {
         let fd = open(ns, ifname)?;
-        let mut pcap = pcap.map(|p| Pcap::create(&p)).transpose()?;
+        let mut pcap = pcap.map(Pcap::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::spawn(move || -> Result<Counts> {

@@ -12,8 +12,51 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Builds the lab of `plan`, or says why not and gives the exit status. A signal during
+/// the build wins over the build finishing: whatever was built is taken down. With
+/// `hand_over`, the finished lab is recorded as handed over (it stays up after this
+/// process); otherwise it belongs to this process, and `lab clean` removes it if this
+/// process dies.
+pub async fn build(
+    topology: &std::path::Path,
+    plan: crate::plan::Plan,
+    hand_over: bool,
+    signals: &super::Signals,
+) -> Result<State, u8> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let topo = topology.to_owned();
+    let mut job = tokio::task::spawn_blocking(move || lifecycle::up(&topo, &plan, &c, hand_over));
+    let result = tokio::select! {
+        r = &mut job => r,
+        () = signals.wait(1) => {
+            eprintln!("lab: interrupted; taking the lab down");
+            cancel.store(true, Ordering::SeqCst);
+            // The build may have finished in the meantime: then it is taken down here.
+            if let Ok(Ok(mut state)) = job.await {
+                for f in lifecycle::teardown(&mut state) {
+                    eprintln!("lab: while taking {} down: {f}", state.name);
+                }
+            }
+            return Err(EXIT_INTERRUPTED);
+        }
+    };
+    match result {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => {
+            eprintln!("lab: {e:#}\nlab: nothing was left behind");
+            Err(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("lab: building the lab failed: {e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
 /// `lab up`: build, start, report, return; the lab stays up.
 pub async fn up(a: UpArgs) -> Result<u8> {
+    let signals = super::Signals::new()?;
     if let Err(e) = sys::require_privileges("up") {
         return refuse(e);
     }
@@ -28,42 +71,21 @@ pub async fn up(a: UpArgs) -> Result<u8> {
             return Ok(EXIT_FAILED);
         }
     };
-    let cancel = Arc::new(AtomicBool::new(false));
     let started = std::time::Instant::now();
-    let c = cancel.clone();
-    let topo = a.topology.clone();
-    let mut build = tokio::task::spawn_blocking(move || lifecycle::up(&topo, &plan, &c));
-    let result = tokio::select! {
-        r = &mut build => r,
-        () = super::shutdown_signal() => {
-            eprintln!("lab: interrupted; taking the lab down");
-            cancel.store(true, Ordering::SeqCst);
-            let _ = build.await;
-            return Ok(EXIT_INTERRUPTED);
-        }
+    let state = match build(&a.topology, plan, true, &signals).await {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
     };
-    match result {
-        Ok(Ok(state)) => {
-            println!(
-                "lab {} is up: {} cells, {} namespaces, {} processes, built in {} ms\n",
-                state.name,
-                state.plan.cells.len(),
-                state.namespaces.len(),
-                state.processes.len(),
-                started.elapsed().as_millis()
-            );
-            print!("{}", status::render(&state, &live::gather(&state)));
-            Ok(EXIT_OK)
-        }
-        Ok(Err(e)) => {
-            eprintln!("lab: {e:#}\nlab: nothing was left behind");
-            Ok(EXIT_FAILED)
-        }
-        Err(e) => {
-            eprintln!("lab: building the lab failed: {e}");
-            Ok(EXIT_FAILED)
-        }
-    }
+    println!(
+        "lab {} is up: {} cells, {} namespaces, {} processes, built in {} ms\n",
+        state.name,
+        state.plan.cells.len(),
+        state.namespaces.len(),
+        state.processes.len(),
+        started.elapsed().as_millis()
+    );
+    print!("{}", status::render(&state, &live::gather(&state)));
+    Ok(EXIT_OK)
 }
 
 /// `lab down [name]`.
@@ -76,10 +98,15 @@ pub fn down(a: DownArgs) -> Result<u8> {
         Err(e) => return refuse(e),
     };
     let mut s = State::load(&name)?;
-    if s.phase == Phase::Building && s.owner_alive() {
+    if !s.handed_over && s.owner_alive() {
         eprintln!(
-            "lab: lab {name} is being built by pid {}; interrupt that (Ctrl-C) and it takes itself down",
-            s.owner_pid
+            "lab: lab {name} belongs to pid {}, which is {} it; interrupt that (Ctrl-C) and it takes the lab down itself",
+            s.owner_pid,
+            if s.phase == Phase::Building {
+                "building"
+            } else {
+                "running"
+            }
         );
         return Ok(EXIT_FAILED);
     }
@@ -120,10 +147,7 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
     for name in state::lab_names() {
         match State::load(&name) {
             Ok(mut s) => {
-                let leftover = match s.phase {
-                    Phase::Building => !s.owner_alive(),
-                    Phase::Up => a.all,
-                };
+                let leftover = s.orphaned() || a.all;
                 if leftover {
                     did += 1;
                     if report_down(&mut s) != EXIT_OK {
@@ -132,10 +156,10 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
                 } else {
                     println!(
                         "lab {name} is {}; kept (`lab down {name}`, or `lab clean --all`)",
-                        if s.phase == Phase::Up {
-                            "up"
-                        } else {
-                            "being built"
+                        match (s.phase, s.handed_over) {
+                            (Phase::Up, true) => "up".to_owned(),
+                            (Phase::Up, false) => format!("in use by pid {}", s.owner_pid),
+                            (Phase::Building, _) => format!("being built by pid {}", s.owner_pid),
                         }
                     );
                     kept.extend(s.namespaces);

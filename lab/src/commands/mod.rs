@@ -30,6 +30,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs a parsed command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
+    // A process lab started waits here until lab has recorded it.
+    crate::netlab::procs::hold();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt()
@@ -103,6 +105,46 @@ pub fn load_topology(
         }
         EXIT_USAGE
     })
+}
+
+/// Counts Ctrl-C (SIGINT) and SIGTERM from the moment it is made: once made, neither
+/// kills the process any more, the command decides what they mean.
+pub struct Signals {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Signals {
+    pub fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, seen) = tokio::sync::watch::channel(0);
+        let c = count.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let _ = tx.send(n);
+            }
+        });
+        Ok(Signals { count, seen })
+    }
+
+    /// How many signals have come.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` signals have come in all.
+    pub async fn wait(&self, n: usize) {
+        let mut seen = self.seen.clone();
+        let _ = seen.wait_for(|&c| c >= n).await;
+    }
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -2,6 +2,7 @@
 
 use super::results::load;
 use super::{EXIT_OK, EXIT_USAGE};
+use crate::netlab::files::SafeDir;
 use crate::report::tables;
 use anyhow::Result;
 use std::path::Path;
@@ -20,11 +21,19 @@ pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
     } else {
         a.results.parent().unwrap_or(Path::new(".")).to_owned()
     };
+    let dir = match SafeDir::open(&dir, false) {
+        Ok(d) => d,
+        Err(e) => return super::refuse(e),
+    };
     let text = tables::render(&run);
     print!("{text}");
-    std::fs::write(dir.join("report.md"), &text)?;
+    dir.write("report.md", text.as_bytes(), 0o644)?;
     let files = super::results::write_plots(&run, &dir, a.prompt.saturating_sub(1))?;
-    eprintln!("wrote report.md, {} in {}", files.join(", "), dir.display());
+    eprintln!(
+        "wrote report.md, {} in {}",
+        files.join(", "),
+        dir.path().display()
+    );
     Ok(EXIT_OK)
 }
 

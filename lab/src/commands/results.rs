@@ -1,49 +1,39 @@
-//! Results directories: `run.json`, `report.md` and the plots written out, handed to the
-//! user behind sudo, and read back.
+//! Results directories: `run.json`, `report.md` and the plots written out (never through
+//! a link, never into a directory others can write), handed to the user behind sudo,
+//! and read back.
 
 use crate::metrics::Run;
+use crate::netlab::files::{SafeDir, invoking_user};
 use crate::report;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Hands the results directory to the user behind sudo.
-fn give_to_sudo_user(path: &Path) {
-    let id = |k| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
-    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
-        let own = |p: &Path| {
-            let _ = std::os::unix::fs::chown(p, Some(uid), Some(gid));
-        };
-        own(path);
-        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            own(&e.path());
-        }
-        if let Some(parent) = path.parent() {
-            own(parent);
-        }
-    }
-}
-
 /// Writes run.json, report.md and the plots into `dir`; returns the file names.
-pub fn save(run: &Run, report_text: &str, dir: &Path) -> Result<Vec<String>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(run)?)
-        .with_context(|| format!("cannot write {}", dir.join("run.json").display()))?;
-    std::fs::write(dir.join("report.md"), report_text)?;
+pub fn save(run: &Run, report_text: &str, dir: &SafeDir) -> Result<Vec<String>> {
+    dir.write("run.json", &serde_json::to_vec_pretty(run)?, 0o644)?;
+    dir.write("report.md", report_text.as_bytes(), 0o644)?;
     let mut files = vec!["run.json".to_owned(), "report.md".to_owned()];
     files.extend(write_plots(run, dir, 0)?);
-    give_to_sudo_user(dir);
     Ok(files)
 }
 
 /// Writes the plots of `run` into `dir`; returns their file names.
-pub fn write_plots(run: &Run, dir: &Path, prompt: usize) -> Result<Vec<String>> {
+pub fn write_plots(run: &Run, dir: &SafeDir, prompt: usize) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for (name, svg) in report::plots::all(run, prompt)? {
-        let path = dir.join(name);
-        std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+        dir.write(name, svg.as_bytes(), 0o644)?;
         names.push(name.to_owned());
     }
     Ok(names)
+}
+
+/// Hands `dir` and everything in it to the user behind sudo, if lab runs through sudo.
+pub fn give_to_sudo_user(dir: &SafeDir) -> Result<()> {
+    if nix::unistd::getuid().is_root() && std::env::var_os("SUDO_UID").is_some() {
+        let (uid, gid) = invoking_user();
+        dir.give_to(uid, gid)?;
+    }
+    Ok(())
 }
 
 /// Reads a run.json (or the run.json of a results directory).

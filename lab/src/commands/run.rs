@@ -1,10 +1,16 @@
 //! `lab run`: build the lab, warm up, run the workload in every cell while capturing both
 //! ends of its link, report, check expectations, tear down.
+//!
+//! On Ctrl-C or SIGTERM: stop every client at once, save what was measured, tear down,
+//! exit 130. A second signal skips the saving.
 
-use super::results::save;
-use super::{EXIT_EXPECTATION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, load_topology, refuse};
+use super::results::{give_to_sudo_user, save};
+use super::{
+    EXIT_EXPECTATION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Signals, load_topology, refuse,
+};
 use crate::cli::RunArgs;
 use crate::metrics::{self, CellResult, Run};
+use crate::netlab::files::SafeDir;
 use crate::netlab::{lifecycle, qdisc, sys};
 use crate::plan::Plan;
 use crate::report::tables;
@@ -12,7 +18,7 @@ use anyhow::{Result, anyhow};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn environment(plan: &Plan) -> serde_json::Value {
     let uname = nix::sys::utsname::uname().ok();
@@ -29,6 +35,8 @@ fn environment(plan: &Plan) -> serde_json::Value {
 
 /// `lab run`.
 pub async fn run(a: RunArgs) -> Result<u8> {
+    // From here on a Ctrl-C or SIGTERM is counted, never the default death.
+    let signals = Signals::new()?;
     if let Err(e) = sys::require_privileges("run") {
         return refuse(e);
     }
@@ -44,17 +52,20 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         let base = a.topology.parent().unwrap_or(Path::new("."));
         match lab_clients::prompts::load(&base.join(&topo.workload.prompts)) {
             Ok(p) => p,
-            Err(e) => {
-                return refuse(e.context("workload.prompts"));
-            }
+            Err(e) => return refuse(e.context("workload.prompts")),
         }
+    };
+    // Where results go is checked before anything is built.
+    let results_existed = a.results.exists();
+    let results = match SafeDir::open(&a.results, true) {
+        Ok(d) => d,
+        Err(e) => return refuse(e.context("--results")),
     };
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let t0 = Instant::now();
-    let cancel = Arc::new(AtomicBool::new(false));
     let plan = match qdisc::decide(plan) {
         Ok(p) => p,
         Err(e) => {
@@ -63,29 +74,11 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         }
     };
 
-    // Build the lab (taken down again below, whatever happens).
-    let c = cancel.clone();
-    let topo_path = a.topology.clone();
-    let mut build = tokio::task::spawn_blocking(move || lifecycle::up(&topo_path, &plan, &c));
-    let built = tokio::select! {
-        r = &mut build => r,
-        () = super::shutdown_signal() => {
-            eprintln!("lab: interrupted; taking the lab down");
-            cancel.store(true, Ordering::SeqCst);
-            let _ = build.await;
-            return Ok(EXIT_INTERRUPTED);
-        }
-    };
-    let state = match built {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            eprintln!("lab: {e:#}\nlab: nothing was left behind");
-            return Ok(EXIT_FAILED);
-        }
-        Err(e) => {
-            eprintln!("lab: building the lab failed: {e}");
-            return Ok(EXIT_FAILED);
-        }
+    // Build the lab. It belongs to this process until it is taken down below; if this
+    // process dies, `lab clean` removes it.
+    let state = match super::lab::build(&a.topology, plan, false, &signals).await {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
     };
     let shaping = crate::plan::render::shaping_line(&state.plan);
     println!(
@@ -94,30 +87,39 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         state.plan.cells.len()
     );
 
-    let dir = a.results.join(format!(
-        "{}-{}",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace(':', ""),
-        state.name
-    ));
-    let pcap = if a.pcap {
-        let p = dir.join("pcap");
-        if let Err(e) = std::fs::create_dir_all(&p) {
-            eprintln!("lab: cannot create {}: {e}", p.display());
+    // Results: a new directory, and pcap/ in it with --pcap.
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let made = results
+        .new_subdir(&format!("{stamp}-{}", state.name))
+        .and_then(|(dir, _)| {
+            let pcap = if a.pcap {
+                Some(dir.subdir("pcap")?)
+            } else {
+                None
+            };
+            Ok((dir, pcap))
+        });
+    let (dir, pcap) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("lab: {e:#}");
+            let mut state = state;
+            for f in lifecycle::teardown(&mut state) {
+                eprintln!("lab: while taking {} down: {f}", state.name);
+            }
+            return Ok(EXIT_FAILED);
         }
-        Some(p)
-    } else {
-        None
     };
 
-    // Run the cells; a signal stops the clients (their records so far are kept).
+    // Run the cells. A signal stops every client at once; what was measured is kept.
     let st = Arc::new(state);
-    let s2 = st.clone();
-    let p2 = prompts.clone();
-    let pcap2 = pcap.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, p2, stop2) = (st.clone(), prompts.clone(), stop.clone());
+    let pcap2 = pcap.map(Arc::new);
     let mut work = tokio::task::spawn_blocking(move || {
-        let pcap = pcap2;
+        let pcap = pcap2.as_deref();
         // Progress: every prompt line ends with how far the whole run is.
         let total = s2.plan.cells.len() * p2.len() * s2.plan.workload.repeat.max(1) as usize;
         let done = std::sync::atomic::AtomicUsize::new(0);
@@ -129,17 +131,14 @@ pub async fn run(a: RunArgs) -> Result<u8> {
                 t0.elapsed().as_secs_f64()
             );
         };
+        let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &print, &stop2);
         if s2.plan.workload.parallel {
             std::thread::scope(|sc| {
                 let hs: Vec<_> = s2
                     .plan
                     .cells
                     .iter()
-                    .map(|cell| {
-                        sc.spawn(|| {
-                            crate::launch::cell::run(&s2, cell, &p2, pcap.as_deref(), &print)
-                        })
-                    })
+                    .map(|cell| sc.spawn(|| one(cell)))
                     .collect();
                 hs.into_iter()
                     .zip(&s2.plan.cells)
@@ -152,28 +151,25 @@ pub async fn run(a: RunArgs) -> Result<u8> {
                     .collect::<Vec<_>>()
             })
         } else {
-            s2.plan
-                .cells
-                .iter()
-                .map(|cell| crate::launch::cell::run(&s2, cell, &p2, pcap.as_deref(), &print))
-                .collect()
+            s2.plan.cells.iter().map(one).collect()
         }
     });
-    let mut interrupted = false;
-    let cells: Vec<CellResult> = tokio::select! {
-        r = &mut work => r.map_err(|e| anyhow!("the run failed: {e}"))?,
-        () = super::shutdown_signal() => {
-            eprintln!("lab: interrupted; stopping the clients, saving what there is, taking the lab down");
-            interrupted = true;
-            // Stopping the lab's processes ends every client's connection.
-            for p in &st.processes {
-                let _ = sys::stop_process(p.pid, p.start, Duration::from_secs(1));
-            }
-            work.await.map_err(|e| anyhow!("the run failed: {e}"))?
+    let interrupted_at = tokio::select! {
+        r = &mut work => {
+            let cells = r.map_err(|e| anyhow!("the run failed: {e}"));
+            (cells, None)
+        }
+        () = signals.wait(1) => {
+            let at = Instant::now();
+            eprintln!("lab: interrupted; stopping the clients, saving what there is, taking the lab down (again to skip saving)");
+            stop.store(true, Ordering::SeqCst);
+            (work.await.map_err(|e| anyhow!("the run failed: {e}")), Some(at))
         }
     };
+    let (cells, interrupted) = interrupted_at;
+    let cells = cells?;
 
-    // Report and save before taking the lab down.
+    // Report and save before taking the lab down, unless a second signal said not to.
     let mut run = Run {
         name: st.name.clone(),
         topology: st.topology.clone(),
@@ -194,11 +190,24 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         ));
     }
     let text = tables::render(&run);
-    println!("\n{text}");
-    let saved = save(&run, &text, &dir);
+    let saved = if signals.count() >= 2 {
+        eprintln!("lab: interrupted again; not saving");
+        Err(anyhow!("not saved: interrupted twice"))
+    } else {
+        println!("\n{text}");
+        save(&run, &text, &dir)
+    };
     match &saved {
-        Ok(files) => println!("results: {} ({})", dir.display(), files.join(", ")),
+        Ok(files) => println!("results: {} ({})", dir.path().display(), files.join(", ")),
         Err(e) => eprintln!("lab: cannot save the results: {e:#}"),
+    }
+    let handed = if results_existed {
+        give_to_sudo_user(&dir)
+    } else {
+        give_to_sudo_user(&results)
+    };
+    if let Err(e) = handed {
+        eprintln!("lab: {e:#}");
     }
 
     // Tear down.
@@ -206,15 +215,20 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     for f in lifecycle::teardown(&mut state) {
         eprintln!("lab: while taking {} down: {f}", state.name);
     }
+    if let Some(at) = interrupted {
+        eprintln!(
+            "lab: interrupted: stopped, saved and taken down in {} ms",
+            at.elapsed().as_millis()
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
 
     let run_errors = metrics::run_errors(&run);
     for e in &run_errors {
         eprintln!("lab: {e}");
     }
     let failed: Vec<_> = run.expectations.iter().filter(|o| !o.holds).collect();
-    Ok(if interrupted {
-        EXIT_INTERRUPTED
-    } else if !run_errors.is_empty() || saved.is_err() {
+    Ok(if !run_errors.is_empty() || saved.is_err() {
         EXIT_FAILED
     } else if !failed.is_empty() {
         EXIT_EXPECTATION

@@ -72,7 +72,9 @@ async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 fn cert(tls: &TlsArgs) -> Result<CertKey> {
     let ck = CertKey::from_args(tls.cert.as_deref(), tls.key.as_deref(), &tls.sans)?;
     if let Some(dir) = &tls.cert_out {
-        ck.write_to(dir)?;
+        let d = crate::netlab::files::SafeDir::open(dir, true)?;
+        d.write("cert.pem", ck.cert_pem.as_bytes(), 0o644)?;
+        d.write("key.pem", ck.key_pem.as_bytes(), 0o600)?;
         tracing::info!("wrote {}/cert.pem and key.pem (0600)", dir.display());
     }
     Ok(ck)

@@ -3,12 +3,14 @@
 
 use crate::capture::{self, Capture, Kernel};
 use crate::metrics::{CellResult, End};
+use crate::netlab::files::SafeDir;
 use crate::netlab::state::State;
 use crate::netlab::sys;
 use crate::plan::{Cell, run_dir};
 use anyhow::{Context, Result};
 use lab_clients::record::prompt_line;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
@@ -20,7 +22,12 @@ fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
 /// earlier exchange, such as a FIN retransmitted over a lossy link, still landing), or
 /// `max` has passed. Capturing starts and ends in such quiet moments, so that the
 /// capture and the kernel's counters cover the same frames.
-pub fn wait_quiet(ends: &[&std::fs::File], quiet: Duration, max: Duration) -> bool {
+pub fn wait_quiet(
+    ends: &[&std::fs::File],
+    quiet: Duration,
+    max: Duration,
+    stop: &AtomicBool,
+) -> bool {
     let read = || -> Option<Vec<Kernel>> {
         ends.iter()
             .map(|ns| capture::kernel_counters(ns, "to-wire").ok())
@@ -29,7 +36,7 @@ pub fn wait_quiet(ends: &[&std::fs::File], quiet: Duration, max: Duration) -> bo
     let t0 = Instant::now();
     let mut last = read();
     let mut since = Instant::now();
-    while t0.elapsed() < max {
+    while t0.elapsed() < max && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20));
         let now = read();
         if now != last {
@@ -43,12 +50,14 @@ pub fn wait_quiet(ends: &[&std::fs::File], quiet: Duration, max: Duration) -> bo
 }
 
 /// Runs one cell: warm-up (not counted), then the workload with both ends captured.
+/// `stop` ends it early: clients are stopped at once and what was measured is kept.
 pub fn run(
     state: &State,
     cell: &Cell,
     prompts: &[String],
-    pcap: Option<&Path>,
+    pcap: Option<&SafeDir>,
     print: &(dyn Fn(&str) + Sync),
+    stop: &AtomicBool,
 ) -> CellResult {
     let t0 = Instant::now();
     let mut res = CellResult::empty(cell);
@@ -72,6 +81,7 @@ pub fn run(
         dir.join("logs").join(format!("{}-warmup.log", cell.id)),
         &[],
         timeout + Duration::from_secs(30),
+        stop,
         &mut |r| {
             if let Some(e) = r.error {
                 warm_err = Some(e.to_string());
@@ -79,6 +89,12 @@ pub fn run(
         },
     );
     res.warmup_error = warm.err().map(|e| format!("{e:#}")).or(warm_err);
+    if stop.load(Ordering::SeqCst) {
+        res.errors
+            .push("interrupted before the workload started".into());
+        res.seconds = t0.elapsed().as_secs_f64();
+        return res;
+    }
 
     // Quiet means no frame for 100 ms plus a round trip and its jitter.
     let one_way = cell.up.max_delay().max(cell.down.max_delay());
@@ -86,15 +102,18 @@ pub fn run(
     let ends = (|| -> Result<_> {
         let cns = sys::open_netns(&cell.client_ns)?;
         let sns = sys::open_netns(&cell.server_ns)?;
-        if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10)) {
+        if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop) {
             tracing::warn!(
                 "cell {}: the link did not go quiet after the warm-up",
                 cell.id
             );
         }
-        let file = |side: &str| pcap.map(|d| d.join(format!("{}-{side}.pcap", cell.id)));
-        let cc = Capture::start(&cns, "to-wire", cell.port, file("client"))?;
-        let sc = Capture::start(&sns, "to-wire", cell.port, file("server"))?;
+        let file = |side: &str| {
+            pcap.map(|d| d.create_new(&format!("{}-{side}.pcap", cell.id), 0o644))
+                .transpose()
+        };
+        let cc = Capture::start(&cns, "to-wire", cell.port, file("client")?)?;
+        let sc = Capture::start(&sns, "to-wire", cell.port, file("server")?)?;
         let k0 = (
             capture::kernel_counters(&cns, "to-wire")?,
             capture::kernel_counters(&sns, "to-wire")?,
@@ -113,11 +132,15 @@ pub fn run(
     let label = format!("{} {}@{}", cell.id, cell.approach, cell.profile);
     // With --pcap, the client logs its TLS secrets (rustls, and quinn's TLS, which is
     // rustls too) so that Wireshark can decrypt the capture.
+    // The pcap directory is lab's own, and no one else can write in it (SafeDir).
     let keylog: Vec<(String, String)> = pcap
         .map(|d| {
             vec![(
                 "SSLKEYLOGFILE".to_owned(),
-                d.join(format!("{}.keys", cell.id)).display().to_string(),
+                d.path()
+                    .join(format!("{}.keys", cell.id))
+                    .display()
+                    .to_string(),
             )]
         })
         .unwrap_or_default();
@@ -134,6 +157,7 @@ pub fn run(
         dir.join("logs").join(format!("{}-client.log", cell.id)),
         &keylog,
         deadline,
+        stop,
         &mut |r| {
             print(&format!("[{label}] {}", prompt_line(&r)));
             records.push(r);
@@ -143,7 +167,9 @@ pub fn run(
         res.errors.push(format!("{e:#}"));
     }
     res.records = records;
-    if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10)) {
+    if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop)
+        && !stop.load(Ordering::SeqCst)
+    {
         tracing::warn!("cell {}: the link did not go quiet after the run", cell.id);
     }
     let end = |cap: Capture, ns: &std::fs::File, k0: Kernel| -> Result<End> {

@@ -8,12 +8,16 @@ use anyhow::{Result, anyhow};
 use lab_clients::record::PromptRecord;
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a stopped client gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
 /// Runs the client of `cell` in its namespace with `extra` arguments; calls `each` per
-/// record as it arrives. Gives up after `deadline`.
+/// record as it arrives. Gives up after `deadline`, and at once when `stop` is set.
+// Each argument is one plain fact about the client; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     state: &State,
     cell: &Cell,
@@ -21,6 +25,7 @@ pub fn run(
     log: PathBuf,
     env: &[(String, String)],
     deadline: Duration,
+    stop: &AtomicBool,
     each: &mut dyn FnMut(PromptRecord),
 ) -> Result<()> {
     let plan = &state.plan;
@@ -57,41 +62,60 @@ pub fn run(
         &argv,
         log,
         env,
+        procs::Lifetime::Tied,
     )?;
     let out = st
         .take_stdout()
         .ok_or_else(|| anyhow!("the client has no stdout"))?;
     let pid = st.record.pid;
     let start = st.record.start;
-    // A watchdog: a client that outlives its deadline is killed.
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = done.clone();
-    let watchdog = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        while !d2.load(Ordering::SeqCst) {
-            if t0.elapsed() > deadline {
-                let _ = sys::stop_process(pid, start, Duration::from_secs(1));
-                return true;
+    // A watchdog: a client that outlives its deadline, or is told to stop, is stopped.
+    let done = AtomicBool::new(false);
+    let (status, why) = std::thread::scope(|s| -> Result<_> {
+        let watchdog = s.spawn(|| {
+            let t0 = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                let why = if stop.load(Ordering::SeqCst) {
+                    Some("interrupted")
+                } else if t0.elapsed() > deadline {
+                    Some("deadline")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    let _ = sys::stop_process(pid, start, STOP_GRACE);
+                    return Some(why);
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            None
+        });
+        let read = || -> Result<()> {
+            for line in std::io::BufReader::new(out).lines() {
+                let line = line?;
+                match serde_json::from_str::<PromptRecord>(&line) {
+                    Ok(r) => each(r),
+                    Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
+                }
+            }
+            Ok(())
+        };
+        let read = read();
+        let status = st.child.wait();
+        done.store(true, Ordering::SeqCst);
+        let why = watchdog.join().unwrap_or(None);
+        read?;
+        Ok((status?, why))
+    })?;
+    match why {
+        Some("deadline") => {
+            return Err(anyhow!(
+                "the client ran past its deadline of {} s and was stopped",
+                deadline.as_secs()
+            ));
         }
-        false
-    });
-    for line in std::io::BufReader::new(out).lines() {
-        let line = line?;
-        match serde_json::from_str::<PromptRecord>(&line) {
-            Ok(r) => each(r),
-            Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
-        }
-    }
-    let status = st.child.wait()?;
-    done.store(true, Ordering::SeqCst);
-    let killed = watchdog.join().unwrap_or(false);
-    if killed {
-        return Err(anyhow!(
-            "the client ran past its deadline of {} s and was stopped",
-            deadline.as_secs()
-        ));
+        Some(_) => return Err(anyhow!("the client was stopped: the run was interrupted")),
+        None => {}
     }
     // Exit 1 means some prompt failed, which the records say; anything else is an error.
     match status.code() {

@@ -63,14 +63,17 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 
 /// Builds the lab of `plan` and starts its processes. On success the lab stays up and
 /// its state record says what is where; on any failure everything is already removed.
-pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
+/// With `hand_over`, the finished lab is recorded as handed over (it outlives this
+/// process); otherwise it stays this process's, and is a leftover if it dies.
+pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) -> Result<State> {
     let Some(shaping) = &plan.shaping else {
         bail!(
             "the plan has no shaping backend yet; decide it (netlab::qdisc::decide) before building"
         );
     };
     let dir = PathBuf::from(run_dir(&plan.name));
-    std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("cannot create {RUN_ROOT}"))?;
+    // /run/lab is root's and no one else's: lab writes state and runs processes from it.
+    super::files::SafeDir::open(Path::new(RUN_ROOT), true)?;
     if let Ok(s) = State::load(&plan.name) {
         bail!(
             "a lab named {} is already {} (built by pid {}{}); take it down with `lab down {}`",
@@ -115,6 +118,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
         phase: Phase::Building,
         owner_pid: me,
         owner_start: sys::start_time(me).unwrap_or(0),
+        handed_over: false,
         // Every namespace is recorded before it is created: creation is create-new, so
         // a name in the record is never someone else's.
         namespaces: plan.namespaces.clone(),
@@ -224,7 +228,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
             } else {
                 Some(&fds[&p.namespace])
             };
-            let st = procs::start(
+            let mut st = procs::start(
                 &exe,
                 &p.role,
                 cell.as_deref(),
@@ -233,9 +237,11 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
                 &p.argv,
                 log(&p.role, cell.as_deref()),
                 &[],
+                procs::Lifetime::Held,
             )?;
             guard.state().processes.push(st.record.clone());
             guard.state().save()?;
+            st.release()?;
             started.push(st);
         }
         for mut st in started {
@@ -254,6 +260,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool) -> Result<State> {
     }
     check(cancel)?;
     guard.state().phase = Phase::Up;
+    guard.state().handed_over = hand_over;
     guard.state().save()?;
     Ok(guard.state.take().expect("state present"))
 }

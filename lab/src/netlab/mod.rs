@@ -7,6 +7,7 @@
 //! that is the plan's job. Nothing here prints: that is the commands'.
 
 pub mod ethtool;
+pub mod files;
 pub mod lifecycle;
 pub mod links;
 pub mod live;

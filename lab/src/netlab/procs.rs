@@ -2,6 +2,15 @@
 //! namespace in `pre_exec` (after fork, before exec, in the single-threaded child), in
 //! its own session so a Ctrl-C at the terminal does not reach it, with stderr in a log
 //! file and stdout a pipe that carries the one JSON ready line.
+//!
+//! No process can outlive lab before lab has recorded it:
+//! - a [`Lifetime::Held`] process (a server, `lab wire`, the relay) waits, first thing,
+//!   for a `go` line on its stdin ([`hold`]); lab writes it ([`Started::release`]) only
+//!   after the pid and start time are in the state record. If lab dies before, the pipe
+//!   closes and the process exits without doing anything;
+//! - a [`Lifetime::Tied`] process (a cell's client) is killed by the kernel
+//!   (`PR_SET_PDEATHSIG`) when the thread that started it ends, so it never outlives
+//!   `lab run`.
 
 use super::state::ProcRecord;
 use super::sys;
@@ -32,6 +41,35 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// How long a started process may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// It outlives lab once recorded and released; until then it waits.
+    Held,
+    /// It dies when the thread that started it ends.
+    Tied,
+}
+
+/// The environment variable that makes a lab child wait for its release.
+pub const HOLD_ENV: &str = "LAB_HOLD";
+
+/// In a child started [`Lifetime::Held`]: waits for lab's `go` line on stdin, and exits
+/// if lab went away first. Does nothing in a process started any other way.
+pub fn hold() {
+    if std::env::var_os(HOLD_ENV).is_none() {
+        return;
+    }
+    // SAFETY: removing a variable before any other thread exists (this runs first
+    // thing in main), so nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(HOLD_ENV) };
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    if line.trim() != "go" {
+        // lab died before it recorded this process: leave nothing behind.
+        std::process::exit(0);
+    }
+}
+
 /// A started child that has not reported ready yet.
 pub struct Started {
     pub child: Child,
@@ -40,7 +78,8 @@ pub struct Started {
 }
 
 /// Starts `argv` (whose first word, `lab`, is replaced by `exe`) in the namespace `ns`
-/// (none: the host's), logging to `log`, with `env` added to its environment.
+/// (none: the host's), logging to `log`, with `env` added to its environment. A
+/// [`Lifetime::Held`] child does nothing until [`Started::release`].
 // Each argument is one plain fact about the child; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
@@ -52,18 +91,27 @@ pub fn start(
     argv: &[String],
     log: PathBuf,
     env: &[(String, String)],
+    lifetime: Lifetime,
 ) -> Result<Started> {
     let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.args(&argv[1..])
-        .stdin(Stdio::null())
+        .stdin(match lifetime {
+            Lifetime::Held => Stdio::piped(),
+            Lifetime::Tied => Stdio::null(),
+        })
         .stdout(Stdio::piped())
         .stderr(logf)
         .env("LAB_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)));
+    if lifetime == Lifetime::Held {
+        cmd.env(HOLD_ENV, "1");
+    }
     let nsfd = ns.map(|f| f.as_raw_fd());
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe
-    // system calls (setns, setsid); the fd stays open in the parent until spawn returns.
+    // system calls (setns, setsid, prctl, getppid); the fd stays open in the parent until
+    // spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(fd) = nsfd
@@ -73,6 +121,15 @@ pub fn start(
             }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if lifetime == Lifetime::Tied {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have gone before the death signal was armed.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
             }
             Ok(())
         });
@@ -101,6 +158,17 @@ pub fn start(
 }
 
 impl Started {
+    /// Lets a [`Lifetime::Held`] child go on: call once it is recorded.
+    pub fn release(&mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(mut stdin) = self.child.stdin.take() {
+            stdin.write_all(b"go\n").with_context(|| {
+                format!("the {} exited before it was released", self.record.role)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Takes the child's stdout, to read it as it comes (instead of [`Started::wait_ready`]).
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.stdout.take()

@@ -46,6 +46,11 @@ pub struct State {
     /// The `lab` process that built it, with its start time.
     pub owner_pid: u32,
     pub owner_start: u64,
+    /// `lab up` finished and handed the lab over: it stays up after its builder exits.
+    /// Until then (and for the whole life of a `lab run`'s lab) the lab belongs to its
+    /// builder, and is a leftover once that process is gone.
+    #[serde(default)]
+    pub handed_over: bool,
     /// Namespaces lab created or is about to create exclusively (create-new), in order.
     pub namespaces: Vec<String>,
     pub processes: Vec<ProcRecord>,
@@ -85,6 +90,11 @@ impl State {
     /// Is the `lab` process that built this lab still running?
     pub fn owner_alive(&self) -> bool {
         crate::netlab::sys::start_time(self.owner_pid) == Some(self.owner_start)
+    }
+
+    /// Was this lab left behind: not handed over, and its builder is gone?
+    pub fn orphaned(&self) -> bool {
+        !self.handed_over && !self.owner_alive()
     }
 }
 

@@ -67,11 +67,11 @@ pub fn render(s: &State, l: &Live) -> String {
     out.push_str(&format!(
         "lab {}: {}, since {} (built by pid {}), from {}\n",
         s.name,
-        match (s.phase, l.owner_alive) {
-            (Phase::Up, _) => "up",
-            (Phase::Building, true) => "being built",
-            (Phase::Building, false) =>
-                "left half-built by a lab process that is gone; `lab clean` removes it",
+        match (s.phase, s.handed_over, l.owner_alive) {
+            (Phase::Up, true, _) => "up",
+            (Phase::Up, false, true) => "up, in use by the lab process that built it",
+            (Phase::Building, _, true) => "being built",
+            (_, _, false) => "left behind by a lab process that is gone; `lab clean` removes it",
         },
         fmt_time(s.created),
         s.owner_pid,
