@@ -329,6 +329,32 @@ pub struct LlmArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+}
+
+/// Deadlines of every server for slow and idle clients.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitsArgs {
+    /// The TLS (or QUIC) handshake and each request head (or WebTransport session
+    /// request) must be complete this long after the server is ready for them: the
+    /// connection's start, or the end of the previous answer. Cuts off slowloris clients
+    /// and kept-alive connections that ask nothing more.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Close a connection on which nothing moves either way for this long in the middle
+    /// of a request or an answer, and a WebTransport session with no stream open.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl LimitsArgs {
+    pub fn limits(&self) -> lab_servers::Limits {
+        lab_servers::Limits {
+            header: self.header_timeout,
+            idle: self.idle_timeout,
+        }
+    }
 }
 
 /// TLS flags of every client-facing server.
@@ -363,6 +389,8 @@ pub struct ServerArgs {
     pub model: String,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 }
 
 /// How a client trusts the server.

@@ -1,17 +1,104 @@
 //! Serving an axum app over TLS and HTTP/1.1 with keep-alive, on an already-bound
-//! listener, counting connections.
+//! listener, counting connections, with deadlines for slow and idle clients:
+//! - the TLS handshake, and each request head, must be complete within
+//!   [`Limits::header`] (hyper's header read timeout, from the connection's start or the
+//!   head's first byte);
+//! - a connection on which no byte moves either way for [`Limits::idle`] is closed.
 
+use crate::Limits;
 use crate::stats::ServerStats;
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An IO that notes when bytes last moved through it, either way.
+pub struct Watched<T> {
+    io: T,
+    start: Instant,
+    /// Milliseconds from `start` to the last byte moved.
+    last: Arc<AtomicU64>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T) -> (Self, IdleWatch) {
+        let start = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let watch = IdleWatch {
+            start,
+            last: last.clone(),
+        };
+        (Self { io, start, last }, watch)
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once nothing has moved through its [`Watched`] IO for a while.
+pub struct IdleWatch {
+    start: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl IdleWatch {
+    /// Waits until no byte has moved for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let until = last + idle;
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// Accepts connections forever; each is served on its own task.
 pub async fn serve_tls(
@@ -19,6 +106,7 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     stats: Arc<ServerStats>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
@@ -34,15 +122,22 @@ pub async fn serve_tls(
         let (acceptor, app, stats) = (acceptor.clone(), app.clone(), stats.clone());
         tokio::spawn(async move {
             stats.connection_opened();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let (tcp, watch) = Watched::new(tcp);
+            match tokio::time::timeout(limits.header, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let service = TowerToHyperService::new(app);
-                    let r = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                    if let Err(e) = r {
-                        tracing::debug!("connection from {peer} ended: {e}");
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header)
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!("connection from {peer} ended: {e}");
+                        },
+                        () = watch.idle_for(limits.idle) => {
+                            tracing::debug!("closed the connection from {peer}: idle for {:?}", limits.idle);
+                        }
                     }
                 }
                 Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),

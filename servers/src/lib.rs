@@ -62,6 +62,29 @@ impl Listener {
 /// A server, set up and ready to serve: it runs until dropped, or fails.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
+/// How long a server waits for a slow or silent client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The TLS handshake and each request head must be complete this long after the
+    /// server is ready for them (the connection's start, or the end of the previous
+    /// answer on a kept-alive connection); for WebTransport, the QUIC handshake and the
+    /// session request. A client that trickles bytes (slowloris), or keeps a connection
+    /// open without asking anything, is cut off after this.
+    pub header: std::time::Duration,
+    /// A connection on which nothing moves either way for this long, in the middle of a
+    /// request or an answer, is closed; so is a WebTransport session with no stream.
+    pub idle: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
 /// What every approach's server is built from, besides its socket.
 #[derive(Debug, Clone)]
 pub struct ServerEnv {
@@ -73,4 +96,6 @@ pub struct ServerEnv {
     pub model: String,
     /// Counters the server keeps about itself.
     pub stats: Arc<stats::ServerStats>,
+    /// Deadlines for slow and idle clients.
+    pub limits: Limits,
 }

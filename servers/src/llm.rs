@@ -41,6 +41,8 @@ pub struct MockConfig {
     pub max_body: usize,
     /// Caps every answer's length (a request's own `max_tokens` can cap it further).
     pub max_tokens: Option<usize>,
+    /// Deadlines for slow and idle clients.
+    pub limits: crate::Limits,
 }
 
 impl Default for MockConfig {
@@ -54,13 +56,13 @@ impl Default for MockConfig {
             models: vec!["gemma3:12b".into()],
             max_body: 1 << 20,
             max_tokens: None,
+            limits: crate::Limits::default(),
         }
     }
 }
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serves the mock on an already-bound listener until the task is dropped.
 pub async fn serve(
@@ -107,14 +109,25 @@ enum Parsed {
     Head(Head, usize),
     Partial,
     Invalid(String),
+    /// The head is over 64 KiB or has more than 64 fields: 431.
+    TooLarge(String),
 }
 
 fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Parsed::TooLarge("request head over 64 KiB".into());
+        }
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Parsed::TooLarge("request head over 64 KiB".into());
+        }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::TooLarge(format!("more than {MAX_HEADERS} header fields"));
+        }
         Err(e) => return Parsed::Invalid(format!("malformed HTTP request: {e}")),
     };
     let http10 = req.version == Some(0);
@@ -187,16 +200,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads more bytes; `Ok(false)` at EOF.
+    /// Reads more bytes; `Ok(false)` at EOF. Gives up when nothing arrives for the idle
+    /// timeout.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        let n = tokio::time::timeout(IDLE_TIMEOUT, self.io.read_buf(&mut self.buf))
+        let idle = self.cfg.limits.idle;
+        self.fill_by(Instant::now() + idle).await
+    }
+
+    /// Reads more bytes, giving up at `deadline`.
+    async fn fill_by(&mut self, deadline: Instant) -> std::io::Result<bool> {
+        let n = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline"))??;
         Ok(n > 0)
     }
 
     async fn run(mut self) -> std::io::Result<()> {
         loop {
+            // Each request's head must be complete within the header deadline of the
+            // moment the server is ready for it: the connection's start, or the end of
+            // the previous answer (as hyper does for the other servers).
+            let head_by = Instant::now() + self.cfg.limits.header;
             let head = loop {
                 match parse_head(&self.buf) {
                     Parsed::Head(h, n) => {
@@ -207,14 +231,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         let r = Reply::error(400, "invalid_request_error", &msg).closing();
                         return self.write_reply(r, None).await;
                     }
-                    Parsed::Partial if self.buf.len() > MAX_HEAD => {
-                        let r =
-                            Reply::error(431, "invalid_request_error", "request head over 64 KiB")
-                                .closing();
+                    Parsed::TooLarge(msg) => {
+                        let r = Reply::error(431, "invalid_request_error", &msg).closing();
                         return self.write_reply(r, None).await;
                     }
                     Parsed::Partial => {
-                        if !self.fill().await? {
+                        if !self.fill_by(head_by).await? {
                             return Ok(());
                         }
                     }

@@ -37,7 +37,9 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     let tcp = listener.tcp("raw-API proxy")?;
     let tls = Arc::new(env.cert.http1_server_config()?);
     let app = app(&env.upstream, env.stats.clone())?;
-    Ok(Box::pin(crate::http::serve_tls(tcp, tls, app, env.stats)))
+    Ok(Box::pin(crate::http::serve_tls(
+        tcp, tls, app, env.stats, env.limits,
+    )))
 }
 
 /// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`).
@@ -133,11 +135,34 @@ async fn forward(State(st): State<AppState>, req: Request) -> Response {
     if let Ok(v) = http::HeaderValue::from_str(st.authority.as_str()) {
         parts.headers.insert(header::HOST, v);
     }
+    // The body streams to the upstream as it arrives; if it turns out malformed, the
+    // exchange fails, and that is the client's fault (400), not the upstream's (502).
+    let bad_body = Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = bad_body.clone();
+    let body = Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+        if let Ok(mut s) = seen.lock() {
+            *s = Some(e.to_string());
+        }
+        e
+    }));
     match st.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
+        }
+        Err(_) if bad_body.lock().is_ok_and(|b| b.is_some()) => {
+            st.stats.error();
+            let why = bad_body
+                .lock()
+                .ok()
+                .and_then(|b| b.clone())
+                .unwrap_or_default();
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("invalid request body: {why}"),
+            )
         }
         Err(e) => {
             st.stats.error();

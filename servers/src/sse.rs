@@ -36,7 +36,9 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
     let tls = Arc::new(env.cert.http1_server_config()?);
     let app = app(up, env.stats.clone());
-    Ok(Box::pin(crate::http::serve_tls(tcp, tls, app, env.stats)))
+    Ok(Box::pin(crate::http::serve_tls(
+        tcp, tls, app, env.stats, env.limits,
+    )))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -11,6 +11,7 @@
 //! - an upstream failure resets that stream with [`ERR_UPSTREAM`];
 //! - any path other than `/wt` gets 404.
 
+use crate::Limits;
 use crate::stats::ServerStats;
 use crate::upstream::Upstream;
 use bytes::BytesMut;
@@ -32,7 +33,7 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     let udp = listener.udp("WebTransport")?;
     let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
     let endpoint = endpoint(udp, env.cert.h3_server_config()?)?;
-    Ok(Box::pin(serve(endpoint, up, env.stats)))
+    Ok(Box::pin(serve(endpoint, up, env.stats, env.limits)))
 }
 
 /// Builds the QUIC endpoint on an already-bound UDP socket.
@@ -56,18 +57,53 @@ pub async fn serve(
     endpoint: Endpoint<Server>,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     loop {
         let incoming = endpoint.accept().await;
-        tokio::spawn(session(incoming, upstream.clone(), stats.clone()));
+        tokio::spawn(session(incoming, upstream.clone(), stats.clone(), limits));
     }
 }
 
-async fn session(incoming: IncomingSession, upstream: Arc<Upstream>, stats: Arc<ServerStats>) {
-    let req = match incoming.await {
-        Ok(r) => r,
-        Err(e) => {
+/// Session error code: closed because nothing happened on it for the idle timeout.
+pub const CLOSE_IDLE: u32 = 0x20;
+
+/// Counts a session's open streams and notes when its last one ended.
+#[derive(Default)]
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since the session began, when the last stream ended.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Marks a stream open for as long as it lives.
+struct Open(Arc<Activity>, tokio::time::Instant);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .last_ms
+            .store(self.1.elapsed().as_millis() as u64, Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn session(
+    incoming: IncomingSession,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+    limits: Limits,
+) {
+    // The QUIC handshake and the session request, within the header deadline.
+    let req = match tokio::time::timeout(limits.header, incoming).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::debug!("incoming session failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("no session request within {:?}", limits.header);
             return;
         }
     };
@@ -85,14 +121,38 @@ async fn session(incoming: IncomingSession, upstream: Arc<Upstream>, stats: Arc<
         }
     };
     stats.connection_opened();
+    // Keep-alive packets keep a QUIC connection open forever; a session with no stream
+    // open for the idle timeout is closed here.
+    let began = tokio::time::Instant::now();
+    let activity = Arc::new(Activity::default());
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(stream(send, recv, upstream.clone(), stats.clone()));
-            }
-            Err(e) => {
-                tracing::debug!("session ended: {e}");
-                break;
+        use std::sync::atomic::Ordering::Relaxed;
+        // With a stream open the session is busy: look again an idle period later.
+        let check_at = if activity.open.load(Relaxed) > 0 {
+            tokio::time::Instant::now() + limits.idle
+        } else {
+            began + Duration::from_millis(activity.last_ms.load(Relaxed)) + limits.idle
+        };
+        let idle_check = tokio::time::sleep_until(check_at);
+        tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok((send, recv)) => {
+                    activity.open.fetch_add(1, Relaxed);
+                    let open = Open(activity.clone(), began);
+                    tokio::spawn(stream(send, recv, upstream.clone(), stats.clone(), open));
+                }
+                Err(e) => {
+                    tracing::debug!("session ended: {e}");
+                    break;
+                }
+            },
+            () = idle_check => {
+                let quiet = began + Duration::from_millis(activity.last_ms.load(Relaxed));
+                if activity.open.load(Relaxed) == 0 && quiet + limits.idle <= tokio::time::Instant::now() {
+                    tracing::debug!("closing a session idle for {:?}", limits.idle);
+                    conn.close(VarInt::from_u32(CLOSE_IDLE), b"idle");
+                    break;
+                }
             }
         }
     }
@@ -104,6 +164,7 @@ async fn stream(
     mut recv: RecvStream,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
+    _open: Open,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, lenprefix::LenPrefixError>>(64);
     tokio::spawn(async move {

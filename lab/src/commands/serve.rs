@@ -26,6 +26,7 @@ impl MockArgs {
             models,
             max_body,
             max_tokens: self.max_tokens,
+            limits: lab_servers::Limits::default(),
         }
     }
 }
@@ -80,6 +81,31 @@ fn cert(tls: &TlsArgs) -> Result<CertKey> {
     Ok(ck)
 }
 
+/// Gives memory that closed connections freed back to the system.
+///
+/// glibc's malloc keeps freed memory in its per-thread arenas: after 2,000 idle TLS
+/// connections closed, an SSE server stayed at 70 MiB against 21 MiB before, and
+/// `malloc_trim(0)` brought it back to 26 MiB; a leak would not have come back. So
+/// after a batch of connections closed (64, or all of them), this trims, at most
+/// every 2 s.
+async fn return_freed_memory(stats: Arc<ServerStats>) {
+    let mut trimmed_at = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let s = stats.snapshot();
+        let closed = s.connections_accepted - s.connections_open;
+        let since = closed - trimmed_at;
+        if since >= 64 || (since > 0 && s.connections_open == 0) {
+            trimmed_at = closed;
+            // SAFETY: malloc_trim only releases free memory, and is thread-safe.
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
 async fn until_signal(server: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     tokio::select! {
         r = server => r,
@@ -93,7 +119,10 @@ async fn until_signal(server: impl std::future::Future<Output = Result<()>>) -> 
 async fn llm(a: LlmArgs) -> Result<()> {
     let l = bind_tcp(a.listen, "mock LLM").await?;
     let addr = l.local_addr()?;
-    let cfg = Arc::new(a.mock.config(a.models, a.max_body));
+    let cfg = Arc::new(MockConfig {
+        limits: a.limits.limits(),
+        ..a.mock.config(a.models, a.max_body)
+    });
     tracing::info!(
         "mock LLM: format {}, ttft {:?}, tbt {:?}, jitter {:.0}%, seed {}",
         cfg.format,
@@ -108,12 +137,9 @@ async fn llm(a: LlmArgs) -> Result<()> {
         &format!("http://{addr}/v1/chat/completions"),
         None,
     );
-    until_signal(lab_servers::llm::serve(
-        l,
-        cfg,
-        Arc::new(ServerStats::default()),
-    ))
-    .await
+    let stats = Arc::new(ServerStats::default());
+    tokio::spawn(return_freed_memory(stats.clone()));
+    until_signal(lab_servers::llm::serve(l, cfg, stats)).await
 }
 
 /// An approach's server: binds its transport, prints the ready line, serves.
@@ -131,11 +157,14 @@ async fn approach(a: Approach, args: ServerArgs) -> Result<()> {
     };
     let addr = listener.local_addr()?;
     let upstream = args.upstream.clone();
+    let stats = Arc::new(ServerStats::default());
+    tokio::spawn(return_freed_memory(stats.clone()));
     let env = ServerEnv {
         cert: cert.clone(),
         upstream: args.upstream,
         model: args.model,
-        stats: Arc::new(ServerStats::default()),
+        stats,
+        limits: args.limits.limits(),
     };
     let serving = a.serve(listener, env)?;
     ready(a.server, addr, &a.url(addr), Some(&cert));

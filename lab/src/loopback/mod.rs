@@ -107,6 +107,7 @@ impl Stack {
                 upstream: upstream_url.clone(),
                 model: model.to_owned(),
                 stats: stats.clone(),
+                limits: lab_servers::Limits::default(),
             };
             tasks.push(spawn_logged(what, a.serve(listener, env)?));
             servers.push(Running {
