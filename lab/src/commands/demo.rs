@@ -64,21 +64,31 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         }));
     }
     drop(tx);
-    let mut jsonl = match &a.jsonl {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?,
-        )),
+    // The records file goes where --jsonl says, written at the end as lab writes every
+    // file: into a directory only root or the invoking user can write, never through a
+    // link. Its directory is checked now, before anything runs.
+    let jsonl = match &a.jsonl {
+        Some(p) => {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow::anyhow!("--jsonl {} names no file", p.display()))?
+                .to_owned();
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = crate::netlab::files::SafeDir::open(dir.unwrap_or(".".as_ref()), false)?;
+            Some((dir, name))
+        }
         None => None,
     };
+    let mut lines = Vec::new();
     while let Some(r) = rx.recv().await {
         println!("{:<4}{}", r.approach, record::prompt_line(&r));
-        if let Some(f) = jsonl.as_mut() {
-            writeln!(f, "{}", serde_json::to_string(&r)?)?;
+        if jsonl.is_some() {
+            writeln!(lines, "{}", serde_json::to_string(&r)?)?;
         }
     }
-    if let Some(mut f) = jsonl {
-        f.flush()?;
+    if let Some((dir, name)) = &jsonl {
+        dir.write(name, &lines, 0o644)?;
     }
     let mut results = Vec::new();
     for t in tasks {
