@@ -518,18 +518,14 @@ fn a_crashed_server_shows_in_status_and_down_still_works() {
     std::fs::remove_file(topo).unwrap();
 }
 
-#[test]
-fn a_child_that_dies_is_reported_with_its_status_and_log() {
-    let dir = std::env::temp_dir().join("lab-test-child-dies");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let argv: Vec<String> = ["lab", "serve", "llm", "--listen", "192.0.2.1:9"]
+/// `lab serve llm --listen ADDR` started as lab starts its servers: held until released.
+fn held_mock(listen: &str, dir: &std::path::Path) -> lab::netlab::procs::Started {
+    let argv: Vec<String> = ["lab", "serve", "llm", "--listen", listen]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let exe = PathBuf::from(LAB);
-    let mut st = lab::netlab::procs::start(
-        &exe,
+    lab::netlab::procs::start(
+        &PathBuf::from(LAB),
         "llm",
         None,
         "host",
@@ -539,7 +535,15 @@ fn a_child_that_dies_is_reported_with_its_status_and_log() {
         &[],
         lab::netlab::procs::Lifetime::Held,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_child_that_dies_is_reported_with_its_status_and_log() {
+    let dir = std::env::temp_dir().join("lab-test-child-dies");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut st = held_mock("192.0.2.1:9", &dir);
     st.release().unwrap();
     let err = st
         .wait_ready(
@@ -559,22 +563,7 @@ fn a_child_that_dies_is_reported_with_its_status_and_log() {
 #[test]
 fn a_held_child_that_is_never_released_exits_without_starting() {
     let dir = tmpdir("held-child");
-    let argv: Vec<String> = ["lab", "serve", "llm", "--listen", "127.0.0.1:0"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut st = lab::netlab::procs::start(
-        &PathBuf::from(LAB),
-        "llm",
-        None,
-        "host",
-        None,
-        &argv,
-        dir.join("llm.log"),
-        &[],
-        lab::netlab::procs::Lifetime::Held,
-    )
-    .unwrap();
+    let mut st = held_mock("127.0.0.1:0", &dir);
     // It waits: alive, and silent.
     std::thread::sleep(Duration::from_millis(300));
     assert!(st.child.try_wait().unwrap().is_none(), "it did not wait");

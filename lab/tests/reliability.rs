@@ -108,6 +108,10 @@ fn wait_for(child: &mut Child, marker: &str) -> BufReader<std::process::ChildStd
     }
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: signalling a child this test started and has not reaped.
     unsafe { libc::kill(child.id() as i32, sig) };
@@ -141,16 +145,21 @@ fn cert_out_never_writes_through_a_planted_link() {
     let rootfile = tmpfile("rootfile", "important\n");
     symlink(&*rootfile, atk.join("key.pem")).unwrap();
     std::os::unix::fs::lchown(atk.join("key.pem"), Some(NOBODY), Some(NOBODY)).unwrap();
-    let o = lab(&[
-        "serve",
-        "sse",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--cert-out",
-        atk.to_str().unwrap(),
-    ]);
+    let serve = |server: &'static str, dir: &Path| -> Vec<String> {
+        [
+            "serve",
+            server,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["--cert-out".to_owned(), dir.display().to_string()])
+        .collect()
+    };
+    let o = lab(&strs(&serve("sse", &atk)));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("belongs to user 65534, not to root or you"),
@@ -167,16 +176,7 @@ fn cert_out_never_writes_through_a_planted_link() {
     symlink(&*rootfile, own.join("key.pem")).unwrap();
     let dangling = own.join("../lab-test-dangling-target");
     symlink(&dangling, own.join("cert.pem")).unwrap();
-    let srv = Server::start(&[
-        "serve",
-        "sse",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--cert-out",
-        own.to_str().unwrap(),
-    ]);
+    let srv = Server::start(&strs(&serve("sse", &own)));
     assert!(srv.stop());
     assert_eq!(std::fs::read_to_string(&*rootfile).unwrap(), "important\n");
     assert!(
@@ -198,14 +198,7 @@ fn cert_out_never_writes_through_a_planted_link() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let o = lab(&[
-        "serve",
-        "wt",
-        "--listen",
-        "127.0.0.1:0",
-        "--cert-out",
-        shared.to_str().unwrap(),
-    ]);
+    let o = lab(&strs(&serve("wt", &shared)));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("others can write in it (mode 1777)"),
