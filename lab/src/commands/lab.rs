@@ -326,6 +326,8 @@ pub fn exec(a: ExecArgs) -> Result<u8> {
 
 /// `lab relay` (started by `lab up` for a `url:` upstream).
 pub async fn relay(a: RelayArgs) -> Result<u8> {
+    // Registered before the ready line: a SIGTERM right after it is a clean stop.
+    let signals = super::Signals::new()?;
     let to = relay::authority(&a.to)?;
     let listener = relay::bind_in(&a.netns, a.listen)?;
     let line = serde_json::json!({
@@ -343,6 +345,6 @@ pub async fn relay(a: RelayArgs) -> Result<u8> {
     tracing::info!("relaying {} in {} to {to} on the host", a.listen, a.netns);
     tokio::select! {
         r = relay::serve(listener, to) => r.map(|()| EXIT_OK),
-        () = super::shutdown_signal() => Ok(EXIT_OK),
+        () = signals.wait(1) => Ok(EXIT_OK),
     }
 }

@@ -32,9 +32,11 @@ impl MockArgs {
 }
 
 pub async fn run(cmd: Serve) -> Result<()> {
+    // Registered before the ready line: a SIGTERM right after it is a clean stop.
+    let signals = super::Signals::new()?;
     match cmd {
-        Serve::Llm(a) => llm(a).await,
-        Serve::Approach(a, args) => approach(a, args).await,
+        Serve::Llm(a) => llm(a, &signals).await,
+        Serve::Approach(a, args) => approach(a, args, &signals).await,
     }
 }
 
@@ -106,17 +108,20 @@ async fn return_freed_memory(stats: Arc<ServerStats>) {
     }
 }
 
-async fn until_signal(server: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+async fn until_signal(
+    server: impl std::future::Future<Output = Result<()>>,
+    signals: &super::Signals,
+) -> Result<()> {
     tokio::select! {
         r = server => r,
-        _ = super::shutdown_signal() => {
+        _ = signals.wait(1) => {
             tracing::info!("stopping");
             Ok(())
         }
     }
 }
 
-async fn llm(a: LlmArgs) -> Result<()> {
+async fn llm(a: LlmArgs, signals: &super::Signals) -> Result<()> {
     let l = bind_tcp(a.listen, "mock LLM").await?;
     let addr = l.local_addr()?;
     let cfg = Arc::new(MockConfig {
@@ -139,11 +144,11 @@ async fn llm(a: LlmArgs) -> Result<()> {
     );
     let stats = Arc::new(ServerStats::default());
     tokio::spawn(return_freed_memory(stats.clone()));
-    until_signal(lab_servers::llm::serve(l, cfg, stats)).await
+    until_signal(lab_servers::llm::serve(l, cfg, stats), signals).await
 }
 
 /// An approach's server: binds its transport, prints the ready line, serves.
-async fn approach(a: Approach, args: ServerArgs) -> Result<()> {
+async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Result<()> {
     let cert = cert(&args.tls)?;
     let what = format!("{} server", a.server);
     let listener = match a.transport {
@@ -171,5 +176,5 @@ async fn approach(a: Approach, args: ServerArgs) -> Result<()> {
     if a.model == crate::approach::Model::Client {
         tracing::info!("forwarding to {upstream}");
     }
-    until_signal(serving).await
+    until_signal(serving, signals).await
 }
