@@ -1,8 +1,9 @@
-//! HTTP/1.1 over TLS with explicit connection control, shared by the raw-API and SSE
-//! runners.
+//! HTTP over TLS with explicit connection control, shared by the raw-API and SSE runners:
+//! HTTP/1.1, or HTTP/2 with prompts in flight at once multiplexed as streams of one
+//! connection.
 //!
-//! Connections are made by hand (TCP, then TLS, then an HTTP/1.1 handshake) rather than by
-//! a pooling client, so set-up is timed exactly and `reuse` provably reuses: the response
+//! Connections are made by hand (TCP, then TLS, then an HTTP handshake) rather than by a
+//! pooling client, so set-up is timed exactly and `reuse` provably reuses: the response
 //! body is always read to its end, and the next prompt goes out on the same connection
 //! if and only if it is still open.
 
@@ -10,12 +11,13 @@ use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use lab_codec::sse;
 use rustls_pki_types::ServerName;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -39,32 +41,83 @@ pub trait SseApi: Send + Sync + 'static {
     fn event(&self, ev: sse::Event) -> EventMeaning;
 }
 
+/// The HTTP version a runner speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    /// Prompts of runners that share a connection go as streams of it.
+    Http2,
+}
+
+/// A connection's request sender.
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> bool {
+        match self {
+            Self::H1(s) => s.ready().await.is_ok(),
+            Self::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper::Result<http::Response<Incoming>> {
+        match self {
+            Self::H1(s) => s.send_request(req).await,
+            Self::H2(s) => s.send_request(req).await,
+        }
+    }
+
+    /// Another handle on an HTTP/2 connection; an HTTP/1.1 sender is one request at a time.
+    fn handle(&self) -> Option<Sender> {
+        match self {
+            Self::H1(_) => None,
+            Self::H2(s) => Some(Self::H2(s.clone())),
+        }
+    }
+}
+
+/// The connection a runner uses, with its number; shared by the runners of one HTTP/2
+/// connection.
+type Slot = Arc<tokio::sync::Mutex<Option<(Sender, u32)>>>;
+
 /// A runner for an HTTP API that answers with an event stream.
 pub struct HttpRunner<A: SseApi> {
-    api: A,
-    name: &'static str,
+    api: Arc<A>,
+    opts: RunnerOpts,
     target: Target,
+    version: Version,
     tls: TlsConnector,
-    mode: Mode,
-    timeout: Duration,
-    conn: Option<SendRequest<Full<Bytes>>>,
+    conn: Slot,
 }
 
 impl<A: SseApi> HttpRunner<A> {
-    pub fn new(api: A, target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
-        let tls = opts.trust.http1_client_config()?;
+    pub fn new(
+        api: A,
+        target: Target,
+        opts: &RunnerOpts,
+        version: Version,
+    ) -> anyhow::Result<Self> {
+        let tls = match version {
+            Version::Http1 => opts.trust.http1_client_config()?,
+            Version::Http2 => opts.trust.h2_client_config()?,
+        };
         Ok(Self {
-            api,
-            name: opts.approach,
+            api: Arc::new(api),
+            opts: opts.clone(),
             target,
+            version,
             tls: TlsConnector::from(Arc::new(tls)),
-            mode: opts.mode,
-            timeout: opts.timeout,
-            conn: None,
+            conn: Arc::default(),
         })
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PromptError> {
+    async fn connect(&self) -> Result<Sender, PromptError> {
         let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
         let tcp = TcpStream::connect(self.target.addr)
             .await
@@ -78,47 +131,82 @@ impl<A: SseApi> HttpRunner<A> {
                 self.target.addr
             ))
         })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| err(format!("HTTP handshake failed: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        let io = TokioIo::new(tls);
+        let handshake = |e: hyper::Error| err(format!("HTTP handshake failed: {e}"));
+        Ok(match self.version {
+            Version::Http1 => {
+                let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::H1(sender)
+            }
+            Version::Http2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(handshake)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::H2(sender)
+            }
+        })
+    }
+
+    /// The sender for this prompt: the kept connection's if it is still open (HTTP/1.1
+    /// takes it, HTTP/2 shares it), else a new connection (kept for the next prompt in
+    /// `reuse` mode).
+    async fn sender(&self, rec: &mut Recorder) -> Result<(Sender, u32), PromptError> {
+        let fresh = self.opts.mode == Mode::Fresh;
+        let mut slot = self.conn.lock().await;
+        if !fresh && let Some((s, id)) = slot.as_mut() {
+            if s.ready().await {
+                rec.reused();
+                let id = *id;
+                return Ok(match s.handle() {
+                    Some(h) => (h, id),
+                    None => slot.take().expect("checked above"),
+                });
+            }
+            *slot = None;
+        }
+        let t = Instant::now();
+        let s = self.connect().await?;
+        rec.connected(t.elapsed());
+        let id = self.opts.next_conn();
+        if !fresh && let Some(h) = s.handle() {
+            *slot = Some((h, id));
+        }
+        Ok((s, id))
     }
 
     async fn attempt(
-        &mut self,
+        &self,
         prompt: &str,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
-        let reusable = match self.conn.as_mut() {
-            Some(c) if self.mode == Mode::Reuse => c.ready().await.is_ok(),
-            _ => false,
-        };
-        if reusable {
-            rec.reused();
-        } else {
-            let t = Instant::now();
-            self.conn = Some(self.connect().await?);
-            rec.connected(t.elapsed());
-        }
-        let Some(sender) = self.conn.as_mut() else {
-            return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
-        };
+        let (mut sender, id) = self.sender(rec).await?;
+        rec.conn(id);
         let mut req = http::Request::post(self.target.path.as_str())
-            .header(http::header::HOST, self.target.authority.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream");
-        if self.mode == Mode::Fresh {
+        req = match self.version {
+            // HTTP/2 carries the authority in the request's URI, HTTP/1.1 in Host.
+            Version::Http2 => req.uri(format!(
+                "https://{}{}",
+                self.target.authority, self.target.path
+            )),
+            Version::Http1 => req.header(http::header::HOST, self.target.authority.as_str()),
+        };
+        if self.opts.mode == Mode::Fresh && self.version == Version::Http1 {
             req = req.header(http::header::CONNECTION, "close");
         }
         let req = req
             .body(Full::new(Bytes::from(self.api.body(prompt))))
             .map_err(|e| PromptError::new(ErrorCategory::Send, e.to_string()))?;
         let resp = sender
-            .send_request(req)
+            .send(req)
             .await
             .map_err(|e| PromptError::new(ErrorCategory::Send, format!("request failed: {e}")))?;
         let status = resp.status();
@@ -178,8 +266,9 @@ impl<A: SseApi> HttpRunner<A> {
                 "stream ended without [DONE]",
             ));
         }
-        if self.mode == Mode::Fresh {
-            self.conn = None;
+        // An HTTP/1.1 connection that answered whole goes back for the next prompt.
+        if self.opts.mode == Mode::Reuse && self.version == Version::Http1 {
+            *self.conn.lock().await = Some((sender, id));
         }
         Ok(())
     }
@@ -187,7 +276,7 @@ impl<A: SseApi> HttpRunner<A> {
 
 impl<A: SseApi> Runner for HttpRunner<A> {
     fn name(&self) -> &'static str {
-        self.name
+        self.opts.approach
     }
 
     fn run<'a>(
@@ -198,19 +287,31 @@ impl<A: SseApi> Runner for HttpRunner<A> {
     ) -> BoxFuture<'a, PromptRecord> {
         Box::pin(async move {
             let mut rec = Recorder::start();
-            let timeout = self.timeout;
+            let timeout = self.opts.timeout;
+            // A connection in an unknown state is never reused: an HTTP/1.1 sender goes
+            // back only after a whole answer, and a dead HTTP/2 one fails its check.
             let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            if error.is_some() {
-                // A connection in an unknown state is never reused.
-                self.conn = None;
-            }
-            rec.finish(self.name, self.mode, index, prompt, error)
+            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
         })
     }
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.conn = None;
+            *self.conn.lock().await = None;
+        })
+    }
+
+    fn share(&self) -> Option<Box<dyn Runner>> {
+        let multiplexed = self.version == Version::Http2 && self.opts.mode == Mode::Reuse;
+        multiplexed.then(|| {
+            Box::new(HttpRunner {
+                api: self.api.clone(),
+                opts: self.opts.clone(),
+                target: self.target.clone(),
+                version: self.version,
+                tls: self.tls.clone(),
+                conn: self.conn.clone(),
+            }) as Box<dyn Runner>
         })
     }
 }

@@ -15,12 +15,16 @@ pub mod prompts;
 pub mod raw;
 pub mod record;
 pub mod sse;
+pub mod sse_h2;
+pub mod ws;
 pub mod wt;
 
 use anyhow::{Context, Result, bail};
 use lab_codec::trust::Trust;
 use record::{Mode, PromptRecord};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// A boxed future, so runners can live behind `dyn Runner`.
@@ -42,6 +46,12 @@ pub trait Runner: Send {
     ) -> BoxFuture<'a, PromptRecord>;
     /// Closes any open connection.
     fn close(&mut self) -> BoxFuture<'_, ()>;
+    /// Another runner on this runner's connection, for prompts in flight at once over
+    /// one connection (streams of a WebTransport session, of an HTTP/2 connection);
+    /// `None` where each runner needs a connection of its own.
+    fn share(&self) -> Option<Box<dyn Runner>> {
+        None
+    }
 }
 
 /// Runs one prompt's attempt under the client's timeout; a timeout is its own category.
@@ -70,6 +80,16 @@ pub struct RunnerOpts {
     pub trust: Trust,
     /// The model, for runners whose requests name one (the raw API).
     pub model: String,
+    /// Numbers the connections of one client (every runner built from these options
+    /// shares it), so records say which connection carried each prompt.
+    pub conns: Arc<AtomicU32>,
+}
+
+impl RunnerOpts {
+    /// The next connection's number.
+    pub fn next_conn(&self) -> u32 {
+        self.conns.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Where a client connects: `https://host:port[/path]`. The registry fills in an
@@ -117,6 +137,56 @@ impl Target {
             path: uri.path().to_owned(),
         })
     }
+}
+
+/// Runs `prompts` `repeat` times with `runners.len()` prompts in flight at once, each
+/// runner taking the next prompt as it finishes one; returns the records in prompt
+/// order. `each` sees every record as soon as it is complete.
+pub async fn run_concurrently(
+    runners: Vec<Box<dyn Runner>>,
+    prompts: &[String],
+    repeat: usize,
+    mut each: impl FnMut(&PromptRecord),
+) -> Vec<PromptRecord> {
+    let jobs: Vec<(usize, String)> = (0..repeat.max(1))
+        .flat_map(|_| prompts.iter().cloned())
+        .enumerate()
+        .collect();
+    let total = jobs.len();
+    let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        jobs,
+    )));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PromptRecord>();
+    let mut tasks = Vec::new();
+    for (slot, mut runner) in runners.into_iter().enumerate() {
+        let (queue, tx) = (queue.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let job = queue.lock().ok().and_then(|mut q| q.pop_front());
+                let Some((index, prompt)) = job else { break };
+                let mut ignore = |_: &str| {};
+                let mut r = runner.run(index, &prompt, &mut ignore).await;
+                r.slot = slot as u32;
+                if tx.send(r).is_err() {
+                    break;
+                }
+            }
+            runner
+        }));
+    }
+    drop(tx);
+    let mut out = Vec::with_capacity(total);
+    while let Some(r) = rx.recv().await {
+        each(&r);
+        out.push(r);
+    }
+    for t in tasks {
+        if let Ok(mut runner) = t.await {
+            runner.close().await;
+        }
+    }
+    out.sort_by_key(|r| r.index);
+    out
 }
 
 /// Runs `prompts` `repeat` times in order and returns one record per prompt run.

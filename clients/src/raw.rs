@@ -1,7 +1,7 @@
 //! The raw-API runner: `POST /v1/chat/completions` with `stream: true` through the TLS
 //! proxy, parsing OpenAI chat chunks. A token is a chunk with non-empty delta content.
 
-use crate::http::{EventMeaning, HttpRunner, SseApi};
+use crate::http::{EventMeaning, HttpRunner, SseApi, Version};
 use crate::record::{ErrorCategory, PromptError};
 use crate::{Runner, RunnerOpts, Target};
 use lab_codec::openai::{ChatChunk, ChatRequest, ErrorBody};
@@ -12,7 +12,12 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
     let api = RawApi {
         model: opts.model.clone(),
     };
-    Ok(Box::new(HttpRunner::new(api, target, opts)?))
+    Ok(Box::new(HttpRunner::new(
+        api,
+        target,
+        opts,
+        Version::Http1,
+    )?))
 }
 
 /// The raw OpenAI-compatible API.

@@ -118,6 +118,18 @@ pub struct PromptRecord {
     /// digests whatever the transport.
     pub digest: String,
     pub error: Option<PromptError>,
+    /// Which connection carried it: connections are numbered from 0 in the order the
+    /// client set them up. With prompts in flight at once, this and `slot` say whose
+    /// stall a slow answer was.
+    #[serde(default)]
+    pub conn: u32,
+    /// Which of the client's concurrent slots ran it (0 without concurrency).
+    #[serde(default)]
+    pub slot: u32,
+    /// The transport stream that carried it, where the client library names one (the
+    /// QUIC stream id of a WebTransport prompt).
+    #[serde(default)]
+    pub stream: Option<u64>,
 }
 
 /// Collects one prompt's events as they happen.
@@ -130,6 +142,8 @@ pub struct Recorder {
     times: Vec<Duration>,
     hasher: Sha256,
     bytes: u64,
+    conn: u32,
+    stream: Option<u64>,
 }
 
 impl Default for Recorder {
@@ -151,7 +165,19 @@ impl Recorder {
             times: Vec::new(),
             hasher: Sha256::new(),
             bytes: 0,
+            conn: 0,
+            stream: None,
         }
+    }
+
+    /// The prompt went on connection number `n`.
+    pub fn conn(&mut self, n: u32) {
+        self.conn = n;
+    }
+
+    /// The prompt went on the transport stream `id`.
+    pub fn stream(&mut self, id: u64) {
+        self.stream = Some(id);
     }
 
     pub fn connected(&mut self, took: Duration) {
@@ -227,6 +253,9 @@ impl Recorder {
             app_bytes: self.bytes,
             digest: hex::encode(self.hasher.finalize()),
             error,
+            conn: self.conn,
+            slot: 0,
+            stream: self.stream,
         }
     }
 }

@@ -1,14 +1,19 @@
 //! The SSE runner: `POST /chat` with `{"message": ...}`; every `data:` event is one token,
 //! `data: [DONE]` ends the answer, and an `event: error` reports an upstream failure.
 
-use crate::http::{EventMeaning, HttpRunner, SseApi};
+use crate::http::{EventMeaning, HttpRunner, SseApi, Version};
 use crate::record::{ErrorCategory, PromptError};
 use crate::{Runner, RunnerOpts, Target};
 use lab_codec::sse;
 
 /// The SSE runner for `target`.
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
-    Ok(Box::new(HttpRunner::new(SseServerApi, target, opts)?))
+    Ok(Box::new(HttpRunner::new(
+        SseServerApi,
+        target,
+        opts,
+        Version::Http1,
+    )?))
 }
 
 /// lab's SSE server API.

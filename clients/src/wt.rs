@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
 use lab_codec::wt::ERR_UPSTREAM;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtransport::endpoint::endpoint_side::Client;
 use wtransport::error::StreamReadError;
@@ -21,13 +22,14 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
     Ok(Box::new(WtRunner::new(target, opts)?))
 }
 
+/// The session a runner uses, with its number; shared by the runners of one session.
+type Slot = Arc<tokio::sync::Mutex<Option<(Connection, u32)>>>;
+
 pub struct WtRunner {
-    name: &'static str,
-    endpoint: Endpoint<Client>,
+    opts: RunnerOpts,
+    endpoint: Arc<Endpoint<Client>>,
     url: String,
-    mode: Mode,
-    timeout: Duration,
-    conn: Option<Connection>,
+    conn: Slot,
 }
 
 impl WtRunner {
@@ -48,12 +50,10 @@ impl WtRunner {
         let endpoint = Endpoint::client(cfg)?;
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
-            name: opts.approach,
-            endpoint,
+            opts: opts.clone(),
+            endpoint: Arc::new(endpoint),
             url,
-            mode: opts.mode,
-            timeout: opts.timeout,
-            conn: None,
+            conn: Arc::default(),
         })
     }
 
@@ -63,22 +63,31 @@ impl WtRunner {
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
-        let alive = self.mode == Mode::Reuse && self.conn.is_some();
-        if alive {
-            rec.reused();
-        } else {
-            let t = Instant::now();
-            let c = self.endpoint.connect(&self.url).await.map_err(|e| {
-                PromptError::new(
-                    ErrorCategory::Connect,
-                    format!("WebTransport session to {} failed: {e}", self.url),
-                )
-            })?;
-            rec.connected(t.elapsed());
-            self.conn = Some(c);
-        }
-        let Some(conn) = self.conn.as_ref() else {
-            return Err(PromptError::new(ErrorCategory::Connect, "no session"));
+        // The kept session (shared by the runners of one client in `reuse` mode), or a
+        // new one; runners waiting here while one sets the session up then share it.
+        let conn = {
+            let mut slot = self.conn.lock().await;
+            match slot.as_ref() {
+                Some((c, id)) if self.opts.mode == Mode::Reuse => {
+                    rec.reused();
+                    rec.conn(*id);
+                    c.clone()
+                }
+                _ => {
+                    let t = Instant::now();
+                    let c = self.endpoint.connect(&self.url).await.map_err(|e| {
+                        PromptError::new(
+                            ErrorCategory::Connect,
+                            format!("WebTransport session to {} failed: {e}", self.url),
+                        )
+                    })?;
+                    rec.connected(t.elapsed());
+                    let id = self.opts.next_conn();
+                    rec.conn(id);
+                    *slot = Some((c.clone(), id));
+                    c
+                }
+            }
         };
         let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
         let opening = conn
@@ -88,6 +97,7 @@ impl WtRunner {
         let (mut send, mut recv) = opening
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
+        rec.stream(VarInt::from(send.id()).into_inner());
         let mut out = BytesMut::new();
         lenprefix::encode(prompt.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
         send.write_all(&out)
@@ -137,8 +147,8 @@ impl WtRunner {
         Ok(())
     }
 
-    fn drop_conn(&mut self) {
-        if let Some(c) = self.conn.take() {
+    async fn drop_conn(&mut self) {
+        if let Some((c, _)) = self.conn.lock().await.take() {
             c.close(VarInt::from_u32(0), b"done");
         }
     }
@@ -146,7 +156,7 @@ impl WtRunner {
 
 impl Runner for WtRunner {
     fn name(&self) -> &'static str {
-        self.name
+        self.opts.approach
     }
 
     fn run<'a>(
@@ -157,21 +167,38 @@ impl Runner for WtRunner {
     ) -> BoxFuture<'a, PromptRecord> {
         Box::pin(async move {
             let mut rec = Recorder::start();
-            let timeout = self.timeout;
+            let timeout = self.opts.timeout;
             let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            // A failed session is not trusted again; fresh mode never keeps one.
-            if error.is_some() || self.mode == Mode::Fresh {
-                self.drop_conn();
+            // Fresh mode never keeps a session; a session that ended is dropped (an error
+            // of one stream leaves the session to the prompts sharing it).
+            let ended =
+                self.conn.lock().await.as_ref().is_some_and(|(c, _)| {
+                    futures_util::FutureExt::now_or_never(c.closed()).is_some()
+                });
+            if self.opts.mode == Mode::Fresh || ended {
+                self.drop_conn().await;
             }
-            rec.finish(self.name, self.mode, index, prompt, error)
+            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
         })
     }
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.drop_conn();
+            self.drop_conn().await;
             // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        })
+    }
+
+    fn share(&self) -> Option<Box<dyn Runner>> {
+        // In fresh mode every prompt has a session of its own: nothing to share.
+        (self.opts.mode == Mode::Reuse).then(|| -> Box<dyn Runner> {
+            Box::new(WtRunner {
+                opts: self.opts.clone(),
+                endpoint: self.endpoint.clone(),
+                url: self.url.clone(),
+                conn: self.conn.clone(),
+            })
         })
     }
 }

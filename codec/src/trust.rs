@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// ALPN for HTTP/1.1 over TLS.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN for HTTP/3, which WebTransport rides on.
 pub const ALPN_H3: &[u8] = b"h3";
 
@@ -73,6 +75,11 @@ impl Trust {
     /// A client config for HTTP/1.1 over TLS.
     pub fn http1_client_config(&self) -> Result<rustls::ClientConfig> {
         self.client_config(false, ALPN_HTTP1)
+    }
+
+    /// A client config for HTTP/2 over TLS (ALPN `h2`).
+    pub fn h2_client_config(&self) -> Result<rustls::ClientConfig> {
+        self.client_config(false, ALPN_H2)
     }
 
     /// A client config for WebTransport (TLS 1.3, ALPN `h3`).
@@ -209,6 +216,7 @@ mod tests {
                 [ALPN_HTTP1]
             );
             assert_eq!(t.h3_client_config().unwrap().alpn_protocols, [ALPN_H3]);
+            assert_eq!(t.h2_client_config().unwrap().alpn_protocols, [ALPN_H2]);
         }
     }
 }

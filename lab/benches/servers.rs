@@ -136,6 +136,7 @@ async fn runner_stream(
         timeout: Duration::from_secs(60),
         trust,
         model: "gemma3:12b".into(),
+        conns: Default::default(),
     };
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;

@@ -55,12 +55,15 @@ pub struct Entry {
     /// The URL path its client talks to.
     pub path: &'static str,
     pub model: Model,
+    /// Whether prompts in flight at once share one connection (as streams of it) rather
+    /// than each taking a connection of its own.
+    pub multiplexed: bool,
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 3] = [
+pub static ENTRIES: [Entry; 5] = [
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -70,6 +73,7 @@ pub static ENTRIES: [Entry; 3] = [
         port: 11435,
         path: lab_servers::proxy::PATH,
         model: Model::Client,
+        multiplexed: false,
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -82,8 +86,35 @@ pub static ENTRIES: [Entry; 3] = [
         port: 8080,
         path: lab_servers::sse::PATH,
         model: Model::Server,
+        multiplexed: false,
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
+    },
+    Entry {
+        name: "sse-h2",
+        about: "HTTP Server-Sent Events over HTTP/2 and TLS",
+        server: "sse-h2",
+        server_about: "The SSE server over HTTP/2 (TLS, ALPN h2): concurrent prompts are streams of one connection",
+        transport: Transport::Tcp,
+        port: 8443,
+        path: lab_servers::sse_h2::PATH,
+        model: Model::Server,
+        multiplexed: true,
+        serve: lab_servers::sse_h2::start,
+        runner: lab_clients::sse_h2::runner,
+    },
+    Entry {
+        name: "ws",
+        about: "WebSocket over TLS (RFC 6455)",
+        server: "ws",
+        server_about: "WebSocket server over TLS: GET /ws, a text message per prompt, one per token, an empty one at the end",
+        transport: Transport::Tcp,
+        port: 9001,
+        path: lab_servers::ws::PATH,
+        model: Model::Server,
+        multiplexed: false,
+        serve: lab_servers::ws::start,
+        runner: lab_clients::ws::runner,
     },
     Entry {
         name: "wt",
@@ -94,6 +125,7 @@ pub static ENTRIES: [Entry; 3] = [
         port: 4433,
         path: lab_servers::wt::PATH,
         model: Model::Server,
+        multiplexed: true,
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },
@@ -271,12 +303,15 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", a.name));
             assert_eq!(serde_json::from_str::<Approach>(&json).unwrap(), a);
         }
-        let e = "ws".parse::<Approach>().unwrap_err();
+        let e = "smoke-signals".parse::<Approach>().unwrap_err();
         assert_eq!(
             e,
-            format!("approach 'ws' is not supported; supported: {}", names())
+            format!(
+                "approach 'smoke-signals' is not supported; supported: {}",
+                names()
+            )
         );
-        assert_eq!(names(), "raw, sse, wt");
+        assert_eq!(names(), "raw, sse, sse-h2, ws, wt");
     }
 
     #[test]

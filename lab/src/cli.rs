@@ -437,6 +437,10 @@ pub struct ClientArgs {
     /// Give up on a prompt after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Keep this many prompts in flight at once: as streams of one connection where the
+    /// approach multiplexes (wt, sse-h2, in reuse mode), on as many connections otherwise.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), conflicts_with = "interactive")]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Args)]

@@ -11,21 +11,13 @@ use std::process::{Command, Stdio};
 fn serve_and_client_binaries_end_to_end() {
     let llm = mock();
     let up = base(&llm.str("url"));
-    let sse = Server::start(&["serve", "sse", "--listen", "127.0.0.1:0", "--upstream", &up]);
-    let wt = Server::start(&["serve", "wt", "--listen", "127.0.0.1:0", "--upstream", &up]);
-    let proxy = Server::start(&[
-        "serve",
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ]);
+    let servers = every_server(&up, &[]);
     let dir = tmpdir("e2e");
     let pfile = dir.join("prompts.txt");
     std::fs::write(&pfile, "# two prompts\nfirst prompt\nsecond prompt\n").unwrap();
     let mut digests = Vec::new();
-    for (name, srv) in [("raw", &proxy), ("sse", &sse), ("wt", &wt)] {
+    for (a, srv) in &servers {
+        let name = a.name;
         let out = Command::new(LAB)
             .args([
                 "client",
@@ -69,39 +61,51 @@ fn serve_and_client_binaries_end_to_end() {
                 .collect::<Vec<_>>(),
         );
     }
-    assert_eq!(digests[0], digests[1]);
-    assert_eq!(digests[1], digests[2]);
+    assert_eq!(digests.len(), lab::approach::all().count());
+    for d in &digests {
+        assert_eq!(d, &digests[0]);
+    }
     assert_eq!(
         digests[0][0],
         lab_clients::record::digest_tokens(&expected("first prompt", 12))
     );
-    for s in [sse, wt, proxy, llm] {
+    for (_, s) in servers {
         assert!(s.stop(), "a server did not exit cleanly on SIGTERM");
     }
+    assert!(llm.stop());
 }
 
 #[test]
 fn interactive_client_streams_typed_prompts() {
     let llm = mock();
     let dir = tmpdir("interactive");
-    let sse = Server::start(&[
-        "serve",
-        "sse",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &base(&llm.str("url")),
-        "--cert-out",
-        dir.to_str().unwrap(),
-    ]);
+    for a in lab::approach::all() {
+        let certs = dir.join(a.server);
+        let srv = Server::start(&[
+            "serve",
+            a.server,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &base(&llm.str("url")),
+            "--cert-out",
+            certs.to_str().unwrap(),
+        ]);
+        interactive_session(a.name, &srv.str("url"), &certs);
+        assert!(srv.stop());
+    }
+}
+
+/// Types two prompts into `lab client APPROACH -i` and checks the answers it streams.
+fn interactive_session(approach: &str, url: &str, certs: &std::path::Path) {
     let mut child = Command::new(LAB)
         .args([
             "client",
-            "sse",
+            approach,
             "--url",
-            &sse.str("url"),
+            url,
             "--ca",
-            dir.join("cert.pem").to_str().unwrap(),
+            certs.join("cert.pem").to_str().unwrap(),
             "-i",
         ])
         .stdin(Stdio::piped())
@@ -121,12 +125,12 @@ fn interactive_client_streams_typed_prompts() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     let a1 = expected("What is the capital of France?", 12).concat();
     let a2 = expected("Describe the observer design pattern briefly.", 12).concat();
-    assert_eq!(stdout, format!("{a1}\n{a2}\n"));
-    assert_eq!(stderr.matches("[TTFT ").count(), 2, "{stderr}");
-    assert!(stderr.contains("sse> "));
+    assert_eq!(stdout, format!("{a1}\n{a2}\n"), "{approach}");
+    assert_eq!(stderr.matches("[TTFT ").count(), 2, "{approach}: {stderr}");
+    assert!(stderr.contains(&format!("{approach}> ")), "{stderr}");
     // The key was written private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("key.pem"))
+    let mode = std::fs::metadata(certs.join("key.pem"))
         .unwrap()
         .permissions()
         .mode();
@@ -240,9 +244,9 @@ fn bad_command_lines_get_clear_errors() {
         "--cert-hash",
     );
     lab_fails(
-        &["client", "ws", "--url", "https://127.0.0.1:1"],
+        &["client", "smoke", "--url", "https://127.0.0.1:1"],
         2,
-        "approach 'ws' is not supported; supported: raw, sse, wt",
+        "approach 'smoke' is not supported; supported: raw, sse, sse-h2, ws, wt",
     );
     lab_fails(
         &[

@@ -467,3 +467,64 @@ async fn wrong_certificate_pin_fails_to_connect() {
         );
     }
 }
+
+/// Eight prompts in flight at once, for every approach: every answer whole and exact,
+/// on one connection where the approach multiplexes and on eight otherwise, as the
+/// server counts them; each record names its connection and slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_prompts_at_once_for_every_approach() {
+    let max = 20;
+    let stack = stack(max).await;
+    let prompts = prompts::reference();
+    for ap in lab::approach::all() {
+        for mode in [Mode::Reuse, Mode::Fresh] {
+            let before = stack.stats(ap).snapshot().connections_accepted;
+            let opts = stack.runner_opts(ap, mode, TIMEOUT);
+            let first = ap.runner(&stack.url(ap), &opts).unwrap();
+            let mut runners = vec![];
+            for _ in 1..8 {
+                runners.push(match first.share() {
+                    Some(r) => r,
+                    None => ap.runner(&stack.url(ap), &opts).unwrap(),
+                });
+            }
+            runners.insert(0, first);
+            // 20 prompts: the ten, twice.
+            let recs = lab_clients::run_concurrently(runners, &prompts, 2, |_| {}).await;
+            assert_eq!(recs.len(), 20);
+            for r in &recs {
+                assert!(r.error.is_none(), "{ap} {mode}: {:?}", r.error);
+                let p = &prompts[r.index % prompts.len()];
+                assert_eq!(
+                    r.digest,
+                    digest_tokens(&expected(p, max)),
+                    "{ap} {mode} {p}"
+                );
+                assert!(r.slot < 8);
+            }
+            let slots: std::collections::BTreeSet<u32> = recs.iter().map(|r| r.slot).collect();
+            assert_eq!(slots.len(), 8, "{ap} {mode}: every slot ran prompts");
+            let conns: std::collections::BTreeSet<u32> = recs.iter().map(|r| r.conn).collect();
+            let opened = stack.stats(ap).snapshot().connections_accepted - before;
+            let (want_conns, want_opened) = match (mode, ap.multiplexed) {
+                (Mode::Reuse, true) => (1, 1),
+                (Mode::Reuse, false) => (8, 8),
+                (Mode::Fresh, _) => (20, 20),
+            };
+            assert_eq!(
+                conns.len(),
+                want_conns,
+                "{ap} {mode}: connections in records"
+            );
+            assert_eq!(
+                opened as usize, want_opened,
+                "{ap} {mode}: connections at the server"
+            );
+            if ap.name == "wt" && mode == Mode::Reuse {
+                let streams: std::collections::BTreeSet<u64> =
+                    recs.iter().filter_map(|r| r.stream).collect();
+                assert_eq!(streams.len(), 20, "one QUIC stream per prompt");
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! Serving an axum app over TLS and HTTP/1.1 with keep-alive, on an already-bound
-//! listener, counting connections, with deadlines for slow and idle clients:
+//! Serving an axum app over TLS, HTTP/1.1 with keep-alive (and upgrades, for WebSocket)
+//! or HTTP/2, on an already-bound listener, counting connections, with deadlines for
+//! slow and idle clients:
 //! - the TLS handshake, and each request head, must be complete within
 //!   [`Limits::header`] (hyper's header read timeout, from the connection's start or the
 //!   head's first byte);
@@ -8,8 +9,9 @@
 use crate::Limits;
 use crate::stats::ServerStats;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +102,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+/// The HTTP version a server speaks over TLS (its TLS config's ALPN says the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.1 with keep-alive, and upgrades (WebSocket).
+    Http1,
+    /// HTTP/2: many requests as streams of one connection.
+    Http2,
+}
+
 /// Accepts connections forever; each is served on its own task.
 pub async fn serve_tls(
     listener: TcpListener,
@@ -107,6 +118,7 @@ pub async fn serve_tls(
     app: Router,
     stats: Arc<ServerStats>,
     limits: Limits,
+    version: Version,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
@@ -126,11 +138,23 @@ pub async fn serve_tls(
             match tokio::time::timeout(limits.header, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let service = TowerToHyperService::new(app);
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits.header)
-                        .serve_connection(TokioIo::new(tls), service);
+                    let io = TokioIo::new(tls);
+                    let conn: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> =
+                        match version {
+                            Version::Http1 => Box::pin(
+                                hyper::server::conn::http1::Builder::new()
+                                    .keep_alive(true)
+                                    .timer(TokioTimer::new())
+                                    .header_read_timeout(limits.header)
+                                    .serve_connection(io, service)
+                                    .with_upgrades(),
+                            ),
+                            Version::Http2 => Box::pin(
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .timer(TokioTimer::new())
+                                    .serve_connection(io, service),
+                            ),
+                        };
                     tokio::select! {
                         r = conn => if let Err(e) = r {
                             tracing::debug!("connection from {peer} ended: {e}");

@@ -12,10 +12,12 @@ pub mod http;
 pub mod llm;
 pub mod proxy;
 pub mod sse;
+pub mod sse_h2;
 pub mod stats;
 pub mod textgen;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 pub mod wt;
 
 use anyhow::{Result, bail};

@@ -38,7 +38,12 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     let tls = Arc::new(env.cert.http1_server_config()?);
     let app = app(&env.upstream, env.stats.clone())?;
     Ok(Box::pin(crate::http::serve_tls(
-        tcp, tls, app, env.stats, env.limits,
+        tcp,
+        tls,
+        app,
+        env.stats,
+        env.limits,
+        crate::http::Version::Http1,
     )))
 }
 

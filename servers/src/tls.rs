@@ -9,7 +9,7 @@
 //! `SSLKEYLOGFILE` so captures can be decrypted.
 
 use anyhow::{Context, Result, bail};
-use lab_codec::trust::{ALPN_H3, ALPN_HTTP1, provider, sha256};
+use lab_codec::trust::{ALPN_H2, ALPN_H3, ALPN_HTTP1, provider, sha256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -137,6 +137,13 @@ impl CertKey {
         Ok(cfg)
     }
 
+    /// A server config for HTTP/2 over TLS 1.2 or 1.3, ALPN `h2`.
+    pub fn h2_server_config(&self) -> Result<rustls::ServerConfig> {
+        let mut cfg = self.http1_server_config()?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(cfg)
+    }
+
     /// A server config for HTTP/3 and WebTransport: TLS 1.3 only, ALPN `h3`.
     pub fn h3_server_config(&self) -> Result<rustls::ServerConfig> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -163,6 +170,7 @@ mod tests {
         assert!(ck.key_pem.contains("PRIVATE KEY"));
         // Both configs accept it.
         ck.http1_server_config().unwrap();
+        ck.h2_server_config().unwrap();
         ck.h3_server_config().unwrap();
     }
 

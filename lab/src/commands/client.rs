@@ -21,11 +21,22 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         timeout: a.timeout,
         trust,
         model: a.model.clone(),
+        conns: Default::default(),
     };
     let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {
         return interactive(runner.as_mut()).await;
     }
+    // Prompts in flight at once: on the first runner's connection where the approach
+    // multiplexes, each on a connection of its own otherwise.
+    let mut runners = Vec::with_capacity(usize::from(a.concurrency));
+    for _ in 1..a.concurrency {
+        runners.push(match runner.share() {
+            Some(r) => r,
+            None => a.approach.runner(&a.url, &opts)?,
+        });
+    }
+    runners.insert(0, runner);
     let prompts = match &a.prompts {
         Some(p) => prompts::load(p)?,
         None => prompts::reference(),
@@ -33,13 +44,18 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
     let json = a.json;
     if !json {
         println!(
-            "=== {} ({} mode, {} prompts) ===",
+            "=== {} ({} mode, {} prompts{}) ===",
             a.approach,
             a.mode,
-            prompts.len() * a.repeat.max(1)
+            prompts.len() * a.repeat.max(1),
+            match (a.concurrency, runners[0].share().is_some()) {
+                (1, _) => String::new(),
+                (n, true) => format!(", {n} at once on one connection"),
+                (n, false) => format!(", {n} at once on {n} connections"),
+            }
         );
     }
-    let records = lab_clients::run_all(runner.as_mut(), &prompts, a.repeat, |r| {
+    let records = lab_clients::run_concurrently(runners, &prompts, a.repeat, |r| {
         if json {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {

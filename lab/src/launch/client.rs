@@ -49,6 +49,8 @@ pub fn run(
         "--timeout".into(),
         w.timeout
             .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
+        "--concurrency".into(),
+        w.concurrency.to_string(),
     ];
     argv.extend_from_slice(extra);
     let ns = sys::open_netns(&cell.client_ns)?;

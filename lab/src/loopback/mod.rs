@@ -157,6 +157,7 @@ impl Stack {
             timeout,
             trust: self.trust(),
             model: self.model.clone(),
+            conns: Default::default(),
         }
     }
 

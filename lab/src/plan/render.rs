@@ -57,13 +57,18 @@ pub fn render(p: &Plan) -> String {
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
     ));
     out.push_str(&format!(
-        "workload: {} prompts, {} connection, repeat {}, cells {}\n\n",
+        "workload: {} prompts, {} connection, repeat {}{}, cells {}\n\n",
         p.workload.prompts,
         match p.workload.connection {
             Connection::Reuse => "reuse",
             Connection::Fresh => "fresh",
         },
         p.workload.repeat,
+        if p.workload.concurrency > 1 {
+            format!(", {} in flight at once", p.workload.concurrency)
+        } else {
+            String::new()
+        },
         if p.workload.parallel {
             "in parallel"
         } else {

@@ -28,6 +28,33 @@ pub fn render(run: &Run) -> String {
         run.seconds,
         shaping_line(&run.plan)
     );
+    let n = run.plan.workload.concurrency;
+    if n > 1 {
+        let approaches: Vec<crate::approach::Approach> = {
+            let mut v = Vec::new();
+            for c in &run.cells {
+                if !v.contains(&c.cell.approach) {
+                    v.push(c.cell.approach);
+                }
+            }
+            v
+        };
+        let (mux, own): (Vec<_>, Vec<_>) = approaches.iter().partition(|a| a.multiplexed);
+        let list = |v: &[&crate::approach::Approach]| {
+            v.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        };
+        out.push_str(&format!("Concurrency: {n} prompts in flight in each cell"));
+        if !mux.is_empty() {
+            out.push_str(&format!(
+                "; as {n} streams of one connection: {}",
+                list(&mux)
+            ));
+        }
+        if !own.is_empty() {
+            out.push_str(&format!("; on {n} connections: {}", list(&own)));
+        }
+        out.push_str(". Each record names its connection (`conn`) and slot.\n\n");
+    }
     for p in profiles(run) {
         let cells = cells_of(run, &p);
         let link = cells.first().map(|c| {

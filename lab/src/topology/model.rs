@@ -232,7 +232,15 @@ pub struct Workload {
     /// Give up on a prompt after this long (default 120s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
+    /// Prompts in flight at once in each cell (default 1), cycling through the prompt
+    /// list: as streams of one connection where the approach multiplexes (wt, sse-h2),
+    /// on as many connections otherwise.
+    #[serde(default = "one")]
+    pub concurrency: u32,
 }
+
+/// The most prompts in flight at once in one cell.
+pub const MAX_CONCURRENCY: u32 = 4096;
 
 fn default_prompts() -> String {
     "reference".into()
@@ -252,6 +260,7 @@ impl Default for Workload {
             repeat: 1,
             parallel: true,
             timeout: None,
+            concurrency: 1,
         }
     }
 }

@@ -671,6 +671,13 @@ fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
     if w.repeat == 0 {
         cx.push(at("repeat"), "workload.repeat", "must be at least 1");
     }
+    if !(1..=MAX_CONCURRENCY).contains(&w.concurrency) {
+        cx.push(
+            at("concurrency"),
+            "workload.concurrency",
+            format!("must be 1 to {MAX_CONCURRENCY}"),
+        );
+    }
     if w.timeout.is_some_and(|t| t.0.is_zero()) {
         cx.push(
             at("timeout"),

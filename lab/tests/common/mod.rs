@@ -185,6 +185,25 @@ pub fn mock() -> Server {
     ])
 }
 
+/// Every approach's server as its own `lab serve` process on loopback, in registry
+/// order, against the upstream `up`, with `extra` flags.
+pub fn every_server(up: &str, extra: &[&str]) -> Vec<(lab::approach::Approach, Server)> {
+    lab::approach::all()
+        .map(|a| {
+            let mut args = vec![
+                "serve",
+                a.server,
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                up,
+            ];
+            args.extend_from_slice(extra);
+            (a, Server::start(&args))
+        })
+        .collect()
+}
+
 pub fn base(url: &str) -> String {
     url.trim_end_matches("/v1/chat/completions").to_owned()
 }

@@ -1,0 +1,184 @@
+//! The WebSocket runner: a WebSocket over TLS (`wss://host:port/ws`), one text message per
+//! prompt; the answer is one text message per token, then an empty text message. A
+//! binary message from the server reports an upstream failure (its payload is the
+//! reason) before that end.
+//!
+//! `fresh` opens a new TCP+TLS connection and WebSocket per prompt; `reuse` keeps one and
+//! sends the next prompt on it. The application bytes counted are the server's frames as
+//! they arrive (2 to 10 bytes of header plus the payload), the WebSocket counterpart of
+//! SSE's `data:` lines and WebTransport's length prefixes.
+
+use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The WebSocket runner for `target`.
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(Box::new(WsRunner {
+        tls: TlsConnector::from(Arc::new(opts.trust.http1_client_config()?)),
+        opts: opts.clone(),
+        target,
+        conn: None,
+    }))
+}
+
+pub struct WsRunner {
+    opts: RunnerOpts,
+    target: Target,
+    tls: TlsConnector,
+    conn: Option<(WebSocketStream<TlsStream<TcpStream>>, u32)>,
+}
+
+/// The bytes of a server frame (unmasked) carrying `n` bytes of payload.
+pub fn frame_len(n: usize) -> usize {
+    n + match n {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
+impl WsRunner {
+    async fn connect(&self) -> Result<WebSocketStream<TlsStream<TcpStream>>, PromptError> {
+        let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
+        let tcp = TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.target.host.clone())
+            .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+            err(format!(
+                "TLS handshake with {} failed: {e}",
+                self.target.addr
+            ))
+        })?;
+        let url = format!("wss://{}{}", self.target.authority, self.target.path);
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
+            .await
+            .map_err(|e| err(format!("WebSocket handshake with {url} failed: {e}")))?;
+        Ok(ws)
+    }
+
+    async fn attempt(
+        &mut self,
+        prompt: &str,
+        rec: &mut Recorder,
+        sink: &mut TokenSink<'_>,
+    ) -> Result<(), PromptError> {
+        if self.opts.mode == Mode::Reuse && self.conn.is_some() {
+            rec.reused();
+        } else {
+            let t = Instant::now();
+            let ws = self.connect().await?;
+            rec.connected(t.elapsed());
+            self.conn = Some((ws, self.opts.next_conn()));
+        }
+        let Some((ws, id)) = self.conn.as_mut() else {
+            return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
+        };
+        rec.conn(*id);
+        ws.send(Message::text(prompt))
+            .await
+            .map_err(|e| PromptError::new(ErrorCategory::Send, format!("send prompt: {e}")))?;
+        let recv_err = |e: String| PromptError::new(ErrorCategory::Receive, e);
+        let mut failure = None;
+        loop {
+            let Some(msg) = ws.next().await else {
+                return Err(recv_err(
+                    "the server closed before the end of the answer".into(),
+                ));
+            };
+            match msg.map_err(|e| recv_err(format!("WebSocket read: {e}")))? {
+                Message::Text(t) => {
+                    rec.bytes(frame_len(t.len()));
+                    if t.is_empty() {
+                        break;
+                    }
+                    if failure.is_none() {
+                        rec.token(&t);
+                        sink(&t);
+                    }
+                }
+                Message::Binary(b) => {
+                    rec.bytes(frame_len(b.len()));
+                    failure = Some(PromptError::new(
+                        ErrorCategory::Upstream,
+                        String::from_utf8_lossy(&b).into_owned(),
+                    ));
+                }
+                Message::Close(c) => {
+                    return Err(recv_err(format!(
+                        "the server closed the WebSocket: {}",
+                        c.map_or_else(
+                            || "no reason".into(),
+                            |c| format!("{} {}", c.code, c.reason)
+                        )
+                    )));
+                }
+                _ => {}
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn drop_conn(&mut self) {
+        if let Some((mut ws, _)) = self.conn.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+        }
+    }
+}
+
+impl Runner for WsRunner {
+    fn name(&self) -> &'static str {
+        self.opts.approach
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        index: usize,
+        prompt: &'a str,
+        sink: &'a mut TokenSink<'a>,
+    ) -> BoxFuture<'a, PromptRecord> {
+        Box::pin(async move {
+            let mut rec = Recorder::start();
+            let timeout = self.opts.timeout;
+            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            // A WebSocket in an unknown state is not used again; fresh mode keeps none.
+            let upstream_only = error
+                .as_ref()
+                .is_some_and(|e| e.category == ErrorCategory::Upstream);
+            if (error.is_some() && !upstream_only) || self.opts.mode == Mode::Fresh {
+                self.drop_conn().await;
+            }
+            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.drop_conn())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_len;
+
+    #[test]
+    fn frame_lengths_follow_rfc_6455() {
+        assert_eq!(frame_len(0), 2);
+        assert_eq!(frame_len(5), 7);
+        assert_eq!(frame_len(125), 127);
+        assert_eq!(frame_len(126), 130);
+        assert_eq!(frame_len(65535), 65539);
+        assert_eq!(frame_len(65536), 65546);
+    }
+}

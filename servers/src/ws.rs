@@ -1,0 +1,164 @@
+//! The WebSocket server (RFC 6455) over TLS: `GET /ws` upgrades to a WebSocket on which
+//! each text message from the client is a prompt, answered in order:
+//! - one text message per token, its payload exactly the token's bytes;
+//! - an empty text message ends the answer (a token is never empty);
+//! - if the upstream fails, a binary message carries the reason, then the empty text
+//!   message ends the answer, and the connection stays open.
+//!
+//! Tokens that arrived together leave in one write; at any real TBT each token is its own
+//! write. Bad input closes that WebSocket and only it: a binary message from the client
+//! (close code 1003), a message over 1 MiB (1009, from the library's limit). A wrong
+//! method gets 405, another path 404. No permessage-deflate: the library (axum's
+//! WebSocket, tokio-tungstenite) does not offer it.
+
+use crate::http::json_error;
+use crate::stats::ServerStats;
+use crate::upstream::Upstream;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::SinkExt;
+use http::StatusCode;
+use std::sync::Arc;
+
+/// The path the server serves.
+pub const PATH: &str = "/ws";
+
+/// Largest message a client may send.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Close code: the client sent a binary message; prompts are text.
+pub const CLOSE_UNSUPPORTED: u16 = 1003;
+
+#[derive(Clone)]
+struct AppState {
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+}
+
+/// Sets up the WebSocket server on `listener`; errors in its settings come here, before
+/// it serves.
+pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
+    let tcp = listener.tcp("WebSocket")?;
+    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let tls = Arc::new(env.cert.http1_server_config()?);
+    let app = app(up, env.stats.clone());
+    Ok(Box::pin(crate::http::serve_tls(
+        tcp,
+        tls,
+        app,
+        env.stats,
+        env.limits,
+        crate::http::Version::Http1,
+    )))
+}
+
+/// The router, without a socket.
+pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
+    Router::new()
+        .route(
+            PATH,
+            get(upgrade).fallback(|| async {
+                let mut r = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request_error",
+                    "/ws takes GET with a WebSocket upgrade",
+                );
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+                r
+            }),
+        )
+        .fallback(|uri: http::Uri| async move {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "unknown path {}; the WebSocket server serves GET /ws",
+                    uri.path()
+                ),
+            )
+        })
+        .with_state(AppState { upstream, stats })
+}
+
+async fn upgrade(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| session(socket, st))
+}
+
+async fn session(mut ws: WebSocket, st: AppState) {
+    while let Some(msg) = ws.recv().await {
+        let prompt = match msg {
+            Ok(Message::Text(t)) => t.to_string(),
+            Ok(Message::Binary(_)) => {
+                st.stats.error();
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_UNSUPPORTED,
+                        reason: "prompts are text messages".into(),
+                    })))
+                    .await;
+                return;
+            }
+            Ok(Message::Close(_)) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!("WebSocket ended: {e}");
+                return;
+            }
+        };
+        st.stats.request();
+        if answer(&mut ws, &st, &prompt).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Streams the answer to one prompt; Err if the client went away.
+async fn answer(ws: &mut WebSocket, st: &AppState, prompt: &str) -> Result<(), axum::Error> {
+    let mut tokens = match st.upstream.chat(prompt).await {
+        Ok(t) => t,
+        Err(e) => {
+            st.stats.error();
+            ws.send(Message::Binary(e.to_string().into())).await?;
+            return ws.send(Message::Text("".into())).await;
+        }
+    };
+    loop {
+        match tokens.next().await {
+            Ok(Some(tok)) => {
+                ws.feed(Message::Text(tok.into())).await?;
+                let mut n = 1;
+                // Tokens that arrived together leave in one write.
+                let failed = loop {
+                    match tokens.ready_token() {
+                        Ok(Some(t)) => {
+                            ws.feed(Message::Text(t.into())).await?;
+                            n += 1;
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                };
+                ws.flush().await?;
+                st.stats.tokens(n);
+                if let Some(e) = failed {
+                    st.stats.error();
+                    ws.send(Message::Binary(e.to_string().into())).await?;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                st.stats.error();
+                ws.send(Message::Binary(e.to_string().into())).await?;
+                break;
+            }
+        }
+    }
+    ws.send(Message::Text("".into())).await
+}
