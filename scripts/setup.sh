@@ -32,14 +32,15 @@ fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
-# Off-the-shelf peers for the interop tests: the official openai client and aioquic
-# (a WebTransport client), in a virtualenv under target/ so the system stays untouched.
+# Off-the-shelf peers for the interop tests: the official openai client, aioquic (a
+# WebTransport client) and websockets (a WebSocket client), in a virtualenv under target/
+# so the system stays untouched.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/target/peers-venv"
-if ! "$venv/bin/python" -c 'import openai, aioquic' >/dev/null 2>&1; then
-  echo "setup: installing the openai and aioquic Python packages into $venv"
+if ! "$venv/bin/python" -c 'import openai, aioquic, websockets' >/dev/null 2>&1; then
+  echo "setup: installing the openai, aioquic and websockets Python packages into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic websockets
 fi
 
 echo "setup: ok ($(cargo --version), $(curl --version | head -n1 | cut -d' ' -f1-2))"

@@ -372,3 +372,101 @@ fn help_explains_every_command() {
         assert!(text.contains("Usage: lab"), "{args:?}");
     }
 }
+
+/// `curl -w` with `--fail-with-body` off: the status, the HTTP version and the body.
+fn curl_status(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/setup.sh");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (code, version) = tail.split_once(' ').unwrap();
+    (code.parse().unwrap(), version.to_owned(), body.to_owned())
+}
+
+#[test]
+fn curl_over_http2_streams_from_sse_h2_and_bad_requests_get_their_status() {
+    let llm = mock();
+    let dir = tmpdir("curl-h2");
+    let cert = dir.join("cert.pem");
+    let srv = Server::start(&[
+        "serve",
+        "sse-h2",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let url = srv.str("url");
+    let ca = ["--cacert", cert.to_str().unwrap(), "--http2"];
+    let json = ["-H", "content-type: application/json"];
+    let (status, version, body) =
+        curl_status(&[&ca[..], &json, &["-d", r#"{"message":"hello h2"}"#, &url]].concat());
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    let ev = sse_events(&body);
+    assert!(ev.last().unwrap().is_done());
+    let toks: Vec<String> = ev[..ev.len() - 1].iter().map(|e| e.data.clone()).collect();
+    assert_eq!(toks, expected("hello h2", 12));
+    // Bad input, each with its status, and the server keeps serving.
+    let big = format!(r#"{{"message":"{}"}}"#, "x".repeat((1 << 20) + 10));
+    let bigfile = dir.join("big.json");
+    std::fs::write(&bigfile, big).unwrap();
+    let big_arg = format!("@{}", bigfile.display());
+    let other = url.replace("/chat", "/other");
+    for (args, want) in [
+        (vec!["-d", "{not json", url.as_str()], 400),
+        (vec!["-d", r#"{"message":""}"#, url.as_str()], 400),
+        (vec!["-d", big_arg.as_str(), url.as_str()], 413),
+        (vec![url.as_str()], 405),
+        (vec!["-d", "{}", other.as_str()], 404),
+    ] {
+        let (status, version, body) = curl_status(&[&ca[..], &json, &args].concat());
+        assert_eq!((status, version.as_str()), (want, "2"), "{args:?}: {body}");
+        let e: lab_codec::openai::ErrorBody = serde_json::from_str(&body).unwrap();
+        assert_eq!(e.error.kind, "invalid_request_error");
+    }
+    let (status, _, _) =
+        curl_status(&[&ca[..], &json, &["-d", r#"{"message":"again"}"#, &url]].concat());
+    assert_eq!(status, 200);
+    assert!(srv.stop());
+}
+
+#[test]
+fn the_ws_server_answers_wrong_methods_paths_and_plain_gets() {
+    let llm = mock();
+    let dir = tmpdir("ws-bad");
+    let srv = Server::start(&[
+        "serve",
+        "ws",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let url = srv.str("url");
+    let cert = dir.join("cert.pem");
+    let ca = ["--cacert", cert.to_str().unwrap()];
+    let other = url.replace("/ws", "/other");
+    for (args, want) in [
+        (vec!["-X", "POST", url.as_str()], 405),
+        (vec![other.as_str()], 404),
+        // A GET without the upgrade is not a WebSocket.
+        (vec![url.as_str()], 400),
+    ] {
+        let (status, _, body) = curl_status(&[&ca[..], &args].concat());
+        assert_eq!(status, want, "{args:?}: {body}");
+    }
+    assert!(srv.stop());
+}

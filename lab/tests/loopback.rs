@@ -528,3 +528,43 @@ async fn eight_prompts_at_once_for_every_approach() {
         }
     }
 }
+
+/// A WebSocket frame that breaks RFC 6455 (a reserved opcode) ends that WebSocket, and
+/// the server goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_bad_framing_ends_that_socket_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = stack(5).await;
+    let ws = ap("ws");
+    let tcp = tokio::net::TcpStream::connect(stack.addr(ws))
+        .await
+        .unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(stack.trust().http1_client_config().unwrap()));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tls.connect(name, tcp).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // FIN + reserved opcode 0x3, masked, empty payload.
+    s.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server kept a broken WebSocket open");
+    // What came back, if anything, is a close frame (opcode 0x8), never a token.
+    assert!(rest.is_empty() || rest[0] == 0x88, "{rest:?}");
+    let rec = one_prompt(&stack, ws, Mode::Reuse, TIMEOUT, &stack.trust()).await;
+    assert!(rec.error.is_none(), "{:?}", rec.error);
+    assert_eq!(rec.digest, digest_tokens(&expected("hi", 5)));
+}

@@ -147,3 +147,38 @@ fn aioquic_webtransport_client_talks_to_the_wt_server() {
     );
     assert_eq!(v["status"], 404);
 }
+
+#[test]
+fn python_websockets_client_talks_to_the_ws_server() {
+    let llm = mock();
+    let dir = tmpdir("ws-peer");
+    let ws = Server::start(&[
+        "serve",
+        "ws",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let url = ws.str("url").replace("https://", "wss://");
+    let ca = dir.join("cert.pem");
+    let v = peer(
+        "ws_client.py",
+        &[&url, ca.to_str().unwrap(), "hello", "second prompt"],
+    );
+    let answers = v["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2, "{v}");
+    for (a, prompt) in answers.iter().zip(["hello", "second prompt"]) {
+        assert_eq!(strings(a), expected(prompt, 12), "{prompt}");
+    }
+    assert_eq!(v["notices"].as_array().unwrap().len(), 0, "{v}");
+    // Bad input closes that WebSocket with the code RFC 6455 gives it.
+    assert_eq!(v["binary_close"], 1003, "{v}");
+    assert_eq!(v["oversize_close"], 1009, "{v}");
+    // And the server keeps serving.
+    let v = peer("ws_client.py", &[&url, ca.to_str().unwrap(), "again"]);
+    assert_eq!(strings(&v["answers"][0]), expected("again", 12));
+    assert!(ws.stop());
+}

@@ -62,7 +62,10 @@ pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
     Router::new()
         .route(
             PATH,
-            post(chat).fallback(|| async {
+            // Every refusal reads the request body first: over HTTP/2, answering before
+            // the body is in resets the stream, which clients report as an error
+            // instead of the status.
+            post(chat).fallback(|_body: Bytes| async {
                 let mut r = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "invalid_request_error",
@@ -73,7 +76,7 @@ pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
                 r
             }),
         )
-        .fallback(|uri: http::Uri| async move {
+        .fallback(|uri: http::Uri, _body: Bytes| async move {
             json_error(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",

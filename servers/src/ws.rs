@@ -31,6 +31,8 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 
 /// Close code: the client sent a binary message; prompts are text.
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
+/// Close code: the client's message was over [`MAX_MESSAGE`].
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 #[derive(Clone)]
 struct AppState {
@@ -107,7 +109,18 @@ async fn session(mut ws: WebSocket, st: AppState) {
             Ok(Message::Close(_)) => return,
             Ok(_) => continue,
             Err(e) => {
+                use tokio_tungstenite::tungstenite::Error;
                 tracing::debug!("WebSocket ended: {e}");
+                let inner = e.into_inner();
+                if let Some(Error::Capacity(c)) = inner.downcast_ref::<Error>() {
+                    st.stats.error();
+                    let _ = ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_TOO_BIG,
+                            reason: format!("{c}; a prompt is at most 1 MiB").into(),
+                        })))
+                        .await;
+                }
                 return;
             }
         };
