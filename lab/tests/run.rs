@@ -453,3 +453,65 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
         assert!(keys.contains("CLIENT_TRAFFIC_SECRET_0"), "{cell}: {keys}");
     }
 }
+
+/// Every approach in the registry side by side in namespaces, with eight prompts in
+/// flight in each cell: the same tokens everywhere, and as many connections as the
+/// approach should use (one where it multiplexes, eight otherwise). A fast variant of
+/// topologies/transports.yaml.
+#[test]
+fn every_transport_side_by_side_with_eight_prompts_at_once() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("transports");
+    let names: Vec<&str> = lab::approach::all().map(|a| a.name).collect();
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            "name: rtrans\napproaches: [{}]\nllm:\n  mock: {{ ttft: 10ms, tbt: 2ms, jitter: 0%, max_tokens: 30 }}\nprofiles:\n  mild: {{ delay: 5ms, loss: 0.5% }}\nworkload: {{ prompts: reference, concurrency: 8, timeout: 30s }}\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let results = tempdir("transports-results");
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Concurrency: 8 prompts in flight in each cell; as 8 streams of one connection: sse-h2, wt; on 8 connections: raw, sse, ws"),
+        "{out}"
+    );
+    let (_, run) = saved(&results);
+    assert_eq!(run["digest_mismatches"].as_array().unwrap().len(), 0);
+    let cells = run["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), names.len());
+    let mut digests: Vec<Vec<String>> = Vec::new();
+    for c in cells {
+        let a: lab::approach::Approach = c["cell"]["approach"].as_str().unwrap().parse().unwrap();
+        let recs = c["records"].as_array().unwrap();
+        assert_eq!(recs.len(), 10, "{a}");
+        assert!(
+            recs.iter()
+                .all(|r| r["error"].is_null() && r["tokens"] == 30),
+            "{a}"
+        );
+        let conns: std::collections::BTreeSet<u64> =
+            recs.iter().map(|r| r["conn"].as_u64().unwrap()).collect();
+        let slots: std::collections::BTreeSet<u64> =
+            recs.iter().map(|r| r["slot"].as_u64().unwrap()).collect();
+        assert_eq!(slots.len(), 8, "{a}: slots");
+        assert_eq!(
+            conns.len(),
+            if a.multiplexed { 1 } else { 8 },
+            "{a}: connections"
+        );
+        digests.push(
+            recs.iter()
+                .map(|r| r["digest"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+    }
+    for d in &digests {
+        assert_eq!(d, &digests[0], "tokens differ between approaches");
+    }
+    nothing_left("rtrans");
+}

@@ -166,6 +166,8 @@ pub fn run(
     if let Err(e) = r {
         res.errors.push(format!("{e:#}"));
     }
+    // With prompts in flight at once they finish out of order; run.json keeps prompt order.
+    records.sort_by_key(|r| r.index);
     res.records = records;
     if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop)
         && !stop.load(Ordering::SeqCst)
