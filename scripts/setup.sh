@@ -33,14 +33,15 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 # Off-the-shelf peers for the interop tests: the official openai client, aioquic (a
-# WebTransport client) and websockets (a WebSocket client), in a virtualenv under target/
-# so the system stays untouched.
+# WebTransport client), websockets (a WebSocket client) and aiohttp (an SSE server of
+# someone else's, for the bring-your-own-server test), in a virtualenv under target/ so
+# the system stays untouched.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/target/peers-venv"
-if ! "$venv/bin/python" -c 'import openai, aioquic, websockets' >/dev/null 2>&1; then
-  echo "setup: installing the openai, aioquic and websockets Python packages into $venv"
+if ! "$venv/bin/python" -c 'import openai, aioquic, websockets, aiohttp' >/dev/null 2>&1; then
+  echo "setup: installing the openai, aioquic, websockets and aiohttp Python packages into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic websockets
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic websockets aiohttp
 fi
 
 echo "setup: ok ($(cargo --version), $(curl --version | head -n1 | cut -d' ' -f1-2))"

@@ -18,7 +18,7 @@ use lab_servers::{Listener, ServerEnv, Serving};
 use std::fmt;
 
 /// The transport an approach's server listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Tcp,

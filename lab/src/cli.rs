@@ -84,6 +84,17 @@ pub enum Command {
     /// when the kernel has no netem).
     #[command(hide = true)]
     Wire(WireArgs),
+    /// Becomes a command (exec, same process) once lab has recorded it: how `lab up`
+    /// starts a server of the user's. `lab` as the command is this lab.
+    #[command(hide = true)]
+    ExecServer(ExecServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecServerArgs {
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -534,6 +534,7 @@ fn held_mock(listen: &str, dir: &std::path::Path) -> lab::netlab::procs::Started
         dir.join("llm.log"),
         &[],
         lab::netlab::procs::Lifetime::Held,
+        lab::plan::Ready::Line,
     )
     .unwrap()
 }

@@ -515,3 +515,97 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
     }
     nothing_left("rtrans");
 }
+
+/// Servers lab did not build, measured with lab's own client for their protocol: lab's
+/// binary started through `command:` (the plumbing), and a Python aiohttp SSE server
+/// (someone else's code), next to lab's own SSE server. Every one gets the same tokens.
+#[test]
+fn servers_of_your_own_are_measured_like_lab_s() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("byo");
+    let python = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/peers-venv/bin/python"
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/peers/sse_server.py"
+    );
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        format!(
+            r#"name: rbyo
+approaches:
+  - sse
+  - name: own-sse
+    protocol: sse
+    command: [lab, serve, sse, --listen, "{{listen}}", --upstream, "{{upstream}}", --model, "{{model}}", --cert, "{{cert}}", --key, "{{key}}"]
+    port: 9100
+  - name: py-sse
+    protocol: sse
+    command: [{python}, {script}, "{{listen}}", "{{upstream}}", "{{model}}", "{{cert}}", "{{key}}"]
+llm:
+  mock: {{ ttft: 10ms, tbt: 2ms, jitter: 0%, max_tokens: 25 }}
+profiles:
+  mild: {{ delay: 2ms }}
+workload: {{ prompts: reference, timeout: 30s }}
+expect:
+  - py-sse.errors == 0
+  - own-sse.errors == 0
+"#
+        ),
+    )
+    .unwrap();
+    let o = Command::new(LAB)
+        .args(["plan", t.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        plan.contains("lab exec-server -- lab serve sse --listen 198.18.1.2:9100 --upstream http://198.19.255.254:11434 --model gemma3:12b --cert /run/lab/rbyo/certs/c1/cert.pem --key /run/lab/rbyo/certs/c1/key.pem"),
+        "{plan}"
+    );
+    let results = tempdir("byo-results");
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_, saved_run) = saved(&results);
+    assert_eq!(saved_run["digest_mismatches"].as_array().unwrap().len(), 0);
+    let cells = saved_run["cells"].as_array().unwrap();
+    let names: Vec<&str> = cells
+        .iter()
+        .map(|c| c["cell"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sse", "own-sse", "py-sse"]);
+    let digests: Vec<Vec<&str>> = cells
+        .iter()
+        .map(|c| {
+            let recs = c["records"].as_array().unwrap();
+            assert_eq!(recs.len(), 10, "{}", c["cell"]["name"]);
+            recs.iter().map(|r| r["digest"].as_str().unwrap()).collect()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], digests[2]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| py-sse "), "{out}");
+    nothing_left("rbyo");
+
+    // A server of your own that dies before it listens: reported with its log.
+    std::fs::write(
+        &t,
+        "name: rbyo\napproaches:\n  - { name: broken, protocol: sse, command: [sh, -c, 'echo about to fail >&2; exit 3'] }\nprofiles:\n  p: {}\n",
+    )
+    .unwrap();
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the broken server"), "{err}");
+    assert!(
+        err.contains("exited (exit status: 3) before it listened on port 8080"),
+        "{err}"
+    );
+    assert!(err.contains("about to fail"), "{err}");
+    nothing_left("rbyo");
+}

@@ -348,3 +348,16 @@ pub async fn relay(a: RelayArgs) -> Result<u8> {
         () = signals.wait(1) => Ok(EXIT_OK),
     }
 }
+
+/// `lab exec-server -- cmd args...` (started by `lab up` for a server of the user's):
+/// by now lab has recorded this process, so it becomes the command, keeping its pid.
+pub fn exec_server(a: crate::cli::ExecServerArgs) -> Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let mut argv = a.command;
+    if argv[0] == "lab" {
+        argv[0] = std::env::current_exe()?.display().to_string();
+    }
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    eprintln!("lab: cannot run {}: {err}", argv[0]);
+    Ok(127)
+}

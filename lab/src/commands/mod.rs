@@ -84,6 +84,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Clean(a) => lab::clean(a),
         Command::Relay(a) => lab::relay(a).await,
         Command::Wire(a) => wire::run(a).map(|()| EXIT_OK),
+        Command::ExecServer(a) => lab::exec_server(a),
     }
 }
 

@@ -44,10 +44,17 @@ pub fn load(path: &Path) -> Result<Run> {
         path.to_owned()
     };
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| {
+    let mut run: Run = serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "{} is not a run.json that this lab can read",
             file.display()
         )
-    })
+    })?;
+    run.plan.fill_names();
+    for c in &mut run.cells {
+        if c.cell.name.is_empty() {
+            c.cell.name = c.cell.approach.name.to_owned();
+        }
+    }
+    Ok(run)
 }

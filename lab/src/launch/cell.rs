@@ -129,7 +129,7 @@ pub fn run(
     };
     let n = prompts.len() * w.repeat.max(1) as usize;
     let deadline = timeout * n as u32 + Duration::from_secs(30);
-    let label = format!("{} {}@{}", cell.id, cell.approach, cell.profile);
+    let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
     // With --pcap, the client logs its TLS secrets (rustls, and quinn's TLS, which is
     // rustls too) so that Wireshark can decrypt the capture.
     // The pcap directory is lab's own, and no one else can write in it (SafeDir).

@@ -65,6 +65,7 @@ pub fn run(
         log,
         env,
         procs::Lifetime::Tied,
+        crate::plan::Ready::Line,
     )?;
     let out = st
         .take_stdout()

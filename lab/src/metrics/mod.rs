@@ -111,7 +111,7 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
     let c = run
         .cells
         .iter()
-        .find(|c| c.cell.profile == profile && c.cell.approach.to_string() == approach)?;
+        .find(|c| c.cell.profile == profile && c.cell.name == approach)?;
     let s = Summary::of(approach, &c.records);
     let ok = s.prompts - s.errors;
     let toks = tokens(c) as f64;
@@ -160,8 +160,8 @@ pub fn digest_mismatches(run: &Run) -> Vec<String> {
                         "{p}: prompt {} ({}): {} and {} received different tokens",
                         r.index + 1,
                         r.prompt,
-                        first.cell.approach,
-                        other.cell.approach
+                        first.cell.name,
+                        other.cell.name
                     ));
                 }
             }
@@ -174,7 +174,7 @@ pub fn digest_mismatches(run: &Run) -> Vec<String> {
 pub fn run_errors(run: &Run) -> Vec<String> {
     let mut out = Vec::new();
     for c in &run.cells {
-        let who = format!("{} ({}@{})", c.cell.id, c.cell.approach, c.cell.profile);
+        let who = format!("{} ({}@{})", c.cell.id, c.cell.name, c.cell.profile);
         for e in &c.errors {
             out.push(format!("{who}: {e}"));
         }

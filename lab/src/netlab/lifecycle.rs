@@ -223,6 +223,17 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
         for p in wave {
             check(cancel)?;
             let cell = cell_of(&p.namespace);
+            // A server of the user's gets a certificate lab made, in its cell's certs/.
+            let made = match &p.certs {
+                Some(c) => {
+                    let ck = lab_servers::tls::CertKey::generate(std::slice::from_ref(&c.san))?;
+                    let d = super::files::SafeDir::open(Path::new(&c.dir), true)?;
+                    d.write("cert.pem", ck.cert_pem.as_bytes(), 0o644)?;
+                    d.write("key.pem", ck.key_pem.as_bytes(), 0o600)?;
+                    Some(ck.sha256_hex())
+                }
+                None => None,
+            };
             let ns = if p.namespace == HOST {
                 None
             } else {
@@ -238,7 +249,11 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
                 log(&p.role, cell.as_deref()),
                 &[],
                 procs::Lifetime::Held,
+                p.ready,
             )?;
+            if made.is_some() {
+                st.record.cert_sha256 = made;
+            }
             guard.state().processes.push(st.record.clone());
             guard.state().save()?;
             st.release()?;

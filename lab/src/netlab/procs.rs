@@ -14,6 +14,8 @@
 
 use super::state::ProcRecord;
 use super::sys;
+use crate::approach::Transport;
+use crate::plan::Ready;
 use anyhow::{Context, Result, anyhow, bail};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -75,6 +77,7 @@ pub struct Started {
     pub child: Child,
     pub record: ProcRecord,
     stdout: Option<ChildStdout>,
+    ready: Ready,
 }
 
 /// Starts `argv` (whose first word, `lab`, is replaced by `exe`) in the namespace `ns`
@@ -92,6 +95,7 @@ pub fn start(
     log: PathBuf,
     env: &[(String, String)],
     lifetime: Lifetime,
+    ready: Ready,
 ) -> Result<Started> {
     let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
@@ -100,7 +104,12 @@ pub fn start(
             Lifetime::Held => Stdio::piped(),
             Lifetime::Tied => Stdio::null(),
         })
-        .stdout(Stdio::piped())
+        .stdout(match ready {
+            // The ready line comes on stdout; a server of the user's writes what it
+            // likes there, which goes to its log.
+            Ready::Line => Stdio::piped(),
+            Ready::Port { .. } => Stdio::from(logf.try_clone()?),
+        })
         .stderr(logf)
         .env("LAB_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)));
@@ -154,6 +163,30 @@ pub fn start(
             cert_sha256: None,
         },
         stdout,
+        ready,
+    })
+}
+
+/// Whether process `pid` listens on TCP `port` (or has UDP `port` bound), in its own
+/// network namespace: its /proc/PID/net tables.
+fn bound(pid: u32, transport: Transport, port: u16) -> bool {
+    let (files, listening): (&[&str], Option<&str>) = match transport {
+        Transport::Tcp => (&["tcp", "tcp6"], Some("0A")),
+        Transport::Udp => (&["udp", "udp6"], None),
+    };
+    files.iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let local_port = cols
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                local_port == Some(port) && listening.is_none_or(|st| cols.get(3) == Some(&st))
+            })
     })
 }
 
@@ -177,6 +210,9 @@ impl Started {
     /// Waits for the child's ready line. Fails, with its exit status and the tail of its
     /// log, if it exits first; also on timeout or when `cancel` is set.
     pub fn wait_ready(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
+        if let Ready::Port { transport, port } = self.ready {
+            return self.wait_port(transport, port, timeout, cancel);
+        }
         let stdout = self
             .stdout
             .take()
@@ -227,6 +263,38 @@ impl Started {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits until the child listens on `port`; fails if it exits first, on timeout or
+    /// when `cancel` is set.
+    fn wait_port(
+        &mut self,
+        transport: Transport,
+        port: u16,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if bound(self.record.pid, transport, port) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(self.died(&format!(
+                    "exited ({status}) before it listened on port {port}"
+                )));
+            }
+            if cancel.load(Ordering::SeqCst) {
+                bail!("interrupted while waiting for the {}", self.record.role);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.died(&format!(
+                    "did not listen on {transport:?} port {port} within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -79,12 +79,14 @@ impl State {
         let path = State::path(name);
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| {
+        let mut s: State = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{} is not a state record this lab understands; remove the lab with `lab clean`",
                 path.display()
             )
-        })
+        })?;
+        s.plan.fill_names();
+        Ok(s)
     }
 
     /// Is the `lab` process that built this lab still running?

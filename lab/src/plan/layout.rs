@@ -3,7 +3,7 @@
 //! them apart and runs `lab wire` between them. Pure; which backend a lab gets is decided
 //! by [`crate::netlab::qdisc::decide`] before it is built.
 
-use super::{Plan, Process, run_dir};
+use super::{Plan, Process, Ready, run_dir};
 use crate::shaping::params::Params;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,8 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
                     "--stats".into(),
                     format!("{}/wire/{}.json", run_dir(&p.name), c.id),
                 ],
+                ready: Ready::Line,
+                certs: None,
             });
         }
     }

@@ -17,7 +17,7 @@ pub mod layout;
 pub mod node;
 pub mod render;
 
-use crate::approach::{Approach, Model};
+use crate::approach::{Approach, Model, Transport};
 use crate::shaping::params::Params;
 use crate::topology::model::*;
 use crate::topology::units::{Dur, Percent};
@@ -27,6 +27,17 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 pub use crate::topology::model::MAX_CELLS;
+
+impl Plan {
+    /// Gives cells of a plan saved before cells had names their approach's name.
+    pub fn fill_names(&mut self) {
+        for c in &mut self.cells {
+            if c.name.is_empty() {
+                c.name = c.approach.name.to_owned();
+            }
+        }
+    }
+}
 
 /// Reads and checks a topology file and plans it.
 pub fn load(path: &std::path::Path) -> Result<(Topology, Plan), crate::topology::LoadError> {
@@ -85,6 +96,12 @@ pub struct LlmNode {
 pub struct Cell {
     pub id: String,
     pub index: usize,
+    /// The approach's name in the topology (lab's own approach's name, or the name of a
+    /// server of the user's): what reports, expectations and node names say. (Absent
+    /// in plans saved before it existed: [`Plan::fill_names`] fills it in.)
+    #[serde(default)]
+    pub name: String,
+    /// The protocol its server speaks; lab's client for it measures the cell.
     pub approach: Approach,
     pub profile: String,
     pub client_ns: String,
@@ -114,11 +131,41 @@ pub struct Iface {
     pub master: Option<String>,
 }
 
+/// How lab knows a process it started is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ready {
+    /// It prints a JSON ready line on stdout (every `lab` process).
+    #[default]
+    Line,
+    /// It listens on this port (TCP) or has it bound (UDP): a server of the user's.
+    Port { transport: Transport, port: u16 },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub namespace: String,
     pub role: String,
     pub argv: Vec<String>,
+    /// How lab knows it is ready.
+    #[serde(default, skip_serializing_if = "is_line")]
+    pub ready: Ready,
+    /// A directory into which lab writes a fresh certificate and key (cert.pem,
+    /// key.pem) for this address before starting it: for servers of the user's, which
+    /// do not make their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs: Option<CertsFor>,
+}
+
+fn is_line(r: &Ready) -> bool {
+    *r == Ready::Line
+}
+
+/// Where lab writes a server's certificate, and the address it is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertsFor {
+    pub dir: String,
+    pub san: String,
 }
 
 /// Computes the plan. Fails only when the lab has more cells than addresses.
@@ -186,6 +233,8 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 namespace: llm_ns.clone(),
                 role: "llm".into(),
                 argv,
+                ready: Ready::Line,
+                certs: None,
             });
             LlmNode {
                 namespace: llm_ns.clone(),
@@ -211,6 +260,8 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 "--to".into(),
                 llm.detail.clone(),
             ],
+            ready: Ready::Line,
+            certs: None,
         });
     }
 
@@ -220,7 +271,8 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             Params::from_link(&profile.up),
             Params::from_link(&profile.down),
         );
-        for &a in &t.approaches {
+        for ca in &t.approaches {
+            let a = ca.protocol;
             let i = cells.len();
             let id = format!("c{i}");
             let client_ns = format!("{prefix}-{id}-client");
@@ -229,7 +281,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             let client_addr = Ipv4Addr::new(198, 18, i as u8, 1);
             let server_addr = Ipv4Addr::new(198, 18, i as u8, 2);
             let server_llm_addr = Ipv4Addr::new(198, 19, 0, i as u8 + 1);
-            let p = a.port;
+            let p = match &ca.server {
+                ServerSpec::Builtin => a.port,
+                ServerSpec::Command { port, .. } => *port,
+            };
             let url = a.url(format!("{server_addr}:{p}"));
             namespaces.extend([client_ns.clone(), wire_ns.clone(), server_ns.clone()]);
             let veth = |ns: &str,
@@ -294,25 +349,64 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 None,
                 Some("br0"),
             ));
-            let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), a.server.into()];
-            argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
-            argv.extend(["--upstream".into(), upstream.clone()]);
-            if a.model == Model::Server {
-                argv.extend(["--model".into(), t.llm.model.clone()]);
-            }
-            argv.extend(["--san".into(), server_addr.to_string()]);
-            argv.extend([
-                "--cert-out".into(),
-                format!("{}/certs/{id}", run_dir(&t.name)),
-            ]);
-            processes.push(Process {
-                namespace: server_ns.clone(),
-                role: format!("{a} server"),
-                argv,
-            });
+            let certs = format!("{}/certs/{id}", run_dir(&t.name));
+            let process = match &ca.server {
+                ServerSpec::Builtin => {
+                    let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), a.server.into()];
+                    argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
+                    argv.extend(["--upstream".into(), upstream.clone()]);
+                    if a.model == Model::Server {
+                        argv.extend(["--model".into(), t.llm.model.clone()]);
+                    }
+                    argv.extend(["--san".into(), server_addr.to_string()]);
+                    argv.extend(["--cert-out".into(), certs]);
+                    Process {
+                        namespace: server_ns.clone(),
+                        role: format!("{} server", ca.name),
+                        argv,
+                        ready: Ready::Line,
+                        certs: None,
+                    }
+                }
+                ServerSpec::Command { argv, .. } => {
+                    let fill = |arg: &str| {
+                        [
+                            ("{listen}", format!("{server_addr}:{p}")),
+                            ("{host}", server_addr.to_string()),
+                            ("{port}", p.to_string()),
+                            ("{upstream}", upstream.clone()),
+                            ("{model}", t.llm.model.clone()),
+                            ("{cert}", format!("{certs}/cert.pem")),
+                            ("{key}", format!("{certs}/key.pem")),
+                        ]
+                        .iter()
+                        .fold(arg.to_owned(), |s, (k, v)| s.replace(k, v))
+                    };
+                    // `lab exec-server` waits until lab has recorded it, then becomes
+                    // the command (same process).
+                    let mut full: Vec<String> =
+                        vec!["lab".into(), "exec-server".into(), "--".into()];
+                    full.extend(argv.iter().map(|a| fill(a)));
+                    Process {
+                        namespace: server_ns.clone(),
+                        role: format!("{} server", ca.name),
+                        argv: full,
+                        ready: Ready::Port {
+                            transport: a.transport,
+                            port: p,
+                        },
+                        certs: Some(CertsFor {
+                            dir: certs,
+                            san: server_addr.to_string(),
+                        }),
+                    }
+                }
+            };
+            processes.push(process);
             cells.push(Cell {
                 id,
                 index: i,
+                name: ca.name.clone(),
                 approach: a,
                 profile: pname.clone(),
                 client_ns,

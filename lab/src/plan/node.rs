@@ -15,12 +15,12 @@ pub fn nodes(plan: &Plan) -> Vec<(String, String)> {
     let mut out = vec![("llm".to_owned(), plan.llm.namespace.clone())];
     let mut seen_approach = std::collections::HashMap::new();
     for c in &plan.cells {
-        *seen_approach.entry(c.approach).or_insert(0usize) += 1;
+        *seen_approach.entry(c.name.clone()).or_insert(0usize) += 1;
     }
     for c in &plan.cells {
-        let a = c.approach.to_string();
+        let a = c.name.clone();
         let mut bases = Vec::new();
-        if seen_approach[&c.approach] == 1 {
+        if seen_approach[&c.name] == 1 {
             bases.push(a.clone());
         }
         bases.push(format!("{a}@{}", c.profile));

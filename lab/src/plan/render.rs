@@ -93,7 +93,7 @@ pub fn render(p: &Plan) -> String {
         .iter()
         .map(|c| CellRow {
             cell: c.id.clone(),
-            approach: c.approach.to_string(),
+            approach: c.name.clone(),
             profile: c.profile.clone(),
             client: c.client_addr.to_string(),
             server: c.url.clone(),

@@ -17,7 +17,7 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 fn label(c: &CellResult) -> String {
-    format!("{}@{}", c.cell.approach, c.cell.profile)
+    format!("{}@{}", c.cell.name, c.cell.profile)
 }
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -105,7 +105,7 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
         .cells
         .iter()
         .map(|c| {
-            let ap = c.cell.approach.to_string();
+            let ap = c.cell.name.clone();
             let p = &c.cell.profile;
             (
                 label(c),

@@ -30,18 +30,16 @@ pub fn render(run: &Run) -> String {
     );
     let n = run.plan.workload.concurrency;
     if n > 1 {
-        let approaches: Vec<crate::approach::Approach> = {
-            let mut v = Vec::new();
-            for c in &run.cells {
-                if !v.contains(&c.cell.approach) {
-                    v.push(c.cell.approach);
-                }
+        // Each approach of the run once, by its name here, with its protocol.
+        let mut approaches: Vec<(&str, crate::approach::Approach)> = Vec::new();
+        for c in &run.cells {
+            if !approaches.iter().any(|(n, _)| *n == c.cell.name) {
+                approaches.push((&c.cell.name, c.cell.approach));
             }
-            v
-        };
-        let (mux, own): (Vec<_>, Vec<_>) = approaches.iter().partition(|a| a.multiplexed);
-        let list = |v: &[&crate::approach::Approach]| {
-            v.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        }
+        let (mux, own): (Vec<_>, Vec<_>) = approaches.iter().partition(|(_, a)| a.multiplexed);
+        let list = |v: &[&(&str, crate::approach::Approach)]| {
+            v.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         };
         out.push_str(&format!("Concurrency: {n} prompts in flight in each cell"));
         if !mux.is_empty() {
@@ -68,7 +66,7 @@ pub fn render(run: &Run) -> String {
         out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
         let sums: Vec<Summary> = cells
             .iter()
-            .map(|c| Summary::of(&c.cell.approach.to_string(), &c.records))
+            .map(|c| Summary::of(&c.cell.name, &c.records))
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
@@ -103,7 +101,7 @@ pub fn render(run: &Run) -> String {
                     first_bpt = bpt;
                 }
                 WireRow {
-                    approach: c.cell.approach.to_string(),
+                    approach: c.cell.name.clone(),
                     up: u,
                     down: d,
                     pu,
@@ -144,7 +142,7 @@ pub fn render(run: &Run) -> String {
                 ("down", &c.cell.down, &sv.capture.tx, &cl.capture.rx),
             ] {
                 rows.push(LinkRow {
-                    cell: format!("{} {}@{}", c.cell.id, c.cell.approach, c.cell.profile),
+                    cell: format!("{} {}@{}", c.cell.id, c.cell.name, c.cell.profile),
                     direction: dir,
                     configured: link.describe(),
                     sent: sent.ip_packets,
@@ -234,7 +232,7 @@ pub fn compare(a: &Run, b: &Run) -> String {
     }
     let mut rows = Vec::new();
     for c in &a.cells {
-        let ap = c.cell.approach.to_string();
+        let ap = c.cell.name.clone();
         let p = &c.cell.profile;
         for m in SHOWN {
             let (va, vb) = (metric(a, &ap, p, m), metric(b, &ap, p, m));
@@ -259,9 +257,9 @@ pub fn compare(a: &Run, b: &Run) -> String {
         .filter(|c| {
             !a.cells
                 .iter()
-                .any(|x| x.cell.profile == c.cell.profile && x.cell.approach == c.cell.approach)
+                .any(|x| x.cell.profile == c.cell.profile && x.cell.name == c.cell.name)
         })
-        .map(|c| format!("{}@{}", c.cell.approach, c.cell.profile))
+        .map(|c| format!("{}@{}", c.cell.name, c.cell.profile))
         .collect();
     let mut out = format!(
         "a: {} ({} cells, started {}), b: {} ({} cells, started {})\n\n",

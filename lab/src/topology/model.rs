@@ -18,7 +18,8 @@ pub struct Topology {
     pub name: String,
     /// Approaches to compare, each in its own cell under every profile.
     #[serde(default = "all_approaches")]
-    pub approaches: Vec<Approach>,
+    #[schemars(with = "Vec<ApproachEntry>")]
+    pub approaches: Vec<CellApproach>,
     /// The LLM upstream: the embedded mock (default) or a URL.
     #[serde(default)]
     pub llm: Llm,
@@ -44,8 +45,84 @@ pub struct Topology {
 /// 198.18.0.0/16.
 pub const MAX_CELLS: usize = 250;
 
-pub fn all_approaches() -> Vec<Approach> {
-    crate::approach::all().collect()
+pub fn all_approaches() -> Vec<CellApproach> {
+    crate::approach::all().map(CellApproach::builtin).collect()
+}
+
+/// An approach of a topology: one of lab's own, or a server someone else built that
+/// speaks one of lab's protocols.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellApproach {
+    /// Its name in this topology: in cells, reports, expectations and node names.
+    pub name: String,
+    /// The protocol its server speaks, and so the client lab measures it with.
+    pub protocol: Approach,
+    /// Who runs the server.
+    pub server: ServerSpec,
+}
+
+impl CellApproach {
+    /// One of lab's own approaches, by itself.
+    pub fn builtin(a: Approach) -> CellApproach {
+        CellApproach {
+            name: a.name.to_owned(),
+            protocol: a,
+            server: ServerSpec::Builtin,
+        }
+    }
+}
+
+/// Who runs an approach's server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerSpec {
+    /// `lab serve`, lab's own server for the protocol.
+    Builtin,
+    /// A command of the user's (argv with placeholders), listening on `port`.
+    Command { argv: Vec<String>, port: u16 },
+}
+
+/// The placeholders a server command may use, and what each stands for.
+pub const PLACEHOLDERS: &[(&str, &str)] = &[
+    (
+        "listen",
+        "the address and port to listen on, e.g. 198.18.3.2:8080",
+    ),
+    ("host", "the address to listen on, e.g. 198.18.3.2"),
+    ("port", "the port to listen on"),
+    (
+        "upstream",
+        "the LLM's base URL, e.g. http://198.19.255.254:11434",
+    ),
+    ("model", "the model to ask the LLM for"),
+    ("cert", "a PEM certificate lab made for this server"),
+    ("key", "its PEM private key"),
+];
+
+// The two forms an entry of `approaches` takes; only the schema uses this type.
+/// An approach: one of lab's own by name, or a server of your own that speaks one of
+/// lab's protocols.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ApproachEntry {
+    Builtin(Approach),
+    Custom(CustomApproach),
+}
+
+/// A server lab did not build, measured with lab's client for its protocol.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct CustomApproach {
+    /// Its name in this topology (like a profile name; not one of lab's approaches).
+    name: String,
+    /// The protocol it speaks: one of lab's approaches.
+    protocol: Approach,
+    /// The command that runs it, as a list of arguments. Placeholders: {listen}, {host},
+    /// {port}, {upstream}, {model}, {cert}, {key}. `lab` as the command is this lab.
+    command: Vec<String>,
+    /// The port it listens on (default: the protocol's).
+    port: Option<u16>,
 }
 
 /// The LLM upstream.

@@ -451,7 +451,13 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                     Some(seq) => {
                         let mut list = Vec::new();
                         for (i, item) in seq.iter().enumerate() {
-                            if let Some(a) = cx.de::<Approach>(item, &format!("approaches[{i}]")) {
+                            let field = format!("approaches[{i}]");
+                            let entry = if item.as_mapping().is_some() {
+                                parse_custom(&mut cx, item, &field)
+                            } else {
+                                cx.de::<Approach>(item, &field).map(CellApproach::builtin)
+                            };
+                            if let Some(a) = entry {
                                 list.push((a, pos(item)));
                             }
                         }
@@ -519,14 +525,14 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             "missing: add at least one profile, e.g. `profiles: { baseline: {} }`",
         );
     }
-    let approaches_list: Vec<Approach> = match approaches {
+    let approaches_list: Vec<CellApproach> = match approaches {
         Some(list) => {
-            let mut seen = Vec::new();
-            for (a, at) in &list {
-                if seen.contains(a) {
-                    cx.push(*at, "approaches", format!("'{a}' is listed twice"));
+            let mut seen: Vec<CellApproach> = Vec::new();
+            for (a, at) in list.iter().cloned() {
+                if seen.iter().any(|s| s.name == a.name) {
+                    cx.push(at, "approaches", format!("'{}' is listed twice", a.name));
                 }
-                seen.push(*a);
+                seen.push(a);
             }
             if list.is_empty() && map.contains_key("approaches") {
                 cx.push(
@@ -558,7 +564,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         );
     }
     // Expectations name approaches and profiles of this topology.
-    let names: Vec<String> = approaches_list.iter().map(|a| a.to_string()).collect();
+    let names: Vec<String> = approaches_list.iter().map(|a| a.name.clone()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
     let mut expects: Vec<Expect> = Vec::new();
     for (text, at, i) in expect_texts.iter().flatten() {
@@ -583,6 +589,125 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         cx.out.sort_by_key(|d| (d.line, d.column));
         Err(Diagnostics(cx.out))
     }
+}
+
+const CUSTOM_FIELDS: [&str; 4] = ["name", "protocol", "command", "port"];
+
+/// An approach entry that is a mapping: a server of the user's own.
+fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> {
+    let map = v.as_mapping()?;
+    let (mut name, mut protocol, mut command, mut port) = (None, None, None, None);
+    for (k, val) in map.iter() {
+        let field = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "name" => {
+                if let Some(n) = cx.de::<String>(val, &field) {
+                    if !is_name(&n, MAX_PROFILE) {
+                        cx.push(
+                            pos(val),
+                            &field,
+                            format!(
+                                "invalid name '{n}': use 1 to {MAX_PROFILE} characters of a-z, 0-9 and '-', starting with a letter"
+                            ),
+                        );
+                    } else if n.parse::<Approach>().is_ok() {
+                        cx.push(
+                            pos(val),
+                            &field,
+                            format!(
+                                "'{n}' is one of lab's own approaches; give your server a name of its own"
+                            ),
+                        );
+                    } else {
+                        name = Some(n);
+                    }
+                }
+            }
+            "protocol" => protocol = cx.de::<Approach>(val, &field),
+            "command" => {
+                if let Some(argv) = cx.de::<Vec<String>>(val, &field) {
+                    if argv.is_empty() || argv[0].trim().is_empty() {
+                        cx.push(
+                            pos(val),
+                            &field,
+                            "empty: give the program and its arguments, e.g. [my-server, --listen, \"{listen}\"]",
+                        );
+                    } else if let Err(msg) = check_placeholders(&argv) {
+                        cx.push(pos(val), &field, msg);
+                    } else {
+                        command = Some(argv);
+                    }
+                }
+            }
+            "port" => match cx.de::<u64>(val, &field) {
+                Some(p @ 1..=65535) => port = Some(p as u16),
+                Some(p) => cx.push(
+                    pos(val),
+                    &field,
+                    format!("port {p} is out of range; a port is 1 to 65535"),
+                ),
+                None => {}
+            },
+            other => cx.push(
+                key_pos(k),
+                &field,
+                format!(
+                    "unknown field '{other}'; valid fields: {}",
+                    CUSTOM_FIELDS.join(", ")
+                ),
+            ),
+        }
+    }
+    for (key, present) in [
+        ("name", map.contains_key("name")),
+        ("protocol", map.contains_key("protocol")),
+        ("command", map.contains_key("command")),
+    ] {
+        if !present {
+            cx.push(
+                pos(v),
+                path,
+                format!(
+                    "missing `{key}`: a server of your own needs a name, a protocol (one of {}) and a command",
+                    crate::approach::names()
+                ),
+            );
+        }
+    }
+    let (name, protocol, argv) = (name?, protocol?, command?);
+    Some(CellApproach {
+        name,
+        protocol,
+        server: ServerSpec::Command {
+            argv,
+            port: port.unwrap_or(protocol.port),
+        },
+    })
+}
+
+/// Every `{...}` in a server command must be a placeholder lab fills in.
+fn check_placeholders(argv: &[String]) -> Result<(), String> {
+    for arg in argv {
+        let mut rest = arg.as_str();
+        while let Some(i) = rest.find('{') {
+            let Some(j) = rest[i..].find('}') else {
+                return Err(format!("'{arg}' has a `{{` without its `}}`"));
+            };
+            let word = &rest[i + 1..i + j];
+            if !PLACEHOLDERS.iter().any(|(p, _)| *p == word) {
+                let valid: Vec<String> = PLACEHOLDERS
+                    .iter()
+                    .map(|(p, _)| format!("{{{p}}}"))
+                    .collect();
+                return Err(format!(
+                    "'{arg}': unknown placeholder {{{word}}}; valid: {}",
+                    valid.join(", ")
+                ));
+            }
+            rest = &rest[i + j + 1..];
+        }
+    }
+    Ok(())
 }
 
 fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
