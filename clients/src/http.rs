@@ -8,6 +8,7 @@
 //! if and only if it is still open.
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::stats::TcpWatch;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -82,9 +83,27 @@ impl Sender {
     }
 }
 
-/// The connection a runner uses, with its number; shared by the runners of one HTTP/2
-/// connection.
-type Slot = Arc<tokio::sync::Mutex<Option<(Sender, u32)>>>;
+/// A connection: its request sender, its number, and the watch that reports its
+/// transport statistics when the last handle on it is gone.
+struct Conn {
+    sender: Sender,
+    id: u32,
+    watch: Option<Arc<TcpWatch>>,
+}
+
+impl Conn {
+    /// Another handle on an HTTP/2 connection.
+    fn handle(&self) -> Option<Conn> {
+        Some(Conn {
+            sender: self.sender.handle()?,
+            id: self.id,
+            watch: self.watch.clone(),
+        })
+    }
+}
+
+/// The connection a runner uses; shared by the runners of one HTTP/2 connection.
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
 
 /// A runner for an HTTP API that answers with an event stream.
 pub struct HttpRunner<A: SseApi> {
@@ -117,12 +136,13 @@ impl<A: SseApi> HttpRunner<A> {
         })
     }
 
-    async fn connect(&self) -> Result<Sender, PromptError> {
+    async fn connect(&self) -> Result<(Sender, Option<TcpWatch>), PromptError> {
         let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
         let tcp = TcpStream::connect(self.target.addr)
             .await
             .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
         let _ = tcp.set_nodelay(true);
+        let watch = TcpWatch::new(&tcp, &self.opts.stats);
         let name = ServerName::try_from(self.target.host.clone())
             .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| {
@@ -133,7 +153,7 @@ impl<A: SseApi> HttpRunner<A> {
         })?;
         let io = TokioIo::new(tls);
         let handshake = |e: hyper::Error| err(format!("HTTP handshake failed: {e}"));
-        Ok(match self.version {
+        let sender = match self.version {
             Version::Http1 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
                 tokio::spawn(async move {
@@ -150,34 +170,39 @@ impl<A: SseApi> HttpRunner<A> {
                 });
                 Sender::H2(sender)
             }
-        })
+        };
+        Ok((sender, watch))
     }
 
     /// The sender for this prompt: the kept connection's if it is still open (HTTP/1.1
     /// takes it, HTTP/2 shares it), else a new connection (kept for the next prompt in
     /// `reuse` mode).
-    async fn sender(&self, rec: &mut Recorder) -> Result<(Sender, u32), PromptError> {
+    async fn sender(&self, rec: &mut Recorder) -> Result<Conn, PromptError> {
         let fresh = self.opts.mode == Mode::Fresh;
         let mut slot = self.conn.lock().await;
-        if !fresh && let Some((s, id)) = slot.as_mut() {
-            if s.ready().await {
+        if !fresh && let Some(c) = slot.as_mut() {
+            if c.sender.ready().await {
                 rec.reused();
-                let id = *id;
-                return Ok(match s.handle() {
-                    Some(h) => (h, id),
+                return Ok(match c.handle() {
+                    Some(h) => h,
                     None => slot.take().expect("checked above"),
                 });
             }
             *slot = None;
         }
         let t = Instant::now();
-        let s = self.connect().await?;
+        let (sender, watch) = self.connect().await?;
         rec.connected(t.elapsed());
         let id = self.opts.next_conn();
-        if !fresh && let Some(h) = s.handle() {
-            *slot = Some((h, id));
+        let watch = watch.map(|mut w| {
+            w.set_conn(id);
+            Arc::new(w)
+        });
+        let c = Conn { sender, id, watch };
+        if !fresh && let Some(h) = c.handle() {
+            *slot = Some(h);
         }
-        Ok((s, id))
+        Ok(c)
     }
 
     async fn attempt(
@@ -186,8 +211,8 @@ impl<A: SseApi> HttpRunner<A> {
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
-        let (mut sender, id) = self.sender(rec).await?;
-        rec.conn(id);
+        let mut conn = self.sender(rec).await?;
+        rec.conn(conn.id);
         let mut req = http::Request::post(self.target.path.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream");
@@ -205,10 +230,10 @@ impl<A: SseApi> HttpRunner<A> {
         let req = req
             .body(Full::new(Bytes::from(self.api.body(prompt))))
             .map_err(|e| PromptError::new(ErrorCategory::Send, e.to_string()))?;
-        let resp = sender
-            .send(req)
-            .await
-            .map_err(|e| PromptError::new(ErrorCategory::Send, format!("request failed: {e}")))?;
+        let resp =
+            conn.sender.send(req).await.map_err(|e| {
+                PromptError::new(ErrorCategory::Send, format!("request failed: {e}"))
+            })?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -268,7 +293,7 @@ impl<A: SseApi> HttpRunner<A> {
         }
         // An HTTP/1.1 connection that answered whole goes back for the next prompt.
         if self.opts.mode == Mode::Reuse && self.version == Version::Http1 {
-            *self.conn.lock().await = Some((sender, id));
+            *self.conn.lock().await = Some(conn);
         }
         Ok(())
     }

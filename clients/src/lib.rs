@@ -16,6 +16,7 @@ pub mod raw;
 pub mod record;
 pub mod sse;
 pub mod sse_h2;
+pub mod stats;
 pub mod ws;
 pub mod wt;
 
@@ -83,6 +84,8 @@ pub struct RunnerOpts {
     /// Numbers the connections of one client (every runner built from these options
     /// shares it), so records say which connection carried each prompt.
     pub conns: Arc<AtomicU32>,
+    /// Collects every connection's transport statistics when it closes.
+    pub stats: Arc<stats::Tracker>,
 }
 
 impl RunnerOpts {

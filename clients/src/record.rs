@@ -111,6 +111,9 @@ pub struct PromptRecord {
     pub tbt_p99_ms: Option<f64>,
     pub total_ms: f64,
     pub tokens: usize,
+    /// The tokens' own bytes (UTF-8), as decoded: what a capture's anatomy calls payload.
+    #[serde(default)]
+    pub token_bytes: u64,
     /// Application bytes received: the response body after TLS and HTTP chunking, or the
     /// WebTransport stream's bytes.
     pub app_bytes: u64,
@@ -142,6 +145,7 @@ pub struct Recorder {
     times: Vec<Duration>,
     hasher: Sha256,
     bytes: u64,
+    token_bytes: u64,
     conn: u32,
     stream: Option<u64>,
 }
@@ -165,6 +169,7 @@ impl Recorder {
             times: Vec::new(),
             hasher: Sha256::new(),
             bytes: 0,
+            token_bytes: 0,
             conn: 0,
             stream: None,
         }
@@ -200,6 +205,7 @@ impl Recorder {
     /// A content token arrived at `at` after the start (for tests and replays).
     pub fn token_at(&mut self, tok: &str, at: Duration) {
         self.times.push(at);
+        self.token_bytes += tok.len() as u64;
         digest_token(&mut self.hasher, tok);
     }
 
@@ -249,6 +255,7 @@ impl Recorder {
             tbt_p99_ms: percentile(&gaps, 99.0),
             total_ms: ms(total),
             tokens: token_ms.len(),
+            token_bytes: self.token_bytes,
             token_ms,
             app_bytes: self.bytes,
             digest: hex::encode(self.hasher.finalize()),

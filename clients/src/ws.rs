@@ -9,6 +9,7 @@
 //! SSE's `data:` lines and WebTransport's length prefixes.
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::stats::TcpWatch;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
@@ -34,7 +35,7 @@ pub struct WsRunner {
     opts: RunnerOpts,
     target: Target,
     tls: TlsConnector,
-    conn: Option<(WebSocketStream<TlsStream<TcpStream>>, u32)>,
+    conn: Option<(WebSocketStream<TlsStream<TcpStream>>, u32, Option<TcpWatch>)>,
 }
 
 /// The bytes of a server frame (unmasked) carrying `n` bytes of payload.
@@ -47,12 +48,15 @@ pub fn frame_len(n: usize) -> usize {
 }
 
 impl WsRunner {
-    async fn connect(&self) -> Result<WebSocketStream<TlsStream<TcpStream>>, PromptError> {
+    async fn connect(
+        &self,
+    ) -> Result<(WebSocketStream<TlsStream<TcpStream>>, Option<TcpWatch>), PromptError> {
         let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
         let tcp = TcpStream::connect(self.target.addr)
             .await
             .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
         let _ = tcp.set_nodelay(true);
+        let watch = TcpWatch::new(&tcp, &self.opts.stats);
         let name = ServerName::try_from(self.target.host.clone())
             .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| {
@@ -65,7 +69,7 @@ impl WsRunner {
         let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
             .await
             .map_err(|e| err(format!("WebSocket handshake with {url} failed: {e}")))?;
-        Ok(ws)
+        Ok((ws, watch))
     }
 
     async fn attempt(
@@ -78,11 +82,15 @@ impl WsRunner {
             rec.reused();
         } else {
             let t = Instant::now();
-            let ws = self.connect().await?;
+            let (ws, mut watch) = self.connect().await?;
             rec.connected(t.elapsed());
-            self.conn = Some((ws, self.opts.next_conn()));
+            let id = self.opts.next_conn();
+            if let Some(w) = watch.as_mut() {
+                w.set_conn(id);
+            }
+            self.conn = Some((ws, id, watch));
         }
-        let Some((ws, id)) = self.conn.as_mut() else {
+        let Some((ws, id, _)) = self.conn.as_mut() else {
             return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
         };
         rec.conn(*id);
@@ -131,7 +139,7 @@ impl WsRunner {
     }
 
     async fn drop_conn(&mut self) {
-        if let Some((mut ws, _)) = self.conn.take() {
+        if let Some((mut ws, _, _watch)) = self.conn.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
         }
     }

@@ -6,6 +6,7 @@
 //! one session and opens a new stream per prompt, as a browser tab would.
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::stats::QuicWatch;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
@@ -22,8 +23,9 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
     Ok(Box::new(WtRunner::new(target, opts)?))
 }
 
-/// The session a runner uses, with its number; shared by the runners of one session.
-type Slot = Arc<tokio::sync::Mutex<Option<(Connection, u32)>>>;
+/// The session a runner uses, with its number and the watch that reports its QUIC
+/// statistics when it is dropped; shared by the runners of one session.
+type Slot = Arc<tokio::sync::Mutex<Option<(Connection, u32, Arc<QuicWatch>)>>>;
 
 pub struct WtRunner {
     opts: RunnerOpts,
@@ -68,7 +70,7 @@ impl WtRunner {
         let conn = {
             let mut slot = self.conn.lock().await;
             match slot.as_ref() {
-                Some((c, id)) if self.opts.mode == Mode::Reuse => {
+                Some((c, id, _)) if self.opts.mode == Mode::Reuse => {
                     rec.reused();
                     rec.conn(*id);
                     c.clone()
@@ -84,7 +86,9 @@ impl WtRunner {
                     rec.connected(t.elapsed());
                     let id = self.opts.next_conn();
                     rec.conn(id);
-                    *slot = Some((c.clone(), id));
+                    let port = self.endpoint.local_addr().map_or(0, |a| a.port());
+                    let watch = Arc::new(QuicWatch::new(&c, id, port, &self.opts.stats));
+                    *slot = Some((c.clone(), id, watch));
                     c
                 }
             }
@@ -148,9 +152,8 @@ impl WtRunner {
     }
 
     async fn drop_conn(&mut self) {
-        if let Some((c, _)) = self.conn.lock().await.take() {
-            c.close(VarInt::from_u32(0), b"done");
-        }
+        // Dropping the last handle on the watch closes the session and reports it.
+        self.conn.lock().await.take();
     }
 }
 
@@ -171,10 +174,9 @@ impl Runner for WtRunner {
             let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
             // Fresh mode never keeps a session; a session that ended is dropped (an error
             // of one stream leaves the session to the prompts sharing it).
-            let ended =
-                self.conn.lock().await.as_ref().is_some_and(|(c, _)| {
-                    futures_util::FutureExt::now_or_never(c.closed()).is_some()
-                });
+            let ended = self.conn.lock().await.as_ref().is_some_and(|(c, _, _)| {
+                futures_util::FutureExt::now_or_never(c.closed()).is_some()
+            });
             if self.opts.mode == Mode::Fresh || ended {
                 self.drop_conn().await;
             }

@@ -137,6 +137,7 @@ async fn runner_stream(
         trust,
         model: "gemma3:12b".into(),
         conns: Default::default(),
+        stats: Default::default(),
     };
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;

@@ -12,6 +12,7 @@
 //! 2. a runner module in `clients/src/` with `runner`;
 //! 3. one [`Entry`] in [`ENTRIES`] below.
 
+use crate::anatomy::{App, Body, Wire};
 use anyhow::Result;
 use lab_clients::{Runner, RunnerOpts, Target};
 use lab_servers::{Listener, ServerEnv, Serving};
@@ -58,6 +59,9 @@ pub struct Entry {
     /// Whether prompts in flight at once share one connection (as streams of it) rather
     /// than each taking a connection of its own.
     pub multiplexed: bool,
+    /// What its connections speak and how its bodies carry tokens, for the anatomy of
+    /// its captures.
+    pub wire: Wire,
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
@@ -74,6 +78,10 @@ pub static ENTRIES: [Entry; 5] = [
         path: lab_servers::proxy::PATH,
         model: Model::Client,
         multiplexed: false,
+        wire: Wire {
+            app: App::Http1,
+            body: Body::OpenAi,
+        },
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -87,6 +95,10 @@ pub static ENTRIES: [Entry; 5] = [
         path: lab_servers::sse::PATH,
         model: Model::Server,
         multiplexed: false,
+        wire: Wire {
+            app: App::Http1,
+            body: Body::Sse,
+        },
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
     },
@@ -100,6 +112,10 @@ pub static ENTRIES: [Entry; 5] = [
         path: lab_servers::sse_h2::PATH,
         model: Model::Server,
         multiplexed: true,
+        wire: Wire {
+            app: App::Http2,
+            body: Body::Sse,
+        },
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
     },
@@ -113,6 +129,10 @@ pub static ENTRIES: [Entry; 5] = [
         path: lab_servers::ws::PATH,
         model: Model::Server,
         multiplexed: false,
+        wire: Wire {
+            app: App::WebSocket,
+            body: Body::Text,
+        },
         serve: lab_servers::ws::start,
         runner: lab_clients::ws::runner,
     },
@@ -126,6 +146,10 @@ pub static ENTRIES: [Entry; 5] = [
         path: lab_servers::wt::PATH,
         model: Model::Server,
         multiplexed: true,
+        wire: Wire {
+            app: App::WebTransport,
+            body: Body::LenPrefix,
+        },
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },

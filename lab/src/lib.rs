@@ -13,6 +13,7 @@
 //! | the userspace link emulator's sockets and loop (`lab wire`) | [`wire`] | no |
 //! | a cell's workload launched in its namespaces | [`launch`] | no |
 //! | the wire captured at both ends of every link | [`capture`] | counting is |
+//! | every captured byte given its layer, every packet its class | [`anatomy`] | yes |
 //! | records and captures added up: run.json, metrics, digests | [`metrics`] | yes |
 //! | tables, plots, status | [`report`] | yes |
 //!
@@ -20,6 +21,7 @@
 //! so [`cli`] only parses and `main` only dispatches. [`loopback`] runs every server
 //! in-process, without namespaces, for `lab demo`, tests and benchmarks.
 
+pub mod anatomy;
 pub mod approach;
 pub mod capture;
 pub mod cli;

@@ -388,7 +388,7 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
         &std::sync::atomic::AtomicBool::new(false),
     ));
     let k = kernel_counters(&ns, "to-wire").unwrap().minus(k0);
-    let c = cap.finish().unwrap();
+    let (c, _) = cap.finish().unwrap();
     // SAFETY: stopping the tcpdump this test started.
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
     let mut rest = String::new();

@@ -1,6 +1,6 @@
 //! Wire capture: every frame on one interface, counted per direction ([`count`], pure),
-//! read from an AF_PACKET socket in the interface's namespace ([`socket`]), optionally
-//! written to a pcap file ([`pcap`]). The kernel's own interface counters (netlink link
+//! read from an AF_PACKET socket in the interface's namespace ([`socket`]) and kept for
+//! the anatomy, optionally written to a pcap file ([`pcap`]). The kernel's own interface counters (netlink link
 //! stats) are read at the same points, so the two can be compared.
 
 pub mod count;
@@ -8,4 +8,4 @@ pub mod pcap;
 pub mod socket;
 
 pub use count::{Counts, Dir, Kernel};
-pub use socket::{Capture, kernel_counters};
+pub use socket::{Capture, Frames, kernel_counters};

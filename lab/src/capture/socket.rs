@@ -39,10 +39,47 @@ pub fn kernel_counters(ns: &File, ifname: &str) -> Result<Kernel> {
     })
 }
 
+/// The most frame bytes one capture keeps for decoding; past it, frames are still
+/// counted but no longer kept, and the anatomy says so.
+pub const MAX_KEPT: usize = 512 << 20;
+
+/// The frames a capture kept, in order, in one buffer.
+#[derive(Debug, Default)]
+pub struct Frames {
+    bytes: Vec<u8>,
+    /// (start in `bytes`, bytes kept, true length, sent by this end)
+    index: Vec<(usize, usize, usize, bool)>,
+    /// Frames seen but not kept (over [`MAX_KEPT`]).
+    pub dropped: u64,
+}
+
+impl Frames {
+    fn push(&mut self, tx: bool, data: &[u8], len: usize) {
+        if self.bytes.len() + data.len() > MAX_KEPT {
+            self.dropped += 1;
+            return;
+        }
+        self.index.push((self.bytes.len(), data.len(), len, tx));
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// The kept frames, for [`crate::anatomy::analyze`].
+    pub fn frames(&self) -> Vec<crate::anatomy::Frame<'_>> {
+        self.index
+            .iter()
+            .map(|&(start, n, len, tx)| crate::anatomy::Frame {
+                tx,
+                len,
+                data: &self.bytes[start..start + n],
+            })
+            .collect()
+    }
+}
+
 /// A capture running on one interface.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<Counts>>,
+    thread: JoinHandle<Result<(Counts, Frames)>>,
 }
 
 /// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
@@ -68,10 +105,11 @@ impl Capture {
         let mut pcap = pcap.map(Pcap::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let thread = std::thread::spawn(move || -> Result<Counts> {
+        let thread = std::thread::spawn(move || -> Result<(Counts, Frames)> {
             let mut c = Counts::default();
-            // Only headers are needed for counting; a pcap needs whole frames.
-            let mut buf = vec![0u8; if pcap.is_some() { SNAP } else { 256 }];
+            let mut kept = Frames::default();
+            // Whole frames: the anatomy decodes them, and a pcap keeps them.
+            let mut buf = vec![0u8; SNAP];
             loop {
                 // Drain everything queued, then stop if asked (so nothing queued is lost).
                 loop {
@@ -98,11 +136,9 @@ impl Capture {
                     }
                     let len = n as usize;
                     let head = &buf[..len.min(buf.len())];
-                    let d = if sll.sll_pkttype == PACKET_OUTGOING {
-                        &mut c.tx
-                    } else {
-                        &mut c.rx
-                    };
+                    let tx = sll.sll_pkttype == PACKET_OUTGOING;
+                    kept.push(tx, head, len);
+                    let d = if tx { &mut c.tx } else { &mut c.rx };
                     count(d, head, len, port);
                     let now = sys::now_ns();
                     if d.first_ns == 0 {
@@ -117,7 +153,7 @@ impl Capture {
                     if let Some(mut p) = pcap {
                         p.flush()?;
                     }
-                    return Ok(c);
+                    return Ok((c, kept));
                 }
                 let mut pfd = libc::pollfd {
                     fd: fd.as_raw_fd(),
@@ -131,8 +167,9 @@ impl Capture {
         Ok(Capture { stop, thread })
     }
 
-    /// Stops and returns the counts (after reading every frame already queued).
-    pub fn finish(self) -> Result<Counts> {
+    /// Stops and returns the counts and the frames (after reading every frame already
+    /// queued).
+    pub fn finish(self) -> Result<(Counts, Frames)> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .join()

@@ -3,6 +3,7 @@
 use crate::cli::ClientArgs;
 use anyhow::{Context, Result};
 use lab_clients::record::{self, Summary};
+use lab_clients::stats::{ConnStats, TransportStats};
 use lab_clients::{RunnerOpts, prompts};
 use lab_codec::trust::Trust;
 use std::io::Write;
@@ -22,6 +23,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         trust,
         model: a.model.clone(),
         conns: Default::default(),
+        stats: Default::default(),
     };
     let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {
@@ -63,6 +65,14 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         }
     })
     .await;
+    // Each connection reports its transport statistics once it has closed.
+    for c in opts.stats.settle(std::time::Duration::from_secs(5)).await {
+        if json {
+            println!("{}", serde_json::json!({ "connection": c }));
+        } else {
+            println!("{}", connection_line(&c));
+        }
+    }
     let table = record::summary_table(&[Summary::of(a.approach.name, &records)]);
     if json {
         eprintln!("{table}");
@@ -70,6 +80,34 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         println!("\n{table}");
     }
     Ok(records.iter().all(|r| r.error.is_none()))
+}
+
+/// One connection's transport statistics, in a line.
+fn connection_line(c: &ConnStats) -> String {
+    match &c.transport {
+        TransportStats::Tcp(t) => format!(
+            "connection {} (TCP, port {}): segments out {} ({} with data), in {} ({} with data), {} retransmitted; rtt {:.1} ms",
+            c.conn,
+            c.local_port,
+            t.segs_out,
+            t.data_segs_out,
+            t.segs_in,
+            t.data_segs_in,
+            t.total_retrans,
+            f64::from(t.rtt_us) / 1000.0
+        ),
+        TransportStats::Quic(q) => format!(
+            "connection {} (QUIC, port {}): datagrams out {}, in {}; ACK frames out {}, in {}; {} lost; rtt {:.1} ms",
+            c.conn,
+            c.local_port,
+            q.udp_tx.datagrams,
+            q.udp_rx.datagrams,
+            q.frames_tx.acks,
+            q.frames_rx.acks,
+            q.lost_packets,
+            q.rtt_us as f64 / 1000.0
+        ),
+    }
 }
 
 async fn interactive(runner: &mut dyn lab_clients::Runner) -> Result<bool> {

@@ -1,8 +1,9 @@
 //! One cell of `lab run`: a warm-up prompt that is not counted, a quiet link, capture of
 //! both ends of the link, the workload, and the counts compared with the kernel's.
 
-use crate::capture::{self, Capture, Kernel};
-use crate::metrics::{CellResult, End};
+use crate::anatomy::KeyLog;
+use crate::capture::{self, Capture, Frames, Kernel};
+use crate::metrics::{CellAnatomy, CellResult, End};
 use crate::netlab::files::SafeDir;
 use crate::netlab::state::State;
 use crate::netlab::sys;
@@ -130,20 +131,11 @@ pub fn run(
     let n = prompts.len() * w.repeat.max(1) as usize;
     let deadline = timeout * n as u32 + Duration::from_secs(30);
     let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
-    // With --pcap, the client logs its TLS secrets (rustls, and quinn's TLS, which is
-    // rustls too) so that Wireshark can decrypt the capture.
-    // The pcap directory is lab's own, and no one else can write in it (SafeDir).
-    let keylog: Vec<(String, String)> = pcap
-        .map(|d| {
-            vec![(
-                "SSLKEYLOGFILE".to_owned(),
-                d.path()
-                    .join(format!("{}.keys", cell.id))
-                    .display()
-                    .to_string(),
-            )]
-        })
-        .unwrap_or_default();
+    // The client logs its TLS secrets (rustls, and quinn's TLS, which is rustls too), so
+    // that the anatomy can decrypt the capture (and Wireshark too, with --pcap). The
+    // keys directory is lab's own, and only root can enter it.
+    let keys_file = dir.join("keys").join(format!("{}.keys", cell.id));
+    let keylog = vec![("SSLKEYLOGFILE".to_owned(), keys_file.display().to_string())];
     let mut records = Vec::new();
     let r = super::client::run(
         state,
@@ -163,8 +155,9 @@ pub fn run(
             records.push(r);
         },
     );
-    if let Err(e) = r {
-        res.errors.push(format!("{e:#}"));
+    match r {
+        Ok(c) => res.connections = c,
+        Err(e) => res.errors.push(format!("{e:#}")),
     }
     // With prompts in flight at once they finish out of order; run.json keeps prompt order.
     records.sort_by_key(|r| r.index);
@@ -174,23 +167,43 @@ pub fn run(
     {
         tracing::warn!("cell {}: the link did not go quiet after the run", cell.id);
     }
-    let end = |cap: Capture, ns: &std::fs::File, k0: Kernel| -> Result<End> {
+    let end = |cap: Capture, ns: &std::fs::File, k0: Kernel| -> Result<(End, Frames)> {
         let k1 = capture::kernel_counters(ns, "to-wire")?;
-        let capture = cap.finish()?;
+        let (capture, frames) = cap.finish()?;
         let kernel = k1.minus(k0);
-        Ok(End {
-            differences: kernel.differences(&capture),
-            capture,
-            kernel,
-        })
+        Ok((
+            End {
+                differences: kernel.differences(&capture),
+                capture,
+                kernel,
+            },
+            frames,
+        ))
     };
+    let mut kept = Vec::new();
     match end(cc, &cns, k0.0) {
-        Ok(e) => res.client = Some(e),
+        Ok((e, f)) => {
+            res.client = Some(e);
+            kept.push(f);
+        }
         Err(e) => res.errors.push(format!("client-side capture: {e:#}")),
     }
     match end(sc, &sns, k0.1) {
-        Ok(e) => res.server = Some(e),
+        Ok((e, f)) => {
+            res.server = Some(e);
+            kept.push(f);
+        }
         Err(e) => res.errors.push(format!("server-side capture: {e:#}")),
+    }
+    let keys = std::fs::read_to_string(&keys_file).unwrap_or_default();
+    if let Some(d) = pcap
+        && !keys.is_empty()
+        && let Err(e) = d.write(&format!("{}.keys", cell.id), keys.as_bytes(), 0o600)
+    {
+        res.errors.push(format!("{e:#}"));
+    }
+    if let [client, server] = &kept[..] {
+        res.anatomy = Some(CellAnatomy::of(cell, client, server, &KeyLog::parse(&keys)));
     }
     res.wire = std::fs::read(dir.join("wire").join(format!("{}.json", cell.id)))
         .ok()

@@ -6,6 +6,7 @@ use crate::netlab::{procs, sys};
 use crate::plan::{Cell, run_dir};
 use anyhow::{Result, anyhow};
 use lab_clients::record::PromptRecord;
+use lab_clients::stats::ConnStats;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +15,15 @@ use std::time::{Duration, Instant};
 /// How long a stopped client gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_millis(200);
 
+/// A connection's statistics, as `lab client --json` prints them.
+#[derive(serde::Deserialize)]
+struct ConnLine {
+    connection: ConnStats,
+}
+
 /// Runs the client of `cell` in its namespace with `extra` arguments; calls `each` per
-/// record as it arrives. Gives up after `deadline`, and at once when `stop` is set.
+/// record as it arrives, and returns the connections' statistics. Gives up after
+/// `deadline`, and at once when `stop` is set.
 // Each argument is one plain fact about the client; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -27,7 +35,8 @@ pub fn run(
     deadline: Duration,
     stop: &AtomicBool,
     each: &mut dyn FnMut(PromptRecord),
-) -> Result<()> {
+) -> Result<Vec<ConnStats>> {
+    let mut conns = Vec::new();
     let plan = &state.plan;
     let w = &plan.workload;
     let mut argv: Vec<String> = vec![
@@ -96,6 +105,10 @@ pub fn run(
         let read = || -> Result<()> {
             for line in std::io::BufReader::new(out).lines() {
                 let line = line?;
+                if let Ok(c) = serde_json::from_str::<ConnLine>(&line) {
+                    conns.push(c.connection);
+                    continue;
+                }
                 match serde_json::from_str::<PromptRecord>(&line) {
                     Ok(r) => each(r),
                     Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
@@ -122,7 +135,7 @@ pub fn run(
     }
     // Exit 1 means some prompt failed, which the records say; anything else is an error.
     match status.code() {
-        Some(0) | Some(1) => Ok(()),
+        Some(0) | Some(1) => Ok(conns),
         _ => Err(anyhow!(
             "the client ended with {status}; last lines of {}:\n{}",
             st.record.log.display(),

@@ -158,6 +158,7 @@ impl Stack {
             trust: self.trust(),
             model: self.model.clone(),
             conns: Default::default(),
+            stats: Default::default(),
         }
     }
 

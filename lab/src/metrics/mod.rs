@@ -3,11 +3,13 @@
 //! expectations and tables name, the token digests compared across approaches, and what
 //! counts as a run error. Pure.
 
+use crate::anatomy::{self, Anatomy, KeyLog};
 use crate::approach::Approach;
-use crate::capture::{Counts, Kernel};
+use crate::capture::{Counts, Frames, Kernel};
 use crate::plan::{Cell, Plan};
 use crate::topology::expect::Outcome;
 use lab_clients::record::{PromptRecord, Summary};
+use lab_clients::stats::ConnStats;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -18,6 +20,36 @@ pub struct End {
     pub kernel: Kernel,
     /// Differences between the two (empty when they agree exactly).
     pub differences: Vec<String>,
+}
+
+/// A cell's captures decoded: at the client's interface (what it sent is up) and at the
+/// server's (what it sent is down).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellAnatomy {
+    pub client: Anatomy,
+    pub server: Anatomy,
+}
+
+impl CellAnatomy {
+    /// Decodes both ends' frames of `cell` with the client's key log.
+    pub fn of(cell: &Cell, client: &Frames, server: &Frames, keys: &KeyLog) -> CellAnatomy {
+        let wire = cell.approach.wire;
+        let one = |f: &Frames, at_client: bool| {
+            let mut a = anatomy::analyze(&f.frames(), at_client, cell.port, wire, keys);
+            if f.dropped > 0 {
+                a.notes.push(format!(
+                    "{} frames were counted but not kept (over {} MiB): the anatomy covers the rest",
+                    f.dropped,
+                    crate::capture::socket::MAX_KEPT >> 20
+                ));
+            }
+            a
+        };
+        CellAnatomy {
+            client: one(client, true),
+            server: one(server, false),
+        }
+    }
 }
 
 /// What one cell produced.
@@ -31,6 +63,12 @@ pub struct CellResult {
     /// The emulator's counters at the end (userspace backend; warm-up included).
     pub wire: Option<crate::shaping::stats::WireStats>,
     pub warmup_error: Option<String>,
+    /// Every captured byte by layer and every packet by class, at both ends.
+    #[serde(default)]
+    pub anatomy: Option<CellAnatomy>,
+    /// The client's connections' own transport statistics (TCP_INFO, quinn's).
+    #[serde(default)]
+    pub connections: Vec<ConnStats>,
     /// Errors of the cell itself (capture, a client that would not start or end).
     pub errors: Vec<String>,
     pub seconds: f64,
@@ -60,6 +98,8 @@ impl CellResult {
             server: None,
             wire: None,
             warmup_error: None,
+            anatomy: None,
+            connections: Vec::new(),
             errors: Vec::new(),
             seconds: 0.0,
         }

@@ -131,10 +131,13 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
-    for sub in ["logs", "certs", "wire"] {
+    for sub in ["logs", "certs", "wire", "keys"] {
         std::fs::create_dir(tmp.join(sub))
             .with_context(|| format!("cannot create {}", tmp.join(sub).display()))?;
     }
+    // The clients' TLS secrets: root's alone.
+    std::fs::set_permissions(tmp.join("keys"), std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot protect {}", tmp.join("keys").display()))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     if let Err(e) = sys::rename_noreplace(&tmp, &dir) {

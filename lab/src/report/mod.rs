@@ -1,8 +1,9 @@
-//! What people read: a run's tables and the comparison of two runs ([`tables`]), its SVG
-//! plots ([`plots`]), and the status of a lab that is up ([`status`]). Pure: each renders
+//! What people read: a run's tables and the comparison of two runs ([`tables`]), the
+//! anatomy of its wire bytes per token ([`anatomy`]), its SVG plots ([`plots`]), and the status of a lab that is up ([`status`]). Pure: each renders
 //! what it is handed, so `lab report` re-renders a saved `run.json` and tests render a
 //! checked-in one without root.
 
+pub mod anatomy;
 pub mod plots;
 pub mod status;
 pub mod tables;

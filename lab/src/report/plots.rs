@@ -1,6 +1,8 @@
 //! SVG plots of a run (plotters' SVG backend): the TTFT distribution of every cell, wire
-//! and application bytes per token, and the token-arrival timeline of one prompt.
+//! and application bytes per token, wire bytes per token by layer, and the
+//! token-arrival timeline of one prompt.
 
+use crate::anatomy::Layer;
 use crate::metrics::{CellResult, Run, metric};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
@@ -176,6 +178,106 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
     Ok(svg)
 }
 
+/// Wire bytes per token of every cell, stacked by layer (both directions, at the
+/// client's interface): the anatomy table as a picture.
+pub fn anatomy(run: &Run) -> Result<String> {
+    let rows: Vec<(String, Vec<f64>)> = run
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let a = c.anatomy.as_ref()?;
+            let t = crate::metrics::tokens(c);
+            (t > 0).then(|| {
+                let l = a.client.up.layers.plus(&a.client.down.layers);
+                (
+                    label(c),
+                    Layer::ALL
+                        .iter()
+                        .map(|&x| l.get(x) as f64 / t as f64)
+                        .collect(),
+                )
+            })
+        })
+        .collect();
+    let max = rows
+        .iter()
+        .map(|r| r.1.iter().sum::<f64>())
+        .fold(1.0, f64::max);
+    let n = rows.len().max(1);
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (260 + 90 * n as u32, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{}: wire bytes per token by layer", run.name),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..n as f64 + 1.5, 0.0..max * 1.1)
+        .map_err(err)?;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n + 2)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("bytes per token (both directions, L2)")
+        .draw()
+        .map_err(err)?;
+    const COLORS: [RGBColor; 13] = [
+        RGBColor(127, 127, 127),
+        RGBColor(174, 199, 232),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 187, 120),
+        RGBColor(188, 189, 34),
+        RGBColor(214, 39, 40),
+        RGBColor(255, 152, 150),
+        RGBColor(148, 103, 189),
+        RGBColor(197, 176, 213),
+        RGBColor(44, 160, 44),
+        RGBColor(140, 86, 75),
+        RGBColor(0, 0, 0),
+        RGBColor(227, 119, 194),
+    ];
+    for (k, layer) in Layer::ALL.iter().enumerate() {
+        if rows.iter().all(|r| r.1[k] == 0.0) {
+            continue;
+        }
+        let color = COLORS[k];
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let below: f64 = r.1[..k].iter().sum();
+                Rectangle::new(
+                    [(i as f64 - 0.35, below), (i as f64 + 0.35, below + r.1[k])],
+                    color.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(layer.heading())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    drop(chart);
+    drop(root);
+    Ok(svg)
+}
+
 /// When each token of prompt `index` arrived, one line per cell.
 pub fn timeline(run: &Run, index: usize) -> Result<String> {
     let series: Vec<(String, Vec<(f64, f64)>)> = run
@@ -219,11 +321,16 @@ pub fn timeline(run: &Run, index: usize) -> Result<String> {
     )
 }
 
-/// The three plots, by file name; `prompt` picks the timeline's prompt (0 = the first).
+/// The plots, by file name; `prompt` picks the timeline's prompt (0 = the first). The
+/// anatomy plot is there when some cell has an anatomy.
 pub fn all(run: &Run, prompt: usize) -> Result<Vec<(&'static str, String)>> {
-    Ok(vec![
+    let mut v = vec![
         ("ttft.svg", ttft(run)?),
         ("bytes_per_token.svg", bytes_per_token(run)?),
         ("timeline.svg", timeline(run, prompt)?),
-    ])
+    ];
+    if run.cells.iter().any(|c| c.anatomy.is_some()) {
+        v.push(("anatomy.svg", anatomy(run)?));
+    }
+    Ok(v)
 }

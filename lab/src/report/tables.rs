@@ -87,6 +87,8 @@ pub fn render(run: &Run) -> String {
             tokens: usize,
             #[tabled(rename = "Wire B/tok")]
             bpt: String,
+            #[tabled(rename = "L3 B/tok")]
+            l3: String,
             #[tabled(rename = "vs first")]
             ratio: String,
         }
@@ -100,7 +102,15 @@ pub fn render(run: &Run) -> String {
                 if first_bpt.is_none() {
                     first_bpt = bpt;
                 }
+                let l3 = c
+                    .client
+                    .as_ref()
+                    .map(|e| e.capture.tx.l3_bytes + e.capture.rx.l3_bytes);
                 WireRow {
+                    l3: match (l3, t) {
+                        (Some(b), t) if t > 0 => format!("{:.1}", b as f64 / t as f64),
+                        _ => "-".into(),
+                    },
                     approach: c.cell.name.clone(),
                     up: u,
                     down: d,
@@ -115,9 +125,10 @@ pub fn render(run: &Run) -> String {
                 }
             })
             .collect();
-        out.push_str("Wire, at the client's interface (L2, every frame of the cell's run):\n\n");
+        out.push_str("Wire, at the client's interface (L2, every frame of the cell's run; L3 leaves out the 14-byte Ethernet header of each frame, and frames that are not IP):\n\n");
         out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
         out.push_str("\n\n");
+        out.push_str(&super::anatomy::table(&cells));
     }
 
     #[derive(tabled::Tabled)]
@@ -186,6 +197,7 @@ pub fn render(run: &Run) -> String {
     out.push_str("## Capture cross-check\n\n");
     out.push_str(&checks.join("\n"));
     out.push_str("\n\n");
+    out.push_str(&super::anatomy::checks(&run.cells));
     if !run.digest_mismatches.is_empty() {
         out.push_str("## Token mismatches\n\n");
         for m in &run.digest_mismatches {
