@@ -86,6 +86,8 @@ pub struct RunnerOpts {
     pub conns: Arc<AtomicU32>,
     /// Collects every connection's transport statistics when it closes.
     pub stats: Arc<stats::Tracker>,
+    /// QUIC settings and TCP socket options.
+    pub transport: lab_codec::transport::Settings,
 }
 
 impl RunnerOpts {

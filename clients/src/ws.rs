@@ -55,7 +55,7 @@ impl WsRunner {
         let tcp = TcpStream::connect(self.target.addr)
             .await
             .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
-        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_nodelay(self.opts.transport.tcp.nodelay);
         let watch = TcpWatch::new(&tcp, &self.opts.stats);
         let name = ServerName::try_from(self.target.host.clone())
             .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;

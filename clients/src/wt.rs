@@ -42,14 +42,18 @@ impl WtRunner {
         } else {
             "[::]:0".parse()?
         };
-        let cfg = ClientConfig::builder()
-            .with_bind_address(bind)
-            .with_custom_tls(tls)
-            .keep_alive_interval(Some(Duration::from_secs(3)))
-            .max_idle_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| anyhow::anyhow!("invalid idle timeout: {e}"))?
+        let quic = &opts.transport.quic;
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        // The socket itself, for what quinn has no setting for (ECN off).
+        let same = socket.try_clone()?;
+        let mut cfg = ClientConfig::builder()
+            .with_bind_socket(socket)
+            .with_custom_tls_and_transport(tls, quic.transport_config()?)
             .build();
+        quic.endpoint_config(cfg.quic_endpoint_config_mut());
         let endpoint = Endpoint::client(cfg)?;
+        quic.after_bind(&same);
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
             opts: opts.clone(),

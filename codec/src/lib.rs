@@ -5,6 +5,7 @@
 //! - [`openai`]: OpenAI chat-completion types, and byte-exact Ollama chunk writers.
 //! - [`wt`]: the WebTransport protocol's reset codes.
 //! - [`trust`]: how a client trusts a server (pin, CA, none), ALPN, the crypto provider.
+//! - [`transport`]: QUIC and TCP settings, applied alike by servers and clients.
 //! - [`rng`]: the seeded random number generator behind every deterministic choice.
 //!
 //! The codecs perform no I/O; every decoder is incremental and accepts any split of its
@@ -14,5 +15,6 @@ pub mod lenprefix;
 pub mod openai;
 pub mod rng;
 pub mod sse;
+pub mod transport;
 pub mod trust;
 pub mod wt;

@@ -138,6 +138,7 @@ async fn runner_stream(
         model: "gemma3:12b".into(),
         conns: Default::default(),
         stats: Default::default(),
+        transport: Default::default(),
     };
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;

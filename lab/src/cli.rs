@@ -385,6 +385,10 @@ pub struct TlsArgs {
     pub sans: Vec<String>,
 }
 
+fn parse_transport(s: &str) -> Result<lab_codec::transport::Settings, String> {
+    lab_codec::transport::Settings::from_json(s).map_err(|e| e.to_string())
+}
+
 /// The flags of every approach's server.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -402,6 +406,10 @@ pub struct ServerArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: LimitsArgs,
+    /// QUIC and TCP settings as JSON, e.g. '{"quic":{"cid_length":4},"tcp":{"nodelay":false}}'
+    /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
 }
 
 /// How a client trusts the server.
@@ -452,6 +460,10 @@ pub struct ClientArgs {
     /// approach multiplexes (wt, sse-h2, in reuse mode), on as many connections otherwise.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), conflicts_with = "interactive")]
     pub concurrency: u16,
+    /// QUIC and TCP settings as JSON, e.g. '{"quic":{"cid_length":4},"tcp":{"nodelay":false}}'
+    /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
 }
 
 #[derive(Debug, Args)]

@@ -119,6 +119,7 @@ pub async fn serve_tls(
     stats: Arc<ServerStats>,
     limits: Limits,
     version: Version,
+    nodelay: bool,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
@@ -130,7 +131,7 @@ pub async fn serve_tls(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_nodelay(nodelay);
         let (acceptor, app, stats) = (acceptor.clone(), app.clone(), stats.clone());
         tokio::spawn(async move {
             stats.connection_opened();

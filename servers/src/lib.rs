@@ -100,4 +100,7 @@ pub struct ServerEnv {
     pub stats: Arc<stats::ServerStats>,
     /// Deadlines for slow and idle clients.
     pub limits: Limits,
+    /// QUIC and TCP settings (quinn's and the socket's; per-route TCP settings are the
+    /// namespace's business).
+    pub transport: lab_codec::transport::Settings,
 }

@@ -43,6 +43,7 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
         env.stats,
         env.limits,
         crate::http::Version::Http1,
+        env.transport.tcp.nodelay,
     )))
 }
 

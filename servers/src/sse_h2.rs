@@ -23,5 +23,6 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
         env.stats,
         env.limits,
         crate::http::Version::Http2,
+        env.transport.tcp.nodelay,
     )))
 }

@@ -54,6 +54,7 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
         env.stats,
         env.limits,
         crate::http::Version::Http1,
+        env.transport.tcp.nodelay,
     )))
 }
 

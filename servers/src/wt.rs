@@ -16,6 +16,7 @@ use crate::stats::ServerStats;
 use crate::upstream::Upstream;
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
+use lab_codec::transport::Quic;
 use std::sync::Arc;
 use std::time::Duration;
 use wtransport::endpoint::IncomingSession;
@@ -32,24 +33,27 @@ pub const PATH: &str = "/wt";
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let udp = listener.udp("WebTransport")?;
     let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
-    let endpoint = endpoint(udp, env.cert.h3_server_config()?)?;
+    let endpoint = endpoint(udp, env.cert.h3_server_config()?, &env.transport.quic)?;
     Ok(Box::pin(serve(endpoint, up, env.stats, env.limits)))
 }
 
-/// Builds the QUIC endpoint on an already-bound UDP socket.
+/// Builds the QUIC endpoint on an already-bound UDP socket, with `quic`'s settings.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
+    quic: &Quic,
 ) -> anyhow::Result<Endpoint<Server>> {
     socket.set_nonblocking(true)?;
-    let cfg = ServerConfig::builder()
+    // The socket itself, for what quinn has no setting for (ECN off).
+    let same = socket.try_clone()?;
+    let mut cfg = ServerConfig::builder()
         .with_bind_socket(socket)
-        .with_custom_tls(tls)
-        .keep_alive_interval(Some(Duration::from_secs(3)))
-        .max_idle_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| anyhow::anyhow!("invalid idle timeout: {e}"))?
+        .with_custom_tls_and_transport(tls, quic.transport_config()?)
         .build();
-    Ok(Endpoint::server(cfg)?)
+    quic.endpoint_config(cfg.quic_endpoint_config_mut());
+    let endpoint = Endpoint::server(cfg)?;
+    quic.after_bind(&same);
+    Ok(endpoint)
 }
 
 /// Accepts sessions forever.

@@ -24,6 +24,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         model: a.model.clone(),
         conns: Default::default(),
         stats: Default::default(),
+        transport: a.transport.clone().unwrap_or_default(),
     };
     let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {

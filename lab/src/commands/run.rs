@@ -30,6 +30,10 @@ fn environment(plan: &Plan) -> serde_json::Value {
         "backend": plan.shaping.as_ref().map(|s| s.backend),
         "backend_why": plan.shaping.as_ref().map(|s| s.why.clone()),
         "seed": plan.seed,
+        // What TCP connections use when a topology names no congestion controller.
+        "tcp_congestion_control": std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .ok()
+            .map(|s| s.trim().to_owned()),
     })
 }
 

@@ -170,6 +170,7 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
         model: args.model,
         stats,
         limits: args.limits.limits(),
+        transport: args.transport.unwrap_or_default(),
     };
     let serving = a.serve(listener, env)?;
     ready(a.server, addr, &a.url(addr), Some(&cert));

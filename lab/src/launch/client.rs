@@ -61,6 +61,9 @@ pub fn run(
         "--concurrency".into(),
         w.concurrency.to_string(),
     ];
+    if !cell.transport.is_default() {
+        argv.extend(["--transport".into(), cell.transport.to_json()]);
+    }
     argv.extend_from_slice(extra);
     let ns = sys::open_netns(&cell.client_ns)?;
     let exe = std::env::current_exe()?;

@@ -108,6 +108,7 @@ impl Stack {
                 model: model.to_owned(),
                 stats: stats.clone(),
                 limits: lab_servers::Limits::default(),
+                transport: Default::default(),
             };
             tasks.push(spawn_logged(what, a.serve(listener, env)?));
             servers.push(Running {
@@ -159,6 +160,7 @@ impl Stack {
             model: self.model.clone(),
             conns: Default::default(),
             stats: Default::default(),
+            transport: Default::default(),
         }
     }
 

@@ -71,6 +71,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
             "the plan has no shaping backend yet; decide it (netlab::qdisc::decide) before building"
         );
     };
+    check_congestion(plan)?;
     let dir = PathBuf::from(run_dir(&plan.name));
     // /run/lab is root's and no one else's: lab writes state and runs processes from it.
     super::files::SafeDir::open(Path::new(RUN_ROOT), true)?;
@@ -195,6 +196,23 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
         Ok(())
     })?;
 
+    // TCP settings on the routes between each cell's ends, on both ends.
+    for c in &plan.cells {
+        if links::tcp_metrics(&c.transport.tcp).is_empty() {
+            continue;
+        }
+        for ns in [&c.client_ns, &c.server_ns] {
+            let addr = plan
+                .interfaces
+                .iter()
+                .find(|i| &i.namespace == ns && i.name == "to-wire")
+                .and_then(|i| i.address.as_deref())
+                .ok_or_else(|| anyhow::anyhow!("{ns} has no to-wire address in the plan"))?;
+            links::tune_route(&fds[ns], "to-wire", addr, &c.transport.tcp)?;
+        }
+    }
+    check(cancel)?;
+
     if shaping.backend == Shaper::Kernel {
         super::qdisc::apply_plan(plan, &fds)?;
     }
@@ -281,6 +299,32 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
     guard.state().handed_over = hand_over;
     guard.state().save()?;
     Ok(guard.state.take().expect("state present"))
+}
+
+/// Every TCP congestion controller a cell names must be one this kernel has, or no
+/// connection could use it; said before anything is built.
+fn check_congestion(plan: &Plan) -> Result<()> {
+    const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+    let wanted: Vec<(&str, &str)> = plan
+        .cells
+        .iter()
+        .filter_map(|c| Some((c.id.as_str(), c.transport.tcp.congestion.as_deref()?)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let have =
+        std::fs::read_to_string(AVAILABLE).with_context(|| format!("cannot read {AVAILABLE}"))?;
+    let have: Vec<&str> = have.split_whitespace().collect();
+    for (cell, cc) in wanted {
+        if !have.contains(&cc) {
+            bail!(
+                "cell {cell}: transport.tcp.congestion '{cc}' is not available in this kernel; available: {} (a module such as tcp_{cc} may need loading first)",
+                have.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Takes a lab down: processes, namespaces in reverse order, then the run directory.

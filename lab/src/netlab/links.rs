@@ -8,6 +8,9 @@ use crate::plan::{Iface, Plan};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, Prop};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -286,6 +289,72 @@ pub fn list(ns: &File) -> Result<Vec<LinkInfo>> {
                 });
             }
             Ok(out)
+        })
+    })
+}
+
+/// The route metrics that carry TCP settings (iproute2's `quickack`, `initcwnd` and
+/// `congctl`); empty when every one is the kernel's default.
+pub fn tcp_metrics(tcp: &lab_codec::transport::Tcp) -> Vec<RouteMetric> {
+    let mut m = Vec::new();
+    if tcp.quickack {
+        m.push(RouteMetric::QuickAck(1));
+    }
+    if let Some(n) = tcp.initcwnd {
+        m.push(RouteMetric::InitCwnd(n));
+    }
+    if let Some(c) = &tcp.congestion {
+        m.push(RouteMetric::CcAlgo(c.clone()));
+    }
+    m
+}
+
+/// The message that replaces the connected route of `addr` (the interface's address
+/// with its prefix length) on interface `index` with one carrying `metrics`: what `ip
+/// route replace <net>/<len> dev <if> proto kernel scope link src <addr> <metrics>` asks.
+pub fn route_with_metrics(
+    index: u32,
+    addr: std::net::Ipv4Addr,
+    len: u8,
+    metrics: Vec<RouteMetric>,
+) -> RouteMessage {
+    let net = u32::from(addr) & (u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
+    let mut msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        .destination_prefix(net.into(), len)
+        .pref_source(addr)
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Kernel)
+        .build();
+    msg.attributes.push(RouteAttribute::Metrics(metrics));
+    msg
+}
+
+/// Puts the TCP settings on the route of `ifname`'s subnet in the namespace `ns`, so
+/// that every TCP connection over it, either way, uses them.
+pub fn tune_route(
+    ns: &File,
+    ifname: &str,
+    address: &str,
+    tcp: &lab_codec::transport::Tcp,
+) -> Result<()> {
+    let metrics = tcp_metrics(tcp);
+    if metrics.is_empty() {
+        return Ok(());
+    }
+    let (ip, len) = address
+        .split_once('/')
+        .ok_or_else(|| anyhow!("bad address {address} in the plan"))?;
+    let (ip, len): (std::net::Ipv4Addr, u8) = (ip.parse()?, len.parse()?);
+    sys::in_netns(ns, || {
+        with_netlink(async |h| {
+            let idx = index_of(&h, ifname).await?;
+            h.route()
+                .add(route_with_metrics(idx, ip, len, metrics))
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("cannot set TCP settings on the route of {ifname}"))
         })
     })
 }

@@ -21,6 +21,7 @@ use crate::approach::{Approach, Model, Transport};
 use crate::shaping::params::Params;
 use crate::topology::model::*;
 use crate::topology::units::{Dur, Percent};
+use lab_codec::transport::Settings;
 pub use layout::{Shaper, ShapingChoice, with_backend};
 pub use render::render;
 use serde::{Deserialize, Serialize};
@@ -116,6 +117,10 @@ pub struct Cell {
     pub up: Params,
     /// Server to client, resolved.
     pub down: Params,
+    /// QUIC and TCP settings, resolved (the stacks' defaults, the topology's, then the
+    /// approach's own). Absent in plans saved before it existed: the defaults.
+    #[serde(default, skip_serializing_if = "Settings::is_default")]
+    pub transport: Settings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +278,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         );
         for ca in &t.approaches {
             let a = ca.protocol;
+            let mut transport = t.transport.over(&Settings::default());
+            if let Some(own) = &ca.transport {
+                transport = own.over(&transport);
+            }
             let i = cells.len();
             let id = format!("c{i}");
             let client_ns = format!("{prefix}-{id}-client");
@@ -360,6 +369,9 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                     }
                     argv.extend(["--san".into(), server_addr.to_string()]);
                     argv.extend(["--cert-out".into(), certs]);
+                    if !transport.is_default() {
+                        argv.extend(["--transport".into(), transport.to_json()]);
+                    }
                     Process {
                         namespace: server_ns.clone(),
                         role: format!("{} server", ca.name),
@@ -419,6 +431,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 url,
                 up: up.clone(),
                 down: down.clone(),
+                transport,
             });
         }
     }

@@ -25,6 +25,31 @@ pub fn shaping_line(p: &Plan) -> String {
     }
 }
 
+/// The transport settings in force, one line per distinct setting: QUIC's for the
+/// approaches over QUIC, TCP's for those over TCP, each with the approaches it applies
+/// to. A `*` marks a value that is not the stack's default.
+pub fn transport_lines(p: &Plan) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for c in &p.cells {
+        let line = match c.approach.transport {
+            crate::approach::Transport::Udp => format!("QUIC: {}", c.transport.quic.describe()),
+            crate::approach::Transport::Tcp => format!("TCP: {}", c.transport.tcp.describe()),
+        };
+        match groups.iter_mut().find(|(l, _)| *l == line) {
+            Some((_, names)) => {
+                if !names.contains(&c.name) {
+                    names.push(c.name.clone());
+                }
+            }
+            None => groups.push((line, vec![c.name.clone()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(l, names)| format!("transport ({}): {l}", names.join(", ")))
+        .collect()
+}
+
 /// The plan as a person reads it.
 pub fn render(p: &Plan) -> String {
     use tabled::settings::Style;
@@ -51,6 +76,10 @@ pub fn render(p: &Plan) -> String {
             p.seed
         )),
         None => out.push_str(&format!("shaping: {asked} backend, seed {}\n", p.seed)),
+    }
+    for l in transport_lines(p) {
+        out.push_str(&l);
+        out.push('\n');
     }
     out.push_str(&format!(
         "llm: {} ({}) for model {}, in {} at http://{}:{}\n",

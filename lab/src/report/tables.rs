@@ -28,6 +28,21 @@ pub fn render(run: &Run) -> String {
         run.seconds,
         shaping_line(&run.plan)
     );
+    let kernel_cc = run
+        .environment
+        .get("tcp_congestion_control")
+        .and_then(|v| v.as_str());
+    for l in crate::plan::render::transport_lines(&run.plan) {
+        let l = match kernel_cc {
+            Some(cc) => l.replace(
+                "the kernel's default",
+                &format!("the kernel's default ({cc} here)"),
+            ),
+            None => l,
+        };
+        out.push_str(&format!("- {l}\n"));
+    }
+    out.push('\n');
     let n = run.plan.workload.concurrency;
     if n > 1 {
         // Each approach of the run once, by its name here, with its protocol.

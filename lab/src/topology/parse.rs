@@ -78,6 +78,7 @@ const TOP_FIELDS: &[&str] = &[
     "shaping",
     "expect",
     "ipv6",
+    "transport",
 ];
 
 /// A line and column.
@@ -435,6 +436,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut shaping = None;
     let mut expect_texts = None;
     let mut ipv6 = None;
+    let mut transport = None;
     let mut name_at = (1, 1);
     let mut approaches_at = None;
     let mut profiles_at = None;
@@ -494,6 +496,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                 None => cx.push(pos(v), "expect", "expected a list of expressions"),
             },
             "ipv6" => ipv6 = cx.de::<bool>(v, "ipv6"),
+            "transport" => transport = parse_transport(&mut cx, v, "transport"),
             other => cx.push(
                 key_pos(k),
                 other,
@@ -584,6 +587,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             shaping: shaping.unwrap_or_default(),
             expect: expects,
             ipv6: ipv6.unwrap_or(false),
+            transport: transport.unwrap_or_default(),
         })
     } else {
         cx.out.sort_by_key(|d| (d.line, d.column));
@@ -591,18 +595,25 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     }
 }
 
-const CUSTOM_FIELDS: [&str; 4] = ["name", "protocol", "command", "port"];
+const CUSTOM_FIELDS: [&str; 5] = ["name", "protocol", "command", "port", "transport"];
 
-/// An approach entry that is a mapping: a server of the user's own.
+/// An approach entry that is a mapping: one of lab's own with transport settings of its
+/// own, a variant of one under a name of its own, or a server of the user's own.
 fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> {
     let map = v.as_mapping()?;
-    let (mut name, mut protocol, mut command, mut port) = (None, None, None, None);
+    let (mut name, mut protocol, mut command, mut port, mut transport) =
+        (None, None, None, None, None);
+    let mut builtin_name = None;
+    let mut ok = true;
     for (k, val) in map.iter() {
         let field = format!("{path}.{}", k.as_str());
         match k.as_str() {
             "name" => {
                 if let Some(n) = cx.de::<String>(val, &field) {
-                    if !is_name(&n, MAX_PROFILE) {
+                    if let Ok(a) = n.parse::<Approach>() {
+                        builtin_name = Some((a, pos(val)));
+                        name = Some(n);
+                    } else if !is_name(&n, MAX_PROFILE) {
                         cx.push(
                             pos(val),
                             &field,
@@ -610,21 +621,20 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
                                 "invalid name '{n}': use 1 to {MAX_PROFILE} characters of a-z, 0-9 and '-', starting with a letter"
                             ),
                         );
-                    } else if n.parse::<Approach>().is_ok() {
-                        cx.push(
-                            pos(val),
-                            &field,
-                            format!(
-                                "'{n}' is one of lab's own approaches; give your server a name of its own"
-                            ),
-                        );
+                        ok = false;
                     } else {
                         name = Some(n);
                     }
+                } else {
+                    ok = false;
                 }
             }
-            "protocol" => protocol = cx.de::<Approach>(val, &field),
+            "protocol" => {
+                protocol = cx.de::<Approach>(val, &field);
+                ok &= protocol.is_some();
+            }
             "command" => {
+                ok = false;
                 if let Some(argv) = cx.de::<Vec<String>>(val, &field) {
                     if argv.is_empty() || argv[0].trim().is_empty() {
                         cx.push(
@@ -635,54 +645,283 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
                     } else if let Err(msg) = check_placeholders(&argv) {
                         cx.push(pos(val), &field, msg);
                     } else {
-                        command = Some(argv);
+                        command = Some((argv, pos(val)));
+                        ok = true;
                     }
                 }
             }
             "port" => match cx.de::<u64>(val, &field) {
-                Some(p @ 1..=65535) => port = Some(p as u16),
-                Some(p) => cx.push(
-                    pos(val),
-                    &field,
-                    format!("port {p} is out of range; a port is 1 to 65535"),
-                ),
-                None => {}
+                Some(p @ 1..=65535) => port = Some((p as u16, key_pos(k))),
+                Some(p) => {
+                    cx.push(
+                        pos(val),
+                        &field,
+                        format!("port {p} is out of range; a port is 1 to 65535"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
             },
-            other => cx.push(
-                key_pos(k),
-                &field,
-                format!(
-                    "unknown field '{other}'; valid fields: {}",
-                    CUSTOM_FIELDS.join(", ")
-                ),
-            ),
+            "transport" => {
+                transport = parse_transport(cx, val, &field);
+                ok &= transport.is_some();
+            }
+            other => {
+                cx.push(
+                    key_pos(k),
+                    &field,
+                    format!(
+                        "unknown field '{other}'; valid fields: {}",
+                        CUSTOM_FIELDS.join(", ")
+                    ),
+                );
+                ok = false;
+            }
         }
     }
-    for (key, present) in [
-        ("name", map.contains_key("name")),
-        ("protocol", map.contains_key("protocol")),
-        ("command", map.contains_key("command")),
-    ] {
-        if !present {
+    if !map.contains_key("name") {
+        cx.push(
+            pos(v),
+            path,
+            format!(
+                "missing `name`: one of lab's approaches ({}) to give it transport settings, or a name of its own with a `protocol`",
+                crate::approach::names()
+            ),
+        );
+        return None;
+    }
+    let name = name?;
+    if let Some((a, at)) = builtin_name {
+        // One of lab's own, with settings of its own.
+        if command.is_some() || protocol.is_some_and(|p| p != a) {
             cx.push(
-                pos(v),
-                path,
+                at,
+                &format!("{path}.name"),
                 format!(
-                    "missing `{key}`: a server of your own needs a name, a protocol (one of {}) and a command",
-                    crate::approach::names()
+                    "'{name}' is one of lab's own approaches; give your server a name of its own"
                 ),
             );
+            return None;
         }
+        if let Some((_, at)) = port {
+            cx.push(
+                at,
+                &format!("{path}.port"),
+                "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
+            );
+            return None;
+        }
+        return ok.then(|| CellApproach {
+            transport,
+            ..CellApproach::builtin(a)
+        });
     }
-    let (name, protocol, argv) = (name?, protocol?, command?);
+    let Some(protocol) = protocol else {
+        if map.contains_key("protocol") {
+            return None;
+        }
+        cx.push(
+            pos(v),
+            path,
+            format!(
+                "missing `protocol`: '{name}' is not one of lab's approaches, so say which protocol it speaks (one of {})",
+                crate::approach::names()
+            ),
+        );
+        return None;
+    };
+    if !ok {
+        return None;
+    }
+    let server = match command {
+        Some((argv, _)) => ServerSpec::Command {
+            argv,
+            port: port.map_or(protocol.port, |p| p.0),
+        },
+        None => {
+            if let Some((_, at)) = port {
+                cx.push(
+                    at,
+                    &format!("{path}.port"),
+                    "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
+                );
+                return None;
+            }
+            ServerSpec::Builtin
+        }
+    };
     Some(CellApproach {
         name,
         protocol,
-        server: ServerSpec::Command {
-            argv,
-            port: port.unwrap_or(protocol.port),
-        },
+        server,
+        transport,
     })
+}
+
+/// The largest QUIC max_ack_delay: 2^14 ms (RFC 9000 18.2).
+const MAX_ACK_DELAY_MS: u128 = 1 << 14;
+
+/// A `transport:` section (the topology's, or an approach's), with its values checked.
+fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSpec> {
+    let Some(map) = v.as_mapping() else {
+        cx.push(
+            pos(v),
+            path,
+            "expected a mapping with `quic:` and/or `tcp:`",
+        );
+        return None;
+    };
+    // Each field of TransportSpec is a section of its own, checked below.
+    let mut extra = Vec::new();
+    for (k, val) in map.iter() {
+        let f = Field {
+            key: k,
+            value: val,
+            path: format!("{path}.{}", k.as_str()),
+        };
+        match k.as_str() {
+            "quic" | "tcp" => extra.push(f),
+            other => cx.push(
+                key_pos(k),
+                &f.path,
+                format!("unknown field '{other}'; valid fields: quic, tcp"),
+            ),
+        }
+    }
+    let mut spec = TransportSpec::default();
+    let mut ok = true;
+    for f in &extra {
+        // Where a field of this section was written.
+        let at = |name: &str| -> At {
+            f.value
+                .as_mapping()
+                .and_then(|m| m.iter().find(|(k, _)| k.as_str() == name))
+                .map_or(pos(f.value), |(k, _)| key_pos(k))
+        };
+        match f.name() {
+            "quic" => {
+                let before = cx.out.len();
+                // `ack_frequency` is `true`/`false` or a mapping: read by its form.
+                let Some((good, af)) = cx.fields::<QuicSpec>(f.value, &f.path, &["ack_frequency"])
+                else {
+                    ok = false;
+                    continue;
+                };
+                let mut q: QuicSpec = build(f.value, &good);
+                for a in &af {
+                    q.ack_frequency = if a.value.as_mapping().is_some() {
+                        cx.section::<AckFrequencyFields>(a.value, &a.path)
+                            .map(AckFrequencySpec::Set)
+                    } else {
+                        cx.de_with::<bool>(a.value, &a.path, &[])
+                            .map(AckFrequencySpec::On)
+                    };
+                }
+                let field = |n: &str| format!("{}.{n}", f.path);
+                if q.cid_length.is_some_and(|n| n > 20) {
+                    let a = at("cid_length");
+                    cx.push(
+                        a,
+                        &field("cid_length"),
+                        "a connection ID is 0 to 20 bytes (RFC 9000)",
+                    );
+                }
+                let delays = [
+                    ("max_ack_delay", q.max_ack_delay),
+                    (
+                        "ack_frequency.max_ack_delay",
+                        match &q.ack_frequency {
+                            Some(AckFrequencySpec::Set(s)) => s.max_ack_delay,
+                            _ => None,
+                        },
+                    ),
+                ];
+                for (n, d) in delays {
+                    if let Some(d) = d
+                        && (d.0.as_millis() >= MAX_ACK_DELAY_MS || d.0.as_millis() == 0)
+                    {
+                        let a = at(n.split('.').next().unwrap_or(n));
+                        cx.push(
+                            a,
+                            &field(n),
+                            format!(
+                                "'{d}': max_ack_delay is 1ms to {}ms (RFC 9000)",
+                                MAX_ACK_DELAY_MS - 1
+                            ),
+                        );
+                    }
+                }
+                if let (Some(d), Some(AckFrequencySpec::Set(s))) =
+                    (q.max_ack_delay, &q.ack_frequency)
+                    && s.max_ack_delay.is_some_and(|m| m != d)
+                {
+                    let a = at("max_ack_delay");
+                    cx.push(
+                        a,
+                        &field("max_ack_delay"),
+                        "differs from ack_frequency.max_ack_delay; give it once",
+                    );
+                }
+                if let Some(AckFrequencySpec::Set(s)) = &q.ack_frequency {
+                    for (n, v) in [("threshold", s.threshold), ("reordering", s.reordering)] {
+                        if v.is_some_and(|v| v > lab_codec::transport::VARINT_MAX) {
+                            let a = at("ack_frequency");
+                            cx.push(a, &field(&format!("ack_frequency.{n}")), "over 2^62-1");
+                        }
+                    }
+                }
+                if q.initial_rtt.is_some_and(|d| d.0.as_millis() == 0) {
+                    let a = at("initial_rtt");
+                    cx.push(a, &field("initial_rtt"), "must be 1ms or more");
+                }
+                for (n, w) in [
+                    ("stream_receive_window", q.stream_receive_window),
+                    ("receive_window", q.receive_window),
+                    ("send_window", q.send_window),
+                ] {
+                    if w.is_some_and(|w| w == 0 || w > lab_codec::transport::VARINT_MAX) {
+                        let a = at(n);
+                        cx.push(a, &field(n), "a window is 1 to 2^62-1 bytes");
+                    }
+                }
+                ok &= cx.out.len() == before;
+                spec.quic = Some(q);
+            }
+            "tcp" => {
+                let Some(t) = cx.section::<TcpSpec>(f.value, &f.path) else {
+                    ok = false;
+                    continue;
+                };
+                let before = cx.out.len();
+                if let Some(c) = &t.congestion
+                    && (c.is_empty()
+                        || c.len() > 15
+                        || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                {
+                    let a = at("congestion");
+                    cx.push(
+                        a,
+                        &format!("{}.congestion", f.path),
+                        format!(
+                            "'{c}' is not a congestion controller's name (e.g. cubic, reno, bbr)"
+                        ),
+                    );
+                }
+                if t.initcwnd.is_some_and(|n| n == 0 || n > 1000) {
+                    let a = at("initcwnd");
+                    cx.push(
+                        a,
+                        &format!("{}.initcwnd", f.path),
+                        "an initial window is 1 to 1000 segments",
+                    );
+                }
+                ok &= cx.out.len() == before;
+                spec.tcp = Some(t);
+            }
+            _ => {}
+        }
+    }
+    ok.then_some(spec)
 }
 
 /// Every `{...}` in a server command must be a placeholder lab fills in.
@@ -958,6 +1197,64 @@ fn check_link(cx: &mut Ctx<'_>, fields: &[Field<'_>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_settings_resolve_per_approach() {
+        let t = parse(
+            "t.yaml",
+            r#"
+name: t
+approaches:
+  - sse
+  - { name: wt, transport: { quic: { cid_length: 4 } } }
+  - { name: wt-af, protocol: wt, transport: { quic: { ack_frequency: true, max_ack_delay: 100ms, ecn: false } } }
+  - { name: sse-q, protocol: sse, transport: { tcp: { quickack: true, congestion: reno } } }
+transport:
+  quic: { congestion: bbr, initial_rtt: 100ms }
+  tcp: { initcwnd: 20 }
+profiles: { p: {} }
+"#,
+        )
+        .unwrap();
+        let plan = crate::plan::plan(&t).unwrap();
+        let by = |n: &str| &plan.cells.iter().find(|c| c.name == n).unwrap().transport;
+        use lab_codec::transport::{AckFrequency, QuicCongestion};
+        // The topology's settings reach every cell; an approach's own go over them.
+        assert_eq!(by("sse").tcp.initcwnd, Some(20));
+        assert!(!by("sse").tcp.quickack);
+        assert_eq!(by("sse-q").tcp.congestion.as_deref(), Some("reno"));
+        assert!(by("sse-q").tcp.quickack);
+        assert_eq!(by("sse-q").tcp.initcwnd, Some(20));
+        assert_eq!(by("wt").quic.cid_length, 4);
+        assert_eq!(by("wt").quic.congestion, QuicCongestion::Bbr);
+        assert_eq!(by("wt").quic.initial_rtt_ms, 100);
+        assert_eq!(by("wt-af").quic.cid_length, 8);
+        assert!(!by("wt-af").quic.ecn);
+        assert_eq!(
+            by("wt-af").quic.ack_frequency,
+            Some(AckFrequency {
+                threshold: 1,
+                max_ack_delay_ms: Some(100),
+                reordering: 2
+            })
+        );
+        // Lab's servers and clients get them on their command lines.
+        let wt_server = plan
+            .processes
+            .iter()
+            .find(|p| p.role == "wt-af server")
+            .unwrap();
+        let json = &wt_server.argv[wt_server
+            .argv
+            .iter()
+            .position(|a| a == "--transport")
+            .unwrap()
+            + 1];
+        assert_eq!(
+            &lab_codec::transport::Settings::from_json(json).unwrap(),
+            by("wt-af")
+        );
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {
