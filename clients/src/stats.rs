@@ -87,7 +87,7 @@ pub struct Frames {
 }
 
 /// What quinn says of a connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuicStats {
     pub udp_tx: Udp,
     pub udp_rx: Udp,
@@ -101,6 +101,24 @@ pub struct QuicStats {
     pub cwnd: u64,
     pub mtu: u16,
     pub mtu_probes: u64,
+    /// The congestion controller the connection runs (newreno, cubic, bbr).
+    #[serde(default)]
+    pub congestion: String,
+}
+
+/// The name of the congestion controller a QUIC connection runs.
+pub fn controller(c: &wtransport::quinn::Connection) -> &'static str {
+    use wtransport::quinn::congestion::{Bbr, Cubic, NewReno};
+    let any = c.congestion_state().into_any();
+    if any.is::<Cubic>() {
+        "cubic"
+    } else if any.is::<NewReno>() {
+        "newreno"
+    } else if any.is::<Bbr>() {
+        "bbr"
+    } else {
+        "other"
+    }
 }
 
 impl QuicStats {
@@ -136,6 +154,7 @@ impl QuicStats {
             cwnd: s.path.cwnd,
             mtu: s.path.current_mtu,
             mtu_probes: s.path.sent_plpmtud_probes,
+            congestion: String::new(),
         }
     }
 }
@@ -318,9 +337,10 @@ impl Drop for QuicWatch {
             tracker.end(Some(ConnStats {
                 conn: id,
                 local_port,
-                transport: TransportStats::Quic(Box::new(QuicStats::of(
-                    &c.quic_connection().stats(),
-                ))),
+                transport: TransportStats::Quic(Box::new(QuicStats {
+                    congestion: controller(c.quic_connection()).to_owned(),
+                    ..QuicStats::of(&c.quic_connection().stats())
+                })),
             }));
         };
         match tokio::runtime::Handle::try_current() {

@@ -11,33 +11,12 @@ use std::sync::Mutex;
 
 static TURN: Mutex<()> = Mutex::new(());
 
-fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 fn run(topology: &Path, results: &Path) -> Output {
-    Command::new(LAB)
-        .args([
-            "run",
-            topology.to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .current_dir(root())
-        .output()
-        .expect("run lab")
+    run_topology(topology, results)
 }
 
-/// The one results directory under `results`, and its run.json.
 fn saved(results: &Path) -> (PathBuf, serde_json::Value) {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(results)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    let run = serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
-    (dirs[0].clone(), run)
+    saved_run(results)
 }
 
 fn nothing_left(name: &str) {

@@ -66,6 +66,7 @@ pub struct Out {
     pub class: Class,
     pub retransmitted: bool,
     pub ack_frames: u32,
+    pub ack_ecn_frames: u32,
     /// QUIC short-header packets: (DCID length, header and tag bytes).
     pub short: Vec<(u8, u16)>,
 }
@@ -102,8 +103,10 @@ pub struct Side {
     pub layers: Layers,
     /// Packets that carried data this capture had seen before, and their bytes of it.
     pub retransmitted_packets: u64,
-    /// QUIC ACK frames, piggybacked or alone.
+    /// QUIC ACK frames, piggybacked or alone; of them, those with ECN counts.
     pub ack_frames: u64,
+    #[serde(default)]
+    pub ack_ecn_frames: u64,
     /// QUIC short-header packets, their header and tag bytes, and the DCID lengths seen.
     pub short_packets: u64,
     pub short_overhead: u64,
@@ -118,6 +121,7 @@ impl Side {
         self.packets.add(out.class);
         self.retransmitted_packets += u64::from(out.retransmitted);
         self.ack_frames += u64::from(out.ack_frames);
+        self.ack_ecn_frames += u64::from(out.ack_ecn_frames);
         for &(cid, overhead) in &out.short {
             self.short_packets += 1;
             self.short_overhead += u64::from(overhead);

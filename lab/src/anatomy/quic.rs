@@ -94,6 +94,8 @@ struct Plan {
     streams: Vec<StreamBytes>,
     data: bool,
     acks: u32,
+    /// Of the ACK frames, those with ECN counts (ACK_ECN).
+    acks_ecn: u32,
     only_acks: bool,
     retransmitted: bool,
     /// Short-header packets: (DCID length, header and tag bytes).
@@ -243,6 +245,7 @@ fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
                         at = vs(3, at)?.1;
                     }
                     plan.acks += 1;
+                    plan.acks_ecn += u32::from(ty == 0x03);
                     (at, Layer::Acks)
                 }
                 0x04 => (vs(3, tl)?.1, Layer::Control),
@@ -397,6 +400,7 @@ pub fn flow(dgrams: &[Datagram], body: Body, log: &KeyLog) -> (Vec<Out>, Vec<Str
                 class,
                 retransmitted: p.retransmitted,
                 ack_frames: p.acks,
+                ack_ecn_frames: p.acks_ecn,
                 short: p.short,
             }
         })

@@ -108,6 +108,7 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
                 },
                 retransmitted: dup > 0,
                 ack_frames: 0,
+                ack_ecn_frames: 0,
                 short: Vec::new(),
             }
         })

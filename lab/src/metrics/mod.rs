@@ -170,6 +170,20 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
         "wire_bytes" => wire(c).map(|(u, d, _, _)| (u + d) as f64),
         "packets" => wire(c).map(|(_, _, fu, fd)| (fu + fd) as f64),
         "errors" => Some(s.errors as f64),
+        "l3_bytes_per_token" => c
+            .client
+            .as_ref()
+            .filter(|_| toks > 0.0)
+            .map(|e| (e.capture.tx.l3_bytes + e.capture.rx.l3_bytes) as f64 / toks),
+        "ack_packets_per_token" | "data_packets_per_token" => {
+            let a = c.anatomy.as_ref().filter(|_| toks > 0.0)?;
+            let (u, d) = (&a.client.up.packets, &a.client.down.packets);
+            Some(if name == "ack_packets_per_token" {
+                (u.ack + d.ack) as f64 / toks
+            } else {
+                (u.data + d.data) as f64 / toks
+            })
+        }
         _ => None,
     }
 }

@@ -54,6 +54,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "frames on the wire, both directions",
     ),
     ("errors", Kind::Count, "prompts that failed"),
+    (
+        "l3_bytes_per_token",
+        Kind::Count,
+        "bytes on the wire (both directions, from the IP header on) per token",
+    ),
+    (
+        "ack_packets_per_token",
+        Kind::Count,
+        "pure ACK packets (both directions) per token, from the capture's anatomy",
+    ),
+    (
+        "data_packets_per_token",
+        Kind::Count,
+        "packets carrying data (both directions) per token, from the capture's anatomy",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq)]

@@ -330,3 +330,34 @@ pub fn netem_by_tc() -> bool {
     );
     o.status.success()
 }
+
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// `lab run <topology> --results <results>`, from the repository's root.
+pub fn run_topology(topology: &std::path::Path, results: &std::path::Path) -> std::process::Output {
+    Command::new(LAB)
+        .args([
+            "run",
+            topology.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .output()
+        .expect("run lab")
+}
+
+/// The one results directory under `results`, and its run.json.
+pub fn saved_run(results: &std::path::Path) -> (std::path::PathBuf, serde_json::Value) {
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(results)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let run = serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
+    (dirs[0].clone(), run)
+}
