@@ -47,9 +47,18 @@ fn the_plots_of_a_saved_run() {
     }
     // Every cell has a line in the TTFT plot and a bar pair in the bytes plot.
     let ttft = plots::ttft(&run).unwrap();
+    let anatomy = plots::anatomy(&run).unwrap();
     for c in &run.cells {
         let label = format!("{}@{}", c.cell.approach, c.cell.profile);
         assert!(ttft.contains(&label), "{label} missing from ttft.svg");
+        assert!(anatomy.contains(&label), "{label} missing from anatomy.svg");
+    }
+    // The anatomy plot stacks the layers the run has, each in the legend.
+    for layer in ["link", "IP", "TCP/UDP", "TLS/QUIC", "payload"] {
+        assert!(
+            anatomy.contains(&format!(">\n{layer}\n<")),
+            "{layer} missing from anatomy.svg"
+        );
     }
 }
 
