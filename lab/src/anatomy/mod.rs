@@ -345,3 +345,137 @@ pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &
     }
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_codec::rng::SplitMix64;
+
+    /// An Ethernet + IPv4 frame of `proto` between the client's `port` and the server's
+    /// 4433, with `payload`.
+    fn frame(proto: u8, up: bool, port: u16, payload: &[u8]) -> Vec<u8> {
+        let l4 = if proto == 6 { 20 } else { 8 };
+        let total = 20 + l4 + payload.len();
+        let mut f = vec![0u8; 14 + total];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        f[23] = proto;
+        let (s, d) = if up { (port, 4433) } else { (4433, port) };
+        f[34..36].copy_from_slice(&s.to_be_bytes());
+        f[36..38].copy_from_slice(&d.to_be_bytes());
+        if proto == 6 {
+            f[46] = 5 << 4;
+            f[47] = 0x10;
+        } else {
+            f[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        }
+        f[14 + 20 + l4..].copy_from_slice(payload);
+        f
+    }
+
+    /// Whatever the frames, every byte gets exactly one layer and every frame one class,
+    /// and nothing panics: random payloads over well-formed headers, then every header
+    /// byte mangled.
+    #[test]
+    fn any_frames_add_up_without_panicking() {
+        let mut rng = SplitMix64::new(7);
+        let wires = [
+            Wire {
+                app: App::Http1,
+                body: Body::Sse,
+            },
+            Wire {
+                app: App::Http2,
+                body: Body::Sse,
+            },
+            Wire {
+                app: App::WebSocket,
+                body: Body::Text,
+            },
+            Wire {
+                app: App::WebTransport,
+                body: Body::LenPrefix,
+            },
+            Wire {
+                app: App::Http1,
+                body: Body::OpenAi,
+            },
+        ];
+        for round in 0..400 {
+            let n = 1 + rng.below(40);
+            let mut frames: Vec<(bool, Vec<u8>)> = Vec::new();
+            for _ in 0..n {
+                let up = rng.chance(0.5);
+                let proto = if rng.chance(0.5) { 6 } else { 17 };
+                let mut payload = vec![0u8; rng.below(300)];
+                for b in &mut payload {
+                    *b = rng.next_u64() as u8;
+                }
+                // Some payloads look like the start of a TLS record or a QUIC packet.
+                if !payload.is_empty() && rng.chance(0.3) {
+                    payload[0] = [0x16, 0x17, 0xc0, 0x40][rng.below(4)];
+                }
+                let mut f = frame(proto, up, 40000 + rng.below(3) as u16, &payload);
+                if round % 2 == 1 {
+                    // Mangle a header byte, or cut the frame short.
+                    if rng.chance(0.5) {
+                        let i = rng.below(f.len().min(60));
+                        f[i] = rng.next_u64() as u8;
+                    } else {
+                        f.truncate(rng.below(f.len() + 1));
+                    }
+                }
+                frames.push((up, f));
+            }
+            let views: Vec<Frame> = frames
+                .iter()
+                .map(|(up, f)| Frame {
+                    tx: *up,
+                    len: f.len(),
+                    data: f,
+                })
+                .collect();
+            let wire = wires[round % wires.len()];
+            let a = analyze(&views, true, 4433, wire, &KeyLog::default());
+            let total: usize = views.iter().map(|f| f.len).sum();
+            assert_eq!((a.up.bytes + a.down.bytes) as usize, total);
+            for s in [&a.up, &a.down] {
+                assert_eq!(s.layers.total(), s.bytes, "round {round}");
+                assert_eq!(s.packets.total(), s.frames, "round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tcp_connection_without_keys_is_headers_and_undecoded_bytes() {
+        let f = frame(6, true, 40000, b"\x17\x03\x03\x00\x05hello");
+        let ack = frame(6, false, 40000, b"");
+        let views = [
+            Frame {
+                tx: true,
+                len: f.len(),
+                data: &f,
+            },
+            Frame {
+                tx: false,
+                len: ack.len(),
+                data: &ack,
+            },
+        ];
+        let w = Wire {
+            app: App::Http1,
+            body: Body::Sse,
+        };
+        let a = analyze(&views, true, 4433, w, &KeyLog::default());
+        assert_eq!(a.up.layers.link, 14);
+        assert_eq!(a.up.layers.ip, 20);
+        assert_eq!(a.up.layers.transport, 20);
+        assert_eq!(a.up.layers.undecoded, 10);
+        assert_eq!(a.up.packets.data, 1);
+        assert_eq!(a.down.packets.ack, 1);
+        assert_eq!(a.flows.len(), 1);
+        assert_eq!(a.flows[0].client_port, 40000);
+        assert!(!a.notes.is_empty(), "it says why");
+    }
+}

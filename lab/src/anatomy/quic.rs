@@ -58,11 +58,12 @@ struct Stream {
 const MAX_STREAM: u64 = 1 << 30;
 
 impl Stream {
-    /// Adds `data` at `off`: returns its new ranges and how many bytes were seen before.
-    fn add(&mut self, off: u64, data: &[u8]) -> (Vec<(u64, u64)>, u64) {
+    /// Adds `data` at `off`: returns its new ranges and how many bytes were seen before;
+    /// `None` past what lab keeps of a stream.
+    fn add(&mut self, off: u64, data: &[u8]) -> Option<(Vec<(u64, u64)>, u64)> {
         let end = off + data.len() as u64;
         if end > MAX_STREAM {
-            return (Vec::new(), 0);
+            return None;
         }
         let new = self.seen.insert(off, end);
         if self.data.len() < end as usize {
@@ -74,7 +75,7 @@ impl Stream {
                 .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
             fresh += b - a;
         }
-        (new, data.len() as u64 - fresh)
+        Some((new, data.len() as u64 - fresh))
     }
 
     fn whole(&self) -> &[u8] {
@@ -254,7 +255,10 @@ fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
                     let (v, at) = vs(2, tl)?;
                     let len = usize::try_from(v[1]).ok()?;
                     let data = rest.get(at..at + len)?;
-                    let (_, dup) = conn.crypto[side(up)][space as usize].add(v[0], data);
+                    // CRYPTO data past what lab keeps is still handshake.
+                    let dup = conn.crypto[side(up)][space as usize]
+                        .add(v[0], data)
+                        .map_or(0, |(_, dup)| dup);
                     plan.data = true;
                     if dup > 0 {
                         plan.retransmitted = true;
@@ -284,9 +288,12 @@ fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
                     };
                     let data = rest.get(at..at + len)?;
                     let stream = conn.streams.entry((up, sid[0])).or_default();
-                    let (new, dup) = stream.add(off, data);
                     plan.data = true;
                     plan.layers.add(Layer::Control, at as u64);
+                    let Some((new, dup)) = stream.add(off, data) else {
+                        plan.layers.add(Layer::Undecoded, len as u64);
+                        return Some((at + len, Layer::Other));
+                    };
                     if dup > 0 {
                         plan.retransmitted = true;
                         plan.layers.add(Layer::Retransmitted, dup);

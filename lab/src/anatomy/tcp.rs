@@ -52,16 +52,25 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
             }
         }
     }
-    // First pass: what each segment brought that was new.
-    let mut fresh: Vec<(Vec<(u64, u64)>, u64)> = Vec::with_capacity(segs.len());
+    // First pass: what each segment brought that was new, what it brought again, and
+    // what lab does not keep (past MAX_STREAM).
+    let mut fresh: Vec<(Vec<(u64, u64)>, u64, u64)> = Vec::with_capacity(segs.len());
     for s in segs {
         let d = &mut dirs[usize::from(!s.up)];
         let len = s.payload.len() as u64;
         let seq = if s.syn { s.seq.wrapping_add(1) } else { s.seq };
         let rel = u64::from(seq.wrapping_sub(d.base.unwrap_or(seq)));
-        if len == 0 || rel > 1 << 31 || rel + len > MAX_STREAM {
-            // Nothing, or data from before the first byte: sent again.
-            fresh.push((Vec::new(), if rel > 1 << 31 { len } else { 0 }));
+        if len == 0 {
+            fresh.push((Vec::new(), 0, 0));
+            continue;
+        }
+        if rel > 1 << 31 {
+            // Data from before the first byte: sent again.
+            fresh.push((Vec::new(), len, 0));
+            continue;
+        }
+        if rel + len > MAX_STREAM {
+            fresh.push((Vec::new(), 0, len));
             continue;
         }
         let new = d.seen.insert(rel, rel + len);
@@ -74,7 +83,7 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
                 .copy_from_slice(&s.payload[(a - rel) as usize..(b - rel) as usize]);
             got += b - a;
         }
-        fresh.push((new, len - got));
+        fresh.push((new, len - got, 0));
     }
     let up = &dirs[0].data[..dirs[0].seen.prefix() as usize];
     let down = &dirs[1].data[..dirs[1].seen.prefix() as usize];
@@ -91,12 +100,13 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
     let outs = segs
         .iter()
         .zip(fresh)
-        .map(|(s, (new, dup))| {
+        .map(|(s, (new, dup, past))| {
             let mut layers = Layers::default();
             for (a, b) in new {
                 maps[usize::from(!s.up)].count(a, b, &mut layers);
             }
             layers.add(Layer::Retransmitted, dup);
+            layers.add(Layer::Undecoded, past);
             Out {
                 layers,
                 class: if !s.payload.is_empty() {

@@ -63,6 +63,15 @@ impl Frames {
         self.bytes.extend_from_slice(data);
     }
 
+    /// How many frames were kept.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// The kept frames, for [`crate::anatomy::analyze`].
     pub fn frames(&self) -> Vec<crate::anatomy::Frame<'_>> {
         self.index

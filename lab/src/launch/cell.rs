@@ -203,7 +203,15 @@ pub fn run(
         res.errors.push(format!("{e:#}"));
     }
     if let [client, server] = &kept[..] {
+        let t = Instant::now();
         res.anatomy = Some(CellAnatomy::of(cell, client, server, &KeyLog::parse(&keys)));
+        tracing::info!(
+            "cell {}: anatomy of {} + {} frames in {:.1} ms",
+            cell.id,
+            client.len(),
+            server.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
     res.wire = std::fs::read(dir.join("wire").join(format!("{}.json", cell.id)))
         .ok()
