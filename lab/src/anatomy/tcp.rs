@@ -18,6 +18,10 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
+/// What a segment brought: its new byte ranges, the bytes it sent again, and the bytes
+/// past what lab keeps.
+type Brought = (Vec<(u64, u64)>, u64, u64);
+
 /// The most of one direction lab keeps for decoding.
 const MAX_STREAM: u64 = 1 << 30;
 
@@ -54,7 +58,7 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
     }
     // First pass: what each segment brought that was new, what it brought again, and
     // what lab does not keep (past MAX_STREAM).
-    let mut fresh: Vec<(Vec<(u64, u64)>, u64, u64)> = Vec::with_capacity(segs.len());
+    let mut fresh: Vec<Brought> = Vec::with_capacity(segs.len());
     for s in segs {
         let d = &mut dirs[usize::from(!s.up)];
         let len = s.payload.len() as u64;
