@@ -41,12 +41,24 @@ fn serve_and_client_binaries_end_to_end() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        // The records, then each connection's own statistics (fresh: one per prompt).
+        let (conns, recs): (Vec<_>, Vec<_>) = lines
+            .into_iter()
+            .partition(|v| v.get("connection").is_some());
         assert_eq!(recs.len(), 2, "{name}");
+        assert_eq!(conns.len(), 2, "{name}");
+        let transport = if name == "wt" { "quic" } else { "tcp" };
+        assert!(
+            conns
+                .iter()
+                .all(|c| c["connection"]["transport"] == transport),
+            "{name}: {conns:?}"
+        );
         assert_eq!(recs[0]["approach"], name);
         assert_eq!(recs[0]["mode"], "fresh");
         assert_eq!(recs[0]["tokens"], 12);

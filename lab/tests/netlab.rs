@@ -87,8 +87,10 @@ fn client(name: &str, node: &str, approach: &str, url: &str, cell: &str) -> Vec<
         "--timeout",
         "20s",
     ]);
+    // The records; the connections' statistics lines come after them.
     out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("connection").is_none())
         .collect()
 }
 

@@ -278,8 +278,8 @@ fn results_pcap_files_and_key_logs_go_to_the_user_behind_sudo() {
             p.display()
         );
     }
-    // run.json, report.md, three plots, four pcap files, two key logs.
-    assert_eq!(files, 11);
+    // run.json, report.md, four plots, four pcap files, two key logs.
+    assert_eq!(files, 12);
     assert_nothing_left("rsudo", &[]);
 }
 

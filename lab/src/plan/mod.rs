@@ -119,7 +119,7 @@ pub struct Cell {
     pub down: Params,
     /// QUIC and TCP settings, resolved (the stacks' defaults, the topology's, then the
     /// approach's own). Absent in plans saved before it existed: the defaults.
-    #[serde(default, skip_serializing_if = "Settings::is_default")]
+    #[serde(default)]
     pub transport: Settings,
 }
 

@@ -81,7 +81,7 @@ pub fn table(cells: &[&CellResult]) -> String {
         }
     }
     let mut out = String::from(
-        "Anatomy per token, at the client's interface: packets per token by class (data, pure ACK, other) and bytes per token by layer, per direction. Each row's layers add up to its B/tok; up and down add up to the wire table's B/tok. `resent by sender` is what the sending end put on the wire again (its own capture).\n\n",
+        "Anatomy per token, at the client's interface: packets per token by class (data, pure ACK, other) and bytes per token by layer, per direction. Each row's layers add up to its B/tok; up and down add up to the wire table's B/tok. `resent by sender` is what the sending end put on the wire again (its own capture). The clients' own counts of the same packets are set against these under \"Endpoint statistics\" below.\n\n",
     );
     out.push_str(&b.build().with(Style::markdown()).to_string());
     out.push_str("\n\n");
