@@ -5,6 +5,7 @@
 use crate::anatomy::Layer;
 use crate::metrics::{CellResult, Run, metric};
 use anyhow::{Result, anyhow};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const PALETTE: [RGBColor; 8] = [
@@ -24,6 +25,20 @@ fn label(c: &CellResult) -> String {
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plot: {e}")
+}
+
+/// Draws the legend of `chart`'s labelled series at `pos`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    pos: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(pos)
+        .draw()
+        .map_err(err)
 }
 
 /// A chart of lines, one per named series, with a legend in the lower right.
@@ -59,13 +74,7 @@ fn line_chart(
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);
@@ -101,6 +110,43 @@ pub fn ttft(run: &Run) -> Result<String> {
     )
 }
 
+/// A bar chart's frame: `names` along x (one bar slot each, and `spare` empty slots on
+/// the right for a legend), bytes per token up to `max` along y.
+fn bar_frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: String,
+    names: &[String],
+    spare: usize,
+    y_desc: &str,
+    max: f64,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    root.fill(&WHITE).map_err(err)?;
+    let n = names.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..(n + spare) as f64 - 0.5, 0.0..max * 1.1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n + spare)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 /// Wire and application bytes per token, two bars per cell.
 pub fn bytes_per_token(run: &Run) -> Result<String> {
     let rows: Vec<(String, f64, f64)> = run
@@ -120,30 +166,15 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
     let n = rows.len().max(1);
     let mut svg = String::new();
     let root = SVGBackend::with_string(&mut svg, (140 + 110 * n as u32, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: bytes per token", run.name), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(60)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..max * 1.1)
-        .map_err(err)?;
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
-                names[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("bytes per token")
-        .draw()
-        .map_err(err)?;
+    let mut chart = bar_frame(
+        &root,
+        format!("{}: bytes per token", run.name),
+        &names,
+        0,
+        "bytes per token",
+        max,
+    )?;
     let wire = PALETTE[0];
     let app = PALETTE[1];
     chart
@@ -166,12 +197,7 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
         .map_err(err)?
         .label("application")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], app.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);
@@ -206,33 +232,15 @@ pub fn anatomy(run: &Run) -> Result<String> {
     let n = rows.len().max(1);
     let mut svg = String::new();
     let root = SVGBackend::with_string(&mut svg, (260 + 90 * n as u32, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: wire bytes per token by layer", run.name),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(60)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..n as f64 + 1.5, 0.0..max * 1.1)
-        .map_err(err)?;
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n + 2)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
-                names[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("bytes per token (both directions, L2)")
-        .draw()
-        .map_err(err)?;
+    let mut chart = bar_frame(
+        &root,
+        format!("{}: wire bytes per token by layer", run.name),
+        &names,
+        2,
+        "bytes per token (both directions, L2)",
+        max,
+    )?;
     const COLORS: [RGBColor; 13] = [
         RGBColor(127, 127, 127),
         RGBColor(174, 199, 232),
@@ -265,13 +273,7 @@ pub fn anatomy(run: &Run) -> Result<String> {
             .label(layer.heading())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);

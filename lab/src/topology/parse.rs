@@ -704,12 +704,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
             return None;
         }
         if let Some((_, at)) = port {
-            cx.push(
-                at,
-                &format!("{path}.port"),
-                "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
-            );
-            return None;
+            return refuse_port(cx, at, path);
         }
         return ok.then(|| CellApproach {
             transport,
@@ -740,12 +735,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         },
         None => {
             if let Some((_, at)) = port {
-                cx.push(
-                    at,
-                    &format!("{path}.port"),
-                    "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
-                );
-                return None;
+                return refuse_port(cx, at, path);
             }
             ServerSpec::Builtin
         }
@@ -756,6 +746,16 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         server,
         transport,
     })
+}
+
+/// A `port` on an entry that runs lab's own server.
+fn refuse_port(cx: &mut Ctx<'_>, at: At, path: &str) -> Option<CellApproach> {
+    cx.push(
+        at,
+        &format!("{path}.port"),
+        "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
+    );
+    None
 }
 
 /// The largest QUIC max_ack_delay: 2^14 ms (RFC 9000 18.2).
