@@ -482,3 +482,42 @@ fn the_ws_server_answers_wrong_methods_paths_and_plain_gets() {
     }
     assert!(srv.stop());
 }
+
+/// A reader that goes away ends a command that only prints quietly, by SIGPIPE (status
+/// 141 in a shell) or with 0, never with a panic.
+#[test]
+fn a_closed_output_ends_printing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let llm = mock();
+    let up = base(&llm.str("url"));
+    let sse = Server::start(&["serve", "sse", "--listen", "127.0.0.1:0", "--upstream", &up]);
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/run-ci.json");
+    let topo = concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/matrix.yaml");
+    let url = sse.str("url");
+    let pin = sse.str("cert_sha256");
+    for args in [
+        vec!["status", "--json"],
+        vec!["status"],
+        vec!["plan", topo],
+        vec!["plan", "--json", topo],
+        vec!["schema"],
+        vec!["compare", fixture, fixture],
+        vec![
+            "client",
+            "sse",
+            "--url",
+            &url,
+            "--cert-hash",
+            &pin,
+            "--json",
+        ],
+        vec!["client", "sse", "--url", &url, "--cert-hash", &pin],
+    ] {
+        let (status, err) = with_closed_stdout(&args);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {status:?} {err}"
+        );
+    }
+}

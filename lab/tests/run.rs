@@ -27,6 +27,26 @@ fn tempdir(name: &str) -> Tmp {
     tmpdir(&format!("run-{name}"))
 }
 
+/// A reader that goes away (`lab run ... | head`) does not stop a run halfway: it runs,
+/// saves and takes the lab down as ever.
+#[test]
+fn a_run_whose_reader_went_away_finishes_and_leaves_nothing() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("closed");
+    let topo = root().join("topologies/ci.yaml");
+    let (status, err) = with_closed_stdout(&[
+        "run",
+        topo.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (dir, _) = saved(&results);
+    assert!(dir.join("report.md").exists());
+    nothing_left("ci");
+}
+
 #[test]
 fn the_ci_topology_runs_reports_and_holds_its_expectations() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());

@@ -46,7 +46,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
     };
     let json = a.json;
     if !json {
-        println!(
+        outln!(
             "=== {} ({} mode, {} prompts{}) ===",
             a.approach,
             a.mode,
@@ -60,25 +60,25 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
     }
     let records = lab_clients::run_concurrently(runners, &prompts, a.repeat, |r| {
         if json {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {
-            println!("{}", record::prompt_line(r));
+            outln!("{}", record::prompt_line(r));
         }
     })
     .await;
     // Each connection reports its transport statistics once it has closed.
     for c in opts.stats.settle(std::time::Duration::from_secs(5)).await {
         if json {
-            println!("{}", serde_json::json!({ "connection": c }));
+            outln!("{}", serde_json::json!({ "connection": c }));
         } else {
-            println!("{}", connection_line(&c));
+            outln!("{}", connection_line(&c));
         }
     }
     let table = record::summary_table(&[Summary::of(a.approach.name, &records)]);
     if json {
-        eprintln!("{table}");
+        tell!("{table}");
     } else {
-        println!("\n{table}");
+        outln!("\n{table}");
     }
     Ok(records.iter().all(|r| r.error.is_none()))
 }
@@ -129,18 +129,18 @@ async fn interactive(runner: &mut dyn lab_clients::Runner) -> Result<bool> {
             break;
         }
         let mut show = |t: &str| {
-            print!("{t}");
+            out!("{t}");
             let _ = std::io::stdout().flush();
         };
         let r = runner.run(index, prompt, &mut show).await;
         index += 1;
-        println!();
+        outln!("");
         match &r.error {
             Some(e) => {
                 all_ok = false;
-                eprintln!("[error: {e}]");
+                tell!("[error: {e}]");
             }
-            None => eprintln!(
+            None => tell!(
                 "[TTFT {}, avg TBT {}, {} tokens, {} bytes, total {}{}]",
                 record::fmt_ms(r.ttft_ms),
                 record::fmt_ms(r.tbt_mean_ms),

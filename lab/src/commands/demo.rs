@@ -26,9 +26,9 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         None => UpstreamChoice::Mock(mock.clone()),
     };
     let stack = Stack::start(choice, &a.model).await?;
-    println!("lab demo: servers on loopback");
+    outln!("lab demo: servers on loopback");
     if let Some(l) = stack.llm {
-        println!(
+        outln!(
             "  mock LLM  http://{l}  (format {}, ttft {:?}, tbt {:?}, jitter {:.0}%, seed {})",
             mock.format,
             mock.ttft,
@@ -37,13 +37,13 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
             mock.seed
         );
     } else {
-        println!("  upstream  {}", stack.upstream_url);
+        outln!("  upstream  {}", stack.upstream_url);
     }
     for r in &stack.servers {
-        println!("  {:<4}      {}", r.approach.name, stack.url(r.approach));
+        outln!("  {:<4}      {}", r.approach.name, stack.url(r.approach));
     }
-    println!("  certificate sha256 {}", stack.cert.sha256_hex());
-    println!(
+    outln!("  certificate sha256 {}", stack.cert.sha256_hex());
+    outln!(
         "running {} prompts x {} in {} mode, approaches side by side...\n",
         prompts.len(),
         a.repeat.max(1),
@@ -82,7 +82,7 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
     };
     let mut lines = Vec::new();
     while let Some(r) = rx.recv().await {
-        println!("{:<4}{}", r.approach, record::prompt_line(&r));
+        outln!("{:<4}{}", r.approach, record::prompt_line(&r));
         if jsonl.is_some() {
             writeln!(lines, "{}", serde_json::to_string(&r)?)?;
         }
@@ -98,7 +98,7 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         .iter()
         .map(|(ap, r)| Summary::of(ap.name, r))
         .collect();
-    println!("\n{}\n", record::summary_table(&summaries));
+    outln!("\n{}\n", record::summary_table(&summaries));
 
     let expected_fn = |i: usize| {
         let p = &prompts[i % prompts.len()];
@@ -112,7 +112,7 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
     let check = check_digests(&results, expected);
     let errors: usize = summaries.iter().map(|s| s.errors).sum();
     if check.mismatches.is_empty() {
-        println!(
+        outln!(
             "token digests: identical across approaches{} for {} of {} prompts",
             if expected.is_some() {
                 " and equal to the mock's answer"
@@ -123,13 +123,13 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
             prompts.len() * a.repeat.max(1)
         );
     } else {
-        println!("token digests DIFFER:");
+        outln!("token digests DIFFER:");
         for m in &check.mismatches {
-            println!("  {m}");
+            outln!("  {m}");
         }
     }
     if errors > 0 {
-        println!("{errors} prompt(s) failed; see the ERROR lines above");
+        outln!("{errors} prompt(s) failed; see the ERROR lines above");
     }
     Ok(check.mismatches.is_empty() && errors == 0)
 }

@@ -30,12 +30,12 @@ pub async fn build(
     let result = tokio::select! {
         r = &mut job => r,
         () = signals.wait(1) => {
-            eprintln!("lab: interrupted; taking the lab down");
+            tell!("lab: interrupted; taking the lab down");
             cancel.store(true, Ordering::SeqCst);
             // The build may have finished in the meantime: then it is taken down here.
             if let Ok(Ok(mut state)) = job.await {
                 for f in lifecycle::teardown(&mut state) {
-                    eprintln!("lab: while taking {} down: {f}", state.name);
+                    tell!("lab: while taking {} down: {f}", state.name);
                 }
             }
             return Err(EXIT_INTERRUPTED);
@@ -44,11 +44,11 @@ pub async fn build(
     match result {
         Ok(Ok(state)) => Ok(state),
         Ok(Err(e)) => {
-            eprintln!("lab: {e:#}\nlab: nothing was left behind");
+            tell!("lab: {e:#}\nlab: nothing was left behind");
             Err(EXIT_FAILED)
         }
         Err(e) => {
-            eprintln!("lab: building the lab failed: {e}");
+            tell!("lab: building the lab failed: {e}");
             Err(EXIT_FAILED)
         }
     }
@@ -67,7 +67,7 @@ pub async fn up(a: UpArgs) -> Result<u8> {
     let plan = match qdisc::decide(plan) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("lab: {e:#}\nlab: nothing was built");
+            tell!("lab: {e:#}\nlab: nothing was built");
             return Ok(EXIT_FAILED);
         }
     };
@@ -76,7 +76,7 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    println!(
+    say!(
         "lab {} is up: {} cells, {} namespaces, {} processes, built in {} ms\n",
         state.name,
         state.plan.cells.len(),
@@ -84,7 +84,10 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         state.processes.len(),
         started.elapsed().as_millis()
     );
-    print!("{}", status::render(&state, &live::gather(&state)));
+    say!(
+        "{}",
+        status::render(&state, &live::gather(&state)).trim_end_matches('\n')
+    );
     Ok(EXIT_OK)
 }
 
@@ -99,7 +102,7 @@ pub fn down(a: DownArgs) -> Result<u8> {
     };
     let mut s = State::load(&name)?;
     if !s.handed_over && s.owner_alive() {
-        eprintln!(
+        tell!(
             "lab: lab {name} belongs to pid {}, which is {} it; interrupt that (Ctrl-C) and it takes the lab down itself",
             s.owner_pid,
             if s.phase == Phase::Building {
@@ -116,7 +119,7 @@ pub fn down(a: DownArgs) -> Result<u8> {
 fn report_down(s: &mut State) -> u8 {
     let failures = lifecycle::teardown(s);
     if failures.is_empty() {
-        println!(
+        say!(
             "lab {} is down: stopped {} processes, removed {} namespaces and {}",
             s.name,
             s.processes.len(),
@@ -126,9 +129,9 @@ fn report_down(s: &mut State) -> u8 {
         EXIT_OK
     } else {
         for f in &failures {
-            eprintln!("lab: could not remove: {f}");
+            tell!("lab: could not remove: {f}");
         }
-        eprintln!(
+        tell!(
             "lab: {} is partly down; its state record is kept, so `lab clean` can retry",
             s.name
         );
@@ -154,7 +157,7 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
                         code = EXIT_FAILED;
                     }
                 } else {
-                    println!(
+                    say!(
                         "lab {name} is {}; kept (`lab down {name}`, or `lab clean --all`)",
                         match (s.phase, s.handed_over) {
                             (Phase::Up, true) => "up".to_owned(),
@@ -172,12 +175,12 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => {
                         did += 1;
-                        println!("removed {} (it had no state record)", dir.display());
+                        say!("removed {} (it had no state record)", dir.display());
                     }
                     // A `lab down` finished removing it meanwhile.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        eprintln!("lab: cannot remove {}: {e}", dir.display());
+                        tell!("lab: cannot remove {}: {e}", dir.display());
                         code = EXIT_FAILED;
                     }
                 }
@@ -199,7 +202,7 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
         };
         if sys::start_time(pid).is_none() && std::fs::remove_dir_all(e.path()).is_ok() {
             did += 1;
-            println!("removed {}", e.path().display());
+            say!("removed {}", e.path().display());
         }
     }
     // Namespaces that carry lab's mark but are in no record.
@@ -221,17 +224,17 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
             match sys::delete_netns(&ns) {
                 Ok(()) => {
                     did += 1;
-                    println!("removed namespace {ns} (marked as lab {lab}'s, in no record)");
+                    say!("removed namespace {ns} (marked as lab {lab}'s, in no record)");
                 }
                 Err(e) => {
-                    eprintln!("lab: {e:#}");
+                    tell!("lab: {e:#}");
                     code = EXIT_FAILED;
                 }
             }
         }
     }
     if did == 0 {
-        println!("nothing to clean");
+        say!("nothing to clean");
     }
     Ok(code)
 }
@@ -257,12 +260,12 @@ pub fn status(a: StatusArgs) -> Result<u8> {
         })
         .collect();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&status::json(&labs))?);
+        say!("{}", serde_json::to_string_pretty(&status::json(&labs))?);
     } else if labs.is_empty() {
-        println!("no lab is up; start one with `lab up topologies/<file>.yaml`");
+        say!("no lab is up; start one with `lab up topologies/<file>.yaml`");
     } else {
         let parts: Vec<String> = labs.iter().map(|(s, l)| status::render(s, l)).collect();
-        print!("{}", parts.join("\n"));
+        say!("{}", parts.join("\n").trim_end_matches('\n'));
     }
     Ok(EXIT_OK)
 }
@@ -299,7 +302,7 @@ pub fn shell(a: ShellArgs) -> Result<u8> {
     } else {
         env.insert("PS1".into(), format!("[lab {}] # ", a.node));
     }
-    eprintln!("lab: shell in {ns} (node {}); `exit` to leave", a.node);
+    tell!("lab: shell in {ns} (node {}); `exit` to leave", a.node);
     let code = shell::run_in(&ns, &argv, &env);
     if rc_text.is_some() {
         let _ = std::fs::remove_file(&rc);
@@ -358,6 +361,6 @@ pub fn exec_server(a: crate::cli::ExecServerArgs) -> Result<u8> {
         argv[0] = std::env::current_exe()?.display().to_string();
     }
     let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
-    eprintln!("lab: cannot run {}: {err}", argv[0]);
+    tell!("lab: cannot run {}: {err}", argv[0]);
     Ok(127)
 }

@@ -2,6 +2,63 @@
 //! status; the work is done by the stages they call. [`main`] dispatches a parsed
 //! command line.
 
+/// Prints a line on stdout, for commands that build, run or take down labs: a reader
+/// that went away (`lab run | head`) must not kill the command halfway, so a failed
+/// write is dropped (what was not printed is in the saved results).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// As [`say!`], on stderr.
+macro_rules! tell {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// Prints on stdout for `lab client` and `lab demo`. They talk to the network, where a
+/// write to a closed connection must be an error and not a death (writev has no
+/// MSG_NOSIGNAL), so they keep SIGPIPE ignored; a reader of their output that went away
+/// ends them as SIGPIPE would (status 141 in a shell).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        $crate::commands::write_out(format_args!($($t)*), false)
+    }};
+}
+
+/// As [`out!`], with a line feed.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        $crate::commands::write_out(format_args!($($t)*), true)
+    }};
+}
+
+pub(crate) use tell;
+
+/// Writes to stdout; a closed stdout ends the process by SIGPIPE.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| o.flush());
+    if let Err(e) = r
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        // SAFETY: the default action of SIGPIPE, then SIGPIPE: the process ends here.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+        std::process::exit(128 + libc::SIGPIPE);
+    }
+}
+
 pub mod client;
 pub mod demo;
 pub mod lab;
@@ -28,10 +85,29 @@ pub const EXIT_EXPECTATION: u8 = 3;
 /// Exit status when Ctrl-C or SIGTERM interrupted the command (after it cleaned up).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Whether a command only reads files and prints: it may die of SIGPIPE when its
+/// reader goes away (status 141, what `head` and shells expect). Every other command
+/// builds, runs, serves or removes something and must finish what it started, or talks
+/// to the network, so it keeps SIGPIPE ignored and prints with [`say!`] or [`out!`].
+fn only_prints(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Plan(_)
+            | Command::Schema
+            | Command::Report(_)
+            | Command::Compare(_)
+            | Command::Status(_)
+    )
+}
+
 /// Runs a parsed command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     // A process lab started waits here until lab has recorded it.
     crate::netlab::procs::hold();
+    if only_prints(&cli.command) {
+        // SAFETY: restoring the default action of SIGPIPE before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     tracing_subscriber::fmt()
@@ -44,7 +120,7 @@ pub fn main(cli: Cli) -> ExitCode {
         return ExitCode::from(match wire::run(a) {
             Ok(()) => EXIT_OK,
             Err(e) => {
-                eprintln!("lab: {e:#}");
+                tell!("lab: {e:#}");
                 EXIT_FAILED
             }
         });
@@ -52,14 +128,14 @@ pub fn main(cli: Cli) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("lab: cannot start the async runtime: {e}");
+            tell!("lab: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
     ExitCode::from(match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lab: {e:#}");
+            tell!("lab: {e:#}");
             EXIT_USAGE
         }
     })
@@ -90,7 +166,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
 
 /// Prints why a command refuses to run; bad input.
 pub fn refuse(e: anyhow::Error) -> anyhow::Result<u8> {
-    eprintln!("lab: {e:#}");
+    tell!("lab: {e:#}");
     Ok(EXIT_USAGE)
 }
 

@@ -73,7 +73,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let plan = match qdisc::decide(plan) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("lab: {e:#}\nlab: nothing was built");
+            tell!("lab: {e:#}\nlab: nothing was built");
             return Ok(EXIT_FAILED);
         }
     };
@@ -85,7 +85,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         Err(code) => return Ok(code),
     };
     let shaping = crate::plan::render::shaping_line(&state.plan);
-    println!(
+    say!(
         "lab {}: {} cells, shaping: {shaping}",
         state.name,
         state.plan.cells.len()
@@ -108,10 +108,10 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let (dir, pcap) = match made {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("lab: {e:#}");
+            tell!("lab: {e:#}");
             let mut state = state;
             for f in lifecycle::teardown(&mut state) {
-                eprintln!("lab: while taking {} down: {f}", state.name);
+                tell!("lab: while taking {} down: {f}", state.name);
             }
             return Ok(EXIT_FAILED);
         }
@@ -130,7 +130,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         let t0 = Instant::now();
         let print = |l: &str| {
             let k = done.fetch_add(1, Ordering::SeqCst) + 1;
-            println!(
+            say!(
                 "{l}  ({k}/{total} prompts, {:.0} s)",
                 t0.elapsed().as_secs_f64()
             );
@@ -165,7 +165,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         }
         () = signals.wait(1) => {
             let at = Instant::now();
-            eprintln!("lab: interrupted; stopping the clients, saving what there is, taking the lab down (again to skip saving)");
+            tell!("lab: interrupted; stopping the clients, saving what there is, taking the lab down (again to skip saving)");
             stop.store(true, Ordering::SeqCst);
             (work.await.map_err(|e| anyhow!("the run failed: {e}")), Some(at))
         }
@@ -195,15 +195,15 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     }
     let text = tables::render(&run);
     let saved = if signals.count() >= 2 {
-        eprintln!("lab: interrupted again; not saving");
+        tell!("lab: interrupted again; not saving");
         Err(anyhow!("not saved: interrupted twice"))
     } else {
-        println!("\n{text}");
+        say!("\n{text}");
         save(&run, &text, &dir)
     };
     match &saved {
-        Ok(files) => println!("results: {} ({})", dir.path().display(), files.join(", ")),
-        Err(e) => eprintln!("lab: cannot save the results: {e:#}"),
+        Ok(files) => say!("results: {} ({})", dir.path().display(), files.join(", ")),
+        Err(e) => tell!("lab: cannot save the results: {e:#}"),
     }
     let handed = if results_existed {
         give_to_sudo_user(&dir)
@@ -211,16 +211,16 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         give_to_sudo_user(&results)
     };
     if let Err(e) = handed {
-        eprintln!("lab: {e:#}");
+        tell!("lab: {e:#}");
     }
 
     // Tear down.
     let mut state = Arc::try_unwrap(st).unwrap_or_else(|a| (*a).clone());
     for f in lifecycle::teardown(&mut state) {
-        eprintln!("lab: while taking {} down: {f}", state.name);
+        tell!("lab: while taking {} down: {f}", state.name);
     }
     if let Some(at) = interrupted {
-        eprintln!(
+        tell!(
             "lab: interrupted: stopped, saved and taken down in {} ms",
             at.elapsed().as_millis()
         );
@@ -229,7 +229,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
 
     let run_errors = metrics::run_errors(&run);
     for e in &run_errors {
-        eprintln!("lab: {e}");
+        tell!("lab: {e}");
     }
     let failed: Vec<_> = run.expectations.iter().filter(|o| !o.holds).collect();
     Ok(if !run_errors.is_empty() || saved.is_err() {

@@ -205,7 +205,7 @@ pub fn run(
     if let [client, server] = &kept[..] {
         let t = Instant::now();
         res.anatomy = Some(CellAnatomy::of(cell, client, server, &KeyLog::parse(&keys)));
-        tracing::info!(
+        tracing::debug!(
             "cell {}: anatomy of {} + {} frames in {:.1} ms",
             cell.id,
             client.len(),

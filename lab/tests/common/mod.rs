@@ -361,3 +361,22 @@ pub fn saved_run(results: &std::path::Path) -> (std::path::PathBuf, serde_json::
     let run = serde_json::from_slice(&std::fs::read(dirs[0].join("run.json")).unwrap()).unwrap();
     (dirs[0].clone(), run)
 }
+
+/// `lab <args>` with its standard output a pipe whose reader has already gone (as in
+/// `lab ... | head -1` once head has read its line): its status and its stderr.
+pub fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: a new pipe; its ends are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the read end is ours and closed at once; the write end goes to the child.
+    unsafe { libc::close(fds[0]) };
+    let write = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+    let o = Command::new(LAB)
+        .args(args)
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+}
