@@ -16,10 +16,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lab_codec::sse;
-use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// What one SSE event means to an approach.
@@ -138,19 +136,7 @@ impl<A: SseApi> HttpRunner<A> {
 
     async fn connect(&self) -> Result<(Sender, Option<TcpWatch>), PromptError> {
         let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
-        let tcp = TcpStream::connect(self.target.addr)
-            .await
-            .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
-        let _ = tcp.set_nodelay(self.opts.transport.tcp.nodelay);
-        let watch = TcpWatch::new(&tcp, &self.opts.stats);
-        let name = ServerName::try_from(self.target.host.clone())
-            .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-            err(format!(
-                "TLS handshake with {} failed: {e}",
-                self.target.addr
-            ))
-        })?;
+        let (tls, watch) = crate::tls_connect(&self.target, &self.tls, &self.opts).await?;
         let io = TokioIo::new(tls);
         let handshake = |e: hyper::Error| err(format!("HTTP handshake failed: {e}"));
         let sender = match self.version {

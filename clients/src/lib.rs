@@ -55,6 +55,34 @@ pub trait Runner: Send {
     }
 }
 
+/// A TCP connection to `target` with TLS over it (for the runners over TCP), and the
+/// watch that reports its statistics when it closes.
+pub(crate) async fn tls_connect(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    opts: &RunnerOpts,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Option<stats::TcpWatch>,
+    ),
+    record::PromptError,
+> {
+    let err = |m: String| record::PromptError::new(record::ErrorCategory::Connect, m);
+    let tcp = tokio::net::TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| err(format!("TCP connect to {} failed: {e}", target.addr)))?;
+    let _ = tcp.set_nodelay(opts.transport.tcp.nodelay);
+    let watch = stats::TcpWatch::new(&tcp, &opts.stats);
+    let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|e| err(format!("invalid server name '{}': {e}", target.host)))?;
+    let tls = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| err(format!("TLS handshake with {} failed: {e}", target.addr)))?;
+    Ok((tls, watch))
+}
+
 /// Runs one prompt's attempt under the client's timeout; a timeout is its own category.
 pub(crate) async fn within<F>(timeout: Duration, attempt: F) -> Option<record::PromptError>
 where

@@ -12,7 +12,6 @@ use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::TcpWatch;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use futures_util::{SinkExt, StreamExt};
-use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -52,19 +51,7 @@ impl WsRunner {
         &self,
     ) -> Result<(WebSocketStream<TlsStream<TcpStream>>, Option<TcpWatch>), PromptError> {
         let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
-        let tcp = TcpStream::connect(self.target.addr)
-            .await
-            .map_err(|e| err(format!("TCP connect to {} failed: {e}", self.target.addr)))?;
-        let _ = tcp.set_nodelay(self.opts.transport.tcp.nodelay);
-        let watch = TcpWatch::new(&tcp, &self.opts.stats);
-        let name = ServerName::try_from(self.target.host.clone())
-            .map_err(|e| err(format!("invalid server name '{}': {e}", self.target.host)))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-            err(format!(
-                "TLS handshake with {} failed: {e}",
-                self.target.addr
-            ))
-        })?;
+        let (tls, watch) = crate::tls_connect(&self.target, &self.tls, &self.opts).await?;
         let url = format!("wss://{}{}", self.target.authority, self.target.path);
         let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
             .await
