@@ -231,7 +231,7 @@ pub fn anatomy(run: &Run) -> Result<String> {
         .fold(1.0, f64::max);
     let n = rows.len().max(1);
     let mut svg = String::new();
-    let root = SVGBackend::with_string(&mut svg, (260 + 90 * n as u32, 600)).into_drawing_area();
+    let root = SVGBackend::with_string(&mut svg, (260 + 140 * n as u32, 600)).into_drawing_area();
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let mut chart = bar_frame(
         &root,
