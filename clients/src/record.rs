@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a client uses connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A new TCP+TLS connection, or QUIC+WebTransport session, for every prompt.
@@ -42,7 +44,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// What went wrong with a prompt, by where it broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorCategory {
     /// TCP, TLS, QUIC or WebTransport set-up failed.
@@ -70,7 +72,9 @@ impl std::fmt::Display for ErrorCategory {
 }
 
 /// A prompt's failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error,
+)]
 #[error("{category}: {message}")]
 pub struct PromptError {
     pub category: ErrorCategory,
@@ -88,7 +92,7 @@ impl PromptError {
 
 /// Everything one prompt produced. Times are milliseconds from the request start (the
 /// moment the client began, including connection set-up in `fresh` mode).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptRecord {
     pub approach: String,
     pub mode: Mode,
@@ -293,7 +297,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// The summary of one approach's records: the reference's columns plus percentiles.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub approach: String,
     pub prompts: usize,

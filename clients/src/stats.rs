@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One connection's statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnStats {
     /// The connection's number in this client's records.
     pub conn: u32,
@@ -20,7 +20,7 @@ pub struct ConnStats {
     pub transport: TransportStats,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "transport", rename_all = "lowercase")]
 pub enum TransportStats {
     Tcp(TcpStats),
@@ -28,7 +28,9 @@ pub enum TransportStats {
 }
 
 /// What `TCP_INFO` says of a connection (Linux's counters since it opened).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct TcpStats {
     /// Segments sent and received, all of them (SYN, pure ACKs, FIN, retransmissions).
     pub segs_out: u32,
@@ -63,14 +65,18 @@ impl TcpStats {
 }
 
 /// UDP datagrams and their payload bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Udp {
     pub datagrams: u64,
     pub bytes: u64,
 }
 
 /// QUIC frames by type.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Frames {
     pub acks: u64,
     pub stream: u64,
@@ -87,7 +93,7 @@ pub struct Frames {
 }
 
 /// What quinn says of a connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuicStats {
     pub udp_tx: Udp,
     pub udp_rx: Udp,

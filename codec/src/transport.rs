@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A QUIC congestion controller quinn offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum QuicCongestion {
     NewReno,
@@ -30,7 +32,7 @@ impl QuicCongestion {
 
 /// The ACK-frequency extension (draft-ietf-quic-ack-frequency), as quinn implements it:
 /// what an endpoint asks of its peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AckFrequency {
     /// Ack-eliciting packets the peer may receive before it must acknowledge.
@@ -54,7 +56,7 @@ impl Default for AckFrequency {
 }
 
 /// QUIC settings, with quinn 0.11's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quic {
     /// The length of the connection IDs this endpoint issues (0 to 20): what the peer
@@ -210,7 +212,7 @@ impl Quic {
 /// TCP settings. Linux sets quick ACK, the initial window and the congestion controller
 /// per route, which lab does in each cell's namespaces; `nodelay` is a socket option of
 /// lab's servers and clients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tcp {
     /// The congestion controller by name (`cubic`, `reno`, `bbr`, ...); `None` keeps the
@@ -255,7 +257,7 @@ impl Tcp {
 }
 
 /// Both transports' settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub quic: Quic,

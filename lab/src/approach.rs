@@ -19,7 +19,9 @@ use lab_servers::{Listener, ServerEnv, Serving};
 use std::fmt;
 
 /// The transport an approach's server listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Tcp,

@@ -45,16 +45,22 @@ pub enum Command {
     /// Print the resolved plan of a topology file: cells, namespaces, interfaces,
     /// addresses, processes and link settings. Needs no root; changes nothing.
     Plan(PlanArgs),
-    /// Print the JSON schema of topology files (also in lab/topology.schema.json).
-    Schema,
+    /// Print a JSON schema: of topology files (lab/topology.schema.json), or with
+    /// `run`, of the run.json that `lab run` saves (lab/run.schema.json).
+    Schema(SchemaArgs),
     /// The main job: build the lab, warm up, run the workload in every cell while
     /// capturing both ends of each link, print and save the tables (results/), check
     /// the topology's expectations, and take everything down. Needs root.
     Run(RunArgs),
-    /// Render the tables and plots of a results directory again, from its run.json.
+    /// Print the report of a saved run again, from its run.json; with --out, write
+    /// report.md, report.html and the plots.
     Report(ReportArgs),
-    /// Compare two runs: each metric per profile and approach, side by side.
+    /// Compare two runs: each metric per profile and approach, with units and the
+    /// change; with --threshold, exit 3 when a value got worse by more than that.
     Compare(CompareArgs),
+    /// Join the results of a run's shards (`lab run --shard i/n` on several machines)
+    /// into one run: one run.json, one report, the expectations checked on the whole.
+    Merge(MergeArgs),
     /// Build a topology's lab (namespaces, links, servers), print what is where, and
     /// return; the lab stays up until `lab down`. Needs root.
     Up(UpArgs),
@@ -88,6 +94,13 @@ pub enum Command {
     /// starts a server of the user's. `lab` as the command is this lab.
     #[command(hide = true)]
     ExecServer(ExecServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Which file's schema.
+    #[arg(value_parser = ["topology", "run"], default_value = "topology")]
+    pub of: String,
 }
 
 #[derive(Debug, Args)]
@@ -137,23 +150,82 @@ pub struct RunArgs {
     /// Wireshark decrypts the TLS and QUIC traffic.
     #[arg(long)]
     pub pcap: bool,
+    /// Run one part of the cells, for splitting a run over machines: `2/3` runs cells
+    /// 2, 5, 8, ... (every third, from the second, in plan order). Expectations are
+    /// not checked on a shard; `lab merge` joins the shards' results into one run and
+    /// checks them there.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::plan::Shard>,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Without --out the report is printed and nothing is written. With --out DIR, \
+DIR gets report.md, report.html and the plots; lab refuses to replace files there unless --force."
+)]
 pub struct ReportArgs {
     /// A results directory (or its run.json).
     pub results: PathBuf,
+    /// Write report.md, report.html and the plots into this directory (made if missing).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace report files that are already in --out.
+    #[arg(long, requires = "out")]
+    pub force: bool,
     /// The prompt whose token arrivals timeline.svg shows (1 = the first).
     #[arg(long, default_value_t = 1)]
     pub prompt: usize,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Times are in ms or s, bytes per token in B/token. Every compared metric is a \
+cost (larger is worse) except tokens_avg, where a change either way counts.\n\n\
+Exit status: 0 compared (and nothing moved past --threshold); 2 bad input; 3 a value moved \
+past --threshold the worse way: a regression gate between two runs."
+)]
 pub struct CompareArgs {
-    /// The first results directory (or run.json).
+    /// The first results directory (or run.json): the baseline.
     pub a: PathBuf,
-    /// The second.
+    /// The second: the run that is checked against the baseline.
     pub b: PathBuf,
+    /// Print JSON: both runs, and every row with its unit, values, change and verdict.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail (exit 3) when a value of b is worse than a's by more than this, e.g. `10%`.
+    #[arg(long, value_parser = parse_fraction)]
+    pub threshold: Option<f64>,
+    /// Compare this metric (repeatable; default: ttft_p50, ttft_p95, tbt_avg, total_avg,
+    /// tokens_avg, bytes_per_token, wire_bytes_per_token, errors). Any metric an
+    /// expectation can name.
+    #[arg(long = "metric", value_parser = parse_metric)]
+    pub metrics: Vec<String>,
+}
+
+fn parse_metric(s: &str) -> Result<String, String> {
+    let all = crate::topology::expect::METRICS;
+    if all.iter().any(|m| m.0 == s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "unknown metric '{s}'; valid: {}",
+            all.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: as lab run's: 0 every expectation holds; 1 a shard had errors; \
+2 bad input (not shards of one run, a shard missing or twice); 3 an expectation failed."
+)]
+pub struct MergeArgs {
+    /// The shards' results directories (or run.json files), one per shard.
+    #[arg(required = true, num_args = 1..)]
+    pub shards: Vec<PathBuf>,
+    /// Where to save the merged run: a directory <timestamp>-<name>-merged/ is made in it.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@ use lab::commands::results;
 use lab::metrics::Run;
 use lab::netlab::live::Live;
 use lab::netlab::state::{Phase, ProcRecord, State};
-use lab::report::{plots, status, tables};
+use lab::plan::Shard;
+use lab::report::{compare, plots, status, tables};
 use std::path::Path;
 
 fn fixture() -> Run {
@@ -35,7 +36,201 @@ fn two_runs_compared() {
             }
         }
     }
-    insta::assert_snapshot!("compare_ci", tables::compare(&a, &b));
+    let c = compare::compare(&a, &b, &[], Some(0.10));
+    insta::assert_snapshot!("compare_ci", c.render());
+    // Doubled TTFTs are regressions; the bytes did not move.
+    for r in &c.rows {
+        let doubled = r.metric.starts_with("ttft_");
+        assert_eq!(r.regressed, doubled, "{r:?}");
+        if doubled {
+            assert_eq!(r.unit, "ms");
+        }
+    }
+    assert_eq!(c.regressions, 12, "two TTFT metrics of six cells");
+    // The same run against itself moves nothing.
+    assert_eq!(compare::compare(&a, &a, &[], Some(0.0)).regressions, 0);
+}
+
+fn write_run(dir: &Path, run: &Run) {
+    std::fs::write(dir.join("run.json"), serde_json::to_vec(run).unwrap()).unwrap();
+}
+
+#[test]
+fn lab_compare_for_scripts_and_ci_gates() {
+    let (a, b) = (tmpdir("compare-a"), tmpdir("compare-b"));
+    let base = fixture();
+    write_run(&a, &base);
+    let mut slower = base.clone();
+    for c in &mut slower.cells {
+        for r in &mut c.records {
+            r.ttft_ms = r.ttft_ms.map(|t| t * 1.5);
+        }
+    }
+    write_run(&b, &slower);
+    let (pa, pb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    // Human output: units and times, no epoch seconds.
+    let out = ok(&["compare", pa, pb]);
+    assert!(out.contains(" ms ") && out.contains(" B/token "), "{out}");
+    assert!(!out.contains(&base.started_unix.to_string()), "{out}");
+    // JSON, with the verdicts; past the threshold the worse way: exit 3.
+    let o = lab(&["compare", pa, pb, "--json", "--threshold", "20%"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["threshold"], 0.2);
+    assert_eq!(j["regressions"], 12);
+    let row = j["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "ttft_p50")
+        .unwrap();
+    assert_eq!(row["unit"], "ms");
+    assert!((row["change_percent"].as_f64().unwrap() - 50.0).abs() < 1e-6);
+    assert_eq!(row["regressed"], true);
+    // Within the threshold, or better than the baseline: exit 0.
+    let o = lab(&["compare", pa, pb, "--threshold", "60%"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = lab(&[
+        "compare",
+        pb,
+        pa,
+        "--threshold",
+        "1%",
+        "--metric",
+        "ttft_p50",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A metric that does not exist is bad input.
+    let o = lab(&["compare", pa, pb, "--metric", "latency"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("unknown metric 'latency'"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The fixture cut into shards as `lab run --shard` would have saved them.
+fn shards_of(run: &Run, n: usize) -> Vec<Run> {
+    (1..=n)
+        .map(|i| {
+            let s = Shard { index: i, count: n };
+            let mut r = run.clone();
+            r.plan = run.plan.shard(s).unwrap();
+            r.cells
+                .retain(|c| r.plan.cells.iter().any(|p| p.id == c.cell.id));
+            r.shard = Some(s);
+            r.conclude().unwrap();
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn shards_merge_into_the_whole_run() {
+    let mut whole = fixture();
+    whole.expect = vec![
+        "sse.wire_bytes_per_token < raw.wire_bytes_per_token".into(),
+        "wt.errors == 0".into(),
+    ];
+    whole.conclude().unwrap();
+    assert_eq!(whole.expectations.len(), 4);
+    let parts = shards_of(&whole, 4);
+    // Every cell is in one shard; shard 4 of 4 gets the 4th cell only of six.
+    assert_eq!(parts.iter().map(|p| p.cells.len()).sum::<usize>(), 6);
+    assert_eq!(parts[3].cells.len(), 1);
+    assert!(parts.iter().all(|p| p.expectations.is_empty()));
+    let named = |v: Vec<Run>| -> Vec<(String, Run)> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, r)| (format!("shard-{i}"), r))
+            .collect()
+    };
+    // In any order, the merge is the whole run, cell for cell.
+    let mut shuffled = parts.clone();
+    shuffled.reverse();
+    let merged = lab::metrics::merge::merge(named(shuffled)).unwrap();
+    assert_eq!(merged.plan.cells, whole.plan.cells);
+    assert_eq!(
+        serde_json::to_value(&merged.cells).unwrap(),
+        serde_json::to_value(&whole.cells).unwrap()
+    );
+    assert_eq!(merged.summaries, whole.summaries);
+    assert_eq!(merged.expectations, whole.expectations);
+    assert_eq!(merged.shard, None);
+    let mut ns = merged.plan.namespaces.clone();
+    let mut all = whole.plan.namespaces.clone();
+    ns.sort();
+    all.sort();
+    assert_eq!(ns, all);
+    // A shard missing, twice, or from another run is refused by name.
+    let err = lab::metrics::merge::merge(named(parts[..3].to_vec())).unwrap_err();
+    assert!(err.contains("shard 4/4 of ci is missing"), "{err}");
+    let twice = vec![parts[0].clone(), parts[0].clone()];
+    let err = lab::metrics::merge::merge(named(twice)).unwrap_err();
+    assert!(err.contains("are both shard 1/4"), "{err}");
+    let mut other = parts.clone();
+    other[1].plan.seed = 7;
+    let err = lab::metrics::merge::merge(named(other)).unwrap_err();
+    assert!(err.contains("workload, seed or LLM differs"), "{err}");
+    let err = lab::metrics::merge::merge(named(vec![whole.clone()])).unwrap_err();
+    assert!(err.contains("is a whole run, not a shard"), "{err}");
+}
+
+#[test]
+fn run_json_is_an_interface() {
+    let mut run = fixture();
+    run.conclude().unwrap();
+    let v = serde_json::to_value(&run).unwrap();
+    assert_eq!(v["format"], lab::metrics::summary::FORMAT);
+    // The summaries carry the tables' numbers.
+    let s = &v["summaries"][1];
+    assert_eq!(s["id"], run.cells[1].cell.id.as_str());
+    let wire = lab::metrics::metric(
+        &run,
+        "sse",
+        &run.cells[1].cell.profile,
+        "wire_bytes_per_token",
+    );
+    assert_eq!(s["metrics"]["wire_bytes_per_token"].as_f64(), wire);
+    assert_eq!(s["wire"]["bytes_per_token"].as_f64(), wire);
+    let up = &s["anatomy"]["up"];
+    let layers: f64 = up["layers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!(
+        (layers - up["bytes"].as_f64().unwrap()).abs() < 1e-6,
+        "layers add up to the bytes"
+    );
+    // The published schema is current, and names every field run.json has.
+    let committed = std::fs::read_to_string(root().join("lab/run.schema.json")).unwrap();
+    assert_eq!(
+        committed,
+        lab::metrics::schema_json(),
+        "lab/run.schema.json is stale: run `cargo run -p lab -- schema run > lab/run.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    for key in v.as_object().unwrap().keys() {
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "{key} is not in the schema"
+        );
+    }
+    // A newer format than this lab knows is refused, with what to do.
+    let dir = tmpdir("run-format");
+    let mut newer = v.clone();
+    newer["format"] = serde_json::json!(99);
+    std::fs::write(dir.join("run.json"), newer.to_string()).unwrap();
+    let o = lab(&["report", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("format 99; this lab reads formats up to"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -70,13 +265,48 @@ fn lab_report_renders_a_saved_run_again() {
         dir.join("run.json"),
     )
     .unwrap();
+    // Without --out: printed, and nothing written.
     let out = ok(&["report", dir.to_str().unwrap()]);
-    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert_eq!(md, tables::render(&fixture()));
-    assert_eq!(out, md);
-    for f in ["ttft.svg", "bytes_per_token.svg", "timeline.svg"] {
-        assert!(dir.join(f).is_file(), "{f}");
+    assert_eq!(out, tables::render(&fixture()));
+    assert_eq!(std::fs::read_dir(&*dir).unwrap().count(), 1);
+    // With --out: report.md (the tables, then the plots linked), report.html (one file,
+    // the plots inside) and the plots.
+    let to = dir.join("out");
+    let to_s = to.to_str().unwrap();
+    let printed = ok(&["report", dir.to_str().unwrap(), "--out", to_s]);
+    assert_eq!(printed, out);
+    let md = std::fs::read_to_string(to.join("report.md")).unwrap();
+    assert!(md.starts_with(&out), "report.md starts with the tables");
+    let html = std::fs::read_to_string(to.join("report.html")).unwrap();
+    for f in [
+        "ttft.svg",
+        "bytes_per_token.svg",
+        "timeline.svg",
+        "anatomy.svg",
+    ] {
+        assert!(to.join(f).is_file(), "{f}");
+        assert!(md.contains(&format!("![{f}]({f})")), "report.md links {f}");
+        assert!(
+            html.contains(&format!("<figcaption>{f}</figcaption>\n<svg")),
+            "report.html embeds {f}"
+        );
     }
+    assert!(html.contains("How to read this report") && html.contains("<table>"));
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "self-contained"
+    );
+    // Never over files already there, unless --force.
+    std::fs::write(to.join("report.md"), "mine").unwrap();
+    let o = lab(&["report", dir.to_str().unwrap(), "--out", to_s]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("already has report.md"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(to.join("report.md")).unwrap(),
+        "mine"
+    );
+    ok(&["report", dir.to_str().unwrap(), "--out", to_s, "--force"]);
+    assert_eq!(std::fs::read_to_string(to.join("report.md")).unwrap(), md);
     let o = lab(&["report", "/nonexistent/run"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }

@@ -7,7 +7,7 @@ use lab_codec::{lenprefix, openai::ChatChunk, sse};
 use serde::{Deserialize, Serialize};
 
 /// How tokens are carried in a response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Body {
     /// Server-Sent Events, each `message` event's data one token (lab's SSE servers).

@@ -81,7 +81,9 @@ impl Layer {
 }
 
 /// Bytes per layer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Layers {
     pub link: u64,
     pub ip: u64,

@@ -73,7 +73,9 @@ pub struct Out {
 }
 
 /// Packets by class.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Packets {
     pub data: u64,
     pub ack: u64,
@@ -95,7 +97,7 @@ impl Packets {
 }
 
 /// One direction of a capture, decoded.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Side {
     /// Frames, and their bytes at L2: the sum of `layers`.
     pub frames: u64,
@@ -135,7 +137,9 @@ impl Side {
 }
 
 /// One direction of one connection, for comparison with the endpoint's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct FlowSide {
     pub packets: Packets,
     /// TCP payload or UDP payload bytes.
@@ -145,7 +149,7 @@ pub struct FlowSide {
 }
 
 /// One connection of a cell: its transport, the client's port, and both directions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     pub transport: String,
     pub client_port: u16,
@@ -154,7 +158,7 @@ pub struct Flow {
 }
 
 /// A capture decoded: per direction, and per connection.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Anatomy {
     pub up: Side,
     pub down: Side,

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Counts of one direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Dir {
     /// Every frame, and its bytes with the Ethernet header (what the kernel counts).
     pub frames: u64,
@@ -39,14 +41,18 @@ impl Dir {
 }
 
 /// One interface's capture: what left it (tx) and what arrived (rx).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Counts {
     pub tx: Dir,
     pub rx: Dir,
 }
 
 /// The kernel's counters of an interface (a difference between two readings).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub struct Kernel {
     pub tx_packets: u64,
     pub tx_bytes: u64,

@@ -93,7 +93,7 @@ fn only_prints(c: &Command) -> bool {
     matches!(
         c,
         Command::Plan(_)
-            | Command::Schema
+            | Command::Schema(_)
             | Command::Report(_)
             | Command::Compare(_)
             | Command::Status(_)
@@ -148,10 +148,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Client(c) => client::run(c).await.map(ok),
         Command::Demo(d) => demo::run(d).await.map(ok),
         Command::Plan(p) => plan::run(&p),
-        Command::Schema => plan::schema(),
+        Command::Schema(a) => plan::schema(&a),
         Command::Run(a) => run::run(a).await,
         Command::Report(a) => report::report(a),
         Command::Compare(a) => report::compare(a),
+        Command::Merge(a) => report::merge(a),
         Command::Up(a) => lab::up(a).await,
         Command::Status(a) => lab::status(a),
         Command::Shell(a) => lab::shell(a),

@@ -31,8 +31,12 @@ pub fn run(a: &PlanArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `lab schema`.
-pub fn schema() -> Result<u8> {
-    print!("{}", crate::topology::schema_json());
+/// `lab schema [topology|run]`.
+pub fn schema(a: &crate::cli::SchemaArgs) -> Result<u8> {
+    if a.of == "run" {
+        print!("{}", crate::metrics::schema_json());
+    } else {
+        print!("{}", crate::topology::schema_json());
+    }
     Ok(EXIT_OK)
 }

@@ -1,37 +1,70 @@
-//! `lab report` and `lab compare`: saved runs rendered again, and two runs side by side.
+//! `lab report`, `lab compare` and `lab merge`: saved runs printed and written again,
+//! two runs side by side, and the shards of a run joined.
 
-use super::results::load;
-use super::{EXIT_OK, EXIT_USAGE};
+use super::results::{give_to_sudo_user, load, report_files, save};
+use super::{EXIT_EXPECTATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::metrics::{self, Run};
 use crate::netlab::files::SafeDir;
-use crate::report::tables;
+use crate::report::{compare as cmp, tables};
 use anyhow::Result;
-use std::path::Path;
 
-/// `lab report <results>`: renders the tables and plots again from run.json.
+/// Loads every path, or says which one cannot be read.
+fn load_all(paths: &[&std::path::Path]) -> Result<Vec<Run>, u8> {
+    paths
+        .iter()
+        .map(|p| {
+            load(p).map_err(|e| {
+                eprintln!("lab: {e:#}");
+                EXIT_USAGE
+            })
+        })
+        .collect()
+}
+
+/// `lab report <results> [--out DIR]`: prints the report of run.json again; with --out,
+/// writes report.md, report.html and the plots there (never over files already there,
+/// unless --force).
 pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
-    let run = match load(&a.results) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("lab: {e:#}");
-            return Ok(EXIT_USAGE);
-        }
-    };
-    let dir = if a.results.is_dir() {
-        a.results.clone()
-    } else {
-        a.results.parent().unwrap_or(Path::new(".")).to_owned()
-    };
-    let dir = match SafeDir::open(&dir, false) {
-        Ok(d) => d,
-        Err(e) => return super::refuse(e),
+    let run = match load_all(&[&a.results]) {
+        Ok(mut r) => r.remove(0),
+        Err(code) => return Ok(code),
     };
     let text = tables::render(&run);
+    let Some(out) = &a.out else {
+        print!("{text}");
+        return Ok(EXIT_OK);
+    };
+    let dir = match SafeDir::open(out, true) {
+        Ok(d) => d,
+        Err(e) => return super::refuse(e.context("--out")),
+    };
+    let files = report_files(&run, a.prompt.saturating_sub(1))?;
+    let there: Vec<&str> = files
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| dir.has(n))
+        .collect();
+    if !there.is_empty() && !a.force {
+        eprintln!(
+            "lab: {} already has {}: choose another --out, or add --force to replace them",
+            out.display(),
+            there.join(", ")
+        );
+        return Ok(EXIT_USAGE);
+    }
+    for (name, bytes) in &files {
+        dir.write(name, bytes, 0o644)?;
+    }
+    give_to_sudo_user(&dir)?;
+    // Printed once the files are written: a reader that goes away loses nothing.
     print!("{text}");
-    dir.write("report.md", text.as_bytes(), 0o644)?;
-    let files = super::results::write_plots(&run, &dir, a.prompt.saturating_sub(1))?;
     eprintln!(
-        "wrote report.md, {} in {}",
-        files.join(", "),
+        "wrote {} in {}",
+        files
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         dir.path().display()
     );
     Ok(EXIT_OK)
@@ -39,13 +72,68 @@ pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
 
 /// `lab compare <a> <b>`.
 pub fn compare(a: crate::cli::CompareArgs) -> Result<u8> {
-    let (x, y) = match (load(&a.a), load(&a.b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("lab: {e:#}");
+    let (x, y) = match load_all(&[&a.a, &a.b]) {
+        Ok(mut v) => {
+            let y = v.remove(1);
+            (v.remove(0), y)
+        }
+        Err(code) => return Ok(code),
+    };
+    let c = cmp::compare(&x, &y, &a.metrics, a.threshold);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", c.render());
+    }
+    Ok(if c.regressions > 0 {
+        EXIT_EXPECTATION
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `lab merge <shards...>`.
+pub fn merge(a: crate::cli::MergeArgs) -> Result<u8> {
+    let paths: Vec<&std::path::Path> = a.shards.iter().map(|p| p.as_path()).collect();
+    let runs = match load_all(&paths) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let named = a
+        .shards
+        .iter()
+        .map(|p| p.display().to_string())
+        .zip(runs)
+        .collect();
+    let run = match metrics::merge::merge(named) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lab: {e}");
             return Ok(EXIT_USAGE);
         }
     };
-    print!("{}", tables::compare(&x, &y));
-    Ok(EXIT_OK)
+    let results = match SafeDir::open(&a.results, true) {
+        Ok(d) => d,
+        Err(e) => return super::refuse(e.context("--results")),
+    };
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let (dir, _) = results.new_subdir(&format!("{stamp}-{}-merged", run.name))?;
+    let text = tables::render(&run);
+    let files = save(&run, &text, &dir)?;
+    give_to_sudo_user(&dir)?;
+    say!("{text}");
+    say!("results: {} ({})", dir.path().display(), files.join(", "));
+    let errors = metrics::run_errors(&run);
+    for e in &errors {
+        tell!("lab: {e}");
+    }
+    Ok(if !errors.is_empty() {
+        EXIT_FAILED
+    } else if run.expectations.iter().any(|o| !o.holds) {
+        EXIT_EXPECTATION
+    } else {
+        EXIT_OK
+    })
 }

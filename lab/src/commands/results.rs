@@ -8,23 +8,44 @@ use crate::report;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Writes run.json, report.md and the plots into `dir`; returns the file names.
+/// Writes run.json, report.md, report.html and the plots into `dir`; returns the
+/// file names.
 pub fn save(run: &Run, report_text: &str, dir: &SafeDir) -> Result<Vec<String>> {
     dir.write("run.json", &serde_json::to_vec_pretty(run)?, 0o644)?;
-    dir.write("report.md", report_text.as_bytes(), 0o644)?;
-    let mut files = vec!["run.json".to_owned(), "report.md".to_owned()];
-    files.extend(write_plots(run, dir, 0)?);
+    let mut files = vec!["run.json".to_owned()];
+    for (name, bytes) in report_files_with(run, report_text, 0)? {
+        dir.write(&name, &bytes, 0o644)?;
+        files.push(name);
+    }
     Ok(files)
 }
 
-/// Writes the plots of `run` into `dir`; returns their file names.
-pub fn write_plots(run: &Run, dir: &SafeDir, prompt: usize) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for (name, svg) in report::plots::all(run, prompt)? {
-        dir.write(name, svg.as_bytes(), 0o644)?;
-        names.push(name.to_owned());
+/// The report's files of `run`: report.md, report.html and the plots, whose timeline
+/// shows prompt `prompt` (from 0).
+pub fn report_files(run: &Run, prompt: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    report_files_with(run, &report::tables::render(run), prompt)
+}
+
+fn report_files_with(run: &Run, text: &str, prompt: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    let plots = report::plots::all(run, prompt)?;
+    let mut md = text.to_owned();
+    md.push_str("\n## Plots\n\n");
+    for (name, _) in &plots {
+        md.push_str(&format!("![{name}]({name})\n\n"));
     }
-    Ok(names)
+    let mut files = vec![
+        ("report.md".to_owned(), md.into_bytes()),
+        (
+            "report.html".to_owned(),
+            report::html::page(run, text, &plots).into_bytes(),
+        ),
+    ];
+    files.extend(
+        plots
+            .into_iter()
+            .map(|(n, svg)| (n.to_owned(), svg.into_bytes())),
+    );
+    Ok(files)
 }
 
 /// Hands `dir` and everything in it to the user behind sudo, if lab runs through sudo.
@@ -50,11 +71,23 @@ pub fn load(path: &Path) -> Result<Run> {
             file.display()
         )
     })?;
+    if run.format > crate::metrics::summary::FORMAT {
+        anyhow::bail!(
+            "{} is run.json format {}; this lab reads formats up to {}: use a newer lab",
+            file.display(),
+            run.format,
+            crate::metrics::summary::FORMAT
+        );
+    }
     run.plan.fill_names();
     for c in &mut run.cells {
         if c.cell.name.is_empty() {
             c.cell.name = c.cell.approach.name.to_owned();
         }
+    }
+    // Runs saved before summaries existed get them computed.
+    if run.summaries.len() != run.cells.len() {
+        run.summaries = crate::metrics::summary::of_run(&run);
     }
     Ok(run)
 }

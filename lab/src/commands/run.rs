@@ -37,6 +37,14 @@ fn environment(plan: &Plan) -> serde_json::Value {
     })
 }
 
+fn cell_ids(plan: &Plan) -> String {
+    plan.cells
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `lab run`.
 pub async fn run(a: RunArgs) -> Result<u8> {
     // From here on a Ctrl-C or SIGTERM is counted, never the default death.
@@ -48,8 +56,17 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let profiles: Vec<String> = topo.profiles.iter().map(|(n, _)| n.clone()).collect();
-    let expects = topo.expect.clone();
+    let plan = match a.shard {
+        Some(s) => match plan.shard(s) {
+            Ok(p) => p,
+            Err(e) => {
+                tell!("lab: --shard: {e}");
+                return Ok(super::EXIT_USAGE);
+            }
+        },
+        None => plan,
+    };
+    let expects: Vec<String> = topo.expect.iter().map(|e| e.text.clone()).collect();
     let prompts = if topo.workload.prompts == "reference" {
         lab_clients::prompts::reference()
     } else {
@@ -86,9 +103,12 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     };
     let shaping = crate::plan::render::shaping_line(&state.plan);
     say!(
-        "lab {}: {} cells, shaping: {shaping}",
+        "lab {}: {} cells{}, shaping: {shaping}",
         state.name,
-        state.plan.cells.len()
+        state.plan.cells.len(),
+        a.shard
+            .map(|s| format!(" (shard {s}: {})", cell_ids(&state.plan)))
+            .unwrap_or_default()
     );
 
     // Results: a new directory, and pcap/ in it with --pcap.
@@ -96,7 +116,10 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         .to_string()
         .replace(':', "");
     let made = results
-        .new_subdir(&format!("{stamp}-{}", state.name))
+        .new_subdir(&match a.shard {
+            Some(s) => format!("{stamp}-{}-shard{}of{}", state.name, s.index, s.count),
+            None => format!("{stamp}-{}", state.name),
+        })
         .and_then(|(dir, _)| {
             let pcap = if a.pcap {
                 Some(dir.subdir("pcap")?)
@@ -175,6 +198,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
 
     // Report and save before taking the lab down, unless a second signal said not to.
     let mut run = Run {
+        format: metrics::summary::FORMAT,
         name: st.name.clone(),
         topology: st.topology.clone(),
         started_unix,
@@ -184,14 +208,12 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         cells,
         expectations: Vec::new(),
         digest_mismatches: Vec::new(),
+        expect: expects,
+        shard: a.shard,
+        summaries: Vec::new(),
     };
-    run.digest_mismatches = metrics::digest_mismatches(&run);
-    for e in &expects {
-        run.expectations.extend(crate::topology::expect::evaluate(
-            e,
-            &profiles,
-            &|ap, pr, m| metrics::metric(&run, ap, pr, m),
-        ));
+    if let Err(e) = run.conclude() {
+        tell!("lab: {e}");
     }
     let text = tables::render(&run);
     let saved = if signals.count() >= 2 {

@@ -13,8 +13,11 @@ use lab_clients::stats::ConnStats;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub mod merge;
+pub mod summary;
+
 /// One end of a cell's link: what the capture counted and what the kernel counted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct End {
     pub capture: Counts,
     pub kernel: Kernel,
@@ -24,7 +27,7 @@ pub struct End {
 
 /// A cell's captures decoded: at the client's interface (what it sent is up) and at the
 /// server's (what it sent is down).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CellAnatomy {
     pub client: Anatomy,
     pub server: Anatomy,
@@ -53,7 +56,7 @@ impl CellAnatomy {
 }
 
 /// What one cell produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct CellResult {
     pub cell: Cell,
     pub records: Vec<PromptRecord>,
@@ -75,8 +78,11 @@ pub struct CellResult {
 }
 
 /// Everything about a run: `run.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
+    /// The version of this format ([`summary::FORMAT`]); 1 when absent.
+    #[serde(default = "format_one")]
+    pub format: u32,
     pub name: String,
     pub topology: PathBuf,
     pub started_unix: u64,
@@ -86,6 +92,62 @@ pub struct Run {
     pub cells: Vec<CellResult>,
     pub expectations: Vec<Outcome>,
     pub digest_mismatches: Vec<String>,
+    /// The topology's expectations as written: checked on this run, or, for a shard,
+    /// on the merged run (`lab merge`).
+    #[serde(default)]
+    pub expect: Vec<String>,
+    /// Which part of a sharded run this is (`lab run --shard`); absent for a whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::plan::Shard>,
+    /// Each cell's figures as the tables show them.
+    #[serde(default)]
+    pub summaries: Vec<summary::CellSummary>,
+}
+
+/// The JSON schema of run.json, as published in lab/run.schema.json.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(Run);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+fn format_one() -> u32 {
+    1
+}
+
+impl Run {
+    /// Works out what follows from the cells: token mismatches, the expectations
+    /// (not for a shard: its cells are not the whole run), the cells' summaries, and
+    /// the current format. Fails if an expectation no longer parses against the plan.
+    pub fn conclude(&mut self) -> Result<(), String> {
+        self.format = summary::FORMAT;
+        self.digest_mismatches = digest_mismatches(self);
+        self.expectations.clear();
+        if self.shard.is_none() {
+            let mut approaches: Vec<String> = Vec::new();
+            let mut profiles: Vec<String> = Vec::new();
+            for c in &self.plan.cells {
+                if !approaches.contains(&c.name) {
+                    approaches.push(c.name.clone());
+                }
+                if !profiles.contains(&c.profile) {
+                    profiles.push(c.profile.clone());
+                }
+            }
+            let mut outcomes = Vec::new();
+            for text in &self.expect {
+                let e = crate::topology::expect::parse(text, &approaches, &profiles)
+                    .map_err(|e| format!("expectation `{text}`: {e}"))?;
+                outcomes.extend(crate::topology::expect::evaluate(
+                    &e,
+                    &profiles,
+                    &|ap, pr, m| metric(self, ap, pr, m),
+                ));
+            }
+            self.expectations = outcomes;
+        }
+        self.summaries = summary::of_run(self);
+        Ok(())
+    }
 }
 
 impl CellResult {

@@ -184,6 +184,13 @@ impl SafeDir {
         Ok(File::from(fd))
     }
 
+    /// Whether something (a file, a directory, a link) is at `name` in this directory.
+    pub fn has(&self, name: &str) -> bool {
+        Self::name(name).is_ok_and(|n| {
+            nix::sys::stat::fstatat(&self.fd, n, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        })
+    }
+
     /// Writes `data` to `name` with `mode`, atomically: a new temporary file in this
     /// directory, renamed over `name`. A symlink at `name` is replaced, not followed.
     pub fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {

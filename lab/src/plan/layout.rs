@@ -8,7 +8,7 @@ use crate::shaping::params::Params;
 use serde::{Deserialize, Serialize};
 
 /// The shaping backend that builds the lab.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Shaper {
     /// netem (and tbf) qdiscs on the wire namespace's bridge ports.
@@ -17,7 +17,7 @@ pub enum Shaper {
     Userspace,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShapingChoice {
     pub backend: Shaper,
     /// Why this backend: asked for, or what the netem probe found.

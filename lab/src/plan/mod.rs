@@ -40,6 +40,90 @@ impl Plan {
     }
 }
 
+/// One part of a run split over machines: `index` of `count` (from 1), as `i/n`. Cell k
+/// (from 0, plan order) belongs to shard `k % n + 1`: deterministic, and each shard
+/// gets every n-th cell, so profiles and approaches spread evenly.
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a shard: write i/n with 1 <= i <= n, e.g. 1/3");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Whether the cell at plan position `k` belongs to this shard.
+    pub fn has(&self, k: usize) -> bool {
+        k % self.count + 1 == self.index
+    }
+}
+
+impl Plan {
+    /// The part of the plan that `shard` runs: its cells, their namespaces, links and
+    /// processes, and the LLM node (every shard has its own). Cells keep their ids and
+    /// addresses, so the shards' results merge into the unsharded run's cells.
+    pub fn shard(&self, shard: Shard) -> Result<Plan, String> {
+        let cells: Vec<Cell> = self
+            .cells
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| shard.has(*k))
+            .map(|(_, c)| c.clone())
+            .collect();
+        if cells.is_empty() {
+            return Err(format!(
+                "shard {shard} has no cells: the topology has {} cells; use at most {} shards",
+                self.cells.len(),
+                self.cells.len()
+            ));
+        }
+        let dropped: Vec<&str> = self
+            .cells
+            .iter()
+            .filter(|c| !cells.iter().any(|k| k.id == c.id))
+            .flat_map(|c| {
+                [
+                    c.client_ns.as_str(),
+                    c.wire_ns.as_str(),
+                    c.server_ns.as_str(),
+                ]
+            })
+            .collect();
+        let kept = |ns: &str| !dropped.contains(&ns);
+        let mut p = self.clone();
+        p.cells = cells;
+        p.namespaces.retain(|n| kept(n));
+        p.interfaces.retain(|i| {
+            kept(&i.namespace)
+                && i.peer
+                    .as_deref()
+                    .is_none_or(|peer| kept(peer.split('/').next().unwrap_or(peer)))
+        });
+        p.processes.retain(|pr| kept(&pr.namespace));
+        Ok(p)
+    }
+}
+
 /// Reads and checks a topology file and plans it.
 pub fn load(path: &std::path::Path) -> Result<(Topology, Plan), crate::topology::LoadError> {
     let t = crate::topology::load(path)?;
@@ -62,7 +146,7 @@ pub fn run_dir(name: &str) -> String {
 /// `namespace` of a process that runs in the host's namespace (the relay).
 pub const HOST: &str = "host";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
     pub prefix: String,
@@ -81,7 +165,7 @@ pub struct Plan {
     pub processes: Vec<Process>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmNode {
     pub namespace: String,
     pub address: Ipv4Addr,
@@ -93,7 +177,7 @@ pub struct LlmNode {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     pub id: String,
     pub index: usize,
@@ -123,7 +207,7 @@ pub struct Cell {
     pub transport: Settings,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Iface {
     pub namespace: String,
     pub name: String,
@@ -137,7 +221,9 @@ pub struct Iface {
 }
 
 /// How lab knows a process it started is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Ready {
     /// It prints a JSON ready line on stdout (every `lab` process).
@@ -147,7 +233,7 @@ pub enum Ready {
     Port { transport: Transport, port: u16 },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub namespace: String,
     pub role: String,
@@ -167,7 +253,7 @@ fn is_line(r: &Ready) -> bool {
 }
 
 /// Where lab writes a server's certificate, and the address it is for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertsFor {
     pub dir: String,
     pub san: String,

@@ -1,7 +1,7 @@
 //! The tables of a run, and two runs compared. Pure: computed from a [`Run`], so
 //! `run.json` alone can be rendered again.
 
-use crate::metrics::{Run, cells_of, metric, profiles, tokens, wire};
+use crate::metrics::{Run, cells_of, profiles, tokens, wire};
 use crate::plan::render::shaping_line;
 use lab_clients::record::{Summary, summary_table};
 use tabled::settings::Style;
@@ -28,6 +28,16 @@ pub fn render(run: &Run) -> String {
         run.seconds,
         shaping_line(&run.plan)
     );
+    if let Some(s) = run.shard {
+        out.push_str(&format!(
+            "Shard {s} of a run: cells {}. Expectations are checked when `lab merge` joins the shards.\n\n",
+            run.cells
+                .iter()
+                .map(|c| c.cell.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let kernel_cc = run
         .environment
         .get("tcp_congestion_control")
@@ -233,74 +243,6 @@ pub fn render(run: &Run) -> String {
                 v(o.rhs)
             ));
         }
-    }
-    out
-}
-
-/// The metrics of two runs side by side, per profile and approach, with the change.
-pub fn compare(a: &Run, b: &Run) -> String {
-    const SHOWN: [&str; 7] = [
-        "ttft_p50",
-        "ttft_p95",
-        "tbt_avg",
-        "total_avg",
-        "bytes_per_token",
-        "wire_bytes_per_token",
-        "errors",
-    ];
-    #[derive(tabled::Tabled)]
-    struct Row {
-        profile: String,
-        approach: String,
-        metric: &'static str,
-        a: String,
-        b: String,
-        change: String,
-    }
-    let mut rows = Vec::new();
-    for c in &a.cells {
-        let ap = c.cell.name.clone();
-        let p = &c.cell.profile;
-        for m in SHOWN {
-            let (va, vb) = (metric(a, &ap, p, m), metric(b, &ap, p, m));
-            let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-            rows.push(Row {
-                profile: p.clone(),
-                approach: ap.clone(),
-                metric: m,
-                a: f(va),
-                b: f(vb),
-                change: match (va, vb) {
-                    (Some(x), Some(y)) if x != 0.0 => format!("{:+.1}%", (y - x) / x * 100.0),
-                    (Some(x), Some(y)) if x == y => "0".into(),
-                    _ => "-".into(),
-                },
-            });
-        }
-    }
-    let only_b: Vec<String> = b
-        .cells
-        .iter()
-        .filter(|c| {
-            !a.cells
-                .iter()
-                .any(|x| x.cell.profile == c.cell.profile && x.cell.name == c.cell.name)
-        })
-        .map(|c| format!("{}@{}", c.cell.name, c.cell.profile))
-        .collect();
-    let mut out = format!(
-        "a: {} ({} cells, started {}), b: {} ({} cells, started {})\n\n",
-        a.name,
-        a.cells.len(),
-        a.started_unix,
-        b.name,
-        b.cells.len(),
-        b.started_unix
-    );
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push('\n');
-    if !only_b.is_empty() {
-        out.push_str(&format!("\nonly in b: {}\n", only_b.join(", ")));
     }
     out
 }

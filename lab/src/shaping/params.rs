@@ -15,7 +15,7 @@ pub const UNLIMITED_RATE_BPS: u64 = 10_000_000_000;
 /// Frame size assumed for the queue-limit default.
 pub const FULL_FRAME: u64 = 1514;
 
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     #[default]
@@ -27,7 +27,7 @@ pub enum Loss {
     GilbertElliott { p: f64, r: f64, h: f64, k: f64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Limit {
     Packets(u64),
@@ -37,14 +37,16 @@ pub enum Limit {
 /// One direction's settings, as numbers: what the plan carries for each direction of
 /// each cell, and what both backends apply. Computed once, from the topology, by
 /// [`Params::from_link`]. In JSON, settings that change nothing are left out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
+    #[schemars(with = "crate::topology::units::Dur")]
     #[serde(
         with = "crate::topology::units::as_dur",
         default,
         skip_serializing_if = "Duration::is_zero"
     )]
     pub delay: Duration,
+    #[schemars(with = "crate::topology::units::Dur")]
     #[serde(
         with = "crate::topology::units::as_dur",
         default,

@@ -6,7 +6,9 @@ use super::params::Params;
 use serde::{Deserialize, Serialize};
 
 /// Counters of one direction at one moment.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq,
+)]
 pub struct CounterSnapshot {
     pub in_frames: u64,
     pub in_bytes: u64,
@@ -26,7 +28,7 @@ pub struct CounterSnapshot {
 }
 
 /// Everything `lab wire` reports, written to its stats file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(schemars::JsonSchema, Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WireStats {
     /// CLOCK_MONOTONIC, in nanoseconds, when these counters were read.
     pub at_ns: u64,

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Milliseconds.
@@ -71,6 +71,20 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
 ];
 
+/// The unit a metric's values are in (times in milliseconds).
+pub fn unit(metric: &str) -> &'static str {
+    match metric {
+        m if kind_of(m) == Some(Kind::Time) => "ms",
+        "tokens_avg" => "tokens",
+        "wire_bytes" => "B",
+        "packets" => "packets",
+        "errors" => "prompts",
+        m if m.ends_with("bytes_per_token") => "B/token",
+        m if m.ends_with("packets_per_token") => "packets/token",
+        _ => "",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operand {
     Metric {
@@ -81,7 +95,7 @@ pub enum Operand {
     Const(f64, Kind),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Op {
     Lt,
     Le,
@@ -220,7 +234,7 @@ pub fn parse(text: &str, approaches: &[String], profiles: &[String]) -> Result<E
 }
 
 /// The result of one expectation under one profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub expect: String,
     pub profile: String,
