@@ -22,12 +22,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-  else
-    echo "setup: no Rust toolchain found. Install one (https://rustup.rs, Rust 1.88 or newer), then run this again." >&2
-    exit 1
+  if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "setup: installing Rust with rustup (https://rustup.rs) into $HOME/.cargo"
+    if ! curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy; then
+      echo "setup: could not install Rust. Install Rust 1.88 or newer (https://rustup.rs), then run this again." >&2
+      exit 1
+    fi
   fi
+  export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy

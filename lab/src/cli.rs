@@ -81,6 +81,13 @@ pub enum Command {
     /// records in /run/lab and lab's ownership marks; safe to run twice. Labs that are
     /// up are kept unless --all.
     Clean(CleanArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell, e.g.
+    /// `lab completions bash > /usr/local/share/bash-completion/completions/lab`
+    /// (scripts/install.sh installs them).
+    Completions(CompletionsArgs),
+    /// Write the man pages (lab.1 and one per command, lab-run.1, ...) into a directory
+    /// (scripts/install.sh installs them).
+    Man(ManArgs),
     /// Relay TCP from a lab namespace to an upstream on the host (started by `lab up`
     /// for a `url:` upstream).
     #[command(hide = true)]
@@ -94,6 +101,18 @@ pub enum Command {
     /// starts a server of the user's. `lab` as the command is this lab.
     #[command(hide = true)]
     ExecServer(ExecServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (made if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -106,17 +106,28 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
             "{svg}"
         );
     }
+    // run.json is format 2 with a summary per cell.
+    assert_eq!(run["format"], 2);
+    assert_eq!(run["summaries"].as_array().unwrap().len(), 6);
+    assert!(
+        run["summaries"][5]["metrics"]["wire_bytes_per_token"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        std::fs::read_to_string(dir.join("report.html"))
+            .unwrap()
+            .contains("<svg")
+    );
     // lab report renders the same report from run.json; lab compare lines runs up.
     let o = Command::new(LAB)
         .args(["report", dir.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        std::fs::read_to_string(dir.join("report.md")).unwrap(),
-        report
-    );
-    assert_eq!(String::from_utf8_lossy(&o.stdout), report);
+    assert!(report.starts_with(&*String::from_utf8_lossy(&o.stdout)));
+    assert!(report.contains("![ttft.svg](ttft.svg)"));
     let o = Command::new(LAB)
         .args([
             "compare",
@@ -138,6 +149,100 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     nothing_left("ci");
+
+    // The same run in two shards, one after the other as two CI runners would, then
+    // merged: the same cells with the same tokens, and the expectations checked.
+    let sharded = tempdir("ci-shards");
+    let topo = root().join("topologies/ci.yaml");
+    let mut dirs = Vec::new();
+    for (i, ids) in [(1, ["c0", "c2", "c4"]), (2, ["c1", "c3", "c5"])] {
+        let into = sharded.join(format!("shard{i}"));
+        let o = Command::new(LAB)
+            .args([
+                "run",
+                topo.to_str().unwrap(),
+                "--results",
+                into.to_str().unwrap(),
+            ])
+            .args(["--shard", &format!("{i}/2")])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let (d, part) = saved(&into);
+        assert!(d.to_str().unwrap().ends_with(&format!("-ci-shard{i}of2")));
+        let got: Vec<&str> = part["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cell"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, ids);
+        assert_eq!(part["expectations"].as_array().unwrap().len(), 0);
+        assert_eq!(part["shard"]["index"], i);
+        nothing_left("ci");
+        dirs.push(d);
+    }
+    let merged_into = sharded.join("merged");
+    let o = Command::new(LAB)
+        .args([
+            "merge",
+            dirs[1].to_str().unwrap(),
+            dirs[0].to_str().unwrap(),
+        ])
+        .args(["--results", merged_into.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (mdir, merged) = saved(&merged_into);
+    assert!(mdir.join("report.html").is_file());
+    // Cell for cell, the deterministic fields: the cell, its records' prompts, tokens
+    // and digests, and what the expectations say.
+    let fixed = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let recs: Vec<_> = c["records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        (
+                            x["prompt"].clone(),
+                            x["tokens"].clone(),
+                            x["digest"].clone(),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({"cell": c["cell"], "records": recs})
+            })
+            .collect()
+    };
+    assert_eq!(fixed(&merged), fixed(&run));
+    let said = |r: &serde_json::Value| -> Vec<(String, String)> {
+        r["expectations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o["expect"].to_string(), o["profile"].to_string()))
+            .collect()
+    };
+    assert_eq!(said(&merged), said(&run));
+    assert_eq!(merged["environment"]["shards"].as_array().unwrap().len(), 2);
+    // A shard missing is refused.
+    let o = Command::new(LAB)
+        .args(["merge", dirs[0].to_str().unwrap()])
+        .args(["--results", merged_into.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("shard 2/2 of ci is missing"),
+        "{}",
+        text(&o)
+    );
 }
 
 fn small(name: &str, profile: &str, expect: &str) -> (Tmp, PathBuf) {

@@ -94,6 +94,7 @@ fn only_prints(c: &Command) -> bool {
         c,
         Command::Plan(_)
             | Command::Schema(_)
+            | Command::Completions(_)
             | Command::Report(_)
             | Command::Compare(_)
             | Command::Status(_)
@@ -153,6 +154,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Report(a) => report::report(a),
         Command::Compare(a) => report::compare(a),
         Command::Merge(a) => report::merge(a),
+        Command::Completions(a) => plan::completions(&a),
+        Command::Man(a) => plan::man(&a),
         Command::Up(a) => lab::up(a).await,
         Command::Status(a) => lab::status(a),
         Command::Shell(a) => lab::shell(a),

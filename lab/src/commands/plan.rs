@@ -40,3 +40,44 @@ pub fn schema(a: &crate::cli::SchemaArgs) -> Result<u8> {
     }
     Ok(EXIT_OK)
 }
+
+/// `lab completions <shell>`.
+pub fn completions(a: &crate::cli::CompletionsArgs) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    clap_complete::generate(a.shell, &mut cmd, "lab", &mut std::io::stdout());
+    Ok(EXIT_OK)
+}
+
+/// `lab man <dir>`: lab.1, and lab-<command>.1 for every command people run.
+pub fn man(a: &crate::cli::ManArgs) -> Result<u8> {
+    use clap::CommandFactory;
+    let dir = match crate::netlab::files::SafeDir::open(&a.dir, true) {
+        Ok(d) => d,
+        Err(e) => return super::refuse(e),
+    };
+    let cmd = crate::cli::Cli::command();
+    let mut pages = vec![("lab.1".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("lab-{}", sub.get_name());
+        pages.push((
+            format!("{name}.1"),
+            sub.clone()
+                .name(name)
+                .version(cmd.get_version().unwrap_or_default().to_owned()),
+        ));
+    }
+    let mut names = Vec::new();
+    for (file, page) in pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page).render(&mut buf)?;
+        dir.write(&file, &buf, 0o644)?;
+        names.push(file);
+    }
+    eprintln!(
+        "wrote {} man pages in {}",
+        names.len(),
+        dir.path().display()
+    );
+    Ok(EXIT_OK)
+}
