@@ -164,9 +164,10 @@ pub struct RunArgs {
     /// Where to save results: a directory <timestamp>-<name>/ is made in it.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Also write every captured frame: pcap/<cell>-client.pcap and -server.pcap, and
-    /// each client's TLS secrets in pcap/<cell>.keys (SSLKEYLOGFILE format), so that
-    /// Wireshark decrypts the TLS and QUIC traffic.
+    /// Also write every captured frame: pcap/<cell>-client.pcapng and -server.pcapng,
+    /// with the kernel's timestamps (ns) and the client's TLS secrets embedded (a
+    /// Decryption Secrets Block), so that Wireshark decrypts the TLS and QUIC traffic
+    /// from the one file. The files are mode 0600: they hold the secrets.
     #[arg(long)]
     pub pcap: bool,
     /// Run one part of the cells, for splitting a run over machines: `2/3` runs cells

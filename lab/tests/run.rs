@@ -456,13 +456,13 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
             "tcpdump did not start"
         );
     }
-    let cap = Capture::start(
-        &ns,
-        "to-wire",
-        4433,
-        Some(std::fs::File::create(&ours).unwrap()),
-    )
-    .unwrap();
+    let part = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(scratch.join("ours.part"))
+        .unwrap();
+    let cap = Capture::start(&ns, "to-wire", 4433, Some(part)).unwrap();
     let k0 = kernel_counters(&ns, "to-wire").unwrap();
     let o = Command::new(LAB)
         .args([
@@ -492,7 +492,8 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
         &std::sync::atomic::AtomicBool::new(false),
     ));
     let k = kernel_counters(&ns, "to-wire").unwrap().minus(k0);
-    let (c, _) = cap.finish().unwrap();
+    let (c, _, part) = cap.finish().unwrap();
+    lab::capture::pcap::seal(part.unwrap(), std::fs::File::create(&ours).unwrap(), "").unwrap();
     // SAFETY: stopping the tcpdump this test started.
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
     let mut rest = String::new();
@@ -528,9 +529,30 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
     };
     assert_eq!(count(&ours), frames);
     assert_eq!(count(&theirs), frames);
+    // The timestamps are the kernel's: the same as tcpdump's, frame for frame (tcpdump
+    // writes microseconds; lab writes nanoseconds).
+    let stamps = |p: &Path| -> Vec<String> {
+        let o = Command::new("tcpdump")
+            .args(["-r"])
+            .arg(p)
+            .args(["-n", "-tt"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let (a, b) = (stamps(&ours), stamps(&theirs));
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert_eq!(
+        same,
+        a.len(),
+        "lab's and tcpdump's timestamps differ:\n{a:?}\n{b:?}"
+    );
     drop(_down);
 
-    // lab run --pcap: pcap files of both ends and the TLS key logs.
+    // lab run --pcap: a pcapng file of each end with the TLS secrets inside, first.
     let results = tempdir("pcap-run");
     let o = Command::new(LAB)
         .args([
@@ -546,15 +568,32 @@ fn capture_matches_tcpdump_and_the_kernel_and_pcap_files_read_back() {
     let (dir, run) = saved(&results);
     for cell in ["c0", "c1"] {
         for side in ["client", "server"] {
-            let p = dir.join("pcap").join(format!("{cell}-{side}.pcap"));
+            let p = dir.join("pcap").join(format!("{cell}-{side}.pcapng"));
             let frames = run["cells"][if cell == "c0" { 0 } else { 1 }][side]["kernel"]
                 .as_object()
                 .map(|k| k["tx_packets"].as_u64().unwrap() + k["rx_packets"].as_u64().unwrap())
                 .unwrap();
             assert_eq!(count(&p), frames, "{}", p.display());
+            // The secrets travel in the file, so it is for its owner's eyes only.
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            let mut r =
+                pcap_file::pcapng::PcapNgReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+            let first = r.next_block().unwrap().unwrap();
+            let pcap_file::pcapng::Block::Unknown(dsb) = first else {
+                panic!(
+                    "{}: the first block is not the secrets: {first:?}",
+                    p.display()
+                );
+            };
+            assert_eq!(dsb.type_, 0x0A);
+            let keys = String::from_utf8_lossy(&dsb.value);
+            assert!(keys.contains("CLIENT_TRAFFIC_SECRET_0"), "{cell}: {keys}");
         }
-        let keys = std::fs::read_to_string(dir.join("pcap").join(format!("{cell}.keys"))).unwrap();
-        assert!(keys.contains("CLIENT_TRAFFIC_SECRET_0"), "{cell}: {keys}");
+        assert!(!dir.join("pcap").join(format!("{cell}.keys")).exists());
     }
 }
 

@@ -232,29 +232,84 @@ fn planned_commands_are_valid_lab_command_lines() {
 fn the_ci_workflow_is_valid_yaml_and_runs_the_readmes_steps() {
     let text = std::fs::read_to_string(root().join(".github/workflows/lab.yml")).unwrap();
     let doc = marked_yaml::parse_yaml(0, &text).expect("lab.yml is valid YAML");
-    let steps = doc
+    let jobs = doc
         .as_mapping()
         .and_then(|m| m.get_mapping("jobs"))
-        .and_then(|j| j.get_mapping("lab"))
-        .and_then(|l| l.get_sequence("steps"))
-        .expect("jobs.lab.steps");
-    let runs: Vec<String> = steps
-        .iter()
-        .filter_map(|s| {
-            s.as_mapping()?
-                .get_scalar("run")
-                .map(|r| r.as_str().to_owned())
-        })
-        .collect();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    for want in ["scripts/setup.sh", "lab run topologies/ci.yaml"] {
+        .expect("jobs");
+    let runs_of = |job: &str| -> Vec<String> {
+        let steps = jobs
+            .get_mapping(job)
+            .and_then(|l| l.get_sequence("steps"))
+            .unwrap_or_else(|| panic!("jobs.{job}.steps"));
+        let uses: Vec<String> = steps
+            .iter()
+            .filter_map(|s| Some(s.as_mapping()?.get_scalar("uses")?.as_str().to_owned()))
+            .collect();
         assert!(
-            runs.iter().any(|r| r.contains(want)),
-            "no step runs {want}: {runs:?}"
+            uses.iter().any(|u| u.starts_with("actions/cache@")),
+            "{job} does not cache cargo"
+        );
+        steps
+            .iter()
+            .filter_map(|s| Some(s.as_mapping()?.get_scalar("run")?.as_str().to_owned()))
+            .collect()
+    };
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let lab_runs = runs_of("lab");
+    for want in ["scripts/install.sh", "sudo lab run topologies/ci.yaml"] {
+        assert!(
+            lab_runs.iter().any(|r| r.contains(want)),
+            "no step runs {want}: {lab_runs:?}"
         );
         assert!(readme.contains(want), "the README does not say {want}");
     }
-    assert!(runs.iter().any(|r| r.contains("cargo build --release")));
+    // The matrix is sharded over runners: one job per shard, each running i/n of the
+    // matrix with n the number of shards, then one job that merges them.
+    let shard_job = jobs.get_mapping("matrix-shard").expect("jobs.matrix-shard");
+    let shards: Vec<String> = shard_job
+        .get_mapping("strategy")
+        .and_then(|s| s.get_mapping("matrix"))
+        .and_then(|m| m.get_sequence("shard"))
+        .expect("strategy.matrix.shard")
+        .iter()
+        .map(|v| v.as_scalar().unwrap().as_str().to_owned())
+        .collect();
+    let n = shards.len();
+    assert!(n >= 2);
+    assert_eq!(
+        shards,
+        (1..=n).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "shards are 1..n"
+    );
+    let shard_runs = runs_of("matrix-shard");
+    assert!(
+        shard_runs
+            .iter()
+            .any(|r| r.contains("lab run topologies/matrix.yaml")
+                && r.contains(&format!("--shard ${{{{ matrix.shard }}}}/{n}"))),
+        "{shard_runs:?}"
+    );
+    let merge = jobs.get_mapping("matrix-merge").expect("jobs.matrix-merge");
+    assert_eq!(
+        merge.get_scalar("needs").map(|s| s.as_str()),
+        Some("matrix-shard")
+    );
+    let merge_runs = runs_of("matrix-merge");
+    assert!(
+        merge_runs.iter().any(|r| r.starts_with("lab merge ")),
+        "{merge_runs:?}"
+    );
+    // Reports land in the job summaries.
+    for runs in [&lab_runs, &merge_runs] {
+        assert!(
+            runs.iter()
+                .any(|r| r.contains("report.md") && r.contains("$GITHUB_STEP_SUMMARY")),
+            "{runs:?}"
+        );
+    }
+    // Every shard's topology cells are covered: n is not more than the matrix's cells.
+    let (_, plan) = lab::plan::load(&root().join("topologies/matrix.yaml")).unwrap();
+    assert!(n <= plan.cells.len());
 }
 
 /// Hostile input never panics the parser: every example topology, cut and corrupted at

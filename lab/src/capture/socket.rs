@@ -4,7 +4,7 @@
 //! frames to its buffer; here MSG_TRUNC gives every frame's true length.
 
 use super::count::{Counts, Kernel, count};
-use super::pcap::{Pcap, SNAP};
+use super::pcap::{PcapNg, SNAP};
 use crate::netlab::{links, sys};
 use anyhow::{Context, Result, anyhow, bail};
 use netlink_packet_route::link::{LinkAttribute, Stats64};
@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 const PACKET_OUTGOING: u8 = 4;
 
@@ -85,10 +86,47 @@ impl Frames {
     }
 }
 
+/// What a capture gives back: the counts, the frames kept, and with a pcap, the
+/// scratch file of its packets (for [`super::pcap::seal`]).
+pub type Captured = (Counts, Frames, Option<File>);
+
 /// A capture running on one interface.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<(Counts, Frames)>>,
+    thread: JoinHandle<Result<Captured>>,
+}
+
+/// Receives one frame from the packet socket `fd` without waiting: its true length,
+/// whether this end sent it, and the kernel's timestamp of it (SO_TIMESTAMPNS, since
+/// the Unix epoch). None when nothing is queued.
+fn receive(fd: &OwnedFd, buf: &mut [u8]) -> Result<Option<(usize, bool, Duration)>> {
+    use nix::sys::socket::{ControlMessageOwned, LinkAddr, MsgFlags, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let m = match recvmsg::<LinkAddr>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
+        Err(e) => bail!("capture: {e}"),
+    };
+    let tx = m.address.is_some_and(|a| a.pkttype() == PACKET_OUTGOING);
+    let mut at = None;
+    for c in m.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(t) = c {
+            at = Some(Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32));
+        }
+    }
+    // Without the kernel's stamp (never seen on Linux), the time of reading.
+    let at = at.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    });
+    Ok(Some((m.bytes, tx, at)))
 }
 
 /// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
@@ -111,41 +149,20 @@ impl Capture {
     /// With `pcap`, every frame is also written to that file (new and empty).
     pub fn start(ns: &File, ifname: &str, port: u16, pcap: Option<File>) -> Result<Capture> {
         let fd = open(ns, ifname)?;
-        let mut pcap = pcap.map(Pcap::new).transpose()?;
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .context("cannot ask the kernel for capture timestamps")?;
+        let mut pcap = pcap.map(PcapNg::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let thread = std::thread::spawn(move || -> Result<(Counts, Frames)> {
+        let thread = std::thread::spawn(move || -> Result<Captured> {
             let mut c = Counts::default();
             let mut kept = Frames::default();
             // Whole frames: the anatomy decodes them, and a pcap keeps them.
             let mut buf = vec![0u8; SNAP];
             loop {
                 // Drain everything queued, then stop if asked (so nothing queued is lost).
-                loop {
-                    // SAFETY: zeroed sockaddr_ll for recvfrom to fill.
-                    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                    // SAFETY: receiving the head of a frame; MSG_TRUNC gives its length.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            fd.as_raw_fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                            (&mut sll as *mut libc::sockaddr_ll).cast(),
-                            &mut sl,
-                        )
-                    };
-                    if n < 0 {
-                        let e = std::io::Error::last_os_error();
-                        match e.raw_os_error() {
-                            Some(libc::EAGAIN) | Some(libc::EINTR) => break,
-                            _ => bail!("capture: {e}"),
-                        }
-                    }
-                    let len = n as usize;
+                while let Some((len, tx, at)) = receive(&fd, &mut buf)? {
                     let head = &buf[..len.min(buf.len())];
-                    let tx = sll.sll_pkttype == PACKET_OUTGOING;
                     kept.push(tx, head, len);
                     let d = if tx { &mut c.tx } else { &mut c.rx };
                     count(d, head, len, port);
@@ -155,14 +172,12 @@ impl Capture {
                     }
                     d.last_ns = now;
                     if let Some(p) = pcap.as_mut() {
-                        p.write(head, len)?;
+                        p.write(head, len, at)?;
                     }
                 }
                 if st.load(Ordering::SeqCst) {
-                    if let Some(mut p) = pcap {
-                        p.flush()?;
-                    }
-                    return Ok((c, kept));
+                    let file = pcap.map(PcapNg::finish).transpose()?;
+                    return Ok((c, kept, file));
                 }
                 let mut pfd = libc::pollfd {
                     fd: fd.as_raw_fd(),
@@ -178,7 +193,7 @@ impl Capture {
 
     /// Stops and returns the counts and the frames (after reading every frame already
     /// queued).
-    pub fn finish(self) -> Result<(Counts, Frames)> {
+    pub fn finish(self) -> Result<Captured> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .join()

@@ -22,11 +22,18 @@ pub async fn build(
     plan: crate::plan::Plan,
     hand_over: bool,
     signals: &super::Signals,
+    progress: &super::progress::Progress,
 ) -> Result<State, u8> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let topo = topology.to_owned();
-    let mut job = tokio::task::spawn_blocking(move || lifecycle::up(&topo, &plan, &c, hand_over));
+    let p = progress.clone();
+    let name = plan.name.clone();
+    let mut job = tokio::task::spawn_blocking(move || {
+        lifecycle::up(&topo, &plan, &c, hand_over, &|s| {
+            p.stage(&format!("building lab {name}: {s}"))
+        })
+    });
     let result = tokio::select! {
         r = &mut job => r,
         () = signals.wait(1) => {
@@ -72,7 +79,10 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         }
     };
     let started = std::time::Instant::now();
-    let state = match build(&a.topology, plan, true, &signals).await {
+    let progress = super::progress::Progress::new();
+    let built = build(&a.topology, plan, true, &signals, &progress).await;
+    progress.finish();
+    let state = match built {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

@@ -63,6 +63,7 @@ pub mod client;
 pub mod demo;
 pub mod lab;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod run;

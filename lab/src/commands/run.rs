@@ -97,18 +97,25 @@ pub async fn run(a: RunArgs) -> Result<u8> {
 
     // Build the lab. It belongs to this process until it is taken down below; if this
     // process dies, `lab clean` removes it.
-    let state = match super::lab::build(&a.topology, plan, false, &signals).await {
+    let progress = super::progress::Progress::new();
+    let state = match super::lab::build(&a.topology, plan, false, &signals, &progress).await {
         Ok(s) => s,
-        Err(code) => return Ok(code),
+        Err(code) => {
+            progress.finish();
+            return Ok(code);
+        }
     };
     let shaping = crate::plan::render::shaping_line(&state.plan);
-    say!(
-        "lab {}: {} cells{}, shaping: {shaping}",
-        state.name,
-        state.plan.cells.len(),
-        a.shard
-            .map(|s| format!(" (shard {s}: {})", cell_ids(&state.plan)))
-            .unwrap_or_default()
+    progress.line(
+        &format!(
+            "lab {}: {} cells{}, shaping: {shaping}",
+            state.name,
+            state.plan.cells.len(),
+            a.shard
+                .map(|s| format!(" (shard {s}: {})", cell_ids(&state.plan)))
+                .unwrap_or_default()
+        ),
+        false,
     );
 
     // Results: a new directory, and pcap/ in it with --pcap.
@@ -145,20 +152,26 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let stop = Arc::new(AtomicBool::new(false));
     let (s2, p2, stop2) = (st.clone(), prompts.clone(), stop.clone());
     let pcap2 = pcap.map(Arc::new);
+    let prog = progress.clone();
     let mut work = tokio::task::spawn_blocking(move || {
         let pcap = pcap2.as_deref();
         // Progress: every prompt line ends with how far the whole run is.
         let total = s2.plan.cells.len() * p2.len() * s2.plan.workload.repeat.max(1) as usize;
+        prog.prompts(total);
         let done = std::sync::atomic::AtomicUsize::new(0);
         let t0 = Instant::now();
         let print = |l: &str| {
             let k = done.fetch_add(1, Ordering::SeqCst) + 1;
-            say!(
-                "{l}  ({k}/{total} prompts, {:.0} s)",
-                t0.elapsed().as_secs_f64()
+            prog.line(
+                &format!(
+                    "{l}  ({k}/{total} prompts, {:.0} s)",
+                    t0.elapsed().as_secs_f64()
+                ),
+                true,
             );
         };
-        let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &print, &stop2);
+        let stage = |s: &str| prog.stage(s);
+        let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &print, &stage, &stop2);
         if s2.plan.workload.parallel {
             std::thread::scope(|sc| {
                 let hs: Vec<_> = s2
@@ -194,6 +207,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         }
     };
     let (cells, interrupted) = interrupted_at;
+    progress.finish();
     let cells = cells?;
 
     // Report and save before taking the lab down, unless a second signal said not to.

@@ -58,8 +58,10 @@ pub fn run(
     prompts: &[String],
     pcap: Option<&SafeDir>,
     print: &(dyn Fn(&str) + Sync),
+    stage: &(dyn Fn(&str) + Sync),
     stop: &AtomicBool,
 ) -> CellResult {
+    let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
     let t0 = Instant::now();
     let mut res = CellResult::empty(cell);
     let dir = PathBuf::from(run_dir(&state.name));
@@ -74,6 +76,7 @@ pub fn run(
         return res;
     }
     // Warm-up: one prompt on its own connection, before anything is counted.
+    stage(&format!("[{label}] warming up: one prompt, not counted"));
     let mut warm_err = None;
     let warm = super::client::run(
         state,
@@ -109,12 +112,18 @@ pub fn run(
                 cell.id
             );
         }
-        let file = |side: &str| {
-            pcap.map(|d| d.create_new(&format!("{}-{side}.pcap", cell.id), 0o644))
-                .transpose()
-        };
-        let cc = Capture::start(&cns, "to-wire", cell.port, file("client")?)?;
-        let sc = Capture::start(&sns, "to-wire", cell.port, file("server")?)?;
+        let cc = Capture::start(
+            &cns,
+            "to-wire",
+            cell.port,
+            pcap.map(|d| d.scratch()).transpose()?,
+        )?;
+        let sc = Capture::start(
+            &sns,
+            "to-wire",
+            cell.port,
+            pcap.map(|d| d.scratch()).transpose()?,
+        )?;
         let k0 = (
             capture::kernel_counters(&cns, "to-wire")?,
             capture::kernel_counters(&sns, "to-wire")?,
@@ -130,7 +139,9 @@ pub fn run(
     };
     let n = prompts.len() * w.repeat.max(1) as usize;
     let deadline = timeout * n as u32 + Duration::from_secs(30);
-    let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
+    stage(&format!(
+        "[{label}] running {n} prompts, capturing both ends"
+    ));
     // The client logs its TLS secrets (rustls, and quinn's TLS, which is rustls too), so
     // that the anatomy can decrypt the capture (and Wireshark too, with --pcap). The
     // keys directory is lab's own, and only root can enter it.
@@ -167,9 +178,15 @@ pub fn run(
     {
         tracing::warn!("cell {}: the link did not go quiet after the run", cell.id);
     }
-    let end = |cap: Capture, ns: &std::fs::File, k0: Kernel| -> Result<(End, Frames)> {
+    let keys = std::fs::read_to_string(&keys_file).unwrap_or_default();
+    // With --pcap, each end's packets go into <cell>-<side>.pcapng, after the secrets.
+    let end = |cap: Capture, ns: &std::fs::File, k0: Kernel, side: &str| -> Result<(End, Frames)> {
         let k1 = capture::kernel_counters(ns, "to-wire")?;
-        let (capture, frames) = cap.finish()?;
+        let (capture, frames, scratch) = cap.finish()?;
+        if let (Some(d), Some(scratch)) = (pcap, scratch) {
+            let out = d.create_new(&format!("{}-{side}.pcapng", cell.id), 0o600)?;
+            crate::capture::pcap::seal(scratch, out, &keys)?;
+        }
         let kernel = k1.minus(k0);
         Ok((
             End {
@@ -181,28 +198,22 @@ pub fn run(
         ))
     };
     let mut kept = Vec::new();
-    match end(cc, &cns, k0.0) {
+    match end(cc, &cns, k0.0, "client") {
         Ok((e, f)) => {
             res.client = Some(e);
             kept.push(f);
         }
         Err(e) => res.errors.push(format!("client-side capture: {e:#}")),
     }
-    match end(sc, &sns, k0.1) {
+    match end(sc, &sns, k0.1, "server") {
         Ok((e, f)) => {
             res.server = Some(e);
             kept.push(f);
         }
         Err(e) => res.errors.push(format!("server-side capture: {e:#}")),
     }
-    let keys = std::fs::read_to_string(&keys_file).unwrap_or_default();
-    if let Some(d) = pcap
-        && !keys.is_empty()
-        && let Err(e) = d.write(&format!("{}.keys", cell.id), keys.as_bytes(), 0o600)
-    {
-        res.errors.push(format!("{e:#}"));
-    }
     if let [client, server] = &kept[..] {
+        stage(&format!("[{label}] decoding the captures"));
         let t = Instant::now();
         res.anatomy = Some(CellAnatomy::of(cell, client, server, &KeyLog::parse(&keys)));
         tracing::debug!(

@@ -184,6 +184,20 @@ impl SafeDir {
         Ok(File::from(fd))
     }
 
+    /// An unnamed file in this directory's filesystem (O_TMPFILE), readable and
+    /// writable, mode 0600: scratch space that no one else can open and that vanishes
+    /// when closed, even if lab is killed.
+    pub fn scratch(&self) -> Result<File> {
+        let fd = openat(
+            &self.fd,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .with_context(|| format!("cannot make a scratch file in {}", self.path.display()))?;
+        Ok(File::from(fd))
+    }
+
     /// Whether something (a file, a directory, a link) is at `name` in this directory.
     pub fn has(&self, name: &str) -> bool {
         Self::name(name).is_ok_and(|n| {

@@ -65,8 +65,15 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 /// Builds the lab of `plan` and starts its processes. On success the lab stays up and
 /// its state record says what is where; on any failure everything is already removed.
 /// With `hand_over`, the finished lab is recorded as handed over (it outlives this
-/// process); otherwise it stays this process's, and is a leftover if it dies.
-pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) -> Result<State> {
+/// process); otherwise it stays this process's, and is a leftover if it dies. `stage`
+/// hears what is being done, step by step.
+pub fn up(
+    topology: &Path,
+    plan: &Plan,
+    cancel: &AtomicBool,
+    hand_over: bool,
+    stage: &dyn Fn(&str),
+) -> Result<State> {
     let Some(shaping) = &plan.shaping else {
         bail!(
             "the plan has no shaping backend yet; decide it (netlab::qdisc::decide) before building"
@@ -156,6 +163,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
     let mut guard = Guard { state: Some(state) };
 
     sys::ensure_netns_dir()?;
+    stage(&format!("creating {} namespaces", plan.namespaces.len()));
     for (k, ns) in plan.namespaces.iter().enumerate() {
         let made = check(cancel).and_then(|()| sys::create_netns(ns, plan.ipv6));
         if let Err(e) = made {
@@ -170,6 +178,10 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
         fds.insert(ns.clone(), sys::open_netns(ns)?);
     }
     check(cancel)?;
+    stage(&format!(
+        "creating and configuring {} interfaces",
+        plan.interfaces.len()
+    ));
     links::create(plan, &fds)?;
     check(cancel)?;
     std::thread::scope(|s| -> Result<()> {
@@ -215,6 +227,7 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
     check(cancel)?;
 
     if shaping.backend == Shaper::Kernel {
+        stage("shaping the links with netem");
         super::qdisc::apply_plan(plan, &fds)?;
     }
     check(cancel)?;
@@ -240,7 +253,15 @@ pub fn up(topology: &Path, plan: &Plan, cancel: &AtomicBool, hand_over: bool) ->
         let wave = usize::from(cell_of(&p.namespace).is_some());
         waves[wave].push(p);
     }
-    for wave in waves {
+    for (w, wave) in waves.into_iter().enumerate() {
+        stage(&if w == 0 {
+            "starting the LLM".to_owned()
+        } else {
+            format!(
+                "starting {} servers and link emulators, waiting until each is ready",
+                wave.len()
+            )
+        });
         let mut started: Vec<Started> = Vec::new();
         for p in wave {
             check(cancel)?;
