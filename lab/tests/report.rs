@@ -248,6 +248,21 @@ fn the_plots_of_a_saved_run() {
         assert!(ttft.contains(&label), "{label} missing from ttft.svg");
         assert!(anatomy.contains(&label), "{label} missing from anatomy.svg");
     }
+    // The TTFT plot says it is a CDF, with units; each bar carries its value.
+    assert!(ttft.contains("cumulative distribution (CDF)") && ttft.contains("TTFT (ms)"));
+    let bars = plots::bytes_per_token(&run).unwrap();
+    for c in &run.cells {
+        let v = lab::metrics::metric(&run, &c.cell.name, &c.cell.profile, "wire_bytes_per_token")
+            .unwrap();
+        assert!(
+            bars.contains(&format!(">\n{v:.0}\n<")),
+            "no label {v:.0} in bytes_per_token.svg"
+        );
+        assert!(
+            anatomy.contains(&format!(">\n{v:.0}\n<")),
+            "no total {v:.0} in anatomy.svg"
+        );
+    }
     // The anatomy plot stacks the layers the run has, each in the legend.
     for layer in ["link", "IP", "TCP/UDP", "TLS/QUIC", "payload"] {
         assert!(

@@ -18,8 +18,8 @@ const HOW_TO_READ: &str = "\
 ";
 
 const STYLE: &str = "\
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 thead{background:#f2f2f2}
@@ -54,7 +54,7 @@ pub fn page(run: &Run, report_md: &str, plots: &[(&str, String)]) -> String {
     // The how-to-read note goes after the title and the first paragraph.
     let at = body.find("</p>").map_or(0, |i| i + 4);
     body.insert_str(at, HOW_TO_READ);
-    let mut figures = String::from("<h2>Plots</h2>\n");
+    let mut figures = String::from("<h2 id=\"plots\">Plots</h2>\n");
     for (name, svg) in plots {
         // Each SVG is embedded as it is: a document of lab's own, from plotters.
         let svg = svg

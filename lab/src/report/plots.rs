@@ -103,8 +103,14 @@ pub fn ttft(run: &Run) -> Result<String> {
         .flat_map(|(_, p)| p.last().map(|p| p.0))
         .fold(1.0, f64::max);
     line_chart(
-        &format!("{}: time to first token", run.name),
-        ("TTFT (ms)", "share of prompts"),
+        &format!(
+            "{}: time to first token, cumulative distribution (CDF) per cell",
+            run.name
+        ),
+        (
+            "TTFT (ms): from sending the prompt to its first token",
+            "share of prompts with TTFT <= x",
+        ),
         (max * 1.05, 1.0),
         series,
     )
@@ -127,7 +133,8 @@ fn bar_frame<'a, 'b>(
         .margin(12)
         .x_label_area_size(60)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..(n + spare) as f64 - 0.5, 0.0..max * 1.1)
+        // Head room above the tallest bar for its value and the legend.
+        .build_cartesian_2d(-0.5..(n + spare) as f64 - 0.5, 0.0..max * 1.3)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -145,6 +152,32 @@ fn bar_frame<'a, 'b>(
         .draw()
         .map_err(err)?;
     Ok(chart)
+}
+
+/// Writes each bar's value above it: `(x of the bar's centre, height)`.
+fn values<'a, 'b>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    bars: &[(f64, f64)],
+) -> Result<()> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let style = ("sans-serif", 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    chart
+        .draw_series(bars.iter().map(|&(x, v)| {
+            Text::new(
+                if v >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                },
+                (x, v),
+                style.clone(),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Wire and application bytes per token, two bars per cell.
@@ -197,7 +230,13 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
         .map_err(err)?
         .label("application")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], app.filled()));
-    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
+    let labels: Vec<(f64, f64)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| [(i as f64 - 0.21, r.1), (i as f64 + 0.21, r.2)])
+        .collect();
+    values(&mut chart, &labels)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);
@@ -273,6 +312,12 @@ pub fn anatomy(run: &Run) -> Result<String> {
             .label(layer.heading())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
+    let totals: Vec<(f64, f64)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as f64, r.1.iter().sum()))
+        .collect();
+    values(&mut chart, &totals)?;
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     drop(chart);
