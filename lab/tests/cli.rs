@@ -377,11 +377,36 @@ fn help_explains_every_command() {
         vec!["demo", "--help"],
         vec!["plan", "--help"],
         vec!["schema", "--help"],
+        vec!["run", "--help"],
+        vec!["report", "--help"],
+        vec!["compare", "--help"],
+        vec!["merge", "--help"],
+        vec!["completions", "--help"],
+        vec!["man", "--help"],
     ] {
         let out = Command::new(LAB).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("Usage: lab"), "{args:?}");
+    }
+    // The regression gate and the sharding say how they decide.
+    let help = |args: &[&str]| {
+        String::from_utf8(Command::new(LAB).args(args).output().unwrap().stdout).unwrap()
+    };
+    assert!(help(&["compare", "--help"]).contains("regression gate"));
+    assert!(help(&["run", "--help"]).contains("--shard <I/N>"));
+    assert!(help(&["merge", "--help"]).contains("missing"));
+    // Bad shards are bad input, before anything is built.
+    for bad in ["0/2", "3/2", "1", "a/b"] {
+        let o = Command::new(LAB)
+            .args(["run", "topologies/ci.yaml", "--shard", bad])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("is not a shard: write i/n"),
+            "{bad}"
+        );
     }
 }
 
@@ -501,7 +526,11 @@ fn a_closed_output_ends_printing_commands_quietly() {
         vec!["plan", topo],
         vec!["plan", "--json", topo],
         vec!["schema"],
+        vec!["schema", "run"],
+        vec!["completions", "bash"],
+        vec!["report", fixture],
         vec!["compare", fixture, fixture],
+        vec!["compare", "--json", fixture, fixture],
         vec![
             "client",
             "sse",
