@@ -70,6 +70,16 @@ fn the_ci_topology_runs_reports_and_holds_its_expectations() {
     ] {
         assert!(out.contains(needle), "no {needle:?} in:\n{out}");
     }
+    // Not a terminal: each step is a plain line on stderr.
+    let err = String::from_utf8_lossy(&o.stderr);
+    for step in [
+        "lab: building lab ci: creating 19 namespaces",
+        "lab: building lab ci: starting 12 servers and link emulators",
+        "lab: [c5 wt@degraded] warming up",
+        "lab: [c0 raw@baseline] decoding the captures",
+    ] {
+        assert!(err.contains(step), "no {step:?} in:\n{err}");
+    }
     let (dir, run) = saved(&results);
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("## Capture cross-check"));
@@ -751,4 +761,63 @@ expect:
     );
     assert!(err.contains("about to fail"), "{err}");
     nothing_left("rbyo");
+}
+
+/// On a terminal, `lab run` is never silent for long: a progress line is redrawn while
+/// the lab is built, while cells warm up, and through prompts that take seconds each.
+#[test]
+fn a_terminal_sees_progress_at_least_every_two_seconds() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("tty");
+    std::fs::write(
+        dir.join("prompts.txt"),
+        "one slow answer\nanother slow answer\n",
+    )
+    .unwrap();
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        "name: rtty\napproaches: [sse]\nllm:\n  mock: { ttft: 10ms, tbt: 100ms, jitter: 0%, max_tokens: 35 }\nprofiles:\n  mild: { delay: 5ms }\nworkload: { prompts: prompts.txt, timeout: 30s }\n",
+    )
+    .unwrap();
+    let results = dir.join("results");
+    // script(1) gives lab a pseudo-terminal and copies what it writes as it comes.
+    let cmd = format!("{LAB} run {} --results {}", t.display(), results.display());
+    let mut child = Command::new("script")
+        .args(["-q", "-f", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut out = child.stdout.take().unwrap();
+    let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+    let (start, mut last, mut longest) = (Instant::now(), Instant::now(), Duration::ZERO);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        all.extend_from_slice(&buf[..n]);
+    }
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(status.success(), "{text}");
+    // Two prompts of 35 tokens at 100 ms: seconds without a prompt line.
+    assert!(
+        start.elapsed() > Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        longest < Duration::from_secs(2),
+        "{longest:?} of silence in:\n{text}"
+    );
+    for said in ["building lab rtty", "warming up", "prompts", "results: "] {
+        assert!(text.contains(said), "no {said:?} in:\n{text}");
+    }
+    nothing_left("rtty");
 }

@@ -37,8 +37,6 @@ macro_rules! outln {
     }};
 }
 
-pub(crate) use tell;
-
 /// Writes to stdout; a closed stdout ends the process by SIGPIPE.
 pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write as _;

@@ -9,7 +9,6 @@
 use super::procs::{self, Started};
 use super::state::{Phase, State};
 use super::{links, sys};
-use crate::commands::tell;
 use crate::plan::layout::Shaper;
 use crate::plan::{HOST, Plan, RUN_ROOT, run_dir};
 use anyhow::{Context, Result, bail};
@@ -41,7 +40,7 @@ impl Drop for Guard {
         if let Some(mut s) = self.state.take() {
             let failures = teardown(&mut s);
             for f in failures {
-                tell!("lab: while taking {} down: {f}", s.name);
+                tracing::error!("while taking {} down: {f}", s.name);
             }
         }
     }
