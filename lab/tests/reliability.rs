@@ -239,7 +239,7 @@ fn results_in_a_foreign_shared_or_linked_directory_are_refused_before_building()
 }
 
 #[test]
-fn results_pcap_files_and_key_logs_go_to_the_user_behind_sudo() {
+fn results_and_pcapng_files_go_to_the_user_behind_sudo() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let topo = topology("rsudo", "1ms", 6);
     let results = tmpdir("rsudo-results");
@@ -270,7 +270,7 @@ fn results_pcap_files_and_key_logs_go_to_the_user_behind_sudo() {
         .unwrap()
         .unwrap()
         .path();
-    for f in ["c0-client.pcap", "c0-server.pcap", "c0.keys", "c1.keys"] {
+    for f in ["c0-client.pcapng", "c0-server.pcapng", "c1-client.pcapng"] {
         let p = run.join("pcap").join(f);
         assert!(
             std::fs::metadata(&p).unwrap().len() > 0,
@@ -278,8 +278,9 @@ fn results_pcap_files_and_key_logs_go_to_the_user_behind_sudo() {
             p.display()
         );
     }
-    // run.json, report.md, four plots, four pcap files, two key logs.
-    assert_eq!(files, 12);
+    // run.json, report.md, report.html, four plots, four pcapng files (the key logs
+    // inside them).
+    assert_eq!(files, 11);
     assert_nothing_left("rsudo", &[]);
 }
 
