@@ -12,11 +12,13 @@
 
 pub mod http;
 pub mod prompts;
+pub mod quic;
 pub mod raw;
 pub mod record;
 pub mod sse;
 pub mod sse_h2;
 pub mod stats;
+pub mod streams;
 pub mod ws;
 pub mod wt;
 

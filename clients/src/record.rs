@@ -137,6 +137,10 @@ pub struct PromptRecord {
     /// QUIC stream id of a WebTransport prompt).
     #[serde(default)]
     pub stream: Option<u64>,
+    /// Raw QUIC in `fresh` mode: whether the prompt went out as 0-RTT data and the
+    /// server accepted it (`false`: no session to resume, or refused); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_rtt: Option<bool>,
 }
 
 /// Collects one prompt's events as they happen.
@@ -152,6 +156,7 @@ pub struct Recorder {
     token_bytes: u64,
     conn: u32,
     stream: Option<u64>,
+    zero_rtt: Option<bool>,
 }
 
 impl Default for Recorder {
@@ -176,7 +181,13 @@ impl Recorder {
             token_bytes: 0,
             conn: 0,
             stream: None,
+            zero_rtt: None,
         }
+    }
+
+    /// Whether the prompt went out as 0-RTT data that the server accepted.
+    pub fn zero_rtt(&mut self, accepted: bool) {
+        self.zero_rtt = Some(accepted);
     }
 
     /// The prompt went on connection number `n`.
@@ -195,6 +206,11 @@ impl Recorder {
 
     pub fn reused(&mut self) {
         self.reused = true;
+    }
+
+    /// Whether an existing connection carries the prompt.
+    pub fn is_reused(&self) -> bool {
+        self.reused
     }
 
     pub fn bytes(&mut self, n: usize) {
@@ -267,6 +283,7 @@ impl Recorder {
             conn: self.conn,
             slot: 0,
             stream: self.stream,
+            zero_rtt: self.zero_rtt,
         }
     }
 }
@@ -359,7 +376,7 @@ pub fn prompt_line(r: &PromptRecord) -> String {
     match &r.error {
         Some(e) => format!("  [{}] {}... ERROR {}", r.index + 1, short, e),
         None => format!(
-            "  [{}] {}... {} tokens, TTFT {}, avg TBT {}, {} total, {} bytes, {:.1} B/tok{}",
+            "  [{}] {}... {} tokens, TTFT {}, avg TBT {}, {} total, {} bytes, {:.1} B/tok{}{}",
             r.index + 1,
             short,
             r.tokens,
@@ -374,6 +391,11 @@ pub fn prompt_line(r: &PromptRecord) -> String {
             },
             r.connect_ms
                 .map_or(String::new(), |c| format!(", connect {c:.1}ms")),
+            match r.zero_rtt {
+                Some(true) => ", 0-RTT accepted",
+                Some(false) => ", no 0-RTT",
+                None => "",
+            },
         ),
     }
 }

@@ -308,7 +308,7 @@ impl Drop for TcpWatch {
 /// A watch on a QUIC connection: when the last handle drops, it closes the connection,
 /// lets the close go out, and reports quinn's statistics.
 pub struct QuicWatch {
-    conn: Option<wtransport::Connection>,
+    conn: Option<wtransport::quinn::Connection>,
     id: u32,
     local_port: u16,
     tracker: Arc<Tracker>,
@@ -316,7 +316,7 @@ pub struct QuicWatch {
 
 impl QuicWatch {
     pub fn new(
-        c: &wtransport::Connection,
+        c: &wtransport::quinn::Connection,
         id: u32,
         local_port: u16,
         tracker: &Arc<Tracker>,
@@ -336,16 +336,16 @@ impl Drop for QuicWatch {
         let Some(c) = self.conn.take() else { return };
         let (id, local_port, tracker) = (self.id, self.local_port, self.tracker.clone());
         let finish = async move {
-            c.close(wtransport::VarInt::from_u32(0), b"done");
+            c.close(wtransport::quinn::VarInt::from_u32(0), b"done");
             // The close goes out at once; give it a round trip (bounded) to be counted.
-            let rtt = c.quic_connection().rtt();
+            let rtt = c.rtt();
             tokio::time::sleep(rtt.clamp(Duration::from_millis(50), Duration::from_secs(1))).await;
             tracker.end(Some(ConnStats {
                 conn: id,
                 local_port,
                 transport: TransportStats::Quic(Box::new(QuicStats {
-                    congestion: controller(c.quic_connection()).to_owned(),
-                    ..QuicStats::of(&c.quic_connection().stats())
+                    congestion: controller(&c).to_owned(),
+                    ..QuicStats::of(&c.stats())
                 })),
             }));
         };

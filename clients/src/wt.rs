@@ -8,14 +8,10 @@
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::QuicWatch;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
-use bytes::BytesMut;
-use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::ERR_UPSTREAM;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtransport::endpoint::endpoint_side::Client;
-use wtransport::error::StreamReadError;
 use wtransport::{ClientConfig, Connection, Endpoint, VarInt};
 
 /// The WebTransport runner for `target` (its path is the session path).
@@ -91,7 +87,12 @@ impl WtRunner {
                     let id = self.opts.next_conn();
                     rec.conn(id);
                     let port = self.endpoint.local_addr().map_or(0, |a| a.port());
-                    let watch = Arc::new(QuicWatch::new(&c, id, port, &self.opts.stats));
+                    let watch = Arc::new(QuicWatch::new(
+                        c.quic_connection(),
+                        id,
+                        port,
+                        &self.opts.stats,
+                    ));
                     *slot = Some((c.clone(), id, watch));
                     c
                 }
@@ -102,57 +103,11 @@ impl WtRunner {
             .open_bi()
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
-        let (mut send, mut recv) = opening
+        let (send, recv) = opening
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
         rec.stream(VarInt::from(send.id()).into_inner());
-        let mut out = BytesMut::new();
-        lenprefix::encode(prompt.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
-        send.write_all(&out)
-            .await
-            .map_err(|e| send_err(format!("write prompt: {e}")))?;
-        send.finish()
-            .await
-            .map_err(|e| send_err(format!("finish stream: {e}")))?;
-
-        let recv_err = |e: String| PromptError::new(ErrorCategory::Receive, e);
-        let mut dec = lenprefix::Decoder::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut ended = false;
-        loop {
-            match recv.read(&mut buf).await {
-                Ok(Some(n)) => {
-                    rec.bytes(n);
-                    dec.extend(&buf[..n]);
-                    while let Some(f) = dec.next_frame().map_err(|e| recv_err(e.to_string()))? {
-                        match f {
-                            Frame::Message(m) if !ended => {
-                                let t = String::from_utf8_lossy(&m);
-                                rec.token(&t);
-                                sink(&t);
-                            }
-                            Frame::Message(_) => {
-                                return Err(recv_err("token after the end marker 0:".into()));
-                            }
-                            Frame::End => ended = true,
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(StreamReadError::Reset(code)) if code == VarInt::from_u32(ERR_UPSTREAM) => {
-                    return Err(PromptError::new(
-                        ErrorCategory::Upstream,
-                        "server reset the stream: upstream failed",
-                    ));
-                }
-                Err(e) => return Err(recv_err(format!("stream read: {e}"))),
-            }
-        }
-        dec.finish().map_err(|e| recv_err(e.to_string()))?;
-        if !ended {
-            return Err(recv_err("stream finished before the end marker 0:".into()));
-        }
-        Ok(())
+        crate::streams::exchange(send, recv, prompt, rec, sink).await
     }
 
     async fn drop_conn(&mut self) {

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The names of the two sections of transport settings, in topology files and JSON.
+pub const QUIC_SECTION: &str = "quic";
+pub const TCP_SECTION: &str = "tcp";
+
 /// A QUIC congestion controller quinn offers.
 #[derive(
     schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,

@@ -23,6 +23,8 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN for HTTP/3, which WebTransport rides on.
 pub const ALPN_H3: &[u8] = b"h3";
+/// ALPN of lab's raw QUIC approach (no HTTP/3): lab's own protocol.
+pub const ALPN_QUIC: &[u8] = b"lab-quic";
 
 /// The one crypto provider of the binary.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -85,6 +87,14 @@ impl Trust {
     /// A client config for WebTransport (TLS 1.3, ALPN `h3`).
     pub fn h3_client_config(&self) -> Result<rustls::ClientConfig> {
         self.client_config(true, ALPN_H3)
+    }
+
+    /// A client config for raw QUIC (TLS 1.3, ALPN `lab-quic`), with early data on: a
+    /// connection that resumes a session of the same config sends 0-RTT data.
+    pub fn quic_client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut cfg = self.client_config(true, ALPN_QUIC)?;
+        cfg.enable_early_data = true;
+        Ok(cfg)
     }
 
     fn client_config(&self, tls13_only: bool, alpn: &[u8]) -> Result<rustls::ClientConfig> {

@@ -69,7 +69,7 @@ pub struct Entry {
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 5] = [
+pub static ENTRIES: [Entry; 6] = [
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -154,6 +154,23 @@ pub static ENTRIES: [Entry; 5] = [
         },
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
+    },
+    Entry {
+        name: "quic",
+        about: "raw QUIC streams (quinn, no HTTP/3), 0-RTT on resumption",
+        server: "quic",
+        server_about: "Raw QUIC server (ALPN lab-quic, no HTTP/3): length-prefixed tokens per stream, 0-RTT accepted",
+        transport: Transport::Udp,
+        port: 4434,
+        path: lab_servers::quic::PATH,
+        model: Model::Server,
+        multiplexed: true,
+        wire: Wire {
+            app: App::Quic,
+            body: Body::LenPrefix,
+        },
+        serve: lab_servers::quic::start,
+        runner: lab_clients::quic::runner,
     },
 ];
 
@@ -316,7 +333,12 @@ mod tests {
                     "{a} and {b} share a port"
                 );
             }
-            assert!(a.path.starts_with('/'), "{a}: {}", a.path);
+            // An HTTP path, or none (raw QUIC has no HTTP).
+            assert!(
+                a.path.is_empty() || a.path.starts_with('/'),
+                "{a}: {}",
+                a.path
+            );
             assert_ne!(a.server, "llm", "`lab serve llm` is the mock");
         }
     }
@@ -337,7 +359,7 @@ mod tests {
                 names()
             )
         );
-        assert_eq!(names(), "raw, sse, sse-h2, ws, wt");
+        assert_eq!(names(), "raw, sse, sse-h2, ws, wt, quic");
     }
 
     #[test]

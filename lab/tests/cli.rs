@@ -52,7 +52,9 @@ fn serve_and_client_binaries_end_to_end() {
             .partition(|v| v.get("connection").is_some());
         assert_eq!(recs.len(), 2, "{name}");
         assert_eq!(conns.len(), 2, "{name}");
-        let transport = if name == "wt" { "quic" } else { "tcp" };
+        let udp = name.parse::<lab::approach::Approach>().unwrap().transport
+            == lab::approach::Transport::Udp;
+        let transport = if udp { "quic" } else { "tcp" };
         assert!(
             conns
                 .iter()

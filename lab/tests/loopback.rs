@@ -314,6 +314,72 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
     }
 }
 
+/// Raw QUIC: bad framing and an oversize message reset that stream only; the same
+/// connection then answers two prompts on one stream; ALPN other than lab-quic is
+/// refused in the handshake.
+#[tokio::test]
+async fn raw_quic_bad_framing_and_oversize_reset_the_stream_not_the_connection() {
+    use wtransport::quinn;
+    let stack = stack(5).await;
+    let addr = stack.addr(ap("quic"));
+    let client = |tls: rustls::ClientConfig| {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        ep
+    };
+    // HTTP/3's ALPN is not this server's protocol: the handshake fails.
+    let h3 = client(stack.trust().h3_client_config().unwrap());
+    let refused = h3.connect(addr, "localhost").unwrap().await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    let ep = client(stack.trust().quic_client_config().unwrap());
+    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    let read_all = |mut recv: quinn::RecvStream| async move {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(None) => return Ok(out),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    // Bad framing, a cut-off message, and messages over the 1 MiB limit.
+    let oversize = format!("{}:", 1024 * 1024 + 1);
+    for bad in [
+        &b"abc:hello"[..],
+        b"5:hel",
+        b"12x",
+        b"99999999:",
+        oversize.as_bytes(),
+    ] {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        let _ = send.finish();
+        match read_all(recv).await {
+            Err(quinn::ReadError::Reset(code)) => assert_eq!(
+                code,
+                quinn::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
+                "{bad:?}"
+            ),
+            other => panic!("{bad:?}: expected a reset, got {other:?}"),
+        }
+    }
+    // The same connection: two prompts on one stream, two answers, each ended by 0:.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"2:hi5:hello").await.unwrap();
+    send.finish().unwrap();
+    let answers = lenprefix_answers(&read_all(recv).await.unwrap());
+    assert_eq!(
+        answers,
+        vec![expected("hi", 5), expected("hello", 5), vec![]]
+    );
+    assert_eq!(stack.stats(ap("quic")).snapshot().errors, 5);
+    assert!(conn.close_reason().is_none(), "the connection survived");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     use wtransport::error::StreamReadError;

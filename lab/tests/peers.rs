@@ -148,6 +148,57 @@ fn aioquic_webtransport_client_talks_to_the_wt_server() {
     assert_eq!(v["status"], 404);
 }
 
+/// aioquic, with lab's own ALPN, against the raw QUIC server: two prompts on two
+/// streams of one connection, then a second connection that resumes the first's session
+/// and sends its prompt as 0-RTT data, which the server accepts and answers.
+#[test]
+fn aioquic_client_talks_raw_quic_with_0rtt_to_the_quic_server() {
+    let llm = mock();
+    let dir = tmpdir("aioquic-raw");
+    let quic = Server::start(&[
+        "serve",
+        "quic",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let listen: std::net::SocketAddr = quic.str("listen").parse().unwrap();
+    let port = listen.port().to_string();
+    let ca = dir.join("cert.pem");
+    let v = peer(
+        "quic_aioquic.py",
+        &[
+            "127.0.0.1",
+            &port,
+            ca.to_str().unwrap(),
+            "hello",
+            "second prompt",
+        ],
+    );
+    let bytes = |a: &serde_json::Value| -> Vec<u8> {
+        a.as_str().unwrap().chars().map(|c| c as u8).collect()
+    };
+    let answers = v["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2, "{v}");
+    for (a, prompt) in answers.iter().zip(["hello", "second prompt"]) {
+        assert_eq!(
+            lenprefix_answers(&bytes(a)),
+            vec![expected(prompt, 12), vec![]],
+            "{prompt}"
+        );
+    }
+    assert!(v["tickets"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["resumed"]["early_data_accepted"], true, "{v}");
+    assert_eq!(
+        lenprefix_answers(&bytes(&v["resumed"]["answer"])),
+        vec![expected("hello", 12), vec![]]
+    );
+    assert!(quic.stop());
+}
+
 #[test]
 fn python_websockets_client_talks_to_the_ws_server() {
     let llm = mock();

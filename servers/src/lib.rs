@@ -11,9 +11,11 @@
 pub mod http;
 pub mod llm;
 pub mod proxy;
+pub mod quic;
 pub mod sse;
 pub mod sse_h2;
 pub mod stats;
+pub mod streams;
 pub mod textgen;
 pub mod tls;
 pub mod upstream;

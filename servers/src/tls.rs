@@ -9,7 +9,7 @@
 //! `SSLKEYLOGFILE` so captures can be decrypted.
 
 use anyhow::{Context, Result, bail};
-use lab_codec::trust::{ALPN_H2, ALPN_H3, ALPN_HTTP1, provider, sha256};
+use lab_codec::trust::{ALPN_H2, ALPN_H3, ALPN_HTTP1, ALPN_QUIC, provider, sha256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -154,6 +154,15 @@ impl CertKey {
             .context("the certificate and private key do not match or are unsupported")?;
         cfg.alpn_protocols = vec![ALPN_H3.to_vec()];
         cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+        Ok(cfg)
+    }
+
+    /// A server config for raw QUIC: TLS 1.3 only, ALPN `lab-quic`, 0-RTT accepted
+    /// (QUIC requires the largest early-data size, or none).
+    pub fn quic_server_config(&self) -> Result<rustls::ServerConfig> {
+        let mut cfg = self.h3_server_config()?;
+        cfg.alpn_protocols = vec![ALPN_QUIC.to_vec()];
+        cfg.max_early_data_size = u32::MAX;
         Ok(cfg)
     }
 }

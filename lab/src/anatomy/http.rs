@@ -21,6 +21,8 @@ pub enum App {
     WebSocket,
     /// WebTransport over HTTP/3 over QUIC.
     WebTransport,
+    /// Raw QUIC streams, no HTTP/3: stream data is the body itself.
+    Quic,
 }
 
 /// What the anatomy needs to know of an approach's wire: its application protocol and
@@ -34,7 +36,7 @@ pub struct Wire {
 /// The runs of both directions of a connection's application data (TLS plaintext).
 pub fn tcp(wire: Wire, up: &[u8], down: &[u8]) -> (Runs<()>, Runs<()>) {
     match wire.app {
-        App::Http1 | App::WebTransport => {
+        App::Http1 | App::WebTransport | App::Quic => {
             // An upgrade to another protocol leaves the rest undecoded.
             let whole = |s: &[u8], request: bool| {
                 let (mut r, _) = http1(s, request, wire.body);
@@ -377,6 +379,16 @@ pub fn quic_stream(
     };
     append(&mut r, &pieces.resolve(HashMap::from([((), inner)])));
     r
+}
+
+/// The runs of one direction of a raw QUIC stream (no HTTP/3): all of it is body, the
+/// server's in the token format, the client's message bytes.
+pub fn raw_quic_stream(body: Body, from_client: bool, s: &[u8]) -> Runs<()> {
+    if from_client {
+        message(s)
+    } else {
+        body::response(body, s)
+    }
 }
 
 fn append(to: &mut Runs<()>, from: &Runs<()>) {

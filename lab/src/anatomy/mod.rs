@@ -315,7 +315,7 @@ pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &
                     payload: heads[i].flow.map_or(&[][..], |f| f.2),
                 })
                 .collect();
-            quic::flow(&dgrams, wire.body, keys)
+            quic::flow(&dgrams, wire, keys)
         };
         let mut flow = Flow {
             transport: if *tcp { "tcp" } else { "udp" }.to_owned(),

@@ -6,7 +6,6 @@
 //! of which stream each STREAM frame carried (new, or seen before); the second, once
 //! the streams are whole, gives each frame's stream bytes their layers.
 
-use super::body::Body;
 use super::keys::{KeyLog, QuicKeys, Suite, TAG, initial_keys};
 use super::layers::{Layer, Layers, RangeSet};
 use super::tls::{client_random, server_suite};
@@ -350,7 +349,9 @@ pub struct Datagram<'a> {
 
 /// Decodes one UDP flow of QUIC datagrams. Returns, per datagram, its layers above the
 /// UDP header and its class; and the notes on what could not be decoded.
-pub fn flow(dgrams: &[Datagram], body: Body, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
+pub fn flow(dgrams: &[Datagram], wire: super::http::Wire, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
+    let body = wire.body;
+    let raw = wire.app == super::http::App::Quic;
     let mut conn = Conn::default();
     let mut plans = Vec::with_capacity(dgrams.len());
     for d in dgrams {
@@ -369,8 +370,12 @@ pub fn flow(dgrams: &[Datagram], body: Body, log: &KeyLog) -> (Vec<Out>, Vec<Str
             } else {
                 conn.streams.get(&(!up, sid))
             };
-            let wt = opener.is_some_and(|o| super::http::is_webtransport(o.whole()));
-            let runs = super::http::quic_stream(body, sid, up, initiator, wt, s.whole());
+            let runs = if raw {
+                super::http::raw_quic_stream(body, up, s.whole())
+            } else {
+                let wt = opener.is_some_and(|o| super::http::is_webtransport(o.whole()));
+                super::http::quic_stream(body, sid, up, initiator, wt, s.whole())
+            };
             ((up, sid), runs.map())
         })
         .collect();

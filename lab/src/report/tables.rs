@@ -95,6 +95,18 @@ pub fn render(run: &Run) -> String {
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
+        // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
+        for c in &cells {
+            let tried: Vec<bool> = c.records.iter().filter_map(|r| r.zero_rtt).collect();
+            if !tried.is_empty() {
+                out.push_str(&format!(
+                    "{}: 0-RTT accepted for {} of {} new connections (the first has no session to resume).\n\n",
+                    c.cell.name,
+                    tried.iter().filter(|&&t| t).count(),
+                    tried.len()
+                ));
+            }
+        }
 
         #[derive(tabled::Tabled)]
         struct WireRow {

@@ -779,8 +779,9 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
             value: val,
             path: format!("{path}.{}", k.as_str()),
         };
+        use lab_codec::transport::{QUIC_SECTION, TCP_SECTION};
         match k.as_str() {
-            "quic" | "tcp" => extra.push(f),
+            QUIC_SECTION | TCP_SECTION => extra.push(f),
             other => cx.push(
                 key_pos(k),
                 &f.path,
@@ -799,7 +800,7 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
                 .map_or(pos(f.value), |(k, _)| key_pos(k))
         };
         match f.name() {
-            "quic" => {
+            lab_codec::transport::QUIC_SECTION => {
                 let before = cx.out.len();
                 // `ack_frequency` is `true`/`false` or a mapping: read by its form.
                 let Some((good, af)) = cx.fields::<QuicSpec>(f.value, &f.path, &["ack_frequency"])
@@ -887,7 +888,7 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
                 ok &= cx.out.len() == before;
                 spec.quic = Some(q);
             }
-            "tcp" => {
+            lab_codec::transport::TCP_SECTION => {
                 let Some(t) = cx.section::<TcpSpec>(f.value, &f.path) else {
                     ok = false;
                     continue;

@@ -1,0 +1,202 @@
+//! The raw QUIC runner: quinn itself, no HTTP/3, ALPN `lab-quic`; one bidirectional
+//! stream per prompt, carrying the WebTransport runner's protocol ([`crate::streams`]).
+//!
+//! Every new connection tries 0-RTT: once the runner holds a session ticket from an
+//! earlier connection (its TLS config keeps them), the prompt goes out in the first
+//! flight, before the handshake completes. Each record that set up a connection says
+//! whether the server accepted the 0-RTT data (`zero_rtt`); a refused prompt is sent
+//! again once the handshake is done. `fresh` sets up a connection per prompt, so every
+//! prompt after the first can resume; `reuse` keeps one connection.
+
+use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
+use crate::stats::QuicWatch;
+use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wtransport::quinn;
+
+/// The raw QUIC runner for `target` (its path is ignored).
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(Box::new(QuicRunner::new(target, opts)?))
+}
+
+/// The connection a runner uses, with its number and the watch that reports its
+/// statistics when it is dropped; shared by the runners of one connection.
+type Slot = Arc<tokio::sync::Mutex<Option<(quinn::Connection, u32, Arc<QuicWatch>)>>>;
+
+pub struct QuicRunner {
+    opts: RunnerOpts,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    host: String,
+    conn: Slot,
+}
+
+impl QuicRunner {
+    pub fn new(target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
+        let quic = &opts.transport.quic;
+        let tls = opts.trust.quic_client_config()?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(quic.transport_config()?));
+        let bind: SocketAddr = if target.addr.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        // The socket itself, for what quinn has no setting for (ECN off).
+        let same = socket.try_clone()?;
+        let mut ecfg = quinn::EndpointConfig::default();
+        quic.endpoint_config(&mut ecfg);
+        let endpoint = quinn::Endpoint::new(ecfg, None, socket, Arc::new(quinn::TokioRuntime))?;
+        quic.after_bind(&same);
+        Ok(Self {
+            opts: opts.clone(),
+            endpoint,
+            config,
+            addr: target.addr,
+            host: target.host,
+            conn: Arc::default(),
+        })
+    }
+
+    /// A new connection, in 0-RTT where the runner can resume a session: the
+    /// connection, and what says whether the server took the 0-RTT data.
+    async fn connect(
+        &self,
+        rec: &mut Recorder,
+    ) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), PromptError> {
+        let err = |e: String| {
+            PromptError::new(
+                ErrorCategory::Connect,
+                format!("QUIC connection to {} failed: {e}", self.addr),
+            )
+        };
+        let t = Instant::now();
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, &self.host)
+            .map_err(|e| err(e.to_string()))?;
+        let (conn, early) = match connecting.into_0rtt() {
+            Ok((c, accepted)) => (c, Some(accepted)),
+            Err(connecting) => (connecting.await.map_err(|e| err(e.to_string()))?, None),
+        };
+        // Set-up is the time until the prompt could go out: next to nothing in 0-RTT.
+        rec.connected(t.elapsed());
+        Ok((conn, early))
+    }
+
+    async fn attempt(
+        &mut self,
+        prompt: &str,
+        rec: &mut Recorder,
+        sink: &mut TokenSink<'_>,
+    ) -> Result<(), PromptError> {
+        let (conn, early) = {
+            let mut slot = self.conn.lock().await;
+            match slot.as_ref() {
+                Some((c, id, _)) if self.opts.mode == Mode::Reuse => {
+                    rec.reused();
+                    rec.conn(*id);
+                    (c.clone(), None)
+                }
+                _ => {
+                    let (c, early) = self.connect(rec).await?;
+                    let id = self.opts.next_conn();
+                    rec.conn(id);
+                    let port = self.endpoint.local_addr().map_or(0, |a| a.port());
+                    let watch = Arc::new(QuicWatch::new(&c, id, port, &self.opts.stats));
+                    *slot = Some((c.clone(), id, watch));
+                    (c, early)
+                }
+            }
+        };
+        let open = |c: &quinn::Connection| {
+            let c = c.clone();
+            async move {
+                c.open_bi()
+                    .await
+                    .map_err(|e| PromptError::new(ErrorCategory::Send, format!("open stream: {e}")))
+            }
+        };
+        let (mut send, mut recv) = open(&conn).await?;
+        crate::streams::send_prompt(&mut send, prompt).await?;
+        match early {
+            Some(accepted) => {
+                // Known once the handshake completes, which is also when the first
+                // answer bytes can be read; refused 0-RTT data is lost, so the prompt
+                // goes again.
+                let ok = accepted.await;
+                rec.zero_rtt(ok);
+                if !ok {
+                    (send, recv) = open(&conn).await?;
+                    crate::streams::send_prompt(&mut send, prompt).await?;
+                }
+            }
+            // A new connection without a session to resume.
+            None if !rec.is_reused() => rec.zero_rtt(false),
+            None => {}
+        }
+        rec.stream(quinn::VarInt::from(send.id()).into_inner());
+        crate::streams::read_answer(recv, rec, sink).await
+    }
+
+    async fn drop_conn(&mut self) {
+        // Dropping the last handle on the watch closes the connection and reports it.
+        self.conn.lock().await.take();
+    }
+}
+
+impl Runner for QuicRunner {
+    fn name(&self) -> &'static str {
+        self.opts.approach
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        index: usize,
+        prompt: &'a str,
+        sink: &'a mut TokenSink<'a>,
+    ) -> BoxFuture<'a, crate::record::PromptRecord> {
+        Box::pin(async move {
+            let mut rec = Recorder::start();
+            let timeout = self.opts.timeout;
+            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            let ended = self
+                .conn
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|(c, _, _)| c.close_reason().is_some());
+            if self.opts.mode == Mode::Fresh || ended {
+                self.drop_conn().await;
+            }
+            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.drop_conn().await;
+            // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        })
+    }
+
+    fn share(&self) -> Option<Box<dyn Runner>> {
+        (self.opts.mode == Mode::Reuse).then(|| -> Box<dyn Runner> {
+            Box::new(QuicRunner {
+                opts: self.opts.clone(),
+                endpoint: self.endpoint.clone(),
+                config: self.config.clone(),
+                addr: self.addr,
+                host: self.host.clone(),
+                conn: self.conn.clone(),
+            })
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! One request stream of the QUIC servers (WebTransport's and raw QUIC's), whatever
+//! library carries it: the client writes prompts as `<len>:<prompt>`; for each, in
+//! order, the server writes the upstream's tokens as `<len>:<token>`, then `0:`, and it
+//! finishes its side once the client has finished its own and every prompt is answered.
+//!
+//! Bad framing resets the stream with [`ERR_FRAMING`] and stops its receive side; an
+//! upstream failure resets it with [`ERR_UPSTREAM`]. Neither touches the connection.
+
+use crate::stats::ServerStats;
+use crate::upstream::Upstream;
+use bytes::BytesMut;
+use lab_codec::lenprefix::{self, Frame};
+use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The sending half of a QUIC stream.
+pub trait Send: std::marker::Send + 'static {
+    /// Writes all of `b`; an error means the stream or connection is gone.
+    fn write_all(&mut self, b: &[u8]) -> impl Future<Output = Result<(), ()>> + std::marker::Send;
+    /// Abandons the stream with an application error code.
+    fn reset(&mut self, code: u32);
+    /// Ends the stream once what was written is delivered.
+    fn finish(&mut self) -> impl Future<Output = ()> + std::marker::Send;
+    /// The stream's ID, for logs.
+    fn id(&self) -> u64;
+}
+
+/// The receiving half of a QUIC stream.
+pub trait Recv: std::marker::Send + 'static {
+    /// Reads into `buf`: `Some(n)`, or `None` at the end of the stream.
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<Option<usize>, String>> + std::marker::Send;
+    /// Asks the peer to stop sending, with an application error code.
+    fn stop(self, code: u32);
+}
+
+/// A QUIC connection (or WebTransport session) whose client opens request streams.
+pub trait Conn: std::marker::Send + Sync + 'static {
+    type Send: Send;
+    type Recv: Recv;
+    /// The next bidirectional stream the client opened; an error when the connection
+    /// has ended.
+    fn accept_bi(
+        &self,
+    ) -> impl Future<Output = Result<(Self::Send, Self::Recv), String>> + std::marker::Send;
+    /// Closes the connection with an application error code.
+    fn close(&self, code: u32, reason: &[u8]);
+}
+
+/// Connection error code: closed because nothing happened on it for the idle timeout.
+pub const CLOSE_IDLE: u32 = 0x20;
+
+/// Counts a connection's open streams and notes when its last one ended.
+#[derive(Default)]
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since the connection began, when the last stream ended.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Marks a stream open for as long as it lives.
+struct Open(Arc<Activity>, tokio::time::Instant);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .last_ms
+            .store(self.1.elapsed().as_millis() as u64, Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answers every stream the client opens on `conn`, each on a task of its own, until
+/// the connection ends. Keep-alive packets keep a QUIC connection open forever, so a
+/// connection with no stream open for `limits.idle` is closed here ([`CLOSE_IDLE`]).
+pub async fn serve<C: Conn>(
+    conn: C,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+    limits: crate::Limits,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+    let began = tokio::time::Instant::now();
+    let activity = Arc::new(Activity::default());
+    loop {
+        // With a stream open the connection is busy: look again an idle period later.
+        let check_at = if activity.open.load(Relaxed) > 0 {
+            tokio::time::Instant::now() + limits.idle
+        } else {
+            began + Duration::from_millis(activity.last_ms.load(Relaxed)) + limits.idle
+        };
+        let idle_check = tokio::time::sleep_until(check_at);
+        tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok((send, recv)) => {
+                    activity.open.fetch_add(1, Relaxed);
+                    let open = Open(activity.clone(), began);
+                    let (up, st) = (upstream.clone(), stats.clone());
+                    tokio::spawn(async move {
+                        let _open = open;
+                        answer(send, recv, up, st).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!("connection ended: {e}");
+                    break;
+                }
+            },
+            () = idle_check => {
+                let quiet = began + Duration::from_millis(activity.last_ms.load(Relaxed));
+                if activity.open.load(Relaxed) == 0 && quiet + limits.idle <= tokio::time::Instant::now() {
+                    tracing::debug!("closing a connection idle for {:?}", limits.idle);
+                    conn.close(CLOSE_IDLE, b"idle");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Answers the prompts of one stream until the client finishes it.
+pub async fn answer(
+    mut send: impl Send,
+    mut recv: impl Recv,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, lenprefix::LenPrefixError>>(64);
+    tokio::spawn(async move {
+        let mut dec = lenprefix::Decoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    dec.extend(&buf[..n]);
+                    loop {
+                        match dec.next_frame() {
+                            Ok(Some(Frame::Message(m))) => {
+                                let prompt = String::from_utf8_lossy(&m).into_owned();
+                                if tx.send(Ok(prompt)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // A `0:` from the client carries no prompt: nothing to answer.
+                            Ok(Some(Frame::End)) => {}
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                recv.stop(ERR_FRAMING);
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if let Err(e) = dec.finish() {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("request stream read failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let mut out = BytesMut::with_capacity(256);
+    while let Some(item) = rx.recv().await {
+        let prompt = match item {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("bad framing on stream {}: {e}", send.id());
+                stats.error();
+                send.reset(ERR_FRAMING);
+                return;
+            }
+        };
+        stats.request();
+        let mut tokens = match upstream.chat(&prompt).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("upstream failed: {e}");
+                stats.error();
+                send.reset(ERR_UPSTREAM);
+                return;
+            }
+        };
+        loop {
+            match tokens.next().await {
+                Ok(Some(tok)) => {
+                    out.clear();
+                    let mut n = 1;
+                    let mut bad = lenprefix::encode(tok.as_bytes(), &mut out).is_err();
+                    // Tokens that arrived together leave in one write.
+                    while !bad {
+                        match tokens.ready_token() {
+                            Ok(Some(t)) => {
+                                bad = lenprefix::encode(t.as_bytes(), &mut out).is_err();
+                                n += 1;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!("upstream failed mid-stream: {e}");
+                                bad = true;
+                            }
+                        }
+                    }
+                    if bad {
+                        stats.error();
+                        send.reset(ERR_UPSTREAM);
+                        return;
+                    }
+                    if send.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    stats.tokens(n);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("upstream failed mid-stream: {e}");
+                    stats.error();
+                    send.reset(ERR_UPSTREAM);
+                    return;
+                }
+            }
+        }
+        if send.write_all(lenprefix::END).await.is_err() {
+            return;
+        }
+    }
+    send.finish().await;
+}
+
+impl Send for wtransport::SendStream {
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), ()> {
+        wtransport::SendStream::write_all(self, b)
+            .await
+            .map_err(|_| ())
+    }
+    fn reset(&mut self, code: u32) {
+        let _ = wtransport::SendStream::reset(self, wtransport::VarInt::from_u32(code));
+    }
+    async fn finish(&mut self) {
+        let _ = wtransport::SendStream::finish(self).await;
+    }
+    fn id(&self) -> u64 {
+        wtransport::VarInt::from(wtransport::SendStream::id(self)).into_inner()
+    }
+}
+
+impl Recv for wtransport::RecvStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
+        wtransport::RecvStream::read(self, buf)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn stop(self, code: u32) {
+        wtransport::RecvStream::stop(self, wtransport::VarInt::from_u32(code));
+    }
+}
+
+use wtransport::quinn;
+
+impl Send for quinn::SendStream {
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), ()> {
+        quinn::SendStream::write_all(self, b).await.map_err(|_| ())
+    }
+    fn reset(&mut self, code: u32) {
+        let _ = quinn::SendStream::reset(self, quinn::VarInt::from_u32(code));
+    }
+    async fn finish(&mut self) {
+        // quinn delivers what was written in the background; wait until the peer has
+        // it all, or the stream is gone.
+        if quinn::SendStream::finish(self).is_ok() {
+            let _ = quinn::SendStream::stopped(self).await;
+        }
+    }
+    fn id(&self) -> u64 {
+        quinn::VarInt::from(quinn::SendStream::id(self)).into_inner()
+    }
+}
+
+impl Recv for quinn::RecvStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
+        quinn::RecvStream::read(self, buf)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn stop(mut self, code: u32) {
+        let _ = quinn::RecvStream::stop(&mut self, quinn::VarInt::from_u32(code));
+    }
+}
+
+impl Conn for wtransport::Connection {
+    type Send = wtransport::SendStream;
+    type Recv = wtransport::RecvStream;
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), String> {
+        wtransport::Connection::accept_bi(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn close(&self, code: u32, reason: &[u8]) {
+        wtransport::Connection::close(self, wtransport::VarInt::from_u32(code), reason);
+    }
+}
+
+impl Conn for quinn::Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), String> {
+        quinn::Connection::accept_bi(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn close(&self, code: u32, reason: &[u8]) {
+        quinn::Connection::close(self, quinn::VarInt::from_u32(code), reason);
+    }
+}
