@@ -629,10 +629,15 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("Concurrency: 8 prompts in flight in each cell; as 8 streams of one connection: sse-h2, wt; on 8 connections: raw, sse, ws"),
-        "{out}"
+    let (mux, own): (Vec<_>, Vec<_>) = lab::approach::all().partition(|a| a.multiplexed);
+    let list =
+        |v: &[lab::approach::Approach]| v.iter().map(|a| a.name).collect::<Vec<_>>().join(", ");
+    let said = format!(
+        "Concurrency: 8 prompts in flight in each cell; as 8 streams of one connection: {}; on 8 connections: {}",
+        list(&mux),
+        list(&own)
     );
+    assert!(out.contains(&said), "no {said:?} in:\n{out}");
     let (_, run) = saved(&results);
     assert_eq!(run["digest_mismatches"].as_array().unwrap().len(), 0);
     let cells = run["cells"].as_array().unwrap();

@@ -347,9 +347,92 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
-/// Decodes one UDP flow of QUIC datagrams. Returns, per datagram, its layers above the
-/// UDP header and its class; and the notes on what could not be decoded.
+/// The connection IDs of a long-header packet at the start of `p`, and whether it is an
+/// Initial: (Initial, DCID, SCID).
+fn long_ids(p: &[u8]) -> Option<(bool, &[u8], &[u8])> {
+    if p.first()? & 0x80 == 0 {
+        return None;
+    }
+    let dl = usize::from(*p.get(5)?);
+    let dcid = p.get(6..6 + dl)?;
+    let sl = usize::from(*p.get(6 + dl)?);
+    let scid = p.get(7 + dl..7 + dl + sl)?;
+    Some(((p[0] >> 4) & 3 == 0, dcid, scid))
+}
+
+/// Groups the datagrams of a UDP flow by QUIC connection, as indices in order. One
+/// client endpoint (quinn's, say) sets up every connection from the same port: a client
+/// Initial to a connection ID no connection has used starts a new one. A short-header
+/// packet goes to the connection whose connection ID it carries, or, with one not seen
+/// in a long header (a new one issued in an encrypted frame), to the latest connection.
+fn connections(dgrams: &[Datagram]) -> Vec<Vec<usize>> {
+    let mut conns: Vec<(Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
+    for (k, d) in dgrams.iter().enumerate() {
+        let at = match long_ids(d.payload) {
+            Some((initial, dcid, scid)) => {
+                let mine = conns
+                    .iter()
+                    .rposition(|(_, ids)| ids.iter().any(|c| c == dcid || c == scid));
+                let at = match mine {
+                    Some(i) => i,
+                    None if d.up && initial || conns.is_empty() => {
+                        conns.push((Vec::new(), Vec::new()));
+                        conns.len() - 1
+                    }
+                    None => conns.len() - 1,
+                };
+                for id in [dcid, scid] {
+                    if !id.is_empty() && !conns[at].1.iter().any(|c| c == id) {
+                        conns[at].1.push(id.to_vec());
+                    }
+                }
+                at
+            }
+            None => {
+                let rest = d.payload.get(1..).unwrap_or_default();
+                conns
+                    .iter()
+                    .rposition(|(_, ids)| ids.iter().any(|c| !c.is_empty() && rest.starts_with(c)))
+                    .unwrap_or(conns.len().saturating_sub(1))
+            }
+        };
+        if conns.is_empty() {
+            conns.push((Vec::new(), Vec::new()));
+        }
+        conns[at].0.push(k);
+    }
+    conns.into_iter().map(|(idx, _)| idx).collect()
+}
+
+/// Decodes one UDP flow of QUIC datagrams, connection by connection. Returns, per
+/// datagram, its layers above the UDP header and its class; and the notes on what could
+/// not be decoded.
 pub fn flow(dgrams: &[Datagram], wire: super::http::Wire, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
+    let mut outs: Vec<Option<Out>> = (0..dgrams.len()).map(|_| None).collect();
+    let mut notes = Vec::new();
+    for idx in connections(dgrams) {
+        let part: Vec<Datagram> = idx
+            .iter()
+            .map(|&k| Datagram {
+                up: dgrams[k].up,
+                payload: dgrams[k].payload,
+            })
+            .collect();
+        let (o, n) = connection(&part, wire, log);
+        for (k, out) in idx.into_iter().zip(o) {
+            outs[k] = Some(out);
+        }
+        for n in n {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
+    }
+    (outs.into_iter().map(Option::unwrap_or_default).collect(), notes)
+}
+
+/// Decodes the datagrams of one QUIC connection.
+fn connection(dgrams: &[Datagram], wire: super::http::Wire, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
     let body = wire.body;
     let raw = wire.app == super::http::App::Quic;
     let mut conn = Conn::default();
