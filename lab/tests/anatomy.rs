@@ -62,99 +62,119 @@ fn short_overhead(s: &Side) -> f64 {
 fn every_approach_s_anatomy_adds_up_and_agrees_with_the_endpoints() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let names: Vec<&str> = lab::approach::all().map(|a| a.name).collect();
-    let (run, report) = run_yaml(
-        "ranat",
-        &format!(
-            "name: ranat\napproaches: [{}]\nllm:\n  mock: {{ ttft: 10ms, tbt: 3ms, jitter: 0%, max_tokens: 40 }}\nprofiles:\n  baseline: {{}}\n  lossy: {{ delay: 10ms, loss: 2% }}\nworkload: {{ prompts: reference, timeout: 30s }}\n",
-            names.join(", ")
-        ),
-    );
-    assert_eq!(run.cells.len(), 2 * names.len());
-    for c in &run.cells {
-        let who = format!("{}@{}", c.cell.name, c.cell.profile);
-        assert!(c.records.iter().all(|r| r.error.is_none()), "{who}");
-        let a = c
-            .anatomy
-            .as_ref()
-            .unwrap_or_else(|| panic!("{who}: no anatomy"));
-        let (ce, se) = (c.client.as_ref().unwrap(), c.server.as_ref().unwrap());
-        // At each end, each direction: the layers add up to every byte the capture
-        // counted, nothing is undecoded, and what is not the cell's connection is the
-        // capture's own count of non-IP frames (ARP).
-        for (end, an, dirs) in [
-            (
-                "client",
-                &a.client,
-                [
-                    (&a.client.up, &ce.capture.tx),
-                    (&a.client.down, &ce.capture.rx),
-                ],
+    // Kept connections, and a connection per prompt: QUIC clients then set up one
+    // connection after another from one port, raw QUIC's in 0-RTT.
+    for (lab_name, mode) in [("ranat", "reuse"), ("ranatf", "fresh")] {
+        let (run, report) = run_yaml(
+            lab_name,
+            &format!(
+                "name: {lab_name}\napproaches: [{}]\nllm:\n  mock: {{ ttft: 10ms, tbt: 3ms, jitter: 0%, max_tokens: 40 }}\nprofiles:\n  baseline: {{}}\n  lossy: {{ delay: 10ms, loss: 2% }}\nworkload: {{ prompts: reference, connection: {mode}, timeout: 30s }}\n",
+                names.join(", ")
             ),
-            (
-                "server",
-                &a.server,
-                [
-                    (&a.server.up, &se.capture.rx),
-                    (&a.server.down, &se.capture.tx),
-                ],
-            ),
-        ] {
-            assert!(an.notes.is_empty(), "{who} {end}: {:?}", an.notes);
-            for (side, counted) in dirs {
-                assert_eq!(side.layers.total(), side.bytes, "{who} {end}");
-                assert_eq!(side.bytes, counted.l2_bytes, "{who} {end}");
-                assert_eq!(side.frames, counted.frames, "{who} {end}");
-                assert_eq!(side.packets.total(), counted.frames, "{who} {end}");
-                assert_eq!(side.layers.undecoded, 0, "{who} {end}");
-                assert_eq!(side.layers.other, counted.other_bytes, "{who} {end}");
+        );
+        assert_eq!(run.cells.len(), 2 * names.len());
+        for c in &run.cells {
+            let who = format!("{}@{}", c.cell.name, c.cell.profile);
+            assert!(c.records.iter().all(|r| r.error.is_none()), "{who}");
+            let a = c
+                .anatomy
+                .as_ref()
+                .unwrap_or_else(|| panic!("{who}: no anatomy"));
+            let (ce, se) = (c.client.as_ref().unwrap(), c.server.as_ref().unwrap());
+            // At each end, each direction: the layers add up to every byte the capture
+            // counted, nothing is undecoded, and what is not the cell's connection is the
+            // capture's own count of non-IP frames (ARP).
+            for (end, an, dirs) in [
+                (
+                    "client",
+                    &a.client,
+                    [
+                        (&a.client.up, &ce.capture.tx),
+                        (&a.client.down, &ce.capture.rx),
+                    ],
+                ),
+                (
+                    "server",
+                    &a.server,
+                    [
+                        (&a.server.up, &se.capture.rx),
+                        (&a.server.down, &se.capture.tx),
+                    ],
+                ),
+            ] {
+                assert!(an.notes.is_empty(), "{who} {end}: {:?}", an.notes);
+                for (side, counted) in dirs {
+                    assert_eq!(side.layers.total(), side.bytes, "{who} {end}");
+                    assert_eq!(side.bytes, counted.l2_bytes, "{who} {end}");
+                    assert_eq!(side.frames, counted.frames, "{who} {end}");
+                    assert_eq!(side.packets.total(), counted.frames, "{who} {end}");
+                    assert_eq!(side.layers.undecoded, 0, "{who} {end}");
+                    assert_eq!(side.layers.other, counted.other_bytes, "{who} {end}");
+                    assert_eq!(
+                        side.layers.link,
+                        14 * (counted.frames - counted.other_frames),
+                        "{who} {end}: Ethernet headers"
+                    );
+                }
+                // The tokens' bytes on the wire are the tokens the client decoded.
+                let token_bytes: u64 = c.records.iter().map(|r| r.token_bytes).sum();
+                assert!(token_bytes > 0);
+                assert_eq!(an.down.layers.payload, token_bytes, "{who} {end}");
+                assert_eq!(an.up.layers.payload, 0, "{who} {end}");
+            }
+            // Every connection's own counters agree with the capture.
+            assert!(!c.connections.is_empty(), "{who}: no connection statistics");
+            for s in &c.connections {
+                let (line, agree) = lab::report::anatomy::check(s, &c.connections, &a.client.flows)
+                    .unwrap_or_else(|| panic!("{who}: connection {} not captured", s.conn));
+                assert!(agree, "{who}: {line}");
+                let tcp = matches!(s.transport, TransportStats::Tcp(_));
                 assert_eq!(
-                    side.layers.link,
-                    14 * (counted.frames - counted.other_frames),
-                    "{who} {end}: Ethernet headers"
+                    tcp,
+                    c.cell.approach.transport == lab::approach::Transport::Tcp
                 );
             }
-            // The tokens' bytes on the wire are the tokens the client decoded.
-            let token_bytes: u64 = c.records.iter().map(|r| r.token_bytes).sum();
-            assert!(token_bytes > 0);
-            assert_eq!(an.down.layers.payload, token_bytes, "{who} {end}");
-            assert_eq!(an.up.layers.payload, 0, "{who} {end}");
+            // A lossy link makes the sender put data on the wire again, and its own capture
+            // sees it.
+            if c.cell.profile == "lossy" {
+                assert!(
+                    a.server.down.layers.retransmitted > 0,
+                    "{who}: nothing resent"
+                );
+                assert!(a.server.down.retransmitted_packets > 0, "{who}");
+            } else {
+                assert_eq!(a.server.down.layers.retransmitted, 0, "{who}");
+            }
         }
-        // Every connection's own counters agree with the capture.
-        assert!(!c.connections.is_empty(), "{who}: no connection statistics");
-        for s in &c.connections {
-            let (line, agree) = lab::report::anatomy::check(s, &a.client.flows)
-                .unwrap_or_else(|| panic!("{who}: connection {} not captured", s.conn));
-            assert!(agree, "{who}: {line}");
-            let tcp = matches!(s.transport, TransportStats::Tcp(_));
-            assert_eq!(
-                tcp,
-                c.cell.approach.transport == lab::approach::Transport::Tcp
-            );
+        for needle in [
+            "Anatomy per token, at the client's interface",
+            "| Approach | Dir  | data pkt/tok | ACK pkt/tok |",
+            "Where the approaches differ from raw",
+            "## Endpoint statistics against the capture",
+            "TCP_INFO says",
+            "quinn says",
+            "L3 B/tok",
+        ] {
+            assert!(report.contains(needle), "no {needle:?} in the report");
         }
-        // A lossy link makes the sender put data on the wire again, and its own capture
-        // sees it.
-        if c.cell.profile == "lossy" {
+        assert!(!report.contains("DISAGREE"), "{report}");
+        if mode == "fresh" {
+            // Every raw QUIC prompt after the first resumed in 0-RTT, and the 0-RTT
+            // packets were decrypted (nothing is undecoded, checked above).
+            let quic = run
+                .cells
+                .iter()
+                .find(|c| c.cell.approach.name == "quic")
+                .unwrap();
+            let zero: Vec<Option<bool>> = quic.records.iter().map(|r| r.zero_rtt).collect();
+            assert_eq!(zero[0], Some(false), "{zero:?}");
+            assert!(zero[1..].iter().all(|z| *z == Some(true)), "{zero:?}");
             assert!(
-                a.server.down.layers.retransmitted > 0,
-                "{who}: nothing resent"
+                report.contains("quic: 0-RTT accepted for 9 of 10 new connections"),
+                "{report}"
             );
-            assert!(a.server.down.retransmitted_packets > 0, "{who}");
-        } else {
-            assert_eq!(a.server.down.layers.retransmitted, 0, "{who}");
         }
     }
-    for needle in [
-        "Anatomy per token, at the client's interface",
-        "| Approach | Dir  | data pkt/tok | ACK pkt/tok |",
-        "Where the approaches differ from raw",
-        "## Endpoint statistics against the capture",
-        "TCP_INFO says",
-        "quinn says",
-        "L3 B/tok",
-    ] {
-        assert!(report.contains(needle), "no {needle:?} in the report");
-    }
-    assert!(!report.contains("DISAGREE"), "{report}");
 }
 
 #[test]

@@ -278,21 +278,23 @@ fn headers<'a>(f: &Frame<'a>, port: u16) -> Headers<'a> {
 /// speaks; `keys` is the client's key log.
 pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &KeyLog) -> Anatomy {
     let heads: Vec<Headers> = frames.iter().map(|f| headers(f, port)).collect();
-    // Frames by connection, in the order connections appear.
-    let mut flows: Vec<((bool, u16), Vec<usize>)> = Vec::new();
+    // Frames by connection, in the order connections appear: TCP connections by the
+    // client's port, QUIC connections by port and then by connection ID (one client
+    // port may carry a connection after another).
+    let up = |f: &Frame| f.tx == at_client;
+    let mut by_port: Vec<((bool, u16), Vec<usize>)> = Vec::new();
     for (i, h) in heads.iter().enumerate() {
         if let Some((tcp, client, _)) = h.flow {
-            match flows.iter_mut().find(|(k, _)| *k == (tcp, client)) {
+            match by_port.iter_mut().find(|(k, _)| *k == (tcp, client)) {
                 Some((_, v)) => v.push(i),
-                None => flows.push(((tcp, client), vec![i])),
+                None => by_port.push(((tcp, client), vec![i])),
             }
         }
     }
-    let up = |f: &Frame| f.tx == at_client;
-    let mut outs: Vec<Option<Out>> = vec![None; frames.len()];
-    let mut a = Anatomy::default();
-    for ((tcp, client), idx) in &flows {
-        let (res, notes) = if *tcp {
+    // Each connection decoded: its frames, what each frame holds, and notes.
+    let mut decoded: Vec<(bool, u16, Vec<usize>, Vec<Out>, Vec<String>)> = Vec::new();
+    for ((tcp, client), idx) in by_port {
+        if tcp {
             let segs: Vec<tcp::Segment> = idx
                 .iter()
                 .map(|&i| {
@@ -306,17 +308,31 @@ pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &
                     }
                 })
                 .collect();
-            tcp::flow(&segs, wire, keys)
-        } else {
-            let dgrams: Vec<quic::Datagram> = idx
-                .iter()
-                .map(|&i| quic::Datagram {
-                    up: up(&frames[i]),
-                    payload: heads[i].flow.map_or(&[][..], |f| f.2),
-                })
-                .collect();
-            quic::flow(&dgrams, wire, keys)
-        };
+            let (res, notes) = tcp::flow(&segs, wire, keys);
+            decoded.push((tcp, client, idx, res, notes));
+            continue;
+        }
+        let dgrams: Vec<quic::Datagram> = idx
+            .iter()
+            .map(|&i| quic::Datagram {
+                up: up(&frames[i]),
+                payload: heads[i].flow.map_or(&[][..], |f| f.2),
+            })
+            .collect();
+        for (part, res, notes) in quic::flows(&dgrams, wire, keys) {
+            decoded.push((
+                tcp,
+                client,
+                part.into_iter().map(|k| idx[k]).collect(),
+                res,
+                notes,
+            ));
+        }
+    }
+    let mut outs: Vec<Option<Out>> = vec![None; frames.len()];
+    let mut a = Anatomy::default();
+    for (tcp, client, idx, res, notes) in decoded {
+        let (tcp, client, idx) = (&tcp, &client, &idx);
         let mut flow = Flow {
             transport: if *tcp { "tcp" } else { "udp" }.to_owned(),
             client_port: *client,

@@ -360,86 +360,101 @@ fn long_ids(p: &[u8]) -> Option<(bool, &[u8], &[u8])> {
     Some(((p[0] >> 4) & 3 == 0, dcid, scid))
 }
 
-/// Groups the datagrams of a UDP flow by QUIC connection, as indices in order. One
-/// client endpoint (quinn's, say) sets up every connection from the same port: a client
-/// Initial to a connection ID no connection has used starts a new one. A short-header
-/// packet goes to the connection whose connection ID it carries, or, with one not seen
-/// in a long header (a new one issued in an encrypted frame), to the latest connection.
-fn connections(dgrams: &[Datagram]) -> Vec<Vec<usize>> {
-    let mut conns: Vec<(Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
+/// Decodes one UDP flow of QUIC datagrams (one client port), connection by connection:
+/// per connection, the indices of its datagrams, what each holds above the UDP header,
+/// and the notes on what could not be decoded.
+///
+/// One client endpoint (quinn's, say) sets up every connection from the same port, so
+/// datagrams are routed to connections: a long header by its connection IDs (a client
+/// Initial to an ID no connection has used starts a new connection); a short header by
+/// the ID it carries, and one with an ID never seen in a long header (issued in an
+/// encrypted NEW_CONNECTION_ID frame) to the latest connection whose keys open it.
+pub fn flows(
+    dgrams: &[Datagram],
+    wire: super::http::Wire,
+    log: &KeyLog,
+) -> Vec<(Vec<usize>, Vec<Out>, Vec<String>)> {
+    struct One {
+        conn: Conn,
+        ids: Vec<Vec<u8>>,
+        idx: Vec<usize>,
+        plans: Vec<Plan>,
+    }
+    fn learn(ids: &mut Vec<Vec<u8>>, id: &[u8]) {
+        if !id.is_empty() && !ids.iter().any(|x| x == id) {
+            ids.push(id.to_vec());
+        }
+    }
+    let new = || One {
+        conn: Conn::default(),
+        ids: Vec::new(),
+        idx: Vec::new(),
+        plans: Vec::new(),
+    };
+    let mut conns: Vec<One> = Vec::new();
     for (k, d) in dgrams.iter().enumerate() {
         let at = match long_ids(d.payload) {
             Some((initial, dcid, scid)) => {
                 let mine = conns
                     .iter()
-                    .rposition(|(_, ids)| ids.iter().any(|c| c == dcid || c == scid));
+                    .rposition(|c| c.ids.iter().any(|x| x == dcid || x == scid));
                 let at = match mine {
                     Some(i) => i,
                     None if d.up && initial || conns.is_empty() => {
-                        conns.push((Vec::new(), Vec::new()));
+                        conns.push(new());
                         conns.len() - 1
                     }
                     None => conns.len() - 1,
                 };
-                for id in [dcid, scid] {
-                    if !id.is_empty() && !conns[at].1.iter().any(|c| c == id) {
-                        conns[at].1.push(id.to_vec());
-                    }
-                }
+                learn(&mut conns[at].ids, dcid);
+                learn(&mut conns[at].ids, scid);
                 at
             }
             None => {
                 let rest = d.payload.get(1..).unwrap_or_default();
-                conns
+                let known = conns
                     .iter()
-                    .rposition(|(_, ids)| ids.iter().any(|c| !c.is_empty() && rest.starts_with(c)))
-                    .unwrap_or(conns.len().saturating_sub(1))
+                    .rposition(|c| c.ids.iter().any(|x| rest.starts_with(x)));
+                match known {
+                    Some(i) => i,
+                    None if conns.is_empty() => {
+                        conns.push(new());
+                        0
+                    }
+                    None => {
+                        let i = side(d.up);
+                        let opens = conns
+                            .iter_mut()
+                            .rposition(|c| open_short(&mut c.conn, d.up, d.payload, log).is_some());
+                        let at = opens.unwrap_or(conns.len() - 1);
+                        let c = &mut conns[at];
+                        if let Some(id) = c.conn.cid_len[i].and_then(|n| rest.get(..n)) {
+                            let id = id.to_vec();
+                            learn(&mut c.ids, &id);
+                        }
+                        at
+                    }
+                }
             }
         };
-        if conns.is_empty() {
-            conns.push((Vec::new(), Vec::new()));
-        }
-        conns[at].0.push(k);
+        let c = &mut conns[at];
+        c.plans.push(datagram(&mut c.conn, d, log));
+        c.idx.push(k);
     }
-    conns.into_iter().map(|(idx, _)| idx).collect()
+    conns
+        .into_iter()
+        .map(|c| {
+            let (outs, notes) = finish(c.conn, c.plans, wire);
+            (c.idx, outs, notes)
+        })
+        .collect()
 }
 
-/// Decodes one UDP flow of QUIC datagrams, connection by connection. Returns, per
-/// datagram, its layers above the UDP header and its class; and the notes on what could
-/// not be decoded.
-pub fn flow(dgrams: &[Datagram], wire: super::http::Wire, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
-    let mut outs: Vec<Option<Out>> = (0..dgrams.len()).map(|_| None).collect();
-    let mut notes = Vec::new();
-    for idx in connections(dgrams) {
-        let part: Vec<Datagram> = idx
-            .iter()
-            .map(|&k| Datagram {
-                up: dgrams[k].up,
-                payload: dgrams[k].payload,
-            })
-            .collect();
-        let (o, n) = connection(&part, wire, log);
-        for (k, out) in idx.into_iter().zip(o) {
-            outs[k] = Some(out);
-        }
-        for n in n {
-            if !notes.contains(&n) {
-                notes.push(n);
-            }
-        }
-    }
-    (outs.into_iter().map(Option::unwrap_or_default).collect(), notes)
-}
-
-/// Decodes the datagrams of one QUIC connection.
-fn connection(dgrams: &[Datagram], wire: super::http::Wire, log: &KeyLog) -> (Vec<Out>, Vec<String>) {
+/// The second pass over one connection's datagrams: with its streams whole, the layers
+/// of their bytes.
+fn finish(conn: Conn, plans: Vec<Plan>, wire: super::http::Wire) -> (Vec<Out>, Vec<String>) {
     let body = wire.body;
     let raw = wire.app == super::http::App::Quic;
-    let mut conn = Conn::default();
-    let mut plans = Vec::with_capacity(dgrams.len());
-    for d in dgrams {
-        plans.push(datagram(&mut conn, d, log));
-    }
     // Second pass: the streams are whole; give stream bytes their layers.
     let maps: HashMap<(bool, u64), super::layers::LayerMap> = conn
         .streams
@@ -509,22 +524,7 @@ fn datagram(conn: &mut Conn, d: &Datagram, log: &KeyLog) -> Plan {
                 plan.layers.add(Layer::Undecoded, (p.len() - at) as u64);
                 break;
             };
-            conn.ensure_keys(log, d.up, Space::Data);
-            let largest = conn.largest[i][2];
-            let opened = conn.app[i].as_ref().and_then(|k| {
-                let pkt = &p[at..];
-                let (head, pn, pt, phase) = open(pkt, 1 + cid, false, &k.keys, largest)?;
-                (phase == k.phase).then_some((head, pn, pt, false))
-            });
-            // A key update: the next generation's keys, with the other phase.
-            let opened = opened.or_else(|| {
-                let k = conn.app[i].as_ref()?;
-                let next = super::keys::next_secret(k.suite, &k.secret);
-                let keys = QuicKeys::from_parts(k.suite, &next, &k.first)?;
-                let (head, pn, pt, phase) = open(&p[at..], 1 + cid, false, &keys, largest)?;
-                (phase != k.phase).then_some((head, pn, pt, true))
-            });
-            match opened {
+            match open_short(conn, d.up, &p[at..], log) {
                 Some((head, pn, pt, updated)) => {
                     if updated && let Some(k) = conn.app[i].as_mut() {
                         let next = super::keys::next_secret(k.suite, &k.secret);
@@ -560,6 +560,31 @@ fn datagram(conn: &mut Conn, d: &Datagram, log: &KeyLog) -> Plan {
         at += end;
     }
     plan
+}
+
+/// Opens the short-header packet `pkt` sent up (or down) with the connection's 1-RTT
+/// keys, or with the next generation's after a key update: (header length, packet
+/// number, plaintext, whether the keys were updated).
+fn open_short(
+    conn: &mut Conn,
+    up: bool,
+    pkt: &[u8],
+    log: &KeyLog,
+) -> Option<(usize, u64, Vec<u8>, bool)> {
+    let i = side(up);
+    let cid = conn.cid_len[i]?;
+    conn.ensure_keys(log, up, Space::Data);
+    let largest = conn.largest[i][2];
+    let k = conn.app[i].as_ref()?;
+    if let Some((head, pn, pt, phase)) = open(pkt, 1 + cid, false, &k.keys, largest)
+        && phase == k.phase
+    {
+        return Some((head, pn, pt, false));
+    }
+    let next = super::keys::next_secret(k.suite, &k.secret);
+    let keys = QuicKeys::from_parts(k.suite, &next, &k.first)?;
+    let (head, pn, pt, phase) = open(pkt, 1 + cid, false, &keys, largest)?;
+    (phase != k.phase).then_some((head, pn, pt, true))
 }
 
 /// Decodes one long-header packet at the start of `p`; returns its length.

@@ -165,8 +165,17 @@ fn difference(
 }
 
 /// One connection's endpoint statistics against the client's capture of it.
-pub fn check(c: &ConnStats, flows: &[Flow]) -> Option<(String, bool)> {
-    let f = flows.iter().find(|f| f.client_port == c.local_port)?;
+pub fn check(c: &ConnStats, all: &[ConnStats], flows: &[Flow]) -> Option<(String, bool)> {
+    // One client port may carry several connections (a QUIC endpoint's, one after
+    // another): the n-th connection on the port is the n-th flow from it.
+    let nth = all
+        .iter()
+        .filter(|o| o.local_port == c.local_port && o.conn < c.conn)
+        .count();
+    let f = flows
+        .iter()
+        .filter(|f| f.client_port == c.local_port)
+        .nth(nth)?;
     let pairs: Vec<(&str, u64, u64)> = match &c.transport {
         TransportStats::Tcp(s) => vec![
             (
@@ -230,7 +239,7 @@ pub fn checks(cells: &[CellResult]) -> String {
         let Some(a) = &c.anatomy else { continue };
         for s in &c.connections {
             let who = format!("{} {}@{}", c.cell.id, c.cell.name, c.cell.profile);
-            match check(s, &a.client.flows) {
+            match check(s, &c.connections, &a.client.flows) {
                 Some((line, true)) => lines.push(format!("- {who} {line}: agree")),
                 Some((line, false)) => lines.push(format!("- {who} {line}: DISAGREE")),
                 None => lines.push(format!(
