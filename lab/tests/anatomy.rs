@@ -142,8 +142,19 @@ fn every_approach_s_anatomy_adds_up_and_agrees_with_the_endpoints() {
                     "{who}: nothing resent"
                 );
                 assert!(a.server.down.retransmitted_packets > 0, "{who}");
-            } else {
+            } else if mode == "reuse" {
                 assert_eq!(a.server.down.layers.retransmitted, 0, "{who}");
+            } else {
+                // A connection per prompt ends each answer with a tail (the close) whose
+                // ACK the client may delay past the sender's tail-loss probe: a segment
+                // now and then goes again on a clean link. Not more than that.
+                let d = &a.server.down;
+                assert!(
+                    d.retransmitted_packets * 50 <= d.packets.total(),
+                    "{who}: {} of {} packets resent on a clean link",
+                    d.retransmitted_packets,
+                    d.packets.total()
+                );
             }
         }
         for needle in [

@@ -291,8 +291,10 @@ pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &
             }
         }
     }
-    // Each connection decoded: its frames, what each frame holds, and notes.
-    let mut decoded: Vec<(bool, u16, Vec<usize>, Vec<Out>, Vec<String>)> = Vec::new();
+    // Each connection decoded: its transport (TCP or not), client port, frames, what
+    // each frame holds, and notes.
+    type Decoded = (bool, u16, Vec<usize>, Vec<Out>, Vec<String>);
+    let mut decoded: Vec<Decoded> = Vec::new();
     for ((tcp, client), idx) in by_port {
         if tcp {
             let segs: Vec<tcp::Segment> = idx

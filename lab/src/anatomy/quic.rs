@@ -379,6 +379,9 @@ pub fn flows(
         ids: Vec<Vec<u8>>,
         idx: Vec<usize>,
         plans: Vec<Plan>,
+        /// Short-header packets that came before their keys could be known (the
+        /// handshake packets were lost and came again later): decoded at the end.
+        later: Vec<usize>,
     }
     fn learn(ids: &mut Vec<Vec<u8>>, id: &[u8]) {
         if !id.is_empty() && !ids.iter().any(|x| x == id) {
@@ -390,6 +393,7 @@ pub fn flows(
         ids: Vec::new(),
         idx: Vec::new(),
         plans: Vec::new(),
+        later: Vec::new(),
     };
     let mut conns: Vec<One> = Vec::new();
     for (k, d) in dgrams.iter().enumerate() {
@@ -438,8 +442,22 @@ pub fn flows(
             }
         };
         let c = &mut conns[at];
-        c.plans.push(datagram(&mut c.conn, d, log));
+        let short = d.payload.first().is_some_and(|b| b & 0x80 == 0);
+        if short && c.conn.cid_len[side(d.up)].is_some() && {
+            c.conn.ensure_keys(log, d.up, Space::Data);
+            c.conn.app[side(d.up)].is_none()
+        } {
+            c.later.push(c.plans.len());
+            c.plans.push(Plan::default());
+        } else {
+            c.plans.push(datagram(&mut c.conn, d, log));
+        }
         c.idx.push(k);
+    }
+    for c in &mut conns {
+        for p in std::mem::take(&mut c.later) {
+            c.plans[p] = datagram(&mut c.conn, &dgrams[c.idx[p]], log);
+        }
     }
     conns
         .into_iter()
