@@ -638,8 +638,16 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
         list(&own)
     );
     assert!(out.contains(&said), "no {said:?} in:\n{out}");
+    // With prompts in flight at once, the stall table: every approach has a row.
+    assert!(
+        out.contains("| Approach | Gap p50 | Gap p99 | Gap max | Stalls |"),
+        "{out}"
+    );
     let (_, run) = saved(&results);
     assert_eq!(run["digest_mismatches"].as_array().unwrap().len(), 0);
+    for s in run["summaries"].as_array().unwrap() {
+        assert!(s["metrics"]["gap_p99"].as_f64().unwrap() > 0.0, "{s}");
+    }
     let cells = run["cells"].as_array().unwrap();
     assert_eq!(cells.len(), names.len());
     let mut digests: Vec<Vec<String>> = Vec::new();

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub mod merge;
+pub mod stalls;
 pub mod summary;
 
 /// One end of a cell's link: what the capture counted and what the kernel counted.
@@ -237,6 +238,10 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
             .as_ref()
             .filter(|_| toks > 0.0)
             .map(|e| (e.capture.tx.l3_bytes + e.capture.rx.l3_bytes) as f64 / toks),
+        "gap_p99" => stalls::of(&c.records).map(|s| s.gap_p99_ms),
+        "gap_max" => stalls::of(&c.records).map(|s| s.gap_max_ms),
+        "stalled_per_answer" => stalls::of(&c.records).map(|s| s.stalled_ms_per_answer),
+        "streams_per_stall" => stalls::of(&c.records).and_then(|s| s.streams_per_stall),
         "ack_packets_per_token" | "data_packets_per_token" => {
             let a = c.anatomy.as_ref().filter(|_| toks > 0.0)?;
             let (u, d) = (&a.client.up.packets, &a.client.down.packets);

@@ -95,6 +95,9 @@ pub fn render(run: &Run) -> String {
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
+        if n > 1 {
+            out.push_str(&stalls_table(&cells));
+        }
         // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
         for c in &cells {
             let tried: Vec<bool> = c.records.iter().filter_map(|r| r.zero_rtt).collect();
@@ -257,4 +260,41 @@ pub fn render(run: &Run) -> String {
         }
     }
     out
+}
+
+/// With prompts in flight at once: the gaps between tokens, the stalls, and how many
+/// streams of one connection stall together (head-of-line blocking).
+fn stalls_table(cells: &[&crate::metrics::CellResult]) -> String {
+    use crate::metrics::stalls;
+    let mut b = tabled::builder::Builder::default();
+    b.push_record([
+        "Approach",
+        "Gap p50",
+        "Gap p99",
+        "Gap max",
+        "Stalls",
+        "Stalled per answer",
+        "Streams stalled at once",
+    ]);
+    let ms = |v: f64| format!("{v:.1}ms");
+    for c in cells {
+        let Some(s) = stalls::of(&c.records) else {
+            continue;
+        };
+        b.push_record([
+            c.cell.name.clone(),
+            ms(s.gap_p50_ms),
+            ms(s.gap_p99_ms),
+            ms(s.gap_max_ms),
+            s.stalls.to_string(),
+            ms(s.stalled_ms_per_answer),
+            s.streams_per_stall
+                .map_or("-".into(), |v| format!("{v:.2}")),
+        ]);
+    }
+    format!(
+        "Stalls: gaps between consecutive tokens of an answer, over all answers; a stall is a gap over {}x the median. `Stalled per answer` is the time in stalls beyond the median gap; `Streams stalled at once` is how many answers of the same connection were stalled at the same time, on average over stalls: near 1 when streams are delivered independently, up to the number in flight when one lost packet holds them all (head-of-line blocking).\n\n{}\n\n",
+        stalls::STALL_FACTOR,
+        b.build().with(Style::markdown())
+    )
 }

@@ -69,6 +69,22 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Count,
         "packets carrying data (both directions) per token, from the capture's anatomy",
     ),
+    (
+        "gap_p99",
+        Kind::Time,
+        "99th percentile gap between consecutive tokens of an answer, over all answers",
+    ),
+    ("gap_max", Kind::Time, "the longest gap between tokens"),
+    (
+        "stalled_per_answer",
+        Kind::Time,
+        "time per answer that tokens spent in stalls (gaps over 3x the median), beyond the median gap",
+    ),
+    (
+        "streams_per_stall",
+        Kind::Count,
+        "streams of one connection stalled at once, on average over stalls (head-of-line blocking)",
+    ),
 ];
 
 /// The unit a metric's values are in (times in milliseconds).
@@ -79,6 +95,7 @@ pub fn unit(metric: &str) -> &'static str {
         "wire_bytes" => "B",
         "packets" => "packets",
         "errors" => "prompts",
+        "streams_per_stall" => "streams",
         m if m.ends_with("bytes_per_token") => "B/token",
         m if m.ends_with("packets_per_token") => "packets/token",
         _ => "",
