@@ -118,6 +118,9 @@ pub struct RunnerOpts {
     pub stats: Arc<stats::Tracker>,
     /// QUIC settings and TCP socket options.
     pub transport: lab_codec::transport::Settings,
+    /// The prompts (by index, from 0) to mark urgent: on approaches with stream
+    /// priorities (wt, quic), the server sends their answers ahead of the others.
+    pub urgent: Arc<Vec<usize>>,
 }
 
 impl RunnerOpts {
@@ -181,8 +184,10 @@ pub async fn run_concurrently(
     runners: Vec<Box<dyn Runner>>,
     prompts: &[String],
     repeat: usize,
+    urgent: &[usize],
     mut each: impl FnMut(&PromptRecord),
 ) -> Vec<PromptRecord> {
+    let urgent = Arc::new(urgent.to_vec());
     let jobs: Vec<(usize, String)> = (0..repeat.max(1))
         .flat_map(|_| prompts.iter().cloned())
         .enumerate()
@@ -194,7 +199,7 @@ pub async fn run_concurrently(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PromptRecord>();
     let mut tasks = Vec::new();
     for (slot, mut runner) in runners.into_iter().enumerate() {
-        let (queue, tx) = (queue.clone(), tx.clone());
+        let (queue, tx, urgent) = (queue.clone(), tx.clone(), urgent.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let job = queue.lock().ok().and_then(|mut q| q.pop_front());
@@ -202,6 +207,7 @@ pub async fn run_concurrently(
                 let mut ignore = |_: &str| {};
                 let mut r = runner.run(index, &prompt, &mut ignore).await;
                 r.slot = slot as u32;
+                r.urgent = urgent.contains(&index);
                 if tx.send(r).is_err() {
                     break;
                 }

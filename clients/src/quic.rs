@@ -93,6 +93,7 @@ impl QuicRunner {
     async fn attempt(
         &mut self,
         prompt: &str,
+        urgent: bool,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
@@ -124,7 +125,7 @@ impl QuicRunner {
             }
         };
         let (mut send, mut recv) = open(&conn).await?;
-        crate::streams::send_prompt(&mut send, prompt).await?;
+        crate::streams::send_prompt(&mut send, prompt, urgent).await?;
         match early {
             Some(accepted) => {
                 // Known once the handshake completes, which is also when the first
@@ -134,7 +135,7 @@ impl QuicRunner {
                 rec.zero_rtt(ok);
                 if !ok {
                     (send, recv) = open(&conn).await?;
-                    crate::streams::send_prompt(&mut send, prompt).await?;
+                    crate::streams::send_prompt(&mut send, prompt, urgent).await?;
                 }
             }
             // A new connection without a session to resume.
@@ -165,7 +166,8 @@ impl Runner for QuicRunner {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.opts.timeout;
-            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            let urgent = self.opts.urgent.contains(&index);
+            let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             let ended = self
                 .conn
                 .lock()

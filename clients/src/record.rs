@@ -141,6 +141,10 @@ pub struct PromptRecord {
     /// server accepted it (`false`: no session to resume, or refused); absent elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_rtt: Option<bool>,
+    /// Marked urgent by the workload (`--urgent`): the approaches with stream
+    /// priorities ask the server to send its answer first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// Collects one prompt's events as they happen.
@@ -284,6 +288,7 @@ impl Recorder {
             slot: 0,
             stream: self.stream,
             zero_rtt: self.zero_rtt,
+            urgent: false,
         }
     }
 }

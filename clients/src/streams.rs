@@ -6,7 +6,7 @@ use crate::TokenSink;
 use crate::record::{ErrorCategory, PromptError, Recorder};
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::ERR_UPSTREAM;
+use lab_codec::wt::{ERR_UPSTREAM, URGENT};
 use std::future::Future;
 
 /// Why a stream read failed.
@@ -28,22 +28,18 @@ pub trait Recv {
     fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = Result<Option<usize>, ReadError>>;
 }
 
-/// Sends `prompt` and reads its answer to the end marker, recording every token.
-pub async fn exchange(
-    mut send: impl Send,
-    recv: impl Recv,
+/// Writes `<len>:<prompt>` (after the [`URGENT`] message if `urgent`) and finishes the
+/// client's side of the stream.
+pub async fn send_prompt(
+    send: &mut impl Send,
     prompt: &str,
-    rec: &mut Recorder,
-    sink: &mut TokenSink<'_>,
+    urgent: bool,
 ) -> Result<(), PromptError> {
-    send_prompt(&mut send, prompt).await?;
-    read_answer(recv, rec, sink).await
-}
-
-/// Writes `<len>:<prompt>` and finishes the client's side of the stream.
-pub async fn send_prompt(send: &mut impl Send, prompt: &str) -> Result<(), PromptError> {
     let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
     let mut out = BytesMut::new();
+    if urgent {
+        lenprefix::encode(URGENT, &mut out).map_err(|e| send_err(e.to_string()))?;
+    }
     lenprefix::encode(prompt.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
     send.write_all(&out)
         .await

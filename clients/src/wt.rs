@@ -62,6 +62,7 @@ impl WtRunner {
     async fn attempt(
         &mut self,
         prompt: &str,
+        urgent: bool,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
@@ -107,7 +108,9 @@ impl WtRunner {
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
         rec.stream(VarInt::from(send.id()).into_inner());
-        crate::streams::exchange(send, recv, prompt, rec, sink).await
+        let mut send = send;
+        crate::streams::send_prompt(&mut send, prompt, urgent).await?;
+        crate::streams::read_answer(recv, rec, sink).await
     }
 
     async fn drop_conn(&mut self) {
@@ -130,7 +133,8 @@ impl Runner for WtRunner {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.opts.timeout;
-            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
+            let urgent = self.opts.urgent.contains(&index);
+            let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             // Fresh mode never keeps a session; a session that ended is dropped (an error
             // of one stream leaves the session to the prompts sharing it).
             let ended = self.conn.lock().await.as_ref().is_some_and(|(c, _, _)| {

@@ -139,6 +139,7 @@ async fn runner_stream(
         conns: Default::default(),
         stats: Default::default(),
         transport: Default::default(),
+        urgent: Default::default(),
     };
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;

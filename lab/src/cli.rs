@@ -552,6 +552,11 @@ pub struct ClientArgs {
     /// approach multiplexes (wt, sse-h2, in reuse mode), on as many connections otherwise.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), conflicts_with = "interactive")]
     pub concurrency: u16,
+    /// Mark these prompts urgent (numbers as the prompt lines show them, from 1; comma
+    /// separated): wt and quic ask the server to send their answers before the others
+    /// of the connection (stream priority); every record says whether it was urgent.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "interactive")]
+    pub urgent: Vec<u64>,
     /// QUIC and TCP settings as JSON, e.g. '{"quic":{"cid_length":4},"tcp":{"nodelay":false}}'
     /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
     #[arg(long, value_parser = parse_transport)]

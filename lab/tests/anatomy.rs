@@ -373,6 +373,7 @@ async fn the_initial_rtt_sets_when_an_unanswered_initial_goes_again() {
             conns: Default::default(),
             stats: Default::default(),
             transport,
+            urgent: Default::default(),
         };
         let mut runner = ap("wt").runner(&url, &opts).unwrap();
         let client = tokio::spawn(async move {

@@ -376,6 +376,18 @@ async fn raw_quic_bad_framing_and_oversize_reset_the_stream_not_the_connection()
         answers,
         vec![expected("hi", 5), expected("hello", 5), vec![]]
     );
+    // The urgent marker before a prompt raises the stream's priority; it is not a
+    // prompt, and gets no answer of its own.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut ask = bytes::BytesMut::new();
+    lab_codec::lenprefix::encode(lab_codec::wt::URGENT, &mut ask).unwrap();
+    ask.extend_from_slice(b"2:hi");
+    send.write_all(&ask).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        lenprefix_answers(&read_all(recv).await.unwrap()),
+        vec![expected("hi", 5), vec![]]
+    );
     assert_eq!(stack.stats(ap("quic")).snapshot().errors, 5);
     assert!(conn.close_reason().is_none(), "the connection survived");
 }
@@ -556,7 +568,7 @@ async fn eight_prompts_at_once_for_every_approach() {
             }
             runners.insert(0, first);
             // 20 prompts: the ten, twice.
-            let recs = lab_clients::run_concurrently(runners, &prompts, 2, |_| {}).await;
+            let recs = lab_clients::run_concurrently(runners, &prompts, 2, &[], |_| {}).await;
             assert_eq!(recs.len(), 20);
             for r in &recs {
                 assert!(r.error.is_none(), "{ap} {mode}: {:?}", r.error);

@@ -10,7 +10,7 @@ use crate::stats::ServerStats;
 use crate::upstream::Upstream;
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM};
+use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,6 +24,8 @@ pub trait Send: std::marker::Send + 'static {
     fn finish(&mut self) -> impl Future<Output = ()> + std::marker::Send;
     /// The stream's ID, for logs.
     fn id(&self) -> u64;
+    /// Its send priority among the connection's streams (higher goes first; 0 default).
+    fn set_priority(&mut self, priority: i32);
 }
 
 /// The receiving half of a QUIC stream.
@@ -130,7 +132,12 @@ pub async fn answer(
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
 ) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, lenprefix::LenPrefixError>>(64);
+    // A prompt to answer, or [`URGENT`]: answer this stream first.
+    enum Ask {
+        Prompt(String),
+        Urgent,
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Ask, lenprefix::LenPrefixError>>(64);
     tokio::spawn(async move {
         let mut dec = lenprefix::Decoder::new();
         let mut buf = vec![0u8; 16 * 1024];
@@ -141,8 +148,12 @@ pub async fn answer(
                     loop {
                         match dec.next_frame() {
                             Ok(Some(Frame::Message(m))) => {
-                                let prompt = String::from_utf8_lossy(&m).into_owned();
-                                if tx.send(Ok(prompt)).await.is_err() {
+                                let ask = if m[..] == *URGENT {
+                                    Ask::Urgent
+                                } else {
+                                    Ask::Prompt(String::from_utf8_lossy(&m).into_owned())
+                                };
+                                if tx.send(Ok(ask)).await.is_err() {
                                     return;
                                 }
                             }
@@ -173,7 +184,11 @@ pub async fn answer(
     let mut out = BytesMut::with_capacity(256);
     while let Some(item) = rx.recv().await {
         let prompt = match item {
-            Ok(p) => p,
+            Ok(Ask::Prompt(p)) => p,
+            Ok(Ask::Urgent) => {
+                send.set_priority(1);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("bad framing on stream {}: {e}", send.id());
                 stats.error();
@@ -252,6 +267,9 @@ impl Send for wtransport::SendStream {
     fn id(&self) -> u64 {
         wtransport::VarInt::from(wtransport::SendStream::id(self)).into_inner()
     }
+    fn set_priority(&mut self, priority: i32) {
+        wtransport::SendStream::set_priority(self, priority);
+    }
 }
 
 impl Recv for wtransport::RecvStream {
@@ -283,6 +301,9 @@ impl Send for quinn::SendStream {
     }
     fn id(&self) -> u64 {
         quinn::VarInt::from(quinn::SendStream::id(self)).into_inner()
+    }
+    fn set_priority(&mut self, priority: i32) {
+        let _ = quinn::SendStream::set_priority(self, priority);
     }
 }
 

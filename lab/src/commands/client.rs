@@ -25,6 +25,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         conns: Default::default(),
         stats: Default::default(),
         transport: a.transport.clone().unwrap_or_default(),
+        urgent: std::sync::Arc::new(a.urgent.iter().map(|&n| n as usize - 1).collect()),
     };
     let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {
@@ -58,7 +59,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
             }
         );
     }
-    let records = lab_clients::run_concurrently(runners, &prompts, a.repeat, |r| {
+    let records = lab_clients::run_concurrently(runners, &prompts, a.repeat, &opts.urgent, |r| {
         if json {
             outln!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {

@@ -161,6 +161,7 @@ impl Stack {
             conns: Default::default(),
             stats: Default::default(),
             transport: Default::default(),
+            urgent: Default::default(),
         }
     }
 

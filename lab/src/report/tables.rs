@@ -98,6 +98,9 @@ pub fn render(run: &Run) -> String {
         if n > 1 {
             out.push_str(&stalls_table(&cells));
         }
+        if cells.iter().any(|c| c.records.iter().any(|r| r.urgent)) {
+            out.push_str(&urgent_table(&cells));
+        }
         // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
         for c in &cells {
             let tried: Vec<bool> = c.records.iter().filter_map(|r| r.zero_rtt).collect();
@@ -295,6 +298,34 @@ fn stalls_table(cells: &[&crate::metrics::CellResult]) -> String {
     format!(
         "Stalls: gaps between consecutive tokens of an answer, over all answers; a stall is a gap over {}x the median. `Stalled per answer` is the time in stalls beyond the median gap; `Streams stalled at once` is how many answers of the same connection were stalled at the same time, on average over stalls: near 1 when streams are delivered independently, up to the number in flight when one lost packet holds them all (head-of-line blocking).\n\n{}\n\n",
         stalls::STALL_FACTOR,
+        b.build().with(Style::markdown())
+    )
+}
+
+/// Prompts the workload marked urgent against the others: TTFT and total time apart.
+fn urgent_table(cells: &[&crate::metrics::CellResult]) -> String {
+    let mut b = tabled::builder::Builder::default();
+    b.push_record(["Approach", "Prompts", "Count", "P50 TTFT", "Avg Total"]);
+    for c in cells {
+        for (class, urgent) in [("urgent", true), ("others", false)] {
+            let recs: Vec<_> = c
+                .records
+                .iter()
+                .filter(|r| r.urgent == urgent)
+                .cloned()
+                .collect();
+            let s = Summary::of(&c.cell.name, &recs);
+            b.push_record([
+                c.cell.name.clone(),
+                class.to_owned(),
+                recs.len().to_string(),
+                lab_clients::record::fmt_ms(s.ttft_p50_ms),
+                lab_clients::record::fmt_ms((s.prompts > s.errors).then_some(s.avg_total_ms)),
+            ]);
+        }
+    }
+    format!(
+        "Urgent prompts (workload.urgent) and the others. wt and quic ask their server to send an urgent prompt's answer before the other streams of the connection (stream priority); the other approaches have no such thing and show what no priority gives.\n\n{}\n\n",
         b.build().with(Style::markdown())
     )
 }

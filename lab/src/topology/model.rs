@@ -503,6 +503,11 @@ pub struct Workload {
     /// on as many connections otherwise.
     #[serde(default = "one")]
     pub concurrency: u32,
+    /// Prompts to mark urgent, by number as the prompt lines show them (from 1, across
+    /// repeats): wt and quic send their answers ahead of the connection's other streams
+    /// (stream priority); the report gives urgent and other prompts' times apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urgent: Vec<u32>,
 }
 
 /// The most prompts in flight at once in one cell.
@@ -527,6 +532,7 @@ impl Default for Workload {
             parallel: true,
             timeout: None,
             concurrency: 1,
+            urgent: Vec::new(),
         }
     }
 }

@@ -1043,6 +1043,13 @@ fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
             format!("must be 1 to {MAX_CONCURRENCY}"),
         );
     }
+    if w.urgent.contains(&0) {
+        cx.push(
+            at("urgent"),
+            "workload.urgent",
+            "prompts are numbered from 1, as the prompt lines show them",
+        );
+    }
     if w.timeout.is_some_and(|t| t.0.is_zero()) {
         cx.push(
             at("timeout"),
