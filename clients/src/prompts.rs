@@ -46,6 +46,18 @@ pub fn load(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
+/// Checks that every urgent prompt number (from 1, as prompt lines show them) is one of
+/// the `total` prompts a run sends, so a typo is an error and not a run without urgent
+/// prompts.
+pub fn check_urgent(urgent: &[u64], total: usize) -> anyhow::Result<()> {
+    match urgent.iter().find(|&&n| n == 0 || n > total as u64) {
+        Some(n) => anyhow::bail!(
+            "urgent prompt {n} is not one of the {total} prompts this run sends (numbered from 1, across repeats)"
+        ),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,6 +248,13 @@ fn the_plots_of_a_saved_run() {
         assert!(ttft.contains(&label), "{label} missing from ttft.svg");
         assert!(anatomy.contains(&label), "{label} missing from anatomy.svg");
     }
+    // A cell keeps its colour in every plot, even where another cell has no line: with
+    // the first cell's answers gone, the second is still drawn orange, and no line is
+    // the first cell's blue.
+    let mut gone = run.clone();
+    gone.cells[0].records.clear();
+    let t = plots::timeline(&gone, 0).unwrap();
+    assert!(t.contains("stroke=\"#FF7F0E\"") && !t.contains("stroke=\"#1F77B4\""));
     // The TTFT plot says it is a CDF, with units; each bar carries its value.
     assert!(ttft.contains("cumulative distribution (CDF)") && ttft.contains("TTFT (ms)"));
     let bars = plots::bytes_per_token(&run).unwrap();

@@ -317,6 +317,42 @@ fn bad_expectations_are_bad_input() {
         text(&o)
     );
     nothing_left("rbad");
+    // An urgent prompt the run never sends is bad input too, before anything is built.
+    let text_ = std::fs::read_to_string(&t).unwrap().replace(
+        "workload: { prompts: prompts.txt, timeout: 2s }",
+        "workload: { prompts: prompts.txt, timeout: 2s, urgent: [3] }",
+    );
+    std::fs::write(
+        &t,
+        text_.replace("  - wt.latency < 1s\n", "  - wt.errors == 0\n"),
+    )
+    .unwrap();
+    let o = run(&t, &results);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "workload.urgent: urgent prompt 3 is not one of the 2 prompts this run sends"
+        ),
+        "{}",
+        text(&o)
+    );
+    nothing_left("rbad");
+    // And for lab client.
+    let o = lab(&[
+        "client",
+        "sse",
+        "--url",
+        "https://127.0.0.1:9",
+        "--insecure",
+        "--urgent",
+        "1,11",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("urgent prompt 11 is not one of the 10 prompts"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

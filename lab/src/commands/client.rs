@@ -45,6 +45,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         Some(p) => prompts::load(p)?,
         None => prompts::reference(),
     };
+    prompts::check_urgent(&a.urgent, prompts.len() * a.repeat.max(1))?;
     let json = a.json;
     if !json {
         outln!(

@@ -76,6 +76,11 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             Err(e) => return refuse(e.context("workload.prompts")),
         }
     };
+    let urgent: Vec<u64> = topo.workload.urgent.iter().map(|&n| u64::from(n)).collect();
+    let total = prompts.len() * topo.workload.repeat.max(1) as usize;
+    if let Err(e) = lab_clients::prompts::check_urgent(&urgent, total) {
+        return refuse(e.context("workload.urgent"));
+    }
     // Where results go is checked before anything is built.
     let results_existed = a.results.exists();
     let results = match SafeDir::open(&a.results, true) {

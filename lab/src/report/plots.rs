@@ -41,12 +41,14 @@ fn legend<'a, 'b: 'a>(
         .map_err(err)
 }
 
-/// A chart of lines, one per named series, with a legend in the lower right.
+/// A chart of lines, one per named series, with a legend in the lower right. Each
+/// series carries the position of its cell in the run, which picks its colour, so a
+/// cell has the same colour in every plot even when another plot leaves a cell out.
 fn line_chart(
     caption: &str,
     (x_desc, y_desc): (&str, &str),
     (x_max, y_max): (f64, f64),
-    series: Vec<(String, Vec<(f64, f64)>)>,
+    series: Vec<(String, usize, Vec<(f64, f64)>)>,
 ) -> Result<String> {
     let mut svg = String::new();
     let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
@@ -64,7 +66,7 @@ fn line_chart(
         .y_desc(y_desc)
         .draw()
         .map_err(err)?;
-    for (i, (name, pts)) in series.into_iter().enumerate() {
+    for (name, i, pts) in series {
         let color = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
@@ -83,10 +85,11 @@ fn line_chart(
 
 /// TTFT cumulative distribution, one line per cell.
 pub fn ttft(run: &Run) -> Result<String> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = run
+    let series: Vec<(String, usize, Vec<(f64, f64)>)> = run
         .cells
         .iter()
-        .filter_map(|c| {
+        .enumerate()
+        .filter_map(|(i, c)| {
             let mut v: Vec<f64> = c.records.iter().filter_map(|r| r.ttft_ms).collect();
             v.sort_by(f64::total_cmp);
             let n = v.len() as f64;
@@ -95,12 +98,12 @@ pub fn ttft(run: &Run) -> Result<String> {
                 pts.push((*x, k as f64 / n));
                 pts.push((*x, (k + 1) as f64 / n));
             }
-            (!v.is_empty()).then(|| (label(c), pts))
+            (!v.is_empty()).then(|| (label(c), i, pts))
         })
         .collect();
     let max = series
         .iter()
-        .flat_map(|(_, p)| p.last().map(|p| p.0))
+        .flat_map(|(_, _, p)| p.last().map(|p| p.0))
         .fold(1.0, f64::max);
     line_chart(
         &format!(
@@ -327,10 +330,11 @@ pub fn anatomy(run: &Run) -> Result<String> {
 
 /// When each token of prompt `index` arrived, one line per cell.
 pub fn timeline(run: &Run, index: usize) -> Result<String> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = run
+    let series: Vec<(String, usize, Vec<(f64, f64)>)> = run
         .cells
         .iter()
-        .filter_map(|c| {
+        .enumerate()
+        .filter_map(|(i, c)| {
             let r = c
                 .records
                 .iter()
@@ -341,7 +345,7 @@ pub fn timeline(run: &Run, index: usize) -> Result<String> {
                 .enumerate()
                 .map(|(k, t)| (*t, (k + 1) as f64))
                 .collect();
-            Some((label(c), pts))
+            Some((label(c), i, pts))
         })
         .collect();
     let prompt = run
@@ -353,9 +357,9 @@ pub fn timeline(run: &Run, index: usize) -> Result<String> {
         .unwrap_or_default();
     let tmax = series
         .iter()
-        .flat_map(|(_, p)| p.last().map(|p| p.0))
+        .flat_map(|(_, _, p)| p.last().map(|p| p.0))
         .fold(1.0, f64::max);
-    let nmax = series.iter().map(|(_, p)| p.len()).max().unwrap_or(1) as f64;
+    let nmax = series.iter().map(|(_, _, p)| p.len()).max().unwrap_or(1) as f64;
     line_chart(
         &format!(
             "{}: token arrivals, prompt {} ({prompt})",
