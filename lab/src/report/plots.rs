@@ -41,6 +41,9 @@ fn legend<'a, 'b: 'a>(
         .map_err(err)
 }
 
+/// A line's label, the position of its cell in the run, and its points.
+type Series = (String, usize, Vec<(f64, f64)>);
+
 /// A chart of lines, one per named series, with a legend in the lower right. Each
 /// series carries the position of its cell in the run, which picks its colour, so a
 /// cell has the same colour in every plot even when another plot leaves a cell out.
@@ -48,7 +51,7 @@ fn line_chart(
     caption: &str,
     (x_desc, y_desc): (&str, &str),
     (x_max, y_max): (f64, f64),
-    series: Vec<(String, usize, Vec<(f64, f64)>)>,
+    series: Vec<Series>,
 ) -> Result<String> {
     let mut svg = String::new();
     let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
@@ -85,7 +88,7 @@ fn line_chart(
 
 /// TTFT cumulative distribution, one line per cell.
 pub fn ttft(run: &Run) -> Result<String> {
-    let series: Vec<(String, usize, Vec<(f64, f64)>)> = run
+    let series: Vec<Series> = run
         .cells
         .iter()
         .enumerate()
@@ -330,7 +333,7 @@ pub fn anatomy(run: &Run) -> Result<String> {
 
 /// When each token of prompt `index` arrived, one line per cell.
 pub fn timeline(run: &Run, index: usize) -> Result<String> {
-    let series: Vec<(String, usize, Vec<(f64, f64)>)> = run
+    let series: Vec<Series> = run
         .cells
         .iter()
         .enumerate()
