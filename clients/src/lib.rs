@@ -2,7 +2,9 @@
 //!
 //! - [`raw`]: the OpenAI-compatible API through the TLS proxy.
 //! - [`sse`]: lab's SSE server.
-//! - [`wt`]: lab's WebTransport server.
+//! - [`sse_h2`]: the SSE server over HTTP/2; [`ws`]: WebSocket.
+//! - [`wt`]: lab's WebTransport server; [`wt_dgram`]: its tokens in datagrams.
+//! - [`quic`]: raw QUIC streams, with 0-RTT.
 //!
 //! A runner turns a prompt into a [`record::PromptRecord`]. Each module has a `runner`
 //! function that builds its runner from a [`Target`] and [`RunnerOpts`]; lab's approach
@@ -21,6 +23,7 @@ pub mod stats;
 pub mod streams;
 pub mod ws;
 pub mod wt;
+pub mod wt_dgram;
 
 use anyhow::{Context, Result, bail};
 use lab_codec::trust::Trust;

@@ -145,6 +145,44 @@ pub struct PromptRecord {
     /// priorities ask the server to send its answer first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub urgent: bool,
+    /// Tokens in datagrams (`wt-dgram`): what the server sent, what arrived, what was
+    /// lost and what came out of order; absent elsewhere. `tokens` counts the delivered
+    /// ones, and the digest is over them in sequence order, so it equals the other
+    /// approaches' only when nothing was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagrams: Option<DatagramCounts>,
+}
+
+/// One answer's datagram tokens.
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
+)]
+pub struct DatagramCounts {
+    /// Datagrams the server sent, one per token (its tally on the request stream).
+    pub sent: u64,
+    /// Their tokens' bytes.
+    pub sent_bytes: u64,
+    /// Datagrams that arrived before the answer closed.
+    pub delivered: u64,
+    /// `sent - delivered`: never sent again, or arrived too late.
+    pub lost: u64,
+    /// Arrived after a datagram with a higher sequence number.
+    pub reordered: u64,
+}
+
+impl DatagramCounts {
+    /// Whether every token arrived.
+    pub fn complete(&self) -> bool {
+        self.delivered == self.sent
+    }
+}
+
+impl PromptRecord {
+    /// Whether the record holds the whole answer: true except for a datagram answer
+    /// with tokens lost. Only whole answers' digests are compared.
+    pub fn whole(&self) -> bool {
+        self.datagrams.is_none_or(|d| d.complete())
+    }
 }
 
 /// Collects one prompt's events as they happen.
@@ -161,6 +199,8 @@ pub struct Recorder {
     conn: u32,
     stream: Option<u64>,
     zero_rtt: Option<bool>,
+    /// Datagram tokens by sequence number, and their counts.
+    datagrams: Option<(std::collections::BTreeMap<u64, String>, DatagramCounts)>,
 }
 
 impl Default for Recorder {
@@ -186,7 +226,37 @@ impl Recorder {
             conn: 0,
             stream: None,
             zero_rtt: None,
+            datagrams: None,
         }
+    }
+
+    /// A token arrived now in a datagram with sequence number `seq`. Its digest waits
+    /// for the answer's end, in sequence order. `false` if that number came before.
+    pub fn datagram_token(&mut self, seq: u64, tok: &str) -> bool {
+        let (toks, counts) = self.datagrams.get_or_insert_default();
+        if toks.contains_key(&seq) {
+            return false;
+        }
+        if toks.last_key_value().is_some_and(|(&high, _)| high > seq) {
+            counts.reordered += 1;
+        }
+        counts.delivered += 1;
+        toks.insert(seq, tok.to_owned());
+        self.times.push(self.start.elapsed());
+        self.token_bytes += tok.len() as u64;
+        true
+    }
+
+    /// The server's tally of an answer in datagrams: what it sent.
+    pub fn datagram_tally(&mut self, sent: u64, sent_bytes: u64) {
+        let (_, counts) = self.datagrams.get_or_insert_default();
+        counts.sent = sent;
+        counts.sent_bytes = sent_bytes;
+    }
+
+    /// Datagram tokens delivered so far.
+    pub fn datagrams_delivered(&self) -> u64 {
+        self.datagrams.as_ref().map_or(0, |(_, c)| c.delivered)
     }
 
     /// Whether the prompt went out as 0-RTT data that the server accepted.
@@ -260,6 +330,14 @@ impl Recorder {
         total: Duration,
     ) -> PromptRecord {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut hasher = self.hasher;
+        let datagrams = self.datagrams.map(|(toks, mut counts)| {
+            for t in toks.values() {
+                digest_token(&mut hasher, t);
+            }
+            counts.lost = counts.sent.saturating_sub(counts.delivered);
+            counts
+        });
         let token_ms: Vec<f64> = self.times.iter().copied().map(ms).collect();
         let mut gaps: Vec<f64> = token_ms.windows(2).map(|w| w[1] - w[0]).collect();
         let tbt_mean_ms = (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64);
@@ -282,13 +360,14 @@ impl Recorder {
             token_bytes: self.token_bytes,
             token_ms,
             app_bytes: self.bytes,
-            digest: hex::encode(self.hasher.finalize()),
+            digest: hex::encode(hasher.finalize()),
             error,
             conn: self.conn,
             slot: 0,
             stream: self.stream,
             zero_rtt: self.zero_rtt,
             urgent: false,
+            datagrams,
         }
     }
 }

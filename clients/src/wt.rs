@@ -7,6 +7,7 @@
 
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::QuicWatch;
+use crate::wt_dgram::Router;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,22 +17,40 @@ use wtransport::{ClientConfig, Connection, Endpoint, VarInt};
 
 /// The WebTransport runner for `target` (its path is the session path).
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
-    Ok(Box::new(WtRunner::new(target, opts)?))
+    Ok(Box::new(WtRunner::new(target, opts, Answers::Streams)?))
 }
 
-/// The session a runner uses, with its number and the watch that reports its QUIC
-/// statistics when it is dropped; shared by the runners of one session.
-type Slot = Arc<tokio::sync::Mutex<Option<(Connection, u32, Arc<QuicWatch>)>>>;
+/// A session a runner uses: the connection, its number, the watch that reports its
+/// QUIC statistics when it is dropped, and, for `wt-dgram`, the router of its datagrams.
+#[derive(Clone)]
+struct Session {
+    conn: Connection,
+    id: u32,
+    _watch: Arc<QuicWatch>,
+    router: Option<Arc<Router>>,
+}
+
+/// The session of the runners that share one.
+type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
+
+/// Where the answers' tokens come: on the request stream (`wt`), or in datagrams
+/// (`wt-dgram`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    Streams,
+    Datagrams,
+}
 
 pub struct WtRunner {
     opts: RunnerOpts,
     endpoint: Arc<Endpoint<Client>>,
     url: String,
     conn: Slot,
+    answers: Answers,
 }
 
 impl WtRunner {
-    pub fn new(target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
+    pub fn new(target: Target, opts: &RunnerOpts, answers: Answers) -> anyhow::Result<Self> {
         let tls = opts.trust.h3_client_config()?;
         let bind: SocketAddr = if target.addr.is_ipv4() {
             "0.0.0.0:0".parse()?
@@ -56,6 +75,7 @@ impl WtRunner {
             endpoint: Arc::new(endpoint),
             url,
             conn: Arc::default(),
+            answers,
         })
     }
 
@@ -71,10 +91,10 @@ impl WtRunner {
         let conn = {
             let mut slot = self.conn.lock().await;
             match slot.as_ref() {
-                Some((c, id, _)) if self.opts.mode == Mode::Reuse => {
+                Some(s) if self.opts.mode == Mode::Reuse => {
                     rec.reused();
-                    rec.conn(*id);
-                    c.clone()
+                    rec.conn(s.id);
+                    s.clone()
                 }
                 _ => {
                     let t = Instant::now();
@@ -94,23 +114,38 @@ impl WtRunner {
                         port,
                         &self.opts.stats,
                     ));
-                    *slot = Some((c.clone(), id, watch));
-                    c
+                    let router =
+                        (self.answers == Answers::Datagrams).then(|| Router::start(c.clone()));
+                    let s = Session {
+                        conn: c,
+                        id,
+                        _watch: watch,
+                        router,
+                    };
+                    *slot = Some(s.clone());
+                    s
                 }
             }
         };
         let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
         let opening = conn
+            .conn
             .open_bi()
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
         let (send, recv) = opening
             .await
             .map_err(|e| send_err(format!("open stream: {e}")))?;
-        rec.stream(VarInt::from(send.id()).into_inner());
+        let stream = VarInt::from(send.id()).into_inner();
+        rec.stream(stream);
+        // Datagrams for the stream may come as soon as the prompt is out.
+        let ticket = conn.router.as_ref().map(|r| r.ticket(stream));
         let mut send = send;
         crate::streams::send_prompt(&mut send, prompt, urgent).await?;
-        crate::streams::read_answer(recv, rec, sink).await
+        match ticket {
+            Some(t) => crate::wt_dgram::read_answer(recv, t, conn.conn.rtt(), rec, sink).await,
+            None => crate::streams::read_answer(recv, rec, sink).await,
+        }
     }
 
     async fn drop_conn(&mut self) {
@@ -137,9 +172,10 @@ impl Runner for WtRunner {
             let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             // Fresh mode never keeps a session; a session that ended is dropped (an error
             // of one stream leaves the session to the prompts sharing it).
-            let ended = self.conn.lock().await.as_ref().is_some_and(|(c, _, _)| {
-                futures_util::FutureExt::now_or_never(c.closed()).is_some()
-            });
+            let ended =
+                self.conn.lock().await.as_ref().is_some_and(|s| {
+                    futures_util::FutureExt::now_or_never(s.conn.closed()).is_some()
+                });
             if self.opts.mode == Mode::Fresh || ended {
                 self.drop_conn().await;
             }
@@ -163,6 +199,7 @@ impl Runner for WtRunner {
                 endpoint: self.endpoint.clone(),
                 url: self.url.clone(),
                 conn: self.conn.clone(),
+                answers: self.answers,
             })
         })
     }

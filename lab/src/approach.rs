@@ -69,7 +69,7 @@ pub struct Entry {
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 6] = [
+pub static ENTRIES: [Entry; 7] = [
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -154,6 +154,23 @@ pub static ENTRIES: [Entry; 6] = [
         },
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
+    },
+    Entry {
+        name: "wt-dgram",
+        about: "WebTransport datagrams: a token per datagram, never sent again",
+        server: "wt-dgram",
+        server_about: "WebTransport server, session path /wt-dgram: a token per datagram, the tally and end on the request stream",
+        transport: Transport::Udp,
+        port: 4435,
+        path: lab_servers::wt_dgram::PATH,
+        model: Model::Server,
+        multiplexed: true,
+        wire: Wire {
+            app: App::WebTransport,
+            body: Body::Datagram,
+        },
+        serve: lab_servers::wt_dgram::start,
+        runner: lab_clients::wt_dgram::runner,
     },
     Entry {
         name: "quic",
@@ -359,13 +376,15 @@ mod tests {
                 names()
             )
         );
-        assert_eq!(names(), "raw, sse, sse-h2, ws, wt, quic");
+        assert_eq!(names(), "raw, sse, sse-h2, ws, wt, wt-dgram, quic");
     }
 
     #[test]
     fn urls_take_the_approach_path() {
         let wt: Approach = "wt".parse().unwrap();
         assert_eq!(wt.url("198.18.2.2:4433"), "https://198.18.2.2:4433/wt");
+        let d: Approach = "wt-dgram".parse().unwrap();
+        assert_eq!(d.url("198.18.2.2:4435"), "https://198.18.2.2:4435/wt-dgram");
         assert_eq!(by_server("proxy").map(|a| a.name), Some("raw"));
         assert!(by_server("raw").is_none());
     }

@@ -21,7 +21,7 @@ and plots under results/, checks the topology's expectations and takes everythin
 and `lab compare` read saved runs. `lab plan` resolves a topology without root; `lab up` builds the \
 lab and leaves it up; `lab status`, `lab shell` and `lab exec` live in it; `lab down` and `lab clean` \
 remove it. The servers and clients also run on their own, on loopback: `lab serve ...`, \
-`lab client ...`, and `lab demo`, which compares the three approaches without namespaces or root.",
+`lab client ...`, and `lab demo`, which compares every approach without namespaces or root.",
     after_help = "Examples:\n  sudo lab run topologies/degraded.yaml\n  lab report results/<timestamp>-degraded\n  lab demo --tbt 5ms\n  lab plan topologies/degraded.yaml\n  sudo lab up topologies/ci.yaml && sudo lab shell wt\n  sudo lab exec wt -- ping -c 3 198.18.2.2\n  sudo lab down\n  lab serve llm --tbt 35ms &\n  lab serve sse --upstream http://127.0.0.1:11434 --cert-out /tmp/sse\n  lab client sse --url https://127.0.0.1:8080 --ca /tmp/sse/cert.pem --interactive"
 )]
 pub struct Cli {
@@ -40,7 +40,7 @@ pub enum Command {
     Serve(Serve),
     /// Run one client: the reference prompts, a prompts file, or prompts typed in.
     Client(ClientArgs),
-    /// Start the four servers on loopback and compare the three approaches.
+    /// Start every approach's server on loopback and compare the approaches.
     Demo(DemoArgs),
     /// Print the resolved plan of a topology file: cells, namespaces, interfaces,
     /// addresses, processes and link settings. Needs no root; changes nothing.

@@ -97,6 +97,13 @@ async fn connection(
         }
     });
     stats.connection_opened();
-    crate::streams::serve(conn, upstream, stats.clone(), limits).await;
+    crate::streams::serve(
+        conn,
+        crate::streams::Tokens::Stream,
+        upstream,
+        stats.clone(),
+        limits,
+    )
+    .await;
     stats.connection_closed();
 }

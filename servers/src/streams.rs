@@ -9,6 +9,7 @@
 use crate::stats::ServerStats;
 use crate::upstream::Upstream;
 use bytes::BytesMut;
+use lab_codec::dgram::{self, ERR_DATAGRAM, Tally};
 use lab_codec::lenprefix::{self, Frame};
 use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT};
 use std::future::Future;
@@ -81,6 +82,7 @@ impl Drop for Open {
 /// connection with no stream open for `limits.idle` is closed here ([`CLOSE_IDLE`]).
 pub async fn serve<C: Conn>(
     conn: C,
+    tokens: Tokens,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
     limits: crate::Limits,
@@ -102,10 +104,10 @@ pub async fn serve<C: Conn>(
                 Ok((send, recv)) => {
                     activity.open.fetch_add(1, Relaxed);
                     let open = Open(activity.clone(), began);
-                    let (up, st) = (upstream.clone(), stats.clone());
+                    let (up, st, how) = (upstream.clone(), stats.clone(), tokens.clone());
                     tokio::spawn(async move {
                         let _open = open;
-                        answer(send, recv, up, st).await;
+                        answer(send, recv, how, up, st).await;
                     });
                 }
                 Err(e) => {
@@ -129,6 +131,7 @@ pub async fn serve<C: Conn>(
 pub async fn answer(
     mut send: impl Send,
     mut recv: impl Recv,
+    tokens_out: Tokens,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
 ) {
@@ -182,6 +185,7 @@ pub async fn answer(
         }
     });
     let mut out = BytesMut::with_capacity(256);
+    let mut batch: Vec<String> = Vec::new();
     while let Some(item) = rx.recv().await {
         let prompt = match item {
             Ok(Ask::Prompt(p)) => p,
@@ -206,35 +210,39 @@ pub async fn answer(
                 return;
             }
         };
+        let mut tally = Tally::default();
         loop {
             match tokens.next().await {
                 Ok(Some(tok)) => {
-                    out.clear();
-                    let mut n = 1;
-                    let mut bad = lenprefix::encode(tok.as_bytes(), &mut out).is_err();
+                    batch.clear();
+                    batch.push(tok);
                     // Tokens that arrived together leave in one write.
-                    while !bad {
+                    let mut failed = false;
+                    loop {
                         match tokens.ready_token() {
-                            Ok(Some(t)) => {
-                                bad = lenprefix::encode(t.as_bytes(), &mut out).is_err();
-                                n += 1;
-                            }
+                            Ok(Some(t)) => batch.push(t),
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::warn!("upstream failed mid-stream: {e}");
-                                bad = true;
+                                failed = true;
+                                break;
                             }
                         }
                     }
-                    if bad {
-                        stats.error();
-                        send.reset(ERR_UPSTREAM);
-                        return;
+                    let sent = if failed {
+                        Err(Some(ERR_UPSTREAM))
+                    } else {
+                        emit(&mut send, &tokens_out, &batch, &mut out, &mut tally).await
+                    };
+                    match sent {
+                        Ok(()) => stats.tokens(batch.len() as u64),
+                        Err(Some(code)) => {
+                            stats.error();
+                            send.reset(code);
+                            return;
+                        }
+                        Err(None) => return,
                     }
-                    if send.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    stats.tokens(n);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -245,11 +253,77 @@ pub async fn answer(
                 }
             }
         }
-        if send.write_all(lenprefix::END).await.is_err() {
+        // Datagrams end with their tally on the stream; either way, then `0:`.
+        out.clear();
+        if let Tokens::Datagrams(_) = tokens_out {
+            let _ = lenprefix::encode(tally.message().as_bytes(), &mut out);
+        }
+        out.extend_from_slice(lenprefix::END);
+        if send.write_all(&out).await.is_err() {
             return;
         }
     }
     send.finish().await;
+}
+
+/// Sends one batch of tokens: on the stream in one write, or a datagram each. An error
+/// carries the code to reset the stream with, or `None` when the stream is gone.
+async fn emit(
+    send: &mut impl Send,
+    how: &Tokens,
+    batch: &[String],
+    out: &mut BytesMut,
+    tally: &mut Tally,
+) -> Result<(), Option<u32>> {
+    out.clear();
+    match how {
+        Tokens::Stream => {
+            for t in batch {
+                lenprefix::encode(t.as_bytes(), out).map_err(|_| Some(ERR_UPSTREAM))?;
+            }
+            send.write_all(out).await.map_err(|()| None)
+        }
+        Tokens::Datagrams(d) => {
+            for t in batch {
+                out.clear();
+                let token = dgram::Token {
+                    stream: send.id(),
+                    seq: tally.tokens,
+                    token: t,
+                };
+                dgram::encode(&token, out).map_err(|_| Some(ERR_DATAGRAM))?;
+                if let Err(e) = d.send_datagram(out.split().freeze()) {
+                    tracing::debug!("datagram on stream {} not sent: {e}", send.id());
+                    return Err(Some(ERR_DATAGRAM));
+                }
+                tally.tokens += 1;
+                tally.bytes += t.len() as u64;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where an answer's tokens go.
+#[derive(Clone)]
+pub enum Tokens {
+    /// On the request stream, length-prefixed.
+    Stream,
+    /// In datagrams of the connection ([`lab_codec::dgram`]), never sent again; the
+    /// tally and the end marker go on the stream.
+    Datagrams(Arc<dyn Datagrams>),
+}
+
+/// A connection that sends datagrams.
+pub trait Datagrams: std::marker::Send + Sync + 'static {
+    /// Queues one datagram; an error says why it cannot go (too large, not supported).
+    fn send_datagram(&self, payload: bytes::Bytes) -> Result<(), String>;
+}
+
+impl Datagrams for wtransport::Connection {
+    fn send_datagram(&self, payload: bytes::Bytes) -> Result<(), String> {
+        wtransport::Connection::send_datagram(self, payload).map_err(|e| e.to_string())
+    }
 }
 
 impl Send for wtransport::SendStream {

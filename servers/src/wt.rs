@@ -8,9 +8,13 @@
 //!
 //! Errors never take the session down: bad framing or an upstream failure resets that
 //! stream ([`crate::streams`]); any path other than `/wt` gets 404.
+//!
+//! The same server with session path `/wt-dgram` is [`crate::wt_dgram`]: its tokens go
+//! in datagrams instead.
 
 use crate::Limits;
 use crate::stats::ServerStats;
+use crate::streams::Tokens;
 use crate::upstream::Upstream;
 use lab_codec::transport::Quic;
 use std::sync::Arc;
@@ -27,7 +31,31 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     let udp = listener.udp("WebTransport")?;
     let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
     let endpoint = endpoint(udp, env.cert.h3_server_config()?, &env.transport.quic)?;
-    Ok(Box::pin(serve(endpoint, up, env.stats, env.limits)))
+    Ok(Box::pin(serve(
+        endpoint,
+        Answers::Streams,
+        up,
+        env.stats,
+        env.limits,
+    )))
+}
+
+/// How a server's sessions carry answers: the session path it serves, and where tokens go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// `/wt`: tokens on the request stream.
+    Streams,
+    /// `/wt-dgram`: tokens in datagrams, the tally on the stream.
+    Datagrams,
+}
+
+impl Answers {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Streams => PATH,
+            Self::Datagrams => crate::wt_dgram::PATH,
+        }
+    }
 }
 
 /// Builds the QUIC endpoint on an already-bound UDP socket, with `quic`'s settings.
@@ -52,18 +80,26 @@ pub fn endpoint(
 /// Accepts sessions forever.
 pub async fn serve(
     endpoint: Endpoint<Server>,
+    answers: Answers,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
     limits: Limits,
 ) -> anyhow::Result<()> {
     loop {
         let incoming = endpoint.accept().await;
-        tokio::spawn(session(incoming, upstream.clone(), stats.clone(), limits));
+        tokio::spawn(session(
+            incoming,
+            answers,
+            upstream.clone(),
+            stats.clone(),
+            limits,
+        ));
     }
 }
 
 async fn session(
     incoming: IncomingSession,
+    answers: Answers,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
     limits: Limits,
@@ -81,7 +117,7 @@ async fn session(
         }
     };
     let path = req.path().split('?').next().unwrap_or("");
-    if path != PATH {
+    if path != answers.path() {
         tracing::debug!("session request for {path}: 404");
         req.not_found().await;
         return;
@@ -94,6 +130,10 @@ async fn session(
         }
     };
     stats.connection_opened();
-    crate::streams::serve(conn, upstream, stats.clone(), limits).await;
+    let tokens = match answers {
+        Answers::Streams => Tokens::Stream,
+        Answers::Datagrams => Tokens::Datagrams(Arc::new(conn.clone())),
+    };
+    crate::streams::serve(conn, tokens, upstream, stats.clone(), limits).await;
     stats.connection_closed();
 }

@@ -18,6 +18,10 @@ pub enum Body {
     Text,
     /// Length-prefixed messages, `<len>:<token>`, ended by `0:`.
     LenPrefix,
+    /// A token per QUIC DATAGRAM frame, after the stream id and sequence number
+    /// ([`lab_codec::dgram`]); the request stream's answer is the tally and `0:`, all
+    /// framing.
+    Datagram,
 }
 
 /// One unit of `len` bytes carrying a token of `token` bytes: the token in the middle,
@@ -78,6 +82,8 @@ pub fn response(body: Body, bytes: &[u8]) -> Runs<()> {
             r.layer(Layer::Message, bytes.len() - done);
         }
         Body::Text => unit(&mut r, bytes.len(), bytes.len()),
+        // The tokens are in datagrams, not here.
+        Body::Datagram => r.layer(Layer::Message, bytes.len()),
     }
     r
 }

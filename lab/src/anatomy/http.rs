@@ -5,7 +5,7 @@
 
 use super::body::{self, Body};
 use super::layers::{Layer, Runs};
-use super::varint::varint;
+use lab_codec::varint::varint;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

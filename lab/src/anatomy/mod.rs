@@ -8,7 +8,7 @@
 //! - [`quic`]: QUIC packets, header protection, decryption, frames, streams.
 //! - [`http`] and [`body`]: HTTP/1.1, HTTP/2, WebSocket, HTTP/3 and WebTransport, and
 //!   how each approach's bodies carry tokens.
-//! - [`keys`]: the key log and key derivations; [`varint`]: QUIC's integers.
+//! - [`keys`]: the key log and key derivations (QUIC's integers are [`lab_codec::varint`]).
 //!
 //! Link, IP and transport headers are read with pnet's typed views; only TLS records
 //! and QUIC packets need lab's own parsers. The layers of each frame add up to its
@@ -22,7 +22,6 @@ pub mod layers;
 pub mod quic;
 pub mod tcp;
 pub mod tls;
-pub mod varint;
 
 pub use body::Body;
 pub use http::{App, Wire};

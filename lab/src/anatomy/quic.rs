@@ -9,8 +9,8 @@
 use super::keys::{KeyLog, QuicKeys, Suite, TAG, initial_keys};
 use super::layers::{Layer, Layers, RangeSet};
 use super::tls::{client_random, server_suite};
-use super::varint::varint;
 use super::{Class, Out};
+use lab_codec::varint::varint;
 use std::collections::HashMap;
 
 /// Recovers a full packet number from its `bits` low bits (RFC 9000 A.3).
@@ -115,6 +115,10 @@ struct Conn {
     crypto: [[Stream; 3]; 2],
     streams: HashMap<(bool, u64), Stream>,
     notes: Vec<String>,
+    /// What DATAGRAM frames carry: WebTransport's session prefix first (HTTP/3), and
+    /// lab's datagram tokens.
+    h3_datagrams: bool,
+    datagram_tokens: bool,
 }
 
 fn side(up: bool) -> usize {
@@ -309,9 +313,25 @@ fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
                     } else {
                         (tl, rest.len() - tl)
                     };
+                    let data = rest.get(at..at + len)?;
                     plan.data = true;
                     plan.layers.add(Layer::Control, at as u64);
-                    plan.layers.add(Layer::Message, len as u64);
+                    // HTTP/3's quarter stream id of the session, then lab's stream id and
+                    // sequence number, then the token.
+                    let h3 = if conn.h3_datagrams {
+                        varint(data).map_or(0, |(_, l)| l)
+                    } else {
+                        0
+                    };
+                    plan.layers.add(Layer::Http, h3 as u64);
+                    match lab_codec::dgram::decode(&data[h3..]) {
+                        Ok(t) if conn.datagram_tokens => {
+                            let token = t.token.len();
+                            plan.layers.add(Layer::Message, (len - h3 - token) as u64);
+                            plan.layers.add(Layer::Payload, token as u64);
+                        }
+                        _ => plan.layers.add(Layer::Message, (len - h3) as u64),
+                    }
                     (at + len, Layer::Other)
                 }
                 0xaf => (vs(4, tl)?.1, Layer::Control),
@@ -389,7 +409,11 @@ pub fn flows(
         }
     }
     let new = || One {
-        conn: Conn::default(),
+        conn: Conn {
+            h3_datagrams: wire.app == super::http::App::WebTransport,
+            datagram_tokens: wire.body == super::body::Body::Datagram,
+            ..Conn::default()
+        },
         ids: Vec::new(),
         idx: Vec::new(),
         plans: Vec::new(),

@@ -13,6 +13,7 @@ use lab_clients::stats::ConnStats;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub mod datagrams;
 pub mod merge;
 pub mod stalls;
 pub mod summary;
@@ -242,6 +243,7 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
         "gap_max" => stalls::of(&c.records).map(|s| s.gap_max_ms),
         "stalled_per_answer" => stalls::of(&c.records).map(|s| s.stalled_ms_per_answer),
         "streams_per_stall" => stalls::of(&c.records).and_then(|s| s.streams_per_stall),
+        "delivered_pct" => datagrams::of(&c.records).map(|t| t.delivered_pct()),
         "ack_packets_per_token" | "data_packets_per_token" => {
             let a = c.anatomy.as_ref().filter(|_| toks > 0.0)?;
             let (u, d) = (&a.client.up.packets, &a.client.down.packets);
@@ -264,25 +266,31 @@ pub fn digest_mismatches(run: &Run) -> Vec<String> {
     let mut out = Vec::new();
     for p in profiles(run) {
         let cells = cells_of(run, &p);
-        let Some(first) = cells.first() else { continue };
-        for r in &first.records {
-            if r.error.is_some() {
+        // Per prompt, every whole answer against the first: tokens lost in datagrams
+        // are counted (the datagram line), not taken for different tokens.
+        let mut indices: Vec<usize> = cells
+            .iter()
+            .flat_map(|c| c.records.iter().map(|r| r.index))
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        for i in indices {
+            let whole: Vec<(&str, &PromptRecord)> = cells
+                .iter()
+                .filter_map(|c| {
+                    let r = c.records.iter().find(|r| r.index == i)?;
+                    (r.error.is_none() && r.whole()).then_some((c.cell.name.as_str(), r))
+                })
+                .collect();
+            let Some(&(first, r)) = whole.first() else {
                 continue;
-            }
-            for other in &cells[1..] {
-                let same = other
-                    .records
-                    .iter()
-                    .find(|o| o.index == r.index && o.error.is_none());
-                if let Some(o) = same
-                    && o.digest != r.digest
-                {
+            };
+            for &(other, o) in &whole[1..] {
+                if o.digest != r.digest {
                     out.push(format!(
-                        "{p}: prompt {} ({}): {} and {} received different tokens",
-                        r.index + 1,
+                        "{p}: prompt {} ({}): {first} and {other} received different tokens",
+                        i + 1,
                         r.prompt,
-                        first.cell.name,
-                        other.cell.name
                     ));
                 }
             }
@@ -350,7 +358,7 @@ pub fn check_digests(
     for i in 0..n {
         let mut seen: Vec<(String, String)> = Vec::new();
         for (a, recs) in results {
-            if let Some(r) = recs.get(i).filter(|r| r.error.is_none()) {
+            if let Some(r) = recs.get(i).filter(|r| r.error.is_none() && r.whole()) {
                 seen.push((a.name.to_owned(), r.digest.clone()));
             }
         }

@@ -112,6 +112,9 @@ pub fn render(run: &Run) -> String {
                     tried.len()
                 ));
             }
+            if let Some(t) = crate::metrics::datagrams::of(&c.records) {
+                out.push_str(&t.line(&c.cell.name));
+            }
         }
 
         #[derive(tabled::Tabled)]

@@ -85,6 +85,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Count,
         "streams of one connection stalled at once, on average over stalls (head-of-line blocking)",
     ),
+    (
+        "delivered_pct",
+        Kind::Count,
+        "tokens delivered in datagrams, as a percentage of those sent (wt-dgram only)",
+    ),
 ];
 
 /// The unit a metric's values are in (times in milliseconds).
@@ -96,6 +101,7 @@ pub fn unit(metric: &str) -> &'static str {
         "packets" => "packets",
         "errors" => "prompts",
         "streams_per_stall" => "streams",
+        "delivered_pct" => "%",
         m if m.ends_with("bytes_per_token") => "B/token",
         m if m.ends_with("packets_per_token") => "packets/token",
         _ => "",
