@@ -9,9 +9,9 @@
 //! stream ended: a datagram sent before the tally may still be on its way. What has not
 //! arrived by then counts as lost. Lost tokens are not an error: the record counts them.
 
-use crate::TokenSink;
 use crate::record::{ErrorCategory, PromptError, Recorder};
 use crate::streams::{ReadError, Recv};
+use crate::{Runner, RunnerOpts, Target, TokenSink};
 use lab_codec::dgram::{self, Tally};
 use lab_codec::lenprefix::{self, Frame};
 use lab_codec::wt::ERR_UPSTREAM;
@@ -112,6 +112,15 @@ pub async fn read_answer(
     let mut stream_done = false;
     let grace = rtt.clamp(Duration::from_millis(5), Duration::from_secs(1));
     let mut deadline = tokio::time::Instant::now();
+    // The highest sequence number so far: the tally's count bounds it.
+    let mut highest: Option<u64> = None;
+    let past_tally = |highest: Option<u64>, tally: Option<Tally>| match (highest, tally) {
+        (Some(h), Some(t)) if h >= t.tokens => Err(recv_err(format!(
+            "datagram with sequence number {h}, past the tally's {} tokens",
+            t.tokens
+        ))),
+        _ => Ok(()),
+    };
     loop {
         if stream_done && tally.is_some_and(|t| rec.datagrams_delivered() >= t.tokens) {
             break;
@@ -119,12 +128,8 @@ pub async fn read_answer(
         tokio::select! {
             d = ticket.rx.recv() => match d {
                 Some(Ok((seq, tok, len))) => {
-                    if let Some(t) = tally && seq >= t.tokens {
-                        return Err(recv_err(format!(
-                            "datagram with sequence number {seq}, past the tally's {} tokens",
-                            t.tokens
-                        )));
-                    }
+                    highest = highest.max(Some(seq));
+                    past_tally(highest, tally)?;
                     if !rec.datagram_token(seq, &tok) {
                         return Err(recv_err(format!("datagram sequence number {seq} came twice")));
                     }
@@ -149,6 +154,7 @@ pub async fn read_answer(
                                 let t = Tally::parse(&m).map_err(recv_err)?;
                                 rec.datagram_tally(t.tokens, t.bytes);
                                 tally = Some(t);
+                                past_tally(highest, tally)?;
                             }
                             Frame::Message(_) if ended => {
                                 return Err(recv_err("a message after the end marker 0:".into()));
@@ -194,13 +200,128 @@ pub async fn read_answer(
 }
 
 /// The WebTransport datagram runner for `target` (its path is the session path).
-pub fn runner(
-    target: crate::Target,
-    opts: &crate::RunnerOpts,
-) -> anyhow::Result<Box<dyn crate::Runner>> {
-    Ok(Box::new(crate::wt::WtRunner::new(
-        target,
-        opts,
-        crate::wt::Answers::Datagrams,
-    )?))
+pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
+    let r = crate::wt::WtRunner::new(target, opts, crate::wt::Answers::Datagrams)?;
+    Ok(Box::new(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Mode, PromptRecord};
+    use bytes::BytesMut;
+
+    /// A request stream's receive side that yields `bytes`, then its end.
+    struct Stream(Option<Vec<u8>>);
+
+    impl Recv for Stream {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+            match self.0.take() {
+                Some(b) => {
+                    buf[..b.len()].copy_from_slice(&b);
+                    Ok(Some(b.len()))
+                }
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn datagram(stream: u64, seq: u64, token: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        dgram::encode(&dgram::Token { stream, seq, token }, &mut out).unwrap();
+        out
+    }
+
+    fn tally_then_end(tokens: u64, bytes: u64) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let t = Tally { tokens, bytes }.message();
+        lenprefix::encode(t.as_bytes(), &mut out).unwrap();
+        out.extend_from_slice(lenprefix::END);
+        out.to_vec()
+    }
+
+    /// Routes `datagrams` (to stream 4) before the answer is read, then reads it with
+    /// `stream` as the request stream's bytes.
+    async fn answer(
+        datagrams: &[Vec<u8>],
+        stream: Vec<u8>,
+    ) -> (Result<(), PromptError>, PromptRecord) {
+        let router = Arc::new(Router::default());
+        let ticket = router.ticket(4);
+        for d in datagrams {
+            router.route(d);
+        }
+        let mut rec = Recorder::start();
+        let mut sink = |_: &str| {};
+        let r = read_answer(
+            Stream(Some(stream)),
+            ticket,
+            Duration::from_millis(1),
+            &mut rec,
+            &mut sink,
+        )
+        .await;
+        (r, rec.finish("wt-dgram", Mode::Reuse, 0, "p", None))
+    }
+
+    #[tokio::test]
+    async fn counts_reordered_and_lost_tokens_and_digests_in_order() {
+        // All three, the last two swapped: whole, one reordered, digest as if in order.
+        let d = [
+            datagram(4, 0, "a"),
+            datagram(4, 2, "c"),
+            datagram(4, 1, "b"),
+        ];
+        let (r, rec) = answer(&d, tally_then_end(3, 3)).await;
+        r.unwrap();
+        let c = rec.datagrams.unwrap();
+        assert_eq!((c.sent, c.delivered, c.lost, c.reordered), (3, 3, 0, 1));
+        assert_eq!(rec.digest, crate::record::digest_tokens(&["a", "b", "c"]));
+        assert!(rec.whole());
+        // The middle one lost: counted after the grace, not an error.
+        let d = [datagram(4, 0, "a"), datagram(4, 2, "c")];
+        let (r, rec) = answer(&d, tally_then_end(3, 3)).await;
+        r.unwrap();
+        let c = rec.datagrams.unwrap();
+        assert_eq!((c.sent, c.sent_bytes, c.delivered, c.lost), (3, 3, 2, 1));
+        assert_eq!(rec.tokens, 2);
+        assert!(!rec.whole());
+        // A datagram for another stream is not this answer's.
+        let d = [datagram(8, 0, "x"), datagram(4, 0, "a")];
+        let (r, rec) = answer(&d, tally_then_end(1, 1)).await;
+        r.unwrap();
+        assert_eq!(rec.tokens, 1);
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_receive_errors_that_say_what_is_wrong() {
+        let tally = tally_then_end(2, 2);
+        for (datagrams, stream, want) in [
+            (
+                vec![datagram(4, 0, "a"), datagram(4, 0, "a")],
+                tally.clone(),
+                "came twice",
+            ),
+            (
+                vec![datagram(4, 5, "a")],
+                tally.clone(),
+                "past the tally's 2 tokens",
+            ),
+            (vec![vec![4, 0, 0xff]], tally.clone(), "not UTF-8"),
+            (vec![], b"0:".to_vec(), "before the datagram tally"),
+            (vec![], b"3:a b0:".to_vec(), "expected the datagram tally"),
+            (vec![], b"3:2 20:1:x".to_vec(), "after the end marker"),
+            (vec![], b"3:2 2".to_vec(), "before the end marker"),
+            (vec![], b"x".to_vec(), "length prefix"),
+        ] {
+            let (r, _) = answer(&datagrams, stream).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.category, ErrorCategory::Receive, "{want}: {e}");
+            assert!(e.message.contains(want), "{want}: {e}");
+        }
+        // A datagram cut inside its ids is dropped without failing anyone.
+        let (r, rec) = answer(&[vec![0x40]], tally_then_end(0, 0)).await;
+        r.unwrap();
+        assert_eq!(rec.tokens, 0);
+    }
 }

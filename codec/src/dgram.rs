@@ -10,7 +10,8 @@
 //!
 //! - the stream id is the QUIC id of the request stream, so answers to prompts in flight
 //!   at once on one session come apart;
-//! - sequence numbers count an answer's tokens from 0;
+//! - sequence numbers count the stream's tokens from 0, on through the answers to
+//!   further prompts on the same stream (lab's clients send one prompt per stream);
 //! - varints are QUIC's (RFC 9000 16, [`crate::varint`]).
 //!
 //! Datagrams are never sent again, so the end of an answer goes on the request stream,

@@ -455,6 +455,104 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     assert_eq!(stack.stats(ap("wt")).snapshot().errors, 4);
 }
 
+/// WebTransport datagrams: the wrong session path is refused; bad framing and an
+/// oversize prompt reset that stream only; then the same session answers two prompts on
+/// one stream, each token in a datagram naming the stream, with sequence numbers running
+/// on across the answers, and each answer's tally and `0:` on the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
+    use lab_codec::dgram::{Tally, decode};
+    use wtransport::error::StreamReadError;
+    let stack = stack(5).await;
+    let addr = stack.addr(ap("wt-dgram"));
+    let tls = stack.trust().h3_client_config().unwrap();
+    let cfg = wtransport::ClientConfig::builder()
+        .with_bind_address("127.0.0.1:0".parse().unwrap())
+        .with_custom_tls(tls)
+        .build();
+    let ep = wtransport::Endpoint::client(cfg).unwrap();
+    // The streams server's path is not this server's.
+    let e = ep
+        .connect(format!("https://{addr}/wt"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, wtransport::error::ConnectingError::SessionRejected),
+        "{e:?}"
+    );
+    let conn = ep
+        .connect(format!("https://{addr}/wt-dgram"))
+        .await
+        .unwrap();
+    let read_all = |mut recv: wtransport::RecvStream| async move {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(None) => return Ok(out),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let oversize = format!("{}:", 1024 * 1024 + 1);
+    for bad in [&b"abc:hello"[..], b"5:hel", b"12x", oversize.as_bytes()] {
+        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        let _ = send.finish().await;
+        match read_all(recv).await {
+            Err(StreamReadError::Reset(code)) => assert_eq!(
+                code,
+                wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
+                "{bad:?}"
+            ),
+            other => panic!("{bad:?}: expected a reset, got {other:?}"),
+        }
+    }
+    // Two prompts on one stream.
+    let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+    let sid = wtransport::VarInt::from(send.id()).into_inner();
+    send.write_all(b"2:hi5:hello").await.unwrap();
+    send.finish().await.unwrap();
+    let stream = lenprefix_answers(&read_all(recv).await.unwrap());
+    let (a, b) = (expected("hi", 5), expected("hello", 5));
+    let tally = |t: &[String]| Tally {
+        tokens: t.len() as u64,
+        bytes: t.iter().map(|x| x.len() as u64).sum(),
+    };
+    assert_eq!(
+        stream,
+        vec![vec![tally(&a).message()], vec![tally(&b).message()], vec![]]
+    );
+    // Loopback loses nothing: every token came, in order, numbered on from 0.
+    let mut got = Vec::new();
+    while got.len() < a.len() + b.len() {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(5), conn.receive_datagram())
+            .await
+            .expect("all datagrams within 5 s")
+            .unwrap();
+        let p = d.payload();
+        let t = decode(&p).unwrap();
+        assert_eq!(t.stream, sid);
+        got.push((t.seq, t.token.to_owned()));
+    }
+    got.sort();
+    let want: Vec<(u64, String)> = a
+        .iter()
+        .chain(&b)
+        .cloned()
+        .enumerate()
+        .map(|(i, t)| (i as u64, t))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(stack.stats(ap("wt-dgram")).snapshot().errors, 4);
+    assert!(
+        futures_util::FutureExt::now_or_never(conn.closed()).is_none(),
+        "the session survived"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_webtransport_streams_and_sessions() {
     let stack = stack(20).await;

@@ -686,16 +686,28 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
     }
     let cells = run["cells"].as_array().unwrap();
     assert_eq!(cells.len(), names.len());
-    let mut digests: Vec<Vec<String>> = Vec::new();
+    let mut digests: Vec<Vec<Option<String>>> = Vec::new();
     for c in cells {
         let a: lab::approach::Approach = c["cell"]["approach"].as_str().unwrap().parse().unwrap();
         let recs = c["records"].as_array().unwrap();
         assert_eq!(recs.len(), 10, "{a}");
-        assert!(
-            recs.iter()
-                .all(|r| r["error"].is_null() && r["tokens"] == 30),
-            "{a}"
-        );
+        assert!(recs.iter().all(|r| r["error"].is_null()), "{a}");
+        // Tokens in datagrams may be lost (0.5% here): each answer's tally says 30 were
+        // sent, and what arrived is counted; only whole answers' digests are compared.
+        let whole: Vec<bool> = recs
+            .iter()
+            .map(|r| match r.get("datagrams") {
+                Some(d) => {
+                    assert_eq!(d["sent"], 30, "{a}");
+                    assert_eq!(d["delivered"], r["tokens"], "{a}");
+                    d["lost"] == 0
+                }
+                None => {
+                    assert_eq!(r["tokens"], 30, "{a}");
+                    true
+                }
+            })
+            .collect();
         let conns: std::collections::BTreeSet<u64> =
             recs.iter().map(|r| r["conn"].as_u64().unwrap()).collect();
         let slots: std::collections::BTreeSet<u64> =
@@ -708,12 +720,17 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
         );
         digests.push(
             recs.iter()
-                .map(|r| r["digest"].as_str().unwrap().to_owned())
+                .zip(&whole)
+                .map(|(r, &w)| w.then(|| r["digest"].as_str().unwrap().to_owned()))
                 .collect(),
         );
     }
     for d in &digests {
-        assert_eq!(d, &digests[0], "tokens differ between approaches");
+        for (i, x) in d.iter().enumerate() {
+            if let (Some(x), Some(y)) = (x, &digests[0][i]) {
+                assert_eq!(x, y, "prompt {i}: tokens differ between approaches");
+            }
+        }
     }
     nothing_left("rtrans");
 }

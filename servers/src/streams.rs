@@ -186,6 +186,8 @@ pub async fn answer(
     });
     let mut out = BytesMut::with_capacity(256);
     let mut batch: Vec<String> = Vec::new();
+    // Datagram sequence numbers count the stream's tokens, across its answers.
+    let mut seq = 0u64;
     while let Some(item) = rx.recv().await {
         let prompt = match item {
             Ok(Ask::Prompt(p)) => p,
@@ -232,7 +234,14 @@ pub async fn answer(
                     let sent = if failed {
                         Err(Some(ERR_UPSTREAM))
                     } else {
-                        emit(&mut send, &tokens_out, &batch, &mut out, &mut tally).await
+                        emit(
+                            &mut send,
+                            &tokens_out,
+                            &batch,
+                            &mut out,
+                            (&mut seq, &mut tally),
+                        )
+                        .await
                     };
                     match sent {
                         Ok(()) => stats.tokens(batch.len() as u64),
@@ -273,7 +282,7 @@ async fn emit(
     how: &Tokens,
     batch: &[String],
     out: &mut BytesMut,
-    tally: &mut Tally,
+    (seq, tally): (&mut u64, &mut Tally),
 ) -> Result<(), Option<u32>> {
     out.clear();
     match how {
@@ -288,7 +297,7 @@ async fn emit(
                 out.clear();
                 let token = dgram::Token {
                     stream: send.id(),
-                    seq: tally.tokens,
+                    seq: *seq,
                     token: t,
                 };
                 dgram::encode(&token, out).map_err(|_| Some(ERR_DATAGRAM))?;
@@ -296,6 +305,7 @@ async fn emit(
                     tracing::debug!("datagram on stream {} not sent: {e}", send.id());
                     return Err(Some(ERR_DATAGRAM));
                 }
+                *seq += 1;
                 tally.tokens += 1;
                 tally.bytes += t.len() as u64;
             }
