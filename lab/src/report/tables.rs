@@ -95,7 +95,12 @@ pub fn render(run: &Run) -> String {
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
-        if n > 1 {
+        // With prompts in flight at once (head-of-line blocking), or tokens in
+        // datagrams (what a retransmission costs the others), the gaps tell.
+        let datagrams = cells
+            .iter()
+            .any(|c| c.records.iter().any(|r| r.datagrams.is_some()));
+        if n > 1 || datagrams {
             out.push_str(&stalls_table(&cells));
         }
         if cells.iter().any(|c| c.records.iter().any(|r| r.urgent)) {
