@@ -81,6 +81,11 @@ pub enum Command {
     /// records in /run/lab and lab's ownership marks; safe to run twice. Labs that are
     /// up are kept unless --all.
     Clean(CleanArgs),
+    /// Microbenchmarks. `lab bench quic`: the QUIC document's targets (stream open,
+    /// one stream's throughput, streams at once, datagram latency) on loopback, or with
+    /// --cell through a lab cell's link (server and client in the cell's namespaces).
+    #[command(subcommand)]
+    Bench(Bench),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell, e.g.
     /// `lab completions bash > /usr/local/share/bash-completion/completions/lab`
     /// (scripts/install.sh installs them).
@@ -274,6 +279,37 @@ pub struct ShellArgs {
     /// The lab (default: the only lab that is up).
     #[arg(long)]
     pub lab: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// lab's QUIC stack (quinn, as `wt` and `quic` configure it) against the QUIC
+    /// document's targets: open a stream and echo a byte (under 100 us), one stream's
+    /// throughput (over 100 MB/s), streams open at once (1000+), a datagram's echo
+    /// (under 1 ms). On loopback, or with --cell between the cell's server and client
+    /// namespaces, through its link (a lab from `lab up`; root). Prints a table, or JSON.
+    #[command(
+        after_help = "Examples:\n  lab bench quic\n  sudo lab up topologies/baseline.yaml && sudo lab bench quic --cell c0 && sudo lab down\n  lab bench quic --quick --json"
+    )]
+    Quic(BenchQuicArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQuicArgs {
+    /// A cell of a lab that is up (`lab up`): wt, wt@baseline, c3, ... The server
+    /// binds in its server namespace, the client in its client namespace.
+    #[arg(long)]
+    pub cell: Option<String>,
+    /// The lab (default: the only lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// A few seconds' worth (200 opens, 16 MiB, 1000 streams, 200 datagrams) instead of
+    /// 2000 opens, 256 MiB, 2000 streams and 2000 datagrams.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

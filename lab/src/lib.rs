@@ -23,6 +23,7 @@
 
 pub mod anatomy;
 pub mod approach;
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod commands;

@@ -731,3 +731,65 @@ fn two_labs_with_different_names_are_up_at_once() {
     std::fs::remove_file(ta).unwrap();
     std::fs::remove_file(tb).unwrap();
 }
+
+/// `lab bench quic`: on loopback, and through a cell's link with the server and client
+/// in the cell's namespaces. Function only (timing belongs to the benchmark): every
+/// stream echoed, every byte of the long stream back, the figures finite. A node that
+/// is not a cell is refused.
+#[test]
+fn the_quic_microbenchmark_runs_on_loopback_and_through_a_cell() {
+    let name = "tbench";
+    let _down = Down(name.into());
+    let topo = topology(name, "quic", "  a: { delay: 1ms }\n");
+    ok(&["up", topo.to_str().unwrap()]);
+    for args in [
+        vec!["bench", "quic", "--quick", "--json"],
+        vec![
+            "bench", "quic", "--quick", "--json", "--lab", name, "--cell", "quic",
+        ],
+    ] {
+        let out = ok(&args);
+        let r: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(r["streams_ok"], 1000, "{args:?}: {r}");
+        assert_eq!(r["stream_echoed"], 16u64 << 20, "{args:?}: {r}");
+        for k in [
+            "open_p50_us",
+            "open_p99_us",
+            "stream_mb_s",
+            "datagram_p50_us",
+            "datagram_p99_us",
+        ] {
+            let v = r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+            assert!(v.is_finite() && v > 0.0, "{args:?}: {k} {v}");
+        }
+        assert!(r["datagrams_lost"].as_u64().unwrap() < 20, "{args:?}: {r}");
+        let path = r["path"].as_str().unwrap();
+        if args.contains(&"--cell") {
+            // A 1 ms delay each way: every echo takes at least 2 ms.
+            assert!(r["open_p50_us"].as_f64().unwrap() >= 2000.0, "{r}");
+            assert!(r["datagram_p50_us"].as_f64().unwrap() >= 2000.0, "{r}");
+            assert!(
+                path.contains("quic@a: 198.18.0.1 to 198.18.0.2, delay 1ms"),
+                "{path}"
+            );
+        } else {
+            assert_eq!(path, "loopback");
+        }
+    }
+    let table = ok(&["bench", "quic", "--quick", "--lab", name, "--cell", "c0"]);
+    assert!(
+        table.contains("| open a stream, send a byte, read its echo (200x) "),
+        "{table}"
+    );
+    assert!(table.contains("| 1000 of 1000 (opened in "), "{table}");
+    let o = lab(&["bench", "quic", "--quick", "--lab", name, "--cell", "llm"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("\"llm\" is not a cell of lab tbench"),
+        "{}",
+        text(&o)
+    );
+    ok(&["down", name]);
+    std::fs::remove_file(topo).unwrap();
+}

@@ -337,6 +337,57 @@ pub fn exec(a: ExecArgs) -> Result<u8> {
     shell::run_in(&ns, &argv, &node_env(&s.name, &a.node, &ns))
 }
 
+/// `lab bench quic`: on loopback, or through a cell of a lab that is up.
+pub async fn bench_quic(a: crate::cli::BenchQuicArgs) -> Result<u8> {
+    use crate::bench;
+    let sizes = if a.quick {
+        bench::Sizes::QUICK
+    } else {
+        bench::Sizes::FULL
+    };
+    let (path, (server, client)) = match &a.cell {
+        None => ("loopback".to_owned(), bench::loopback()?),
+        Some(node) => {
+            if let Err(e) = sys::require_privileges("bench quic --cell") {
+                return refuse(e);
+            }
+            let (s, ns) = match resolve(a.lab.as_deref(), node) {
+                Ok(x) => x,
+                Err(e) => return refuse(e),
+            };
+            let Some(cell) = s
+                .plan
+                .cells
+                .iter()
+                .find(|c| [&c.client_ns, &c.wire_ns, &c.server_ns].contains(&&ns))
+            else {
+                return refuse(anyhow::anyhow!(
+                    "{node:?} is not a cell of lab {}; name one as `lab exec` does (wt, wt@baseline, c3)",
+                    s.name
+                ));
+            };
+            let link = if cell.up == cell.down {
+                cell.up.describe()
+            } else {
+                format!("up {}, down {}", cell.up.describe(), cell.down.describe())
+            };
+            let path = format!(
+                "lab {} cell {} ({}@{}: {} to {}, {})",
+                s.name, cell.id, cell.name, cell.profile, cell.client_addr, cell.server_addr, link
+            );
+            (path, bench::in_cell(cell)?)
+        }
+    };
+    tell!("lab: measuring QUIC on {path}");
+    let r = bench::run(server, client, &path, sizes).await?;
+    if a.json {
+        say!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        say!("{}", r.table());
+    }
+    Ok(EXIT_OK)
+}
+
 /// `lab relay` (started by `lab up` for a `url:` upstream).
 pub async fn relay(a: RelayArgs) -> Result<u8> {
     // Registered before the ready line: a SIGTERM right after it is a clean stop.

@@ -159,6 +159,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Status(a) => lab::status(a),
         Command::Shell(a) => lab::shell(a),
         Command::Exec(a) => lab::exec(a),
+        Command::Bench(crate::cli::Bench::Quic(a)) => lab::bench_quic(a).await,
         Command::Down(a) => lab::down(a),
         Command::Clean(a) => lab::clean(a),
         Command::Relay(a) => lab::relay(a).await,
