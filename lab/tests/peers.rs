@@ -148,6 +148,82 @@ fn aioquic_webtransport_client_talks_to_the_wt_server() {
     assert_eq!(v["status"], 404);
 }
 
+/// aioquic (its own HTTP/3 and WebTransport, datagrams on) against the WebTransport
+/// datagram server: two prompts on two streams of one session; each answer's tokens
+/// come in HTTP/3 datagrams of the session, `<stream id><sequence><token>`, and its
+/// tally and `0:` on the stream. The streams server's path is refused.
+#[test]
+fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
+    let llm = mock();
+    let dir = tmpdir("aioquic-wt-dgram");
+    let wt = Server::start(&[
+        "serve",
+        "wt-dgram",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &base(&llm.str("url")),
+        "--cert-out",
+        dir.to_str().unwrap(),
+    ]);
+    let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
+    let port = listen.port().to_string();
+    let ca = dir.join("cert.pem");
+    let prompts = ["hello", "second prompt"];
+    let mut args = vec!["127.0.0.1", &port, "/wt-dgram", ca.to_str().unwrap()];
+    args.extend(prompts);
+    let v = peer("wt_aioquic.py", &args);
+    assert_eq!(v["status"], 200, "{v}");
+    let answers = v["answers"].as_array().unwrap();
+    let streams: Vec<u64> = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    let datagrams: Vec<Vec<u8>> = v["datagrams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| hex::decode(d.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 2);
+    for ((a, prompt), sid) in answers.iter().zip(prompts).zip(&streams) {
+        let want = expected(prompt, 12);
+        let bytes: Vec<u8> = a.as_str().unwrap().chars().map(|c| c as u8).collect();
+        let tally = lab_codec::dgram::Tally {
+            tokens: want.len() as u64,
+            bytes: want.iter().map(|t| t.len() as u64).sum(),
+        };
+        // On the stream: the tally, then 0:, then its end.
+        assert_eq!(
+            lenprefix_answers(&bytes),
+            vec![vec![tally.message()], vec![]],
+            "{prompt}"
+        );
+        // In datagrams: every token, numbered from 0, naming the stream (loopback
+        // loses nothing).
+        let mut got: Vec<(u64, String)> = datagrams
+            .iter()
+            .map(|d| lab_codec::dgram::decode(d).unwrap())
+            .filter(|t| t.stream == *sid)
+            .map(|t| (t.seq, t.token.to_owned()))
+            .collect();
+        got.sort();
+        let want: Vec<(u64, String)> = want
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64, t))
+            .collect();
+        assert_eq!(got, want, "{prompt}");
+    }
+    let v = peer(
+        "wt_aioquic.py",
+        &["127.0.0.1", &port, "/wt", ca.to_str().unwrap()],
+    );
+    assert_eq!(v["status"], 404);
+}
+
 /// aioquic, with lab's own ALPN, against the raw QUIC server: two prompts on two
 /// streams of one connection, then a second connection that resumes the first's session
 /// and sends its prompt as 0-RTT data, which the server accepts and answers.

@@ -1,9 +1,12 @@
-"""An off-the-shelf WebTransport client: aioquic (draft-02 settings) against `lab serve wt`.
+"""An off-the-shelf WebTransport client: aioquic (draft-02 settings) against `lab serve wt`
+and `lab serve wt-dgram`.
 
 Usage: wt_aioquic.py HOST PORT PATH CA_FILE PROMPT...
 Opens one session at PATH and one bidirectional stream per prompt, writes the prompt as
 <len>:<prompt>, finishes, and reads the answer to the end of the stream. Prints one JSON
-object: the session's HTTP status and, per prompt, the raw answer bytes (latin-1).
+object: the session's HTTP status, per prompt its stream id and the raw answer bytes
+(latin-1), and every datagram of the session (hex), as received in the 0.3 s after the
+last answer ended.
 """
 import asyncio
 import json
@@ -12,7 +15,7 @@ import sys
 from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
-from aioquic.h3.events import HeadersReceived, WebTransportStreamDataReceived
+from aioquic.h3.events import DatagramReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
 
 
@@ -23,12 +26,15 @@ class Client(QuicConnectionProtocol):
         self.session_id = None
         self.status = asyncio.get_running_loop().create_future()
         self.streams = {}
+        self.datagrams = []
 
     def quic_event_received(self, event):
         for ev in self.http.handle_event(event):
             if isinstance(ev, HeadersReceived) and ev.stream_id == self.session_id:
                 if not self.status.done():
                     self.status.set_result(int(dict(ev.headers)[b":status"]))
+            elif isinstance(ev, DatagramReceived) and ev.stream_id == self.session_id:
+                self.datagrams.append(ev.data.hex())
             elif isinstance(ev, WebTransportStreamDataReceived):
                 data, done = self.streams[ev.stream_id]
                 data += ev.data
@@ -62,7 +68,7 @@ class Client(QuicConnectionProtocol):
         body = prompt.encode()
         self._quic.send_stream_data(sid, str(len(body)).encode() + b":" + body, end_stream=True)
         self.transmit()
-        return done
+        return sid, done
 
 
 async def main():
@@ -73,12 +79,15 @@ async def main():
     async with connect(host, port, configuration=config, create_protocol=Client) as client:
         client.open_session(f"localhost:{port}", path)
         status = await asyncio.wait_for(client.status, 10)
-        answers = []
+        answers, streams = [], []
         if status == 200:
-            futures = [client.ask(p) for p in prompts]
-            for f in futures:
+            asked = [client.ask(p) for p in prompts]
+            for sid, f in asked:
                 answers.append((await asyncio.wait_for(f, 20)).decode("latin-1"))
-        print(json.dumps({"status": status, "answers": answers}))
+                streams.append(sid)
+            # Datagrams sent before an answer's end may still be on their way.
+            await asyncio.sleep(0.3)
+        print(json.dumps({"status": status, "answers": answers, "streams": streams, "datagrams": client.datagrams}))
 
 
 asyncio.run(main())
