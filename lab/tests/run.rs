@@ -656,7 +656,7 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
     std::fs::write(
         &t,
         format!(
-            "name: rtrans\napproaches: [{}]\nllm:\n  mock: {{ ttft: 10ms, tbt: 2ms, jitter: 0%, max_tokens: 30 }}\nprofiles:\n  mild: {{ delay: 5ms, loss: 0.5% }}\nworkload: {{ prompts: reference, concurrency: 8, timeout: 30s }}\n",
+            "name: rtrans\napproaches: [{}]\nllm:\n  mock: {{ ttft: 10ms, tbt: 2ms, jitter: 0%, max_tokens: 30 }}\nprofiles:\n  mild: {{ delay: 5ms, loss: 0.5% }}\nworkload: {{ prompts: reference, concurrency: 8, urgent: [3], timeout: 30s }}\n",
             names.join(", ")
         ),
     )
@@ -679,6 +679,12 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
         out.contains("| Approach | Gap p50 | Gap p99 | Gap max | Stalls |"),
         "{out}"
     );
+    // The urgent prompt (numbered in the workload, not the one-prompt warm-up) is
+    // marked in every cell, and the report gives urgent and other prompts apart.
+    assert!(
+        out.contains("| Approach | Prompts | Count | P50 TTFT | Avg Total |"),
+        "{out}"
+    );
     let (_, run) = saved(&results);
     assert_eq!(run["digest_mismatches"].as_array().unwrap().len(), 0);
     for s in run["summaries"].as_array().unwrap() {
@@ -691,6 +697,10 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
         let a: lab::approach::Approach = c["cell"]["approach"].as_str().unwrap().parse().unwrap();
         let recs = c["records"].as_array().unwrap();
         assert_eq!(recs.len(), 10, "{a}");
+        assert!(c["warmup_error"].is_null(), "{a}: {}", c["warmup_error"]);
+        let urgent: Vec<bool> = recs.iter().map(|r| r["urgent"] == true).collect();
+        assert_eq!(urgent.iter().filter(|u| **u).count(), 1, "{a}");
+        assert!(urgent[2], "{a}");
         assert!(recs.iter().all(|r| r["error"].is_null()), "{a}");
         // Tokens in datagrams may be lost (0.5% here): each answer's tally says 30 were
         // sent, and what arrived is counted; only whole answers' digests are compared.

@@ -148,15 +148,21 @@ pub fn run(
     let keys_file = dir.join("keys").join(format!("{}.keys", cell.id));
     let keylog = vec![("SSLKEYLOGFILE".to_owned(), keys_file.display().to_string())];
     let mut records = Vec::new();
+    // The workload's urgent prompts are numbered in its whole run, not the warm-up's.
+    let mut args = vec![
+        "--prompts".into(),
+        prompts_file.display().to_string(),
+        "--repeat".into(),
+        w.repeat.to_string(),
+    ];
+    if !w.urgent.is_empty() {
+        let list: Vec<String> = w.urgent.iter().map(u32::to_string).collect();
+        args.extend(["--urgent".into(), list.join(",")]);
+    }
     let r = super::client::run(
         state,
         cell,
-        &[
-            "--prompts".into(),
-            prompts_file.display().to_string(),
-            "--repeat".into(),
-            w.repeat.to_string(),
-        ],
+        &args,
         dir.join("logs").join(format!("{}-client.log", cell.id)),
         &keylog,
         deadline,

@@ -64,10 +64,6 @@ pub fn run(
     if !cell.transport.is_default() {
         argv.extend(["--transport".into(), cell.transport.to_json()]);
     }
-    if !w.urgent.is_empty() {
-        let list: Vec<String> = w.urgent.iter().map(u32::to_string).collect();
-        argv.extend(["--urgent".into(), list.join(",")]);
-    }
     argv.extend_from_slice(extra);
     let ns = sys::open_netns(&cell.client_ns)?;
     let exe = std::env::current_exe()?;
