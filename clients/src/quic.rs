@@ -166,7 +166,7 @@ impl Runner for QuicRunner {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.opts.timeout;
-            let urgent = self.opts.urgent.contains(&index);
+            let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
             let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             let ended = self
                 .conn

@@ -168,7 +168,7 @@ impl Runner for WtRunner {
         Box::pin(async move {
             let mut rec = Recorder::start();
             let timeout = self.opts.timeout;
-            let urgent = self.opts.urgent.contains(&index);
+            let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
             let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             // Fresh mode never keeps a session; a session that ended is dropped (an error
             // of one stream leaves the session to the prompts sharing it).

@@ -79,6 +79,10 @@ pub struct Quic {
     pub stream_receive_window: u64,
     pub receive_window: u64,
     pub send_window: u64,
+    /// Whether a client asks for its urgent prompts' answers first (the `\0urgent`
+    /// message before the prompt; see `workload.urgent`). Off, urgent prompts are
+    /// marked in the records only: the control of a priority experiment.
+    pub priorities: bool,
 }
 
 /// The largest QUIC variable-length integer.
@@ -95,6 +99,7 @@ impl Default for Quic {
             stream_receive_window: 1_250_000,
             receive_window: VARINT_MAX,
             send_window: 10_000_000,
+            priorities: true,
         }
     }
 }
@@ -185,7 +190,7 @@ impl Quic {
         };
         let mark = |same: bool| if same { "" } else { "*" };
         format!(
-            "CID {} B{}, ACK frequency {ack}{}, {}{}, ECN {}{}, initial RTT {} ms{}, windows: stream {} B, connection {}, send {} B{}",
+            "CID {} B{}, ACK frequency {ack}{}, {}{}, ECN {}{}, initial RTT {} ms{}, windows: stream {} B, connection {}, send {} B{}{}",
             self.cid_length,
             mark(self.cid_length == d.cid_length),
             mark(self.ack_frequency == d.ack_frequency),
@@ -209,6 +214,11 @@ impl Quic {
                     self.send_window
                 ) == (d.stream_receive_window, d.receive_window, d.send_window)
             ),
+            if self.priorities {
+                ""
+            } else {
+                ", priorities off*"
+            },
         )
     }
 }

@@ -333,7 +333,7 @@ fn urgent_table(cells: &[&crate::metrics::CellResult]) -> String {
         }
     }
     format!(
-        "Urgent prompts (workload.urgent) and the others. wt and quic ask their server to send an urgent prompt's answer before the other streams of the connection (stream priority); the other approaches have no such thing and show what no priority gives.\n\n{}\n\n",
+        "Urgent prompts (workload.urgent) and the others. wt and quic ask their server to send an urgent prompt's answer before the other streams of the connection (stream priority), unless their transport has `priorities: false`; those, and the approaches without stream priorities, show what no priority gives. Compare like with like: an urgent prompt's place in the workload matters too.\n\n{}\n\n",
         b.build().with(Style::markdown())
     )
 }

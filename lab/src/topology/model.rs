@@ -94,6 +94,10 @@ pub struct QuicSpec {
     /// Bytes that may be in flight unacknowledged (default 10000000).
     #[serde(default)]
     pub send_window: Option<u64>,
+    /// Whether the client asks for urgent prompts' answers first (default true);
+    /// `false` marks them in the records only, as the control of a priority experiment.
+    #[serde(default)]
+    pub priorities: Option<bool>,
 }
 
 /// The ACK-frequency extension: on with quinn's defaults, or with some fields set.
@@ -201,6 +205,9 @@ impl TransportSpec {
             }
             if let Some(v) = q.send_window {
                 t.send_window = v;
+            }
+            if let Some(v) = q.priorities {
+                t.priorities = v;
             }
         }
         if let Some(tcp) = &self.tcp {

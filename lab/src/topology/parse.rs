@@ -1216,6 +1216,7 @@ approaches:
   - sse
   - { name: wt, transport: { quic: { cid_length: 4 } } }
   - { name: wt-af, protocol: wt, transport: { quic: { ack_frequency: true, max_ack_delay: 100ms, ecn: false } } }
+  - { name: wt-flat, protocol: wt, transport: { quic: { priorities: false } } }
   - { name: sse-q, protocol: sse, transport: { tcp: { quickack: true, congestion: reno } } }
 transport:
   quic: { congestion: bbr, initial_rtt: 100ms }
@@ -1238,6 +1239,10 @@ profiles: { p: {} }
         assert_eq!(by("wt").quic.initial_rtt_ms, 100);
         assert_eq!(by("wt-af").quic.cid_length, 8);
         assert!(!by("wt-af").quic.ecn);
+        // Priorities are on unless a variant turns them off (the control).
+        assert!(by("wt").quic.priorities && by("wt-af").quic.priorities);
+        assert!(!by("wt-flat").quic.priorities);
+        assert!(by("wt-flat").quic.describe().ends_with(", priorities off*"));
         assert_eq!(
             by("wt-af").quic.ack_frequency,
             Some(AckFrequency {
