@@ -47,4 +47,12 @@ if ! "$venv/bin/python" -c 'import openai, aioquic, websockets, aiohttp' >/dev/n
   "$venv/bin/pip" install --quiet --disable-pip-version-check openai aioquic websockets aiohttp
 fi
 
+# The kernel shaping backend's tests need netem: where this kernel has none, they run in
+# a virtual machine (scripts/vm-test.sh), whose tools are installed here.
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! $SUDO unshare --net sh -c 'ip link set lo up && tc qdisc add dev lo root netem delay 1ms' >/dev/null 2>&1; then
+  $SUDO "$root/scripts/vm-test.sh" --install
+fi
+
 echo "setup: ok ($(cargo --version), $(curl --version | head -n1 | cut -d' ' -f1-2))"

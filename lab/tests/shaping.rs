@@ -1,7 +1,11 @@
-//! Fidelity of the link emulator, measured for real (root) from inside a lab's client
+//! Fidelity of link shaping, measured for real (root) from inside a lab's client
 //! namespace against its server namespace: delay, rate, loss, Gilbert-Elliott bursts,
-//! reproducibility and asymmetry. This kernel has no netem, so `auto` picks the
-//! userspace backend; the first test checks that it did.
+//! reproducibility and asymmetry. On this machine (no netem) they measure the userspace
+//! backend. `tests/kernel.rs` runs the same tests with `LAB_SHAPING_BACKEND=kernel` in a
+//! virtual machine whose kernel has netem (or natively where this kernel has it); there
+//! timing is coarse under software emulation, so time tolerances widen by
+//! `LAB_TIME_SLACK` (a factor), and what only the userspace emulator can report (its
+//! own counters) is checked on that backend only.
 //!
 //! The tests share the two cores, so they take turns (one lock): timing and rate
 //! measurements are not made while another test floods a link.
@@ -19,6 +23,41 @@ use std::time::{Duration, Instant};
 static TURN: Mutex<()> = Mutex::new(());
 const SERVER: &str = "198.18.0.2";
 
+/// The shaping backend under test: `userspace` unless `LAB_SHAPING_BACKEND` says
+/// `kernel`.
+fn backend() -> String {
+    std::env::var("LAB_SHAPING_BACKEND").unwrap_or_else(|_| "userspace".into())
+}
+
+fn userspace() -> bool {
+    backend() == "userspace"
+}
+
+/// Whether the backend under test keeps the seed: lab wire always does; netem does
+/// from Linux 6.6, and `lab plan`'s shaping line says when it does not.
+fn seeded() -> bool {
+    if userspace() {
+        return true;
+    }
+    let topo = tmpfile(
+        "seeded.yaml",
+        "name: sseed\napproaches: [sse]\nprofiles:\n  p: { loss: 1% }\nshaping: { backend: kernel }\n",
+    );
+    let out = ok(&["plan", topo.to_str().unwrap()]);
+    let ignored = out.contains(lab::netlab::qdisc::SEED_IGNORED);
+    println!("netem keeps the seed: {}", !ignored);
+    !ignored
+}
+
+/// How much wider time tolerances are: 1 on real hardware, more in a software-emulated
+/// virtual machine (`LAB_TIME_SLACK`).
+fn slack() -> f64 {
+    std::env::var("LAB_TIME_SLACK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
+}
+
 /// A one-cell lab named `name` whose only profile is `profile` (YAML flow mapping).
 struct Lab {
     name: String,
@@ -31,12 +70,13 @@ impl Lab {
         let topo = tmpfile(
             &format!("{name}.yaml"),
             &format!(
-                "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: userspace, seed: {seed} }}\n"
+                "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: {}, seed: {seed} }}\n",
+                backend()
             ),
         );
         let _ = lab(&["down", name]);
         let out = ok(&["up", topo.to_str().unwrap()]);
-        assert!(out.contains("shaping: userspace"), "{out}");
+        assert!(out.contains(&format!("shaping: {}", backend())), "{out}");
         Lab {
             name: name.to_owned(),
             client: sys::open_netns(&format!("lab-{name}-c0-client")).unwrap(),
@@ -174,6 +214,7 @@ fn delay_50ms_gives_100ms_rtt_and_200ms_gives_400ms() {
             r[r.len() - 1].as_secs_f64() * 1e3,
             r.len()
         );
+        let tol = tol * slack();
         assert!(
             (ms - want).abs() <= tol,
             "RTT p50 {ms} ms, want {want} ± {tol}"
@@ -185,16 +226,43 @@ fn delay_50ms_gives_100ms_rtt_and_200ms_gives_400ms() {
 fn one_way(l: &Lab, n: usize, pps: u64) -> Vec<bool> {
     let server = l.udp(true, 9001);
     server
-        .set_read_timeout(Some(Duration::from_millis(500)))
+        .set_read_timeout(Some(Duration::from_secs_f64(2.0 * slack())))
         .unwrap();
     let client = l.udp(false, 0);
     client.connect(format!("{SERVER}:9001")).unwrap();
+    // First the path must carry packets at all (a freshly built link, on a slow machine,
+    // may not for a moment): the server probes the way down until the client hears it.
+    // The way down has a loss draw sequence of its own, so the up direction's draws
+    // stay the numbered packets'.
+    client
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        server
+            .send_to(&[0xfe; 32], client.local_addr().unwrap())
+            .unwrap();
+        if client.recv(&mut [0u8; 64]).is_ok() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the link never carried a packet down"
+        );
+    }
+    // The reader stops at the first of the end markers (sent twenty times, so one gets
+    // through any loss), or after a silence: a stall of the machine mid-run must not
+    // end it early.
+    const END: u64 = u64::MAX - 1;
     let reader = std::thread::spawn(move || {
         let mut got = vec![false; n];
         let mut buf = [0u8; 64];
         while let Ok(k) = server.recv(&mut buf) {
             assert_eq!(k, 32);
             let i = u64::from_ne_bytes(buf[..8].try_into().unwrap());
+            if i == END {
+                break;
+            }
             if i != u64::MAX {
                 got[i as usize] = true;
             }
@@ -216,6 +284,13 @@ fn one_way(l: &Lab, n: usize, pps: u64) -> Vec<bool> {
             std::thread::sleep(w);
         }
     }
+    for _ in 0..20 {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&END.to_ne_bytes());
+        // Refused once the reader has stopped at an earlier one.
+        let _ = client.send(&b);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     reader.join().unwrap()
 }
 
@@ -234,21 +309,26 @@ fn random_loss_is_inside_the_binomial_interval_and_reproducible() {
         let profile = format!("{{ loss: {}% }}", p * 100.0);
         let lost = |seed| {
             let l = Lab::up("sloss", &profile, seed);
-            let got = one_way(&l, n, 20_000);
-            let s = l.next_stats();
-            // Every packet went through the loss model; nothing else dropped any.
-            assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
-            assert_eq!(
-                s.up.in_frames - s.up.non_ip,
-                n as u64 + 1,
-                "IP frames seen: {s:?}"
-            );
+            let got = one_way(&l, n, (20_000.0 / slack()) as u64);
             let idx: Vec<usize> = (0..n).filter(|&i| !got[i]).collect();
-            assert_eq!(
-                idx.len() as u64,
-                s.up.dropped_loss,
-                "receiver and emulator disagree"
-            );
+            if userspace() {
+                let s = l.next_stats();
+                // Every packet went through the loss model; nothing else dropped any.
+                assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
+                // The numbered packets, the warm-up one, and the end markers: up to twenty
+                // (a send after the reader stopped is refused, and does not go out).
+                assert!(
+                    (n as u64 + 2..=n as u64 + 21).contains(&(s.up.in_frames - s.up.non_ip)),
+                    "IP frames seen: {s:?}"
+                );
+                // What the receiver missed, and perhaps some end markers.
+                assert!(
+                    (idx.len() as u64..=idx.len() as u64 + 20).contains(&s.up.dropped_loss),
+                    "receiver ({}) and emulator ({}) disagree",
+                    idx.len(),
+                    s.up.dropped_loss
+                );
+            }
             idx
         };
         let a = lost(7);
@@ -257,8 +337,25 @@ fn random_loss_is_inside_the_binomial_interval_and_reproducible() {
             "loss {p}: {} of {n} lost (99% interval {lo:.0}..{hi:.0})",
             a.len()
         );
-        assert!((lo..=hi).contains(&(a.len() as f64)), "{} lost", a.len());
-        // Same seed, same packets lost; another seed, others.
+        let longest = a
+            .windows(2)
+            .fold((1, 1), |(best, run), w| {
+                let run = if w[1] == w[0] + 1 { run + 1 } else { 1 };
+                (best.max(run), run)
+            })
+            .0;
+        assert!(
+            (lo..=hi).contains(&(a.len() as f64)),
+            "{} lost; first {:?}, last {:?}, longest run of losses {longest}",
+            a.len(),
+            a.first(),
+            a.last()
+        );
+        // Same seed, same packets lost; another seed, others. (netem before Linux 6.6
+        // ignores the seed; lab says so when it decides the backend, checked here.)
+        if !seeded() {
+            continue;
+        }
         let b = lost(7);
         if b != a {
             let k = a
@@ -284,7 +381,7 @@ fn gilbert_elliott_gives_the_configured_mean_burst_length() {
     // 1-h = 100%, 1-k = 0%: a burst is a stay in the bad state, mean 1/r = 4 packets.
     let l = Lab::up("sge", "{ gilbert_elliott: { p: 1%, r: 25% } }", 3);
     let n = 100_000;
-    let got = one_way(&l, n, 50_000);
+    let got = one_way(&l, n, (50_000.0 / slack()) as u64);
     let mut bursts = Vec::new();
     let mut run = 0;
     for ok in got {
@@ -302,8 +399,10 @@ fn gilbert_elliott_gives_the_configured_mean_burst_length() {
     );
     assert!(bursts.len() > 500, "{} bursts", bursts.len());
     assert!((mean - 4.0).abs() <= 0.4, "mean burst {mean}");
-    let s = l.next_stats();
-    assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
+    if userspace() {
+        let s = l.next_stats();
+        assert_eq!(s.up.dropped_queue + s.up.dropped_send, 0, "{s:?}");
+    }
 }
 
 #[test]
@@ -330,21 +429,37 @@ fn direction_up_leaves_the_down_direction_untouched() {
     });
     for i in 0..n {
         server.send_to(&(i as u64).to_ne_bytes(), caddr).unwrap();
-        if i % 100 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
+        // Under software emulation a packet at a time, or the machine's own backlog
+        // overflows.
+        if i % 10 == 0 || slack() > 1.0 {
+            std::thread::sleep(Duration::from_secs_f64(0.0002 * slack()));
         }
     }
-    assert_eq!(t.join().unwrap(), n, "the down direction lost packets");
-    let s = l.next_stats();
-    assert_eq!(
-        (
-            s.down.dropped_loss,
-            s.down.dropped_queue,
-            s.down.dropped_send
-        ),
-        (0, 0, 0),
-        "{s:?}"
-    );
+    // Nothing shapes the way down. Under software emulation the machine itself drops a
+    // few packets of a burst now and then (backlog); the 5% of the up direction would
+    // be some 250.
+    let got = t.join().unwrap();
+    if slack() > 1.0 {
+        assert!(
+            got >= n - n / 100,
+            "the down direction lost {} packets",
+            n - got
+        );
+    } else {
+        assert_eq!(got, n, "the down direction lost packets");
+    }
+    if userspace() {
+        let s = l.next_stats();
+        assert_eq!(
+            (
+                s.down.dropped_loss,
+                s.down.dropped_queue,
+                s.down.dropped_send
+            ),
+            (0, 0, 0),
+            "{s:?}"
+        );
+    }
     // RTT = 50 ms up + nothing down (probes lost on the way up are retried by count).
     let server = l.udp(true, 9003);
     let c = l.udp(false, 0);
@@ -370,15 +485,29 @@ fn direction_up_leaves_the_down_direction_untouched() {
     let ms = p50(&r).as_secs_f64() * 1e3;
     println!("direction up, delay 50ms: RTT p50 {ms:.3} ms");
     assert!(
-        (ms - 50.0).abs() <= 1.0,
+        (ms - 50.0).abs() <= slack(),
         "RTT p50 {ms} ms, want 50 (down adds nothing)"
     );
-    let s = l.next_stats();
-    assert!(
-        s.up.dropped_loss > 0,
-        "the up direction lost nothing: {s:?}"
-    );
-    assert_eq!(s.down.dropped_loss, 0);
+    if userspace() {
+        let s = l.next_stats();
+        assert!(
+            s.up.dropped_loss > 0,
+            "the up direction lost nothing: {s:?}"
+        );
+        assert_eq!(s.down.dropped_loss, 0);
+    } else {
+        // netem only on the up direction's port: the down one has no qdisc of lab's.
+        let wire = sys::open_netns(&format!("lab-{}-c0-wire", l.name)).unwrap();
+        let kinds = sys::in_netns(&wire, || {
+            Ok((
+                lab::netlab::qdisc::root_qdisc_kind("to-server")?,
+                lab::netlab::qdisc::root_qdisc_kind("to-client")?,
+            ))
+        })
+        .unwrap();
+        assert_eq!(kinds.0.as_deref(), Some("netem"));
+        assert_ne!(kinds.1.as_deref(), Some("netem"));
+    }
 }
 
 /// Bulk TCP client to server for `secs`; returns the delivered L2 rate in bits/s
@@ -444,11 +573,19 @@ fn parse_rx(dev: &str) -> u64 {
 #[test]
 fn bulk_tcp_gets_the_configured_rate() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    for (rate, bps, secs) in [
+    // A software-emulated machine cannot move 100 Mbit/s through a lab: there, the
+    // lower two.
+    let rates = [
         ("1mbit", 1e6, 6.0),
         ("10mbit", 1e7, 4.0),
         ("100mbit", 1e8, 4.0),
-    ] {
+    ];
+    let rates = if slack() > 1.0 {
+        &rates[..2]
+    } else {
+        &rates[..]
+    };
+    for &(rate, bps, secs) in rates {
         let l = Lab::up("srate", &format!("{{ rate: {rate}, delay: 1ms }}"), 1);
         let got = bulk_tcp(&l, secs);
         let err = (got - bps) / bps;
@@ -540,7 +677,11 @@ fn the_kernel_backend_uses_netem_or_says_why_not() {
     );
     let has_netem = netem_by_tc();
     let probe = qdisc::probe_netem().unwrap();
-    assert_eq!(probe.is_none(), has_netem, "lab's probe says {probe:?}");
+    assert_eq!(
+        probe.missing.is_none(),
+        has_netem,
+        "lab's probe says {probe:?}"
+    );
     let o = lab(&["up", topo.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     if has_netem {
@@ -561,5 +702,70 @@ fn the_kernel_backend_uses_netem_or_says_why_not() {
         assert!(err.contains("backend: userspace"), "{err}");
         assert!(err.contains("nothing was built"), "{err}");
     }
+    assert_nothing_left(name, &[]);
+}
+
+/// Whatever shapes the link (netem qdiscs on the wire namespace's ports, or lab wire
+/// processes) goes with the lab: after `lab down`, and after `lab run` is killed with
+/// SIGKILL mid-run and `lab clean` runs. What the link had is checked first, so the
+/// test knows there was something to remove.
+#[test]
+fn shaping_leaves_nothing_after_down_or_after_sigkill_and_clean() {
+    use lab::netlab::qdisc;
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "sgone";
+    let profile = "{ delay: 20ms, loss: 1% }";
+    let shaped = |name: &str| {
+        let wire = sys::open_netns(&format!("lab-{name}-c0-wire")).unwrap();
+        let kind = sys::in_netns(&wire, || qdisc::root_qdisc_kind("to-server")).unwrap();
+        if userspace() {
+            // lab wire forwards between the veths; no qdisc of lab's.
+            assert_ne!(kind.as_deref(), Some("netem"));
+            assert!(std::path::Path::new(&format!("/run/lab/{name}/wire/c0.json")).exists());
+        } else {
+            assert_eq!(kind.as_deref(), Some("netem"));
+        }
+    };
+    let l = Lab::up(name, profile, 1);
+    shaped(name);
+    drop(l);
+    assert_nothing_left(name, &[]);
+
+    // A run killed outright leaves its lab; `lab clean` removes it.
+    let name = "sgonek";
+    let _down = Down(name.into());
+    let topo = tmpfile(
+        "sgonek.yaml",
+        &format!(
+            "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ ttft: 10ms, tbt: 200ms, max_tokens: 100 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: {} }}\n",
+            backend()
+        ),
+    );
+    let results = tmpdir("sgonek-results");
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["run", topo.to_str().unwrap(), "--results"])
+        .arg(&*results)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let built = || {
+        std::fs::read(format!("/run/lab/{name}/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["phase"] == "up")
+    };
+    while !built() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never built its lab"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    shaped(name);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    ok(&["clean"]);
     assert_nothing_left(name, &[]);
 }

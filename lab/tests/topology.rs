@@ -294,6 +294,15 @@ fn the_ci_workflow_is_valid_yaml_and_runs_the_readmes_steps() {
         merge.get_scalar("needs").map(|s| s.as_str()),
         Some("matrix-shard")
     );
+    // The kernel backend's tests run where the runner's kernel has netem.
+    let kernel_runs = runs_of("kernel-backend");
+    assert!(
+        kernel_runs
+            .iter()
+            .any(|r| r.starts_with("sudo ")
+                && r.contains("cargo test -p lab --locked --test kernel")),
+        "{kernel_runs:?}"
+    );
     let merge_runs = runs_of("matrix-merge");
     assert!(
         merge_runs.iter().any(|r| r.starts_with("lab merge ")),

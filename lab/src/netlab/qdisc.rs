@@ -31,17 +31,32 @@ async fn execute(
     Ok(Ok(()))
 }
 
-/// Does this kernel have netem? Adds a netem qdisc to the loopback of a throwaway
-/// network namespace (a clean device: no root qdisc to collide with), which vanishes
-/// with the thread. Ok(None): netem works; Ok(Some(why)): it does not, and why.
-pub fn probe_netem() -> Result<Option<String>> {
-    std::thread::spawn(|| -> Result<Option<String>> {
+/// What the probe found: whether this kernel has netem, and whether its netem keeps a
+/// PRNG seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netem {
+    /// `None`: netem works; `Some(why)`: it does not, and why.
+    pub missing: Option<String>,
+    /// Whether netem keeps the seed lab gives it (TCA_NETEM_PRNG_SEED, Linux 6.6 and
+    /// later, which dumps it back). Older kernels ignore the attribute: their loss and
+    /// corruption draws differ from run to run whatever the seed.
+    pub seeded: bool,
+}
+
+/// What the backend decision says of a kernel whose netem ignores the seed.
+pub const SEED_IGNORED: &str = "this kernel's netem ignores the seed (TCA_NETEM_PRNG_SEED needs Linux 6.6 or later), so losses differ from run to run";
+
+/// Does this kernel have netem, and does its netem keep a seed? Adds a seeded netem
+/// qdisc to the loopback of a throwaway network namespace (a clean device: no root
+/// qdisc to collide with), which vanishes with the thread, and reads it back.
+pub fn probe_netem() -> Result<Netem> {
+    std::thread::spawn(|| -> Result<Netem> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut p = Params::from_link(&Default::default());
         p.limit = Limit::Packets(1000);
-        let opts = netem_options(&p, None)?;
+        let opts = netem_options(&p, Some(1))?;
         crate::netlab::links::with_netlink(async |h| {
-            Ok(match execute(&h, new_qdisc(1, "netem", opts)).await? {
+            let missing = match execute(&h, new_qdisc(1, "netem", opts)).await? {
                 Ok(()) => None,
                 Err(libc::ENOENT) => Some(
                     "this kernel has no netem: adding a netem qdisc on a clean device failed with ENOENT (sch_netem is not built or loadable)"
@@ -51,11 +66,39 @@ pub fn probe_netem() -> Result<Option<String>> {
                     "adding a netem qdisc on a clean device failed: {}",
                     std::io::Error::from_raw_os_error(e)
                 )),
-            })
+            };
+            let seeded = missing.is_none() && root_options(&h, 1).await?.is_some_and(|o| {
+                crate::shaping::netem::netem_dump_has_seed(&o)
+            });
+            Ok(Netem { missing, seeded })
         })
     })
     .join()
     .unwrap_or_else(|_| bail!("the netem probe panicked"))
+}
+
+/// The raw TCA_OPTIONS of the root qdisc of the device with `index`, as dumped.
+async fn root_options(h: &rtnetlink::Handle, index: i32) -> Result<Option<Vec<u8>>> {
+    use futures_util::TryStreamExt;
+    use netlink_packet_route::tc::TcOption;
+    use rtnetlink::packet_core::Nla;
+    let mut s = h.qdisc().get().execute();
+    while let Some(m) = s.try_next().await? {
+        if m.header.index == index && m.header.parent == TcHandle::ROOT {
+            return Ok(m.attributes.iter().find_map(|a| match a {
+                TcAttribute::Options(o) => o.iter().find_map(|o| match o {
+                    TcOption::Other(nla) => {
+                        let mut v = vec![0u8; nla.value_len()];
+                        nla.emit_value(&mut v);
+                        Some(v)
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Puts `kind` with `options` as the root qdisc of `ifname`, in the calling thread's
@@ -103,20 +146,42 @@ pub fn decide(plan: Plan) -> Result<Plan> {
     Ok(match plan.backend {
         Backend::Userspace => with_backend(plan, Shaper::Userspace, "asked for by the topology"),
         Backend::Kernel => match probe_netem()? {
-            None => with_backend(
+            Netem {
+                missing: None,
+                seeded,
+            } => with_backend(
                 plan,
                 Shaper::Kernel,
-                "asked for by the topology; netem is available",
+                seed_note("asked for by the topology; netem is available", seeded),
             ),
-            Some(why) => bail!(
+            Netem {
+                missing: Some(why), ..
+            } => bail!(
                 "the topology asks for the kernel backend, but {why}; set `shaping: {{ backend: userspace }}` (or auto) to use lab's userspace link emulator"
             ),
         },
         Backend::Auto => match probe_netem()? {
-            None => with_backend(plan, Shaper::Kernel, "auto: netem is available"),
-            Some(why) => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
+            Netem {
+                missing: None,
+                seeded,
+            } => with_backend(
+                plan,
+                Shaper::Kernel,
+                seed_note("auto: netem is available", seeded),
+            ),
+            Netem {
+                missing: Some(why), ..
+            } => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
         },
     })
+}
+
+fn seed_note(why: &str, seeded: bool) -> String {
+    if seeded {
+        why.to_owned()
+    } else {
+        format!("{why}; {SEED_IGNORED}")
+    }
 }
 
 /// Puts each cell's netem qdiscs on its wire namespace's bridge ports: the up settings

@@ -95,6 +95,25 @@ pub fn normal_table() -> Vec<i16> {
         .collect()
 }
 
+/// Whether a dumped netem TCA_OPTIONS payload (struct tc_netem_qopt, then attributes)
+/// carries TCA_NETEM_PRNG_SEED: kernels that keep the seed dump it back.
+pub fn netem_dump_has_seed(options: &[u8]) -> bool {
+    // struct tc_netem_qopt: six u32s, already 4-byte aligned.
+    let mut at = 24;
+    while at + 4 <= options.len() {
+        let len = usize::from(u16::from_ne_bytes([options[at], options[at + 1]]));
+        let kind = u16::from_ne_bytes([options[at + 2], options[at + 3]]) & 0x3fff;
+        if kind == TCA_NETEM_PRNG_SEED {
+            return true;
+        }
+        if len < 4 {
+            return false;
+        }
+        at += (len + 3) & !3;
+    }
+    false
+}
+
 /// netem's TCA_OPTIONS payload for one direction. `seed` adds TCA_NETEM_PRNG_SEED
 /// (reproducible loss; `tc` 6.1 cannot send it, so golden tests pass `None`).
 pub fn netem_options(p: &Params, seed: Option<u64>) -> Result<Vec<u8>> {
@@ -234,4 +253,21 @@ pub fn request_bytes(mut req: NetlinkMessage<RouteNetlinkMessage>, seq: u32) -> 
     let mut buf = vec![0; req.buffer_len()];
     req.serialize(&mut buf);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_with_the_seed_attribute_says_so() {
+        let p = Params::from_link(&Default::default());
+        assert!(netem_dump_has_seed(&netem_options(&p, Some(7)).unwrap()));
+        assert!(!netem_dump_has_seed(&netem_options(&p, None).unwrap()));
+        // Cut short, or with a zero-length attribute: no seed, and no panic.
+        assert!(!netem_dump_has_seed(&[0; 10]));
+        let mut bad = vec![0u8; 24];
+        bad.extend_from_slice(&[0, 0, 5, 0]);
+        assert!(!netem_dump_has_seed(&bad));
+    }
 }
