@@ -81,6 +81,10 @@ pub enum Command {
     /// records in /run/lab and lab's ownership marks; safe to run twice. Labs that are
     /// up are kept unless --all.
     Clean(CleanArgs),
+    /// A running lab's links: `lab link show`, and `lab link set wt delay 100ms loss 2%`
+    /// to change a cell's link without taking the lab down (both backends; root).
+    #[command(subcommand)]
+    Link(Link),
     /// Microbenchmarks. `lab bench quic`: the QUIC document's targets (stream open,
     /// one stream's throughput, streams at once, datagram latency) on loopback, or with
     /// --cell through a lab cell's link (server and client in the cell's namespaces).
@@ -279,6 +283,48 @@ pub struct ShellArgs {
     /// The lab (default: the only lab that is up).
     #[arg(long)]
     pub lab: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Link {
+    /// Print each cell's link settings as they are in force now.
+    Show(LinkShowArgs),
+    /// Change a cell's link while the lab runs: a profile's fields, with the same names,
+    /// units and checks as in a topology file, as pairs (`delay 100ms loss 2%`, or
+    /// `delay=100ms`). They replace the direction's settings (fields not given take
+    /// their defaults: `delay 0ms` clears the link). Bad settings are exit 2, and the
+    /// link is left as it was.
+    #[command(
+        after_help = "Examples:\n  sudo lab link set wt delay 100ms loss 2%\n  sudo lab link set wt@degraded --down rate 1mbit\n  sudo lab link set c0 delay 0ms\n  lab link show"
+    )]
+    Set(LinkSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LinkShowArgs {
+    /// Only this cell (wt, wt@baseline, c3, ...); default: every cell.
+    pub node: Option<String>,
+    /// The lab (default: the only lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LinkSetArgs {
+    /// The cell: wt, wt@baseline, c3, ... (any side of it).
+    pub node: String,
+    /// Change only the client-to-server direction.
+    #[arg(long, conflicts_with = "down")]
+    pub up: bool,
+    /// Change only the server-to-client direction.
+    #[arg(long)]
+    pub down: bool,
+    /// The lab (default: the only lab that is up).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// The settings, as pairs: delay 100ms jitter 10ms loss 2% rate 1mbit limit 100 ...
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub settings: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

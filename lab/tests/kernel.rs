@@ -22,6 +22,7 @@ const TESTS: &[&str] = &[
     "bulk_tcp_gets_the_configured_rate",
     "tbf_applied_over_netlink_shapes_for_real",
     "shaping_leaves_nothing_after_down_or_after_sigkill_and_clean",
+    "link_set_changes_the_rtt_while_a_stream_keeps_flowing",
 ];
 
 /// The shaping test binary cargo built next to this one (the newest, if several).

@@ -769,3 +769,99 @@ fn shaping_leaves_nothing_after_down_or_after_sigkill_and_clean() {
     ok(&["clean"]);
     assert_nothing_left(name, &[]);
 }
+
+/// `lab link set` changes a running lab's link: the RTT of a TCP connection that keeps
+/// flowing follows each change, and the connection is never reset. Bad settings are
+/// exit 2 and change nothing; `lab link show` and `lab status` say what is in force.
+#[test]
+fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
+    use std::io::{Read, Write};
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let l = Lab::up("slink", "{ delay: 10ms }", 1);
+    let listener = sys::in_netns(&l.server, || {
+        Ok(TcpListener::bind(format!("{SERVER}:9200"))?)
+    })
+    .unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 16];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = sys::in_netns(&l.client, || {
+        Ok(TcpStream::connect(format!("{SERVER}:9200"))?)
+    })
+    .unwrap();
+    c.set_nodelay(true).unwrap();
+    // RTT p50 of the next `n` round trips on the same connection, which must not fail.
+    let mut rtt = |n: usize| -> f64 {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let mut b = [7u8; 16];
+            c.write_all(&b).expect("the connection keeps working");
+            c.read_exact(&mut b).expect("the connection keeps working");
+            v.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        v.sort();
+        p50(&v).as_secs_f64() * 1e3
+    };
+    let near = |got: f64, want: f64| (got - want).abs() <= 2.0 * slack();
+    let before = rtt(20);
+    assert!(near(before, 20.0), "RTT {before} ms before, want 20");
+    let set = |args: &[&str]| {
+        let mut a = vec!["link", "set", "--lab", "slink", "c0"];
+        a.extend(args);
+        lab(&a)
+    };
+    let o = set(&["delay", "50ms"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("c0 sse@p: delay 50ms"), "{}", text(&o));
+    rtt(5); // what was in flight at the change
+    let after = rtt(20);
+    assert!(
+        near(after, 100.0),
+        "RTT {after} ms after delay 50ms, want 100"
+    );
+    // The way down only, cleared: half the RTT.
+    let o = set(&["--down", "delay=0ms"]);
+    assert!(o.status.success(), "{}", text(&o));
+    rtt(5);
+    let half = rtt(20);
+    assert!(
+        near(half, 50.0),
+        "RTT {half} ms with the way down cleared, want 50"
+    );
+    // Bad settings: exit 2, a message naming the field, nothing changed.
+    for (bad, says) in [
+        (
+            &["delay", "5parsecs"][..],
+            "unknown duration unit 'parsecs'",
+        ),
+        (&["lossy", "2%"], "unknown field 'lossy'"),
+        (&["loss", "150%"], "loss"),
+        (&["delay"], "'delay' has no value"),
+    ] {
+        let o = set(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{bad:?}: {}", text(&o));
+    }
+    let again = rtt(20);
+    assert!(
+        near(again, 50.0),
+        "RTT {again} ms after refused changes, want 50"
+    );
+    let shown = ok(&["link", "show", "--lab", "slink"]);
+    assert!(
+        shown.contains("c0 sse@p: up delay 50ms; down unshaped"),
+        "{shown}"
+    );
+    let status = ok(&["status", "--lab", "slink"]);
+    assert!(status.contains("delay 50ms / unshaped"), "{status}");
+    drop(c);
+    echo.join().unwrap();
+}

@@ -351,20 +351,13 @@ pub async fn bench_quic(a: crate::cli::BenchQuicArgs) -> Result<u8> {
             if let Err(e) = sys::require_privileges("bench quic --cell") {
                 return refuse(e);
             }
-            let (s, ns) = match resolve(a.lab.as_deref(), node) {
-                Ok(x) => x,
+            let s = match state::pick(a.lab.as_deref()).and_then(|n| State::load(&n)) {
+                Ok(s) => s,
                 Err(e) => return refuse(e),
             };
-            let Some(cell) = s
-                .plan
-                .cells
-                .iter()
-                .find(|c| [&c.client_ns, &c.wire_ns, &c.server_ns].contains(&&ns))
-            else {
-                return refuse(anyhow::anyhow!(
-                    "{node:?} is not a cell of lab {}; name one as `lab exec` does (wt, wt@baseline, c3)",
-                    s.name
-                ));
+            let cell = match super::link::cell_of(&s, node) {
+                Ok(i) => &s.plan.cells[i],
+                Err(e) => return refuse(e),
             };
             let link = if cell.up == cell.down {
                 cell.up.describe()

@@ -60,6 +60,7 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
 pub mod client;
 pub mod demo;
 pub mod lab;
+pub mod link;
 pub mod plan;
 pub mod progress;
 pub mod report;
@@ -160,6 +161,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Shell(a) => lab::shell(a),
         Command::Exec(a) => lab::exec(a),
         Command::Bench(crate::cli::Bench::Quic(a)) => lab::bench_quic(a).await,
+        Command::Link(crate::cli::Link::Show(a)) => link::show(a),
+        Command::Link(crate::cli::Link::Set(a)) => link::set(a),
         Command::Down(a) => lab::down(a),
         Command::Clean(a) => lab::clean(a),
         Command::Relay(a) => lab::relay(a).await,

@@ -119,6 +119,49 @@ pub fn apply(ifname: &str, kind: &str, options: Vec<u8>) -> Result<()> {
     })
 }
 
+/// Replaces the root netem qdisc of `ifname` (calling thread's namespace) with `p`'s
+/// settings, or removes it when `p` shapes nothing (`lab link set`).
+pub fn replace_netem(ifname: &str, p: &Params, seed: u64) -> Result<()> {
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
+    let opts = netem_options(p, Some(seed))?;
+    let identity = p.is_identity();
+    crate::netlab::links::with_netlink(async |h| {
+        let link = crate::netlab::links::get(&h, ifname).await?;
+        let index = link.header.index as i32;
+        if identity {
+            if root_options(&h, index).await?.is_some() {
+                use netlink_packet_route::tc::{TcHeader, TcMessage};
+                let mut msg = TcMessage::default();
+                msg.header = TcHeader {
+                    index,
+                    parent: TcHandle::ROOT,
+                    ..msg.header
+                };
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(msg));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+                req.finalize();
+                if let Err(e) = execute(&h, req).await? {
+                    bail!(
+                        "cannot remove the netem qdisc of {ifname}: {}",
+                        std::io::Error::from_raw_os_error(e)
+                    );
+                }
+            }
+            return Ok(());
+        }
+        let mut req = new_qdisc(index, "netem", opts);
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        req.finalize();
+        match execute(&h, req).await? {
+            Ok(()) => Ok(()),
+            Err(e) => bail!(
+                "cannot replace the netem qdisc of {ifname}: {}",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        }
+    })
+}
+
 /// The kind of the root qdisc of `ifname` (calling thread's namespace), read back over
 /// netlink.
 pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {

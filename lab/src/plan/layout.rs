@@ -56,7 +56,7 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
                     "--down".into(),
                     json(&c.down),
                     "--stats".into(),
-                    format!("{}/wire/{}.json", run_dir(&p.name), c.id),
+                    wire_stats_path(&p.name, &c.id).display().to_string(),
                 ],
                 ready: Ready::Line,
                 certs: None,
@@ -68,4 +68,9 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
         why: why.into(),
     });
     p
+}
+
+/// Where a cell's `lab wire` writes its counters (its control socket is next to it).
+pub fn wire_stats_path(lab: &str, cell: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}/wire/{cell}.json", run_dir(lab)))
 }

@@ -22,7 +22,7 @@ use crate::shaping::params::Params;
 use crate::topology::model::*;
 use crate::topology::units::{Dur, Percent};
 use lab_codec::transport::Settings;
-pub use layout::{Shaper, ShapingChoice, with_backend};
+pub use layout::{Shaper, ShapingChoice, wire_stats_path, with_backend};
 pub use render::render;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;

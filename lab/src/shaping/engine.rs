@@ -63,6 +63,12 @@ impl Engine {
         &self.p
     }
 
+    /// Changes the settings from now on (`lab link set`). What is held keeps its
+    /// schedule; the random streams and the Gilbert-Elliott state go on.
+    pub fn set_params(&mut self, p: Params) {
+        self.p = p;
+    }
+
     /// Packets and bytes held now.
     pub fn held(&self) -> (u64, u64) {
         (self.held_packets, self.held_bytes)

@@ -8,6 +8,11 @@
 //! never reads back its own output. ARP and every other non-IP frame pass straight
 //! through, unshaped and counted apart. Counters go to a JSON file every second and at
 //! exit.
+//!
+//! Settings change while it runs (`lab link set`): a control socket next to the
+//! counters file (`<cell>.sock`, mode 0600) takes one JSON line, `{"up": ..., "down":
+//! ...}` (either may be absent), and answers `ok` or the error. Each direction's thread
+//! picks the change up before its next frame.
 
 use crate::netlab::sys::now_ns;
 use crate::shaping::engine::{Drop, Engine, Verdict};
@@ -182,6 +187,7 @@ pub fn forward(
     output: &OwnedFd,
     mut engine: Engine,
     counters: &Counters,
+    live: &Live,
     stop: &AtomicBool,
 ) -> Result<()> {
     // SAFETY: per-thread timer slack; 1 ns asks for the most precise wakeups.
@@ -189,8 +195,12 @@ pub fn forward(
     let mut heap: BinaryHeap<Held> = BinaryHeap::new();
     let mut buf = vec![0u8; MAX_FRAME];
     let mut seq = 0u64;
-    let identity = engine.params().is_identity();
+    let mut identity = engine.params().is_identity();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(p) = live.take() {
+            identity = p.is_identity();
+            engine.set_params(p);
+        }
         let now = now_ns();
         while heap.peek().is_some_and(|h| h.at <= now) {
             let h = heap.pop().expect("peeked");
@@ -295,6 +305,106 @@ pub fn forward(
     Ok(())
 }
 
+/// One direction's settings as they change: what the control socket set, waiting for
+/// the direction's thread, and what is in force (for the counters file).
+#[derive(Debug)]
+pub struct Live {
+    changed: AtomicBool,
+    next: std::sync::Mutex<Option<Params>>,
+    current: std::sync::Mutex<Params>,
+}
+
+impl Live {
+    pub fn new(p: Params) -> Live {
+        Live {
+            changed: AtomicBool::new(false),
+            next: std::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(p),
+        }
+    }
+
+    /// Sets new settings for the direction's thread to pick up.
+    pub fn set(&self, p: Params) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = p.clone();
+        }
+        if let Ok(mut n) = self.next.lock() {
+            *n = Some(p);
+        }
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// The settings in force.
+    pub fn current(&self) -> Params {
+        self.current
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |c| c.clone())
+    }
+
+    /// New settings, once, if there are any (cheap when there are none).
+    fn take(&self) -> Option<Params> {
+        if !self.changed.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.next.lock().ok().and_then(|mut n| n.take())
+    }
+}
+
+/// A change of settings, as the control socket takes it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    #[serde(default)]
+    pub up: Option<Params>,
+    #[serde(default)]
+    pub down: Option<Params>,
+}
+
+/// The control socket of a counters file: `c0.json` -> `c0.sock`.
+pub fn control_path(stats: &Path) -> PathBuf {
+    stats.with_extension("sock")
+}
+
+/// Serves the control socket until `stop`: one change per connection.
+fn control(listener: std::os::unix::net::UnixListener, up: &Live, down: &Live, stop: &AtomicBool) {
+    use std::io::{BufRead, Read, Write};
+    let _ = listener.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                return;
+            }
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new((&conn).take(64 * 1024));
+        let answer = match reader.read_line(&mut line) {
+            Ok(_) => match serde_json::from_str::<Change>(&line) {
+                Ok(c) => {
+                    if let Some(p) = c.up {
+                        tracing::info!("up now: {}", p.describe());
+                        up.set(p);
+                    }
+                    if let Some(p) = c.down {
+                        tracing::info!("down now: {}", p.describe());
+                        down.set(p);
+                    }
+                    "ok".to_owned()
+                }
+                Err(e) => format!("not a change of settings: {e}"),
+            },
+            Err(e) => format!("cannot read the change: {e}"),
+        };
+        let _ = (&conn).write_all(format!("{answer}\n").as_bytes());
+    }
+}
+
 fn write_stats(path: &Path, s: &WireStats) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
@@ -328,13 +438,27 @@ pub fn run(cfg: WireConfig) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let up_c = Arc::new(Counters::default());
     let down_c = Arc::new(Counters::default());
+    let (up_live, down_live) = (Live::new(cfg.up.clone()), Live::new(cfg.down.clone()));
     let stats = |up: &Counters, down: &Counters| WireStats {
         at_ns: now_ns(),
         seed: cfg.seed,
         up: up.snapshot(),
         down: down.snapshot(),
-        up_params: cfg.up.clone(),
-        down_params: cfg.down.clone(),
+        up_params: up_live.current(),
+        down_params: down_live.current(),
+    };
+    // The control socket, only lab's (0600), in lab's own run directory.
+    let listener = match &cfg.stats {
+        Some(p) => {
+            let path = control_path(p);
+            let _ = std::fs::remove_file(&path);
+            let l = std::os::unix::net::UnixListener::bind(&path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            Some((l, path))
+        }
+        None => None,
     };
     let line = serde_json::json!({
         "event": "ready",
@@ -361,8 +485,13 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         let (uc, dc) = (&up_c, &down_c);
         let up_engine = Engine::new(cfg.up.clone(), direction_seed(cfg.seed, true));
         let down_engine = Engine::new(cfg.down.clone(), direction_seed(cfg.seed, false));
-        let up = s.spawn(move || forward(c, sv, up_engine, uc, st1));
-        let down = s.spawn(move || forward(sv, c, down_engine, dc, st2));
+        let (ul, dl) = (&up_live, &down_live);
+        let up = s.spawn(move || forward(c, sv, up_engine, uc, ul, st1));
+        let down = s.spawn(move || forward(sv, c, down_engine, dc, dl, st2));
+        if let Some((l, _)) = listener {
+            let st3 = &stop;
+            s.spawn(move || control(l, ul, dl, st3));
+        }
         loop {
             if let Some(p) = &cfg.stats {
                 let _ = write_stats(p, &stats(&up_c, &down_c));
@@ -388,6 +517,7 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         r1.and(r2)
     });
     if let Some(p) = &cfg.stats {
+        let _ = std::fs::remove_file(control_path(p));
         write_stats(p, &stats(&up_c, &down_c))
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
