@@ -514,6 +514,12 @@ fn direction_up_leaves_the_down_direction_untouched() {
 /// measured on the server's interface counters (the kernel's, not lab's), over the
 /// second half of the transfer.
 fn bulk_tcp(l: &Lab, secs: f64) -> f64 {
+    bulk_tcp_after(l, secs, secs / 2.0)
+}
+
+/// Bulk TCP client to server for `secs`, measured from `warm` seconds on to 0.2 s
+/// before the end.
+fn bulk_tcp_after(l: &Lab, secs: f64, warm: f64) -> f64 {
     let listener = sys::in_netns(&l.server, || {
         Ok(TcpListener::bind(format!("{SERVER}:9100"))?)
     })
@@ -545,9 +551,9 @@ fn bulk_tcp(l: &Lab, secs: f64) -> f64 {
         .unwrap();
         (Instant::now(), parse_rx(&v))
     };
-    std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+    std::thread::sleep(Duration::from_secs_f64(warm));
     let (t1, b1) = rx(l);
-    std::thread::sleep(Duration::from_secs_f64(secs / 2.0 - 0.2));
+    std::thread::sleep(Duration::from_secs_f64(secs - warm - 0.2));
     let (t2, b2) = rx(l);
     writer.join().unwrap();
     sink.join().unwrap();
@@ -864,4 +870,51 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     assert!(status.contains("delay 50ms / unshaped"), "{status}");
     drop(c);
     echo.join().unwrap();
+}
+
+/// A trace-driven link (userspace backend only) delivers the trace's rate to bulk TCP,
+/// over 30 s: the constant 12 Mbit/s trace that `scripts/make-traces.py` writes, one
+/// 1500-byte chance a millisecond, measured on the server's kernel counters. The
+/// kernel backend refuses a trace.
+#[test]
+fn a_trace_link_delivers_the_traces_rate_to_bulk_tcp() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let trace = root().join("topologies/traces/const-12mbit.trace");
+    let rate = lab::shaping::trace::Trace::load(&trace.display().to_string())
+        .unwrap()
+        .bits_per_second();
+    assert_eq!(rate, 12e6);
+    if userspace() {
+        let l = Lab::up(
+            "strace",
+            &format!("{{ trace: {}, delay: 1ms }}", trace.display()),
+            1,
+        );
+        let got = bulk_tcp_after(&l, 32.0, 1.8);
+        let err = (got - rate) / rate;
+        println!(
+            "trace const-12mbit: delivered {:.3} Mbit/s over 30 s ({:+.2}%)",
+            got / 1e6,
+            err * 100.0
+        );
+        assert!(
+            err.abs() <= 0.03,
+            "delivered {got} bit/s, the trace offers {rate}"
+        );
+    }
+    let topo = tmpfile(
+        "strace-kernel.yaml",
+        &format!(
+            "name: stracek\napproaches: [sse]\nprofiles:\n  p: {{ trace: {} }}\nshaping: {{ backend: kernel }}\n",
+            trace.display()
+        ),
+    );
+    let o = lab(&["up", topo.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("replays a trace, which netem cannot do"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left("stracek", &[]);
 }

@@ -31,6 +31,7 @@ fn base() -> Params {
         reorder: 0.0,
         duplicate: 0.0,
         corrupt: 0.0,
+        trace: None,
     }
 }
 

@@ -44,6 +44,9 @@ pub fn settings(words: &[String]) -> Result<Params> {
                 (w.clone(), v.clone())
             }
         };
+        if k == "trace" {
+            bail!("a trace is for topology files; `lab link set` changes the other settings");
+        }
         if ["up", "down", "direction"].contains(&k.as_str()) {
             bail!("'{k}' is not for `lab link set`; pick the direction with --up or --down");
         }

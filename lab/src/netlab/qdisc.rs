@@ -186,6 +186,26 @@ pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
 /// kernel) and lays the plan out for it. `lab up` and `lab run` call this before they
 /// build; the build carries out the decision.
 pub fn decide(plan: Plan) -> Result<Plan> {
+    // A trace is the userspace backend's alone.
+    let traced = plan
+        .cells
+        .iter()
+        .find(|c| c.up.trace.is_some() || c.down.trace.is_some())
+        .map(|c| c.profile.clone());
+    if let Some(profile) = traced {
+        return match plan.backend {
+            Backend::Kernel => bail!(
+                "profile {profile} replays a trace, which netem cannot do; set `shaping: {{ backend: userspace }}` (or auto)"
+            ),
+            _ => Ok(with_backend(
+                plan,
+                Shaper::Userspace,
+                format!(
+                    "a profile ({profile}) replays a trace, which only the userspace backend can"
+                ),
+            )),
+        };
+    }
     Ok(match plan.backend {
         Backend::Userspace => with_backend(plan, Shaper::Userspace, "asked for by the topology"),
         Backend::Kernel => match probe_netem()? {

@@ -45,6 +45,8 @@ pub struct Engine {
     link_free_at: u64,
     held_packets: u64,
     held_bytes: u64,
+    /// A trace replayed instead of a rate.
+    replay: Option<super::trace::Replay>,
 }
 
 impl Engine {
@@ -56,7 +58,15 @@ impl Engine {
             link_free_at: 0,
             held_packets: 0,
             held_bytes: 0,
+            replay: None,
         }
+    }
+
+    /// Paces the link with `trace`'s delivery chances, replayed from `start` (ns on the
+    /// caller's clock), instead of a rate.
+    pub fn with_trace(mut self, trace: super::trace::Trace, start: u64) -> Engine {
+        self.replay = Some(super::trace::Replay::new(trace, start));
+        self
     }
 
     pub fn params(&self) -> &Params {
@@ -66,6 +76,10 @@ impl Engine {
     /// Changes the settings from now on (`lab link set`). What is held keeps its
     /// schedule; the random streams and the Gilbert-Elliott state go on.
     pub fn set_params(&mut self, p: Params) {
+        // Settings without a trace end its replay (a trace comes only from the topology).
+        if p.trace.is_none() {
+            self.replay = None;
+        }
         self.p = p;
     }
 
@@ -121,15 +135,18 @@ impl Engine {
 
     /// When a packet of `len` bytes arriving at `now` leaves; `reordered` skips the delay.
     fn schedule(&mut self, now: u64, len: usize, reordered: bool) -> u64 {
-        let start = match self.p.rate {
-            Some(rate) => {
-                let bits = (len as i64 + self.p.overhead).max(1) as u128 * 8;
-                let tx = (bits * 1_000_000_000 / rate as u128) as u64;
-                let end = self.link_free_at.max(now) + tx;
-                self.link_free_at = end;
-                end
-            }
-            None => now,
+        let start = match (&mut self.replay, self.p.rate) {
+            (Some(r), _) => r.deliver(now, len),
+            (None, rate) => match rate {
+                Some(rate) => {
+                    let bits = (len as i64 + self.p.overhead).max(1) as u128 * 8;
+                    let tx = (bits * 1_000_000_000 / rate as u128) as u64;
+                    let end = self.link_free_at.max(now) + tx;
+                    self.link_free_at = end;
+                    end
+                }
+                None => now,
+            },
         };
         if reordered {
             start
@@ -196,6 +213,7 @@ mod tests {
             reorder: 0.0,
             duplicate: 0.0,
             corrupt: 0.0,
+            trace: None,
         }
     }
 

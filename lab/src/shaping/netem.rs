@@ -117,6 +117,9 @@ pub fn netem_dump_has_seed(options: &[u8]) -> bool {
 /// netem's TCA_OPTIONS payload for one direction. `seed` adds TCA_NETEM_PRNG_SEED
 /// (reproducible loss; `tc` 6.1 cannot send it, so golden tests pass `None`).
 pub fn netem_options(p: &Params, seed: Option<u64>) -> Result<Vec<u8>> {
+    if p.trace.is_some() {
+        bail!("netem cannot replay a trace; use the userspace backend");
+    }
     let limit = match p.limit {
         Limit::Packets(n) => n.min(u32::MAX as u64) as u32,
         Limit::Bytes(_) => bail!(

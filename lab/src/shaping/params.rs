@@ -74,6 +74,10 @@ pub struct Params {
     pub duplicate: f64,
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub corrupt: f64,
+    /// A Mahimahi trace file (absolute path) whose delivery chances pace the link,
+    /// instead of a rate; the userspace backend only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -118,6 +122,8 @@ impl Params {
         let (limit, limit_set) = match l.limit {
             Some(Size::Packets(n)) => (Limit::Packets(n), true),
             Some(Size::Bytes(n)) => (Limit::Bytes(n), true),
+            // A trace's queue is netem's default unless the profile gives one.
+            None if l.trace.is_some() => (Limit::Packets(NETEM_DEFAULT_LIMIT), false),
             None => (Limit::Packets(default_limit(rate, delay, jitter)), false),
         };
         Params {
@@ -132,6 +138,10 @@ impl Params {
             reorder: l.reorder.map_or(0.0, |p| p.0),
             duplicate: l.duplicate.map_or(0.0, |p| p.0),
             corrupt: l.corrupt.map_or(0.0, |p| p.0),
+            trace: match &l.trace {
+                Some(crate::topology::model::TraceSpec::File(f)) => Some(f.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -164,6 +174,12 @@ impl Params {
                 Percent(1.0 - h),
                 Percent(1.0 - k)
             )),
+        }
+        if let Some(t) = &self.trace {
+            let name = std::path::Path::new(t)
+                .file_name()
+                .map_or(t.clone(), |n| n.to_string_lossy().into_owned());
+            parts.push(format!("trace {name}"));
         }
         if let Some(r) = self.rate {
             let mut s = format!("rate {}", Rate(r));
@@ -207,6 +223,7 @@ impl Params {
             && self.duplicate == 0.0
             && self.corrupt == 0.0
             && !self.limit_set
+            && self.trace.is_none()
     }
 }
 

@@ -63,7 +63,52 @@ pub fn load(path: &Path) -> Result<model::Topology, LoadError> {
             ])));
         }
     };
-    let t = parse::parse(&file, &text)?;
+    let mut t = parse::parse(&file, &text)?;
+    // Trace files: relative to the topology, readable, and valid traces; the plan
+    // carries them as absolute paths.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut problems = Vec::new();
+    for (name, profile) in &mut t.profiles {
+        for (dir, link) in [("up", &mut profile.up), ("down", &mut profile.down)] {
+            let Some(model::TraceSpec::File(f)) = &link.trace else {
+                continue;
+            };
+            let p = base.join(f);
+            // Messages name the path as the topology's location makes it; the plan
+            // carries it absolute.
+            match crate::shaping::trace::Trace::load(&p.display().to_string()) {
+                Ok(_) => {
+                    let abs = std::path::absolute(&p).unwrap_or(p.clone());
+                    link.trace = Some(model::TraceSpec::File(abs.display().to_string()));
+                }
+                Err(e) => {
+                    let (at, field) =
+                        match parse::position(&text, &["profiles", name, dir, "trace"]) {
+                            Some(at) => (at, format!("profiles.{name}.{dir}.trace")),
+                            None => (
+                                parse::position(&text, &["profiles", name, "trace"])
+                                    .or_else(|| parse::position(&text, &["profiles", name]))
+                                    .unwrap_or((1, 1)),
+                                format!("profiles.{name}.trace"),
+                            ),
+                        };
+                    let m = format!("{e:#}; a trace path is relative to the topology file");
+                    if !problems.iter().any(|d: &parse::Diagnostic| d.message == m) {
+                        problems.push(parse::Diagnostic {
+                            line: at.0,
+                            column: at.1,
+                            file: file.clone(),
+                            field,
+                            message: m,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(parse::Diagnostics(problems)));
+    }
     if t.workload.prompts != "reference" {
         let p = path
             .parent()

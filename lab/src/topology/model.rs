@@ -419,6 +419,84 @@ pub struct Link {
     /// Share of packets with a flipped bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupt: Option<Percent>,
+    /// A Mahimahi trace (one millisecond per line, each a chance to deliver 1500 bytes;
+    /// it loops) that paces the link instead of `rate`: a file for both directions, or
+    /// `{ up: FILE, down: FILE }`. Paths are relative to the topology file. The
+    /// userspace backend only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceSpec>,
+}
+
+/// A link's trace: one file, or one per direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TraceSpec {
+    File(String),
+    Split(TraceSplit),
+}
+
+impl<'de> Deserialize<'de> for TraceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TraceSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a trace file, or { up: FILE, down: FILE }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TraceSpec, E> {
+                Ok(TraceSpec::File(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<TraceSpec, A::Error> {
+                let mut split = TraceSplit {
+                    up: None,
+                    down: None,
+                };
+                while let Some(k) = m.next_key::<String>()? {
+                    let slot = match k.as_str() {
+                        "up" => &mut split.up,
+                        "down" => &mut split.down,
+                        o => {
+                            return Err(serde::de::Error::custom(format!(
+                                "unknown direction '{o}' of a trace; valid: up, down"
+                            )));
+                        }
+                    };
+                    *slot = Some(m.next_value::<String>()?);
+                }
+                Ok(TraceSpec::Split(split))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A trace file per direction (either may be absent: that direction has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSplit {
+    #[serde(default)]
+    pub up: Option<String>,
+    #[serde(default)]
+    pub down: Option<String>,
+}
+
+impl TraceSpec {
+    /// The file for one direction.
+    pub fn for_direction(&self, up: bool) -> Option<String> {
+        match self {
+            TraceSpec::File(f) => Some(f.clone()),
+            TraceSpec::Split(s) => {
+                if up {
+                    s.up.clone()
+                } else {
+                    s.down.clone()
+                }
+            }
+        }
+    }
 }
 
 // The profile as written; the parser resolves it into a `Profile`. This type gives the

@@ -1146,10 +1146,15 @@ fn parse_profile(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<Profile> {
     let down_fields = resolve(&own, direction != Direction::Up, &down);
     check_link(cx, &up_fields);
     check_link(cx, &down_fields);
-    Some(Profile {
-        up: build(v, &up_fields),
-        down: build(v, &down_fields),
-    })
+    // A trace given per direction goes to its direction.
+    let (mut up, mut down): (Link, Link) = (build(v, &up_fields), build(v, &down_fields));
+    up.trace = up
+        .trace
+        .and_then(|t| t.for_direction(true).map(TraceSpec::File));
+    down.trace = down
+        .trace
+        .and_then(|t| t.for_direction(false).map(TraceSpec::File));
+    Some(Profile { up, down })
 }
 
 /// A direction's fields: the profile's own if they shape it, each replaced by the same
@@ -1179,6 +1184,14 @@ fn check_link(cx: &mut Ctx<'_>, fields: &[Field<'_>]) {
             later.at(),
             &later.path,
             "give either `loss` (random) or `gilbert_elliott` (bursts), not both",
+        );
+    }
+    if let (Some(rate), Some(trace)) = (get("rate"), get("trace")) {
+        let later = if trace.at() > rate.at() { trace } else { rate };
+        cx.push(
+            later.at(),
+            &later.path,
+            "a trace sets the link's pace; give either `rate` or `trace`, not both",
         );
     }
     for (field, needs, message) in [

@@ -483,8 +483,15 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         let (c, sv) = (&client, &server);
         let (st1, st2) = (&stop, &stop);
         let (uc, dc) = (&up_c, &down_c);
-        let up_engine = Engine::new(cfg.up.clone(), direction_seed(cfg.seed, true));
-        let down_engine = Engine::new(cfg.down.clone(), direction_seed(cfg.seed, false));
+        let engine = |p: &Params, up: bool| -> Result<Engine> {
+            let e = Engine::new(p.clone(), direction_seed(cfg.seed, up));
+            Ok(match &p.trace {
+                Some(t) => e.with_trace(crate::shaping::trace::Trace::load(t)?, now_ns()),
+                None => e,
+            })
+        };
+        let up_engine = engine(&cfg.up, true)?;
+        let down_engine = engine(&cfg.down, false)?;
         let (ul, dl) = (&up_live, &down_live);
         let up = s.spawn(move || forward(c, sv, up_engine, uc, ul, st1));
         let down = s.spawn(move || forward(sv, c, down_engine, dc, dl, st2));
