@@ -103,7 +103,10 @@ impl Replay {
         // `now` may be the previous lap's last.
         for l in lap.saturating_sub(1)..=lap + 1 {
             let base = self.start + l * period;
-            let pos = self.trace.ms.partition_point(|&m| base + m * 1_000_000 < now) as u64;
+            let pos = self
+                .trace
+                .ms
+                .partition_point(|&m| base + m * 1_000_000 < now) as u64;
             if pos < len {
                 return l * len + pos;
             }
