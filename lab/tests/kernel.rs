@@ -44,23 +44,26 @@ fn shaping_binary() -> std::path::PathBuf {
 #[test]
 fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
     let bin = shaping_binary();
-    let mut args: Vec<String> = vec![
-        "--exact".into(),
-        "--test-threads=1".into(),
-        "--show-output".into(),
-    ];
-    args.extend(TESTS.iter().map(|t| t.to_string()));
+    // The shaping tests with netem, then the same short lab run on both backends in
+    // the same machine (scripts/backends-crosscheck.sh).
+    let script = format!(
+        "LAB_SHAPING_BACKEND=kernel {} --exact --test-threads=1 --show-output {}; echo \"== kernel tests rc=$?\"; {} {}",
+        bin.display(),
+        TESTS.join(" "),
+        root().join("scripts/backends-crosscheck.sh").display(),
+        env!("CARGO_BIN_EXE_lab")
+    );
     let native = netem_by_tc();
     let mut cmd = if native {
-        let mut c = Command::new(&bin);
-        c.args(&args);
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
         c
     } else {
         let mut c = Command::new(root().join("scripts/vm-test.sh"));
-        c.arg(&bin).args(&args);
+        c.args(["sh", "-c", &script]);
         c
     };
-    cmd.env("LAB_SHAPING_BACKEND", "kernel").current_dir(root());
+    cmd.current_dir(root());
     let t0 = Instant::now();
     let o = cmd.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
@@ -70,7 +73,14 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
         if native { "here" } else { "in a VM" },
         t0.elapsed().as_secs_f64()
     );
-    assert!(o.status.success(), "the kernel-backend tests failed");
+    assert!(o.status.success(), "the machine's script failed");
+    for want in [
+        "== kernel tests rc=0",
+        "== kernel run rc=0",
+        "== userspace run rc=0",
+    ] {
+        assert!(out.contains(want), "no {want:?}");
+    }
     // Every listed test ran, and passed.
     let want = format!("test result: ok. {} passed; 0 failed", TESTS.len());
     assert!(out.contains(&want), "no {want:?}");
@@ -80,4 +90,52 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
             "{t} did not pass"
         );
     }
+    // The same run on both backends: bytes per token, TTFT and the loss the captures
+    // measured agree, within what 600-odd lossy packets per cell allow.
+    let rows = |backend: &str| -> Vec<(String, Vec<f64>)> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&format!("xb {backend} ")))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let a = w.next()?.to_owned();
+                let v: Vec<f64> = w.filter_map(|x| x.parse().ok()).collect();
+                (v.len() == 4).then_some((a, v))
+            })
+            .collect()
+    };
+    let (k, u) = (rows("kernel"), rows("userspace"));
+    assert_eq!(k.len(), 3, "{k:?}");
+    assert_eq!(u.len(), 3, "{u:?}");
+    let mut losses = Vec::new();
+    for ((a, kv), (b, uv)) in k.iter().zip(&u) {
+        assert_eq!(a, b);
+        println!(
+            "{a}: wire {:.1} / {:.1} B/tok, TTFT p50 {:.1} / {:.1} ms, loss up {:.2}% / {:.2}%, down {:.2}% / {:.2}% (netem / lab wire)",
+            kv[0],
+            uv[0],
+            kv[1],
+            uv[1],
+            kv[2] * 100.0,
+            uv[2] * 100.0,
+            kv[3] * 100.0,
+            uv[3] * 100.0
+        );
+        assert!(
+            (kv[0] - uv[0]).abs() / uv[0] <= 0.15,
+            "{a}: B/tok {} vs {}",
+            kv[0],
+            uv[0]
+        );
+        assert!(
+            (kv[1] - uv[1]).abs() / uv[1] <= 0.25,
+            "{a}: TTFT {} vs {}",
+            kv[1],
+            uv[1]
+        );
+        losses.extend([kv[2], kv[3], uv[2], uv[3]]);
+    }
+    // 2% configured: each cell's measured loss is noisy, their mean is not.
+    assert!(losses.iter().all(|l| (0.0..0.08).contains(l)), "{losses:?}");
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    assert!((0.01..0.03).contains(&mean), "mean loss {mean}");
 }
