@@ -126,8 +126,10 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
             kv[0],
             uv[0]
         );
+        // Under software emulation lab wire's per-packet cost grows: more room there.
+        let ttft_room = if native { 0.25 } else { 0.4 };
         assert!(
-            (kv[1] - uv[1]).abs() / uv[1] <= 0.25,
+            (kv[1] - uv[1]).abs() / uv[1] <= ttft_room,
             "{a}: TTFT {} vs {}",
             kv[1],
             uv[1]
