@@ -417,22 +417,11 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
         .connect(format!("https://{}/wt", stack.addr(ap("wt"))))
         .await
         .unwrap();
-    let read_all = |mut recv: wtransport::RecvStream| async move {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match recv.read(&mut buf).await {
-                Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
-                Ok(None) => return Ok(out),
-                Err(e) => return Err(e),
-            }
-        }
-    };
     for bad in [&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"] {
         let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
         send.write_all(bad).await.unwrap();
         let _ = send.finish().await;
-        match read_all(recv).await {
+        match wt_read_all(recv).await {
             Err(StreamReadError::Reset(code)) => {
                 assert_eq!(
                     code,
@@ -447,7 +436,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
     send.write_all(b"2:hi5:hello").await.unwrap();
     send.finish().await.unwrap();
-    let answers = lenprefix_answers(&read_all(recv).await.unwrap());
+    let answers = lenprefix_answers(&wt_read_all(recv).await.unwrap());
     assert_eq!(
         answers,
         vec![expected("hi", 5), expected("hello", 5), vec![]]
@@ -485,23 +474,12 @@ async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
         .connect(format!("https://{addr}/wt-dgram"))
         .await
         .unwrap();
-    let read_all = |mut recv: wtransport::RecvStream| async move {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match recv.read(&mut buf).await {
-                Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
-                Ok(None) => return Ok(out),
-                Err(e) => return Err(e),
-            }
-        }
-    };
     let oversize = format!("{}:", 1024 * 1024 + 1);
     for bad in [&b"abc:hello"[..], b"5:hel", b"12x", oversize.as_bytes()] {
         let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
         send.write_all(bad).await.unwrap();
         let _ = send.finish().await;
-        match read_all(recv).await {
+        match wt_read_all(recv).await {
             Err(StreamReadError::Reset(code)) => assert_eq!(
                 code,
                 wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
@@ -515,7 +493,7 @@ async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
     let sid = wtransport::VarInt::from(send.id()).into_inner();
     send.write_all(b"2:hi5:hello").await.unwrap();
     send.finish().await.unwrap();
-    let stream = lenprefix_answers(&read_all(recv).await.unwrap());
+    let stream = lenprefix_answers(&wt_read_all(recv).await.unwrap());
     let (a, b) = (expected("hi", 5), expected("hello", 5));
     let tally = |t: &[String]| Tally {
         tokens: t.len() as u64,
@@ -743,4 +721,16 @@ async fn websocket_bad_framing_ends_that_socket_only() {
     let rec = one_prompt(&stack, ws, Mode::Reuse, TIMEOUT, &stack.trust()).await;
     assert!(rec.error.is_none(), "{:?}", rec.error);
     assert_eq!(rec.digest, digest_tokens(&expected("hi", 5)));
+}
+
+/// Everything a WebTransport stream delivers until its end, or how it failed.
+async fn wt_read_all(
+    mut recv: wtransport::RecvStream,
+) -> Result<Vec<u8>, wtransport::error::StreamReadError> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Some(n) = recv.read(&mut buf).await? {
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(out)
 }

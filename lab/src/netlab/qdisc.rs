@@ -206,36 +206,34 @@ pub fn decide(plan: Plan) -> Result<Plan> {
             )),
         };
     }
-    Ok(match plan.backend {
-        Backend::Userspace => with_backend(plan, Shaper::Userspace, "asked for by the topology"),
-        Backend::Kernel => match probe_netem()? {
-            Netem {
-                missing: None,
-                seeded,
-            } => with_backend(
-                plan,
-                Shaper::Kernel,
-                seed_note("asked for by the topology; netem is available", seeded),
-            ),
-            Netem {
-                missing: Some(why), ..
-            } => bail!(
-                "the topology asks for the kernel backend, but {why}; set `shaping: {{ backend: userspace }}` (or auto) to use lab's userspace link emulator"
-            ),
-        },
-        Backend::Auto => match probe_netem()? {
-            Netem {
-                missing: None,
-                seeded,
-            } => with_backend(
-                plan,
-                Shaper::Kernel,
-                seed_note("auto: netem is available", seeded),
-            ),
-            Netem {
-                missing: Some(why), ..
-            } => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
-        },
+    if plan.backend == Backend::Userspace {
+        return Ok(with_backend(
+            plan,
+            Shaper::Userspace,
+            "asked for by the topology",
+        ));
+    }
+    let asked = plan.backend == Backend::Kernel;
+    Ok(match probe_netem()? {
+        Netem {
+            missing: None,
+            seeded,
+        } => {
+            let why = if asked {
+                "asked for by the topology; netem is available"
+            } else {
+                "auto: netem is available"
+            };
+            with_backend(plan, Shaper::Kernel, seed_note(why, seeded))
+        }
+        Netem {
+            missing: Some(why), ..
+        } if asked => bail!(
+            "the topology asks for the kernel backend, but {why}; set `shaping: {{ backend: userspace }}` (or auto) to use lab's userspace link emulator"
+        ),
+        Netem {
+            missing: Some(why), ..
+        } => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
     })
 }
 
