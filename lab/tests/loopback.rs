@@ -394,44 +394,10 @@ async fn raw_quic_bad_framing_and_oversize_reset_the_stream_not_the_connection()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
-    use wtransport::error::StreamReadError;
     let stack = stack(5).await;
-    let tls = stack.trust().h3_client_config().unwrap();
-    let cfg = wtransport::ClientConfig::builder()
-        .with_bind_address("127.0.0.1:0".parse().unwrap())
-        .with_custom_tls(tls)
-        .build();
-    let ep = wtransport::Endpoint::client(cfg).unwrap();
     // Any other path: 404, the session is refused.
-    let e = ep
-        .connect(format!("https://{}/nope", stack.addr(ap("wt"))))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(e, wtransport::error::ConnectingError::SessionRejected),
-        "{e:?}"
-    );
-
-    let conn = ep
-        .connect(format!("https://{}/wt", stack.addr(ap("wt"))))
-        .await
-        .unwrap();
-    for bad in [&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"] {
-        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
-        send.write_all(bad).await.unwrap();
-        let _ = send.finish().await;
-        match wt_read_all(recv).await {
-            Err(StreamReadError::Reset(code)) => {
-                assert_eq!(
-                    code,
-                    wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
-                    "{bad:?}"
-                )
-            }
-            other => panic!("{bad:?}: expected a reset, got {other:?}"),
-        }
-    }
+    let conn = wt_session(&stack, "wt", "/wt", "/nope").await;
+    wt_bad_framing_resets(&conn, &[&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"]).await;
     // Same session, two prompts on one stream: two answers, each ended by 0:.
     let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
     send.write_all(b"2:hi5:hello").await.unwrap();
@@ -451,43 +417,15 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
     use lab_codec::dgram::{Tally, decode};
-    use wtransport::error::StreamReadError;
     let stack = stack(5).await;
-    let addr = stack.addr(ap("wt-dgram"));
-    let tls = stack.trust().h3_client_config().unwrap();
-    let cfg = wtransport::ClientConfig::builder()
-        .with_bind_address("127.0.0.1:0".parse().unwrap())
-        .with_custom_tls(tls)
-        .build();
-    let ep = wtransport::Endpoint::client(cfg).unwrap();
     // The streams server's path is not this server's.
-    let e = ep
-        .connect(format!("https://{addr}/wt"))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(e, wtransport::error::ConnectingError::SessionRejected),
-        "{e:?}"
-    );
-    let conn = ep
-        .connect(format!("https://{addr}/wt-dgram"))
-        .await
-        .unwrap();
+    let conn = wt_session(&stack, "wt-dgram", "/wt-dgram", "/wt").await;
     let oversize = format!("{}:", 1024 * 1024 + 1);
-    for bad in [&b"abc:hello"[..], b"5:hel", b"12x", oversize.as_bytes()] {
-        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
-        send.write_all(bad).await.unwrap();
-        let _ = send.finish().await;
-        match wt_read_all(recv).await {
-            Err(StreamReadError::Reset(code)) => assert_eq!(
-                code,
-                wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
-                "{bad:?}"
-            ),
-            other => panic!("{bad:?}: expected a reset, got {other:?}"),
-        }
-    }
+    wt_bad_framing_resets(
+        &conn,
+        &[&b"abc:hello"[..], b"5:hel", b"12x", oversize.as_bytes()],
+    )
+    .await;
     // Two prompts on one stream.
     let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
     let sid = wtransport::VarInt::from(send.id()).into_inner();
@@ -733,4 +671,47 @@ async fn wt_read_all(
         out.extend_from_slice(&buf[..n]);
     }
     Ok(out)
+}
+
+/// A WebTransport session to `approach`'s server on `path`, after checking that
+/// `refused` gets the session refused (404).
+async fn wt_session(
+    stack: &lab::loopback::Stack,
+    approach: &str,
+    path: &str,
+    refused: &str,
+) -> wtransport::Connection {
+    let addr = stack.addr(ap(approach));
+    let cfg = wtransport::ClientConfig::builder()
+        .with_bind_address("127.0.0.1:0".parse().unwrap())
+        .with_custom_tls(stack.trust().h3_client_config().unwrap())
+        .build();
+    let ep = wtransport::Endpoint::client(cfg).unwrap();
+    let e = ep
+        .connect(format!("https://{addr}{refused}"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, wtransport::error::ConnectingError::SessionRejected),
+        "{e:?}"
+    );
+    ep.connect(format!("https://{addr}{path}")).await.unwrap()
+}
+
+/// Each of `bad` on a stream of its own is reset with the framing error code.
+async fn wt_bad_framing_resets(conn: &wtransport::Connection, bad: &[&[u8]]) {
+    for bad in bad {
+        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        let _ = send.finish().await;
+        match wt_read_all(recv).await {
+            Err(wtransport::error::StreamReadError::Reset(code)) => assert_eq!(
+                code,
+                wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
+                "{bad:?}"
+            ),
+            other => panic!("{bad:?}: expected a reset, got {other:?}"),
+        }
+    }
 }
