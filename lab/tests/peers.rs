@@ -102,18 +102,11 @@ fn openai_python_client_reads_every_mock_format_and_the_proxy() {
 
 #[test]
 fn aioquic_webtransport_client_talks_to_the_wt_server() {
-    let llm = mock();
-    let dir = tmpdir("aioquic");
-    let wt = Server::start(&[
-        "serve",
-        "wt",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &base(&llm.str("url")),
-        "--cert-out",
-        dir.to_str().unwrap(),
-    ]);
+    let Served {
+        _llm,
+        server: wt,
+        dir,
+    } = Served::start("wt", "aioquic");
     let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
     let port = listen.port().to_string();
     let ca = dir.join("cert.pem");
@@ -154,18 +147,11 @@ fn aioquic_webtransport_client_talks_to_the_wt_server() {
 /// tally and `0:` on the stream. The streams server's path is refused.
 #[test]
 fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
-    let llm = mock();
-    let dir = tmpdir("aioquic-wt-dgram");
-    let wt = Server::start(&[
-        "serve",
-        "wt-dgram",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &base(&llm.str("url")),
-        "--cert-out",
-        dir.to_str().unwrap(),
-    ]);
+    let Served {
+        _llm,
+        server: wt,
+        dir,
+    } = Served::start("wt-dgram", "aioquic-wt-dgram");
     let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
     let port = listen.port().to_string();
     let ca = dir.join("cert.pem");
@@ -229,18 +215,11 @@ fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
 /// and sends its prompt as 0-RTT data, which the server accepts and answers.
 #[test]
 fn aioquic_client_talks_raw_quic_with_0rtt_to_the_quic_server() {
-    let llm = mock();
-    let dir = tmpdir("aioquic-raw");
-    let quic = Server::start(&[
-        "serve",
-        "quic",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &base(&llm.str("url")),
-        "--cert-out",
-        dir.to_str().unwrap(),
-    ]);
+    let Served {
+        _llm,
+        server: quic,
+        dir,
+    } = Served::start("quic", "aioquic-raw");
     let listen: std::net::SocketAddr = quic.str("listen").parse().unwrap();
     let port = listen.port().to_string();
     let ca = dir.join("cert.pem");
@@ -277,18 +256,11 @@ fn aioquic_client_talks_raw_quic_with_0rtt_to_the_quic_server() {
 
 #[test]
 fn python_websockets_client_talks_to_the_ws_server() {
-    let llm = mock();
-    let dir = tmpdir("ws-peer");
-    let ws = Server::start(&[
-        "serve",
-        "ws",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &base(&llm.str("url")),
-        "--cert-out",
-        dir.to_str().unwrap(),
-    ]);
+    let Served {
+        _llm,
+        server: ws,
+        dir,
+    } = Served::start("ws", "ws-peer");
     let url = ws.str("url").replace("https://", "wss://");
     let ca = dir.join("cert.pem");
     let v = peer(
@@ -308,4 +280,33 @@ fn python_websockets_client_talks_to_the_ws_server() {
     let v = peer("ws_client.py", &[&url, ca.to_str().unwrap(), "again"]);
     assert_eq!(strings(&v["answers"][0]), expected("again", 12));
     assert!(ws.stop());
+}
+
+/// One of lab's servers on loopback against the mock, its certificate in `dir`.
+struct Served {
+    _llm: Server,
+    server: Server,
+    dir: Tmp,
+}
+
+impl Served {
+    fn start(server: &str, tag: &str) -> Served {
+        let llm = mock();
+        let dir = tmpdir(tag);
+        let server = Server::start(&[
+            "serve",
+            server,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &base(&llm.str("url")),
+            "--cert-out",
+            dir.to_str().unwrap(),
+        ]);
+        Served {
+            _llm: llm,
+            server,
+            dir,
+        }
+    }
 }
