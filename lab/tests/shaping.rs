@@ -351,12 +351,17 @@ fn random_loss_is_inside_the_binomial_interval_and_reproducible() {
             a.first(),
             a.last()
         );
-        // Same seed, same packets lost; another seed, others. (netem before Linux 6.6
-        // ignores the seed; lab says so when it decides the backend, checked here.)
+        // Same seed, same packets lost; another seed, others. netem before Linux 6.6
+        // ignores the seed, and lab says so when it decides the backend: then the same
+        // seed must lose other packets, or lab's probe is wrong.
+        let b = lost(7);
         if !seeded() {
+            assert_ne!(
+                b, a,
+                "lab says netem ignores the seed, but the same seed lost the same packets"
+            );
             continue;
         }
-        let b = lost(7);
         if b != a {
             let k = a
                 .iter()
