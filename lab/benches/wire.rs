@@ -1,15 +1,20 @@
 //! The userspace link emulator (`lab wire`), measured through a real lab. Needs root.
 //!
-//! - both paths side by side, three runs: a small UDP packet every 5 ms and its echo
-//!   (what a token stream sees: the wake-up after idle), and bulk TCP for 5 s, each
-//!   through `lab wire` and through a plain bridge in the same wire namespace (the
-//!   emulator stopped, the two veths bridged; the same veths, so the same offloads:
-//!   lab turns them off). It prints the added RTT p50 and the bulk ratio;
+//! - lab wire against a plain bridge, side by side: in each of three runs (a one-cell
+//!   lab with no impairment), the two paths take turns between the same two
+//!   namespaces, in the order wire, bridge, bridge, wire, so that a drift of the
+//!   machine's speed during the run falls on both alike. The bridge is made of the
+//!   same veths in the wire namespace (so the same offloads: lab turns them off), with
+//!   lab wire stopped (SIGSTOP). Each turn sends 500 small UDP probes, one every 5 ms
+//!   (what a token stream sees: the wake-up after idle), and their echoes, then bulk
+//!   TCP for 3 s. It prints the added RTT p50 and the bulk ratio, per run, for lab wire
+//!   as it runs by default and with `shaping: { busy_poll: true }`;
 //! - bulk TCP throughput with 1 ms delay, so that every packet goes through the link
 //!   model;
 //! - how late packets leave against their schedule at 100 Mbit/s with 10 ms delay.
 //!
-//! `cargo bench -p lab --bench wire`
+//! `cargo bench -p lab --bench wire`; `BENCH_RUNS` sets the number of runs (3),
+//! `BENCH_COMPARE_ONLY=1` stops after the comparison.
 
 use lab::netlab::sys;
 use lab::shaping::stats::WireStats;
@@ -30,11 +35,11 @@ fn lab(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn up(profile: &str) {
+fn up(profile: &str, busy_poll: bool) {
     let t = std::env::temp_dir().join("lab-bench-wire.yaml");
     std::fs::write(
         &t,
-        format!("name: bwire\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: userspace }}\n"),
+        format!("name: bwire\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: userspace, busy_poll: {busy_poll} }}\n"),
     )
     .unwrap();
     let _ = Command::new(LAB).args(["down", "bwire"]).output();
@@ -45,36 +50,58 @@ fn ns(side: &str) -> std::fs::File {
     sys::open_netns(&format!("lab-bwire-c0-{side}")).unwrap()
 }
 
-/// RTT p50 of `n` UDP probes and their echoes, one every `gap`.
-fn rtt_p50(n: usize, gap: Duration) -> Duration {
-    let server = sys::in_netns(&ns("server"), || Ok(UdpSocket::bind("198.18.0.2:9000")?)).unwrap();
+/// RTT p50 of `n` UDP probes to `port` and their echoes, one every `gap`. Each probe
+/// carries its number, so a stale frame (one a stopped lab wire still held) is not
+/// taken for an echo.
+fn rtt_p50(n: usize, gap: Duration, port: u16) -> Duration {
+    let server =
+        sys::in_netns(&ns("server"), || Ok(UdpSocket::bind(("198.18.0.2", port))?)).unwrap();
     let client = sys::in_netns(&ns("client"), || Ok(UdpSocket::bind("198.18.0.1:0")?)).unwrap();
-    client.connect("198.18.0.2:9000").unwrap();
+    client.connect(("198.18.0.2", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let echo = std::thread::spawn(move || {
         let mut b = [0u8; 64];
-        for _ in 0..n + 100 {
-            let (k, from) = server.recv_from(&mut b).unwrap();
+        while let Ok((k, from)) = server.recv_from(&mut b) {
             server.send_to(&b[..k], from).unwrap();
+            if b[..8] == u64::MAX.to_ne_bytes() {
+                break;
+            }
         }
     });
+    let warm = 50;
     let mut v = Vec::with_capacity(n);
     let mut b = [0u8; 64];
-    for i in 0..n + 100 {
+    for i in 0..(n + warm) as u64 {
         let t = Instant::now();
-        client.send(b"ping").unwrap();
-        client.recv(&mut b).unwrap();
-        if i >= 100 {
+        client.send(&i.to_ne_bytes()).unwrap();
+        loop {
+            let k = client.recv(&mut b).expect("an echo within 2 s");
+            if k == 8 && b[..8] == i.to_ne_bytes() {
+                break;
+            }
+        }
+        if i >= warm as u64 {
             v.push(t.elapsed());
         }
         std::thread::sleep(gap);
     }
+    client.send(&u64::MAX.to_ne_bytes()).unwrap();
     echo.join().unwrap();
     v.sort();
     v[v.len() / 2]
 }
 
-fn bulk(secs: f64) -> f64 {
-    let l = sys::in_netns(&ns("server"), || Ok(TcpListener::bind("198.18.0.2:9100")?)).unwrap();
+/// Bulk TCP client to server on `port` for `secs`; bits per second at the receiver.
+fn bulk(secs: f64, port: u16) -> f64 {
+    let l = sys::in_netns(&ns("server"), || {
+        Ok(TcpListener::bind(("198.18.0.2", port))?)
+    })
+    .unwrap();
     let sink = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         let mut buf = vec![0u8; 1 << 16];
@@ -89,8 +116,10 @@ fn bulk(secs: f64) -> f64 {
         }
         n as f64 * 8.0 / t.elapsed().as_secs_f64()
     });
-    let mut c =
-        sys::in_netns(&ns("client"), || Ok(TcpStream::connect("198.18.0.2:9100")?)).unwrap();
+    let mut c = sys::in_netns(&ns("client"), || {
+        Ok(TcpStream::connect(("198.18.0.2", port))?)
+    })
+    .unwrap();
     let buf = vec![0u8; 1 << 16];
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < stop {
@@ -104,71 +133,127 @@ fn stats() -> WireStats {
     serde_json::from_slice(&std::fs::read("/run/lab/bwire/wire/c0.json").unwrap()).unwrap()
 }
 
-fn main() {
-    // Both paths side by side, three runs.
-    let gap = Duration::from_millis(5);
-    let mut rows = Vec::new();
-    for run in 1..=3 {
-        up("{}");
-        let rtt_wire = rtt_p50(1000, gap);
-        let bulk_wire = bulk(5.0);
-        let st = lab(&["status", "--lab", "bwire", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
-        let wire_pid = v["labs"][0]["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["role"] == "wire")
-            .unwrap()["pid"]
-            .as_i64()
-            .unwrap() as i32;
-        // SAFETY: pausing the emulator lab started for this bench.
-        unsafe { libc::kill(wire_pid, libc::SIGSTOP) };
-        let ip = |args: &str| {
-            let mut a = vec!["-n", "lab-bwire-c0-wire"];
-            a.extend(args.split(' '));
-            assert!(
-                Command::new("ip").args(&a).status().unwrap().success(),
-                "ip {args}"
-            );
-        };
-        ip("link add br0 type bridge");
-        ip("link set to-client master br0");
-        ip("link set to-server master br0");
-        ip("link set br0 up");
-        let rtt_bridge = rtt_p50(1000, gap);
-        let bulk_bridge = bulk(5.0);
-        // SAFETY: resuming it, so that lab down stops it normally.
-        unsafe { libc::kill(wire_pid, libc::SIGCONT) };
-        lab(&["down", "bwire"]);
-        let added = (rtt_wire.as_secs_f64() - rtt_bridge.as_secs_f64()) * 1e6;
-        let ratio = bulk_wire / bulk_bridge;
-        println!(
-            "run {run}: RTT p50 (a probe every 5 ms) {:.1} us through lab wire, {:.1} us through a bridge: added {added:.1} us; bulk TCP {:.2} Gbit/s through lab wire, {:.2} Gbit/s through a bridge: {ratio:.2}x",
-            rtt_wire.as_secs_f64() * 1e6,
-            rtt_bridge.as_secs_f64() * 1e6,
-            bulk_wire / 1e9,
-            bulk_bridge / 1e9,
-        );
-        rows.push((added, ratio));
-    }
-    let (mut a, mut r): (Vec<f64>, Vec<f64>) = rows.into_iter().unzip();
-    a.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
-    println!(
-        "over three runs: added RTT p50 {:.1} to {:.1} us (target under 25 us); bulk ratio {:.2} to {:.2} (target 0.8 or more)",
-        a[0], a[2], r[0], r[2]
+fn wire_pid() -> i32 {
+    let st = lab(&["status", "--lab", "bwire", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    v["labs"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "wire")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32
+}
+
+fn ip(args: &str) {
+    let mut a = vec!["-n", "lab-bwire-c0-wire"];
+    a.extend(args.split(' '));
+    assert!(
+        Command::new("ip").args(&a).status().unwrap().success(),
+        "ip {args}"
     );
+}
+
+/// Stops lab wire and bridges its two veths.
+fn to_bridge(pid: i32) {
+    // SAFETY: pausing the emulator lab started for this bench.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    ip("link add br0 type bridge");
+    ip("link set to-client master br0");
+    ip("link set to-server master br0");
+    ip("link set br0 up");
+}
+
+/// Removes the bridge and lets lab wire go on.
+fn to_wire(pid: i32) {
+    ip("link del br0");
+    // SAFETY: resuming the emulator paused above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // What it held while stopped goes out to closed ports; let it pass.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One run of the comparison: (added RTT p50 in us, bulk ratio), and the line.
+fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
+    up("{}", busy_poll);
+    let pid = wire_pid();
+
+    let gap = Duration::from_millis(5);
+    let (mut rw, mut rb, mut bw, mut bb) = (vec![], vec![], vec![], vec![]);
+    for (turn, wire) in [true, false, false, true].into_iter().enumerate() {
+        let port = 9000 + turn as u16 * 2;
+        if wire && turn > 0 {
+            to_wire(pid);
+        }
+        if !wire && turn == 1 {
+            to_bridge(pid);
+        }
+        let r = rtt_p50(500, gap, port).as_secs_f64() * 1e6;
+        let b = bulk(3.0, port + 1);
+        if wire {
+            rw.push(r);
+            bw.push(b);
+        } else {
+            rb.push(r);
+            bb.push(b);
+        }
+    }
+    lab(&["down", "bwire"]);
+    let (rw, rb) = ((rw[0] + rw[1]) / 2.0, (rb[0] + rb[1]) / 2.0);
+    let (bw, bb) = ((bw[0] + bw[1]) / 2.0, (bb[0] + bb[1]) / 2.0);
+    let added = rw - rb;
+    let ratio = bw / bb;
+    println!(
+        "run {run}{}: RTT p50 (a probe every 5 ms) {rw:.1} us through lab wire, {rb:.1} us through a bridge: added {added:.1} us; bulk TCP {:.2} Gbit/s through lab wire, {:.2} Gbit/s through a bridge: {ratio:.2}x",
+        if busy_poll { ", busy-poll" } else { "" },
+        bw / 1e9,
+        bb / 1e9,
+    );
+    (added, ratio)
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for busy_poll in [false, true] {
+        let rows: Vec<(f64, f64)> = (1..=runs).map(|run| compare(run, busy_poll)).collect();
+        let (a, r): (Vec<f64>, Vec<f64>) = rows.into_iter().unzip();
+        let (amin, amax) = (
+            a.iter().copied().fold(f64::MAX, f64::min),
+            a.iter().copied().fold(f64::MIN, f64::max),
+        );
+        let (rmin, rmax) = (
+            r.iter().copied().fold(f64::MAX, f64::min),
+            r.iter().copied().fold(f64::MIN, f64::max),
+        );
+        println!(
+            "{}over {runs} runs: added RTT p50 {amin:.1} to {amax:.1} us, median {:.1} (target under 25 us); bulk ratio {rmin:.2} to {rmax:.2}, median {:.2} (target 0.8 or more)",
+            if busy_poll { "busy-poll, " } else { "" },
+            median(a),
+            median(r),
+        );
+    }
+    if std::env::var_os("BENCH_COMPARE_ONLY").is_some() {
+        return;
+    }
 
     // Bulk throughput through the link model.
-    up("{ delay: 1ms }");
-    let g = bulk(5.0);
+    up("{ delay: 1ms }", false);
+    let g = bulk(5.0, 9100);
     lab(&["down", "bwire"]);
     println!("bulk TCP, profile {{ delay: 1ms }}: {:.2} Gbit/s", g / 1e9);
 
     // Lateness at 100 Mbit/s.
-    up("{ rate: 100mbit, delay: 10ms }");
-    let g = bulk(5.0);
+    up("{ rate: 100mbit, delay: 10ms }", false);
+    let g = bulk(5.0, 9100);
     std::thread::sleep(Duration::from_millis(1200));
     let s = stats();
     lab(&["down", "bwire"]);

@@ -138,6 +138,8 @@ fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
                 ignore_outgoing: false,
                 promiscuous: false,
                 buffer: 32 << 20,
+                rx_ring: None,
+                qdisc_bypass: false,
             },
         )
     })

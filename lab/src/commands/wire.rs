@@ -22,6 +22,11 @@ pub fn run(a: WireArgs) -> Result<()> {
         down: link(&a.down, "down")?,
         seed: a.seed,
         stats: a.stats,
+        poll: if a.busy_poll {
+            wire::forward::Poll::Busy
+        } else {
+            wire::forward::Poll::Adaptive
+        },
     };
     wire::run(cfg)
 }

@@ -4,8 +4,6 @@
 use anyhow::{Result, bail};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-
 /// How to open a packet socket.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -15,6 +13,11 @@ pub struct Options {
     pub promiscuous: bool,
     /// Receive and send buffer sizes (root may exceed the sysctl limits).
     pub buffer: libc::c_int,
+    /// A TPACKET_V2 receive ring of this shape, set up before the bind (map it with
+    /// `wire::ring::RxRing`); frames too large for a slot are also queued whole.
+    pub rx_ring: Option<libc::tpacket_req>,
+    /// Send straight to the device, past the qdisc layer (`PACKET_QDISC_BYPASS`).
+    pub qdisc_bypass: bool,
 }
 
 fn last(what: &str) -> anyhow::Error {
@@ -57,8 +60,23 @@ pub fn open(ifname: &str, o: Options) -> Result<OwnedFd> {
     if index == 0 {
         bail!("no interface {ifname} here");
     }
-    if o.ignore_outgoing && !setopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32) {
+    if o.ignore_outgoing && !setopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32) {
         return Err(last("PACKET_IGNORE_OUTGOING"));
+    }
+    if let Some(req) = &o.rx_ring {
+        let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+        if !setopt(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2) {
+            return Err(last("PACKET_VERSION"));
+        }
+        if !setopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, req) {
+            return Err(last("PACKET_RX_RING"));
+        }
+        if !setopt(&fd, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, &1i32) {
+            return Err(last("PACKET_COPY_THRESH"));
+        }
+    }
+    if o.qdisc_bypass && !setopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32) {
+        return Err(last("PACKET_QDISC_BYPASS"));
     }
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),

@@ -178,6 +178,8 @@ pub fn render(s: &State, l: &Live) -> String {
             queue: u64,
             #[tabled(rename = "dropped (send)")]
             send: u64,
+            #[tabled(rename = "dropped (ring full)")]
+            ring: u64,
         }
         let mut rows = Vec::new();
         for (cell, w) in wires {
@@ -191,6 +193,7 @@ pub fn render(s: &State, l: &Live) -> String {
                     lost: c.dropped_loss,
                     queue: c.dropped_queue,
                     send: c.dropped_send,
+                    ring: c.dropped_input,
                 });
             }
         }

@@ -17,6 +17,9 @@ pub struct CounterSnapshot {
     pub dropped_loss: u64,
     pub dropped_queue: u64,
     pub dropped_send: u64,
+    /// Frames that found the emulator's receive ring full (it fell behind).
+    #[serde(default)]
+    pub dropped_input: u64,
     pub duplicated: u64,
     pub corrupted: u64,
     pub reordered: u64,

@@ -2,32 +2,31 @@
 //! forwards frames between the two veths over AF_PACKET, applying each direction's
 //! settings through an [`Engine`].
 //!
-//! One thread per direction. Each waits in `ppoll` (nanosecond timeout, timer slack set
-//! to 1 ns) for the next departure or the next arriving frame, sends what is due, and
-//! reads what has arrived. The sockets use `PACKET_IGNORE_OUTGOING`, so the emulator
-//! never reads back its own output. ARP and every other non-IP frame pass straight
-//! through, unshaped and counted apart. Counters go to a JSON file every second and at
-//! exit.
+//! Each veth has a packet socket with a receive ring ([`ring`]); the forwarding loop
+//! ([`forward`]) takes frames from the rings, sends them in batches, and polls for a
+//! while after activity instead of sleeping at once, so that a reply does not wait for
+//! a thread to wake. The sockets use `PACKET_IGNORE_OUTGOING`, so the emulator never
+//! reads back its own output. ARP and every other non-IP frame pass straight through,
+//! unshaped and counted apart. Counters go to a JSON file every second and at exit.
 //!
 //! Settings change while it runs (`lab link set`): a control socket next to the
 //! counters file (`<cell>.sock`, mode 0600) takes one JSON line, `{"up": ..., "down":
-//! ...}` (either may be absent), and answers `ok` or the error. Each direction's thread
-//! picks the change up before its next frame.
+//! ...}` (either may be absent), and answers `ok` or the error. The forwarding loop
+//! picks the change up before the direction's next frame.
+
+pub mod forward;
+pub mod ring;
 
 use crate::netlab::sys::now_ns;
-use crate::shaping::engine::{Drop, Engine, Verdict};
+use crate::shaping::engine::Engine;
 use crate::shaping::params::Params;
 use crate::shaping::stats::{CounterSnapshot, WireStats, direction_seed};
 use anyhow::{Context, Result, bail};
-use std::collections::BinaryHeap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-
-const ETH_HLEN: usize = 14;
-const MAX_FRAME: usize = 65_536 + ETH_HLEN;
 
 /// Buckets of the lateness histogram: 1 us each, the last one for 2 ms and more.
 const LATE_BUCKETS: usize = 2001;
@@ -98,6 +97,8 @@ pub struct Counters {
     pub dropped_queue: AtomicU64,
     /// The egress refused the frame (ENOBUFS and the like).
     pub dropped_send: AtomicU64,
+    /// Frames that found the emulator's receive ring full (it fell behind).
+    pub dropped_input: AtomicU64,
     pub duplicated: AtomicU64,
     pub corrupted: AtomicU64,
     pub reordered: AtomicU64,
@@ -116,6 +117,7 @@ impl Counters {
             dropped_loss: l(&self.dropped_loss),
             dropped_queue: l(&self.dropped_queue),
             dropped_send: l(&self.dropped_send),
+            dropped_input: l(&self.dropped_input),
             duplicated: l(&self.duplicated),
             corrupted: l(&self.corrupted),
             reordered: l(&self.reordered),
@@ -125,12 +127,9 @@ impl Counters {
     }
 }
 
-fn add(a: &AtomicU64, n: u64) {
-    a.fetch_add(n, Ordering::Relaxed);
-}
-
 /// An AF_PACKET socket bound to `ifname` (in the calling thread's namespace), seeing
-/// every protocol, blind to its own output, promiscuous.
+/// every protocol, blind to its own output, promiscuous, with a receive ring
+/// ([`ring::RxRing`]) and sending past the qdisc layer.
 pub fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     crate::netlab::packet::open(
         ifname,
@@ -138,171 +137,10 @@ pub fn packet_socket(ifname: &str) -> Result<OwnedFd> {
             ignore_outgoing: true,
             promiscuous: true,
             buffer: 16 << 20,
+            rx_ring: Some(ring::request()),
+            qdisc_bypass: true,
         },
     )
-}
-
-struct Held {
-    at: u64,
-    seq: u64,
-    frame: Vec<u8>,
-}
-
-impl PartialEq for Held {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Held {
-    // A min-heap on (time, arrival order).
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-fn send(out: &OwnedFd, frame: &[u8], c: &Counters) {
-    // SAFETY: sending a buffer on a bound packet socket.
-    let r = unsafe { libc::send(out.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    if r < 0 {
-        add(&c.dropped_send, 1);
-    } else {
-        add(&c.out_frames, 1);
-        add(&c.out_bytes, frame.len() as u64);
-    }
-}
-
-fn is_ip(frame: &[u8]) -> bool {
-    frame.len() >= ETH_HLEN && matches!([frame[12], frame[13]], [0x08, 0x00] | [0x86, 0xdd])
-}
-
-/// Forwards one direction until `stop`: frames read from `input` go out on `output`.
-pub fn forward(
-    input: &OwnedFd,
-    output: &OwnedFd,
-    mut engine: Engine,
-    counters: &Counters,
-    live: &Live,
-    stop: &AtomicBool,
-) -> Result<()> {
-    // SAFETY: per-thread timer slack; 1 ns asks for the most precise wakeups.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0, 0, 0) };
-    let mut heap: BinaryHeap<Held> = BinaryHeap::new();
-    let mut buf = vec![0u8; MAX_FRAME];
-    let mut seq = 0u64;
-    let mut identity = engine.params().is_identity();
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(p) = live.take() {
-            identity = p.is_identity();
-            engine.set_params(p);
-        }
-        let now = now_ns();
-        while heap.peek().is_some_and(|h| h.at <= now) {
-            let h = heap.pop().expect("peeked");
-            engine.released(h.frame.len());
-            counters.late.record(now_ns().saturating_sub(h.at));
-            send(output, &h.frame, counters);
-        }
-        // Wait for a frame, the next departure, or 50 ms (to notice `stop`).
-        let wait = heap
-            .peek()
-            .map_or(50_000_000, |h| h.at.saturating_sub(now).min(50_000_000));
-        let ts = libc::timespec {
-            tv_sec: (wait / 1_000_000_000) as i64,
-            tv_nsec: (wait % 1_000_000_000) as i64,
-        };
-        let mut pfd = libc::pollfd {
-            fd: input.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, a timeout, no signal mask change.
-        let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            bail!("ppoll: {e}");
-        }
-        if r == 0 {
-            continue;
-        }
-        // Read everything that is there.
-        loop {
-            // SAFETY: receiving into our buffer; MSG_TRUNC returns the real length.
-            let n = unsafe {
-                libc::recv(
-                    input.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) => break,
-                    _ => bail!("recv: {e}"),
-                }
-            }
-            let len = n as usize;
-            if len > buf.len() {
-                // Larger than any frame we can hold: offloads are on somewhere.
-                add(&counters.in_frames, 1);
-                add(&counters.in_bytes, len as u64);
-                add(&counters.dropped_send, 1);
-                continue;
-            }
-            add(&counters.in_frames, 1);
-            add(&counters.in_bytes, len as u64);
-            let frame = &buf[..len];
-            if identity || !is_ip(frame) {
-                if !is_ip(frame) {
-                    add(&counters.non_ip, 1);
-                }
-                send(output, frame, counters);
-                continue;
-            }
-            let arrived = now_ns();
-            match engine.on_packet(arrived, len, len - ETH_HLEN) {
-                Verdict::Drop(Drop::Loss) => add(&counters.dropped_loss, 1),
-                Verdict::Drop(Drop::Queue) => add(&counters.dropped_queue, 1),
-                Verdict::Send {
-                    at,
-                    corrupt_bit,
-                    duplicate_at,
-                    reordered,
-                } => {
-                    let mut f = frame.to_vec();
-                    if let Some(bit) = corrupt_bit {
-                        f[ETH_HLEN + bit / 8] ^= 1 << (bit % 8);
-                        add(&counters.corrupted, 1);
-                    }
-                    if reordered {
-                        add(&counters.reordered, 1);
-                    }
-                    if let Some(d) = duplicate_at {
-                        add(&counters.duplicated, 1);
-                        seq += 1;
-                        heap.push(Held {
-                            at: d,
-                            seq,
-                            frame: frame.to_vec(),
-                        });
-                    }
-                    seq += 1;
-                    heap.push(Held { at, seq, frame: f });
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One direction's settings as they change: what the control socket set, waiting for
@@ -342,7 +180,7 @@ impl Live {
     }
 
     /// New settings, once, if there are any (cheap when there are none).
-    fn take(&self) -> Option<Params> {
+    pub(crate) fn take(&self) -> Option<Params> {
         if !self.changed.swap(false, Ordering::Acquire) {
             return None;
         }
@@ -420,6 +258,8 @@ pub struct WireConfig {
     pub down: Params,
     pub seed: u64,
     pub stats: Option<PathBuf>,
+    /// How the forwarding loop waits.
+    pub poll: forward::Poll,
 }
 
 /// Runs the emulator until SIGTERM or SIGINT; prints the ready line once both sockets
@@ -447,6 +287,28 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         up_params: up_live.current(),
         down_params: down_live.current(),
     };
+    let engine = |p: &Params, up: bool| -> Result<Engine> {
+        let e = Engine::new(p.clone(), direction_seed(cfg.seed, up));
+        Ok(match &p.trace {
+            Some(t) => e.with_trace(crate::shaping::trace::Trace::load(t)?, now_ns()),
+            None => e,
+        })
+    };
+    let up = forward::Dir::new(
+        ring::RxRing::map(client.as_fd())?,
+        server.as_fd(),
+        engine(&cfg.up, true)?,
+        &up_c,
+        &up_live,
+    );
+    let down = forward::Dir::new(
+        ring::RxRing::map(server.as_fd())?,
+        client.as_fd(),
+        engine(&cfg.down, false)?,
+        &down_c,
+        &down_live,
+    );
+    let link = forward::Link::new(up, down, cfg.poll)?;
     // The control socket, only lab's (0600), in lab's own run directory.
     let listener = match &cfg.stats {
         Some(p) => {
@@ -480,30 +342,21 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         cfg.seed
     );
     let result = std::thread::scope(|s| -> Result<()> {
-        let (c, sv) = (&client, &server);
-        let (st1, st2) = (&stop, &stop);
-        let (uc, dc) = (&up_c, &down_c);
-        let engine = |p: &Params, up: bool| -> Result<Engine> {
-            let e = Engine::new(p.clone(), direction_seed(cfg.seed, up));
-            Ok(match &p.trace {
-                Some(t) => e.with_trace(crate::shaping::trace::Trace::load(t)?, now_ns()),
-                None => e,
-            })
-        };
-        let up_engine = engine(&cfg.up, true)?;
-        let down_engine = engine(&cfg.down, false)?;
-        let (ul, dl) = (&up_live, &down_live);
-        let up = s.spawn(move || forward(c, sv, up_engine, uc, ul, st1));
-        let down = s.spawn(move || forward(sv, c, down_engine, dc, dl, st2));
+        let stop = &stop;
+        let link = &link;
+        let workers = [
+            s.spawn(move || forward::main_loop(link, stop)),
+            s.spawn(move || forward::helper_loop(link, stop)),
+        ];
         if let Some((l, _)) = listener {
-            let st3 = &stop;
-            s.spawn(move || control(l, ul, dl, st3));
+            let (ul, dl) = (&up_live, &down_live);
+            s.spawn(move || control(l, ul, dl, stop));
         }
         loop {
             if let Some(p) = &cfg.stats {
                 let _ = write_stats(p, &stats(&up_c, &down_c));
             }
-            if up.is_finished() || down.is_finished() {
+            if workers.iter().any(|w| w.is_finished()) {
                 break;
             }
             let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_secs(1));
@@ -515,13 +368,12 @@ pub fn run(cfg: WireConfig) -> Result<()> {
             }
         }
         stop.store(true, Ordering::Relaxed);
-        let r1 = up
-            .join()
-            .unwrap_or_else(|_| bail!("the up thread panicked"));
-        let r2 = down
-            .join()
-            .unwrap_or_else(|_| bail!("the down thread panicked"));
-        r1.and(r2)
+        let r = workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| bail!("a forwarding thread panicked"))
+        });
+        link.count_ring_drops();
+        r
     });
     if let Some(p) = &cfg.stats {
         let _ = std::fs::remove_file(control_path(p));
