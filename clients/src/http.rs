@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_rustls::TlsConnector;
 
+/// The response header in which the handoff server says how long its hand-off took, in
+/// microseconds (lab-servers' `handoff::HANDOFF_HEADER`).
+pub const HANDOFF_HEADER: &str = "lab-handoff-us";
+
 /// What one SSE event means to an approach.
 pub enum EventMeaning {
     /// A content token.
@@ -135,11 +139,27 @@ impl<A: SseApi> HttpRunner<A> {
     }
 
     async fn connect(&self) -> Result<(Sender, Option<TcpWatch>), PromptError> {
-        let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
+        if !self.target.tls {
+            // Plain HTTP (the handoff server): no TLS between TCP and HTTP.
+            let tcp = crate::tcp_connect(&self.target, &self.opts).await?;
+            let watch = TcpWatch::new(&tcp, &self.opts.stats);
+            return Ok((self.handshake(TokioIo::new(tcp)).await?, watch));
+        }
         let (tls, watch) = crate::tls_connect(&self.target, &self.tls, &self.opts).await?;
-        let io = TokioIo::new(tls);
-        let handshake = |e: hyper::Error| err(format!("HTTP handshake failed: {e}"));
-        let sender = match self.version {
+        Ok((self.handshake(TokioIo::new(tls)).await?, watch))
+    }
+
+    async fn handshake<T>(&self, io: TokioIo<T>) -> Result<Sender, PromptError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = |e: hyper::Error| {
+            PromptError::new(
+                ErrorCategory::Handshake,
+                format!("HTTP handshake failed: {e}"),
+            )
+        };
+        Ok(match self.version {
             Version::Http1 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
                 tokio::spawn(async move {
@@ -156,8 +176,7 @@ impl<A: SseApi> HttpRunner<A> {
                 });
                 Sender::H2(sender)
             }
-        };
-        Ok((sender, watch))
+        })
     }
 
     /// The sender for this prompt: the kept connection's if it is still open (HTTP/1.1
@@ -220,6 +239,15 @@ impl<A: SseApi> HttpRunner<A> {
             conn.sender.send(req).await.map_err(|e| {
                 PromptError::new(ErrorCategory::Send, format!("request failed: {e}"))
             })?;
+        rec.first_byte();
+        if let Some(us) = resp
+            .headers()
+            .get(HANDOFF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            rec.handoff(std::time::Duration::from_micros(us));
+        }
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -230,11 +258,7 @@ impl<A: SseApi> HttpRunner<A> {
                 .unwrap_or_default();
             rec.bytes(bytes.len());
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-            let category = if status == http::StatusCode::BAD_GATEWAY || status.is_server_error() {
-                ErrorCategory::Upstream
-            } else {
-                ErrorCategory::Send
-            };
+            let category = status_category(status);
             return Err(PromptError::new(category, format!("HTTP {status}: {text}")));
         }
         let mut dec = sse::Decoder::new();
@@ -282,6 +306,16 @@ impl<A: SseApi> HttpRunner<A> {
             *self.conn.lock().await = Some(conn);
         }
         Ok(())
+    }
+}
+
+/// What an HTTP error status says went wrong: the server turned the request away (4xx,
+/// and 503, a server at capacity), or its upstream failed (502 and the other 5xx).
+pub(crate) fn status_category(status: http::StatusCode) -> ErrorCategory {
+    if status.is_client_error() || status == http::StatusCode::SERVICE_UNAVAILABLE {
+        ErrorCategory::Rejected
+    } else {
+        ErrorCategory::Upstream
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`raw`]: the OpenAI-compatible API through the TLS proxy.
 //! - [`sse`]: lab's SSE server.
 //! - [`sse_h2`]: the SSE server over HTTP/2; [`ws`]: WebSocket.
+//! - [`handoff`]: SSE over plain HTTP from the handoff server's streaming daemon.
 //! - [`wt`]: lab's WebTransport server; [`wt_dgram`]: its tokens in datagrams.
 //! - [`quic`]: raw QUIC streams, with 0-RTT.
 //!
@@ -12,7 +13,9 @@
 //! module in lab-servers and one registry entry in lab. Clients never depend on the
 //! servers: what both sides share is in lab-codec.
 
+pub mod handoff;
 pub mod http;
+pub mod load;
 pub mod prompts;
 pub mod quic;
 pub mod raw;
@@ -73,12 +76,9 @@ pub(crate) async fn tls_connect(
     ),
     record::PromptError,
 > {
-    let err = |m: String| record::PromptError::new(record::ErrorCategory::Connect, m);
-    let tcp = tokio::net::TcpStream::connect(target.addr)
-        .await
-        .map_err(|e| err(format!("TCP connect to {} failed: {e}", target.addr)))?;
-    let _ = tcp.set_nodelay(opts.transport.tcp.nodelay);
+    let tcp = tcp_connect(target, opts).await?;
     let watch = stats::TcpWatch::new(&tcp, &opts.stats);
+    let err = |m: String| record::PromptError::new(record::ErrorCategory::Handshake, m);
     let name = rustls_pki_types::ServerName::try_from(target.host.clone())
         .map_err(|e| err(format!("invalid server name '{}': {e}", target.host)))?;
     let tls = tls
@@ -86,6 +86,58 @@ pub(crate) async fn tls_connect(
         .await
         .map_err(|e| err(format!("TLS handshake with {} failed: {e}", target.addr)))?;
     Ok((tls, watch))
+}
+
+/// A TCP connection to `target`, from `opts.source` when one is set (bound with
+/// `IP_BIND_ADDRESS_NO_PORT`, so the kernel picks the port at connect time and the
+/// same port can serve other destinations), with the runner's TCP_NODELAY.
+pub(crate) async fn tcp_connect(
+    target: &Target,
+    opts: &RunnerOpts,
+) -> Result<tokio::net::TcpStream, record::PromptError> {
+    let err = |m: String| record::PromptError::new(record::ErrorCategory::Connect, m);
+    let tcp = match opts.source {
+        None => tokio::net::TcpStream::connect(target.addr).await,
+        Some(ip) => {
+            let sock = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .map_err(|e| err(format!("TCP socket: {e}")))?;
+            bind_no_port(&sock);
+            sock.bind(SocketAddr::new(ip, 0))
+                .map_err(|e| err(format!("bind to {ip}: {e}")))?;
+            sock.connect(target.addr).await
+        }
+    }
+    .map_err(|e| err(format!("TCP connect to {} failed: {e}", target.addr)))?;
+    let _ = tcp.set_nodelay(opts.transport.tcp.nodelay);
+    Ok(tcp)
+}
+
+/// Where a QUIC client's UDP socket binds: the load test's source address, or any.
+pub(crate) fn udp_bind_addr(target: &Target, opts: &RunnerOpts) -> SocketAddr {
+    match opts.source {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if target.addr.is_ipv4() => SocketAddr::from(([0, 0, 0, 0], 0)),
+        None => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// Lets a socket bound to an address without a port take its port at connect time.
+fn bind_no_port(sock: &impl std::os::fd::AsRawFd) {
+    const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+    let one: libc::c_int = 1;
+    // SAFETY: setting an int option on our own socket.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Runs one prompt's attempt under the client's timeout; a timeout is its own category.
@@ -124,6 +176,9 @@ pub struct RunnerOpts {
     /// The prompts (by index, from 0) to mark urgent: on approaches with stream
     /// priorities (wt, quic), the server sends their answers ahead of the others.
     pub urgent: Arc<Vec<usize>>,
+    /// The local address connections go out from (the kernel's choice when `None`): a
+    /// load test spreads its connections over several, so ports never run out.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl RunnerOpts {
@@ -144,6 +199,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The path (`/` when the URL gives none).
     pub path: String,
+    /// `https://` (TLS) or `http://` (plain: the handoff server).
+    pub tls: bool,
 }
 
 impl Target {
@@ -152,9 +209,13 @@ impl Target {
         let uri: ::http::Uri = url.parse().with_context(|| {
             format!("'{url}' is not a URL; expected e.g. https://127.0.0.1:8443")
         })?;
-        if uri.scheme_str() != Some("https") {
-            bail!("'{url}': lab's servers speak TLS; use an https:// URL");
-        }
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => bail!(
+                "'{url}': give an https:// URL (or http:// for the handoff server, which speaks plain HTTP)"
+            ),
+        };
         let auth = uri
             .authority()
             .with_context(|| format!("'{url}' has no host"))?;
@@ -176,6 +237,7 @@ impl Target {
             host,
             addr,
             path: uri.path().to_owned(),
+            tls,
         })
     }
 }
@@ -270,10 +332,13 @@ mod tests {
         assert_eq!(t.host, "::1");
         assert_eq!(t.path, "/wt");
         assert_eq!(t.authority, "[::1]:4433");
-        for bad in ["http://127.0.0.1:1", "https://127.0.0.1", "nope nope"] {
+        assert!(t.tls);
+        let t = Target::parse("http://127.0.0.1:8081").unwrap();
+        assert!(!t.tls);
+        for bad in ["ftp://127.0.0.1:1", "https://127.0.0.1", "nope nope"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
-        let e = Target::parse("http://127.0.0.1:1").unwrap_err().to_string();
+        let e = Target::parse("ftp://127.0.0.1:1").unwrap_err().to_string();
         assert!(e.contains("https://"), "{e}");
     }
 }

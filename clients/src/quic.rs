@@ -34,6 +34,19 @@ pub struct QuicRunner {
     conn: Slot,
 }
 
+/// Where a QUIC connection's set-up broke: no answer (connect), refused, or the
+/// handshake.
+fn connection_failure(e: &quinn::ConnectionError) -> ErrorCategory {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => ErrorCategory::Connect,
+        E::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            ErrorCategory::Rejected
+        }
+        _ => ErrorCategory::Handshake,
+    }
+}
+
 impl QuicRunner {
     pub fn new(target: Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
         let quic = &opts.transport.quic;
@@ -41,11 +54,7 @@ impl QuicRunner {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(quic.transport_config()?));
-        let bind: SocketAddr = if target.addr.is_ipv4() {
-            "0.0.0.0:0".parse()?
-        } else {
-            "[::]:0".parse()?
-        };
+        let bind = crate::udp_bind_addr(&target, opts);
         let socket = std::net::UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
         // The socket itself, for what quinn has no setting for (ECN off).
@@ -70,9 +79,9 @@ impl QuicRunner {
         &self,
         rec: &mut Recorder,
     ) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), PromptError> {
-        let err = |e: String| {
+        let err = |category, e: String| {
             PromptError::new(
-                ErrorCategory::Connect,
+                category,
                 format!("QUIC connection to {} failed: {e}", self.addr),
             )
         };
@@ -80,10 +89,15 @@ impl QuicRunner {
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), self.addr, &self.host)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(ErrorCategory::Connect, e.to_string()))?;
         let (conn, early) = match connecting.into_0rtt() {
             Ok((c, accepted)) => (c, Some(accepted)),
-            Err(connecting) => (connecting.await.map_err(|e| err(e.to_string()))?, None),
+            Err(connecting) => (
+                connecting
+                    .await
+                    .map_err(|e| err(connection_failure(&e), e.to_string()))?,
+                None,
+            ),
         };
         // Set-up is the time until the prompt could go out: next to nothing in 0-RTT.
         rec.connected(t.elapsed());

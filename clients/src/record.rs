@@ -44,28 +44,68 @@ impl std::fmt::Display for Mode {
 }
 
 /// What went wrong with a prompt, by where it broke.
-#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorCategory {
-    /// TCP, TLS, QUIC or WebTransport set-up failed.
+    /// The server could not be reached: TCP connect refused or timed out, no answer to
+    /// a QUIC Initial.
     Connect,
-    /// The request could not be sent, or the server refused it.
+    /// The server answered, but the TLS or QUIC handshake, or the HTTP, WebSocket or
+    /// WebTransport set-up on top of it, failed.
+    Handshake,
+    /// The request could not be sent on an established connection.
     Send,
     /// The response broke off or was malformed.
     Receive,
     /// The prompt took longer than the client's timeout.
     Timeout,
+    /// The server turned the request away: an HTTP 4xx, 429 or 503, a refused
+    /// WebTransport session or QUIC connection.
+    Rejected,
     /// The server reported that its upstream LLM failed.
     Upstream,
+}
+
+impl ErrorCategory {
+    /// Every category, in the order reports list them.
+    pub const ALL: [ErrorCategory; 7] = [
+        Self::Connect,
+        Self::Handshake,
+        Self::Send,
+        Self::Receive,
+        Self::Timeout,
+        Self::Rejected,
+        Self::Upstream,
+    ];
+
+    /// Whether the failure came before the server took the request, so that a client
+    /// should back off before it tries again.
+    pub fn before_request(self) -> bool {
+        matches!(self, Self::Connect | Self::Handshake | Self::Rejected)
+    }
 }
 
 impl std::fmt::Display for ErrorCategory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Connect => "connect",
+            Self::Handshake => "handshake",
             Self::Send => "send",
             Self::Receive => "receive",
             Self::Timeout => "timeout",
+            Self::Rejected => "rejected",
             Self::Upstream => "upstream",
         })
     }
@@ -151,6 +191,15 @@ pub struct PromptRecord {
     /// approaches' only when nothing was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagrams: Option<DatagramCounts>,
+    /// Time to the first byte of the answer (the HTTP response head), from the same
+    /// start as `ttft_ms`; the HTTP approaches only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    /// `handoff` only: the server's hand-off latency, from its front's `sendmsg` of the
+    /// socket to the streaming daemon's receipt of it (the `Lab-Handoff-Us` header), in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_ms: Option<f64>,
 }
 
 /// One answer's datagram tokens.
@@ -201,6 +250,8 @@ pub struct Recorder {
     zero_rtt: Option<bool>,
     /// Datagram tokens by sequence number, and their counts.
     datagrams: Option<(std::collections::BTreeMap<u64, String>, DatagramCounts)>,
+    first_byte: Option<Duration>,
+    handoff: Option<Duration>,
 }
 
 impl Default for Recorder {
@@ -227,7 +278,19 @@ impl Recorder {
             stream: None,
             zero_rtt: None,
             datagrams: None,
+            first_byte: None,
+            handoff: None,
         }
+    }
+
+    /// The answer's first byte (its response head) arrived now.
+    pub fn first_byte(&mut self) {
+        self.first_byte.get_or_insert(self.start.elapsed());
+    }
+
+    /// The server says its hand-off took `took`.
+    pub fn handoff(&mut self, took: Duration) {
+        self.handoff = Some(took);
     }
 
     /// A token arrived now in a datagram with sequence number `seq`. Its digest waits
@@ -368,6 +431,8 @@ impl Recorder {
             zero_rtt: self.zero_rtt,
             urgent: false,
             datagrams,
+            ttfb_ms: self.first_byte.map(ms),
+            handoff_ms: self.handoff.map(ms),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +110,28 @@ pub struct QuicStats {
     /// The congestion controller the connection runs (newreno, cubic, bbr).
     #[serde(default)]
     pub congestion: String,
+    /// `wt-dgram`: token datagrams that arrived after their answer had closed (one
+    /// round trip after its stream ended), and their tokens' bytes. Their answers
+    /// counted them lost; a capture at the client sees them.
+    #[serde(default)]
+    pub late_datagrams: u64,
+    #[serde(default)]
+    pub late_datagram_bytes: u64,
+}
+
+/// Token datagrams of a session that came after their answer had closed.
+#[derive(Debug, Default)]
+pub struct Late {
+    datagrams: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Late {
+    /// One more, with a token of `bytes` bytes.
+    pub fn add(&self, bytes: u64) {
+        self.datagrams.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// The name of the congestion controller a QUIC connection runs.
@@ -161,6 +183,8 @@ impl QuicStats {
             mtu: s.path.current_mtu,
             mtu_probes: s.path.sent_plpmtud_probes,
             congestion: String::new(),
+            late_datagrams: 0,
+            late_datagram_bytes: 0,
         }
     }
 }
@@ -171,15 +195,25 @@ pub struct Tracker {
     done: Mutex<Vec<ConnStats>>,
     pending: AtomicUsize,
     changed: tokio::sync::Notify,
+    /// Keep nothing (a load test's thousands of connections).
+    discard: bool,
 }
 
 impl Tracker {
+    /// A tracker that keeps no connection's statistics.
+    pub fn discarding() -> Tracker {
+        Tracker {
+            discard: true,
+            ..Tracker::default()
+        }
+    }
+
     fn begin(&self) {
         self.pending.fetch_add(1, Ordering::SeqCst);
     }
 
     fn end(&self, s: Option<ConnStats>) {
-        if let (Some(s), Ok(mut d)) = (s, self.done.lock()) {
+        if let (Some(s), false, Ok(mut d)) = (s, self.discard, self.done.lock()) {
             d.push(s);
         }
         self.pending.fetch_sub(1, Ordering::SeqCst);
@@ -312,9 +346,15 @@ pub struct QuicWatch {
     id: u32,
     local_port: u16,
     tracker: Arc<Tracker>,
+    late: Arc<Late>,
 }
 
 impl QuicWatch {
+    /// Where the session's late datagrams are counted, for its statistics.
+    pub fn late(&self) -> Arc<Late> {
+        self.late.clone()
+    }
+
     pub fn new(
         c: &wtransport::quinn::Connection,
         id: u32,
@@ -327,6 +367,7 @@ impl QuicWatch {
             id,
             local_port,
             tracker: tracker.clone(),
+            late: Arc::default(),
         }
     }
 }
@@ -335,6 +376,7 @@ impl Drop for QuicWatch {
     fn drop(&mut self) {
         let Some(c) = self.conn.take() else { return };
         let (id, local_port, tracker) = (self.id, self.local_port, self.tracker.clone());
+        let late = self.late.clone();
         let finish = async move {
             c.close(wtransport::quinn::VarInt::from_u32(0), b"done");
             // The close goes out at once; give it a round trip (bounded) to be counted.
@@ -345,6 +387,8 @@ impl Drop for QuicWatch {
                 local_port,
                 transport: TransportStats::Quic(Box::new(QuicStats {
                     congestion: controller(&c).to_owned(),
+                    late_datagrams: late.datagrams.load(Ordering::Relaxed),
+                    late_datagram_bytes: late.bytes.load(Ordering::Relaxed),
                     ..QuicStats::of(&c.stats())
                 })),
             }));

@@ -50,12 +50,22 @@ impl WsRunner {
     async fn connect(
         &self,
     ) -> Result<(WebSocketStream<TlsStream<TcpStream>>, Option<TcpWatch>), PromptError> {
-        let err = |m: String| PromptError::new(ErrorCategory::Connect, m);
         let (tls, watch) = crate::tls_connect(&self.target, &self.tls, &self.opts).await?;
         let url = format!("wss://{}{}", self.target.authority, self.target.path);
         let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
             .await
-            .map_err(|e| err(format!("WebSocket handshake with {url} failed: {e}")))?;
+            .map_err(|e| {
+                let category = match &e {
+                    tokio_tungstenite::tungstenite::Error::Http(r) => {
+                        crate::http::status_category(r.status())
+                    }
+                    _ => ErrorCategory::Handshake,
+                };
+                PromptError::new(
+                    category,
+                    format!("WebSocket handshake with {url} failed: {e}"),
+                )
+            })?;
         Ok((ws, watch))
     }
 

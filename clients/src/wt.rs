@@ -9,7 +9,6 @@ use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::QuicWatch;
 use crate::wt_dgram::Router;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wtransport::endpoint::endpoint_side::Client;
@@ -41,6 +40,24 @@ pub enum Answers {
     Datagrams,
 }
 
+/// Where a WebTransport session's set-up broke: no answer at all (connect), a refusal
+/// (the session request, or the QUIC connection), or the handshake (TLS, QUIC, and
+/// HTTP/3 errors such as H3_FRAME_UNEXPECTED).
+fn session_failure(e: &wtransport::error::ConnectingError) -> ErrorCategory {
+    use wtransport::error::{ConnectingError as C, ConnectionError as E};
+    match e {
+        C::SessionRejected => ErrorCategory::Rejected,
+        C::ConnectionError(E::TimedOut) => ErrorCategory::Connect,
+        // wtransport's ConnectionClose keeps quinn's code to itself; its name shows.
+        C::ConnectionError(E::ConnectionClosed(c))
+            if c.to_string().contains("CONNECTION_REFUSED") =>
+        {
+            ErrorCategory::Rejected
+        }
+        _ => ErrorCategory::Handshake,
+    }
+}
+
 pub struct WtRunner {
     opts: RunnerOpts,
     endpoint: Arc<Endpoint<Client>>,
@@ -52,11 +69,7 @@ pub struct WtRunner {
 impl WtRunner {
     pub fn new(target: Target, opts: &RunnerOpts, answers: Answers) -> anyhow::Result<Self> {
         let tls = opts.trust.h3_client_config()?;
-        let bind: SocketAddr = if target.addr.is_ipv4() {
-            "0.0.0.0:0".parse()?
-        } else {
-            "[::]:0".parse()?
-        };
+        let bind = crate::udp_bind_addr(&target, opts);
         let quic = &opts.transport.quic;
         let socket = std::net::UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
@@ -100,7 +113,7 @@ impl WtRunner {
                     let t = Instant::now();
                     let c = self.endpoint.connect(&self.url).await.map_err(|e| {
                         PromptError::new(
-                            ErrorCategory::Connect,
+                            session_failure(&e),
                             format!("WebTransport session to {} failed: {e}", self.url),
                         )
                     })?;
@@ -114,8 +127,8 @@ impl WtRunner {
                         port,
                         &self.opts.stats,
                     ));
-                    let router =
-                        (self.answers == Answers::Datagrams).then(|| Router::start(c.clone()));
+                    let router = (self.answers == Answers::Datagrams)
+                        .then(|| Router::start(c.clone(), watch.late()));
                     let s = Session {
                         conn: c,
                         id,

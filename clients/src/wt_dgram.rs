@@ -5,11 +5,12 @@
 //!
 //! One task per session reads its datagrams and hands each to the prompt whose stream it
 //! names ([`Router`]). A prompt's answer closes when every token of the tally has
-//! arrived, or, with some missing, one round trip (at least 5 ms, at most 1 s) after the
+//! arrived, or, with some missing, two round trips (at least 25 ms, at most 1 s) after the
 //! stream ended: a datagram sent before the tally may still be on its way. What has not
 //! arrived by then counts as lost. Lost tokens are not an error: the record counts them.
 
 use crate::record::{ErrorCategory, PromptError, Recorder};
+use crate::stats::Late;
 use crate::streams::{ReadError, Recv};
 use crate::{Runner, RunnerOpts, Target, TokenSink};
 use lab_codec::dgram::{self, Tally};
@@ -28,6 +29,7 @@ type Item = Result<(u64, String, usize), String>;
 #[derive(Default)]
 pub struct Router {
     waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<Item>>>,
+    late: Arc<Late>,
 }
 
 /// A prompt's place in the router: its datagrams arrive on `rx` until it is dropped.
@@ -46,9 +48,13 @@ impl Drop for Ticket {
 }
 
 impl Router {
-    /// Starts reading `conn`'s datagrams; the task ends with the session.
-    pub fn start(conn: wtransport::Connection) -> Arc<Self> {
-        let router = Arc::new(Self::default());
+    /// Starts reading `conn`'s datagrams, counting in `late` those that come after their
+    /// answer closed; the task ends with the session.
+    pub fn start(conn: wtransport::Connection, late: Arc<Late>) -> Arc<Self> {
+        let router = Arc::new(Self {
+            late,
+            ..Self::default()
+        });
         let r = router.clone();
         tokio::spawn(async move {
             while let Ok(d) = conn.receive_datagram().await {
@@ -89,8 +95,14 @@ impl Router {
             Some(tx) => {
                 let _ = tx.send(item);
             }
-            // A prompt's answer closed before this datagram came: it counted as lost.
-            None => tracing::debug!("a datagram for stream {stream}, whose answer is closed"),
+            // A prompt's answer closed before this datagram came: it counted as lost, and
+            // the session's statistics count it late.
+            None => {
+                if let Ok((_, tok, _)) = &item {
+                    self.late.add(tok.len() as u64);
+                }
+                tracing::debug!("a datagram for stream {stream}, whose answer is closed");
+            }
         }
     }
 }
@@ -110,7 +122,9 @@ pub async fn read_answer(
     let mut tally: Option<Tally> = None;
     let mut ended = false;
     let mut stream_done = false;
-    let grace = rtt.clamp(Duration::from_millis(5), Duration::from_secs(1));
+    // Two round trips, and at least 25 ms: on a loaded machine the task that routes the
+    // datagrams can run some milliseconds after the stream's end was read.
+    let grace = (2 * rtt).clamp(Duration::from_millis(25), Duration::from_secs(1));
     let mut deadline = tokio::time::Instant::now();
     // The highest sequence number so far: the tally's count bounds it.
     let mut highest: Option<u64> = None;

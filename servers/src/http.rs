@@ -111,6 +111,23 @@ pub enum Version {
     Http2,
 }
 
+/// The next connection. A failed accept (out of file descriptors, say) is logged with
+/// `what` and tried again 10 ms later, so the server keeps serving those it has.
+pub async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(s) => return s,
+            Err(e) => {
+                tracing::warn!("{what} failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections forever; each is served on its own task.
 pub async fn serve_tls(
     listener: TcpListener,
@@ -123,14 +140,7 @@ pub async fn serve_tls(
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = accept(&listener, "accept").await;
         let _ = tcp.set_nodelay(nodelay);
         let (acceptor, app, stats) = (acceptor.clone(), app.clone(), stats.clone());
         tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! checks its settings and returns the future that serves, and its URL path as a `PATH`
 //! constant; lab's approach registry names them and nothing else.
 
+pub mod handoff;
 pub mod http;
 pub mod llm;
 pub mod proxy;
@@ -67,6 +68,13 @@ impl Listener {
 /// A server, set up and ready to serve: it runs until dropped, or fails.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
+impl ServerEnv {
+    /// A client for the upstream, as the settings say.
+    pub fn upstream_client(&self) -> Result<upstream::Upstream, upstream::UpstreamError> {
+        upstream::Upstream::new(&self.upstream, &self.model, self.upstream_h2)
+    }
+}
+
 /// How long a server waits for a slow or silent client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -99,6 +107,10 @@ pub struct ServerEnv {
     pub upstream: String,
     /// The model a server that makes its own upstream requests asks for.
     pub model: String,
+    /// Talk to the upstream over HTTP/2 with prior knowledge (h2c), every stream on one
+    /// connection, instead of an HTTP/1.1 connection per stream in flight: a load
+    /// test's thousands of streams then take one socket each in the server, not two.
+    pub upstream_h2: bool,
     /// Counters the server keeps about itself.
     pub stats: Arc<stats::ServerStats>,
     /// Deadlines for slow and idle clients.
@@ -106,4 +118,7 @@ pub struct ServerEnv {
     /// QUIC and TCP settings (quinn's and the socket's; per-route TCP settings are the
     /// namespace's business).
     pub transport: lab_codec::transport::Settings,
+    /// The lab program, for a server that starts a process of its own (the handoff
+    /// server's streaming daemon, `lab handoff-daemon`); `None` where there is none.
+    pub program: Option<std::path::PathBuf>,
 }

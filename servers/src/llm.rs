@@ -62,6 +62,8 @@ impl Default for MockConfig {
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_HEADERS: usize = 64;
 
 /// Serves the mock on an already-bound listener until the task is dropped.
@@ -71,19 +73,17 @@ pub async fn serve(
     stats: Arc<ServerStats>,
 ) -> Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("mock llm: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (stream, _) = crate::http::accept(&listener, "mock llm: accept").await;
         let _ = stream.set_nodelay(true);
         stats.connection_opened();
         let (cfg, stats) = (cfg.clone(), stats.clone());
         tokio::spawn(async move {
-            let r = Conn::new(stream, cfg, stats.clone()).run().await;
+            let mut conn = Conn::new(stream, cfg, stats.clone());
+            let r = match conn.sniff_h2().await {
+                Ok(true) => h2c(conn).await,
+                Ok(false) => conn.run().await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = r {
                 tracing::debug!("mock llm connection ended: {e}");
             }
@@ -215,6 +215,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(n > 0)
     }
 
+    /// Whether the client opened with HTTP/2's connection preface (prior knowledge,
+    /// h2c): what lab's servers do in a load test, so that thousands of streams share
+    /// one upstream connection. The bytes read stay in the buffer either way.
+    async fn sniff_h2(&mut self) -> std::io::Result<bool> {
+        let by = Instant::now() + self.cfg.limits.header;
+        while self.buf.len() < H2_PREFACE.len() {
+            if !H2_PREFACE.starts_with(&self.buf) {
+                return Ok(false);
+            }
+            if !self.fill_by(by).await? {
+                return Ok(false);
+            }
+        }
+        Ok(self.buf.starts_with(H2_PREFACE))
+    }
+
     async fn run(mut self) -> std::io::Result<()> {
         loop {
             // Each request's head must be complete within the header deadline of the
@@ -260,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Err(BodyError::Io) => return Ok(()),
             };
             let keep = !head.close;
-            match self.route(&head, &body) {
+            match route(&self.cfg, &head, &body) {
                 Route::Reply(r) => {
                     let r = if keep { r } else { r.closing() };
                     self.write_reply(r, head.origin.as_deref()).await?;
@@ -269,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.stream(&head, req, include_usage).await?;
                 }
                 Route::Complete(req) => {
-                    let r = self.complete(req).await;
+                    let r = complete(&self.cfg, &self.stats, req).await;
                     let r = if keep { r } else { r.closing() };
                     self.write_reply(r, head.origin.as_deref()).await?;
                 }
@@ -360,216 +376,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    fn route(&self, head: &Head, body: &[u8]) -> Route {
-        let path = head.path.split('?').next().unwrap_or("");
-        match (head.method.as_str(), path) {
-            ("POST", "/v1/chat/completions") => {
-                let req: ChatRequest = match serde_json::from_slice(body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Route::Reply(Reply::error(
-                            400,
-                            "invalid_request_error",
-                            &format!("invalid JSON body: {e}"),
-                        ));
-                    }
-                };
-                if req.messages.as_ref().is_none_or(Vec::is_empty) {
-                    return Route::Reply(Reply::error(
-                        400,
-                        "invalid_request_error",
-                        "[] is too short - 'messages'",
-                    ));
-                }
-                let usage = req.stream_options.is_some_and(|o| o.include_usage);
-                if req.stream.unwrap_or(false) {
-                    Route::Stream(req, usage)
-                } else {
-                    Route::Complete(req)
-                }
-            }
-            ("GET", "/v1/models") => Route::Reply(self.models()),
-            ("GET" | "HEAD", "/") => Route::Reply(Reply {
-                status: 200,
-                content_type: "text/plain; charset=utf-8",
-                body: b"Ollama is running".to_vec(),
-                allow: None,
-                close: false,
-            }),
-            (_, "/v1/chat/completions") => Route::Reply(
-                Reply::error(
-                    405,
-                    "invalid_request_error",
-                    &format!("method {} not allowed; use POST", head.method),
-                )
-                .allow("POST"),
-            ),
-            (_, "/v1/models") => Route::Reply(
-                Reply::error(
-                    405,
-                    "invalid_request_error",
-                    &format!("method {} not allowed; use GET", head.method),
-                )
-                .allow("GET"),
-            ),
-            _ => Route::Reply(Reply::error(
-                404,
-                "invalid_request_error",
-                &format!("unknown path {path}; try POST /v1/chat/completions or GET /v1/models"),
-            )),
-        }
-    }
-
-    fn models(&self) -> Reply {
-        let mut s = String::from("{\"object\":\"list\",\"data\":[");
-        for (i, m) in self.cfg.models.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str("{\"id\":");
-            openai::push_go_json_str(&mut s, m);
-            s.push_str(&format!(
-                ",\"object\":\"model\",\"created\":{},\"owned_by\":\"library\"}}",
-                unix_now()
-            ));
-        }
-        s.push_str("]}");
-        Reply::json(200, s.into_bytes())
-    }
-
-    fn answer(&self, req: &ChatRequest) -> (String, String, Vec<String>, u64) {
-        let model = req
-            .model
-            .clone()
-            .unwrap_or_else(|| self.cfg.models.first().cloned().unwrap_or_default());
-        let prompt = req.last_user_content().unwrap_or("").to_owned();
-        let key = textgen::key(self.cfg.seed, &model, &prompt);
-        let toks = textgen::tokens(self.cfg.seed, &model, &prompt, self.cfg.max_tokens);
-        let id = match self.cfg.format {
-            // Ollama: chatcmpl-N with N in 0..=998; derived from the key so the bytes
-            // of a run are reproducible.
-            StreamFormat::OllamaLegacy | StreamFormat::Ollama => format!("chatcmpl-{}", key % 999),
-            StreamFormat::Openai => {
-                let mut r = lab_codec::rng::SplitMix64::new(key);
-                let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-                let tail: String = (0..29)
-                    .map(|_| alphabet[r.below(alphabet.len())] as char)
-                    .collect();
-                format!("chatcmpl-{tail}")
-            }
-        };
-        (id, model, toks, key)
-    }
-
     async fn stream(
         &mut self,
         head: &Head,
         req: ChatRequest,
         include_usage: bool,
     ) -> std::io::Result<()> {
-        let start = Instant::now();
-        let (id, model, toks, key) = self.answer(&req);
-        let mut sched = Schedule::new(key, self.cfg.ttft, self.cfg.tbt, self.cfg.jitter);
-        let mut writer = ChunkWriter::new(self.cfg.format, id, model, include_usage);
-        let chunked = !head.http10;
-        let mut out = Vec::with_capacity(4096);
-        let mut ev = String::with_capacity(512);
-        let mut stream_created = unix_now();
-        // Wait for the first token, then send the head together with it.
-        let first_due = start + sched.next_due();
-        // tokio's timer rounds up to the next millisecond: never sleep for a deadline
-        // that has already passed.
-        if first_due > Instant::now() {
-            tokio::time::sleep_until(first_due).await;
-        }
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        if let Some(o) = &head.origin {
-            out.extend_from_slice(format!("Access-Control-Allow-Origin: {o}\r\n").as_bytes());
-        }
-        if head.close && !head.http10 {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"Content-Type: text/event-stream\r\n");
-        out.extend_from_slice(
-            format!("Date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes(),
-        );
-        if chunked {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        }
-        if head.origin.is_some() {
-            out.extend_from_slice(b"Vary: Origin\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        let n = toks.len();
-        for (i, tok) in toks.iter().enumerate() {
-            let created = match self.cfg.format {
-                StreamFormat::OllamaLegacy => unix_now(),
-                _ => stream_created,
-            };
-            ev.clear();
-            writer.content(&mut ev, created, tok);
-            frame(&mut out, ev.as_bytes(), chunked);
-            if i + 1 < n {
-                let due = start + sched.next_due();
-                if due > Instant::now() {
-                    self.write_raw(&out).await?;
-                    out.clear();
-                    tokio::time::sleep_until(due).await;
-                }
-            }
-        }
-        if self.cfg.format == StreamFormat::OllamaLegacy {
-            stream_created = unix_now();
-        }
-        ev.clear();
-        let pt = textgen::prompt_tokens(req.last_user_content().unwrap_or(""));
-        let usage = Usage {
-            prompt_tokens: pt,
-            completion_tokens: n as u64,
-            total_tokens: pt + n as u64,
-        };
-        writer.finish(&mut ev, stream_created, usage);
-        frame(&mut out, ev.as_bytes(), chunked);
-        if chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
-        self.write_raw(&out).await?;
-        self.stats.tokens(n as u64);
+        let (cfg, stats) = (self.cfg.clone(), self.stats.clone());
+        let mut sink = H1 { conn: self, head };
+        stream_answer(&cfg, &stats, &req, include_usage, &mut sink).await?;
         if head.http10 {
             let _ = self.io.shutdown().await;
         }
         Ok(())
-    }
-
-    async fn complete(&mut self, req: ChatRequest) -> Reply {
-        let start = Instant::now();
-        let (id, model, toks, key) = self.answer(&req);
-        let mut sched = Schedule::new(key, self.cfg.ttft, self.cfg.tbt, self.cfg.jitter);
-        let mut due = Duration::ZERO;
-        for _ in 0..toks.len() {
-            due = sched.next_due();
-        }
-        if start + due > Instant::now() {
-            tokio::time::sleep_until(start + due).await;
-        }
-        let content = toks.concat();
-        let pt = textgen::prompt_tokens(req.last_user_content().unwrap_or(""));
-        let ct = toks.len() as u64;
-        let mut s = String::from("{\"id\":");
-        openai::push_go_json_str(&mut s, &id);
-        s.push_str(&format!(
-            ",\"object\":\"chat.completion\",\"created\":{},\"model\":",
-            unix_now()
-        ));
-        openai::push_go_json_str(&mut s, &model);
-        s.push_str(",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-        openai::push_go_json_str(&mut s, &content);
-        s.push_str(&format!(
-            "}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{pt},\"completion_tokens\":{ct},\"total_tokens\":{}}}}}",
-            pt + ct
-        ));
-        self.stats.tokens(ct);
-        Reply::json(200, s.into_bytes())
     }
 
     async fn write_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
@@ -603,6 +422,457 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if r.close {
             let _ = self.io.shutdown().await;
         }
+        Ok(())
+    }
+}
+
+/// What a request asks for.
+fn route(cfg: &MockConfig, head: &Head, body: &[u8]) -> Route {
+    let path = head.path.split('?').next().unwrap_or("");
+    match (head.method.as_str(), path) {
+        ("POST", "/v1/chat/completions") => {
+            let req: ChatRequest = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Route::Reply(Reply::error(
+                        400,
+                        "invalid_request_error",
+                        &format!("invalid JSON body: {e}"),
+                    ));
+                }
+            };
+            if req.messages.as_ref().is_none_or(Vec::is_empty) {
+                return Route::Reply(Reply::error(
+                    400,
+                    "invalid_request_error",
+                    "[] is too short - 'messages'",
+                ));
+            }
+            let usage = req.stream_options.is_some_and(|o| o.include_usage);
+            if req.stream.unwrap_or(false) {
+                Route::Stream(req, usage)
+            } else {
+                Route::Complete(req)
+            }
+        }
+        ("GET", "/v1/models") => Route::Reply(models(cfg)),
+        ("GET" | "HEAD", "/") => Route::Reply(Reply {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            body: b"Ollama is running".to_vec(),
+            allow: None,
+            close: false,
+        }),
+        (_, "/v1/chat/completions") => Route::Reply(
+            Reply::error(
+                405,
+                "invalid_request_error",
+                &format!("method {} not allowed; use POST", head.method),
+            )
+            .allow("POST"),
+        ),
+        (_, "/v1/models") => Route::Reply(
+            Reply::error(
+                405,
+                "invalid_request_error",
+                &format!("method {} not allowed; use GET", head.method),
+            )
+            .allow("GET"),
+        ),
+        _ => Route::Reply(Reply::error(
+            404,
+            "invalid_request_error",
+            &format!("unknown path {path}; try POST /v1/chat/completions or GET /v1/models"),
+        )),
+    }
+}
+
+fn models(cfg: &MockConfig) -> Reply {
+    let mut s = String::from("{\"object\":\"list\",\"data\":[");
+    for (i, m) in cfg.models.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"id\":");
+        openai::push_go_json_str(&mut s, m);
+        s.push_str(&format!(
+            ",\"object\":\"model\",\"created\":{},\"owned_by\":\"library\"}}",
+            unix_now()
+        ));
+    }
+    s.push_str("]}");
+    Reply::json(200, s.into_bytes())
+}
+
+/// A non-streaming chat completion, once the whole answer is due.
+async fn complete(cfg: &MockConfig, stats: &ServerStats, req: ChatRequest) -> Reply {
+    let start = Instant::now();
+    let (id, model, toks, key) = answer(cfg, &req);
+    let mut sched = Schedule::new(key, cfg.ttft, cfg.tbt, cfg.jitter);
+    let mut due = Duration::ZERO;
+    for _ in 0..toks.len() {
+        due = sched.next_due();
+    }
+    if start + due > Instant::now() {
+        tokio::time::sleep_until(start + due).await;
+    }
+    let content = toks.concat();
+    let pt = textgen::prompt_tokens(req.last_user_content().unwrap_or(""));
+    let ct = toks.len() as u64;
+    let mut s = String::from("{\"id\":");
+    openai::push_go_json_str(&mut s, &id);
+    s.push_str(&format!(
+        ",\"object\":\"chat.completion\",\"created\":{},\"model\":",
+        unix_now()
+    ));
+    openai::push_go_json_str(&mut s, &model);
+    s.push_str(",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    openai::push_go_json_str(&mut s, &content);
+    s.push_str(&format!(
+        "}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{pt},\"completion_tokens\":{ct},\"total_tokens\":{}}}}}",
+        pt + ct
+    ));
+    stats.tokens(ct);
+    Reply::json(200, s.into_bytes())
+}
+
+/// The answer to `req`: its id, model, tokens and the key of its timing.
+fn answer(cfg: &MockConfig, req: &ChatRequest) -> (String, String, Vec<String>, u64) {
+    let model = req
+        .model
+        .clone()
+        .unwrap_or_else(|| cfg.models.first().cloned().unwrap_or_default());
+    let prompt = req.last_user_content().unwrap_or("").to_owned();
+    let key = textgen::key(cfg.seed, &model, &prompt);
+    let toks = textgen::tokens(cfg.seed, &model, &prompt, cfg.max_tokens);
+    let id = match cfg.format {
+        // Ollama: chatcmpl-N with N in 0..=998; derived from the key so the bytes
+        // of a run are reproducible.
+        StreamFormat::OllamaLegacy | StreamFormat::Ollama => format!("chatcmpl-{}", key % 999),
+        StreamFormat::Openai => {
+            let mut r = lab_codec::rng::SplitMix64::new(key);
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            let tail: String = (0..29)
+                .map(|_| alphabet[r.below(alphabet.len())] as char)
+                .collect();
+            format!("chatcmpl-{tail}")
+        }
+    };
+    (id, model, toks, key)
+}
+
+/// Where a streamed answer's bytes go: Ollama's HTTP/1.1 bytes on the connection
+/// ([`H1`]), or the DATA frames of an HTTP/2 stream.
+trait Sink {
+    /// The response head, which leaves together with the first token.
+    fn head(&mut self, out: &mut Vec<u8>);
+    /// One SSE event's bytes, framed.
+    fn event(&self, out: &mut Vec<u8>, ev: &[u8]);
+    /// The end of the body.
+    fn end(&self, out: &mut Vec<u8>);
+    /// Sends `out` (and leaves it empty).
+    async fn send(&mut self, out: &mut Vec<u8>) -> std::io::Result<()>;
+}
+
+/// Streams the answer to `req` into `sink`: the head with the first token, at TTFT;
+/// each token a chunk when it is due (tokens already due go out together); the
+/// finish, usage and `[DONE]` events in one last chunk.
+async fn stream_answer(
+    cfg: &MockConfig,
+    stats: &ServerStats,
+    req: &ChatRequest,
+    include_usage: bool,
+    sink: &mut impl Sink,
+) -> std::io::Result<()> {
+    let start = Instant::now();
+    let (id, model, toks, key) = answer(cfg, req);
+    let mut sched = Schedule::new(key, cfg.ttft, cfg.tbt, cfg.jitter);
+    let mut writer = ChunkWriter::new(cfg.format, id, model, include_usage);
+    let mut out = Vec::with_capacity(4096);
+    let mut ev = String::with_capacity(512);
+    let mut stream_created = unix_now();
+    // Wait for the first token, then send the head together with it.
+    let first_due = start + sched.next_due();
+    // tokio's timer rounds up to the next millisecond: never sleep for a deadline
+    // that has already passed.
+    if first_due > Instant::now() {
+        tokio::time::sleep_until(first_due).await;
+    }
+    sink.head(&mut out);
+    let n = toks.len();
+    for (i, tok) in toks.iter().enumerate() {
+        let created = match cfg.format {
+            StreamFormat::OllamaLegacy => unix_now(),
+            _ => stream_created,
+        };
+        ev.clear();
+        writer.content(&mut ev, created, tok);
+        sink.event(&mut out, ev.as_bytes());
+        if i + 1 < n {
+            let due = start + sched.next_due();
+            if due > Instant::now() {
+                sink.send(&mut out).await?;
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+    if cfg.format == StreamFormat::OllamaLegacy {
+        stream_created = unix_now();
+    }
+    ev.clear();
+    let pt = textgen::prompt_tokens(req.last_user_content().unwrap_or(""));
+    let usage = Usage {
+        prompt_tokens: pt,
+        completion_tokens: n as u64,
+        total_tokens: pt + n as u64,
+    };
+    writer.finish(&mut ev, stream_created, usage);
+    sink.event(&mut out, ev.as_bytes());
+    sink.end(&mut out);
+    sink.send(&mut out).await?;
+    stats.tokens(n as u64);
+    Ok(())
+}
+
+/// The body of an HTTP/2 answer.
+type H2Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// Serves a connection that opened with HTTP/2's preface: the same routes and answers as
+/// over HTTP/1.1, each SSE event of a stream in a DATA frame instead of an HTTP chunk.
+/// Ollama itself speaks only HTTP/1.1; over HTTP/2 the mock is byte-faithful in the
+/// events, not in the framing (which no client of lab's servers sees).
+async fn h2c<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    conn: Conn<S>,
+) -> std::io::Result<()> {
+    let Conn {
+        io,
+        mut buf,
+        cfg,
+        stats,
+    } = conn;
+    let io = Prefixed {
+        pre: buf.split().freeze(),
+        io,
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        async move { Ok::<_, std::convert::Infallible>(h2_answer(req, cfg, stats).await) }
+    });
+    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .max_concurrent_streams(1 << 20)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// One HTTP/2 request: routed as over HTTP/1.1.
+async fn h2_answer(
+    req: http::Request<hyper::body::Incoming>,
+    cfg: Arc<MockConfig>,
+    stats: Arc<ServerStats>,
+) -> http::Response<H2Body> {
+    use http_body_util::BodyExt;
+    stats.request();
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let head = Head {
+        method: req.method().as_str().to_owned(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        http10: false,
+        close: false,
+        content_length: None,
+        chunked: false,
+        expect_continue: false,
+        origin,
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), cfg.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let msg = format!("request body is over the limit of {} bytes", cfg.max_body);
+            return h2_reply(Reply::error(413, "invalid_request_error", &msg));
+        }
+    };
+    match route(&cfg, &head, &body) {
+        Route::Reply(r) => h2_reply(r),
+        Route::Complete(req) => h2_reply(complete(&cfg, &stats, req).await),
+        Route::Stream(req, include_usage) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut sink = H2 {
+                    tx,
+                    head: Some(head_tx),
+                };
+                let _ = stream_answer(&cfg, &stats, &req, include_usage, &mut sink).await;
+            });
+            // The head leaves with the first token, as over HTTP/1.1.
+            if head_rx.await.is_err() {
+                return h2_reply(Reply::error(500, "server_error", "the answer failed"));
+            }
+            let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok(hyper::body::Frame::data(b)), rx))
+            });
+            let mut r = http::Response::new(http_body_util::StreamBody::new(frames).boxed());
+            let h = r.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+            {
+                h.insert(http::header::DATE, v);
+            }
+            r
+        }
+    }
+}
+
+fn h2_reply(r: Reply) -> http::Response<H2Body> {
+    use http_body_util::BodyExt;
+    let mut resp = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(r.body))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = http::StatusCode::from_u16(r.status).unwrap_or_default();
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(r.content_type),
+    );
+    if let Some(a) = r.allow {
+        h.insert(http::header::ALLOW, http::HeaderValue::from_static(a));
+    }
+    resp
+}
+
+/// A streamed answer as the DATA frames of an HTTP/2 stream.
+struct H2 {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    /// Told when the head is due (with the first token).
+    head: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Sink for H2 {
+    fn head(&mut self, _out: &mut Vec<u8>) {
+        if let Some(h) = self.head.take() {
+            let _ = h.send(());
+        }
+    }
+
+    fn event(&self, out: &mut Vec<u8>, ev: &[u8]) {
+        out.extend_from_slice(ev);
+    }
+
+    fn end(&self, _out: &mut Vec<u8>) {}
+
+    async fn send(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let b = bytes::Bytes::copy_from_slice(out);
+        out.clear();
+        self.tx
+            .send(b)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream reset"))
+    }
+}
+
+/// An IO whose first reads return bytes already read from it.
+struct Prefixed<S> {
+    pre: bytes::Bytes,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, b)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A streamed answer on an HTTP/1.1 connection, in Ollama's bytes.
+struct H1<'a, S> {
+    conn: &'a mut Conn<S>,
+    head: &'a Head,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink for H1<'_, S> {
+    fn head(&mut self, out: &mut Vec<u8>) {
+        let head = self.head;
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        if let Some(o) = &head.origin {
+            out.extend_from_slice(format!("Access-Control-Allow-Origin: {o}\r\n").as_bytes());
+        }
+        if head.close && !head.http10 {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"Content-Type: text/event-stream\r\n");
+        out.extend_from_slice(
+            format!("Date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes(),
+        );
+        if !head.http10 {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if head.origin.is_some() {
+            out.extend_from_slice(b"Vary: Origin\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn event(&self, out: &mut Vec<u8>, ev: &[u8]) {
+        frame(out, ev, !self.head.http10);
+    }
+
+    fn end(&self, out: &mut Vec<u8>) {
+        if !self.head.http10 {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+
+    async fn send(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.conn.write_raw(out).await?;
+        out.clear();
         Ok(())
     }
 }
@@ -745,6 +1015,66 @@ mod tests {
         }
         assert!(chunks[3].contains("\"finish_reason\":\"stop\""));
         assert!(chunks[3].ends_with("data: [DONE]\n\n"));
+    }
+
+    /// A client that opens with HTTP/2's preface (h2c), as lab's servers do in a load
+    /// test, gets the same answers: the same tokens through the servers' upstream
+    /// client, many streams at once on one connection, and the same refusals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn h2c_answers_with_the_same_tokens_on_one_connection() {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stats = Arc::new(ServerStats::default());
+        let server = tokio::spawn(serve(listener, cfg(), stats.clone()));
+        let up = Arc::new(crate::upstream::Upstream::new(&url, "gemma3:12b", true).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let up = up.clone();
+            tasks.push(tokio::spawn(async move {
+                let prompt = format!("prompt {i}");
+                let mut s = up.chat(&prompt).await.unwrap();
+                let mut got = Vec::new();
+                while let Some(t) = s.next().await.unwrap() {
+                    got.push(t);
+                }
+                assert_eq!(got, textgen::tokens(1, "gemma3:12b", &prompt, Some(3)));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let client =
+            crate::upstream::client::<http_body_util::Full<bytes::Bytes>>(&url, true).unwrap();
+        let ask = |path: &str, body: &'static str| {
+            http::Request::post(format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap()
+        };
+        let r = client
+            .request(ask("/v1/chat/completions", "{nope"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("invalid JSON body"));
+        let r = client.request(ask("/nowhere", "{}")).await.unwrap();
+        assert_eq!(r.status(), 404);
+        // Twenty streams on the upstream client's one connection, the two refusals on
+        // the other client's.
+        assert_eq!(
+            stats.snapshot().connections_accepted,
+            2,
+            "{:?}",
+            stats.snapshot()
+        );
+        server.abort();
+        // An HTTP/1.1 client is not taken for an HTTP/2 one.
+        let (mut client, server) = duplex(1 << 10);
+        client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+        let mut c = Conn::new(server, cfg(), Arc::new(ServerStats::default()));
+        assert!(!c.sniff_h2().await.unwrap());
     }
 
     #[tokio::test]

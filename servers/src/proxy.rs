@@ -14,14 +14,11 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, Uri, header};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Clone)]
 struct AppState {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    client: Client<crate::upstream::Connector, Body>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -36,7 +33,7 @@ pub const PATH: &str = "/v1/chat/completions";
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let tcp = listener.tcp("raw-API proxy")?;
     let tls = Arc::new(env.cert.http1_server_config()?);
-    let app = app(&env.upstream, env.stats.clone())?;
+    let app = app(&env.upstream, env.upstream_h2, env.stats.clone())?;
     Ok(Box::pin(crate::http::serve_tls(
         tcp,
         tls,
@@ -48,8 +45,9 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result
     )))
 }
 
-/// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`).
-pub fn app(upstream: &str, stats: Arc<ServerStats>) -> Result<Router, UpstreamError> {
+/// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`), over HTTP/2 (h2c)
+/// with `h2`.
+pub fn app(upstream: &str, h2: bool, stats: Arc<ServerStats>) -> Result<Router, UpstreamError> {
     let bad = |why: &str| UpstreamError::BadUrl {
         url: upstream.into(),
         why: why.into(),
@@ -65,25 +63,7 @@ pub fn app(upstream: &str, stats: Arc<ServerStats>) -> Result<Router, UpstreamEr
         return Err(bad("the scheme must be http or https"));
     }
     let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
-    let tls = rustls::ClientConfig::builder_with_provider(lab_codec::trust::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector);
+    let client = crate::upstream::client(upstream, h2)?;
     let state = AppState {
         client,
         scheme,

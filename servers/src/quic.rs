@@ -22,7 +22,7 @@ pub const PATH: &str = "";
 /// it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let udp = listener.udp("raw QUIC")?;
-    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let up = Arc::new(env.upstream_client()?);
     let endpoint = endpoint(udp, env.cert.quic_server_config()?, &env.transport.quic)?;
     Ok(Box::pin(serve(endpoint, up, env.stats, env.limits)))
 }

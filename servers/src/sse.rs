@@ -33,7 +33,7 @@ pub const PATH: &str = "/chat";
 /// before it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let tcp = listener.tcp("SSE")?;
-    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let up = Arc::new(env.upstream_client()?);
     let tls = Arc::new(env.cert.http1_server_config()?);
     let app = app(up, env.stats.clone());
     Ok(Box::pin(crate::http::serve_tls(

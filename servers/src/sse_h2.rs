@@ -3,7 +3,6 @@
 //! flight at once are multiplexed: the TCP counterpart of WebTransport's streams, with
 //! TCP's head-of-line blocking.
 
-use crate::upstream::Upstream;
 use std::sync::Arc;
 
 /// The path the server serves (the SSE server's).
@@ -13,7 +12,7 @@ pub const PATH: &str = crate::sse::PATH;
 /// before it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let tcp = listener.tcp("SSE over HTTP/2")?;
-    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let up = Arc::new(env.upstream_client()?);
     let tls = Arc::new(env.cert.h2_server_config()?);
     let app = crate::sse::app(up, env.stats.clone());
     Ok(Box::pin(crate::http::serve_tls(

@@ -16,7 +16,8 @@ use lab_codec::openai::{ChatChunk, ChatRequest, ErrorBody};
 use lab_codec::sse;
 use std::time::Duration;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// How the upstream client connects: TCP, and TLS for an `https` upstream.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Why the upstream did not deliver a complete answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,35 +58,10 @@ pub struct Upstream {
 impl Upstream {
     /// `url` is the upstream's base, such as `http://127.0.0.1:11434` (a trailing `/v1` is
     /// accepted too). `https` upstreams are verified against the Web PKI roots.
-    pub fn new(url: &str, model: &str) -> Result<Self, UpstreamError> {
+    pub fn new(url: &str, model: &str, h2: bool) -> Result<Self, UpstreamError> {
         let chat_uri = chat_uri(url)?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(lab_codec::trust::provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| UpstreamError::BadUrl {
-                        url: url.into(),
-                        why: e.to_string(),
-                    })?
-                    .with_root_certificates(rustls::RootCertStore {
-                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                    })
-                    .with_no_client_auth(),
-            )
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector({
-                let mut c = HttpConnector::new();
-                c.set_nodelay(true);
-                c.enforce_http(false);
-                c.set_connect_timeout(Some(Duration::from_secs(10)));
-                c
-            });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
         Ok(Self {
-            client,
+            client: client(url, h2)?,
             chat_uri,
             model: model.to_owned(),
             url: url.to_owned(),
@@ -133,6 +109,52 @@ impl Upstream {
             ended: false,
         })
     }
+}
+
+/// The upstream HTTP/2 connection's flow-control window, in bytes.
+pub const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 1 << 30;
+
+/// A pooled HTTP client for an upstream at `url`: HTTP/1.1 with keep-alive, or with
+/// `h2` HTTP/2 with prior knowledge (h2c) over plain HTTP, which multiplexes every
+/// request on one connection (lab's mock speaks both; Ollama only HTTP/1.1). `https`
+/// upstreams are verified against the Web PKI roots.
+pub fn client<B>(url: &str, h2: bool) -> Result<Client<Connector, B>, UpstreamError>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = rustls::ClientConfig::builder_with_provider(lab_codec::trust::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::BadUrl {
+            url: url.into(),
+            why: e.to_string(),
+        })?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector({
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c.enforce_http(false);
+            c.set_connect_timeout(Some(Duration::from_secs(10)));
+            c
+        });
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(h2)
+        // One HTTP/2 connection carries every stream of a load test. h2 counts the small
+        // DATA frames (a token each) held unread against a budget of half the
+        // connection window and ends the connection with ENHANCE_YOUR_CALM
+        // ("too_many_data_frames") past it; hyper's 5 MB window ran out at 10,000
+        // streams. 1 GiB (the budget 512 MiB) holds what the streams have in flight.
+        .http2_initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW)
+        .build(https))
 }
 
 fn chat_uri(url: &str) -> Result<http::Uri, UpstreamError> {

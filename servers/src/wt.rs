@@ -29,7 +29,7 @@ pub const PATH: &str = "/wt";
 /// before it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let udp = listener.udp("WebTransport")?;
-    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let up = Arc::new(env.upstream_client()?);
     let endpoint = endpoint(udp, env.cert.h3_server_config()?, &env.transport.quic)?;
     Ok(Box::pin(serve(
         endpoint,

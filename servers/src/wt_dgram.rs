@@ -7,7 +7,6 @@
 //! datagram, or a session without datagrams, resets that stream with
 //! [`lab_codec::dgram::ERR_DATAGRAM`]; bad framing and upstream failures are as on `wt`.
 
-use crate::upstream::Upstream;
 use crate::wt::{Answers, endpoint, serve};
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ pub const PATH: &str = "/wt-dgram";
 /// Sets up the WebTransport datagram server on `listener`.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let udp = listener.udp("WebTransport datagram")?;
-    let up = Arc::new(Upstream::new(&env.upstream, &env.model)?);
+    let up = Arc::new(env.upstream_client()?);
     let endpoint = endpoint(udp, env.cert.h3_server_config()?, &env.transport.quic)?;
     Ok(Box::pin(serve(
         endpoint,
