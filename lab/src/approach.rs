@@ -61,6 +61,10 @@ pub struct Entry {
     /// Whether prompts in flight at once share one connection (as streams of it) rather
     /// than each taking a connection of its own.
     pub multiplexed: bool,
+    /// Whether `reuse` mode keeps a connection for the next prompt: false where the
+    /// server closes it after each answer (the handoff server's daemon), so every prompt
+    /// takes a connection of its own in either mode.
+    pub keeps_connections: bool,
     /// What its connections speak and how its bodies carry tokens, for the anatomy of
     /// its captures.
     pub wire: Wire,
@@ -69,7 +73,7 @@ pub struct Entry {
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 7] = [
+pub static ENTRIES: [Entry; 8] = [
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -80,6 +84,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::proxy::PATH,
         model: Model::Client,
         multiplexed: false,
+        keeps_connections: true,
         wire: Wire {
             app: App::Http1,
             body: Body::OpenAi,
@@ -97,6 +102,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::sse::PATH,
         model: Model::Server,
         multiplexed: false,
+        keeps_connections: true,
         wire: Wire {
             app: App::Http1,
             body: Body::Sse,
@@ -114,12 +120,31 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::sse_h2::PATH,
         model: Model::Server,
         multiplexed: true,
+        keeps_connections: true,
         wire: Wire {
             app: App::Http2,
             body: Body::Sse,
         },
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
+    },
+    Entry {
+        name: "handoff",
+        about: "SSE from a streaming daemon that a front process hands each socket to (SCM_RIGHTS), plain HTTP",
+        server: "handoff",
+        server_about: "Front process and streaming daemon: the front reads POST /chat and passes the socket and a JSON record over a Unix socket (SCM_RIGHTS); the daemon writes the SSE answer. Plain HTTP, no TLS",
+        transport: Transport::Tcp,
+        port: 8081,
+        path: lab_servers::handoff::PATH,
+        model: Model::Server,
+        multiplexed: false,
+        keeps_connections: false,
+        wire: Wire {
+            app: App::PlainHttp1,
+            body: Body::Sse,
+        },
+        serve: lab_servers::handoff::start,
+        runner: lab_clients::handoff::runner,
     },
     Entry {
         name: "ws",
@@ -131,6 +156,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::ws::PATH,
         model: Model::Server,
         multiplexed: false,
+        keeps_connections: true,
         wire: Wire {
             app: App::WebSocket,
             body: Body::Text,
@@ -148,6 +174,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::wt::PATH,
         model: Model::Server,
         multiplexed: true,
+        keeps_connections: true,
         wire: Wire {
             app: App::WebTransport,
             body: Body::LenPrefix,
@@ -165,6 +192,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::wt_dgram::PATH,
         model: Model::Server,
         multiplexed: true,
+        keeps_connections: true,
         wire: Wire {
             app: App::WebTransport,
             body: Body::Datagram,
@@ -182,6 +210,7 @@ pub static ENTRIES: [Entry; 7] = [
         path: lab_servers::quic::PATH,
         model: Model::Server,
         multiplexed: true,
+        keeps_connections: true,
         wire: Wire {
             app: App::Quic,
             body: Body::LenPrefix,
@@ -255,12 +284,25 @@ impl std::str::FromStr for Approach {
 impl Approach {
     /// The URL of this approach's server at `addr` (host and port).
     pub fn url(&self, addr: impl fmt::Display) -> String {
-        format!("https://{addr}{}", self.path)
+        let scheme = if self.wire.app.tls() { "https" } else { "http" };
+        format!("{scheme}://{addr}{}", self.path)
     }
 
     /// This approach's runner for `url`; a URL without a path gets the approach's.
     pub fn runner(&self, url: &str, opts: &RunnerOpts) -> Result<Box<dyn Runner>> {
         let mut target = Target::parse(url)?;
+        if target.tls != self.wire.app.tls() {
+            anyhow::bail!(
+                "'{url}': the {} server speaks {}; use {}",
+                self.server,
+                if self.wire.app.tls() {
+                    "TLS"
+                } else {
+                    "plain HTTP, no TLS"
+                },
+                self.url(&target.authority)
+            );
+        }
         if target.path.is_empty() || target.path == "/" {
             target.path = self.path.to_owned();
         }
@@ -376,7 +418,7 @@ mod tests {
                 names()
             )
         );
-        assert_eq!(names(), "raw, sse, sse-h2, ws, wt, wt-dgram, quic");
+        assert_eq!(names(), "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, quic");
     }
 
     #[test]
@@ -385,7 +427,46 @@ mod tests {
         assert_eq!(wt.url("198.18.2.2:4433"), "https://198.18.2.2:4433/wt");
         let d: Approach = "wt-dgram".parse().unwrap();
         assert_eq!(d.url("198.18.2.2:4435"), "https://198.18.2.2:4435/wt-dgram");
+        let h: Approach = "handoff".parse().unwrap();
+        assert_eq!(h.url("198.18.2.2:8081"), "http://198.18.2.2:8081/chat");
         assert_eq!(by_server("proxy").map(|a| a.name), Some("raw"));
         assert!(by_server("raw").is_none());
+    }
+
+    #[test]
+    fn a_url_of_the_wrong_scheme_names_the_right_one() {
+        let opts = RunnerOpts {
+            approach: "handoff",
+            mode: lab_clients::record::Mode::Reuse,
+            timeout: std::time::Duration::from_secs(1),
+            trust: lab_codec::trust::Trust::Insecure,
+            model: "m".into(),
+            conns: Default::default(),
+            stats: Default::default(),
+            transport: Default::default(),
+            urgent: Default::default(),
+            source: None,
+        };
+        let h: Approach = "handoff".parse().unwrap();
+        let e = h
+            .runner("https://127.0.0.1:8081", &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("plain HTTP") && e.contains("http://127.0.0.1:8081/chat"),
+            "{e}"
+        );
+        let sse: Approach = "sse".parse().unwrap();
+        let e = sse
+            .runner("http://127.0.0.1:8080", &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("TLS") && e.contains("https://127.0.0.1:8080/chat"),
+            "{e}"
+        );
+        assert!(h.runner("http://127.0.0.1:8081", &opts).is_ok());
     }
 }

@@ -40,6 +40,11 @@ pub enum Command {
     Serve(Serve),
     /// Run one client: the reference prompts, a prompts file, or prompts typed in.
     Client(ClientArgs),
+    /// Load one server with many concurrent streams, level by level (e.g. 100, 1000,
+    /// 10000): success, errors by category, connect time, TTFT, TBT and stream
+    /// duration percentiles, tokens per second. `lab run` runs it in each cell of a
+    /// topology with a `workload.load`.
+    Load(LoadArgs),
     /// Start every approach's server on loopback and compare the approaches.
     Demo(DemoArgs),
     /// Print the resolved plan of a topology file: cells, namespaces, interfaces,
@@ -110,6 +115,18 @@ pub enum Command {
     /// starts a server of the user's. `lab` as the command is this lab.
     #[command(hide = true)]
     ExecServer(ExecServerArgs),
+    /// The handoff server's streaming daemon: takes sockets and hand-off records from
+    /// the front over the Unix socket on file descriptor 3 and writes SSE answers on
+    /// them (started by `lab serve handoff`, never by hand).
+    #[command(hide = true)]
+    HandoffDaemon(HandoffDaemonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HandoffDaemonArgs {
+    /// The daemon's settings, as JSON (upstream, model, upstream_h2, idle_ms).
+    #[arg(long)]
+    pub config: String,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +175,10 @@ pub struct WireArgs {
     /// Write counters here (JSON) every second and at exit.
     #[arg(long)]
     pub stats: Option<PathBuf>,
+    /// Never sleep: poll the interfaces all the time, at the cost of one CPU, so that
+    /// a frame after idle meets no wake-up.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 #[derive(Debug, Args)]
@@ -576,6 +597,11 @@ pub struct ServerArgs {
     /// proxy forwards the client's requests, which name the model).
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,
+    /// Talk to the upstream over HTTP/2 with prior knowledge (h2c), every stream on one
+    /// connection: lab's mock speaks it, Ollama does not. A load test's streams then
+    /// take one socket each in the server instead of two.
+    #[arg(long)]
+    pub upstream_h2: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -598,6 +624,22 @@ pub struct TrustArgs {
     /// Accept any certificate (for poking at servers by hand only).
     #[arg(long)]
     pub insecure: bool,
+}
+
+impl TrustArgs {
+    /// The trust these flags give for `approach`'s server; a plain-HTTP server (handoff)
+    /// needs none.
+    pub fn trust(&self, approach: Approach) -> anyhow::Result<lab_codec::trust::Trust> {
+        let none = self.cert_hash.is_none() && self.ca.is_none() && !self.insecure;
+        if none && !approach.wire.app.tls() {
+            return Ok(lab_codec::trust::Trust::Insecure);
+        }
+        lab_codec::trust::Trust::from_args(
+            self.cert_hash.as_deref(),
+            self.ca.as_deref(),
+            self.insecure,
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -643,6 +685,65 @@ pub struct ClientArgs {
     /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<lab_codec::transport::Settings>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  lab load sse --url https://127.0.0.1:8080 --ca /tmp/lab-tls/cert.pem --levels 100,1000 --ramp 5s --hold 20s\n  lab load wt --url https://127.0.0.1:4433 --cert-hash <sha256> --levels 50 --cycles 10 --json\n\nEach level starts its streams evenly over --ramp; each stream slot runs one stream after another on a connection of its own (--mode reuse keeps it, fresh opens one per stream) until --hold is over, or for --cycles streams. A stream that failed before the server took it (connect, handshake, rejected) is tried again after a backoff from --backoff to --backoff-max, doubling. Exit status: 0 every stream completed; 1 some failed; 2 bad input."
+)]
+pub struct LoadArgs {
+    /// Which approach.
+    pub approach: Approach,
+    /// Server URL, e.g. https://127.0.0.1:8080; without a path, the approach's own.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Concurrent streams per level, in order (comma separated), e.g. 100,1000,10000.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub levels: Vec<u32>,
+    /// Time to start a level's streams, spread evenly.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// Time at the level once the ramp is over; slots start new streams until then.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "cycles")]
+    pub hold: Duration,
+    /// Instead of a hold: each slot runs this many streams (clients x cycles).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cycles: Option<u32>,
+    /// First wait before a stream is tried again after a connect, handshake or rejected
+    /// failure; it doubles up to --backoff-max (each wait is a random half to whole of it).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// reuse: a slot keeps its connection for its next stream; fresh: a new one each.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Streams per connection where the approach multiplexes (wt, wt-dgram, quic,
+    /// sse-h2, in reuse mode); 1 gives every stream a connection of its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub per_connection: u32,
+    /// Prompts file (one per line); default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Model name for the raw API.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a stream after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Local addresses to connect from, in turn (comma separated); each gives about
+    /// 28,000 ports towards one server port. Default: the kernel's choice.
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<std::net::IpAddr>,
+    /// QUIC and TCP settings as JSON, as `lab client --transport` takes them.
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
+    /// Print JSON lines (phases, progress every second, each level's summary) instead
+    /// of progress lines and a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,15 +18,17 @@ fn serve_and_client_binaries_end_to_end() {
     let mut digests = Vec::new();
     for (a, srv) in &servers {
         let name = a.name;
+        // A plain-HTTP server (handoff) has no certificate to pin, and its client needs none.
+        let pin: Vec<String> = match srv.ready["cert_sha256"].as_str() {
+            Some(h) => vec!["--cert-hash".into(), h.into()],
+            None => {
+                assert!(!a.wire.app.tls(), "{name} printed no certificate");
+                Vec::new()
+            }
+        };
         let out = Command::new(LAB)
-            .args([
-                "client",
-                name,
-                "--url",
-                &srv.str("url"),
-                "--cert-hash",
-                &srv.str("cert_sha256"),
-            ])
+            .args(["client", name, "--url", &srv.str("url")])
+            .args(&pin)
             .args([
                 "--json",
                 "--mode",
@@ -250,7 +252,12 @@ fn bad_command_lines_get_clear_errors() {
     lab_fails(
         &["client", "sse", "--url", "http://127.0.0.1:1", "--insecure"],
         2,
-        "use an https:// URL",
+        "the sse server speaks TLS; use https://127.0.0.1:1/chat",
+    );
+    lab_fails(
+        &["client", "handoff", "--url", "https://127.0.0.1:1"],
+        2,
+        "the handoff server speaks plain HTTP, no TLS; use http://127.0.0.1:1/chat",
     );
     lab_fails(
         &["client", "sse", "--url", "https://127.0.0.1:1"],
@@ -260,7 +267,7 @@ fn bad_command_lines_get_clear_errors() {
     lab_fails(
         &["client", "smoke", "--url", "https://127.0.0.1:1"],
         2,
-        "approach 'smoke' is not supported; supported: raw, sse, sse-h2, ws, wt",
+        "approach 'smoke' is not supported; supported: raw, sse, sse-h2, handoff, ws, wt",
     );
     lab_fails(
         &[
@@ -551,4 +558,168 @@ fn a_closed_output_ends_printing_commands_quietly() {
             "{args:?}: {status:?} {err}"
         );
     }
+}
+
+/// The handoff server's daemon of `front` (the one child process it started).
+fn daemon_of(front: u32) -> u32 {
+    let kids: Vec<u32> = std::fs::read_dir(format!("/proc/{front}/task"))
+        .unwrap()
+        .map(|t| {
+            let p = t.unwrap().path().join("children");
+            std::fs::read_to_string(p).unwrap_or_default()
+        })
+        .collect::<Vec<String>>()
+        .join(" ")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 1, "the handoff front has one child: {kids:?}");
+    let cmd = std::fs::read(format!("/proc/{}/cmdline", kids[0])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmd).contains("handoff-daemon"),
+        "{:?}",
+        String::from_utf8_lossy(&cmd)
+    );
+    kids[0]
+}
+
+fn gone_within(pid: u32, secs: u64) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        // A zombie (its parent has not reaped it yet) is gone as far as work goes.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+/// The handoff server is two processes: killing the front (even with SIGKILL) ends the
+/// daemon, and a daemon that dies takes the front down with an error that says so.
+#[test]
+fn the_handoff_front_and_daemon_end_together() {
+    let llm = mock();
+    let up = base(&llm.str("url"));
+    let args = [
+        "serve",
+        "handoff",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+    ];
+    let mut front = Server::start(&args);
+    assert!(
+        front.ready["cert_sha256"].is_null(),
+        "plain HTTP has no certificate"
+    );
+    // Bad requests are refused by the front, each with its status and a reason; the
+    // front and its daemon go on serving.
+    let addr = front.ready["listen"].as_str().unwrap().to_owned();
+    let ask = |req: &[u8]| {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let body = r#"{"message":"hi"}"#;
+    let big = "x".repeat(40_000);
+    for (req, status, says) in [
+        (
+            "POST /nope HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}".to_owned(),
+            "404",
+            "unknown path /nope",
+        ),
+        ("GET /chat HTTP/1.1\r\n\r\n".to_owned(), "405", "takes POST"),
+        (
+            "POST /chat HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_owned(),
+            "411",
+            "Content-Length",
+        ),
+        (
+            format!(
+                "POST /chat HTTP/1.1\r\ncontent-length: {}\r\n\r\n{big}",
+                big.len()
+            ),
+            "413",
+            "over the limit",
+        ),
+        (
+            "POST /chat HTTP/1.1\r\ncontent-length: 3\r\n\r\n{{x".to_owned(),
+            "400",
+            "invalid JSON",
+        ),
+        (
+            "\x16\x03\x01 not http\r\n\r\n".to_owned(),
+            "400",
+            "not an HTTP/1.1 request",
+        ),
+    ] {
+        let got = ask(req.as_bytes());
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{req:?}: {got}"
+        );
+        assert!(got.contains(says), "{req:?}: {got}");
+    }
+    let ok = ask(format!(
+        "POST /chat HTTP/1.1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .as_bytes());
+    assert!(
+        ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("lab-handoff-us: "),
+        "{ok}"
+    );
+    assert!(ok.trim_end().ends_with("data: [DONE]"), "{ok}");
+
+    // The front killed: the daemon sees its end of the Unix socket close, and exits.
+    let daemon = daemon_of(front.child.id());
+    front.child.kill().unwrap();
+    front.child.wait().unwrap();
+    assert!(gone_within(daemon, 5), "the daemon outlived its front");
+
+    // The daemon killed: the front fails, naming the daemon.
+    let mut front = Command::new(LAB)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(front.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("\"ready\""), "{line}");
+    let daemon = daemon_of(front.id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while front.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed().as_secs() < 5,
+            "the front kept serving without its daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = front.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the streaming daemon exited"), "{err}");
+    assert!(llm.stop());
 }

@@ -390,3 +390,20 @@ fn lab_status_as_a_person_and_a_program_read_it() {
     assert_eq!(json["labs"][0]["live"]["processes"][1]["alive"], false);
     assert_eq!(json["labs"][0]["live"]["namespaces"][2]["exists"], false);
 }
+
+/// A warm-up that needed its second try is said in the report, with what the first
+/// try hit, and is not an error of the run.
+#[test]
+fn a_retried_warm_up_is_reported_not_failed() {
+    let mut run = fixture();
+    run.cells[2].warmup_retried = Some("timeout: no complete answer within 30.0s".into());
+    let text = tables::render(&run);
+    let id = &run.cells[2].cell.id;
+    assert!(
+        text.contains(
+            "the warm-up's first try failed (timeout: no complete answer within 30.0s); its second try completed"
+        ) && text.contains(&format!("`{id}-warmup-2.log`")),
+        "{text}"
+    );
+    assert!(lab::metrics::run_errors(&run).is_empty());
+}

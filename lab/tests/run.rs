@@ -417,7 +417,7 @@ fn a_server_that_dies_mid_run_fails_its_prompts_not_the_run() {
     assert!(
         failed
             .iter()
-            .all(|c| ["connect", "receive", "send"].contains(c)),
+            .all(|c| ["connect", "handshake", "receive", "send"].contains(c)),
         "{failed:?}"
     );
     nothing_left("rdied");
@@ -438,11 +438,29 @@ fn an_upstream_that_is_down_is_an_upstream_error() {
     .unwrap();
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let (_, run) = saved(&results);
+    let (d, run) = saved(&results);
     for c in run["cells"].as_array().unwrap() {
         for r in c["records"].as_array().unwrap() {
             assert_eq!(r["error"]["category"], "upstream", "{r}");
         }
+        // The warm-up was tried twice, and both tries' errors are kept.
+        let w = c["warmup_error"].as_str().unwrap();
+        assert!(w.contains("(and before it: "), "{w}");
+        assert!(c.get("warmup_retried").is_none(), "{c}");
+    }
+    // A run that went wrong keeps the lab's logs with its results.
+    assert!(text(&o).contains("logs: "), "{}", text(&o));
+    let logs: Vec<String> = std::fs::read_dir(d.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    for want in [
+        "c0-client.log",
+        "c0-warmup.log",
+        "c1-sse-server.log",
+        "c2-wt-server.log",
+    ] {
+        assert!(logs.iter().any(|l| l == want), "{want} not in {logs:?}");
     }
     nothing_left("rupdown");
 }
@@ -665,13 +683,15 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
     let o = run(&t, &results);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let (mux, own): (Vec<_>, Vec<_>) = lab::approach::all().partition(|a| a.multiplexed);
+    let (each, kept): (Vec<_>, Vec<_>) = lab::approach::all().partition(|a| !a.keeps_connections);
+    let (mux, own): (Vec<_>, Vec<_>) = kept.into_iter().partition(|a| a.multiplexed);
     let list =
         |v: &[lab::approach::Approach]| v.iter().map(|a| a.name).collect::<Vec<_>>().join(", ");
     let said = format!(
-        "Concurrency: 8 prompts in flight in each cell; as 8 streams of one connection: {}; on 8 connections: {}",
+        "Concurrency: 8 prompts in flight in each cell; as 8 streams of one connection: {}; on 8 connections: {}; on a connection per prompt (the server closes each after its answer): {}",
         list(&mux),
-        list(&own)
+        list(&own),
+        list(&each)
     );
     assert!(out.contains(&said), "no {said:?} in:\n{out}");
     // With prompts in flight at once, the stall table: every approach has a row.
@@ -725,7 +745,11 @@ fn every_transport_side_by_side_with_eight_prompts_at_once() {
         assert_eq!(slots.len(), 8, "{a}: slots");
         assert_eq!(
             conns.len(),
-            if a.multiplexed { 1 } else { 8 },
+            match (a.keeps_connections, a.multiplexed) {
+                (false, _) => 10,
+                (true, true) => 1,
+                (true, false) => 8,
+            },
             "{a}: connections"
         );
         digests.push(

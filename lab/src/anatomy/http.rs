@@ -15,6 +15,8 @@ use std::collections::HashMap;
 pub enum App {
     /// HTTP/1.1 over TLS over TCP.
     Http1,
+    /// HTTP/1.1 over TCP, no TLS (the handoff server).
+    PlainHttp1,
     /// HTTP/2 over TLS over TCP.
     Http2,
     /// WebSocket (an HTTP/1.1 upgrade) over TLS over TCP.
@@ -23,6 +25,14 @@ pub enum App {
     WebTransport,
     /// Raw QUIC streams, no HTTP/3: stream data is the body itself.
     Quic,
+}
+
+impl App {
+    /// Whether TLS carries it (every approach over TCP but the handoff server's; QUIC
+    /// has TLS inside).
+    pub fn tls(self) -> bool {
+        self != Self::PlainHttp1
+    }
 }
 
 /// What the anatomy needs to know of an approach's wire: its application protocol and
@@ -36,7 +46,7 @@ pub struct Wire {
 /// The runs of both directions of a connection's application data (TLS plaintext).
 pub fn tcp(wire: Wire, up: &[u8], down: &[u8]) -> (Runs<()>, Runs<()>) {
     match wire.app {
-        App::Http1 | App::WebTransport | App::Quic => {
+        App::Http1 | App::PlainHttp1 | App::WebTransport | App::Quic => {
             // An upgrade to another protocol leaves the rest undecoded.
             let whole = |s: &[u8], request: bool| {
                 let (mut r, _) = http1(s, request, wire.body);
@@ -416,6 +426,7 @@ mod tests {
         ];
         let wires = [
             (App::Http1, Body::Sse),
+            (App::PlainHttp1, Body::Sse),
             (App::Http1, Body::OpenAi),
             (App::Http2, Body::Sse),
             (App::WebSocket, Body::Text),

@@ -1,5 +1,5 @@
 //! One TCP connection: each direction reassembled by sequence number, its TLS records
-//! decoded ([`super::tls`]) and their plaintext given to HTTP ([`super::http`]); then
+//! decoded (unless it is plain HTTP) ([`super::tls`]) and their plaintext given to HTTP ([`super::http`]); then
 //! every segment's payload gets the layers of the stream bytes it carried, and bytes it
 //! carried again are retransmitted. Pure.
 
@@ -91,10 +91,15 @@ pub fn flow(segs: &[Segment], wire: Wire, log: &KeyLog) -> (Vec<Out>, Vec<String
     }
     let up = &dirs[0].data[..dirs[0].seen.prefix() as usize];
     let down = &dirs[1].data[..dirs[1].seen.prefix() as usize];
-    let hello = tls::hello(up, down);
-    let (du, pu) = tls::decode(up, true, hello, log);
-    let (dd, pd) = tls::decode(down, false, hello, log);
-    notes.extend(pu.into_iter().chain(pd));
+    let (du, dd) = if wire.app.tls() {
+        let hello = tls::hello(up, down);
+        let (du, pu) = tls::decode(up, true, hello, log);
+        let (dd, pd) = tls::decode(down, false, hello, log);
+        notes.extend(pu.into_iter().chain(pd));
+        (du, dd)
+    } else {
+        (tls::plain(up), tls::plain(down))
+    };
     let (au, ad) = http::tcp(wire, &du.app, &dd.app);
     let maps: [LayerMap; 2] = [
         du.runs.resolve(HashMap::from([((), au)])).map(),

@@ -98,6 +98,16 @@ fn keys(log: &KeyLog, h: Hello, side: &str) -> Vec<PacketKey> {
     .collect()
 }
 
+/// A stream with no TLS: all of it is application data.
+pub fn plain(stream: &[u8]) -> Decoded {
+    let mut d = Decoded::default();
+    if !stream.is_empty() {
+        d.runs.inner((), stream.len());
+    }
+    d.app = stream.to_vec();
+    d
+}
+
 /// Decodes one direction (`client` says which) of a connection whose hellos are `h`.
 pub fn decode(stream: &[u8], client: bool, h: Hello, log: &KeyLog) -> (Decoded, Option<String>) {
     let keys = keys(log, h, if client { "CLIENT" } else { "SERVER" });

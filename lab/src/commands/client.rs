@@ -5,17 +5,12 @@ use anyhow::{Context, Result};
 use lab_clients::record::{self, Summary};
 use lab_clients::stats::{ConnStats, TransportStats};
 use lab_clients::{RunnerOpts, prompts};
-use lab_codec::trust::Trust;
 use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
 /// Runs the client; returns whether every prompt succeeded.
 pub async fn run(a: ClientArgs) -> Result<bool> {
-    let trust = Trust::from_args(
-        a.trust.cert_hash.as_deref(),
-        a.trust.ca.as_deref(),
-        a.trust.insecure,
-    )?;
+    let trust = a.trust.trust(a.approach)?;
     let opts = RunnerOpts {
         approach: a.approach.name,
         mode: a.mode,
@@ -26,6 +21,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         stats: Default::default(),
         transport: a.transport.clone().unwrap_or_default(),
         urgent: std::sync::Arc::new(a.urgent.iter().map(|&n| n as usize - 1).collect()),
+        source: None,
     };
     let mut runner = a.approach.runner(&a.url, &opts)?;
     if a.interactive {

@@ -8,7 +8,7 @@
 use crate::cli::DemoArgs;
 use crate::loopback::{Stack, UpstreamChoice};
 use crate::metrics::check_digests;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lab_clients::prompts;
 use lab_clients::record::{self, PromptRecord, Summary};
 use lab_servers::textgen;
@@ -25,7 +25,8 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         Some(u) => UpstreamChoice::Url(u.clone()),
         None => UpstreamChoice::Mock(mock.clone()),
     };
-    let stack = Stack::start(choice, &a.model).await?;
+    let exe = std::env::current_exe().context("cannot find the lab program")?;
+    let stack = Stack::start(choice, &a.model, &exe).await?;
     outln!("lab demo: servers on loopback");
     if let Some(l) = stack.llm {
         outln!(

@@ -61,6 +61,7 @@ pub mod client;
 pub mod demo;
 pub mod lab;
 pub mod link;
+pub mod load;
 pub mod plan;
 pub mod progress;
 pub mod report;
@@ -147,6 +148,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Serve(s) => serve::run(s).await.map(|()| EXIT_OK),
         Command::Client(c) => client::run(c).await.map(ok),
+        Command::Load(a) => load::run(a).await.map(ok),
         Command::Demo(d) => demo::run(d).await.map(ok),
         Command::Plan(p) => plan::run(&p),
         Command::Schema(a) => plan::schema(&a),
@@ -168,6 +170,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Relay(a) => lab::relay(a).await,
         Command::Wire(a) => wire::run(a).map(|()| EXIT_OK),
         Command::ExecServer(a) => lab::exec_server(a),
+        Command::HandoffDaemon(a) => serve::handoff_daemon(a).await.map(|()| EXIT_OK),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::cli::RunArgs;
 use crate::metrics::{self, CellResult, Run};
 use crate::netlab::files::SafeDir;
 use crate::netlab::{lifecycle, qdisc, sys};
-use crate::plan::Plan;
+use crate::plan::{Plan, run_dir};
 use crate::report::tables;
 use anyhow::{Result, anyhow};
 use std::path::Path;
@@ -162,7 +162,9 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         let pcap = pcap2.as_deref();
         // Progress: every prompt line ends with how far the whole run is.
         let total = s2.plan.cells.len() * p2.len() * s2.plan.workload.repeat.max(1) as usize;
-        prog.prompts(total);
+        if s2.plan.workload.load.is_none() {
+            prog.prompts(total);
+        }
         let done = std::sync::atomic::AtomicUsize::new(0);
         let t0 = Instant::now();
         let print = |l: &str| {
@@ -176,6 +178,15 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             );
         };
         let stage = |s: &str| prog.stage(s);
+        // A load test takes the machine: its cells run one after another.
+        if s2.plan.workload.load.is_some() {
+            return s2
+                .plan
+                .cells
+                .iter()
+                .map(|cell| crate::launch::load::run(&s2, cell, &p2, &stage, &stop2))
+                .collect();
+        }
         let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &print, &stage, &stop2);
         if s2.plan.workload.parallel {
             std::thread::scope(|sc| {
@@ -246,6 +257,18 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         Ok(files) => say!("results: {} ({})", dir.path().display(), files.join(", ")),
         Err(e) => tell!("lab: cannot save the results: {e:#}"),
     }
+    // A run that went wrong, or whose warm-up had to be tried again, keeps its servers',
+    // clients' and link emulators' logs, which go with the lab when it is taken down.
+    let retried = run.cells.iter().any(|c| c.warmup_retried.is_some());
+    if saved.is_ok() && (retried || !metrics::run_errors(&run).is_empty()) {
+        match keep_logs(&st.name, &dir) {
+            Ok(n) => say!(
+                "logs: {} ({n} files: the servers', clients' and link emulators' logs of this run)",
+                dir.path().join("logs").display()
+            ),
+            Err(e) => tell!("lab: cannot keep the run's logs: {e:#}"),
+        }
+    }
     let handed = if results_existed {
         give_to_sudo_user(&dir)
     } else {
@@ -280,4 +303,14 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// Copies the lab's logs (under its run directory, which lab made) into `logs/` of the
+/// results, each cut to its last 4 MiB; how many.
+fn keep_logs(name: &str, results: &SafeDir) -> Result<usize> {
+    let from = SafeDir::open(&Path::new(&run_dir(name)).join("logs"), false)?;
+    Ok(results
+        .subdir("logs")?
+        .copy_files_from(&from, 4 << 20)?
+        .len())
 }

@@ -31,9 +31,22 @@ impl MockArgs {
     }
 }
 
+/// The open-file limit a server raises itself to (within the kernel's ceiling): a
+/// load test's 100,000 streams take a socket each, and a server that makes upstream
+/// requests one more per stream.
+const SERVER_NOFILE: u64 = 262_144;
+
 pub async fn run(cmd: Serve) -> Result<()> {
     // Registered before the ready line: a SIGTERM right after it is a clean stop.
     let signals = super::Signals::new()?;
+    match crate::netlab::sys::raise_nofile(SERVER_NOFILE) {
+        Ok(n) if n < SERVER_NOFILE => tracing::info!(
+            "open-file limit {n}: a load test over about {} streams will be refused connections",
+            n / 2
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e:#}"),
+    }
     match cmd {
         Serve::Llm(a) => llm(a, &signals).await,
         Serve::Approach(a, args) => approach(a, args, &signals).await,
@@ -64,8 +77,21 @@ fn ready(server: &str, listen: SocketAddr, url: &str, cert: Option<&CertKey>) {
     }
 }
 
+/// Connections a listener queues before the server accepts them (the kernel caps it at
+/// `net.core.somaxconn`, which lab raises in a load test's server namespaces).
+const BACKLOG: u32 = 65_535;
+
 async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    let bind = || -> std::io::Result<TcpListener> {
+        let s = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(BACKLOG)
+    };
+    bind().with_context(|| {
         format!(
             "cannot listen on {addr} for the {what}; is the port in use? pick another with --listen"
         )
@@ -168,14 +194,44 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
         cert: cert.clone(),
         upstream: args.upstream,
         model: args.model,
+        upstream_h2: args.upstream_h2,
         stats,
         limits: args.limits.limits(),
         transport: args.transport.unwrap_or_default(),
+        program: std::env::current_exe().ok(),
     };
     let serving = a.serve(listener, env)?;
-    ready(a.server, addr, &a.url(addr), Some(&cert));
+    // A plain-HTTP server presents no certificate.
+    ready(
+        a.server,
+        addr,
+        &a.url(addr),
+        a.wire.app.tls().then_some(&cert),
+    );
     if a.model == crate::approach::Model::Client {
         tracing::info!("forwarding to {upstream}");
     }
     until_signal(serving, signals).await
+}
+
+/// `lab handoff-daemon`: the handoff server's streaming daemon, on the Unix socket its
+/// front left on file descriptor 3.
+pub async fn handoff_daemon(a: crate::cli::HandoffDaemonArgs) -> Result<()> {
+    use lab_servers::handoff::{DAEMON_FD, DaemonConfig};
+    use std::os::fd::FromRawFd;
+    let cfg: DaemonConfig = serde_json::from_str(&a.config).context(
+        "--config is not the daemon's settings; `lab serve handoff` starts the daemon, not a user",
+    )?;
+    // Only a socket on fd 3 is taken: anything else there is not the front's.
+    let is_socket =
+        nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(DAEMON_FD) })
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    anyhow::ensure!(
+        is_socket,
+        "file descriptor {DAEMON_FD} is not the front's Unix socket; `lab serve handoff` starts the daemon, not a user"
+    );
+    // SAFETY: fd 3 is a socket this process was given at exec and nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(DAEMON_FD) };
+    tracing::info!("handoff daemon: upstream {}", cfg.upstream);
+    lab_servers::handoff::daemon(fd, cfg).await
 }

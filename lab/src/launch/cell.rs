@@ -50,6 +50,102 @@ pub fn wait_quiet(
     false
 }
 
+/// What became of a cell's warm-up.
+#[derive(Debug, Default)]
+pub struct WarmUp {
+    /// Both tries failed: the second's error (a run error).
+    pub error: Option<String>,
+    /// The first try failed and the second did not: the first's error (the report
+    /// says so; the cell's workload ran on a warmed path after all).
+    pub retried: Option<String>,
+}
+
+/// The warm-up: one prompt (the first line of `warm_file`) on its own connection,
+/// before anything is counted. A warm-up that fails is tried once more (a cold path's
+/// one-off, such as a session set-up the server dropped, is what a warm-up is for);
+/// what went wrong is kept either way.
+pub fn warm_up(
+    state: &State,
+    cell: &Cell,
+    warm_file: &Path,
+    label: &str,
+    timeout: Duration,
+    stage: &(dyn Fn(&str) + Sync),
+    stop: &AtomicBool,
+) -> WarmUp {
+    stage(&format!("[{label}] warming up: one prompt, not counted"));
+    let first = warm_try(state, cell, warm_file, "warmup", timeout, stop);
+    let Some(first) = first else {
+        return WarmUp::default();
+    };
+    if stop.load(Ordering::SeqCst) {
+        return WarmUp {
+            error: Some(first),
+            retried: None,
+        };
+    }
+    stage(&format!(
+        "[{label}] the warm-up failed ({first}); trying it once more"
+    ));
+    match warm_try(state, cell, warm_file, "warmup-2", timeout, stop) {
+        None => WarmUp {
+            error: None,
+            retried: Some(first),
+        },
+        Some(second) => WarmUp {
+            error: Some(format!("{second} (and before it: {first})")),
+            retried: None,
+        },
+    }
+}
+
+/// One try of the warm-up prompt, its client logging to `<cell>-<log>.log`; what went
+/// wrong, if anything.
+fn warm_try(
+    state: &State,
+    cell: &Cell,
+    warm_file: &Path,
+    log: &str,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Option<String> {
+    let mut warm_err = None;
+    let dir = PathBuf::from(run_dir(&state.name));
+    let warm = super::client::run(
+        state,
+        cell,
+        &["--prompts".into(), warm_file.display().to_string()],
+        dir.join("logs").join(format!("{}-{log}.log", cell.id)),
+        &[],
+        timeout + Duration::from_secs(30),
+        stop,
+        &mut |r| {
+            if let Some(e) = r.error {
+                warm_err = Some(e.to_string());
+            }
+        },
+    );
+    warm.err().map(|e| format!("{e:#}")).or(warm_err)
+}
+
+/// Quiet means no frame for 100 ms plus a round trip and its jitter.
+pub fn quiet_for(cell: &Cell) -> Duration {
+    let one_way = cell.up.max_delay().max(cell.down.max_delay());
+    Duration::from_millis(100) + one_way * 2
+}
+
+pub fn write_prompt_files(
+    dir: &Path,
+    cell: &Cell,
+    prompts: &[String],
+) -> Result<(PathBuf, PathBuf)> {
+    let prompts_file = dir.join(format!("prompts-{}.txt", cell.id));
+    let warm_file = dir.join(format!("warmup-{}.txt", cell.id));
+    write_prompts(&prompts_file, prompts)?;
+    write_prompts(&warm_file, &prompts[..1])?;
+    Ok((prompts_file, warm_file))
+}
+
 /// Runs one cell: warm-up (not counted), then the workload with both ends captured.
 /// `stop` ends it early: clients are stopped at once and what was measured is kept.
 pub fn run(
@@ -67,32 +163,15 @@ pub fn run(
     let dir = PathBuf::from(run_dir(&state.name));
     let w = &state.plan.workload;
     let timeout = w.timeout.map_or(Duration::from_secs(120), |t| t.0);
-    let prompts_file = dir.join(format!("prompts-{}.txt", cell.id));
-    let warm_file = dir.join(format!("warmup-{}.txt", cell.id));
-    if let Err(e) = write_prompts(&prompts_file, prompts)
-        .and_then(|()| write_prompts(&warm_file, &prompts[..1]))
-    {
-        res.errors.push(format!("{e:#}"));
-        return res;
-    }
-    // Warm-up: one prompt on its own connection, before anything is counted.
-    stage(&format!("[{label}] warming up: one prompt, not counted"));
-    let mut warm_err = None;
-    let warm = super::client::run(
-        state,
-        cell,
-        &["--prompts".into(), warm_file.display().to_string()],
-        dir.join("logs").join(format!("{}-warmup.log", cell.id)),
-        &[],
-        timeout + Duration::from_secs(30),
-        stop,
-        &mut |r| {
-            if let Some(e) = r.error {
-                warm_err = Some(e.to_string());
-            }
-        },
-    );
-    res.warmup_error = warm.err().map(|e| format!("{e:#}")).or(warm_err);
+    let (prompts_file, warm_file) = match write_prompt_files(&dir, cell, prompts) {
+        Ok(f) => f,
+        Err(e) => {
+            res.errors.push(format!("{e:#}"));
+            return res;
+        }
+    };
+    let warm = warm_up(state, cell, &warm_file, &label, timeout, stage, stop);
+    (res.warmup_error, res.warmup_retried) = (warm.error, warm.retried);
     if stop.load(Ordering::SeqCst) {
         res.errors
             .push("interrupted before the workload started".into());
@@ -100,9 +179,7 @@ pub fn run(
         return res;
     }
 
-    // Quiet means no frame for 100 ms plus a round trip and its jitter.
-    let one_way = cell.up.max_delay().max(cell.down.max_delay());
-    let quiet = Duration::from_millis(100) + one_way * 2;
+    let quiet = quiet_for(cell);
     let ends = (|| -> Result<_> {
         let cns = sys::open_netns(&cell.client_ns)?;
         let sns = sys::open_netns(&cell.server_ns)?;

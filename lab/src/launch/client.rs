@@ -21,6 +21,35 @@ struct ConnLine {
     connection: ConnStats,
 }
 
+/// Watches process `pid` (started at `start`) until `done`: past `deadline`, or once
+/// `stop` is set, stops it (SIGTERM, then SIGKILL after `grace`) and says why
+/// (`"deadline"` or `"interrupted"`).
+pub fn watchdog(
+    pid: u32,
+    start: u64,
+    grace: Duration,
+    deadline: Duration,
+    stop: &AtomicBool,
+    done: &AtomicBool,
+) -> Option<&'static str> {
+    let t0 = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        let why = if stop.load(Ordering::SeqCst) {
+            Some("interrupted")
+        } else if t0.elapsed() > deadline {
+            Some("deadline")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let _ = sys::stop_process(pid, start, grace);
+            return Some(why);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// Runs the client of `cell` in its namespace with `extra` arguments; calls `each` per
 /// record as it arrives, and returns the connections' statistics. Gives up after
 /// `deadline`, and at once when `stop` is set.
@@ -87,24 +116,7 @@ pub fn run(
     // A watchdog: a client that outlives its deadline, or is told to stop, is stopped.
     let done = AtomicBool::new(false);
     let (status, why) = std::thread::scope(|s| -> Result<_> {
-        let watchdog = s.spawn(|| {
-            let t0 = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                let why = if stop.load(Ordering::SeqCst) {
-                    Some("interrupted")
-                } else if t0.elapsed() > deadline {
-                    Some("deadline")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    let _ = sys::stop_process(pid, start, STOP_GRACE);
-                    return Some(why);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            None
-        });
+        let watchdog = s.spawn(|| watchdog(pid, start, STOP_GRACE, deadline, stop, &done));
         let read = || -> Result<()> {
             for line in std::io::BufReader::new(out).lines() {
                 let line = line?;

@@ -1,9 +1,11 @@
 //! Launching a cell's workload: `lab client` started in the cell's client namespace with
 //! its records read as they come ([`client`]), and one cell run end to end, warm-up,
-//! quiet moments, capture of both ends and the workload ([`cell`]).
+//! quiet moments, capture of both ends and the workload ([`cell`]), and a cell's load
+//! test ([`load`]).
 //!
 //! The servers and `lab wire` are started when the lab is built
 //! ([`crate::netlab::lifecycle`]); this is what `lab run` adds on top.
 
 pub mod cell;
 pub mod client;
+pub mod load;

@@ -68,8 +68,14 @@ where
 }
 
 impl Stack {
-    /// Starts the mock (if chosen) and every approach's server.
-    pub async fn start(upstream: UpstreamChoice, model: &str) -> Result<Self> {
+    /// Starts the mock (if chosen) and every approach's server. `program` is the lab
+    /// program, for the servers that start a process of their own (the handoff server's
+    /// streaming daemon).
+    pub async fn start(
+        upstream: UpstreamChoice,
+        model: &str,
+        program: &std::path::Path,
+    ) -> Result<Self> {
         let loopback: SocketAddr = "127.0.0.1:0".parse()?;
         let mut tasks = Vec::new();
         let llm_stats = Arc::new(ServerStats::default());
@@ -106,9 +112,11 @@ impl Stack {
                 cert: cert.clone(),
                 upstream: upstream_url.clone(),
                 model: model.to_owned(),
+                upstream_h2: false,
                 stats: stats.clone(),
                 limits: lab_servers::Limits::default(),
                 transport: Default::default(),
+                program: Some(program.to_owned()),
             };
             tasks.push(spawn_logged(what, a.serve(listener, env)?));
             servers.push(Running {
@@ -162,6 +170,7 @@ impl Stack {
             stats: Default::default(),
             transport: Default::default(),
             urgent: Default::default(),
+            source: None,
         }
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub mod datagrams;
+pub mod load;
 pub mod merge;
 pub mod stalls;
 pub mod summary;
@@ -68,12 +69,18 @@ pub struct CellResult {
     /// The emulator's counters at the end (userspace backend; warm-up included).
     pub wire: Option<crate::shaping::stats::WireStats>,
     pub warmup_error: Option<String>,
+    /// The warm-up's first try failed with this, and its second try did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_retried: Option<String>,
     /// Every captured byte by layer and every packet by class, at both ends.
     #[serde(default)]
     pub anatomy: Option<CellAnatomy>,
     /// The client's connections' own transport statistics (TCP_INFO, quinn's).
     #[serde(default)]
     pub connections: Vec<ConnStats>,
+    /// The cell's load test (`workload.load`): its levels, and the server's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<load::CellLoad>,
     /// Errors of the cell itself (capture, a client that would not start or end).
     pub errors: Vec<String>,
     pub seconds: f64,
@@ -162,8 +169,10 @@ impl CellResult {
             server: None,
             wire: None,
             warmup_error: None,
+            warmup_retried: None,
             anatomy: None,
             connections: Vec::new(),
+            load: None,
             errors: Vec::new(),
             seconds: 0.0,
         }
@@ -216,6 +225,9 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
         .cells
         .iter()
         .find(|c| c.cell.profile == profile && c.cell.name == approach)?;
+    if let Some(l) = &c.load {
+        return load::metric(l, name);
+    }
     let s = Summary::of(approach, &c.records);
     let ok = s.prompts - s.errors;
     let toks = tokens(c) as f64;
@@ -243,7 +255,7 @@ pub fn metric(run: &Run, approach: &str, profile: &str, name: &str) -> Option<f6
         "gap_max" => stalls::of(&c.records).map(|s| s.gap_max_ms),
         "stalled_per_answer" => stalls::of(&c.records).map(|s| s.stalled_ms_per_answer),
         "streams_per_stall" => stalls::of(&c.records).and_then(|s| s.streams_per_stall),
-        "delivered_pct" => datagrams::of(&c.records).map(|t| t.delivered_pct()),
+        "delivered_pct" => datagrams::of(&c.records, &c.connections).map(|t| t.delivered_pct()),
         "ack_packets_per_token" | "data_packets_per_token" => {
             let a = c.anatomy.as_ref().filter(|_| toks > 0.0)?;
             let (u, d) = (&a.client.up.packets, &a.client.down.packets);
@@ -322,6 +334,27 @@ pub fn run_errors(run: &Run) -> Vec<String> {
         }
         if let Some(w) = &c.warmup_error {
             out.push(format!("{who}: the warm-up failed: {w}"));
+        }
+        // A load test's failed streams are its findings (the tables, `success_pct`);
+        // tokens lost or altered in a completed stream are an error.
+        for l in c.load.iter().flat_map(|l| &l.levels) {
+            if l.wrong_streams > 0 {
+                out.push(format!(
+                    "{who}: level {}: {} of {} completed streams got tokens other than the mock's answer: {}",
+                    l.summary.level,
+                    l.wrong_streams,
+                    l.checked,
+                    l.wrong.join("; ")
+                ));
+            }
+        }
+        if let Some(w) = &c.wire
+            && w.up.dropped_input + w.down.dropped_input > 0
+        {
+            out.push(format!(
+                "{who}: the link emulator fell behind: {} frames up and {} down found its receive ring full and were lost, beyond what the profile asks for",
+                w.up.dropped_input, w.down.dropped_input
+            ));
         }
         for (side, e) in [("client", &c.client), ("server", &c.server)] {
             if let Some(e) = e

@@ -184,6 +184,44 @@ impl SafeDir {
         Ok(File::from(fd))
     }
 
+    /// Copies every regular file of `from` into this directory, each cut to its last
+    /// `max` bytes, mode 0644; links and anything else are skipped, never followed. The
+    /// names copied, sorted.
+    pub fn copy_files_from(&self, from: &SafeDir, max: u64) -> Result<Vec<String>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", raw(&from.fd)))
+            .with_context(|| format!("cannot list {}", from.path.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let mut copied = Vec::new();
+        for name in names {
+            let Ok(fd) = openat(
+                &from.fd,
+                name.as_str(),
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let mut f = File::from(fd);
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+            let mut data = Vec::new();
+            f.take(max)
+                .read_to_end(&mut data)
+                .with_context(|| format!("cannot read {}", from.path.join(&name).display()))?;
+            self.write(&name, &data, 0o644)?;
+            copied.push(name);
+        }
+        Ok(copied)
+    }
+
     /// An unnamed file in this directory's filesystem (O_TMPFILE), readable and
     /// writable, mode 0600: scratch space that no one else can open and that vanishes
     /// when closed, even if lab is killed.

@@ -208,6 +208,14 @@ pub fn up(
         Ok(())
     })?;
 
+    // Kernel settings of the namespaces (a load test's queues and port range).
+    for c in &plan.sysctls {
+        sys::in_netns(&fds[&c.namespace], || {
+            sys::write_sysctl(&c.key, &c.value, false)
+        })
+        .with_context(|| format!("cannot set {} in {} ({})", c.key, c.namespace, c.why))?;
+    }
+
     // TCP settings on the routes between each cell's ends, on both ends.
     for c in &plan.cells {
         if links::tcp_metrics(&c.transport.tcp).is_empty() {

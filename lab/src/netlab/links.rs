@@ -170,7 +170,7 @@ pub fn configure(lab: &str, ns: &File, ifaces: &[&Iface]) -> Result<()> {
                         .await
                         .with_context(|| format!("cannot add {} to {m}", i.name))?;
                 }
-                if let Some(a) = &i.address {
+                for a in i.address.iter().chain(&i.more_addresses) {
                     let (ip, len) = a
                         .split_once('/')
                         .ok_or_else(|| anyhow!("bad address {a} in the plan"))?;

@@ -203,6 +203,109 @@ pub fn write_sysctl(key: &str, value: &str, missing_ok: bool) -> Result<()> {
     }
 }
 
+/// Raises this process's open-file limit (RLIMIT_NOFILE) to `want`, within the
+/// kernel's ceiling (`fs.nr_open`): the soft limit, and the hard one too where the
+/// process may (root). Returns the soft limit in force.
+pub fn raise_nofile(want: u64) -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1_048_576u64);
+    let target = want.min(ceiling);
+    for new in [
+        libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max.max(target),
+        },
+        libc::rlimit {
+            rlim_cur: target.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        },
+    ] {
+        // SAFETY: setrlimit reads the struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return Ok(new.rlim_cur);
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// What a process and its descendants use at one moment, from /proc.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Processes counted (the process and its descendants).
+    pub processes: u32,
+    pub rss_kib: u64,
+    /// CPU time in clock ticks (`sysconf(_SC_CLK_TCK)` a second).
+    pub utime: u64,
+    pub stime: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+/// What `pid` and every process below it use now; `None` if `pid` is gone.
+pub fn tree_usage(pid: u32) -> Option<Usage> {
+    let mut u = Usage::default();
+    let mut todo = vec![pid];
+    let mut first = true;
+    while let Some(p) = todo.pop() {
+        let stat = match std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            Ok(s) => s,
+            Err(_) if !first => continue,
+            Err(_) => return None,
+        };
+        first = false;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        // Fields from 3 on: utime 14, stime 15, num_threads 20, rss 24 (pages).
+        let num = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        u.processes += 1;
+        u.utime += num(14);
+        u.stime += num(15);
+        u.threads += num(20);
+        u.rss_kib += num(24) * page_size() / 1024;
+        u.fds += std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count() as u64);
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                    todo.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+                }
+            }
+        }
+    }
+    Some(u)
+}
+
+/// Clock ticks a second, as /proc counts CPU time.
+pub fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+}
+
 /// The start time of a process (field 22 of /proc/PID/stat, in clock ticks since boot).
 /// With the pid it names one process for good: a reused pid has another start time.
 pub fn start_time(pid: u32) -> Option<u64> {
@@ -219,11 +322,7 @@ pub fn proc_state_rss(pid: u32) -> Option<(char, u64)> {
     let state = rest.chars().next()?;
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split(' ').nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some((state, pages * page))
+    Some((state, pages * page_size()))
 }
 
 /// A handle on one process that cannot be confused with a later process of the same pid.

@@ -39,25 +39,29 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
         }
         for c in &p.cells {
             let json = |l: &Params| serde_json::to_string(l).unwrap_or_else(|_| "{}".into());
+            let mut argv = vec![
+                "lab".into(),
+                "wire".into(),
+                "--client-if".into(),
+                "to-client".into(),
+                "--server-if".into(),
+                "to-server".into(),
+                "--seed".into(),
+                p.seed.to_string(),
+                "--up".into(),
+                json(&c.up),
+                "--down".into(),
+                json(&c.down),
+                "--stats".into(),
+                wire_stats_path(&p.name, &c.id).display().to_string(),
+            ];
+            if p.busy_poll {
+                argv.push("--busy-poll".into());
+            }
             p.processes.push(Process {
                 namespace: c.wire_ns.clone(),
                 role: "wire".into(),
-                argv: vec![
-                    "lab".into(),
-                    "wire".into(),
-                    "--client-if".into(),
-                    "to-client".into(),
-                    "--server-if".into(),
-                    "to-server".into(),
-                    "--seed".into(),
-                    p.seed.to_string(),
-                    "--up".into(),
-                    json(&c.up),
-                    "--down".into(),
-                    json(&c.down),
-                    "--stats".into(),
-                    wire_stats_path(&p.name, &c.id).display().to_string(),
-                ],
+                argv,
                 ready: Ready::Line,
                 certs: None,
             });

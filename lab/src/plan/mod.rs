@@ -156,6 +156,9 @@ pub struct Plan {
     #[serde(default)]
     pub shaping: Option<ShapingChoice>,
     pub seed: u64,
+    /// `lab wire` polls all the time instead of sleeping when idle.
+    #[serde(default)]
+    pub busy_poll: bool,
     pub ipv6: bool,
     pub llm: LlmNode,
     pub workload: Workload,
@@ -163,6 +166,9 @@ pub struct Plan {
     pub namespaces: Vec<String>,
     pub interfaces: Vec<Iface>,
     pub processes: Vec<Process>,
+    /// Kernel settings of lab's namespaces (a load test's backlogs and port range).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<Sysctl>,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +181,11 @@ pub struct LlmNode {
     pub model: String,
     /// What the mock runs with, or the relayed URL.
     pub detail: String,
+    /// The mock's seed and answer cap, which fix every answer (absent for a relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock_seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock_max_tokens: Option<usize>,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,6 +216,11 @@ pub struct Cell {
     /// approach's own). Absent in plans saved before it existed: the defaults.
     #[serde(default)]
     pub transport: Settings,
+    /// The client's addresses a load test connects from, in turn (the first is
+    /// `client_addr`); empty outside load tests with more streams than one address
+    /// holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Ipv4Addr>,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,8 +232,22 @@ pub struct Iface {
     pub peer: Option<String>,
     /// Address with prefix length, if any.
     pub address: Option<String>,
+    /// More addresses (a load test's extra client addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_addresses: Vec<String>,
     /// The bridge it is a port of, if any.
     pub master: Option<String>,
+}
+
+/// A kernel setting of one lab namespace (`/proc/sys/<key>` inside it).
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sysctl {
+    pub namespace: String,
+    /// The path under /proc/sys, e.g. `net/core/somaxconn`.
+    pub key: String,
+    pub value: String,
+    /// Why lab sets it.
+    pub why: String,
 }
 
 /// How lab knows a process it started is ready.
@@ -277,6 +307,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         kind: "bridge".into(),
         peer: None,
         address: Some(format!("{LLM_ADDR}/16")),
+        more_addresses: Vec::new(),
         master: None,
     }];
     let mut processes = Vec::new();
@@ -288,6 +319,8 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             kind: "relay".into(),
             model: t.llm.model.clone(),
             detail: url.clone(),
+            mock_seed: None,
+            mock_max_tokens: None,
         },
         None => {
             let m = t.llm.mock.clone().unwrap_or_default();
@@ -296,8 +329,14 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 MockFormat::Ollama => "ollama",
                 MockFormat::Openai => "openai",
             };
+            let load = t.workload.load.as_ref();
             let ttft = m.ttft.unwrap_or(Dur(std::time::Duration::from_millis(250)));
-            let tbt = m.tbt.unwrap_or(Dur(std::time::Duration::from_millis(35)));
+            // A load test sets the answers' pace and length for its run.
+            let tbt = load
+                .and_then(|l| l.tbt)
+                .or(m.tbt)
+                .unwrap_or(Dur(std::time::Duration::from_millis(35)));
+            let max_tokens = load.and_then(|l| l.tokens).or(m.max_tokens);
             let jitter = m.jitter.unwrap_or(Percent(0.1));
             let seed = m.seed.unwrap_or(1);
             let mut argv: Vec<String> = ["lab", "serve", "llm", "--listen"]
@@ -316,7 +355,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 argv.push(k.into());
                 argv.push(v);
             }
-            if let Some(n) = m.max_tokens {
+            if let Some(n) = max_tokens {
                 argv.push("--max-tokens".into());
                 argv.push(n.to_string());
             }
@@ -333,7 +372,12 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 port: LLM_PORT,
                 kind: "mock".into(),
                 model: t.llm.model.clone(),
-                detail: format!("{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}"),
+                detail: format!(
+                    "{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}{}",
+                    max_tokens.map_or(String::new(), |n| format!(", at most {n} tokens"))
+                ),
+                mock_seed: Some(seed),
+                mock_max_tokens: max_tokens,
             }
         }
     };
@@ -356,6 +400,10 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         });
     }
 
+    // A load test's servers share one HTTP/2 connection to the mock for all their
+    // streams (a relayed real upstream speaks HTTP/1.1 only).
+    let multiplex_upstream = t.workload.load.is_some() && t.llm.url.is_none();
+    let mut sysctls = Vec::new();
     let mut cells = Vec::with_capacity(ncells);
     for (pname, profile) in &t.profiles {
         let (up, down) = (
@@ -392,6 +440,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 kind: "veth".into(),
                 peer: Some(peer),
                 address,
+                more_addresses: Vec::new(),
                 master: master.map(str::to_owned),
             };
             interfaces.push(veth(
@@ -407,6 +456,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 kind: "bridge".into(),
                 peer: None,
                 address: None,
+                more_addresses: Vec::new(),
                 master: None,
             });
             interfaces.push(veth(
@@ -450,6 +500,9 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                     let mut argv: Vec<String> = vec!["lab".into(), "serve".into(), a.server.into()];
                     argv.extend(["--listen".into(), format!("{server_addr}:{p}")]);
                     argv.extend(["--upstream".into(), upstream.clone()]);
+                    if multiplex_upstream {
+                        argv.push("--upstream-h2".into());
+                    }
                     if a.model == Model::Server {
                         argv.extend(["--model".into(), t.llm.model.clone()]);
                     }
@@ -501,6 +554,50 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 }
             };
             processes.push(process);
+            let mut sources = Vec::new();
+            if let Some(l) = &t.workload.load {
+                // Enough client addresses that ports never run out towards the one
+                // server port, and room in the kernel's queues.
+                let n = l.top().div_ceil(STREAMS_PER_SOURCE) as u8;
+                if n > 1 {
+                    sources.push(client_addr);
+                    for k in 0..n - 1 {
+                        sources.push(Ipv4Addr::new(198, 18, i as u8, 10 + k));
+                    }
+                    if let Some(c) = interfaces
+                        .iter_mut()
+                        .find(|f| f.namespace == client_ns && f.name == "to-wire")
+                    {
+                        c.more_addresses = sources[1..].iter().map(|a| format!("{a}/24")).collect();
+                    }
+                }
+                let set = |ns: &str, key: &str, value: &str, why: &str| Sysctl {
+                    namespace: ns.to_owned(),
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                    why: why.to_owned(),
+                };
+                sysctls.extend([
+                    set(
+                        &client_ns,
+                        "net/ipv4/ip_local_port_range",
+                        "1024 65535",
+                        "ports for a load test's connections",
+                    ),
+                    set(
+                        &server_ns,
+                        "net/core/somaxconn",
+                        "65535",
+                        "a load test's connections waiting to be accepted",
+                    ),
+                    set(
+                        &server_ns,
+                        "net/ipv4/tcp_max_syn_backlog",
+                        "65535",
+                        "a load test's connections being set up",
+                    ),
+                ]);
+            }
             cells.push(Cell {
                 id,
                 index: i,
@@ -518,6 +615,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 up: up.clone(),
                 down: down.clone(),
                 transport,
+                sources,
             });
         }
     }
@@ -527,6 +625,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         backend: t.shaping.backend,
         shaping: None,
         seed: t.shaping.seed.unwrap_or(1),
+        busy_poll: t.shaping.busy_poll,
         ipv6: t.ipv6,
         llm,
         workload: t.workload.clone(),
@@ -534,5 +633,6 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         namespaces,
         interfaces,
         processes,
+        sysctls,
     })
 }

@@ -14,9 +14,11 @@ pub fn shaping_line(p: &Plan) -> String {
                 Shaper::Kernel => "kernel",
                 Shaper::Userspace => "userspace",
             },
-            match c.backend {
-                Shaper::Kernel => "netem on each wire namespace's bridge ports",
-                Shaper::Userspace => "lab wire between each wire namespace's veths",
+            match (c.backend, p.busy_poll) {
+                (Shaper::Kernel, _) => "netem on each wire namespace's bridge ports",
+                (Shaper::Userspace, false) => "lab wire between each wire namespace's veths",
+                (Shaper::Userspace, true) =>
+                    "lab wire between each wire namespace's veths, busy-polling (a CPU per cell)",
             },
             p.seed,
             c.why
@@ -85,25 +87,28 @@ pub fn render(p: &Plan) -> String {
         "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
     ));
-    out.push_str(&format!(
-        "workload: {} prompts, {} connection, repeat {}{}, cells {}\n\n",
-        p.workload.prompts,
-        match p.workload.connection {
-            Connection::Reuse => "reuse",
-            Connection::Fresh => "fresh",
-        },
-        p.workload.repeat,
-        if p.workload.concurrency > 1 {
-            format!(", {} in flight at once", p.workload.concurrency)
-        } else {
-            String::new()
-        },
-        if p.workload.parallel {
-            "in parallel"
-        } else {
-            "one after another"
-        }
-    ));
+    let connection = match p.workload.connection {
+        Connection::Reuse => "reuse",
+        Connection::Fresh => "fresh",
+    };
+    match &p.workload.load {
+        Some(l) => out.push_str(&format!("workload: {}\n\n", load_line(l, connection))),
+        None => out.push_str(&format!(
+            "workload: {} prompts, {connection} connection, repeat {}{}, cells {}\n\n",
+            p.workload.prompts,
+            p.workload.repeat,
+            if p.workload.concurrency > 1 {
+                format!(", {} in flight at once", p.workload.concurrency)
+            } else {
+                String::new()
+            },
+            if p.workload.parallel {
+                "in parallel"
+            } else {
+                "one after another"
+            }
+        )),
+    }
 
     #[derive(tabled::Tabled)]
     struct CellRow {
@@ -150,7 +155,13 @@ pub fn render(p: &Plan) -> String {
             interface: i.name.clone(),
             kind: i.kind.clone(),
             peer: i.peer.clone().unwrap_or_default(),
-            address: i.address.clone().unwrap_or_default(),
+            address: i
+                .address
+                .iter()
+                .chain(&i.more_addresses)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             master: i.master.clone().unwrap_or_default(),
         })
         .collect();
@@ -174,5 +185,55 @@ pub fn render(p: &Plan) -> String {
         .collect();
     out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
     out.push('\n');
+    if !p.sysctls.is_empty() {
+        #[derive(tabled::Tabled)]
+        struct SysctlRow {
+            namespace: String,
+            setting: String,
+            value: String,
+            why: String,
+        }
+        let rows: Vec<SysctlRow> = p
+            .sysctls
+            .iter()
+            .map(|c| SysctlRow {
+                namespace: c.namespace.clone(),
+                setting: c.key.replace('/', "."),
+                value: c.value.clone(),
+                why: c.why.clone(),
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+        out.push('\n');
+    }
     out
+}
+
+/// A load workload in a line: levels, ramp, hold or cycles, the answers, retries.
+pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> String {
+    use crate::topology::units::Dur;
+    let (b0, b1) = l.backoff();
+    format!(
+        "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}; cells one after another",
+        l.levels
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" -> "),
+        Dur(l.ramp()),
+        match (l.hold(), l.cycles) {
+            (Some(h), _) => format!("hold {}", Dur(h)),
+            (None, Some(c)) => format!("{c} streams per slot"),
+            (None, None) => String::new(),
+        },
+        match l.per_connection {
+            Some(n) if n > 1 =>
+                format!("{n} streams per connection where the approach multiplexes, "),
+            _ => String::new(),
+        },
+        Dur(b0),
+        Dur(b1),
+        Dur(l.sample()),
+    )
 }

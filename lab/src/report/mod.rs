@@ -7,6 +7,7 @@
 pub mod anatomy;
 pub mod compare;
 pub mod html;
+pub mod load;
 pub mod plots;
 pub mod status;
 pub mod tables;

@@ -375,9 +375,141 @@ pub fn timeline(run: &Run, index: usize) -> Result<String> {
     )
 }
 
+/// A chart against the load level (log scale: levels go 100, 1000, 10000), one line per
+/// named series, points marked.
+/// A line of a level chart: its label, its cell (which picks the colour), whether it is
+/// drawn dashed (a second figure of the same cell, such as p99 beside p50), its points.
+type LevelSeries = (String, usize, bool, Vec<(f64, f64)>);
+
+fn level_chart(caption: &str, y_desc: &str, series: Vec<LevelSeries>) -> Result<String> {
+    let xs = series.iter().flat_map(|(_, _, _, p)| p.iter().map(|p| p.0));
+    let (lo, hi) = xs.fold((f64::MAX, 1.0f64), |(l, h), x| (l.min(x), h.max(x)));
+    let (lo, hi) = ((lo.min(hi) / 2.0).max(0.5), hi * 2.0);
+    let y_max = series
+        .iter()
+        .flat_map(|(_, _, _, p)| p.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi).log_scale(), 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent streams (the level; log scale)")
+        .y_desc(y_desc)
+        .x_labels(8)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    for (name, i, dashed, pts) in series {
+        let color = PALETTE[i % PALETTE.len()];
+        let drawn = if dashed {
+            chart.draw_series(DashedLineSeries::new(
+                pts.clone(),
+                6,
+                4,
+                color.stroke_width(2),
+            ))
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+        };
+        drawn.map_err(err)?.label(name).legend(move |(x, y)| {
+            if dashed {
+                PathElement::new(vec![(x, y), (x + 7, y)], color.stroke_width(2))
+            } else {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            }
+        });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    drop(chart);
+    drop(root);
+    Ok(svg)
+}
+
+/// A figure of a load level, if it has one.
+type LevelFigure<'a> = &'a dyn Fn(&crate::metrics::load::LevelResult) -> Option<f64>;
+
+/// Series of a load run, one per cell and `what` (a label and a figure of a level): a
+/// colour per cell, the second and later figures dashed.
+fn load_series(run: &Run, what: &[(&str, LevelFigure)]) -> Vec<LevelSeries> {
+    let mut out = Vec::new();
+    for (i, c) in run.cells.iter().enumerate() {
+        let Some(l) = &c.load else { continue };
+        for (k, (name, f)) in what.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = l
+                .levels
+                .iter()
+                .filter_map(|x| Some((f64::from(x.summary.level), f(x)?)))
+                .collect();
+            if !pts.is_empty() {
+                out.push((format!("{} {name}", label(c)), i, k > 0, pts));
+            }
+        }
+    }
+    out
+}
+
+/// TTFT p50 and p99 against the level, per cell of a load test.
+pub fn load_ttft(run: &Run) -> Result<String> {
+    let series = load_series(
+        run,
+        &[
+            ("p50", &|l| l.summary.ttft_ms.p50),
+            ("p99", &|l| l.summary.ttft_ms.p99),
+        ],
+    );
+    level_chart(
+        &format!("{}: time to first token against the load", run.name),
+        "TTFT (ms), p50 (solid) and p99 (dashed) of the level's streams",
+        series,
+    )
+}
+
+/// The server's mean RSS over each level's hold, per cell of a load test.
+pub fn load_rss(run: &Run) -> Result<String> {
+    let series = load_series(
+        run,
+        &[("RSS", &|l| {
+            l.server.as_ref().map(|r| r.rss_kib_mean / 1024.0)
+        })],
+    );
+    level_chart(
+        &format!("{}: server memory against the load", run.name),
+        "server RSS (MiB), mean over the hold",
+        series,
+    )
+}
+
 /// The plots, by file name; `prompt` picks the timeline's prompt (0 = the first). The
-/// anatomy plot is there when some cell has an anatomy.
+/// anatomy plot is there when some cell has an anatomy. A load test has its own two:
+/// TTFT p50/p99 and server RSS against the level.
 pub fn all(run: &Run, prompt: usize) -> Result<Vec<(&'static str, String)>> {
+    if run.cells.iter().any(|c| c.load.is_some()) {
+        return Ok(vec![
+            ("load_ttft.svg", load_ttft(run)?),
+            ("load_rss.svg", load_rss(run)?),
+        ]);
+    }
     let mut v = vec![
         ("ttft.svg", ttft(run)?),
         ("bytes_per_token.svg", bytes_per_token(run)?),

@@ -53,6 +53,25 @@ pub fn render(run: &Run) -> String {
         out.push_str(&format!("- {l}\n"));
     }
     out.push('\n');
+    for c in &run.cells {
+        if let Some(first) = &c.warmup_retried {
+            out.push_str(&format!(
+                "{} ({}@{}): the warm-up's first try failed ({first}); its second try completed, and the workload ran after it. The logs of both tries are in the results' logs/ (`{}-warmup.log`, `{}-warmup-2.log`).\n\n",
+                c.cell.id, c.cell.name, c.cell.profile, c.cell.id, c.cell.id
+            ));
+        }
+    }
+    if let Some(l) = &run.plan.workload.load {
+        let conn = match run.plan.workload.connection {
+            crate::topology::model::Connection::Reuse => "reuse",
+            crate::topology::model::Connection::Fresh => "fresh",
+        };
+        out.push_str(&format!(
+            "Workload: {}; the answers: {}.\n\n",
+            crate::plan::render::load_line(l, conn),
+            run.plan.llm.detail
+        ));
+    }
     let n = run.plan.workload.concurrency;
     if n > 1 {
         // Each approach of the run once, by its name here, with its protocol.
@@ -62,7 +81,11 @@ pub fn render(run: &Run) -> String {
                 approaches.push((&c.cell.name, c.cell.approach));
             }
         }
-        let (mux, own): (Vec<_>, Vec<_>) = approaches.iter().partition(|(_, a)| a.multiplexed);
+        type Named<'a> = &'a (&'a str, crate::approach::Approach);
+        let (each, kept): (Vec<Named>, Vec<Named>) =
+            approaches.iter().partition(|(_, a)| !a.keeps_connections);
+        let (mux, own): (Vec<Named>, Vec<Named>) =
+            kept.into_iter().partition(|(_, a)| a.multiplexed);
         let list = |v: &[&(&str, crate::approach::Approach)]| {
             v.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         };
@@ -75,6 +98,12 @@ pub fn render(run: &Run) -> String {
         }
         if !own.is_empty() {
             out.push_str(&format!("; on {n} connections: {}", list(&own)));
+        }
+        if !each.is_empty() {
+            out.push_str(&format!(
+                "; on a connection per prompt (the server closes each after its answer): {}",
+                list(&each)
+            ));
         }
         out.push_str(". Each record names its connection (`conn`) and slot.\n\n");
     }
@@ -89,6 +118,10 @@ pub fn render(run: &Run) -> String {
             }
         });
         out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
+        if cells.iter().any(|c| c.load.is_some()) {
+            out.push_str(&super::load::section(&cells));
+            continue;
+        }
         let sums: Vec<Summary> = cells
             .iter()
             .map(|c| Summary::of(&c.cell.name, &c.records))
@@ -117,8 +150,11 @@ pub fn render(run: &Run) -> String {
                     tried.len()
                 ));
             }
-            if let Some(t) = crate::metrics::datagrams::of(&c.records) {
+            if let Some(t) = crate::metrics::datagrams::of(&c.records, &c.connections) {
                 out.push_str(&t.line(&c.cell.name));
+            }
+            if let Some(l) = handoff_line(&c.cell.name, &c.records) {
+                out.push_str(&l);
             }
         }
 
@@ -220,10 +256,15 @@ pub fn render(run: &Run) -> String {
             }
         }
     }
-    out.push_str("## Link behaviour (IP packets sent at one end, delivered at the other)\n\n");
-    out.push_str("The delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n");
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
+    // A load test does not capture (thousands of streams): its wire figures are the
+    // kernel's counters, per level, in its tables.
+    let load = run.cells.iter().any(|c| c.load.is_some());
+    if !load {
+        out.push_str("## Link behaviour (IP packets sent at one end, delivered at the other)\n\n");
+        out.push_str("The delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n");
+        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
+        out.push_str("\n\n");
+    }
 
     let checks: Vec<String> = run
         .cells
@@ -245,9 +286,11 @@ pub fn render(run: &Run) -> String {
                 })
         })
         .collect();
-    out.push_str("## Capture cross-check\n\n");
-    out.push_str(&checks.join("\n"));
-    out.push_str("\n\n");
+    if !load {
+        out.push_str("## Capture cross-check\n\n");
+        out.push_str(&checks.join("\n"));
+        out.push_str("\n\n");
+    }
     out.push_str(&super::anatomy::checks(&run.cells));
     if !run.digest_mismatches.is_empty() {
         out.push_str("## Token mismatches\n\n");
@@ -275,6 +318,35 @@ pub fn render(run: &Run) -> String {
 
 /// With prompts in flight at once: the gaps between tokens, the stalls, and how many
 /// streams of one connection stall together (head-of-line blocking).
+/// The handoff server's own latencies over a cell's prompts: the front's hand-off to the
+/// streaming daemon (the server's `Lab-Handoff-Us` header), and the client's times to the
+/// response head and to the first token; `None` for the other approaches.
+fn handoff_line(name: &str, records: &[lab_clients::record::PromptRecord]) -> Option<String> {
+    let sorted = |f: fn(&lab_clients::record::PromptRecord) -> Option<f64>| {
+        let mut v: Vec<f64> = records.iter().filter_map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let handoff = sorted(|r| r.handoff_ms);
+    if handoff.is_empty() {
+        return None;
+    }
+    let (ttfb, ttft) = (sorted(|r| r.ttfb_ms), sorted(|r| r.ttft_ms));
+    let p = |v: &[f64], q: f64| {
+        lab_clients::record::percentile(v, q).map_or("-".to_owned(), |x| format!("{x:.3} ms"))
+    };
+    Some(format!(
+        "{name}: hand-off, front to streaming daemon (SCM_RIGHTS over a Unix socket): p50 {}, p99 {} over {} prompts; time to the response head (TTFB, from the prompt's start, connect included) p50 {}, p99 {}; to the first token p50 {}, p99 {}. The daemon writes the head before it asks the upstream, so TTFB is the front's and the daemon's, and TTFT minus TTFB the upstream's.\n\n",
+        p(&handoff, 50.0),
+        p(&handoff, 99.0),
+        handoff.len(),
+        p(&ttfb, 50.0),
+        p(&ttfb, 99.0),
+        p(&ttft, 50.0),
+        p(&ttft, 99.0),
+    ))
+}
+
 fn stalls_table(cells: &[&crate::metrics::CellResult]) -> String {
     use crate::metrics::stalls;
     let mut b = tabled::builder::Builder::default();

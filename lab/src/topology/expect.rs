@@ -90,6 +90,66 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Count,
         "tokens delivered in datagrams, as a percentage of those sent (wt-dgram only)",
     ),
+    (
+        "success_pct",
+        Kind::Count,
+        "load test: streams completed, as a percentage of those started, at the worst level",
+    ),
+    (
+        "failed",
+        Kind::Count,
+        "load test: streams failed, all levels",
+    ),
+    (
+        "wrong_streams",
+        Kind::Count,
+        "load test: completed streams whose tokens differ from the mock's answer",
+    ),
+    (
+        "connect_p50",
+        Kind::Time,
+        "load test: median connect time at the highest level",
+    ),
+    (
+        "tbt_p50",
+        Kind::Time,
+        "load test: median gap between tokens at the highest level",
+    ),
+    (
+        "tbt_p95",
+        Kind::Time,
+        "load test: 95th percentile gap between tokens at the highest level",
+    ),
+    (
+        "tbt_p99",
+        Kind::Time,
+        "load test: 99th percentile gap between tokens at the highest level",
+    ),
+    (
+        "tokens_per_s",
+        Kind::Count,
+        "load test: tokens per second delivered in the hold of the highest level",
+    ),
+    (
+        "rss_mib",
+        Kind::Count,
+        "load test: the server's mean RSS over the highest level's hold",
+    ),
+    (
+        "kb_per_stream",
+        Kind::Count,
+        "load test: the server's RSS over idle per open stream at the highest level",
+    ),
+    (
+        "cpu_pct",
+        Kind::Count,
+        "load test: the server's CPU (user + system, % of one CPU) over the highest level's hold",
+    ),
+    (
+        "packets_per_token",
+        Kind::Count,
+        "load test: frames on the wire (both directions) per token at the highest level",
+    ),
 ];
 
 /// The unit a metric's values are in (times in milliseconds).
@@ -101,7 +161,11 @@ pub fn unit(metric: &str) -> &'static str {
         "packets" => "packets",
         "errors" => "prompts",
         "streams_per_stall" => "streams",
-        "delivered_pct" => "%",
+        "delivered_pct" | "success_pct" | "cpu_pct" => "%",
+        "failed" | "wrong_streams" => "streams",
+        "tokens_per_s" => "tokens/s",
+        "rss_mib" => "MiB",
+        "kb_per_stream" => "KB",
         m if m.ends_with("bytes_per_token") => "B/token",
         m if m.ends_with("packets_per_token") => "packets/token",
         _ => "",

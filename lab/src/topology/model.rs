@@ -593,6 +593,94 @@ pub struct Workload {
     /// (stream priority); the report gives urgent and other prompts' times apart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urgent: Vec<u32>,
+    /// A load test instead of a run through the prompts: levels of concurrent streams
+    /// per cell, one cell after another (see [`LoadWorkload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadWorkload>,
+}
+
+/// A load test: in each cell, one level of concurrent streams after another, each
+/// started over a ramp and held, with the server's resources sampled; the cells run
+/// one after another, since each would take the whole machine.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadWorkload {
+    /// Concurrent streams, level by level in this order, e.g. [100, 1000, 10000]
+    /// (each 1 to 1000000).
+    #[serde(default)]
+    pub levels: Vec<u32>,
+    /// Time to start a level's streams, spread evenly (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Dur>,
+    /// Time at the level once the ramp is over (default 30s); slots start new streams
+    /// until it ends, and streams in flight then run to their end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Dur>,
+    /// Instead of a hold: each stream slot runs this many streams (the Centrifugo
+    /// document's clients x cycles, with `levels` the clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<u32>,
+    /// The embedded mock's answer length for the run, in tokens (its `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    /// The embedded mock's time between tokens for the run (its `tbt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tbt: Option<Dur>,
+    /// First wait before a stream that failed before the server took it (connect,
+    /// handshake, rejected) is tried again; it doubles up to `backoff_max` (default
+    /// 100ms and 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<Dur>,
+    /// Streams per connection where the approach multiplexes (wt, wt-dgram, quic,
+    /// sse-h2); default 1, a connection each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_connection: Option<u32>,
+    /// How often the server's memory, CPU, threads and open files are read from /proc
+    /// (default 500ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Dur>,
+}
+
+/// The most concurrent streams of one load level.
+pub const MAX_LEVEL: u32 = 1_000_000;
+
+/// Streams one client address can hold towards one server port: the ports of the
+/// client namespace's range (lab widens it to 1024-65535), with room to spare.
+pub const STREAMS_PER_SOURCE: u32 = 50_000;
+
+impl LoadWorkload {
+    pub fn ramp(&self) -> std::time::Duration {
+        self.ramp
+            .map_or(std::time::Duration::from_secs(10), |d| d.0)
+    }
+    /// The hold, unless the level ends by cycles.
+    pub fn hold(&self) -> Option<std::time::Duration> {
+        match self.cycles {
+            Some(_) => None,
+            None => Some(
+                self.hold
+                    .map_or(std::time::Duration::from_secs(30), |d| d.0),
+            ),
+        }
+    }
+    pub fn backoff(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            self.backoff
+                .map_or(std::time::Duration::from_millis(100), |d| d.0),
+            self.backoff_max
+                .map_or(std::time::Duration::from_secs(5), |d| d.0),
+        )
+    }
+    pub fn sample(&self) -> std::time::Duration {
+        self.sample
+            .map_or(std::time::Duration::from_millis(500), |d| d.0)
+    }
+    /// The highest level.
+    pub fn top(&self) -> u32 {
+        self.levels.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// The most prompts in flight at once in one cell.
@@ -618,6 +706,7 @@ impl Default for Workload {
             timeout: None,
             concurrency: 1,
             urgent: Vec::new(),
+            load: None,
         }
     }
 }
@@ -640,6 +729,11 @@ pub struct Shaping {
     /// Seed for loss, jitter and the rest (default 1); printed on every run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Userspace backend: keep `lab wire` polling its interfaces all the time instead of
+    /// sleeping when idle (default false). It costs one CPU per cell and takes the
+    /// wake-up out of the first frame after idle; netem has nothing to wake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy_poll: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -566,6 +566,19 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             ),
         );
     }
+    // A load test's answer length and pace are the embedded mock's.
+    if let (Some(l), Some(llm)) = (
+        workload.as_ref().and_then(|w: &Workload| w.load.as_ref()),
+        &llm,
+    ) && llm.url.is_some()
+        && (l.tokens.is_some() || l.tbt.is_some())
+    {
+        cx.push(
+            (1, 1),
+            "workload.load",
+            "`tokens` and `tbt` set the embedded mock's answers; with `llm.url` the upstream answers as it does: drop them, or the url",
+        );
+    }
     // Expectations name approaches and profiles of this topology.
     let names: Vec<String> = approaches_list.iter().map(|a| a.name.clone()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
@@ -1026,8 +1039,27 @@ fn url_port(uri: &http::Uri) -> Option<String> {
 }
 
 fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
-    let (good, _) = cx.fields::<Workload>(v, "workload", &[])?;
-    let w: Workload = build(v, &good);
+    let (good, extra) = cx.fields::<Workload>(v, "workload", &["load"])?;
+    let mut w: Workload = build(v, &good);
+    if let Some(f) = extra.first() {
+        w.load = parse_load(cx, f.value);
+        // What a prompt run does and a load test does not: refuse, rather than ignore.
+        for (name, set) in [
+            ("repeat", w.repeat != 1),
+            ("concurrency", w.concurrency != 1),
+            ("urgent", !w.urgent.is_empty()),
+        ] {
+            if set {
+                cx.push(
+                    good.iter()
+                        .find(|g| g.name() == name)
+                        .map_or(pos(v), Field::at),
+                    &format!("workload.{name}"),
+                    "has no meaning in a load test (workload.load): its levels say how many streams run at once",
+                );
+            }
+        }
+    }
     let at = |name: &str| {
         good.iter()
             .find(|f| f.name() == name)
@@ -1065,6 +1097,81 @@ fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
         );
     }
     Some(w)
+}
+
+fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
+    let (good, _) = cx.fields::<LoadWorkload>(v, "workload.load", &[])?;
+    let l: LoadWorkload = build(v, &good);
+    let at = |name: &str| {
+        good.iter()
+            .find(|f| f.name() == name)
+            .map_or(pos(v), Field::at)
+    };
+    let path = |f: &str| format!("workload.load.{f}");
+    if !good.iter().any(|f| f.name() == "levels") {
+        cx.push(
+            pos(v),
+            "workload.load.levels",
+            "missing: a load test needs its levels of concurrent streams, e.g. `levels: [100, 1000, 10000]`",
+        );
+    } else if l.levels.is_empty() {
+        cx.push(
+            at("levels"),
+            &path("levels"),
+            "empty: list at least one level, e.g. [100, 1000]",
+        );
+    }
+    if l.levels.iter().any(|&n| !(1..=MAX_LEVEL).contains(&n)) {
+        cx.push(
+            at("levels"),
+            &path("levels"),
+            format!("each level is 1 to {MAX_LEVEL} concurrent streams"),
+        );
+    }
+    if l.hold.is_some() && l.cycles.is_some() {
+        cx.push(
+            at("cycles"),
+            &path("cycles"),
+            "give either `hold` (time at each level) or `cycles` (streams per slot), not both",
+        );
+    }
+    if l.hold.is_some_and(|h| h.0.is_zero()) {
+        cx.push(
+            at("hold"),
+            &path("hold"),
+            "must be above zero, e.g. 30s (or use `cycles`)",
+        );
+    }
+    if l.cycles == Some(0) {
+        cx.push(at("cycles"), &path("cycles"), "must be at least 1");
+    }
+    if l.tokens == Some(0) {
+        cx.push(at("tokens"), &path("tokens"), "must be at least 1");
+    }
+    let (b0, b1) = l.backoff();
+    if b0 > b1 {
+        cx.push(
+            at("backoff"),
+            &path("backoff"),
+            format!(
+                "{} is over backoff_max ({}); the first wait cannot be longer than the longest",
+                super::units::Dur(b0),
+                super::units::Dur(b1)
+            ),
+        );
+    }
+    if l.per_connection.is_some_and(|n| !(1..=10_000).contains(&n)) {
+        cx.push(
+            at("per_connection"),
+            &path("per_connection"),
+            "must be 1 to 10000",
+        );
+    }
+    let s = l.sample();
+    if s < std::time::Duration::from_millis(50) || s > std::time::Duration::from_secs(60) {
+        cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
+    }
+    Some(l)
 }
 
 fn parse_profiles(cx: &mut Ctx<'_>, v: &Node) -> Option<Vec<(String, Profile)>> {

@@ -36,9 +36,13 @@ pub fn fast_mock(max_tokens: usize) -> MockConfig {
 }
 
 pub async fn stack(max_tokens: usize) -> Stack {
-    Stack::start(UpstreamChoice::Mock(fast_mock(max_tokens)), MODEL)
-        .await
-        .unwrap()
+    Stack::start(
+        UpstreamChoice::Mock(fast_mock(max_tokens)),
+        MODEL,
+        std::path::Path::new(env!("CARGO_BIN_EXE_lab")),
+    )
+    .await
+    .unwrap()
 }
 
 /// The tokens the fast mock answers `prompt` with.
@@ -128,8 +132,8 @@ pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
 /// A `lab serve` child, killed with SIGTERM on drop.
 pub struct Server {
-    child: Child,
-    ready: serde_json::Value,
+    pub child: Child,
+    pub ready: serde_json::Value,
 }
 
 impl Server {

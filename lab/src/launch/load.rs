@@ -1,0 +1,423 @@
+//! One cell of a load test (`workload.load`): the warm-up prompt, a quiet link, then
+//! `lab load` in the client namespace, level after level, while the cell's server
+//! process tree is sampled from /proc and the client interface's counters are read at
+//! each level's start and end. Each completed stream's tokens are checked against the
+//! mock's answer by digest.
+
+use crate::capture::{self, Kernel};
+use crate::metrics::CellResult;
+use crate::metrics::load::{CellLoad, LevelResult, Resources, Sample, WireCount, check_digests};
+use crate::netlab::state::State;
+use crate::netlab::{procs, sys};
+use crate::plan::{Cell, run_dir};
+use crate::topology::model::{Connection, LoadWorkload};
+use anyhow::{Result, anyhow};
+use lab_clients::load::{Event, LevelSummary};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a stopped load generator gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the progress line is printed when nothing else changes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The server of `cell`: its process record (pid and start time).
+fn server_of<'a>(state: &'a State, cell: &Cell) -> Option<&'a crate::netlab::state::ProcRecord> {
+    state.processes.iter().find(|p| {
+        p.cell.as_deref() == Some(cell.id.as_str())
+            && p.namespace == cell.server_ns
+            && p.role.ends_with(" server")
+    })
+}
+
+/// One sample of the process tree under `pid`.
+fn sample(pid: u32, ticks: f64) -> Option<Sample> {
+    let u = sys::tree_usage(pid)?;
+    Some(Sample {
+        at_unix_ms: unix_ms(),
+        processes: u.processes,
+        rss_kib: u.rss_kib,
+        user_s: u.utime as f64 / ticks,
+        system_s: u.stime as f64 / ticks,
+        threads: u.threads,
+        fds: u.fds,
+    })
+}
+
+/// `lab load`'s arguments for `cell`.
+fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<String> {
+    let plan = &state.plan;
+    let w = &plan.workload;
+    let levels: Vec<String> = load.levels.iter().map(u32::to_string).collect();
+    let (backoff, backoff_max) = load.backoff();
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let mut argv: Vec<String> = vec![
+        "lab".into(),
+        "load".into(),
+        cell.approach.to_string(),
+        "--url".into(),
+        cell.url.clone(),
+        "--ca".into(),
+        format!("{}/certs/{}/cert.pem", run_dir(&plan.name), cell.id),
+        "--json".into(),
+        "--model".into(),
+        plan.llm.model.clone(),
+        "--mode".into(),
+        match w.connection {
+            Connection::Reuse => "reuse".into(),
+            Connection::Fresh => "fresh".into(),
+        },
+        "--timeout".into(),
+        w.timeout
+            .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
+        "--levels".into(),
+        levels.join(","),
+        "--ramp".into(),
+        dur(load.ramp()),
+        "--backoff".into(),
+        dur(backoff),
+        "--backoff-max".into(),
+        dur(backoff_max),
+        "--prompts".into(),
+        prompts.display().to_string(),
+    ];
+    match (load.cycles, load.hold()) {
+        (Some(c), _) => argv.extend(["--cycles".into(), c.to_string()]),
+        (None, Some(h)) => argv.extend(["--hold".into(), dur(h)]),
+        (None, None) => {}
+    }
+    if let Some(n) = load.per_connection {
+        argv.extend(["--per-connection".into(), n.to_string()]);
+    }
+    if cell.sources.len() > 1 {
+        let s: Vec<String> = cell.sources.iter().map(|a| a.to_string()).collect();
+        argv.extend(["--source".into(), s.join(",")]);
+    }
+    if !cell.transport.is_default() {
+        argv.extend(["--transport".into(), cell.transport.to_json()]);
+    }
+    argv
+}
+
+/// The longest a load test of `load` may take before its generator is stopped.
+fn deadline(load: &LoadWorkload, timeout: Duration) -> Duration {
+    let (_, backoff_max) = load.backoff();
+    let per_level = match (load.cycles, load.hold()) {
+        (Some(c), _) => load.ramp() + (timeout + backoff_max) * c,
+        (None, Some(h)) => load.ramp() + h + timeout + backoff_max,
+        (None, None) => load.ramp() + timeout,
+    };
+    per_level * load.levels.len() as u32 + Duration::from_secs(60)
+}
+
+/// Runs one cell's load test.
+pub fn run(
+    state: &State,
+    cell: &Cell,
+    prompts: &[String],
+    stage: &(dyn Fn(&str) + Sync),
+    stop: &AtomicBool,
+) -> CellResult {
+    let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
+    let t0 = Instant::now();
+    let mut res = CellResult::empty(cell);
+    let plan = &state.plan;
+    let Some(load) = plan.workload.load.as_ref() else {
+        res.errors.push("the workload has no load test".into());
+        return res;
+    };
+    let dir = PathBuf::from(run_dir(&state.name));
+    let timeout = plan
+        .workload
+        .timeout
+        .map_or(Duration::from_secs(120), |t| t.0);
+    let (prompts_file, warm_file) = match super::cell::write_prompt_files(&dir, cell, prompts) {
+        Ok(f) => f,
+        Err(e) => {
+            res.errors.push(format!("{e:#}"));
+            return res;
+        }
+    };
+    let warm = super::cell::warm_up(state, cell, &warm_file, &label, timeout, stage, stop);
+    (res.warmup_error, res.warmup_retried) = (warm.error, warm.retried);
+    if stop.load(Ordering::SeqCst) {
+        res.errors
+            .push("interrupted before the load test started".into());
+        return res;
+    }
+    let result = (|| -> Result<CellLoad> {
+        let cns = sys::open_netns(&cell.client_ns)?;
+        let sns = sys::open_netns(&cell.server_ns)?;
+        super::cell::wait_quiet(
+            &[&cns, &sns],
+            super::cell::quiet_for(cell),
+            Duration::from_secs(10),
+            stop,
+        );
+        let server = server_of(state, cell)
+            .ok_or_else(|| anyhow!("no server process is recorded for cell {}", cell.id))?;
+        run_load(
+            state,
+            cell,
+            load,
+            &prompts_file,
+            prompts,
+            &cns,
+            server.pid,
+            timeout,
+            &label,
+            stage,
+            stop,
+        )
+    })();
+    match result {
+        Ok(l) => res.load = Some(l),
+        Err(e) => res.errors.push(format!("{e:#}")),
+    }
+    res.wire = std::fs::read(dir.join("wire").join(format!("{}.json", cell.id)))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    res.seconds = t0.elapsed().as_secs_f64();
+    res
+}
+
+/// What the levels saw at the client's interface: the counters at each level's start.
+#[derive(Default)]
+struct Marks {
+    at_ramp: HashMap<u32, Kernel>,
+}
+
+/// The load generator, the sampler and the counters, for one cell.
+#[allow(clippy::too_many_arguments)]
+fn run_load(
+    state: &State,
+    cell: &Cell,
+    load: &LoadWorkload,
+    prompts_file: &Path,
+    prompts: &[String],
+    cns: &std::fs::File,
+    server_pid: u32,
+    timeout: Duration,
+    label: &str,
+    stage: &(dyn Fn(&str) + Sync),
+    stop: &AtomicBool,
+) -> Result<CellLoad> {
+    let plan = &state.plan;
+    let every = load.sample();
+    let ticks = sys::clock_ticks() as f64;
+    // The server idle: the median of three samples.
+    let mut idle: Vec<u64> = (0..3)
+        .filter_map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sample(server_pid, ticks).map(|s| s.rss_kib)
+        })
+        .collect();
+    idle.sort_unstable();
+    let baseline = idle.get(idle.len() / 2).copied();
+    let samples = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+
+    let argv = argv(state, cell, load, prompts_file);
+    let exe = std::env::current_exe()?;
+    let log = PathBuf::from(run_dir(&plan.name))
+        .join("logs")
+        .join(format!("{}-load.log", cell.id));
+    let mut st = procs::start(
+        &exe,
+        "load",
+        Some(&cell.id),
+        &cell.client_ns,
+        Some(cns),
+        &argv,
+        log,
+        &[],
+        procs::Lifetime::Tied,
+        crate::plan::Ready::Line,
+    )?;
+    let out = st
+        .take_stdout()
+        .ok_or_else(|| anyhow!("the load generator has no stdout"))?;
+    let (pid, start) = (st.record.pid, st.record.start);
+    let limit = deadline(load, timeout);
+    let mut summaries: Vec<(LevelSummary, Option<WireCount>)> = Vec::new();
+    let mut marks = Marks::default();
+    let (status, why) = std::thread::scope(|s| -> Result<_> {
+        // The server, sampled at a fixed interval until the generator is done.
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if let Some(x) = sample(server_pid, ticks)
+                    && let Ok(mut v) = samples.lock()
+                {
+                    v.push(x);
+                }
+                let t = Instant::now();
+                while t.elapsed() < every && !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(every.min(Duration::from_millis(20)));
+                }
+            }
+        });
+        // A watchdog: past its deadline, or told to stop, the generator is stopped.
+        let watchdog =
+            s.spawn(|| super::client::watchdog(pid, start, STOP_GRACE, limit, stop, &done));
+        let mut last = Instant::now() - PROGRESS_EVERY;
+        let read = || -> Result<()> {
+            for line in std::io::BufReader::new(out).lines() {
+                let line = line?;
+                let e = match serde_json::from_str::<Event>(&line) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id);
+                        continue;
+                    }
+                };
+                match e {
+                    Event::Phase { level, phase, .. } => {
+                        if phase == "ramp"
+                            && let Ok(k) = capture::kernel_counters(cns, "to-wire")
+                        {
+                            marks.at_ramp.insert(level, k);
+                        }
+                        stage(&format!("[{label}] level {level}: {phase}"));
+                    }
+                    Event::Progress {
+                        level,
+                        open,
+                        started,
+                        completed,
+                        failed,
+                        ..
+                    } => {
+                        if last.elapsed() >= PROGRESS_EVERY {
+                            last = Instant::now();
+                            stage(&format!(
+                                "[{label}] level {level}: {open} streams open, {started} started, {completed} completed, {failed} failed"
+                            ));
+                        }
+                    }
+                    Event::Level(l) => {
+                        let wire = marks.at_ramp.get(&l.level).and_then(|k0| {
+                            let k1 = capture::kernel_counters(cns, "to-wire").ok()?;
+                            let d = k1.minus(*k0);
+                            Some(WireCount {
+                                bytes_up: d.tx_bytes,
+                                bytes_down: d.rx_bytes,
+                                packets_up: d.tx_packets,
+                                packets_down: d.rx_packets,
+                            })
+                        });
+                        stage(&crate::report::load::level_line(label, &l));
+                        summaries.push((*l, wire));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let read = read();
+        let status = st.child.wait();
+        done.store(true, Ordering::SeqCst);
+        let why = watchdog.join().unwrap_or(None);
+        read?;
+        Ok((status?, why))
+    })?;
+    match why {
+        Some("deadline") => {
+            return Err(anyhow!(
+                "the load generator ran past its deadline of {} s and was stopped",
+                limit.as_secs()
+            ));
+        }
+        Some(_) => {
+            return Err(anyhow!(
+                "the load test was stopped: the run was interrupted"
+            ));
+        }
+        None => {}
+    }
+    if !matches!(status.code(), Some(0) | Some(1)) {
+        return Err(anyhow!(
+            "the load generator ended with {status}; last lines of {}:\n{}",
+            st.record.log.display(),
+            procs::log_tail(&st.record.log, 8)
+        ));
+    }
+    let samples = samples.into_inner().unwrap_or_default();
+    // With the embedded mock, every answer is known: the tokens of `prompt`.
+    let expected = (plan.llm.kind == "mock").then(|| {
+        let (seed, max) = (plan.llm.mock_seed.unwrap_or(1), plan.llm.mock_max_tokens);
+        let model = plan.llm.model.clone();
+        move |p: &str| {
+            let toks = lab_servers::textgen::tokens(seed, &model, p, max);
+            (lab_clients::record::digest_tokens(&toks), toks.len())
+        }
+    });
+    let levels = summaries
+        .into_iter()
+        .map(|(summary, wire)| {
+            let (checked, wrong_streams, wrong) = match &expected {
+                Some(f) => check_digests(&summary, prompts, f),
+                None => (0, 0, Vec::new()),
+            };
+            LevelResult {
+                server: Resources::over(
+                    &samples,
+                    summary.hold_start_unix_ms,
+                    summary.hold_end_unix_ms,
+                    baseline,
+                    summary.peak_open,
+                ),
+                summary,
+                wire,
+                wrong,
+                checked,
+                wrong_streams,
+            }
+        })
+        .collect();
+    Ok(CellLoad {
+        levels,
+        baseline_rss_kib: baseline,
+        samples,
+        sample_ms: every.as_millis() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::units::Dur;
+
+    fn load(cycles: Option<u32>) -> LoadWorkload {
+        LoadWorkload {
+            levels: vec![10, 100],
+            ramp: Some(Dur(Duration::from_secs(2))),
+            hold: Some(Dur(Duration::from_secs(3))),
+            cycles,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_deadline_covers_every_level() {
+        let t = Duration::from_secs(10);
+        // Two levels of ramp 2 + hold 3 + timeout 10 + backoff 5, and a minute.
+        assert_eq!(deadline(&load(None), t), Duration::from_secs(2 * 20 + 60));
+        // Cycles: each may take a timeout and a backoff.
+        assert_eq!(
+            deadline(&load(Some(3)), t),
+            Duration::from_secs(2 * (2 + 3 * 15) + 60)
+        );
+    }
+}

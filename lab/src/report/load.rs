@@ -1,0 +1,266 @@
+//! Load tests as people read them: a line per level as it ends, and the tables per
+//! level with the approaches side by side (outcomes and latency; the server's
+//! resources and the wire). Pure.
+
+use crate::metrics::load::LevelResult;
+use lab_clients::load::{LevelSummary, Percentiles};
+use tabled::settings::Style;
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v >= 100.0 => format!("{v:.0}ms"),
+        Some(v) if v >= 10.0 => format!("{v:.1}ms"),
+        Some(v) => format!("{v:.2}ms"),
+    }
+}
+
+/// Failed streams by category, e.g. `connect 3, timeout 1`, or `0`.
+pub fn errors(s: &LevelSummary) -> String {
+    if s.errors.is_empty() {
+        return "0".into();
+    }
+    s.errors
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn pct(s: &LevelSummary) -> String {
+    s.success_pct().map_or("-".into(), |p| {
+        if p == 100.0 || p == 0.0 {
+            format!("{p:.0}%")
+        } else {
+            format!("{p:.2}%")
+        }
+    })
+}
+
+/// One line for a level that has ended.
+pub fn level_line(approach: &str, s: &LevelSummary) -> String {
+    let p = |x: &Percentiles| format!("{}/{}/{}", ms(x.p50), ms(x.p95), ms(x.p99));
+    format!(
+        "[{approach}] level {}: {} started, {} completed ({}), errors {}; peak {} open; TTFT p50/p95/p99 {}, TBT {}; {:.0} tokens/s",
+        s.level,
+        s.started,
+        s.completed,
+        pct(s),
+        errors(s),
+        s.peak_open,
+        p(&s.ttft_ms),
+        p(&s.tbt_ms),
+        s.tokens_per_s
+    )
+}
+
+#[derive(tabled::Tabled)]
+struct LatencyRow {
+    #[tabled(rename = "Level")]
+    level: u32,
+    #[tabled(rename = "Approach")]
+    approach: String,
+    #[tabled(rename = "Started")]
+    started: u64,
+    #[tabled(rename = "OK")]
+    ok: String,
+    #[tabled(rename = "Errors")]
+    errors: String,
+    #[tabled(rename = "Peak open")]
+    peak: u64,
+    #[tabled(rename = "Connect p50")]
+    connect: String,
+    #[tabled(rename = "TTFT p50")]
+    ttft50: String,
+    #[tabled(rename = "TTFT p95")]
+    ttft95: String,
+    #[tabled(rename = "TTFT p99")]
+    ttft99: String,
+    #[tabled(rename = "TBT p50")]
+    tbt50: String,
+    #[tabled(rename = "TBT p95")]
+    tbt95: String,
+    #[tabled(rename = "TBT p99")]
+    tbt99: String,
+    #[tabled(rename = "Duration p50")]
+    duration: String,
+    #[tabled(rename = "Tokens/s")]
+    tokens_per_s: String,
+}
+
+fn latency_row(approach: &str, s: &LevelSummary) -> LatencyRow {
+    LatencyRow {
+        level: s.level,
+        approach: approach.to_owned(),
+        started: s.started,
+        ok: pct(s),
+        errors: errors(s),
+        peak: s.peak_open,
+        connect: ms(s.connect_ms.p50),
+        ttft50: ms(s.ttft_ms.p50),
+        ttft95: ms(s.ttft_ms.p95),
+        ttft99: ms(s.ttft_ms.p99),
+        tbt50: ms(s.tbt_ms.p50),
+        tbt95: ms(s.tbt_ms.p95),
+        tbt99: ms(s.tbt_ms.p99),
+        duration: ms(s.duration_ms.p50),
+        tokens_per_s: format!("{:.0}", s.tokens_per_s),
+    }
+}
+
+/// Rows ordered by level, then by the order the approaches come in.
+fn by_level<'a, T>(
+    cells: &'a [(String, &'a [T])],
+    level: impl Fn(&T) -> u32,
+) -> Vec<(&'a str, &'a T)> {
+    let mut rows: Vec<(usize, u32, &str, &T)> = Vec::new();
+    for (i, (a, levels)) in cells.iter().enumerate() {
+        for l in levels.iter() {
+            rows.push((i, level(l), a.as_str(), l));
+        }
+    }
+    rows.sort_by_key(|r| (r.1, r.0));
+    rows.into_iter().map(|r| (r.2, r.3)).collect()
+}
+
+/// The outcome and latency table, from the load generator's summaries alone.
+pub fn levels_table(cells: &[(String, &[LevelSummary])]) -> String {
+    let rows: Vec<LatencyRow> = by_level(cells, |l| l.level)
+        .into_iter()
+        .map(|(a, s)| latency_row(a, s))
+        .collect();
+    tabled::Table::new(rows).with(Style::markdown()).to_string()
+}
+
+/// The outcome and latency table of a run's load cells.
+pub fn latency_table(cells: &[(String, &[LevelResult])]) -> String {
+    let rows: Vec<LatencyRow> = by_level(cells, |l| l.summary.level)
+        .into_iter()
+        .map(|(a, l)| latency_row(a, &l.summary))
+        .collect();
+    tabled::Table::new(rows).with(Style::markdown()).to_string()
+}
+
+/// A profile's load test in the report: the two tables per level, then each level's
+/// errors (a sample message per category) and any stream whose tokens were wrong.
+pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
+    let loads: Vec<(String, &[LevelResult])> = cells
+        .iter()
+        .filter_map(|c| {
+            c.load
+                .as_ref()
+                .map(|l| (c.cell.name.clone(), &l.levels[..]))
+        })
+        .collect();
+    let mut out = String::new();
+    out.push_str("Streams per level, started in the ramp and kept at the level through the hold (the percentiles are over every stream of the level):\n\n");
+    out.push_str(&latency_table(&loads));
+    out.push_str("\n\nThe server over each level's hold (RSS and CPU of its process tree, sampled from /proc; KB/stream is the mean RSS over the hold less the idle RSS before the first level, over the level's peak of open streams), and the client's interface over the level:\n\n");
+    out.push_str(&resource_table(&loads));
+    out.push_str("\n\n");
+    for (name, levels) in &loads {
+        for l in levels.iter().filter(|l| l.summary.handoff_ms.count > 0) {
+            let (h, b) = (&l.summary.handoff_ms, &l.summary.ttfb_ms);
+            out.push_str(&format!(
+                "- {name} level {}: hand-off, front to streaming daemon, p50 {} p99 {} max {} (over {} streams); time to the response head (TTFB, connect included) p50 {} p99 {}\n",
+                l.summary.level,
+                ms(h.p50),
+                ms(h.p99),
+                ms(h.max),
+                h.count,
+                ms(b.p50),
+                ms(b.p99)
+            ));
+        }
+    }
+    for (name, levels) in &loads {
+        for l in levels.iter() {
+            for (cat, msg) in &l.summary.error_samples {
+                out.push_str(&format!(
+                    "- {name} level {}: {} {cat} errors, e.g. {msg}\n",
+                    l.summary.level,
+                    l.summary.errors.get(cat).copied().unwrap_or(0)
+                ));
+            }
+            for w in &l.wrong {
+                out.push_str(&format!(
+                    "- {name} level {}: WRONG TOKENS: {w}\n",
+                    l.summary.level
+                ));
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+#[derive(tabled::Tabled)]
+struct ResourceRow {
+    #[tabled(rename = "Level")]
+    level: u32,
+    #[tabled(rename = "Approach")]
+    approach: String,
+    #[tabled(rename = "Server RSS")]
+    rss: String,
+    #[tabled(rename = "Peak RSS")]
+    peak: String,
+    #[tabled(rename = "KB/stream")]
+    kb: String,
+    #[tabled(rename = "CPU user")]
+    user: String,
+    #[tabled(rename = "CPU sys")]
+    sys: String,
+    #[tabled(rename = "Threads")]
+    threads: String,
+    #[tabled(rename = "FDs")]
+    fds: String,
+    #[tabled(rename = "Wire B/tok")]
+    bpt: String,
+    #[tabled(rename = "Pkts/tok")]
+    ppt: String,
+    #[tabled(rename = "Checked")]
+    checked: String,
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
+}
+
+/// The server's resources over each level's hold, and the wire over the level.
+pub fn resource_table(cells: &[(String, &[LevelResult])]) -> String {
+    let rows: Vec<ResourceRow> = by_level(cells, |l| l.summary.level)
+        .into_iter()
+        .map(|(a, l)| {
+            let r = l.server.as_ref();
+            let or =
+                |f: &dyn Fn(&crate::metrics::load::Resources) -> String| r.map_or("-".into(), f);
+            ResourceRow {
+                level: l.summary.level,
+                approach: a.to_owned(),
+                rss: or(&|r| mib(r.rss_kib_mean)),
+                peak: or(&|r| mib(r.rss_kib_peak as f64)),
+                kb: r
+                    .and_then(|r| r.kb_per_stream)
+                    .map_or("-".into(), |k| format!("{k:.1}")),
+                user: or(&|r| format!("{:.0}%", r.user_pct)),
+                sys: or(&|r| format!("{:.0}%", r.system_pct)),
+                threads: or(&|r| r.threads_peak.to_string()),
+                fds: or(&|r| r.fds_peak.to_string()),
+                bpt: l
+                    .wire_bytes_per_token()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                ppt: l
+                    .packets_per_token()
+                    .map_or("-".into(), |v| format!("{v:.2}")),
+                checked: if l.checked == 0 && l.wrong.is_empty() {
+                    "-".into()
+                } else if l.wrong.is_empty() {
+                    format!("{} ok", l.checked)
+                } else {
+                    format!("{} of {}: wrong tokens", l.wrong_streams, l.checked)
+                },
+            }
+        })
+        .collect();
+    tabled::Table::new(rows).with(Style::markdown()).to_string()
+}

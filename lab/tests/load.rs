@@ -1,0 +1,148 @@
+//! Load mode end to end (root): `lab run` of a load topology sweeps its levels in every
+//! cell, checks every completed stream's tokens against the mock's answer, and counts
+//! failures by category; a server that is killed mid-test shows as failed streams, with
+//! the accounting still adding up.
+
+mod common;
+
+use common::*;
+use lab::metrics::Run;
+use lab_clients::record::ErrorCategory;
+
+#[test]
+fn a_load_sweep_checks_every_token_and_counts_a_killed_server_s_failures() {
+    let dir = tmpdir("load");
+    let t = dir.join("t.yaml");
+    let lab_exe = env!("CARGO_BIN_EXE_lab");
+    // `doomed` is lab's SSE server under `timeout`, which kills it 7 s after the lab
+    // is up: in the middle of its load test, the first (cells go one after another).
+    std::fs::write(
+        &t,
+        format!(
+            r#"name: rload
+approaches:
+  - name: doomed
+    protocol: sse
+    command: [timeout, -s, KILL, "7", {lab_exe}, serve, sse, --listen, "{{listen}}", --upstream, "{{upstream}}", --model, "{{model}}", --cert, "{{cert}}", --key, "{{key}}"]
+  - sse
+  - wt
+  - ws
+  - handoff
+llm:
+  mock: {{ ttft: 10ms, jitter: 0% }}
+profiles:
+  light: {{ delay: 2ms, rate: 100mbit }}
+workload:
+  prompts: reference
+  timeout: 10s
+  load: {{ levels: [20, 200], ramp: 1s, hold: 4s, tokens: 12, tbt: 40ms, backoff: 50ms, backoff_max: 400ms, sample: 100ms }}
+expect:
+  - sse.success_pct == 100
+  - sse.wrong_streams == 0
+"#
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (d, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_nothing_left("rload", &[]);
+    for svg in ["load_ttft.svg", "load_rss.svg"] {
+        let s = std::fs::read_to_string(d.join(svg)).unwrap();
+        assert!(
+            s.contains("<svg") && s.contains("concurrent streams"),
+            "{svg}"
+        );
+    }
+    assert_eq!(run.cells.len(), 5);
+    for c in &run.cells {
+        let who = &c.cell.name;
+        let l = c.load.as_ref().unwrap_or_else(|| panic!("{who}: no load"));
+        assert!(c.errors.is_empty(), "{who}: {:?}", c.errors);
+        assert_eq!(l.levels.len(), 2, "{who}");
+        assert!(l.baseline_rss_kib.is_some_and(|r| r > 0), "{who}");
+        for x in &l.levels {
+            let s = &x.summary;
+            // The accounting adds up: every stream started completed or failed, and
+            // every failure has its category.
+            assert_eq!(s.started, s.completed + s.failed, "{who} {}", s.level);
+            assert_eq!(
+                s.errors.values().sum::<u64>(),
+                s.failed,
+                "{who} {}",
+                s.level
+            );
+            // 0 lost or altered tokens: every completed stream was checked against the
+            // mock's answer, and each had all 12 tokens.
+            assert_eq!(x.checked, s.completed, "{who} {}", s.level);
+            assert_eq!(x.wrong_streams, 0, "{who}: {:?}", x.wrong);
+            // Tokens count every stream's, a cut-off one's too.
+            if s.failed == 0 {
+                assert_eq!(s.tokens, s.completed * 12, "{who} {}", s.level);
+            } else {
+                assert!(s.tokens >= s.completed * 12, "{who} {}", s.level);
+            }
+            let w = x.wire.unwrap_or_else(|| panic!("{who}: no wire count"));
+            assert!(w.bytes_down > s.token_bytes, "{who}");
+            if who != "doomed" {
+                assert_eq!(s.failed, 0, "{who} {}: {:?}", s.level, s.error_samples);
+                assert!(
+                    s.peak_open >= u64::from(s.level) * 9 / 10,
+                    "{who} {}",
+                    s.level
+                );
+                let r = x
+                    .server
+                    .unwrap_or_else(|| panic!("{who}: no server samples"));
+                assert!(r.samples >= 10, "{who}: {r:?}");
+                assert!(r.fds_peak > 0 && r.rss_kib_peak > 0, "{who}");
+                assert!(r.kb_per_stream.is_some(), "{who}");
+            }
+            // handoff: every completed stream has the server's hand-off latency and
+            // its time to the response head; no other approach has a hand-off.
+            if who == "handoff" {
+                assert_eq!(s.handoff_ms.count, s.completed, "{who} {}", s.level);
+                assert_eq!(s.ttfb_ms.count, s.completed, "{who} {}", s.level);
+                let (h, b, f) = (
+                    s.handoff_ms.p50.unwrap(),
+                    s.ttfb_ms.p50.unwrap(),
+                    s.ttft_ms.p50.unwrap(),
+                );
+                assert!(
+                    h > 0.0 && h < b && b < f,
+                    "{who}: hand-off {h} TTFB {b} TTFT {f}"
+                );
+            } else {
+                assert_eq!(s.handoff_ms.count, 0, "{who}");
+            }
+        }
+        if who == "doomed" {
+            // Killed mid-test: streams cut off in flight, then connections refused.
+            let failed: u64 = l.levels.iter().map(|x| x.summary.failed).sum();
+            assert!(failed > 0, "{:?}", l.levels);
+            let cats: Vec<ErrorCategory> = l
+                .levels
+                .iter()
+                .flat_map(|x| x.summary.errors.keys().copied())
+                .collect();
+            assert!(
+                cats.iter()
+                    .any(|c| matches!(c, ErrorCategory::Rejected | ErrorCategory::Connect)),
+                "{cats:?}"
+            );
+            assert!(report.contains("doomed level"), "{report}");
+        }
+    }
+    for h in [
+        "| Level | Approach | Started | OK",
+        "KB/stream",
+        "Checked",
+        "sse.success_pct == 100",
+        "handoff level 200: hand-off, front to streaming daemon",
+    ] {
+        assert!(report.contains(h), "{h}: {report}");
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The largest load level this machine holds: `lab serve` (the mock and one approach's
+# server) and `lab load` on loopback, release build, levels swept upwards until streams
+# fail. A benchmark, not a test: it prints the generator's table and, per level, the
+# open-file limit, the server's peak RSS and the generator's peak RSS.
+#
+#   scripts/max-level.sh [APPROACH] [LEVELS]       e.g. scripts/max-level.sh sse 10000,20000,50000,100000
+#
+# Environment: RAMP (default 20s), HOLD (default 10s), TOKENS (default 18), TBT
+# (default 50ms). Nothing outside loopback is touched; every process it starts is
+# stopped on exit, by the pid it recorded.
+set -euo pipefail
+approach="${1:-sse}"
+levels="${2:-10000,20000,50000,100000}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+cargo build --release --locked -q -p lab
+lab="$root/target/release/lab"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+port() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["listen"].rsplit(":",1)[1])'; }
+
+"$lab" serve llm --listen 127.0.0.1:0 --ttft 50ms --tbt "${TBT:-50ms}" --jitter 0 \
+  --max-tokens "${TOKENS:-18}" >"$work/llm.json" 2>"$work/llm.log" &
+pids+=($!)
+until [ -s "$work/llm.json" ]; do sleep 0.1; done
+llm_port="$(port <"$work/llm.json")"
+"$lab" serve "$(case $approach in raw) echo proxy ;; *) echo "$approach" ;; esac)" \
+  --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$llm_port" --upstream-h2 \
+  --cert-out "$work/tls" >"$work/server.json" 2>"$work/server.log" &
+server=$!
+pids+=($server)
+until [ -s "$work/server.json" ]; do sleep 0.1; done
+url="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])' <"$work/server.json")"
+trust=()
+case "$url" in https://*) trust=(--ca "$work/tls/cert.pem") ;; esac
+# Source addresses 127.0.0.1 to .8: each gives about 28,000 ports towards the server.
+sources=()
+for i in 1 2 3 4 5 6 7 8; do sources+=(--source "127.0.0.$i"); done
+
+echo "max-level: $approach at $url, levels $levels, open-file limit $(ulimit -Hn) (hard)"
+peak_server=0
+(
+  while kill -0 "$server" 2>/dev/null; do
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null || echo 0)
+    [ "${rss:-0}" -gt "$peak_server" ] && peak_server=$rss && echo "$peak_server" >"$work/server.peak"
+    sleep 0.5
+  done
+) &
+pids+=($!)
+/usr/bin/env time -v "$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
+  --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s \
+  2> >(tee "$work/load.err" >&2) || true
+echo "server peak RSS: $(($(cat "$work/server.peak" 2>/dev/null || echo 0) / 1024)) MiB"
+grep -E "Maximum resident set size" "$work/load.err" | sed 's/^\s*/generator: /' || true
