@@ -329,8 +329,7 @@ fn one_way(l: &Lab, n: usize, pps: u64) -> Vec<bool> {
     let after = outside_drops(l);
     // Whatever the machine itself dropped (not the shaper) makes the count meaningless.
     assert_eq!(
-        after,
-        before,
+        after, before,
         "the machine dropped packets outside the shaper during the run (backlog, receive \
          buffer, send buffer: before {before:?}, after {after:?}), so the losses counted \
          are not the loss model's alone"
@@ -351,9 +350,10 @@ fn outside_drops(l: &Lab) -> (u64, u64, u64) {
         })
         .sum();
     let udp = |ns: &std::fs::File, field: &str| -> u64 {
-        let snmp =
-            sys::in_netns(ns, || Ok(std::fs::read_to_string("/proc/thread-self/net/snmp")?))
-                .unwrap();
+        let snmp = sys::in_netns(ns, || {
+            Ok(std::fs::read_to_string("/proc/thread-self/net/snmp")?)
+        })
+        .unwrap();
         let mut rows = snmp.lines().filter(|r| r.starts_with("Udp: "));
         let (names, values) = (rows.next().unwrap(), rows.next().unwrap());
         let k = names.split_whitespace().position(|n| n == field).unwrap();
