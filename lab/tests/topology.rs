@@ -380,3 +380,56 @@ fn mangled_topologies_never_panic_the_parser() {
     }
     assert!(n >= 10_000, "{n}");
 }
+
+#[test]
+fn lab_wire_rings_grow_with_a_load_test_or_as_the_topology_says() {
+    let ring = |yaml: &str| {
+        // Under the build's own directory, not a shared one.
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ring-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).unwrap();
+        let (_, p) = plan::load(&path).unwrap();
+        let p = plan::with_backend(p, plan::Shaper::Userspace, "test");
+        let wire: Vec<_> = p.processes.iter().filter(|x| x.role == "wire").collect();
+        assert!(!wire.is_empty());
+        let args: Vec<Option<u32>> = wire
+            .iter()
+            .map(|x| {
+                let k = x.argv.iter().position(|a| a == "--ring-frames")?;
+                Some(x.argv[k + 1].parse().unwrap())
+            })
+            .collect();
+        (p.ring_frames, args, plan::render::shaping_line(&p))
+    };
+    let base = "name: ring\napproaches: [sse]\nprofiles:\n  p: { delay: 5ms }\n";
+    // A prompt run keeps the default, and lab wire is not told.
+    let (n, args, line) = ring(base);
+    assert_eq!((n, args), (4096, vec![None]));
+    assert!(!line.contains("receive rings"), "{line}");
+    // A load test: the next power of two at or above four times its largest level,
+    // from 4096 to 65536.
+    for (levels, want) in [
+        ("[1000]", 4096),
+        ("[2000]", 8192),
+        ("[100, 10000]", 65536),
+        ("[50000]", 65536),
+    ] {
+        let yaml = format!(
+            "{base}workload:\n  prompts: reference\n  load: {{ levels: {levels}, ramp: 1s, hold: 1s }}\n"
+        );
+        let (n, args, line) = ring(&yaml);
+        assert_eq!(n, want, "{levels}");
+        let told = if want == 4096 { None } else { Some(want) };
+        assert_eq!(args, vec![told], "{levels}");
+        if want != 4096 {
+            let mib = want * 2 / 1024;
+            assert!(
+                line.contains(&format!("receive rings of {want} slots ({mib} MiB each)")),
+                "{line}"
+            );
+        }
+    }
+    // The topology's own size wins.
+    let (n, args, _) = ring(&format!("{base}shaping: {{ ring_frames: 1024 }}\n"));
+    assert_eq!((n, args), (1024, vec![Some(1024)]));
+}

@@ -27,6 +27,7 @@ pub fn run(a: WireArgs) -> Result<()> {
         } else {
             wire::forward::Poll::Adaptive
         },
+        ring_frames: a.ring_frames,
     };
     wire::run(cfg)
 }

@@ -352,7 +352,7 @@ pub fn run_errors(run: &Run) -> Vec<String> {
             && w.up.dropped_input + w.down.dropped_input > 0
         {
             out.push(format!(
-                "{who}: the link emulator fell behind: {} frames up and {} down found its receive ring full and were lost, beyond what the profile asks for",
+                "{who}: the link emulator fell behind: {} frames up and {} down found its receive ring full and were lost, beyond what the profile asks for (`shaping.ring_frames` gives the rings more room)",
                 w.up.dropped_input, w.down.dropped_input
             ));
         }

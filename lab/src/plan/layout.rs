@@ -58,6 +58,10 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
             if p.busy_poll {
                 argv.push("--busy-poll".into());
             }
+            if p.ring_frames != crate::wire::ring::DEFAULT_FRAMES {
+                argv.push("--ring-frames".into());
+                argv.push(p.ring_frames.to_string());
+            }
             p.processes.push(Process {
                 namespace: c.wire_ns.clone(),
                 role: "wire".into(),

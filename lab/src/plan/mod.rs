@@ -159,6 +159,9 @@ pub struct Plan {
     /// `lab wire` polls all the time instead of sleeping when idle.
     #[serde(default)]
     pub busy_poll: bool,
+    /// Slots in each of `lab wire`'s receive rings.
+    #[serde(default = "default_ring_frames")]
+    pub ring_frames: u32,
     pub ipv6: bool,
     pub llm: LlmNode,
     pub workload: Workload,
@@ -626,6 +629,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         shaping: None,
         seed: t.shaping.seed.unwrap_or(1),
         busy_poll: t.shaping.busy_poll,
+        ring_frames: ring_frames(t),
         ipv6: t.ipv6,
         llm,
         workload: t.workload.clone(),
@@ -635,4 +639,28 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         processes,
         sysctls,
     })
+}
+
+fn default_ring_frames() -> u32 {
+    crate::wire::ring::DEFAULT_FRAMES
+}
+
+/// Slots in each of `lab wire`'s receive rings: what the topology says; else, for a
+/// load test, room for four frames from every stream of its largest level at once (the
+/// next power of two, 4096 to 65536); else 4096. At 10,000 streams on two cores a ring
+/// of 16384 still overflowed while the emulator waited for a CPU; 65536 did not.
+fn ring_frames(t: &Topology) -> u32 {
+    use crate::wire::ring::DEFAULT_FRAMES;
+    if let Some(n) = t.shaping.ring_frames {
+        return n;
+    }
+    let most = t
+        .workload
+        .load
+        .as_ref()
+        .and_then(|l| l.levels.iter().max().copied())
+        .unwrap_or(0);
+    most.saturating_mul(4)
+        .next_power_of_two()
+        .clamp(DEFAULT_FRAMES, 65_536)
 }

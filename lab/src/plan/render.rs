@@ -9,7 +9,7 @@ use crate::topology::model::{Backend, Connection};
 pub fn shaping_line(p: &Plan) -> String {
     match &p.shaping {
         Some(c) => format!(
-            "{} ({}), seed {}; {}",
+            "{} ({}{}), seed {}; {}",
             match c.backend {
                 Shaper::Kernel => "kernel",
                 Shaper::Userspace => "userspace",
@@ -19,6 +19,14 @@ pub fn shaping_line(p: &Plan) -> String {
                 (Shaper::Userspace, false) => "lab wire between each wire namespace's veths",
                 (Shaper::Userspace, true) =>
                     "lab wire between each wire namespace's veths, busy-polling (a CPU per cell)",
+            },
+            match c.backend {
+                Shaper::Userspace if p.ring_frames != crate::wire::ring::DEFAULT_FRAMES => format!(
+                    ", receive rings of {} slots ({} MiB each)",
+                    p.ring_frames,
+                    p.ring_frames as u64 * crate::wire::ring::FRAME_SIZE as u64 >> 20
+                ),
+                _ => String::new(),
             },
             p.seed,
             c.why

@@ -734,6 +734,13 @@ pub struct Shaping {
     /// wake-up out of the first frame after idle; netem has nothing to wake.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub busy_poll: bool,
+    /// Userspace backend: slots in each of `lab wire`'s receive rings (two a cell, 2 KiB
+    /// a slot), a power of two from 32 to 262144. Frames that arrive while a ring is full
+    /// are lost, and the run says so. Default 4096, or for a load test the next power
+    /// of two at or above four times its largest level, from 4096 to 65536 (128 MiB a
+    /// ring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_frames: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

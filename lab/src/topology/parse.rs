@@ -478,7 +478,26 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
                 profiles = parse_profiles(&mut cx, v);
             }
             "workload" => workload = parse_workload(&mut cx, v),
-            "shaping" => shaping = cx.section::<Shaping>(v, "shaping"),
+            "shaping" => {
+                shaping = cx.section::<Shaping>(v, "shaping");
+                if let Some(n) = shaping.as_ref().and_then(|s: &Shaping| s.ring_frames)
+                    && !crate::wire::ring::valid_frames(n)
+                {
+                    let at = v
+                        .as_mapping()
+                        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == "ring_frames"))
+                        .map_or(pos(v), |(_, x)| pos(x));
+                    cx.push(
+                        at,
+                        "shaping.ring_frames",
+                        format!(
+                            "{n} slots: want a power of two from {} to {}, e.g. 32768 (2 KiB a slot, two rings a cell)",
+                            crate::wire::ring::MIN_FRAMES,
+                            crate::wire::ring::MAX_FRAMES
+                        ),
+                    );
+                }
+            }
             "expect" => match v.as_sequence() {
                 Some(seq) => {
                     let mut list = Vec::new();

@@ -130,14 +130,14 @@ impl Counters {
 /// An AF_PACKET socket bound to `ifname` (in the calling thread's namespace), seeing
 /// every protocol, blind to its own output, promiscuous, with a receive ring
 /// ([`ring::RxRing`]) and sending past the qdisc layer.
-pub fn packet_socket(ifname: &str) -> Result<OwnedFd> {
+pub fn packet_socket(ifname: &str, ring_frames: u32) -> Result<OwnedFd> {
     crate::netlab::packet::open(
         ifname,
         crate::netlab::packet::Options {
             ignore_outgoing: true,
             promiscuous: true,
             buffer: 16 << 20,
-            rx_ring: Some(ring::request()),
+            rx_ring: Some(ring::request(ring_frames)),
             qdisc_bypass: true,
         },
     )
@@ -260,6 +260,8 @@ pub struct WireConfig {
     pub stats: Option<PathBuf>,
     /// How the forwarding loop waits.
     pub poll: forward::Poll,
+    /// Slots in each interface's receive ring ([`ring::valid_frames`]).
+    pub ring_frames: u32,
 }
 
 /// Runs the emulator until SIGTERM or SIGINT; prints the ready line once both sockets
@@ -271,10 +273,10 @@ pub fn run(cfg: WireConfig) -> Result<()> {
     set.add(nix::sys::signal::Signal::SIGINT);
     set.thread_block().context("cannot block SIGTERM")?;
 
-    let client =
-        packet_socket(&cfg.client_if).with_context(|| format!("cannot open {}", cfg.client_if))?;
-    let server =
-        packet_socket(&cfg.server_if).with_context(|| format!("cannot open {}", cfg.server_if))?;
+    let client = packet_socket(&cfg.client_if, cfg.ring_frames)
+        .with_context(|| format!("cannot open {}", cfg.client_if))?;
+    let server = packet_socket(&cfg.server_if, cfg.ring_frames)
+        .with_context(|| format!("cannot open {}", cfg.server_if))?;
     let stop = Arc::new(AtomicBool::new(false));
     let up_c = Arc::new(Counters::default());
     let down_c = Arc::new(Counters::default());
@@ -295,14 +297,14 @@ pub fn run(cfg: WireConfig) -> Result<()> {
         })
     };
     let up = forward::Dir::new(
-        ring::RxRing::map(client.as_fd())?,
+        ring::RxRing::map(client.as_fd(), cfg.ring_frames)?,
         server.as_fd(),
         engine(&cfg.up, true)?,
         &up_c,
         &up_live,
     );
     let down = forward::Dir::new(
-        ring::RxRing::map(server.as_fd())?,
+        ring::RxRing::map(server.as_fd(), cfg.ring_frames)?,
         client.as_fd(),
         engine(&cfg.down, false)?,
         &down_c,

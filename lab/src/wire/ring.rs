@@ -13,18 +13,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Bytes per slot: a 1500-byte MTU frame and the slot header fit, with room to spare.
 pub const FRAME_SIZE: u32 = 2048;
-/// Slots per ring (8 MiB of frames).
-pub const FRAMES: u32 = 4096;
+/// Slots per ring unless the topology says (8 MiB of frames).
+pub const DEFAULT_FRAMES: u32 = 4096;
+/// The fewest and most slots a ring may have: a power of two in between (32 slots fill
+/// one block; the most is 512 MiB of frames).
+pub const MIN_FRAMES: u32 = 32;
+pub const MAX_FRAMES: u32 = 1 << 18;
 const BLOCK_SIZE: u32 = 1 << 16;
 
+/// Whether `frames` is a ring size lab takes: a power of two from [`MIN_FRAMES`] to
+/// [`MAX_FRAMES`].
+pub fn valid_frames(frames: u32) -> bool {
+    frames.is_power_of_two() && (MIN_FRAMES..=MAX_FRAMES).contains(&frames)
+}
+
 /// The kernel's kind of ring this is: TPACKET_V2, one frame per slot, each released
-/// on its own.
-pub fn request() -> libc::tpacket_req {
+/// on its own; `frames` slots ([`valid_frames`]).
+pub fn request(frames: u32) -> libc::tpacket_req {
     libc::tpacket_req {
         tp_block_size: BLOCK_SIZE,
-        tp_block_nr: FRAMES * FRAME_SIZE / BLOCK_SIZE,
+        tp_block_nr: frames * FRAME_SIZE / BLOCK_SIZE,
         tp_frame_size: FRAME_SIZE,
-        tp_frame_nr: FRAMES,
+        tp_frame_nr: frames,
     }
 }
 
@@ -33,6 +43,7 @@ pub struct RxRing<'fd> {
     fd: BorrowedFd<'fd>,
     map: *mut u8,
     len: usize,
+    frames: usize,
     head: usize,
 }
 
@@ -75,9 +86,9 @@ impl Slot {
 }
 
 impl<'fd> RxRing<'fd> {
-    /// Maps the ring that `fd` was set up with ([`request`]).
-    pub fn map(fd: BorrowedFd<'fd>) -> Result<RxRing<'fd>> {
-        let len = (FRAMES * FRAME_SIZE) as usize;
+    /// Maps the ring of `frames` slots that `fd` was set up with ([`request`]).
+    pub fn map(fd: BorrowedFd<'fd>, frames: u32) -> Result<RxRing<'fd>> {
+        let len = (frames * FRAME_SIZE) as usize;
         // SAFETY: mapping the socket's ring, whose size the request set.
         let map = unsafe {
             libc::mmap(
@@ -99,6 +110,7 @@ impl<'fd> RxRing<'fd> {
             fd,
             map: map.cast(),
             len,
+            frames: frames as usize,
             head: 0,
         })
     }
@@ -109,7 +121,7 @@ impl<'fd> RxRing<'fd> {
     }
 
     fn header(&self, index: usize) -> *mut libc::tpacket2_hdr {
-        // SAFETY: index < FRAMES, so the slot lies inside the mapping; slots never
+        // SAFETY: index < frames, so the slot lies inside the mapping; slots never
         // straddle blocks (BLOCK_SIZE is a multiple of FRAME_SIZE).
         unsafe { self.map.add(index * FRAME_SIZE as usize).cast() }
     }
@@ -145,7 +157,7 @@ impl<'fd> RxRing<'fd> {
         } else {
             snaplen.min(room - mac)
         };
-        self.head = (i + 1) % FRAMES as usize;
+        self.head = (i + 1) % self.frames;
         Some(Slot {
             index: i,
             // SAFETY: mac < FRAME_SIZE, inside the slot.
