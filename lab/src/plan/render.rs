@@ -24,7 +24,7 @@ pub fn shaping_line(p: &Plan) -> String {
                 Shaper::Userspace if p.ring_frames != crate::wire::ring::DEFAULT_FRAMES => format!(
                     ", receive rings of {} slots ({} MiB each)",
                     p.ring_frames,
-                    p.ring_frames as u64 * crate::wire::ring::FRAME_SIZE as u64 >> 20
+                    (p.ring_frames as u64 * crate::wire::ring::FRAME_SIZE as u64) >> 20
                 ),
                 _ => String::new(),
             },
