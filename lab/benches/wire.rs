@@ -36,7 +36,8 @@ fn lab(args: &[&str]) -> String {
 }
 
 fn up(profile: &str, busy_poll: bool) {
-    let t = std::env::temp_dir().join("lab-bench-wire.yaml");
+    // Under the build's own directory, not the shared temporary one.
+    let t = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-bench-wire.yaml");
     std::fs::write(
         &t,
         format!("name: bwire\napproaches: [sse]\nllm:\n  mock: {{ max_tokens: 5 }}\nprofiles:\n  p: {profile}\nshaping: {{ backend: userspace, busy_poll: {busy_poll} }}\n"),

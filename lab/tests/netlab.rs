@@ -23,16 +23,13 @@ fn kernel_backend() -> bool {
 }
 
 /// A small, fast topology named `name`, written to a temporary file.
-fn topology(name: &str, approaches: &str, profiles: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("lab-test-{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
+fn topology(name: &str, approaches: &str, profiles: &str) -> Tmp {
+    tmpfile(
+        &format!("{name}.yaml"),
+        &format!(
             "name: {name}\napproaches: [{approaches}]\nllm:\n  mock: {{ ttft: 5ms, tbt: 1ms, jitter: 0%, max_tokens: 12 }}\nprofiles:\n{profiles}"
         ),
     )
-    .unwrap();
-    path
 }
 
 fn state_json(name: &str) -> serde_json::Value {
@@ -543,9 +540,7 @@ fn held_mock(listen: &str, dir: &std::path::Path) -> lab::netlab::procs::Started
 
 #[test]
 fn a_child_that_dies_is_reported_with_its_status_and_log() {
-    let dir = std::env::temp_dir().join("lab-test-child-dies");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmpdir("child-dies");
     let mut st = held_mock("192.0.2.1:9", &dir);
     st.release().unwrap();
     let err = st
@@ -659,12 +654,12 @@ fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
     let listen = ready["listen"].as_str().unwrap().to_owned();
     let before = host_net();
 
-    let topo = std::env::temp_dir().join("lab-test-trelay.yaml");
-    std::fs::write(
-        &topo,
-        format!("name: {name}\napproaches: [sse]\nllm:\n  url: http://{listen}\nprofiles:\n  base: {{}}\n"),
-    )
-    .unwrap();
+    let topo = tmpfile(
+        "trelay.yaml",
+        &format!(
+            "name: {name}\napproaches: [sse]\nllm:\n  url: http://{listen}\nprofiles:\n  base: {{}}\n"
+        ),
+    );
     let out = ok(&["up", topo.to_str().unwrap()]);
     assert!(
         out.contains(&format!("llm: relay (http://{listen})")),

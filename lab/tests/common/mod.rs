@@ -234,21 +234,42 @@ impl Drop for Tmp {
             let _ = std::fs::remove_dir_all(&self.0);
         } else {
             let _ = std::fs::remove_file(&self.0);
+            // A scratch file's own directory (`tmpfile`), now empty.
+            if let Some(d) = self.0.parent()
+                && d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("lab-test-"))
+            {
+                let _ = std::fs::remove_dir(d);
+            }
         }
     }
 }
 
-/// A fresh scratch directory.
-pub fn tmpdir(name: &str) -> Tmp {
-    let d = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Tmp(d)
+/// A directory that this test made itself, mode 0700, under the temporary directory:
+/// never one that was there before (the temporary directory is shared, and the tests
+/// run as root), so nothing in it can be someone else's file or link.
+fn private_dir(name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("lab-test-{name}-{}-{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => return d,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot make {}: {e}", d.display()),
+        }
+    }
 }
 
-/// A scratch file holding `text`.
+/// A fresh scratch directory of this test's own.
+pub fn tmpdir(name: &str) -> Tmp {
+    Tmp(private_dir(name))
+}
+
+/// A scratch file holding `text`, named `name`, in a fresh directory of its own.
 pub fn tmpfile(name: &str, text: &str) -> Tmp {
-    let p = std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()));
+    let p = private_dir(name).join(name);
     std::fs::write(&p, text).unwrap();
     Tmp(p)
 }
