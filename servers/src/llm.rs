@@ -1028,6 +1028,10 @@ mod tests {
         let stats = Arc::new(ServerStats::default());
         let server = tokio::spawn(serve(listener, cfg(), stats.clone()));
         let up = Arc::new(crate::upstream::Upstream::new(&url, "gemma3:12b", true).unwrap());
+        // One answer first, so the connection is up before the twenty at once: while it
+        // is still being made, the client's pool may open a second one (seen once).
+        let mut s = up.chat("prompt 0").await.unwrap();
+        while s.next().await.unwrap().is_some() {}
         let mut tasks = Vec::new();
         for i in 0..20 {
             let up = up.clone();
@@ -1061,7 +1065,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("invalid JSON body"));
         let r = client.request(ask("/nowhere", "{}")).await.unwrap();
         assert_eq!(r.status(), 404);
-        // Twenty streams on the upstream client's one connection, the two refusals on
+        // Twenty-one streams on the upstream client's one connection, the two refusals on
         // the other client's.
         assert_eq!(
             stats.snapshot().connections_accepted,
