@@ -180,6 +180,8 @@ pub fn render(s: &State, l: &Live) -> String {
             send: u64,
             #[tabled(rename = "dropped (ring full)")]
             ring: u64,
+            #[tabled(rename = "ring wait p99 / max (us)")]
+            waited: String,
         }
         let mut rows = Vec::new();
         for (cell, w) in wires {
@@ -194,12 +196,29 @@ pub fn render(s: &State, l: &Live) -> String {
                     queue: c.dropped_queue,
                     send: c.dropped_send,
                     ring: c.dropped_input,
+                    waited: c
+                        .waited_us
+                        .map(|(_, p99, max)| format!("{p99} / {max}"))
+                        .unwrap_or_default(),
                 });
             }
         }
         out.push_str("link emulator counters (updated every second):\n");
         out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
         out.push_str("\n\n");
+        for (cell, w) in wires {
+            for (direction, c, p) in [
+                ("up", &w.up, &w.up_params),
+                ("down", &w.down, &w.down_params),
+            ] {
+                if p.trace.is_some() {
+                    out.push_str(&format!(
+                        "{cell} {direction}: the trace's delivery chances left unused so far (nothing waiting for the link): {}\n",
+                        fmt_bytes(c.trace_unused_bytes)
+                    ));
+                }
+            }
+        }
     }
     let missing: Vec<&String> = s
         .namespaces

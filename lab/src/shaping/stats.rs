@@ -28,6 +28,19 @@ pub struct CounterSnapshot {
     /// the microsecond above).
     #[serde(default)]
     pub late_us: Option<(u64, u64, u64)>,
+    /// How long frames waited in the receive ring before the emulator got to them (how
+    /// late it woke): p50, p99 and max, in microseconds. The link model times each
+    /// frame from its kernel arrival stamp, so a wait delays nothing it decides.
+    #[serde(default)]
+    pub waited_us: Option<(u64, u64, u64)>,
+    /// Frames the kernel gave no usable arrival stamp: the link model timed them by
+    /// when the emulator got to them, so a late wake-up may have delayed them.
+    #[serde(default)]
+    pub unstamped: u64,
+    /// Bytes of a trace's delivery chances that passed with nothing waiting for the
+    /// link: trace capacity the sender left unused (counted up to the last frame).
+    #[serde(default)]
+    pub trace_unused_bytes: u64,
 }
 
 /// Everything `lab wire` reports, written to its stats file.

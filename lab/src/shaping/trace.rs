@@ -1,7 +1,10 @@
 //! Trace-driven links, in Mahimahi's format: one integer millisecond per line, each a
 //! chance to deliver 1500 bytes; accounting is per byte (a 100-byte packet leaves 1400
 //! bytes of its chance to the packets behind it); the trace loops with its last
-//! millisecond as the period. Chances that pass with nothing queued are lost. Pure.
+//! millisecond as the period. Chances that pass with nothing queued are lost, and
+//! counted ([`Replay::unused_bytes`]). Pure: a packet's chances are reckoned from when
+//! it reached the link, so whoever drives the replay may get to a packet late without
+//! costing it the chances that passed meanwhile, as in Mahimahi.
 
 use anyhow::{Context, Result};
 
@@ -76,6 +79,8 @@ pub struct Replay {
     /// `n / len`).
     next: u64,
     left: u64,
+    /// Bytes of chances that passed with nothing waiting for the link.
+    unused: u64,
 }
 
 impl Replay {
@@ -85,7 +90,14 @@ impl Replay {
             start,
             next: 0,
             left: MTU,
+            unused: 0,
         }
+    }
+
+    /// Bytes of delivery chances that passed with nothing waiting for the link, up to
+    /// the last packet's arrival: the trace capacity an idle sender left unused.
+    pub fn unused_bytes(&self) -> u64 {
+        self.unused
     }
 
     fn time(&self, n: u64) -> u64 {
@@ -122,8 +134,11 @@ impl Replay {
             self.left = MTU;
         }
         if self.time(self.next) < now {
-            // The chances in between passed unused.
-            self.next = self.first_from(now);
+            // The chances in between passed unused: what was left of this one, and
+            // every one after it until `now`.
+            let first = self.first_from(now);
+            self.unused += self.left + (first - self.next - 1) * MTU;
+            self.next = first;
             self.left = MTU;
         }
         let mut need = len.max(1) as u64;
@@ -175,12 +190,17 @@ mod tests {
         assert_eq!(r.deliver(0, 500), 2 * MS);
         // A 2000-byte packet needs the rest of chance 2 (1000) and 1000 of chance 3.
         assert_eq!(r.deliver(0, 2000), 3 * MS);
-        // Idle until 10.5 ms: the chances in between are lost; the next is at 11 ms,
-        // in the trace's sixth loop.
+        assert_eq!(r.unused_bytes(), 0);
+        // Idle until 10.5 ms: the chances in between are lost (the 500 bytes left of
+        // chance 3, and chances 4 to 10); the next is at 11 ms, in the trace's sixth
+        // loop.
         assert_eq!(r.deliver(10 * MS + MS / 2, 1500), 11 * MS);
+        assert_eq!(r.unused_bytes(), 500 + 7 * 1500);
         assert_eq!(r.deliver(10 * MS + MS / 2, 1), 12 * MS);
-        // A chance exactly at the arrival time is usable.
+        // A chance exactly at the arrival time is usable: 1499 bytes of chance 12 and
+        // chances 13 to 19 passed unused.
         assert_eq!(r.deliver(20 * MS, 100), 20 * MS);
+        assert_eq!(r.unused_bytes(), 500 + 7 * 1500 + 1499 + 7 * 1500);
     }
 
     #[test]
@@ -196,5 +216,29 @@ mod tests {
         }
         let got = (n * 1500 * 8) as f64 / (last as f64 / 1e9);
         assert!((got - rate).abs() / rate < 0.001, "{got} vs {rate}");
+        assert_eq!(r.unused_bytes(), 0);
+    }
+
+    /// The replay reckons a packet's chances from the arrival time it is given, not
+    /// from when it is called: `lab wire` hands over packets it got to late (a late
+    /// wake-up) with the kernel's arrival stamps, so they keep the chances that passed
+    /// meanwhile. Given the time it got to them instead, it would lose those chances.
+    #[test]
+    fn packets_timed_by_arrival_keep_the_chances_a_late_driver_would_lose() {
+        // A packet every ms from 0 to 99 ms, at the trace's rate: each leaves at the
+        // next chance, and none passes unused.
+        let mut punctual = Replay::new(Trace::parse("1\n").unwrap(), 0);
+        let a: Vec<u64> = (0..100).map(|i| punctual.deliver(i * MS, 1500)).collect();
+        assert_eq!(a[99], 100 * MS);
+        assert_eq!(punctual.unused_bytes(), 0);
+        // Timed instead by when a driver that wakes every 20 ms got to them, the first
+        // batch loses the 19 chances it waited through, and every packet after it
+        // leaves 19 ms late.
+        let mut wrong = Replay::new(Trace::parse("1\n").unwrap(), 0);
+        let c: Vec<u64> = (0..100)
+            .map(|i| wrong.deliver((i / 20 + 1) * 20 * MS, 1500))
+            .collect();
+        assert_eq!(c[99], a[99] + 19 * MS);
+        assert_eq!(wrong.unused_bytes(), 19 * 1500);
     }
 }

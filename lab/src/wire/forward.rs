@@ -105,19 +105,16 @@ fn clocks() -> (u64, i128) {
 /// those that keep their sender's CLOCK_MONOTONIC departure time across namespaces;
 /// the two are told apart by size (a realtime stamp is decades of nanoseconds, a
 /// monotonic one the time since boot). A stamp that is missing, in the future, or
-/// over a second old (the clock was set) counts as `now`.
-pub fn arrival(ts: u64, now: u64, offset: i128) -> u64 {
+/// over a second old (the clock was set) is no use: `None`, and the caller counts the
+/// frame as arriving `now`.
+pub fn arrival(ts: u64, now: u64, offset: i128) -> Option<u64> {
     const REALTIME: u64 = 1 << 60;
     let mono = if ts >= REALTIME {
         (ts as i128 - offset).clamp(0, u64::MAX as i128) as u64
     } else {
         ts
     };
-    if mono == 0 || mono > now || now - mono > 1_000_000_000 {
-        now
-    } else {
-        mono
-    }
+    (mono != 0 && mono <= now && now - mono <= 1_000_000_000).then_some(mono)
 }
 
 /// A frame waiting to be sent in the next batch.
@@ -178,7 +175,6 @@ impl<'a> Dir<'a> {
         let mut any = false;
         while self.heap.peek().is_some_and(|h| h.at <= now) {
             let h = self.heap.pop().expect("peeked");
-            self.engine.released(h.frame.len());
             self.counters.late.record(now.saturating_sub(h.at));
             self.pending.push(Out::Buf(h.frame));
             any = true;
@@ -196,7 +192,22 @@ impl<'a> Dir<'a> {
                 (now, offset) = clocks();
             }
             n += 1;
-            let at = arrival(slot.ts_ns, now, offset);
+            // A frame that reached the ring after `now` was read carries a stamp
+            // after it: read the clock again before calling the stamp no use.
+            let stamped = arrival(slot.ts_ns, now, offset).or_else(|| {
+                (now, offset) = clocks();
+                arrival(slot.ts_ns, now, offset)
+            });
+            let at = match stamped {
+                Some(at) => {
+                    self.counters.waited.record(now - at);
+                    at
+                }
+                None => {
+                    add(&self.counters.unstamped, 1);
+                    now
+                }
+            };
             if slot.losing {
                 add(&self.counters.dropped_input, self.ring.drops());
             }
@@ -277,7 +288,11 @@ impl<'a> Dir<'a> {
     /// Runs an IP frame through the link model.
     fn shape(&mut self, now: u64, mut f: Vec<u8>) {
         let len = f.len();
-        match self.engine.on_packet(now, len, len - ETH_HLEN) {
+        let verdict = self.engine.on_packet(now, len, len - ETH_HLEN);
+        self.counters
+            .trace_unused_bytes
+            .fetch_max(self.engine.trace_unused_bytes(), Ordering::Relaxed);
+        match verdict {
             Verdict::Drop(Drop::Loss) => {
                 add(&self.counters.dropped_loss, 1);
                 self.pool.push(f);
@@ -667,16 +682,16 @@ mod tests {
     use super::arrival;
 
     #[test]
-    fn arrival_reads_either_clock_and_falls_back_to_now() {
+    fn arrival_reads_either_clock_and_refuses_what_is_no_use() {
         let now = 5_000_000_000_000; // 5000 s since boot
         let offset = 1_700_000_000_000_000_000i128 - now as i128; // realtime - monotonic
         let real = |mono: u64| (mono as i128 + offset) as u64;
         // A realtime stamp 80 us ago, and a monotonic one.
-        assert_eq!(arrival(real(now - 80_000), now, offset), now - 80_000);
-        assert_eq!(arrival(now - 80_000, now, offset), now - 80_000);
-        // Missing, in the future, or stale: now.
-        assert_eq!(arrival(0, now, offset), now);
-        assert_eq!(arrival(real(now + 1000), now, offset), now);
-        assert_eq!(arrival(now - 2_000_000_000, now, offset), now);
+        assert_eq!(arrival(real(now - 80_000), now, offset), Some(now - 80_000));
+        assert_eq!(arrival(now - 80_000, now, offset), Some(now - 80_000));
+        // Missing, in the future, or stale.
+        assert_eq!(arrival(0, now, offset), None);
+        assert_eq!(arrival(real(now + 1000), now, offset), None);
+        assert_eq!(arrival(now - 2_000_000_000, now, offset), None);
     }
 }

@@ -104,6 +104,14 @@ pub struct Counters {
     pub reordered: AtomicU64,
     /// ARP and other non-IP frames, passed through unshaped (also in in/out).
     pub non_ip: AtomicU64,
+    /// How long frames waited in the receive ring before the loop got to them (how
+    /// late it woke), from the kernel's arrival stamps.
+    pub waited: Lateness,
+    /// Frames without a usable arrival stamp, timed by when the loop got to them.
+    pub unstamped: AtomicU64,
+    /// Bytes of a trace's delivery chances that passed with nothing waiting for the
+    /// link (set, not added to).
+    pub trace_unused_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -123,6 +131,9 @@ impl Counters {
             reordered: l(&self.reordered),
             non_ip: l(&self.non_ip),
             late_us: self.late.summary(),
+            waited_us: self.waited.summary(),
+            unstamped: l(&self.unstamped),
+            trace_unused_bytes: l(&self.trace_unused_bytes),
         }
     }
 }
