@@ -118,18 +118,23 @@ impl Lab {
         }
     }
 
-    /// CPU time (user + system) lab wire has used, in seconds.
-    fn wire_cpu(&self) -> f64 {
+    /// The pid of the lab's `lab wire`, from `lab status --json`.
+    fn wire_pid(&self) -> i32 {
         let st = ok(&["status", "--lab", &self.name, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&st).unwrap();
-        let pid = v["labs"][0]["processes"]
+        v["labs"][0]["processes"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["role"] == "wire")
             .unwrap()["pid"]
             .as_i64()
-            .unwrap();
+            .unwrap() as i32
+    }
+
+    /// CPU time (user + system) lab wire has used, in seconds.
+    fn wire_cpu(&self) -> f64 {
+        let pid = self.wire_pid();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
         // utime and stime, fields 14 and 15 (counted from 1, so 11 and 12 after comm).
@@ -173,11 +178,20 @@ fn big_buffers(s: &impl AsRawFd) {
     }
 }
 
-/// RTTs of `n` UDP probes, one every 5 ms, echoed by the server namespace.
+/// RTTs of `n` UDP probes, one every 5 ms, echoed by the server namespace; sorted.
 fn rtts(l: &Lab, n: usize) -> Vec<Duration> {
-    let server = l.udp(true, 9000);
+    let v = probes(l, 9000, n);
+    assert_eq!(v.len(), n, "probes were lost");
+    v
+}
+
+/// RTTs of the probes that came back, of `n` sent one every 5 ms to `port` and echoed
+/// by the server namespace (a thread each to echo, send and receive, so that every
+/// probe meets the same wake-ups); sorted.
+fn probes(l: &Lab, port: u16, n: usize) -> Vec<Duration> {
+    let server = l.udp(true, port);
     let client = l.udp(false, 0);
-    client.connect(format!("{SERVER}:9000")).unwrap();
+    client.connect(format!("{SERVER}:{port}")).unwrap();
     server
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -217,7 +231,6 @@ fn rtts(l: &Lab, n: usize) -> Vec<Duration> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     echo.join().unwrap();
     let mut v: Vec<Duration> = got.into_iter().flatten().collect();
-    assert_eq!(v.len(), n, "probes were lost");
     v.sort();
     v
 }
@@ -226,24 +239,57 @@ fn p50(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// The `q`-quantile of sorted RTTs.
+fn quantile(v: &[Duration], q: f64) -> Duration {
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The configured delay, measured against the machine's own round trip. The same
+/// probes first cross an unshaped lab: what they take there (sockets, threads,
+/// forwarding) is the machine's, and under software emulation it is milliseconds and
+/// varies with the host's speed. Then, on any machine:
+/// - no probe comes back sooner than twice the delay (neither backend sends early);
+/// - the 10th percentile, less the unshaped one, is twice the delay within 1 ms per
+///   100 ms: the low percentiles are the probes the machine did not hold up, so what
+///   remains is the shaper's own.
+///
+/// On real hardware (no `LAB_TIME_SLACK`) the median is held to the same tolerance
+/// too, without subtracting anything; in a software-emulated machine it is printed
+/// only, since it moves with the host's speed.
 #[test]
 fn delay_50ms_gives_100ms_rtt_and_200ms_gives_400ms() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let base = rtts(&Lab::up("sdelay", "{}", 1), 250);
+    let (base10, base50) = (ms(quantile(&base, 0.1)), ms(p50(&base)));
+    println!("unshaped: RTT p10 {base10:.3} ms, p50 {base50:.3} ms");
     for (delay, want, tol) in [(50, 100.0, 1.0), (200, 400.0, 2.0)] {
         let l = Lab::up("sdelay", &format!("{{ delay: {delay}ms }}"), 1);
         let r = rtts(&l, 250);
-        let ms = p50(&r).as_secs_f64() * 1e3;
+        let (p10, med) = (ms(quantile(&r, 0.1)), ms(p50(&r)));
         println!(
-            "delay {delay}ms: RTT p50 {ms:.3} ms, min {:.3}, max {:.3} over {} probes",
-            r[0].as_secs_f64() * 1e3,
-            r[r.len() - 1].as_secs_f64() * 1e3,
+            "delay {delay}ms: RTT p50 {med:.3} ms, p10 {p10:.3} ({:+.3} over the unshaped p10), min {:.3}, max {:.3} over {} probes",
+            p10 - base10 - want,
+            ms(r[0]),
+            ms(r[r.len() - 1]),
             r.len()
         );
-        let tol = tol * slack();
         assert!(
-            (ms - want).abs() <= tol,
-            "RTT p50 {ms} ms, want {want} ± {tol}"
+            ms(r[0]) >= want,
+            "a probe came back in {:.3} ms, sooner than twice the delay ({want} ms)",
+            ms(r[0])
         );
+        let shaper = p10 - base10;
+        assert!(
+            (shaper - want).abs() <= tol,
+            "RTT p10 {p10:.3} ms less the unshaped p10 {base10:.3} is {shaper:.3} ms, want {want} ± {tol}"
+        );
+        if slack() == 1.0 {
+            assert!(
+                (med - want).abs() <= tol,
+                "RTT p50 {med} ms, want {want} ± {tol}"
+            );
+        }
     }
 }
 
@@ -339,7 +385,8 @@ fn one_way(l: &Lab, n: usize, pps: u64) -> Vec<bool> {
 
 /// Packets this machine drops outside any shaper: the per-CPU receive backlog
 /// (`/proc/net/softnet_stat`, second column, summed), and the UDP receive and send buffer
-/// errors of the server and client namespaces (`/proc/thread-self/net/snmp`).
+/// errors of the server and client namespaces, each summed over both
+/// (`/proc/thread-self/net/snmp`).
 fn outside_drops(l: &Lab) -> (u64, u64, u64) {
     let backlog = std::fs::read_to_string("/proc/net/softnet_stat")
         .unwrap()
@@ -361,8 +408,8 @@ fn outside_drops(l: &Lab) -> (u64, u64, u64) {
     };
     (
         backlog,
-        udp(&l.server, "RcvbufErrors"),
-        udp(&l.client, "SndbufErrors"),
+        udp(&l.server, "RcvbufErrors") + udp(&l.client, "RcvbufErrors"),
+        udp(&l.client, "SndbufErrors") + udp(&l.server, "SndbufErrors"),
     )
 }
 
@@ -495,7 +542,7 @@ fn direction_up_leaves_the_down_direction_untouched() {
     client
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let n = 5000;
+    let n: u64 = 5000;
     let t = std::thread::spawn(move || {
         let mut got = 0;
         let mut buf = [0u8; 64];
@@ -504,27 +551,30 @@ fn direction_up_leaves_the_down_direction_untouched() {
         }
         got
     });
+    let before = outside_drops(&l);
     for i in 0..n {
-        server.send_to(&(i as u64).to_ne_bytes(), caddr).unwrap();
+        server.send_to(&i.to_ne_bytes(), caddr).unwrap();
         // Under software emulation a packet at a time, or the machine's own backlog
         // overflows.
         if i % 10 == 0 || slack() > 1.0 {
             std::thread::sleep(Duration::from_secs_f64(0.0002 * slack()));
         }
     }
-    // Nothing shapes the way down. Under software emulation the machine itself drops a
-    // few packets of a burst now and then (backlog); the 5% of the up direction would
-    // be some 250.
+    // Nothing shapes the way down: whatever did not arrive, the machine itself dropped
+    // (its backlog or a socket buffer, which it counts), on any machine; the 5% of the
+    // up direction would be some 250.
     let got = t.join().unwrap();
-    if slack() > 1.0 {
-        assert!(
-            got >= n - n / 100,
-            "the down direction lost {} packets",
-            n - got
-        );
-    } else {
-        assert_eq!(got, n, "the down direction lost packets");
-    }
+    let after = outside_drops(&l);
+    let machine = (after.0 - before.0) + (after.1 - before.1) + (after.2 - before.2);
+    println!(
+        "direction up: the way down lost {} of {n}, the machine dropped {machine}",
+        n - got
+    );
+    assert!(
+        n - got <= machine,
+        "the down direction lost {} packets, the machine's own drops explain {machine}",
+        n - got
+    );
     if userspace() {
         let s = l.next_stats();
         assert_eq!(
@@ -537,34 +587,30 @@ fn direction_up_leaves_the_down_direction_untouched() {
             "{s:?}"
         );
     }
-    // RTT = 50 ms up + nothing down (probes lost on the way up are retried by count).
-    let server = l.udp(true, 9003);
-    let c = l.udp(false, 0);
-    c.connect(format!("{SERVER}:9003")).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut r = Vec::new();
-    let mut buf = [0u8; 16];
-    while r.len() < 200 {
-        let t0 = Instant::now();
-        c.send(b"probe").unwrap();
-        if let Ok((k, from)) = server.recv_from(&mut buf) {
-            server.send_to(&buf[..k], from).unwrap();
-            if c.recv(&mut buf).is_ok() {
-                r.push(t0.elapsed());
-            }
-        }
-    }
-    r.sort();
-    let ms = p50(&r).as_secs_f64() * 1e3;
-    println!("direction up, delay 50ms: RTT p50 {ms:.3} ms");
-    assert!(
-        (ms - 50.0).abs() <= slack(),
-        "RTT p50 {ms} ms, want 50 (down adds nothing)"
+    // RTT = 50 ms up + nothing down, against the same probes over an unshaped lab
+    // (see the delay test): never sooner than 50 ms, and the 10th percentile less the
+    // unshaped one within 1 ms of 50; on real hardware the median too.
+    let r = probes(&l, 9003, 250);
+    assert!(r.len() >= 200, "{} of 250 probes came back", r.len());
+    let base = rtts(&Lab::up("sasym0", "{}", 1), 250);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p10, base10, med) = (ms(quantile(&r, 0.1)), ms(quantile(&base, 0.1)), ms(p50(&r)));
+    println!(
+        "direction up, delay 50ms: RTT p50 {med:.3} ms, p10 {p10:.3} ({:+.3} over the unshaped p10 {base10:.3}), min {:.3}",
+        p10 - base10 - 50.0,
+        ms(r[0])
     );
+    assert!(ms(r[0]) >= 50.0, "a probe came back in {:?}", r[0]);
+    assert!(
+        (p10 - base10 - 50.0).abs() <= 1.0,
+        "RTT p10 {p10} ms less the unshaped {base10}, want 50 ± 1 (down adds nothing)"
+    );
+    if slack() == 1.0 {
+        assert!(
+            (med - 50.0).abs() <= 1.0,
+            "RTT p50 {med} ms, want 50 (down adds nothing)"
+        );
+    }
     if userspace() {
         let s = l.next_stats();
         assert!(
@@ -597,6 +643,12 @@ fn bulk_tcp(l: &Lab, secs: f64) -> f64 {
 /// Bulk TCP client to server for `secs`, measured from `warm` seconds on to 0.2 s
 /// before the end.
 fn bulk_tcp_after(l: &Lab, secs: f64, warm: f64) -> f64 {
+    bulk_tcp_with(l, secs, warm, None)
+}
+
+/// As `bulk_tcp_after`, the sender using congestion control `cc` (`cubic`) where
+/// given, else the machine's default.
+fn bulk_tcp_with(l: &Lab, secs: f64, warm: f64, cc: Option<&str>) -> f64 {
     let listener = sys::in_netns(&l.server, || {
         Ok(TcpListener::bind(format!("{SERVER}:9100"))?)
     })
@@ -610,6 +662,25 @@ fn bulk_tcp_after(l: &Lab, secs: f64, warm: f64) -> f64 {
         Ok(TcpStream::connect(format!("{SERVER}:9100"))?)
     })
     .unwrap();
+    if let Some(cc) = cc {
+        // Before any data: the connection starts with it.
+        // SAFETY: a string socket option on a valid fd.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                cc.as_ptr().cast(),
+                cc.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "TCP_CONGESTION {cc}: {} (net.ipv4.tcp_available_congestion_control lists what this kernel has)",
+            std::io::Error::last_os_error()
+        );
+    }
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let writer = std::thread::spawn(move || {
         let mut s = stream;
@@ -879,8 +950,9 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     })
     .unwrap();
     c.set_nodelay(true).unwrap();
-    // RTT p50 of the next `n` round trips on the same connection, which must not fail.
-    let mut rtt = |n: usize| -> f64 {
+    // The next `n` round trips on the same connection, which must not fail: their
+    // 10th percentile, and their median, in ms.
+    let mut rtt = |n: usize| -> (f64, f64) {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
@@ -891,11 +963,22 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
             std::thread::sleep(Duration::from_millis(10));
         }
         v.sort();
-        p50(&v).as_secs_f64() * 1e3
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        (ms(quantile(&v, 0.1)), ms(p50(&v)))
     };
-    let near = |got: f64, want: f64| (got - want).abs() <= 2.0 * slack();
-    let before = rtt(20);
-    assert!(near(before, 20.0), "RTT {before} ms before, want 20");
+    // Each change moves the RTT by what it configures: measured against the first
+    // setting's RTT on the same connection, so the machine's own share (milliseconds
+    // under software emulation) cancels (see the delay test). On real hardware the
+    // medians are held to the configured RTTs too.
+    let (base, base50) = rtt(20);
+    println!("delay 10ms: RTT p10 {base:.3} ms, p50 {base50:.3}");
+    assert!(base >= 20.0, "RTT p10 {base} ms, below the 20 configured");
+    let near = |(got, med): (f64, f64), want: f64| {
+        println!("RTT p10 {got:.3} ms, p50 {med:.3}, want {want}");
+        (got - base - (want - 20.0)).abs() <= 2.0 && (slack() > 1.0 || (med - want).abs() <= 2.0)
+    };
+    let before = (base, base50);
+    assert!(near(before, 20.0), "RTT {before:?} ms before, want 20");
     let set = |args: &[&str]| {
         let mut a = vec!["link", "set", "--lab", "slink", "c0"];
         a.extend(args);
@@ -908,7 +991,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     let after = rtt(20);
     assert!(
         near(after, 100.0),
-        "RTT {after} ms after delay 50ms, want 100"
+        "RTT {after:?} ms after delay 50ms, want 100"
     );
     // The way down only, cleared: half the RTT.
     let o = set(&["--down", "delay=0ms"]);
@@ -917,7 +1000,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     let half = rtt(20);
     assert!(
         near(half, 50.0),
-        "RTT {half} ms with the way down cleared, want 50"
+        "RTT {half:?} ms with the way down cleared, want 50"
     );
     // Bad settings: exit 2, a message naming the field, nothing changed.
     for (bad, says) in [
@@ -936,7 +1019,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     let again = rtt(20);
     assert!(
         near(again, 50.0),
-        "RTT {again} ms after refused changes, want 50"
+        "RTT {again:?} ms after refused changes, want 50"
     );
     let shown = ok(&["link", "show", "--lab", "slink"]);
     assert!(
@@ -951,8 +1034,11 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
 
 /// A trace-driven link (userspace backend only) delivers the trace's rate to bulk TCP,
 /// over 30 s: the constant 12 Mbit/s trace that `scripts/make-traces.py` writes, one
-/// 1500-byte chance a millisecond, measured on the server's kernel counters. The
-/// kernel backend refuses a trace.
+/// 1500-byte chance a millisecond, measured on the server's kernel counters, within 1%.
+/// The sender is CUBIC, which keeps the link's queue (100 packets) from running dry:
+/// the rate then is the trace's, whatever the machine's speed. (A sender that leaves
+/// the queue empty now and then, such as BBR probing for bandwidth, gets less, and lab
+/// wire counts the chances it left unused.) The kernel backend refuses a trace.
 #[test]
 fn a_trace_link_delivers_the_traces_rate_to_bulk_tcp() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -964,18 +1050,22 @@ fn a_trace_link_delivers_the_traces_rate_to_bulk_tcp() {
     if userspace() {
         let l = Lab::up(
             "strace",
-            &format!("{{ trace: {}, delay: 1ms }}", trace.display()),
+            &format!("{{ trace: {}, delay: 1ms, limit: 100 }}", trace.display()),
             1,
         );
-        let got = bulk_tcp_after(&l, 32.0, 1.8);
+        let got = bulk_tcp_with(&l, 32.0, 1.8, Some("cubic"));
         let err = (got - rate) / rate;
+        let s = l.next_stats();
         println!(
-            "trace const-12mbit: delivered {:.3} Mbit/s over 30 s ({:+.2}%)",
+            "trace const-12mbit: delivered {:.3} Mbit/s over 30 s ({:+.2}%); lab wire: ring wait p99/max {:?} us, {} frames unstamped, {} bytes of chances unused",
             got / 1e6,
-            err * 100.0
+            err * 100.0,
+            s.up.waited_us,
+            s.up.unstamped,
+            s.up.trace_unused_bytes
         );
         assert!(
-            err.abs() <= 0.03,
+            err.abs() <= 0.01,
             "delivered {got} bit/s, the trace offers {rate}"
         );
     }
@@ -994,6 +1084,115 @@ fn a_trace_link_delivers_the_traces_rate_to_bulk_tcp() {
         text(&o)
     );
     assert_nothing_left("stracek", &[]);
+}
+
+/// A trace link keeps its rate when lab wire gets to frames late. An open-loop UDP
+/// sender offers 14 Mbit/s to the 12 Mbit/s trace, and lab wire is stopped (SIGSTOP)
+/// for 50 ms of every 250 ms, so frames wait in its receive ring. Each is timed by the
+/// kernel's stamp of its arrival, so it gets the delivery chances that passed while it
+/// waited, and the queue limit (25 packets: 25 ms of the trace, less than a stop)
+/// judges it as of its arrival, when what was due by then had left. So the server
+/// receives the trace's rate, within 1%. Timed by when lab wire got to them, the
+/// frames of each stop would find the queue drained 25 ms before and lose those
+/// chances: 10% less. Userspace backend only.
+#[test]
+fn a_trace_link_keeps_its_rate_when_lab_wire_wakes_late() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !userspace() {
+        return;
+    }
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let trace = root().join("topologies/traces/const-12mbit.trace");
+    let l = Lab::up(
+        "slate",
+        &format!("{{ trace: {}, limit: 25 }}", trace.display()),
+        1,
+    );
+    let pid = nix::unistd::Pid::from_raw(l.wire_pid());
+    let rx = l.udp(true, 9300);
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let tx = l.udp(false, 0);
+    tx.connect(format!("{SERVER}:9300")).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let sink = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !d.load(Ordering::Relaxed) {
+            let _ = rx.recv(&mut buf);
+        }
+    });
+    // 1472-byte datagrams are 1514-byte frames: 14 Mbit/s is 1156 a second, sent on
+    // time (a stalled sender catches up at once).
+    let d = done.clone();
+    let sender = std::thread::spawn(move || {
+        let gap = Duration::from_secs_f64(1514.0 * 8.0 / 14e6);
+        let mut due = Instant::now();
+        let b = [0u8; 1472];
+        while !d.load(Ordering::Relaxed) {
+            while due <= Instant::now() {
+                let _ = tx.send(&b);
+                due += gap;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let rx_bytes = || -> u64 {
+        let v = sys::in_netns(&l.server, || {
+            Ok(std::fs::read_to_string("/proc/thread-self/net/dev")?)
+        })
+        .unwrap();
+        parse_rx(&v)
+    };
+    // SIGCONT whatever happens, or the lab is left stopped.
+    struct Cont(nix::unistd::Pid);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let _cont = Cont(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    // The delivered count just before each stop: lab wire has kept time until then.
+    let mut marks = Vec::new();
+    let mut before = None;
+    for i in 0..48 {
+        if i == 4 {
+            before = Some(l.next_stats());
+        }
+        marks.push((Instant::now(), rx_bytes()));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = l.next_stats();
+    done.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    sink.join().unwrap();
+    // From the fifth stop to the last: 43 cycles, some 11 s.
+    let ((t1, b1), (t2, b2)) = (marks[4], marks[marks.len() - 1]);
+    let got = (b2 - b1) as f64 * 8.0 / (t2 - t1).as_secs_f64();
+    let err = (got - 12e6) / 12e6;
+    let before = before.unwrap();
+    let unused = after.up.trace_unused_bytes - before.up.trace_unused_bytes;
+    println!(
+        "trace const-12mbit, lab wire stopped 50 ms in 250: delivered {:.3} Mbit/s ({:+.2}%); ring wait p99/max {:?} us; {} frames unstamped; {unused} bytes of chances unused; {} dropped (queue full)",
+        got / 1e6,
+        err * 100.0,
+        after.up.waited_us,
+        after.up.unstamped - before.up.unstamped,
+        after.up.dropped_queue - before.up.dropped_queue
+    );
+    // The stops happened: frames waited in the ring for most of one.
+    let (_, _, max) = after.up.waited_us.expect("frames waited in the ring");
+    assert!(max >= 30_000, "the longest wait in the ring was {max} us");
+    assert_eq!(after.up.dropped_input, 0, "{after:?}");
+    assert!(
+        err.abs() <= 0.01,
+        "delivered {got} bit/s, the trace offers 12 Mbit/s"
+    );
 }
 
 /// How lab wire waits: idle, it sleeps (next to no CPU); under sparse traffic (a
