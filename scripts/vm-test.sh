@@ -64,11 +64,11 @@ vmlinuz="$(kernel)" || { echo "vm-test: no kernel with sch_netem in /boot" >&2; 
 export PATH="$venv/bin:$PATH"
 
 # KVM where it works, else TCG. Here KVM has failed at once ("failed to set MSR
-# 0x10a") and, on another day, hung without a word, so the probe boot gets 30 s (a KVM
-# boot of `true` takes a few).
+# 0x10a") and, on other days, hung without a word, so the probe boot gets 10 s (a KVM
+# boot of `true` takes a few; under TCG, 28 s).
 accel=(--disable-kvm)
 slack=5
-if [ -w /dev/kvm ] && timeout --kill-after=5 30 vng -r "$vmlinuz" --user root --memory 512M --cpus 1 --exec true >/dev/null 2>&1; then
+if [ -w /dev/kvm ] && timeout --kill-after=2 10 vng -r "$vmlinuz" --user root --memory 512M --cpus 1 --exec true >/dev/null 2>&1; then
   accel=()
   slack=2
 fi

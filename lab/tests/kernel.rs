@@ -3,7 +3,13 @@
 //! `LAB_SHAPING_BACKEND=kernel` inside a virtual machine that boots Debian's stock kernel
 //! (`scripts/vm-test.sh`: virtme-ng over QEMU, software emulation where KVM fails). Where
 //! this kernel has netem, they run here instead. Either way every listed test must run
-//! and pass; time tolerances are widened under emulation (`LAB_TIME_SLACK`).
+//! and pass, and a short `lab run` on the kernel backend must too.
+//!
+//! Only the kernel backend runs in the virtual machine: under software emulation the
+//! guest's CPU is slow, and how slow depends on the host, so a userspace emulator's
+//! timing there measures the host, not lab. The userspace backend's tests run on this
+//! machine (`tests/shaping.rs`); the two backends side by side on the same machine are
+//! a benchmark (`scripts/backends-crosscheck.sh`, figures in docs/shaping.md).
 
 mod common;
 
@@ -25,30 +31,6 @@ const TESTS: &[&str] = &[
     "link_set_changes_the_rtt_while_a_stream_keeps_flowing",
 ];
 
-/// The shaping tests run on both backends in the same machine, for the fidelity
-/// figures side by side (RTT p50, delivered rate).
-const BOTH: &[&str] = &[
-    "delay_50ms_gives_100ms_rtt_and_200ms_gives_400ms",
-    "bulk_tcp_gets_the_configured_rate",
-];
-
-/// Figures a shaping test printed: `delay 50ms: RTT p50 100.395 ms` and `rate 1mbit:
-/// delivered 0.999 Mbit/s`, by what they measure ("delay 50ms", "rate 1mbit").
-fn figures(out: &str) -> Vec<(String, f64)> {
-    out.lines()
-        .filter_map(|l| {
-            let (what, rest) = l.split_once(": ")?;
-            if !(what.starts_with("delay ") || what.starts_with("rate ")) {
-                return None;
-            }
-            let v = rest
-                .strip_prefix("RTT p50 ")
-                .or_else(|| rest.strip_prefix("delivered "))?;
-            Some((what.to_owned(), v.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// The shaping test binary cargo built next to this one (the newest, if several).
 fn shaping_binary() -> std::path::PathBuf {
     let me = std::env::current_exe().unwrap();
@@ -68,12 +50,11 @@ fn shaping_binary() -> std::path::PathBuf {
 #[test]
 fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
     let bin = shaping_binary();
-    // The shaping tests with netem, then the same short lab run on both backends in
-    // the same machine (scripts/backends-crosscheck.sh).
+    // The shaping tests with netem, then a short lab run on the kernel backend
+    // (scripts/backends-crosscheck.sh).
     let script = format!(
-        "LAB_SHAPING_BACKEND=kernel {bin} --exact --test-threads=1 --show-output {}; echo \"== kernel tests rc=$?\"; LAB_SHAPING_BACKEND=userspace {bin} --exact --test-threads=1 --show-output {}; echo \"== userspace tests rc=$?\"; {} {}",
+        "LAB_SHAPING_BACKEND=kernel {bin} --exact --test-threads=1 --show-output {}; echo \"== kernel tests rc=$?\"; {} {} kernel",
         TESTS.join(" "),
-        BOTH.join(" "),
         root().join("scripts/backends-crosscheck.sh").display(),
         env!("CARGO_BIN_EXE_lab"),
         bin = bin.display(),
@@ -99,98 +80,46 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
         t0.elapsed().as_secs_f64()
     );
     assert!(o.status.success(), "the machine's script failed");
-    for want in [
-        "== kernel tests rc=0",
-        "== userspace tests rc=0",
-        "== kernel run rc=0",
-        "== userspace run rc=0",
-    ] {
+    for want in ["== kernel tests rc=0", "== kernel run rc=0"] {
         assert!(out.contains(want), "no {want:?}");
     }
-    // Every listed test ran, and passed, on each backend.
-    let (kernel_out, rest) = out.split_once("== kernel tests rc=").unwrap();
-    let (user_out, _) = rest.split_once("== userspace tests rc=").unwrap();
+    // Every listed test ran, and passed.
+    let (kernel_out, _) = out.split_once("== kernel tests rc=").unwrap();
     let want = format!("test result: ok. {} passed; 0 failed", TESTS.len());
     assert!(kernel_out.contains(&want), "no {want:?}");
-    let want = format!("test result: ok. {} passed; 0 failed", BOTH.len());
-    assert!(user_out.contains(&want), "no {want:?}");
-    // The same measurements on both backends in the same machine: RTT p50 and the
-    // delivered rate, side by side.
-    let (k, u) = (figures(kernel_out), figures(user_out));
-    assert_eq!(
-        k.iter().map(|f| &f.0).collect::<Vec<_>>(),
-        u.iter().map(|f| &f.0).collect::<Vec<_>>(),
-        "the same measurements on both backends"
-    );
-    assert!(k.len() >= 4, "{k:?}");
-    for ((what, kv), (_, uv)) in k.iter().zip(&u) {
-        let unit = if what.starts_with("delay") {
-            "ms RTT p50"
-        } else {
-            "Mbit/s delivered"
-        };
-        println!("{what}: netem {kv:.3}, lab wire {uv:.3} {unit}");
-        // Each backend is already held to its target by the test itself; here they
-        // agree with each other: RTT within 1 ms per 100 (5 under software
-        // emulation), rate within 3%.
-        let room = if what.starts_with("delay") {
-            kv / 100.0 * if native { 1.0 } else { 5.0 }
-        } else {
-            kv * 0.03
-        };
-        assert!((kv - uv).abs() <= room, "{what}: netem {kv}, lab wire {uv}");
-    }
     for t in TESTS {
         assert!(
             out.contains(&format!("test {t} ... ok")),
             "{t} did not pass"
         );
     }
-    // The same run on both backends: bytes per token, TTFT and the loss the captures
-    // measured agree, within what 600-odd lossy packets per cell allow.
-    let rows = |backend: &str| -> Vec<(String, Vec<f64>)> {
-        out.lines()
-            .filter_map(|l| l.strip_prefix(&format!("xb {backend} ")))
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                let a = w.next()?.to_owned();
-                let v: Vec<f64> = w.filter_map(|x| x.parse().ok()).collect();
-                (v.len() == 4).then_some((a, v))
-            })
-            .collect()
-    };
-    let (k, u) = (rows("kernel"), rows("userspace"));
-    assert_eq!(k.len(), 3, "{k:?}");
-    assert_eq!(u.len(), 3, "{u:?}");
+    // The run: every approach measured, and the loss the captures at both ends saw is
+    // netem's 2%, within what 600-odd packets per cell allow. Loss does not depend on
+    // the machine's speed; bytes per token and TTFT against the userspace backend are
+    // the benchmark's.
+    let rows: Vec<(String, Vec<f64>)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("xb kernel "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let a = w.next()?.to_owned();
+            let v: Vec<f64> = w.filter_map(|x| x.parse().ok()).collect();
+            (v.len() == 4).then_some((a, v))
+        })
+        .collect();
+    let approaches: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(approaches, ["raw", "sse", "wt"], "{rows:?}");
     let mut losses = Vec::new();
-    for ((a, kv), (b, uv)) in k.iter().zip(&u) {
-        assert_eq!(a, b);
+    for (a, v) in &rows {
         println!(
-            "{a}: wire {:.1} / {:.1} B/tok, TTFT p50 {:.1} / {:.1} ms, loss up {:.2}% / {:.2}%, down {:.2}% / {:.2}% (netem / lab wire)",
-            kv[0],
-            uv[0],
-            kv[1],
-            uv[1],
-            kv[2] * 100.0,
-            uv[2] * 100.0,
-            kv[3] * 100.0,
-            uv[3] * 100.0
+            "{a}: wire {:.1} B/tok, TTFT p50 {:.1} ms, loss up {:.2}%, down {:.2}%",
+            v[0],
+            v[1],
+            v[2] * 100.0,
+            v[3] * 100.0
         );
-        assert!(
-            (kv[0] - uv[0]).abs() / uv[0] <= 0.15,
-            "{a}: B/tok {} vs {}",
-            kv[0],
-            uv[0]
-        );
-        // Under software emulation lab wire's per-packet cost grows: more room there.
-        let ttft_room = if native { 0.25 } else { 0.4 };
-        assert!(
-            (kv[1] - uv[1]).abs() / uv[1] <= ttft_room,
-            "{a}: TTFT {} vs {}",
-            kv[1],
-            uv[1]
-        );
-        losses.extend([kv[2], kv[3], uv[2], uv[3]]);
+        assert!(v[0] > 0.0 && v[1] > 0.0, "{a}: {v:?}");
+        losses.extend([v[2], v[3]]);
     }
     // 2% configured: each cell's measured loss is noisy, their mean is not.
     assert!(losses.iter().all(|l| (0.0..0.08).contains(l)), "{losses:?}");
