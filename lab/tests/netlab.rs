@@ -584,15 +584,21 @@ fn a_held_child_that_is_never_released_exits_without_starting() {
 
 #[test]
 fn without_root_lab_refuses_and_says_what_it_needs() {
+    use std::os::unix::fs::PermissionsExt;
+    // A copy of lab that nobody may run, wherever the checkout is (a checkout under
+    // /root is out of nobody's reach): lab refuses before it reads any file.
+    let dir = tmpdir("noroot");
+    std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("lab");
+    std::fs::copy(LAB, &bin).unwrap();
     for args in [
         vec!["up", "topologies/ci.yaml"],
         vec!["down"],
         vec!["clean"],
         vec!["shell", "wt"],
     ] {
-        let mut c = Command::new(LAB);
-        c.args(&args)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let mut c = Command::new(&bin);
+        c.args(&args).current_dir(&*dir);
         // SAFETY: dropping to nobody in the child before exec.
         unsafe {
             c.pre_exec(|| {
