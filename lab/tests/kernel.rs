@@ -67,6 +67,11 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
     } else {
         let mut c = Command::new(root().join("scripts/vm-test.sh"));
         c.args(["sh", "-c", &script]);
+        // Run from the VM's memory: read over 9p, each run of lab costs seconds.
+        c.env(
+            "LAB_VM_CACHE",
+            format!("{}:{}", env!("CARGO_BIN_EXE_lab"), bin.display()),
+        );
         c
     };
     cmd.current_dir(root());
