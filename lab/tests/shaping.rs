@@ -2,10 +2,13 @@
 //! namespace against its server namespace: delay, rate, loss, Gilbert-Elliott bursts,
 //! reproducibility and asymmetry. On this machine (no netem) they measure the userspace
 //! backend. `tests/kernel.rs` runs the same tests with `LAB_SHAPING_BACKEND=kernel` in a
-//! virtual machine whose kernel has netem (or natively where this kernel has it); there
-//! timing is coarse under software emulation, so time tolerances widen by
-//! `LAB_TIME_SLACK` (a factor), and what only the userspace emulator can report (its
-//! own counters) is checked on that backend only.
+//! virtual machine whose kernel has netem (or natively where this kernel has it). There,
+//! under software emulation, the guest's CPU is slow by an amount that depends on the
+//! host, so no verdict may depend on it: delays are measured against the guest's own
+//! unshaped round trip, medians are held only on real hardware, senders pace slower
+//! and read timeouts are longer by `LAB_TIME_SLACK` (a factor, 1 on real hardware),
+//! and 100 Mbit/s is left out. What only the userspace emulator can report (its own
+//! counters) is checked on that backend only.
 //!
 //! The tests share the two cores, so they take turns (one lock): timing and rate
 //! measurements are not made while another test floods a link.
@@ -49,8 +52,9 @@ fn seeded() -> bool {
     !ignored
 }
 
-/// How much wider time tolerances are: 1 on real hardware, more in a software-emulated
-/// virtual machine (`LAB_TIME_SLACK`).
+/// How much slower the machine may be: 1 on real hardware, more in a software-emulated
+/// virtual machine (`LAB_TIME_SLACK`). It stretches pacing and timeouts, never a
+/// tolerance.
 fn slack() -> f64 {
     std::env::var("LAB_TIME_SLACK")
         .ok()
@@ -966,15 +970,34 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         (ms(quantile(&v, 0.1)), ms(p50(&v)))
     };
-    // Each change moves the RTT by what it configures: measured against the first
-    // setting's RTT on the same connection, so the machine's own share (milliseconds
-    // under software emulation) cancels (see the delay test). On real hardware the
-    // medians are held to the configured RTTs too.
-    let (base, base50) = rtt(20);
-    println!("delay 10ms: RTT p10 {base:.3} ms, p50 {base50:.3}");
-    assert!(base >= 20.0, "RTT p10 {base} ms, below the 20 configured");
+    // Each change moves the RTT by what it configures. UDP probes measure it against
+    // the first setting's (their 10th percentiles: the machine's own share,
+    // milliseconds under software emulation, cancels; see the delay test), while the
+    // TCP connection keeps carrying round trips; on real hardware the TCP medians are
+    // held to the configured RTTs too.
+    let udp = |n: usize| {
+        let r = probes(&l, 9201, n);
+        assert_eq!(r.len(), n, "probes were lost");
+        quantile(&r, 0.1).as_secs_f64() * 1e3
+    };
+    let base = udp(100);
+    let (_, base50) = rtt(20);
+    println!("delay 10ms: UDP RTT p10 {base:.3} ms, TCP p50 {base50:.3}");
+    assert!(
+        base >= 20.0,
+        "UDP RTT p10 {base} ms, below the 20 configured"
+    );
+    let mut measure = |want: f64| -> (f64, f64) {
+        rtt(5); // what was in flight at a change
+        let (_, med) = rtt(20);
+        let got = udp(100);
+        println!(
+            "UDP RTT p10 {got:.3} ms ({:+.3} over the first setting's), TCP p50 {med:.3}, want {want}",
+            got - base - (want - 20.0)
+        );
+        (got, med)
+    };
     let near = |(got, med): (f64, f64), want: f64| {
-        println!("RTT p10 {got:.3} ms, p50 {med:.3}, want {want}");
         (got - base - (want - 20.0)).abs() <= 2.0 && (slack() > 1.0 || (med - want).abs() <= 2.0)
     };
     let before = (base, base50);
@@ -987,8 +1010,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     let o = set(&["delay", "50ms"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("c0 sse@p: delay 50ms"), "{}", text(&o));
-    rtt(5); // what was in flight at the change
-    let after = rtt(20);
+    let after = measure(100.0);
     assert!(
         near(after, 100.0),
         "RTT {after:?} ms after delay 50ms, want 100"
@@ -996,8 +1018,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
     // The way down only, cleared: half the RTT.
     let o = set(&["--down", "delay=0ms"]);
     assert!(o.status.success(), "{}", text(&o));
-    rtt(5);
-    let half = rtt(20);
+    let half = measure(50.0);
     assert!(
         near(half, 50.0),
         "RTT {half:?} ms with the way down cleared, want 50"
@@ -1016,7 +1037,7 @@ fn link_set_changes_the_rtt_while_a_stream_keeps_flowing() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
         assert!(text(&o).contains(says), "{bad:?}: {}", text(&o));
     }
-    let again = rtt(20);
+    let again = measure(50.0);
     assert!(
         near(again, 50.0),
         "RTT {again:?} ms after refused changes, want 50"
