@@ -25,12 +25,13 @@ pub struct CounterSnapshot {
     pub reordered: u64,
     pub non_ip: u64,
     /// How late held packets left: p50, p99 and max, in microseconds (p50 and p99 to
-    /// the microsecond above).
+    /// the microsecond above; 2001 means 2 ms or more, the max is exact).
     #[serde(default)]
     pub late_us: Option<(u64, u64, u64)>,
     /// How long frames waited in the receive ring before the emulator got to them (how
-    /// late it woke): p50, p99 and max, in microseconds. The link model times each
-    /// frame from its kernel arrival stamp, so a wait delays nothing it decides.
+    /// late it woke): p50, p99 and max, in microseconds, read as `late_us`. The link
+    /// model times each frame from its kernel arrival stamp, so a wait delays nothing
+    /// it decides.
     #[serde(default)]
     pub waited_us: Option<(u64, u64, u64)>,
     /// Frames the kernel gave no usable arrival stamp: the link model timed them by
