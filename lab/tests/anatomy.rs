@@ -296,15 +296,22 @@ workload: { prompts: prompts.txt, timeout: 30s }
     );
     // ACK frequency: quinn asks for at most the larger of the RTT and 25 ms, so with a
     // token every 35 ms it changes nothing at baseline, and a lot over 100 ms of RTT.
+    // Each is held against plain wt in the same run: on a busy machine tokens bunch up,
+    // two within 25 ms share an ACK with either setting, and both ratios dip together.
     let af = |p| acks_up(cell(&run, "wt-ackfreq", p));
     let plain = |p| acks_up(cell(&run, "wt", p));
     assert!(
-        plain("baseline") >= 0.9 && af("baseline") >= 0.9,
-        "{}",
-        af("baseline")
+        (af("baseline") - plain("baseline")).abs() <= 0.1,
+        "baseline: {} with ack_frequency, {} without",
+        af("baseline"),
+        plain("baseline")
     );
-    assert!(plain("rtt100") >= 0.9, "{}", plain("rtt100"));
-    assert!(af("rtt100") <= 0.5, "{}", af("rtt100"));
+    assert!(
+        af("rtt100") <= 0.5 && plain("rtt100") - af("rtt100") >= 0.3,
+        "rtt100: {} with ack_frequency, {} without",
+        af("rtt100"),
+        plain("rtt100")
+    );
     // A tiny stream window: the client keeps granting more (MAX_STREAM_DATA), and the
     // connection runs the congestion controller it was given.
     for p in ["baseline", "rtt100"] {
