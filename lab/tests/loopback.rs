@@ -56,8 +56,14 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
                 // (batching would bring the mean gap near zero). The floor leaves room
                 // for load: the mock keeps its schedule, so a late first token is
                 // followed by a catch-up that pulls the mean down (0.77 ms seen in CI).
+                // Where the first token itself came late (a busy machine), the catch-up
+                // can bring the mean near zero with no batching at all (0.10 ms seen
+                // under a noisy neighbour): the floor applies when it came on time.
                 let tbt = r.tbt_mean_ms.unwrap();
-                assert!((0.5..3.0).contains(&tbt), "{ap} {mode}: mean TBT {tbt} ms");
+                assert!(tbt < 3.0, "{ap} {mode}: mean TBT {tbt} ms");
+                if r.ttft_ms.unwrap() < 10.0 {
+                    assert!(tbt >= 0.5, "{ap} {mode}: mean TBT {tbt} ms");
+                }
                 assert!(r.app_bytes > 0);
             }
             let after = stack.stats(ap).snapshot();
@@ -599,6 +605,16 @@ async fn eight_prompts_at_once_for_every_approach() {
             for r in &recs {
                 assert!(r.error.is_none(), "{ap} {mode}: {:?}", r.error);
                 let p = &prompts[r.index % prompts.len()];
+                // Datagrams are never sent again: on a busy machine eight answers at
+                // once can overflow a socket buffer on loopback. Then the record says
+                // how many were lost, and they are all that is missing.
+                if let Some(d) = r.datagrams.as_ref().filter(|d| !d.complete()) {
+                    assert_eq!(d.sent, expected(p, max).len() as u64, "{ap} {mode} {p}");
+                    assert_eq!(d.delivered + d.lost, d.sent, "{ap} {mode} {p}: {d:?}");
+                    assert_eq!(r.tokens as u64, d.delivered, "{ap} {mode} {p}: {d:?}");
+                    println!("{ap} {mode} {p}: {} of {} datagrams lost", d.lost, d.sent);
+                    continue;
+                }
                 assert_eq!(
                     r.digest,
                     digest_tokens(&expected(p, max)),
