@@ -2,9 +2,9 @@
 //! fixed PATH, completions and man pages, and the uninstall. It installs the lab binary
 //! this test was built with (`LAB_BINARY`): a release build of its own took 6.5 of the
 //! test command's minutes, for a step (`cargo build --release`) that the README's main
-//! command and the GitHub workflow run anyway. It runs in a mount namespace of its own, with /usr/local and
-//! /usr/sbin as overlays on a scratch directory, so the machine's own /usr/local and
-//! /usr/sbin never change.
+//! command and the GitHub workflow run anyway. It runs in a mount namespace of its
+//! own, with /usr/local and /usr/sbin as overlays on a scratch directory, so the
+//! machine's own /usr/local and /usr/sbin never change.
 
 mod common;
 
