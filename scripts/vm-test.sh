@@ -15,7 +15,9 @@
 # 0.4 s from memory): LAB_VM_CACHE, a colon-separated list of files, are copied into the
 # VM's own memory first and mounted over their paths there, so the command and what it
 # runs find them at the same paths. KVM is used where it works, otherwise QEMU's
-# software emulation (TCG), under which timing is coarse.
+# software emulation (TCG), under which timing is coarse. LAB_VM_CONSOLE=1 adds the
+# guest kernel's console (boot and kernel messages) to stderr, for diagnosis: the
+# emulated serial console slows the guest, so timing tests may fail with it on.
 #
 # --install (or missing tools) installs what is needed: qemu-system-x86, a Debian
 # kernel with sch_netem (linux-image-amd64), busybox-static (apt), and virtme-ng (pip, in
@@ -96,5 +98,20 @@ fi
 cmd+=" && exec"
 for a in "$@"; do cmd+=" $(printf %q "$a")"; done
 
+# virtme-ng hands --exec's command to the guest in base64 on the kernel command line,
+# which the kernel cuts at 2,048 bytes: a longer command (long paths, many tests) never
+# runs and the guest sits idle for ever. So the guest gets a short command that runs
+# a script file written here, under target/ (the guest sees the host's files, not its
+# /tmp), removed when this script ends.
+mkdir -p "$root/target"
+dir="$(mktemp -d "$root/target/vm-test.XXXXXX")"
+trap 'rm -rf "$dir"' EXIT
+trap 'exit 143' TERM INT
+printf '%s\n' "$cmd" > "$dir/cmd.sh"
+
 echo "vm-test: booting $(basename "$vmlinuz") (${accel[*]:-KVM}), running: $*" >&2
-exec vng -r "$vmlinuz" --user root --memory 2G --cpus 2 "${accel[@]}" --exec "$cmd"
+verbose=()
+[ -n "${LAB_VM_CONSOLE:-}" ] && verbose=(-v)
+rc=0
+vng "${verbose[@]}" -r "$vmlinuz" --user root --memory 2G --cpus 2 "${accel[@]}" --exec "sh $(printf %q "$dir/cmd.sh")" || rc=$?
+exit "$rc"
