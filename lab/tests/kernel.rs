@@ -14,8 +14,8 @@
 mod common;
 
 use common::*;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The shaping tests that hold for both backends (the rest read the userspace
 /// emulator's own counters).
@@ -47,17 +47,99 @@ fn shaping_binary() -> std::path::PathBuf {
         .expect("cargo builds tests/shaping.rs before running any test")
 }
 
+/// How long one listed test may take, and the short run, before `timeout` ends it (the
+/// whole VM took 173 to 373 s under software emulation here).
+const TEST_LIMIT_S: u32 = 300;
+const RUN_LIMIT_S: u32 = 600;
+/// How long the whole VM may take, boot included: past it, the VM is killed and the
+/// test fails, saying so, rather than holding up the suite.
+const VM_LIMIT_S: u64 = 1200;
+
+/// Runs `cmd` with its output in pipes, copying each line that tells progress (a test
+/// starting or ending, a "== " marker, the VM script's own lines) to this process's
+/// stderr as it comes, so a suite's log shows where a slow or stuck VM is. Kills the
+/// command's process group past `limit`. Returns the exit status (None when killed),
+/// stdout and stderr.
+fn run_watched(
+    mut cmd: Command,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    use std::io::{BufRead, Write};
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    let pipe = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                let l = line.trim_end_matches('\r');
+                if l.starts_with("test ") || l.starts_with("== ") || l.starts_with("vm-test:") {
+                    // Straight to fd 2: the harness captures only print! macros.
+                    let short: String = l.chars().take(160).collect();
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "[kernel {:>4.0} s] {short}{}",
+                        t0.elapsed().as_secs_f64(),
+                        if short.len() < l.len() { " ..." } else { "" }
+                    );
+                }
+                all.push_str(l);
+                all.push('\n');
+            }
+            all
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > limit {
+            // The whole group: the VM script, virtme-ng and QEMU; TERM first, so the
+            // script removes its files.
+            let group = -(child.id() as i32);
+            unsafe { libc::kill(group, libc::SIGTERM) };
+            let t1 = Instant::now();
+            while child.try_wait().unwrap().is_none() && t1.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Whatever the command left holding the pipes is in its group, now gone.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
 #[test]
 fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
     let bin = shaping_binary();
-    // The shaping tests with netem, then a short lab run on the kernel backend
-    // (scripts/backends-crosscheck.sh).
-    let script = format!(
-        "LAB_SHAPING_BACKEND=kernel {bin} --exact --test-threads=1 --show-output {}; echo \"== kernel tests rc=$?\"; {} {} kernel",
-        TESTS.join(" "),
+    let lab_bin = env!("CARGO_BIN_EXE_lab");
+    // Each shaping test with netem in a process of its own under `timeout`, so that one
+    // that hangs is named and the rest still run; then a short lab run on the kernel
+    // backend (scripts/backends-crosscheck.sh). After a test that was ended, `lab
+    // clean` removes what it left (it matters where this runs here, not in a VM).
+    let mut script = String::new();
+    for t in TESTS {
+        script += &format!(
+            "LAB_SHAPING_BACKEND=kernel timeout -k 5 {TEST_LIMIT_S} {bin} --exact --test-threads=1 --show-output {t}; \
+             rc=$?; echo \"== kernel test {t} rc=$rc\"; \
+             case $rc in 124|137) {lab_bin} clean >/dev/null 2>&1;; esac; ",
+            bin = bin.display(),
+        );
+    }
+    script += &format!(
+        "timeout -k 5 {RUN_LIMIT_S} {} {lab_bin} kernel; echo \"== kernel crosscheck rc=$?\"",
         root().join("scripts/backends-crosscheck.sh").display(),
-        env!("CARGO_BIN_EXE_lab"),
-        bin = bin.display(),
     );
     let native = netem_by_tc();
     let mut cmd = if native {
@@ -68,36 +150,56 @@ fn the_kernel_backend_shapes_for_real_in_a_vm_or_here() {
         let mut c = Command::new(root().join("scripts/vm-test.sh"));
         c.args(["sh", "-c", &script]);
         // Run from the VM's memory: read over 9p, each run of lab costs seconds.
-        c.env(
-            "LAB_VM_CACHE",
-            format!("{}:{}", env!("CARGO_BIN_EXE_lab"), bin.display()),
-        );
+        c.env("LAB_VM_CACHE", format!("{lab_bin}:{}", bin.display()));
         c
     };
     cmd.current_dir(root());
     let t0 = Instant::now();
-    let o = cmd.output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
-    let err = String::from_utf8_lossy(&o.stderr).replace('\r', "");
+    let (status, out, err) = run_watched(cmd, Duration::from_secs(VM_LIMIT_S));
     println!(
         "{} in {:.0} s:\n{out}\n{err}",
         if native { "here" } else { "in a VM" },
         t0.elapsed().as_secs_f64()
     );
-    assert!(o.status.success(), "the machine's script failed");
-    for want in ["== kernel tests rc=0", "== kernel run rc=0"] {
-        assert!(out.contains(want), "no {want:?}");
-    }
-    // Every listed test ran, and passed.
-    let (kernel_out, _) = out.split_once("== kernel tests rc=").unwrap();
-    let want = format!("test result: ok. {} passed; 0 failed", TESTS.len());
-    assert!(kernel_out.contains(&want), "no {want:?}");
+    let status = status.unwrap_or_else(|| {
+        panic!("the VM did not finish within {VM_LIMIT_S} s and was killed (its output is above)")
+    });
+    assert!(status.success(), "the machine's script failed: {status}");
+    // Every listed test ran, in time, and passed.
     for t in TESTS {
+        let rc = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("== kernel test {t} rc=")))
+            .unwrap_or_else(|| panic!("{t} never ran"));
+        match rc {
+            "0" => {}
+            "124" | "137" => panic!("{t} did not end within {TEST_LIMIT_S} s"),
+            _ => panic!("{t} failed (exit {rc})"),
+        }
         assert!(
             out.contains(&format!("test {t} ... ok")),
             "{t} did not pass"
         );
     }
+    assert_eq!(
+        out.matches("test result: ok. 1 passed; 0 failed").count(),
+        TESTS.len(),
+        "every listed test is one test"
+    );
+    match out
+        .lines()
+        .find_map(|l| l.strip_prefix("== kernel crosscheck rc="))
+    {
+        Some("0") => {}
+        Some("124" | "137") => {
+            panic!("the short run on the kernel backend did not end within {RUN_LIMIT_S} s")
+        }
+        rc => panic!("the short run's script failed (exit {rc:?})"),
+    }
+    assert!(
+        out.contains("== kernel run rc=0"),
+        "no \"== kernel run rc=0\""
+    );
     // The run: every approach measured, and the loss the captures at both ends saw is
     // netem's 2%, within what 600-odd packets per cell allow. Loss does not depend on
     // the machine's speed; bytes per token and TTFT against the userspace backend are
