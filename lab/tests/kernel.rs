@@ -72,12 +72,15 @@ fn run_watched(
         .process_group(0);
     let mut child = cmd.spawn().unwrap();
     let t0 = Instant::now();
-    let pipe = |r: Box<dyn std::io::Read + Send>| {
+    let pipe = |mut r: Box<dyn std::io::BufRead + Send>| {
         std::thread::spawn(move || {
             let mut all = String::new();
-            for line in std::io::BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
-                let l = line.trim_end_matches('\r');
+            let mut raw = Vec::new();
+            // Byte lines, so that output that is not UTF-8 never stops the reading
+            // (a full pipe would stall the VM).
+            while matches!(r.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&raw);
+                let l = line.trim_end_matches(['\n', '\r']);
                 if l.starts_with("test ") || l.starts_with("== ") || l.starts_with("vm-test:") {
                     // Straight to fd 2: the harness captures only print! macros.
                     let short: String = l.chars().take(160).collect();
@@ -90,33 +93,54 @@ fn run_watched(
                 }
                 all.push_str(l);
                 all.push('\n');
+                raw.clear();
             }
             all
         })
     };
-    let out = pipe(Box::new(child.stdout.take().unwrap()));
-    let err = pipe(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
+    let out = pipe(Box::new(std::io::BufReader::new(
+        child.stdout.take().unwrap(),
+    )));
+    let err = pipe(Box::new(std::io::BufReader::new(
+        child.stderr.take().unwrap(),
+    )));
+    // Whether the child has ended, left unreaped: while it is a zombie its pid, which
+    // is its group's id, cannot be taken by another process, so signals to the group
+    // reach only what it started.
+    let pid = child.id() as libc::id_t;
+    let ended = || {
+        // SAFETY: waitid on our own child with a zeroed siginfo to fill in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        r == 0 && unsafe { info.si_pid() } != 0
+    };
+    let group = -(pid as i32);
+    let mut killed = false;
+    while !ended() {
         if t0.elapsed() > limit {
             // The whole group: the VM script, virtme-ng and QEMU; TERM first, so the
             // script removes its files.
-            let group = -(child.id() as i32);
             unsafe { libc::kill(group, libc::SIGTERM) };
             let t1 = Instant::now();
-            while child.try_wait().unwrap().is_none() && t1.elapsed() < Duration::from_secs(10) {
+            while !ended() && t1.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            unsafe { libc::kill(group, libc::SIGKILL) };
-            child.wait().unwrap();
-            break None;
+            killed = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
-    // Whatever the command left holding the pipes is in its group, now gone.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    }
+    // Whatever the command left holding the pipes is in its group: gone too.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let s = child.wait().unwrap();
+    let status = (!killed).then_some(s);
     (status, out.join().unwrap(), err.join().unwrap())
 }
 
