@@ -325,7 +325,11 @@ fn a_killed_lab_run_is_cleaned_up_whenever_it_died() {
 }
 
 /// `lab up` interrupted (Ctrl-C, SIGTERM or SIGKILL) at many points up to the end of its
-/// build leaves nothing, or a whole lab recorded as handed over; never an orphan.
+/// build leaves nothing, or a whole lab recorded as handed over; never an orphan. A
+/// Ctrl-C or SIGTERM that lab catches, at any point until it hands the lab over (while
+/// it prints the status too), takes the lab down and exits 130; only one that comes
+/// after, when lab has given the signals their default action back, ends the process
+/// with the lab up, as recorded.
 #[test]
 fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -349,8 +353,14 @@ fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
             .unwrap();
         std::thread::sleep(at);
         let inodes = netns_inodes(name);
+        let done_before = child.try_wait().unwrap();
         signal(&child, sig);
         let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        if done_before.is_none() && sig != libc::SIGKILL && status.signal().is_none() {
+            // Caught: the lab was taken down, whatever point the build had reached.
+            assert_eq!(status.code(), Some(130), "signal {sig} at {at:?}");
+        }
         let o = lab(&["clean"]);
         assert!(o.status.success(), "{}", text(&o));
         match std::fs::read(format!("/run/lab/{name}/state.json")) {
@@ -362,6 +372,12 @@ fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
             Ok(b) => {
                 let s: serde_json::Value = serde_json::from_slice(&b).unwrap();
                 assert_eq!(s["handed_over"], true, "signal {sig} at {at:?}: {status}");
+                // Left up only by a lab up that had ended, or that the signal ended
+                // by its default action, after the hand-over.
+                assert!(
+                    done_before.is_some() || status.signal().is_some(),
+                    "signal {sig} at {at:?}: a lab left up by {status}"
+                );
                 assert_eq!(s["phase"], "up");
                 let st = &state_of(name);
                 for p in st["live"]["processes"].as_array().unwrap() {

@@ -35,7 +35,8 @@ pub async fn build(
         })
     });
     let result = tokio::select! {
-        r = &mut job => r,
+        // A signal that comes as the build ends wins: the lab is taken down.
+        biased;
         () = signals.wait(1) => {
             tell!("lab: interrupted; taking the lab down");
             cancel.store(true, Ordering::SeqCst);
@@ -47,6 +48,7 @@ pub async fn build(
             }
             return Err(EXIT_INTERRUPTED);
         }
+        r = &mut job => r,
     };
     match result {
         Ok(Ok(state)) => Ok(state),
@@ -98,7 +100,31 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         "{}",
         status::render(&state, &live::gather(&state)).trim_end_matches('\n')
     );
-    Ok(EXIT_OK)
+    Ok(hand_over(state, &signals))
+}
+
+/// The end of `lab up`: a signal up to here (Ctrl-C while the status printed, say)
+/// takes the lab down and exits 130. From here on the lab is handed over: the stop
+/// signals get their default action back, so one that comes later ends this process
+/// as it would any other and leaves the lab up, as it is recorded. The handler marks a
+/// signal as it comes, so one caught just before the default action is back is seen.
+fn hand_over(mut state: State, signals: &super::Signals) -> u8 {
+    if !signals.caught() {
+        // SAFETY: restoring the default action of two signals; the handlers lab had
+        // for them are not called again.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        }
+        if !signals.caught() {
+            return EXIT_OK;
+        }
+    }
+    tell!("lab: interrupted; taking the lab down");
+    for f in lifecycle::teardown(&mut state) {
+        tell!("lab: while taking {} down: {f}", state.name);
+    }
+    EXIT_INTERRUPTED
 }
 
 /// `lab down [name]`.

@@ -199,11 +199,18 @@ pub fn load_topology(
 pub struct Signals {
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     seen: tokio::sync::watch::Receiver<usize>,
+    /// Set in the signal handler itself (the count above follows a moment later, once
+    /// the runtime has passed the signal on).
+    caught: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Signals {
     pub fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            signal_hook::flag::register(sig, caught.clone())?;
+        }
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -219,7 +226,16 @@ impl Signals {
                 let _ = tx.send(n);
             }
         });
-        Ok(Signals { count, seen })
+        Ok(Signals {
+            count,
+            seen,
+            caught,
+        })
+    }
+
+    /// Whether a signal has come, as the handler saw it (not waiting for the count).
+    pub fn caught(&self) -> bool {
+        self.caught.load(std::sync::atomic::Ordering::SeqCst) || self.count() > 0
     }
 
     /// How many signals have come.
