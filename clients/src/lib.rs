@@ -96,22 +96,26 @@ pub(crate) async fn tcp_connect(
     opts: &RunnerOpts,
 ) -> Result<tokio::net::TcpStream, record::PromptError> {
     let err = |m: String| record::PromptError::new(record::ErrorCategory::Connect, m);
-    let tcp = match opts.source {
-        None => tokio::net::TcpStream::connect(target.addr).await,
-        Some(ip) => {
-            let sock = match ip {
-                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-            }
-            .map_err(|e| err(format!("TCP socket: {e}")))?;
-            bind_no_port(&sock);
-            sock.bind(SocketAddr::new(ip, 0))
-                .map_err(|e| err(format!("bind to {ip}: {e}")))?;
-            sock.connect(target.addr).await
-        }
+    let t = &opts.transport.tcp;
+    let sock = match target.addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
-    .map_err(|e| err(format!("TCP connect to {} failed: {e}", target.addr)))?;
-    let _ = tcp.set_nodelay(opts.transport.tcp.nodelay);
+    .map_err(|e| err(format!("TCP socket: {e}")))?;
+    // Buffers before connecting: the receive buffer sets the window scale the SYN
+    // offers.
+    lab_codec::transport::set_buffers(&sock, t.socket_receive_buffer, t.socket_send_buffer)
+        .map_err(|e| err(format!("{e:#}")))?;
+    if let Some(ip) = opts.source {
+        bind_no_port(&sock);
+        sock.bind(SocketAddr::new(ip, 0))
+            .map_err(|e| err(format!("bind to {ip}: {e}")))?;
+    }
+    let tcp = sock
+        .connect(target.addr)
+        .await
+        .map_err(|e| err(format!("TCP connect to {} failed: {e}", target.addr)))?;
+    let _ = tcp.set_nodelay(t.nodelay);
     Ok(tcp)
 }
 

@@ -62,7 +62,7 @@ impl QuicRunner {
         let mut ecfg = quinn::EndpointConfig::default();
         quic.endpoint_config(&mut ecfg);
         let endpoint = quinn::Endpoint::new(ecfg, None, socket, Arc::new(quinn::TokioRuntime))?;
-        quic.after_bind(&same);
+        quic.after_bind(&same)?;
         Ok(Self {
             opts: opts.clone(),
             endpoint,

@@ -16,8 +16,19 @@ pub struct ConnStats {
     pub conn: u32,
     /// The client's port: what names the connection in a capture.
     pub local_port: u16,
+    /// When these counters were read (CLOCK_REALTIME, nanoseconds since the epoch, the
+    /// capture's clock): packets stamped later are not in them. 0 when not known.
+    #[serde(default)]
+    pub read_at_unix_ns: u64,
     #[serde(flatten)]
     pub transport: TransportStats,
+}
+
+/// Now, as [`ConnStats::read_at_unix_ns`] gives it.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,9 +335,11 @@ impl Drop for TcpWatch {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 info = tcp_info(&fd);
             }
+            let read_at_unix_ns = unix_ns();
             tracker.end(info.map(|i| ConnStats {
                 conn,
                 local_port,
+                read_at_unix_ns,
                 transport: TransportStats::Tcp(tcp_stats(&i)),
             }));
         };
@@ -385,6 +398,7 @@ impl Drop for QuicWatch {
             tracker.end(Some(ConnStats {
                 conn: id,
                 local_port,
+                read_at_unix_ns: unix_ns(),
                 transport: TransportStats::Quic(Box::new(QuicStats {
                     congestion: controller(&c).to_owned(),
                     late_datagrams: late.datagrams.load(Ordering::Relaxed),

@@ -81,7 +81,7 @@ impl WtRunner {
             .build();
         quic.endpoint_config(cfg.quic_endpoint_config_mut());
         let endpoint = Endpoint::client(cfg)?;
-        quic.after_bind(&same);
+        quic.after_bind(&same)?;
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
             opts: opts.clone(),

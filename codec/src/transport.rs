@@ -83,6 +83,81 @@ pub struct Quic {
     /// message before the prompt; see `workload.urgent`). Off, urgent prompts are
     /// marked in the records only: the control of a priority experiment.
     pub priorities: bool,
+    /// The UDP socket's receive and send buffers, bytes, as asked of the kernel
+    /// (SO_RCVBUF and SO_SNDBUF, which the kernel doubles for its bookkeeping). lab
+    /// sets them as root (SO_RCVBUFFORCE), so net.core.rmem_max does not cap them.
+    /// A datagram that finds the receive buffer full is lost inside the host
+    /// (`RcvbufErrors`), which the report shows. 0 leaves the kernel's default: what
+    /// settings saved before lab set them (without the field) read as.
+    #[serde(default)]
+    pub socket_receive_buffer: u64,
+    #[serde(default)]
+    pub socket_send_buffer: u64,
+}
+
+/// lab's UDP socket buffers (see [`Quic::socket_receive_buffer`]): 4 MiB each way,
+/// where the kernel's default is 208 KiB (`net.core.rmem_default`), which a
+/// 1,000-stream `wt` load level overflowed by 18,260 datagrams.
+pub const UDP_BUFFER: u64 = 4 << 20;
+
+/// The most a socket buffer may be set to (the kernel's int, halved).
+pub const SOCKET_BUFFER_MAX: u64 = (i32::MAX / 2) as u64;
+
+/// Sets a socket's receive and send buffers (bytes; `None` leaves one as it is): with
+/// SO_RCVBUFFORCE and SO_SNDBUFFORCE, which root may set past net.core.rmem_max and
+/// wmem_max, else (without CAP_NET_ADMIN) with SO_RCVBUF and SO_SNDBUF, which those cap.
+pub fn set_buffers(
+    socket: &impl std::os::fd::AsRawFd,
+    receive: Option<u64>,
+    send: Option<u64>,
+) -> anyhow::Result<()> {
+    for (v, force, plain, what) in [
+        (receive, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"),
+        (send, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send"),
+    ] {
+        let Some(v) = v else { continue };
+        let v = libc::c_int::try_from(v.min(SOCKET_BUFFER_MAX)).unwrap_or(libc::c_int::MAX);
+        let set = |opt: libc::c_int| {
+            // SAFETY: setting an int socket option on a socket we hold.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            anyhow::bail!(
+                "cannot set the socket's {what} buffer to {v} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A socket's receive and send buffers as the kernel holds them (SO_RCVBUF and
+/// SO_SNDBUF: twice what was asked, for the kernel's bookkeeping).
+pub fn buffers(socket: &impl std::os::fd::AsRawFd) -> (u64, u64) {
+    let get = |opt: libc::c_int| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: reading an int socket option into `v`, of `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw mut v).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 { v.max(0) as u64 } else { 0 }
+    };
+    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
 }
 
 /// The largest QUIC variable-length integer.
@@ -100,6 +175,8 @@ impl Default for Quic {
             receive_window: VARINT_MAX,
             send_window: 10_000_000,
             priorities: true,
+            socket_receive_buffer: UDP_BUFFER,
+            socket_send_buffer: UDP_BUFFER,
         }
     }
 }
@@ -150,11 +227,17 @@ impl Quic {
         e.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(len)));
     }
 
-    /// With ECN off, stops the socket reporting received ECN bits (after quinn turned
-    /// the reports on when it took the socket).
-    pub fn after_bind(&self, socket: &impl std::os::fd::AsRawFd) {
+    /// Sets the socket's buffers, and with ECN off, stops the socket reporting
+    /// received ECN bits (after quinn turned the reports on when it took the socket).
+    pub fn after_bind(&self, socket: &impl std::os::fd::AsRawFd) -> anyhow::Result<()> {
+        let set = |v: u64| (v > 0).then_some(v);
+        set_buffers(
+            socket,
+            set(self.socket_receive_buffer),
+            set(self.socket_send_buffer),
+        )?;
         if self.ecn {
-            return;
+            return Ok(());
         }
         let off: libc::c_int = 0;
         for (level, opt) in [
@@ -173,6 +256,7 @@ impl Quic {
                 );
             }
         }
+        Ok(())
     }
 
     /// The settings in a line, e.g. for a run's header.
@@ -190,7 +274,7 @@ impl Quic {
         };
         let mark = |same: bool| if same { "" } else { "*" };
         format!(
-            "CID {} B{}, ACK frequency {ack}{}, {}{}, ECN {}{}, initial RTT {} ms{}, windows: stream {} B, connection {}, send {} B{}{}",
+            "CID {} B{}, ACK frequency {ack}{}, {}{}, ECN {}{}, initial RTT {} ms{}, windows: stream {} B, connection {}, send {} B{}, socket buffers: receive {}, send {}{}{}",
             self.cid_length,
             mark(self.cid_length == d.cid_length),
             mark(self.ack_frequency == d.ack_frequency),
@@ -214,12 +298,27 @@ impl Quic {
                     self.send_window
                 ) == (d.stream_receive_window, d.receive_window, d.send_window)
             ),
+            buffer(self.socket_receive_buffer),
+            buffer(self.socket_send_buffer),
+            mark(
+                (self.socket_receive_buffer, self.socket_send_buffer)
+                    == (d.socket_receive_buffer, d.socket_send_buffer)
+            ),
             if self.priorities {
                 ""
             } else {
                 ", priorities off*"
             },
         )
+    }
+}
+
+/// A socket buffer setting in a line: bytes, or the kernel's default for 0.
+fn buffer(v: u64) -> String {
+    if v == 0 {
+        "the kernel's".to_owned()
+    } else {
+        format!("{v} B")
     }
 }
 
@@ -238,6 +337,11 @@ pub struct Tcp {
     pub quickack: bool,
     /// The initial congestion window, segments; `None` keeps the kernel's (10).
     pub initcwnd: Option<u32>,
+    /// Socket buffers, bytes (SO_RCVBUF and SO_SNDBUF, set as root past
+    /// net.core.rmem_max); `None` keeps the kernel's autotuning (net.ipv4.tcp_rmem and
+    /// tcp_wmem), which a fixed size turns off for that socket.
+    pub socket_receive_buffer: Option<u64>,
+    pub socket_send_buffer: Option<u64>,
 }
 
 impl Default for Tcp {
@@ -247,6 +351,8 @@ impl Default for Tcp {
             nodelay: true,
             quickack: false,
             initcwnd: None,
+            socket_receive_buffer: None,
+            socket_send_buffer: None,
         }
     }
 }
@@ -266,7 +372,30 @@ impl Tcp {
             self.initcwnd
                 .map_or("the kernel's (10)".to_owned(), |n| n.to_string()),
             mark(self.initcwnd == d.initcwnd),
-        )
+        ) + &match (self.socket_receive_buffer, self.socket_send_buffer) {
+            (None, None) => String::new(),
+            (r, w) => {
+                let b = |v: Option<u64>| v.map_or("autotuned".to_owned(), |v| format!("{v} B"));
+                format!(", socket buffers: receive {}, send {}*", b(r), b(w))
+            }
+        }
+    }
+
+    /// Sets a connected or listening TCP socket's options: TCP_NODELAY, and the buffers
+    /// when they are set.
+    pub fn apply(&self, socket: &impl std::os::fd::AsRawFd) -> anyhow::Result<()> {
+        let v: libc::c_int = self.nodelay.into();
+        // SAFETY: setting an int socket option on a socket we hold.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        set_buffers(socket, self.socket_receive_buffer, self.socket_send_buffer)
     }
 }
 
@@ -291,6 +420,15 @@ impl Settings {
 
     pub fn is_default(&self) -> bool {
         *self == Settings::default()
+    }
+
+    /// What settings saved before they were recorded stood for: the defaults, with
+    /// the socket buffers the kernel's (lab did not set them then).
+    pub fn before_buffers() -> Settings {
+        let mut s = Settings::default();
+        s.quic.socket_receive_buffer = 0;
+        s.quic.socket_send_buffer = 0;
+        s
     }
 }
 
@@ -327,6 +465,53 @@ mod tests {
         assert!(
             e.contains("invalid transport settings") && e.contains("unknown field"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn socket_buffers_are_set_as_root_past_the_kernel_cap() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (r0, _) = buffers(&s);
+        let q = Quic {
+            socket_receive_buffer: 3 << 20,
+            socket_send_buffer: 1 << 20,
+            ..Quic::default()
+        };
+        q.after_bind(&s).unwrap();
+        let (r, w) = buffers(&s);
+        // The kernel keeps twice what was asked; as root, rmem_max does not cap it.
+        assert_eq!((r, w), (6 << 20, 2 << 20), "before: {r0}");
+        assert!(
+            q.describe()
+                .contains("socket buffers: receive 3145728 B, send 1048576 B*")
+        );
+        assert!(!Quic::default().describe().contains('*'));
+        // Settings saved before lab set the buffers read as the kernel's defaults, and
+        // leave the socket as it is.
+        let old = Settings::from_json("{\"quic\":{\"cid_length\":8}}").unwrap();
+        assert_eq!(old.quic.socket_receive_buffer, 0);
+        assert!(
+            old.quic
+                .describe()
+                .contains("socket buffers: receive the kernel's, send the kernel's*")
+        );
+        let s2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = buffers(&s2);
+        old.quic.after_bind(&s2).unwrap();
+        assert_eq!(buffers(&s2), before);
+        // TCP keeps autotuning unless told.
+        let t = Tcp::default();
+        assert!(!t.describe().contains("socket buffers"));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = Tcp {
+            socket_receive_buffer: Some(1 << 20),
+            ..Tcp::default()
+        };
+        tcp.apply(&l).unwrap();
+        assert_eq!(buffers(&l).0, 2 << 20);
+        assert!(
+            tcp.describe()
+                .contains("receive 1048576 B, send autotuned*")
         );
     }
 

@@ -452,7 +452,7 @@ pub enum Serve {
     /// The mock LLM.
     Llm(LlmArgs),
     /// The server of an approach, e.g. `lab serve sse`.
-    Approach(Approach, ServerArgs),
+    Approach(Approach, Box<ServerArgs>),
 }
 
 const LLM_ABOUT: &str =
@@ -463,7 +463,10 @@ impl clap::FromArgMatches for Serve {
         match m.subcommand() {
             Some(("llm", sub)) => Ok(Self::Llm(LlmArgs::from_arg_matches(sub)?)),
             Some((name, sub)) => match crate::approach::by_server(name) {
-                Some(a) => Ok(Self::Approach(a, ServerArgs::from_arg_matches(sub)?)),
+                Some(a) => Ok(Self::Approach(
+                    a,
+                    Box::new(ServerArgs::from_arg_matches(sub)?),
+                )),
                 None => Err(clap::Error::raw(
                     clap::error::ErrorKind::InvalidSubcommand,
                     format!("no server '{name}'\n"),

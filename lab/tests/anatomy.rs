@@ -367,6 +367,7 @@ fn tcp_settings_go_on_the_route_as_iproute2_puts_them() {
         nodelay: true,
         quickack: true,
         initcwnd: Some(20),
+        ..Default::default()
     };
     let f = lab::netlab::sys::open_netns(&ours.0).unwrap();
     lab::netlab::links::tune_route(&f, "d0", "198.18.250.1/24", &tcp).unwrap();

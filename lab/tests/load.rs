@@ -9,8 +9,13 @@ use common::*;
 use lab::metrics::Run;
 use lab_clients::record::ErrorCategory;
 
+/// The load tests take turns: each fills the two CPUs, and the host's drop counters
+/// include the machine's own.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_load_sweep_checks_every_token_and_counts_a_killed_server_s_failures() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmpdir("load");
     let t = dir.join("t.yaml");
     let lab_exe = env!("CARGO_BIN_EXE_lab");
@@ -171,4 +176,80 @@ expect:
     ] {
         assert!(report.contains(h), "{h}: {report}");
     }
+}
+
+/// The host's own drops are counted and shown. A `wt` variant whose UDP sockets get a
+/// 2 KiB receive buffer (the kernel keeps 4 KiB: two or three QUIC datagrams) loses
+/// datagrams inside the host at 200 streams: the level's counters rise, at both ends
+/// or either, and the report says so next to the level, with what lifts it. Plain `wt`
+/// at the same level, with lab's default buffers, shows no drop at all.
+#[test]
+fn a_small_udp_receive_buffer_loses_datagrams_the_report_counts_and_lab_s_default_none() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("drops");
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        r#"name: rdrops
+approaches:
+  - { name: wt-tiny, protocol: wt, transport: { quic: { socket_receive_buffer: 2048 } } }
+  - wt
+llm:
+  mock: { ttft: 10ms, jitter: 0% }
+profiles:
+  light: { delay: 2ms, rate: 1gbit }
+workload:
+  prompts: reference
+  timeout: 10s
+  load: { levels: [200], ramp: 1s, hold: 3s, tokens: 12, tbt: 20ms, sample: 100ms }
+"#,
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", text(&o));
+    let (d, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_nothing_left("rdrops", &[]);
+    let level = |name: &str| {
+        let c = run.cells.iter().find(|c| c.cell.name == name).unwrap();
+        let l = c
+            .load
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no load: {:?}", c.errors));
+        assert_eq!(l.levels.len(), 1, "{name}");
+        (
+            c.cell.transport.quic.socket_receive_buffer,
+            l.levels[0]
+                .stack
+                .unwrap_or_else(|| panic!("{name}: no drop counters")),
+        )
+    };
+    let (tiny_buf, tiny) = level("wt-tiny");
+    let (buf, plain) = level("wt");
+    assert_eq!((tiny_buf, buf), (2048, lab_codec::transport::UDP_BUFFER));
+    let lost = tiny.client.udp_rcvbuf_errors + tiny.server.udp_rcvbuf_errors;
+    println!("wt-tiny at 200 streams: {tiny:?}\nwt: {plain:?}");
+    assert!(lost > 0, "{tiny:?}");
+    // InErrors counts every receive error, RcvbufErrors among them.
+    assert!(tiny.server.udp_in_errors >= tiny.server.udp_rcvbuf_errors);
+    assert!(
+        report.contains("wt-tiny@light) level 200: the host itself dropped packets")
+            && report.contains("UDP datagrams lost to a full receive buffer"),
+        "{report}"
+    );
+    assert!(
+        report.contains("The host's own drops over each level"),
+        "{report}"
+    );
+    assert!(
+        plain.drops(false).is_empty(),
+        "wt with lab's buffers: {:?}",
+        plain.drops(false)
+    );
+    assert!(
+        !report.contains("(wt@light) level 200: the host itself"),
+        "{report}"
+    );
 }

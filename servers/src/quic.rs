@@ -43,7 +43,7 @@ pub fn endpoint(
     quic.endpoint_config(&mut config);
     let endpoint =
         quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
-    quic.after_bind(&same);
+    quic.after_bind(&same)?;
     Ok(endpoint)
 }
 

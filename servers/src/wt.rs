@@ -73,7 +73,7 @@ pub fn endpoint(
         .build();
     quic.endpoint_config(cfg.quic_endpoint_config_mut());
     let endpoint = Endpoint::server(cfg)?;
-    quic.after_bind(&same);
+    quic.after_bind(&same)?;
     Ok(endpoint)
 }
 

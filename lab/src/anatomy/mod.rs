@@ -43,10 +43,16 @@ pub struct Frame<'a> {
     pub tx: bool,
     pub len: usize,
     pub data: &'a [u8],
+    /// The kernel's stamp of it (CLOCK_REALTIME, nanoseconds since the epoch); 0 when
+    /// not known.
+    pub at_ns: u64,
 }
 
 /// What a packet is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Class {
     /// It carries data: TCP payload; QUIC STREAM, DATAGRAM or CRYPTO frames.
     Data,
@@ -154,6 +160,28 @@ pub struct Flow {
     pub client_port: u16,
     pub up: FlowSide,
     pub down: FlowSide,
+    /// Its last packets ([`TAIL`] at most), with their stamps: those that came after
+    /// the endpoint read its own counters (a close's last segments) are set apart
+    /// when the two are compared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<Stamped>,
+}
+
+/// How many of a flow's last packets [`Flow::tail`] keeps.
+pub const TAIL: usize = 32;
+
+/// One packet of a flow, stamped.
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub struct Stamped {
+    /// CLOCK_REALTIME nanoseconds (the kernel's stamp).
+    pub at_ns: u64,
+    /// Client to server.
+    pub up: bool,
+    pub class: Class,
+    /// QUIC ACK frames in it.
+    pub ack_frames: u32,
 }
 
 /// A capture decoded: per direction, and per connection.
@@ -339,8 +367,18 @@ pub fn analyze(frames: &[Frame], at_client: bool, port: u16, wire: Wire, keys: &
             client_port: *client,
             up: FlowSide::default(),
             down: FlowSide::default(),
+            tail: Vec::new(),
         };
-        for (&i, o) in idx.iter().zip(res) {
+        let first_kept = idx.len().saturating_sub(TAIL);
+        for (k, (&i, o)) in idx.iter().zip(res).enumerate() {
+            if k >= first_kept {
+                flow.tail.push(Stamped {
+                    at_ns: frames[i].at_ns,
+                    up: up(&frames[i]),
+                    class: o.class,
+                    ack_frames: o.ack_frames,
+                });
+            }
             let s = if up(&frames[i]) {
                 &mut flow.up
             } else {
@@ -456,6 +494,7 @@ mod tests {
                     tx: *up,
                     len: f.len(),
                     data: f,
+                    at_ns: 0,
                 })
                 .collect();
             let wire = wires[round % wires.len()];
@@ -478,11 +517,13 @@ mod tests {
                 tx: true,
                 len: f.len(),
                 data: &f,
+                at_ns: 0,
             },
             Frame {
                 tx: false,
                 len: ack.len(),
                 data: &ack,
+                at_ns: 0,
             },
         ];
         let w = Wire {

@@ -40,13 +40,50 @@ impl Dir {
     }
 }
 
-/// One interface's capture: what left it (tx) and what arrived (rx).
-#[derive(
-    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
-)]
+/// One interface's capture: what left it (tx) and what arrived (rx), inside the window
+/// of the kernel counters' two readings.
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub tx: Dir,
     pub rx: Dir,
+    /// Frames captured outside the window (before the first reading, after the last):
+    /// not counted above.
+    #[serde(default)]
+    pub outside: Outside,
+    /// Frames stamped within a couple of milliseconds of either reading, inside the
+    /// window or out: the ones a difference from the kernel's counters could come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge: Vec<EdgeFrame>,
+    /// Frames the capture socket dropped (its buffer was full): a capture that missed
+    /// frames.
+    #[serde(default)]
+    pub socket_drops: u64,
+}
+
+/// Frames captured outside the kernel counters' window.
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub struct Outside {
+    pub before: u64,
+    pub after: u64,
+    /// Of them, ARP and other non-IP frames.
+    pub non_ip: u64,
+}
+
+/// A frame stamped close to one of the kernel counters' readings.
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub struct EdgeFrame {
+    /// Sent by this end.
+    pub tx: bool,
+    /// Its length with the Ethernet header.
+    pub len: u64,
+    /// Counted (its stamp is inside the window).
+    pub inside: bool,
+    /// An IP packet (else ARP or another non-IP frame).
+    pub ip: bool,
 }
 
 /// The kernel's counters of an interface (a difference between two readings).
@@ -70,6 +107,52 @@ impl Kernel {
         }
     }
 
+    /// Differences between the capture and the kernel's counters, as text, and notes on
+    /// what was set apart: a difference that edge frames account for exactly (frames
+    /// stamped within a couple of milliseconds of a reading, which the kernel counted
+    /// on the other side of it) is not a difference but a note naming them by kind;
+    /// frames the capture socket dropped are named as the cause of a difference.
+    pub fn compare(self, c: &Counts) -> (Vec<String>, Vec<String>) {
+        let raw = self.differences(c);
+        if raw.is_empty() {
+            return (raw, Vec::new());
+        }
+        if let Some(flipped) = edge_account(self, c) {
+            let what: Vec<String> = flipped
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} frame of {} bytes {} the window",
+                        if f.tx { "a sent" } else { "a received" },
+                        if f.ip { "IP" } else { "ARP/non-IP" },
+                        f.len,
+                        if f.inside {
+                            "just inside"
+                        } else {
+                            "just outside"
+                        }
+                    )
+                })
+                .collect();
+            return (
+                Vec::new(),
+                vec![format!(
+                    "{} stamped within {} ms of a reading of the kernel's counters, which counted it on the other side of that reading; set apart, capture and counters agree",
+                    what.join(", "),
+                    crate::capture::socket::EDGE_NS / 1_000_000
+                )],
+            );
+        }
+        let mut d = raw;
+        if c.socket_drops > 0 {
+            d.push(format!(
+                "the capture socket dropped {} frames (its receive buffer was full)",
+                c.socket_drops
+            ));
+        }
+        (d, Vec::new())
+    }
+
     /// Differences between the capture and the kernel's counters, as text; empty when
     /// they agree exactly.
     pub fn differences(self, c: &Counts) -> Vec<String> {
@@ -86,6 +169,46 @@ impl Kernel {
         }
         d
     }
+}
+
+/// The smallest set of edge frames whose moving across the window's edge makes the
+/// capture equal the kernel's counters (frames and bytes, both directions), if there
+/// is one (at most 12 edge frames are tried: a quiet link has none or a few).
+fn edge_account(k: Kernel, c: &Counts) -> Option<Vec<EdgeFrame>> {
+    let e = &c.edge;
+    if e.is_empty() || e.len() > 12 {
+        return None;
+    }
+    let want = [
+        k.tx_packets as i64 - c.tx.frames as i64,
+        k.tx_bytes as i64 - c.tx.l2_bytes as i64,
+        k.rx_packets as i64 - c.rx.frames as i64,
+        k.rx_bytes as i64 - c.rx.l2_bytes as i64,
+    ];
+    let mut best: Option<u32> = None;
+    for mask in 1u32..(1 << e.len()) {
+        let mut got = [0i64; 4];
+        for (i, f) in e.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            // Moving a counted frame out takes it away; an uncounted one in adds it.
+            let s = if f.inside { -1 } else { 1 };
+            let o = if f.tx { 0 } else { 2 };
+            got[o] += s;
+            got[o + 1] += s * f.len as i64;
+        }
+        if got == want && best.is_none_or(|b| mask.count_ones() < b.count_ones()) {
+            best = Some(mask);
+        }
+    }
+    best.map(|m| {
+        e.iter()
+            .enumerate()
+            .filter(|(i, _)| m & (1 << i) != 0)
+            .map(|(_, f)| *f)
+            .collect()
+    })
 }
 
 /// Adds one frame of true length `len` (of which `head` holds the start) to `d`.
@@ -181,5 +304,91 @@ mod tests {
         assert!(k.differences(&c).is_empty());
         c.rx.l2_bytes = 61;
         assert_eq!(k.differences(&c), ["rx bytes: captured 61, kernel 60"]);
+    }
+
+    fn agreeing() -> (Kernel, Counts) {
+        let k = Kernel {
+            tx_packets: 10,
+            tx_bytes: 1000,
+            rx_packets: 8,
+            rx_bytes: 800,
+        };
+        let mut c = Counts::default();
+        (c.tx.frames, c.tx.l2_bytes, c.rx.frames, c.rx.l2_bytes) = (10, 1000, 8, 800);
+        (k, c)
+    }
+
+    #[test]
+    fn an_arp_frame_the_kernel_counted_across_the_edge_is_a_note_not_a_difference() {
+        let (k, mut c) = agreeing();
+        // The capture counted one ARP reply more (42 bytes, received, stamped just
+        // inside the window): the kernel had counted it before its reading.
+        c.rx.frames += 1;
+        c.rx.l2_bytes += 42;
+        let arp = EdgeFrame {
+            tx: false,
+            len: 42,
+            inside: true,
+            ip: false,
+        };
+        let other = EdgeFrame {
+            tx: true,
+            len: 1514,
+            inside: true,
+            ip: true,
+        };
+        c.edge = vec![other, arp];
+        let (d, notes) = k.compare(&c);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("a received ARP/non-IP frame of 42 bytes just inside the window"),
+            "{notes:?}"
+        );
+        // The same difference with no edge frame to account for it stays one.
+        c.edge.clear();
+        let (d, notes) = k.compare(&c);
+        assert_eq!(
+            d,
+            [
+                "rx frames: captured 9, kernel 8",
+                "rx bytes: captured 842, kernel 800"
+            ]
+        );
+        assert!(notes.is_empty());
+        // An edge frame of another size does not account for it either.
+        c.edge = vec![EdgeFrame { len: 60, ..arp }];
+        assert_eq!(k.compare(&c).0.len(), 2);
+    }
+
+    #[test]
+    fn a_frame_just_outside_that_the_kernel_counted_inside_is_accounted_for() {
+        let (mut k, c) = agreeing();
+        k.tx_packets += 1;
+        k.tx_bytes += 98;
+        let mut c = c;
+        c.edge = vec![EdgeFrame {
+            tx: true,
+            len: 98,
+            inside: false,
+            ip: true,
+        }];
+        let (d, notes) = k.compare(&c);
+        assert!(d.is_empty(), "{d:?}");
+        assert!(
+            notes[0].contains("a sent IP frame of 98 bytes just outside"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn frames_the_capture_socket_dropped_are_named_as_the_cause() {
+        let (k, mut c) = agreeing();
+        c.tx.frames -= 3;
+        c.tx.l2_bytes -= 300;
+        c.socket_drops = 3;
+        let (d, _) = k.compare(&c);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[2].contains("the capture socket dropped 3 frames"));
     }
 }

@@ -11,7 +11,7 @@ use netlink_packet_route::link::{LinkAttribute, Stats64};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -48,19 +48,20 @@ pub const MAX_KEPT: usize = 512 << 20;
 #[derive(Debug, Default)]
 pub struct Frames {
     bytes: Vec<u8>,
-    /// (start in `bytes`, bytes kept, true length, sent by this end)
-    index: Vec<(usize, usize, usize, bool)>,
+    /// (start in `bytes`, bytes kept, true length, sent by this end, the kernel's stamp)
+    index: Vec<(usize, usize, usize, bool, u64)>,
     /// Frames seen but not kept (over [`MAX_KEPT`]).
     pub dropped: u64,
 }
 
 impl Frames {
-    fn push(&mut self, tx: bool, data: &[u8], len: usize) {
+    fn push(&mut self, tx: bool, data: &[u8], len: usize, at_ns: u64) {
         if self.bytes.len() + data.len() > MAX_KEPT {
             self.dropped += 1;
             return;
         }
-        self.index.push((self.bytes.len(), data.len(), len, tx));
+        self.index
+            .push((self.bytes.len(), data.len(), len, tx, at_ns));
         self.bytes.extend_from_slice(data);
     }
 
@@ -77,10 +78,11 @@ impl Frames {
     pub fn frames(&self) -> Vec<crate::anatomy::Frame<'_>> {
         self.index
             .iter()
-            .map(|&(start, n, len, tx)| crate::anatomy::Frame {
+            .map(|&(start, n, len, tx, at_ns)| crate::anatomy::Frame {
                 tx,
                 len,
                 data: &self.bytes[start..start + n],
+                at_ns,
             })
             .collect()
     }
@@ -90,10 +92,39 @@ impl Frames {
 /// scratch file of its packets (for [`super::pcap::seal`]).
 pub type Captured = (Counts, Frames, Option<File>);
 
-/// A capture running on one interface.
+/// Frames within this much of either edge of the window are "edge frames": the kernel
+/// stamps a sent frame a moment before it counts it, and counts a received one a
+/// moment before it stamps it, so such a frame may sit on the other side of the
+/// counters' reading from its stamp.
+pub const EDGE_NS: u64 = 2_000_000;
+
+/// A frame is counted only once it is this old (by its stamp), or once the window's
+/// end is known: until then the window may still end before it.
+const HOLD_NS: u64 = 50_000_000;
+
+/// `until` while the end's counters are being read ([`Capture::closing`]): nothing is
+/// placed until the end is known.
+const CLOSING: u64 = u64::MAX - 1;
+
+/// A capture running on one interface. Only frames stamped inside its window count:
+/// from [`Capture::count_from`] (the moment before the kernel's counters are read at
+/// the start) to the `until` given to [`Capture::finish`] (the moment after they are
+/// read at the end), so the capture and the counters' difference cover the same
+/// frames. Frames outside are tallied apart ([`Counts::outside`]).
 pub struct Capture {
     stop: Arc<AtomicBool>,
+    from: Arc<AtomicU64>,
+    until: Arc<AtomicU64>,
     thread: JoinHandle<Result<Captured>>,
+}
+
+/// Nanoseconds since the Unix epoch (CLOCK_REALTIME, the clock of the capture's
+/// stamps).
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
 }
 
 /// Receives one frame from the packet socket `fd` without waiting: its true length,
@@ -121,12 +152,29 @@ fn receive(fd: &OwnedFd, buf: &mut [u8]) -> Result<Option<(usize, bool, Duration
         }
     }
     // Without the kernel's stamp (never seen on Linux), the time of reading.
-    let at = at.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-    });
+    let at = at.unwrap_or_else(|| Duration::from_nanos(realtime_ns()));
     Ok(Some((m.bytes, tx, at)))
+}
+
+/// The frames the socket dropped because its buffer was full (PACKET_STATISTICS;
+/// reading it resets it).
+fn socket_drops(fd: &OwnedFd) -> u64 {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt into a tpacket_stats of `len` bytes, on a socket we hold.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&raw mut st).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 { u64::from(st.tp_drops) } else { 0 }
 }
 
 /// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
@@ -146,43 +194,129 @@ fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
     .with_context(|| format!("cannot capture on {ifname}"))
 }
 
+/// A frame received but not yet placed inside or outside the window.
+struct Pending {
+    tx: bool,
+    at_ns: u64,
+    len: usize,
+    head: Vec<u8>,
+}
+
+/// The capture thread's tallies.
+struct Tally {
+    c: Counts,
+    kept: Frames,
+    pcap: Option<PcapNg>,
+    port: u16,
+    /// CLOCK_REALTIME less CLOCK_MONOTONIC, to give `first_ns`/`last_ns` in the latter.
+    offset: i128,
+}
+
+impl Tally {
+    /// Places `f` against the window [`from`, `until`]: counted (and kept, and written
+    /// to the pcap) inside it, tallied apart outside it; an edge frame either way.
+    fn place(&mut self, f: &Pending, from: u64, until: u64) -> Result<()> {
+        let inside = f.at_ns >= from && f.at_ns <= until;
+        let near = f.at_ns.abs_diff(from) <= EDGE_NS
+            || (until != u64::MAX && f.at_ns.abs_diff(until) <= EDGE_NS);
+        let ip = matches!(f.head.get(12..14), Some([0x08, 0x00]) | Some([0x86, 0xdd]));
+        if near {
+            self.c.edge.push(super::count::EdgeFrame {
+                tx: f.tx,
+                len: f.len as u64,
+                inside,
+                ip,
+            });
+        }
+        if !inside {
+            let o = &mut self.c.outside;
+            if f.at_ns < from {
+                o.before += 1;
+            } else {
+                o.after += 1;
+            }
+            if !ip {
+                o.non_ip += 1;
+            }
+            return Ok(());
+        }
+        self.kept.push(f.tx, &f.head, f.len, f.at_ns);
+        let d = if f.tx { &mut self.c.tx } else { &mut self.c.rx };
+        count(d, &f.head, f.len, self.port);
+        let mono = (i128::from(f.at_ns) - self.offset).max(0) as u64;
+        if d.first_ns == 0 {
+            d.first_ns = mono;
+        }
+        d.last_ns = mono;
+        if let Some(p) = self.pcap.as_mut() {
+            p.write(&f.head, f.len, Duration::from_nanos(f.at_ns))?;
+        }
+        Ok(())
+    }
+}
+
 impl Capture {
-    /// Starts counting every frame on `ifname` in `ns`; `port` is the server's port.
-    /// With `pcap`, every frame is also written to that file (new and empty).
+    /// Starts capturing every frame on `ifname` in `ns`; `port` is the server's port.
+    /// With `pcap`, every frame counted is also written to that file (new and empty).
+    /// Nothing counts until [`Capture::count_from`] says where the window starts.
     pub fn start(ns: &File, ifname: &str, port: u16, pcap: Option<File>) -> Result<Capture> {
-        let fd = open(ns, ifname)?;
-        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        let sock = open(ns, ifname)?;
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
             .context("cannot ask the kernel for capture timestamps")?;
-        let mut pcap = pcap.map(PcapNg::new).transpose()?;
+        // The drops counted so far (none: the socket is new) are reset by reading.
+        socket_drops(&sock);
+        let pcap = pcap.map(PcapNg::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
+        let from = Arc::new(AtomicU64::new(u64::MAX));
+        let until = Arc::new(AtomicU64::new(u64::MAX));
+        let (st, fr, un) = (stop.clone(), from.clone(), until.clone());
         let thread = std::thread::spawn(move || -> Result<Captured> {
-            let mut c = Counts::default();
-            let mut kept = Frames::default();
+            let offset = i128::from(realtime_ns()) - i128::from(sys::now_ns());
+            let mut t = Tally {
+                c: Counts::default(),
+                kept: Frames::default(),
+                pcap,
+                port,
+                offset,
+            };
+            let mut pending: std::collections::VecDeque<Pending> = Default::default();
             // Whole frames: the anatomy decodes them, and a pcap keeps them.
             let mut buf = vec![0u8; SNAP];
             loop {
-                // Drain everything queued, then stop if asked (so nothing queued is lost).
-                while let Some((len, tx, at)) = receive(&fd, &mut buf)? {
-                    let head = &buf[..len.min(buf.len())];
-                    kept.push(tx, head, len);
-                    let d = if tx { &mut c.tx } else { &mut c.rx };
-                    count(d, head, len, port);
-                    let now = sys::now_ns();
-                    if d.first_ns == 0 {
-                        d.first_ns = now;
-                    }
-                    d.last_ns = now;
-                    if let Some(p) = pcap.as_mut() {
-                        p.write(head, len, at)?;
+                // Whether to stop is read before draining: every frame queued before
+                // the stop was asked for is then drained (nothing queued is lost).
+                let stopping = st.load(Ordering::SeqCst);
+                while let Some((len, tx, at)) = receive(&sock, &mut buf)? {
+                    pending.push_back(Pending {
+                        tx,
+                        at_ns: at.as_nanos() as u64,
+                        len,
+                        head: buf[..len.min(buf.len())].to_vec(),
+                    });
+                }
+                let (from, until) = (fr.load(Ordering::SeqCst), un.load(Ordering::SeqCst));
+                // Place what can be placed: everything once the end is known; before,
+                // only frames old enough that the end cannot come before them.
+                if from != u64::MAX && until != CLOSING {
+                    let ripe = realtime_ns().saturating_sub(HOLD_NS);
+                    while let Some(f) = pending.front() {
+                        if until == u64::MAX && f.at_ns > ripe {
+                            break;
+                        }
+                        let f = pending.pop_front().unwrap_or_else(|| unreachable!());
+                        t.place(&f, from, until)?;
                     }
                 }
-                if st.load(Ordering::SeqCst) {
-                    let file = pcap.map(PcapNg::finish).transpose()?;
-                    return Ok((c, kept, file));
+                if stopping {
+                    if from == u64::MAX || until >= CLOSING {
+                        bail!("the capture was stopped before its window was set");
+                    }
+                    t.c.socket_drops = socket_drops(&sock);
+                    let file = t.pcap.map(PcapNg::finish).transpose()?;
+                    return Ok((t.c, t.kept, file));
                 }
                 let mut pfd = libc::pollfd {
-                    fd: fd.as_raw_fd(),
+                    fd: sock.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 };
@@ -190,12 +324,31 @@ impl Capture {
                 unsafe { libc::poll(&mut pfd, 1, 20) };
             }
         });
-        Ok(Capture { stop, thread })
+        Ok(Capture {
+            stop,
+            from,
+            until,
+            thread,
+        })
     }
 
-    /// Stops and returns the counts and the frames (after reading every frame already
-    /// queued).
-    pub fn finish(self) -> Result<Captured> {
+    /// The window starts at `at_ns` (CLOCK_REALTIME): frames stamped before it are
+    /// tallied apart.
+    pub fn count_from(&self, at_ns: u64) {
+        self.from.store(at_ns, Ordering::SeqCst);
+    }
+
+    /// Says the window is about to end: from now until [`Capture::finish`], no frame is
+    /// counted, so none stamped after the end can be counted before the end is known.
+    pub fn closing(&self) {
+        self.until.store(CLOSING, Ordering::SeqCst);
+    }
+
+    /// Ends the window at `until_ns` (CLOCK_REALTIME), reads every frame already
+    /// queued, and returns the counts and the frames.
+    pub fn finish(self, until_ns: u64) -> Result<Captured> {
+        // Anything stamped by now is queued on the socket: the thread reads it all.
+        self.until.store(until_ns, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .join()

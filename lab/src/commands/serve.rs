@@ -49,7 +49,7 @@ pub async fn run(cmd: Serve) -> Result<()> {
     }
     match cmd {
         Serve::Llm(a) => llm(a, &signals).await,
-        Serve::Approach(a, args) => approach(a, args, &signals).await,
+        Serve::Approach(a, args) => approach(a, *args, &signals).await,
     }
 }
 
@@ -81,15 +81,22 @@ fn ready(server: &str, listen: SocketAddr, url: &str, cert: Option<&CertKey>) {
 /// `net.core.somaxconn`, which lab raises in a load test's server namespaces).
 const BACKLOG: u32 = 65_535;
 
-async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    let bind = || -> std::io::Result<TcpListener> {
+/// A listening TCP socket on `addr`, with `tcp`'s socket buffers when set (before
+/// listening: accepted connections inherit them, and the window scale they offer).
+async fn bind_tcp(
+    addr: SocketAddr,
+    what: &str,
+    tcp: &lab_codec::transport::Tcp,
+) -> Result<TcpListener> {
+    let bind = || -> Result<TcpListener> {
         let s = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         s.set_reuseaddr(true)?;
+        lab_codec::transport::set_buffers(&s, tcp.socket_receive_buffer, tcp.socket_send_buffer)?;
         s.bind(addr)?;
-        s.listen(BACKLOG)
+        Ok(s.listen(BACKLOG)?)
     };
     bind().with_context(|| {
         format!(
@@ -148,7 +155,7 @@ async fn until_signal(
 }
 
 async fn llm(a: LlmArgs, signals: &super::Signals) -> Result<()> {
-    let l = bind_tcp(a.listen, "mock LLM").await?;
+    let l = bind_tcp(a.listen, "mock LLM", &Default::default()).await?;
     let addr = l.local_addr()?;
     let cfg = Arc::new(MockConfig {
         limits: a.limits.limits(),
@@ -178,7 +185,14 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
     let cert = cert(&args.tls)?;
     let what = format!("{} server", a.server);
     let listener = match a.transport {
-        Transport::Tcp => Listener::Tcp(bind_tcp(args.listen, &what).await?),
+        Transport::Tcp => Listener::Tcp(
+            bind_tcp(
+                args.listen,
+                &what,
+                &args.transport.clone().unwrap_or_default().tcp,
+            )
+            .await?,
+        ),
         Transport::Udp => Listener::Udp(std::net::UdpSocket::bind(args.listen).with_context(|| {
             format!(
                 "cannot listen on UDP {} for the {what}; is the port in use? pick another with --listen",

@@ -2,6 +2,7 @@
 //! both ends of the link, the workload, and the counts compared with the kernel's.
 
 use crate::anatomy::KeyLog;
+use crate::capture::stack::Mark;
 use crate::capture::{self, Capture, Frames, Kernel};
 use crate::metrics::{CellAnatomy, CellResult, End};
 use crate::netlab::files::SafeDir;
@@ -201,13 +202,17 @@ pub fn run(
             cell.port,
             pcap.map(|d| d.scratch()).transpose()?,
         )?;
-        let k0 = (
-            capture::kernel_counters(&cns, "to-wire")?,
-            capture::kernel_counters(&sns, "to-wire")?,
-        );
-        Ok((cns, sns, cc, sc, k0))
+        // Each capture's window opens the moment before its end's counters are read.
+        let mark = |ns: &std::fs::File, cap: &Capture| -> Result<Kernel> {
+            cap.count_from(capture::socket::realtime_ns());
+            capture::kernel_counters(ns, "to-wire")
+        };
+        let k0 = (mark(&cns, &cc)?, mark(&sns, &sc)?);
+        let wns = sys::open_netns(&cell.wire_ns)?;
+        let m0 = Mark::take(&cns, &sns, &wns, "to-wire")?;
+        Ok((cns, sns, wns, cc, sc, k0, m0))
     })();
-    let (cns, sns, cc, sc, k0) = match ends {
+    let (cns, sns, wns, cc, sc, k0, m0) = match ends {
         Ok(x) => x,
         Err(e) => {
             res.errors.push(format!("{e:#}"));
@@ -261,19 +266,29 @@ pub fn run(
     {
         tracing::warn!("cell {}: the link did not go quiet after the run", cell.id);
     }
+    match Mark::take(&cns, &sns, &wns, "to-wire") {
+        Ok(m1) => res.stack = Some(m0.until(m1)),
+        Err(e) => res
+            .errors
+            .push(format!("reading the host's drop counters: {e:#}")),
+    }
     let keys = std::fs::read_to_string(&keys_file).unwrap_or_default();
     // With --pcap, each end's packets go into <cell>-<side>.pcapng, after the secrets.
     let end = |cap: Capture, ns: &std::fs::File, k0: Kernel, side: &str| -> Result<(End, Frames)> {
+        // The window closes the moment after the counters are read.
+        cap.closing();
         let k1 = capture::kernel_counters(ns, "to-wire")?;
-        let (capture, frames, scratch) = cap.finish()?;
+        let (capture, frames, scratch) = cap.finish(capture::socket::realtime_ns())?;
         if let (Some(d), Some(scratch)) = (pcap, scratch) {
             let out = d.create_new(&format!("{}-{side}.pcapng", cell.id), 0o600)?;
             crate::capture::pcap::seal(scratch, out, &keys)?;
         }
         let kernel = k1.minus(k0);
+        let (differences, notes) = kernel.compare(&capture);
         Ok((
             End {
-                differences: kernel.differences(&capture),
+                differences,
+                notes,
                 capture,
                 kernel,
             },

@@ -4,6 +4,7 @@
 //! each level's start and end. Each completed stream's tokens are checked against the
 //! mock's answer by digest.
 
+use crate::capture::stack::{CellStack, Mark};
 use crate::capture::{self, Kernel};
 use crate::metrics::CellResult;
 use crate::metrics::load::{CellLoad, LevelResult, Resources, Sample, WireCount, check_digests};
@@ -165,6 +166,7 @@ pub fn run(
             Duration::from_secs(10),
             stop,
         );
+        let wns = sys::open_netns(&cell.wire_ns)?;
         let server = server_of(state, cell)
             .ok_or_else(|| anyhow!("no server process is recorded for cell {}", cell.id))?;
         run_load(
@@ -173,7 +175,7 @@ pub fn run(
             load,
             &prompts_file,
             prompts,
-            &cns,
+            [&cns, &sns, &wns],
             server.pid,
             timeout,
             &label,
@@ -192,10 +194,12 @@ pub fn run(
     res
 }
 
-/// What the levels saw at the client's interface: the counters at each level's start.
+/// What the levels saw at the client's interface, and the host's drop counters at
+/// both ends: the counters at each level's start.
 #[derive(Default)]
 struct Marks {
     at_ramp: HashMap<u32, Kernel>,
+    stack_at_ramp: HashMap<u32, Mark>,
 }
 
 /// The load generator, the sampler and the counters, for one cell.
@@ -206,7 +210,7 @@ fn run_load(
     load: &LoadWorkload,
     prompts_file: &Path,
     prompts: &[String],
-    cns: &std::fs::File,
+    [cns, sns, wns]: [&std::fs::File; 3],
     server_pid: u32,
     timeout: Duration,
     label: &str,
@@ -252,7 +256,7 @@ fn run_load(
         .ok_or_else(|| anyhow!("the load generator has no stdout"))?;
     let (pid, start) = (st.record.pid, st.record.start);
     let limit = deadline(load, timeout);
-    let mut summaries: Vec<(LevelSummary, Option<WireCount>)> = Vec::new();
+    let mut summaries: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)> = Vec::new();
     let mut marks = Marks::default();
     let (status, why) = std::thread::scope(|s| -> Result<_> {
         // The server, sampled at a fixed interval until the generator is done.
@@ -285,10 +289,19 @@ fn run_load(
                 };
                 match e {
                     Event::Phase { level, phase, .. } => {
-                        if phase == "ramp"
-                            && let Ok(k) = capture::kernel_counters(cns, "to-wire")
-                        {
-                            marks.at_ramp.insert(level, k);
+                        if phase == "ramp" {
+                            if let Ok(k) = capture::kernel_counters(cns, "to-wire") {
+                                marks.at_ramp.insert(level, k);
+                            }
+                            match Mark::take(cns, sns, wns, "to-wire") {
+                                Ok(m) => {
+                                    marks.stack_at_ramp.insert(level, m);
+                                }
+                                Err(e) => tracing::warn!(
+                                    "cell {}: level {level}: cannot read the host's drop counters: {e:#}",
+                                    cell.id
+                                ),
+                            }
                         }
                         stage(&format!("[{label}] level {level}: {phase}"));
                     }
@@ -318,8 +331,11 @@ fn run_load(
                                 packets_down: d.rx_packets,
                             })
                         });
+                        let stack = marks.stack_at_ramp.get(&l.level).and_then(|m0| {
+                            Some(m0.until(Mark::take(cns, sns, wns, "to-wire").ok()?))
+                        });
                         stage(&crate::report::load::level_line(label, &l));
-                        summaries.push((*l, wire));
+                        summaries.push((*l, wire, stack));
                     }
                 }
             }
@@ -365,7 +381,7 @@ fn run_load(
     });
     let levels = summaries
         .into_iter()
-        .map(|(summary, wire)| {
+        .map(|(summary, wire, stack)| {
             let (checked, wrong_streams, wrong) = match &expected {
                 Some(f) => check_digests(&summary, prompts, f),
                 None => (0, 0, Vec::new()),
@@ -380,6 +396,7 @@ fn run_load(
                 ),
                 summary,
                 wire,
+                stack,
                 wrong,
                 checked,
                 wrong_streams,

@@ -92,6 +92,7 @@ mod tests {
         let late = ConnStats {
             conn: 0,
             local_port: 1,
+            read_at_unix_ns: 0,
             transport: TransportStats::Quic(Box::new(lab_clients::stats::QuicStats {
                 late_datagrams: 1,
                 late_datagram_bytes: 2,

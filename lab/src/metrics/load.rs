@@ -90,6 +90,10 @@ pub struct LevelResult {
     pub server: Option<Resources>,
     /// The client's interface from the level's start to its end.
     pub wire: Option<WireCount>,
+    /// The host's own drops from the level's start to its end (both ends, the wire
+    /// namespace, the machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<crate::capture::stack::CellStack>,
     /// Completed streams whose tokens differ from the mock's answer to their prompt
     /// (the embedded mock only): prompt number and why.
     pub wrong: Vec<String>,

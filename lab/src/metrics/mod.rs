@@ -26,6 +26,9 @@ pub struct End {
     pub kernel: Kernel,
     /// Differences between the two (empty when they agree exactly).
     pub differences: Vec<String>,
+    /// What was set apart to make them agree (frames at the window's edge), if anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A cell's captures decoded: at the client's interface (what it sent is up) and at the
@@ -68,6 +71,10 @@ pub struct CellResult {
     pub server: Option<End>,
     /// The emulator's counters at the end (userspace backend; warm-up included).
     pub wire: Option<crate::shaping::stats::WireStats>,
+    /// The host's own drops over the workload, at both ends, in the wire namespace
+    /// and on the machine (the same window as the capture); absent when not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<crate::capture::stack::CellStack>,
     pub warmup_error: Option<String>,
     /// The warm-up's first try failed with this, and its second try did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +175,7 @@ impl CellResult {
             client: None,
             server: None,
             wire: None,
+            stack: None,
             warmup_error: None,
             warmup_retried: None,
             anatomy: None,

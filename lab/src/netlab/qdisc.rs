@@ -182,6 +182,57 @@ pub fn root_qdisc_kind(ifname: &str) -> Result<Option<String>> {
     })
 }
 
+/// The drops of interface `ifname`, or of every interface with `None` (calling
+/// thread's namespace): what the interfaces themselves dropped (rx_dropped +
+/// tx_dropped) and what their root qdiscs dropped (a parent counts the drops of the
+/// qdiscs under it, so the root's is the total). An interface without a qdisc counts
+/// 0 there.
+pub fn drops(ifname: Option<&str>) -> Result<(u64, u64)> {
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::tc::TcStats2;
+    crate::netlab::links::with_netlink(async |h| {
+        use futures_util::TryStreamExt;
+        let links = match ifname {
+            Some(n) => vec![crate::netlab::links::get(&h, n).await?],
+            None => h.link().get().execute().try_collect().await?,
+        };
+        let mut dev = 0u64;
+        for l in &links {
+            dev += l
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Stats64(s) => Some(s.rx_dropped + s.tx_dropped),
+                    _ => None,
+                })
+                .unwrap_or(0);
+        }
+        let mut qdisc = 0u64;
+        let mut s = h.qdisc().get().execute();
+        while let Some(m) = s.try_next().await? {
+            let ours = links
+                .iter()
+                .any(|l| m.header.index == l.header.index as i32);
+            if !ours || m.header.parent != TcHandle::ROOT {
+                continue;
+            }
+            let stats2 = m.attributes.iter().find_map(|a| match a {
+                TcAttribute::Stats2(v) => v.iter().find_map(|s| match s {
+                    TcStats2::Queue(q) => Some(u64::from(q.drops)),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            let compat = m.attributes.iter().find_map(|a| match a {
+                TcAttribute::Stats(s) => Some(u64::from(s.drops)),
+                _ => None,
+            });
+            qdisc += stats2.or(compat).unwrap_or(0);
+        }
+        Ok((dev, qdisc))
+    })
+}
+
 /// Decides the backend of a plan (probing for netem when the topology says auto, or
 /// kernel) and lays the plan out for it. `lab up` and `lab run` call this before they
 /// build; the build carries out the decision.

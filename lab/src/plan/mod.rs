@@ -216,8 +216,9 @@ pub struct Cell {
     /// Server to client, resolved.
     pub down: Params,
     /// QUIC and TCP settings, resolved (the stacks' defaults, the topology's, then the
-    /// approach's own). Absent in plans saved before it existed: the defaults.
-    #[serde(default)]
+    /// approach's own). Absent in plans saved before it existed: the defaults, with
+    /// the kernel's socket buffers.
+    #[serde(default = "Settings::before_buffers")]
     pub transport: Settings,
     /// The client's addresses a load test connects from, in turn (the first is
     /// `client_addr`); empty outside load tests with more streams than one address

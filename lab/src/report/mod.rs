@@ -6,6 +6,7 @@
 
 pub mod anatomy;
 pub mod compare;
+pub mod drops;
 pub mod html;
 pub mod load;
 pub mod plots;

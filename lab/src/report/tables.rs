@@ -118,8 +118,21 @@ pub fn render(run: &Run) -> String {
             }
         });
         out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
+        let backend = run.plan.shaping.as_ref().map(|s| s.backend);
+        let drops = super::drops::notes(&cells, backend);
         if cells.iter().any(|c| c.load.is_some()) {
             out.push_str(&super::load::section(&cells));
+            if let Some(t) = super::drops::levels_table(&cells) {
+                out.push_str("The host's own drops over each level (c: client, w: the wire namespace between them, s: server; with netem and a loss rate, the wire's qdisc drops include the profile's loss):\n\n");
+                out.push_str(&t);
+                out.push_str("\n\n");
+            }
+            for d in &drops {
+                out.push_str(&format!("- {d}\n"));
+            }
+            if !drops.is_empty() {
+                out.push('\n');
+            }
             continue;
         }
         let sums: Vec<Summary> = cells
@@ -128,6 +141,12 @@ pub fn render(run: &Run) -> String {
             .collect();
         out.push_str(&summary_table(&sums));
         out.push_str("\n\n");
+        for d in &drops {
+            out.push_str(&format!("- {d}\n"));
+        }
+        if !drops.is_empty() {
+            out.push('\n');
+        }
         // With prompts in flight at once (head-of-line blocking), or tokens in
         // datagrams (what a retransmission costs the others), the gaps tell.
         let datagrams = cells
@@ -273,10 +292,23 @@ pub fn render(run: &Run) -> String {
             [("client", &c.client), ("server", &c.server)]
                 .into_iter()
                 .map(move |(side, e)| match e {
-                    Some(e) if e.differences.is_empty() => format!(
-                        "- {} {side}: capture = kernel counters ({} + {} frames)",
-                        c.cell.id, e.kernel.tx_packets, e.kernel.rx_packets
-                    ),
+                    Some(e) if e.differences.is_empty() => {
+                        let o = &e.capture.outside;
+                        let mut l = format!(
+                            "- {} {side}: capture = kernel counters ({} + {} frames)",
+                            c.cell.id, e.kernel.tx_packets, e.kernel.rx_packets
+                        );
+                        if o.before + o.after > 0 {
+                            l.push_str(&format!(
+                                "; {} frames captured before the first reading and {} after the last were left out ({} of them ARP or other non-IP)",
+                                o.before, o.after, o.non_ip
+                            ));
+                        }
+                        for n in &e.notes {
+                            l.push_str(&format!("; {n}"));
+                        }
+                        l
+                    }
                     Some(e) => format!(
                         "- {} {side}: DIFFERS: {}",
                         c.cell.id,
@@ -290,6 +322,13 @@ pub fn render(run: &Run) -> String {
         out.push_str("## Capture cross-check\n\n");
         out.push_str(&checks.join("\n"));
         out.push_str("\n\n");
+        let all: Vec<&crate::metrics::CellResult> = run.cells.iter().collect();
+        if let Some(t) = super::drops::cells_table(&all) {
+            out.push_str("## Host-stack drops\n\n");
+            out.push_str("What the hosts' own stacks counted over each cell's workload, which no capture sees (c: client, w: the wire namespace between them, s: server; UDP and TCP from /proc/net/snmp and netstat, link and qdisc drops over netlink, the CPUs' receive backlog for the whole machine). Retransmissions follow from the profile's loss as well as from these drops.\n\n");
+            out.push_str(&t);
+            out.push_str("\n\n");
+        }
     }
     out.push_str(&super::anatomy::checks(&run.cells));
     if !run.digest_mismatches.is_empty() {

@@ -98,6 +98,14 @@ pub struct QuicSpec {
     /// `false` marks them in the records only, as the control of a priority experiment.
     #[serde(default)]
     pub priorities: Option<bool>,
+    /// The UDP socket's receive buffer, bytes, on lab's servers and clients alike
+    /// (default 4194304: see the README's "Host-stack drops"). Set as root, past
+    /// net.core.rmem_max.
+    #[serde(default)]
+    pub socket_receive_buffer: Option<u64>,
+    /// The UDP socket's send buffer, bytes (default 4194304).
+    #[serde(default)]
+    pub socket_send_buffer: Option<u64>,
 }
 
 /// The ACK-frequency extension: on with quinn's defaults, or with some fields set.
@@ -149,6 +157,14 @@ pub struct TcpSpec {
     /// Initial congestion window in segments (the route's initcwnd; default the kernel's, 10).
     #[serde(default)]
     pub initcwnd: Option<u32>,
+    /// The socket's receive buffer, bytes, on lab's servers (their listeners) and
+    /// clients; default the kernel's autotuning (net.ipv4.tcp_rmem), which a size
+    /// turns off.
+    #[serde(default)]
+    pub socket_receive_buffer: Option<u64>,
+    /// The socket's send buffer, bytes; default the kernel's autotuning.
+    #[serde(default)]
+    pub socket_send_buffer: Option<u64>,
 }
 
 impl TransportSpec {
@@ -209,6 +225,12 @@ impl TransportSpec {
             if let Some(v) = q.priorities {
                 t.priorities = v;
             }
+            if let Some(v) = q.socket_receive_buffer {
+                t.socket_receive_buffer = v;
+            }
+            if let Some(v) = q.socket_send_buffer {
+                t.socket_send_buffer = v;
+            }
         }
         if let Some(tcp) = &self.tcp {
             let t = &mut s.tcp;
@@ -223,6 +245,12 @@ impl TransportSpec {
             }
             if let Some(v) = tcp.initcwnd {
                 t.initcwnd = Some(v);
+            }
+            if let Some(v) = tcp.socket_receive_buffer {
+                t.socket_receive_buffer = Some(v);
+            }
+            if let Some(v) = tcp.socket_send_buffer {
+                t.socket_send_buffer = Some(v);
             }
         }
         s

@@ -917,6 +917,15 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
                         cx.push(a, &field(n), "a window is 1 to 2^62-1 bytes");
                     }
                 }
+                for (n, b) in [
+                    ("socket_receive_buffer", q.socket_receive_buffer),
+                    ("socket_send_buffer", q.socket_send_buffer),
+                ] {
+                    if let Some(m) = buffer_problem(b) {
+                        let a = at(n);
+                        cx.push(a, &field(n), m);
+                    }
+                }
                 ok &= cx.out.len() == before;
                 spec.quic = Some(q);
             }
@@ -940,6 +949,15 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
                         ),
                     );
                 }
+                for (n, b) in [
+                    ("socket_receive_buffer", t.socket_receive_buffer),
+                    ("socket_send_buffer", t.socket_send_buffer),
+                ] {
+                    if let Some(m) = buffer_problem(b) {
+                        let a = at(n);
+                        cx.push(a, &format!("{}.{n}", f.path), m);
+                    }
+                }
                 if t.initcwnd.is_some_and(|n| n == 0 || n > 1000) {
                     let a = at("initcwnd");
                     cx.push(
@@ -955,6 +973,13 @@ fn parse_transport(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<TransportSp
         }
     }
     ok.then_some(spec)
+}
+
+/// What is wrong with a socket buffer size, if anything.
+fn buffer_problem(b: Option<u64>) -> Option<String> {
+    let max = lab_codec::transport::SOCKET_BUFFER_MAX;
+    b.filter(|&b| !(1024..=max).contains(&b))
+        .map(|b| format!("{b} bytes: a socket buffer is 1024 to {max} bytes"))
 }
 
 /// Every `{...}` in a server command must be a placeholder lab fills in.
