@@ -329,7 +329,9 @@ fn a_killed_lab_run_is_cleaned_up_whenever_it_died() {
 /// Ctrl-C or SIGTERM that lab catches, at any point until it hands the lab over (while
 /// it prints the status too), takes the lab down and exits 130; only one that comes
 /// after, when lab has given the signals their default action back, ends the process
-/// with the lab up, as recorded.
+/// with the lab up, as recorded. A lab up that exits 0 with a signal sent says when it
+/// handed over (its debug log, on the machine's monotonic clock): the signal must
+/// have been sent after that (it came while the process was exiting).
 #[test]
 fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,24 +344,56 @@ fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
     let build = t0.elapsed();
     ok(&["down", name]);
     let (mut nothing, mut handed) = (0, 0);
+    // A failed assertion must not leave the lab up for the next test.
+    struct Down(&'static str);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = lab(&["down", self.0]);
+        }
+    }
+    let _down = Down(name);
     for i in 0..24u32 {
         let sig = [libc::SIGINT, libc::SIGTERM, libc::SIGKILL][i as usize % 3];
         let at = build * (i + 4) / 24;
         let mut child = Command::new(LAB)
-            .args(["up", t.to_str().unwrap()])
+            .args([
+                "--log",
+                "info,lab::commands::lab=debug",
+                "up",
+                t.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(at);
         let inodes = netns_inodes(name);
         let done_before = child.try_wait().unwrap();
+        let sent = lab::netlab::sys::now_ns();
         signal(&child, sig);
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         if done_before.is_none() && sig != libc::SIGKILL && status.signal().is_none() {
-            // Caught: the lab was taken down, whatever point the build had reached.
-            assert_eq!(status.code(), Some(130), "signal {sig} at {at:?}");
+            if status.code() == Some(0) {
+                // Only a signal sent after the hand-over (as the process exited).
+                let at_ns: u64 = err
+                    .lines()
+                    .find_map(|l| l.split("handed over at CLOCK_MONOTONIC ").nth(1))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!("signal {sig} at {at:?}: exit 0 without a hand-over: {err}")
+                    });
+                assert!(
+                    at_ns <= sent,
+                    "signal {sig} at {at:?} was sent {} us before the hand-over, and lab up exited 0",
+                    (at_ns - sent) / 1000
+                );
+            } else {
+                // Caught: the lab was taken down, whatever point the build had reached.
+                assert_eq!(status.code(), Some(130), "signal {sig} at {at:?}: {err}");
+            }
         }
         let o = lab(&["clean"]);
         assert!(o.status.success(), "{}", text(&o));
@@ -372,10 +406,11 @@ fn an_interrupted_lab_up_leaves_nothing_or_a_whole_lab_it_handed_over() {
             Ok(b) => {
                 let s: serde_json::Value = serde_json::from_slice(&b).unwrap();
                 assert_eq!(s["handed_over"], true, "signal {sig} at {at:?}: {status}");
-                // Left up only by a lab up that had ended, or that the signal ended
-                // by its default action, after the hand-over.
+                // Left up only by a lab up that had handed it over: it had ended,
+                // the signal ended it by its default action, or it exited 0 with the
+                // signal after the hand-over (checked above).
                 assert!(
-                    done_before.is_some() || status.signal().is_some(),
+                    done_before.is_some() || status.signal().is_some() || status.code() == Some(0),
                     "signal {sig} at {at:?}: a lab left up by {status}"
                 );
                 assert_eq!(s["phase"], "up");
