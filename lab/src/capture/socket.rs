@@ -156,27 +156,6 @@ fn receive(fd: &OwnedFd, buf: &mut [u8]) -> Result<Option<(usize, bool, Duration
     Ok(Some((m.bytes, tx, at)))
 }
 
-/// The frames the socket dropped because its buffer was full (PACKET_STATISTICS;
-/// reading it resets it).
-fn socket_drops(fd: &OwnedFd) -> u64 {
-    let mut st = libc::tpacket_stats {
-        tp_packets: 0,
-        tp_drops: 0,
-    };
-    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    // SAFETY: getsockopt into a tpacket_stats of `len` bytes, on a socket we hold.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            (&raw mut st).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 { u64::from(st.tp_drops) } else { 0 }
-}
-
 /// Opens an AF_PACKET socket on `ifname` in `ns` (both directions, true lengths).
 fn open(ns: &File, ifname: &str) -> Result<OwnedFd> {
     sys::in_netns(ns, || {
@@ -264,7 +243,7 @@ impl Capture {
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
             .context("cannot ask the kernel for capture timestamps")?;
         // The drops counted so far (none: the socket is new) are reset by reading.
-        socket_drops(&sock);
+        crate::netlab::packet::drops(&sock);
         let pcap = pcap.map(PcapNg::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let from = Arc::new(AtomicU64::new(u64::MAX));
@@ -311,7 +290,7 @@ impl Capture {
                     if from == u64::MAX || until >= CLOSING {
                         bail!("the capture was stopped before its window was set");
                     }
-                    t.c.socket_drops = socket_drops(&sock);
+                    t.c.socket_drops = crate::netlab::packet::drops(&sock);
                     let file = t.pcap.map(PcapNg::finish).transpose()?;
                     return Ok((t.c, t.kept, file));
                 }

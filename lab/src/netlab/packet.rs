@@ -115,3 +115,24 @@ pub fn open(ifname: &str, o: Options) -> Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// Frames the kernel dropped on the packet socket `fd` because its buffer or ring was
+/// full, since the last call (PACKET_STATISTICS; reading it resets it).
+pub fn drops(fd: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: reading the socket's statistics into a struct of their size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&raw mut st).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 { u64::from(st.tp_drops) } else { 0 }
+}

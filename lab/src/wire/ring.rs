@@ -178,22 +178,7 @@ impl<'fd> RxRing<'fd> {
 
     /// Frames the kernel dropped because the ring was full, since the last call.
     pub fn drops(&self) -> u64 {
-        let mut st = libc::tpacket_stats {
-            tp_packets: 0,
-            tp_drops: 0,
-        };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: reading the socket's statistics into a struct of their size.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if r == 0 { st.tp_drops as u64 } else { 0 }
+        crate::netlab::packet::drops(&self.fd)
     }
 }
 
