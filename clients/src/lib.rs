@@ -18,6 +18,7 @@ pub mod http;
 pub mod load;
 pub mod prompts;
 pub mod quic;
+pub mod quic_rt;
 pub mod raw;
 pub mod record;
 pub mod sse;

@@ -5,14 +5,14 @@
 //! `fresh` opens a new QUIC connection and WebTransport session per prompt; `reuse` keeps
 //! one session and opens a new stream per prompt, as a browser tab would.
 
+use crate::quic_rt::WtClient;
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::QuicWatch;
 use crate::wt_dgram::Router;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtransport::endpoint::endpoint_side::Client;
-use wtransport::{ClientConfig, Connection, Endpoint, VarInt};
+use wtransport::{ClientConfig, Connection, VarInt};
 
 /// The WebTransport runner for `target` (its path is the session path).
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
@@ -60,7 +60,8 @@ fn session_failure(e: &wtransport::error::ConnectingError) -> ErrorCategory {
 
 pub struct WtRunner {
     opts: RunnerOpts,
-    endpoint: Arc<Endpoint<Client>>,
+    /// On a single-threaded runtime of its own, see [`crate::quic_rt`].
+    endpoint: WtClient,
     url: String,
     conn: Slot,
     answers: Answers,
@@ -80,12 +81,12 @@ impl WtRunner {
             .with_custom_tls_and_transport(tls, quic.transport_config()?)
             .build();
         quic.endpoint_config(cfg.quic_endpoint_config_mut());
-        let endpoint = Endpoint::client(cfg)?;
+        let endpoint = WtClient::new(cfg)?;
         quic.after_bind(&same)?;
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
             opts: opts.clone(),
-            endpoint: Arc::new(endpoint),
+            endpoint,
             url,
             conn: Arc::default(),
             answers,

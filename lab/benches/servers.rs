@@ -221,7 +221,7 @@ async fn idle_wt(server: &Server, n: usize) -> f64 {
         .max_idle_timeout(Some(Duration::from_secs(120)))
         .unwrap()
         .build();
-    let ep = wtransport::Endpoint::client(cfg).unwrap();
+    let ep = lab_clients::quic_rt::WtClient::new(cfg).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_kib();
     let mut conns = Vec::with_capacity(n);

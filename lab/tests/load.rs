@@ -63,7 +63,6 @@ expect:
         );
     }
     assert_eq!(run.cells.len(), 5);
-    let (mut wt_failed, mut wt_started) = (0u64, 0u64);
     for c in &run.cells {
         let who = &c.cell.name;
         let l = c.load.as_ref().unwrap_or_else(|| panic!("{who}: no load"));
@@ -93,41 +92,11 @@ expect:
             }
             let w = x.wire.unwrap_or_else(|| panic!("{who}: no wire count"));
             assert!(w.bytes_down > s.token_bytes, "{who}");
-            if who == "wt" {
-                // wtransport's session set-up fails now and then under load: seen,
-                // with a noisy neighbour, 1 of 200 set-ups stalled past the 10 s
-                // timeout (before lab gave UDP sockets 4 MiB buffers), and 1 of 20
-                // closed by the server with H3_EXCESSIVE_LOAD (263, wtransport's
-                // answer to a frame it parsed as too large) with no drop anywhere in
-                // the host. The issue "WebTransport numbers that hold" owns it. Here
-                // such a stream must be counted as what it is, and rare (at most one,
-                // or 1%, over the test's wt streams, checked below); every other
-                // failure is lab's.
-                let other = s
-                    .errors
-                    .iter()
-                    .filter(|(c, _)| {
-                        !matches!(c, ErrorCategory::Timeout | ErrorCategory::Handshake)
-                    })
-                    .map(|(_, n)| n)
-                    .sum::<u64>();
-                assert_eq!(other, 0, "{who} {}: {:?}", s.level, s.error_samples);
-                wt_failed += s.failed;
-                wt_started += s.started;
-                if s.failed > 0 {
-                    println!(
-                        "wt level {}: {} set-up failures {:?}, host drops {:?}",
-                        s.level,
-                        s.failed,
-                        s.error_samples,
-                        x.stack.map(|k| k.drops(false))
-                    );
-                }
-            }
             if who != "doomed" {
-                if who != "wt" {
-                    assert_eq!(s.failed, 0, "{who} {}: {:?}", s.level, s.error_samples);
-                }
+                // wt too: the set-up failures it had here (a stall past the timeout,
+                // H3_EXCESSIVE_LOAD) were wtransport losing a SETTINGS frame that came in
+                // pieces, which lab_clients::quic_rt keeps from happening.
+                assert_eq!(s.failed, 0, "{who} {}: {:?}", s.level, s.error_samples);
                 assert!(
                     s.peak_open >= u64::from(s.level) * 9 / 10,
                     "{who} {}",
@@ -175,11 +144,6 @@ expect:
             assert!(report.contains("doomed level"), "{report}");
         }
     }
-    assert!(wt_started >= 200, "wt started {wt_started} streams");
-    assert!(
-        wt_failed <= (wt_started / 100).max(1),
-        "wt: {wt_failed} of {wt_started} streams failed to set up"
-    );
     for h in [
         "| Level | Approach | Started | OK",
         "KB/stream",

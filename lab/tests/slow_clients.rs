@@ -351,7 +351,7 @@ fn a_webtransport_session_with_no_stream_is_closed_when_idle() {
             // The client keeps QUIC alive; only the server's idle deadline can end it.
             .keep_alive_interval(Some(Duration::from_millis(300)))
             .build();
-        let ep = wtransport::Endpoint::client(cfg).unwrap();
+        let ep = lab_clients::quic_rt::WtClient::new(cfg).unwrap();
         let idle = ep.connect(srv.str("url")).await.unwrap();
         let t0 = Instant::now();
         // A busy session on the same server answers meanwhile.
