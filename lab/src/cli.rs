@@ -50,8 +50,9 @@ pub enum Command {
     /// Print the resolved plan of a topology file: cells, namespaces, interfaces,
     /// addresses, processes and link settings. Needs no root; changes nothing.
     Plan(PlanArgs),
-    /// Print a JSON schema: of topology files (lab/topology.schema.json), or with
-    /// `run`, of the run.json that `lab run` saves (lab/run.schema.json).
+    /// Print a JSON schema: of topology files (lab/topology.schema.json), with `run`
+    /// of the run.json that `lab run` saves (lab/run.schema.json), with `runs` of the
+    /// runs.json of repeated runs (lab/runs.schema.json).
     Schema(SchemaArgs),
     /// The main job: build the lab, warm up, run the workload in every cell while
     /// capturing both ends of each link, print and save the tables (results/), check
@@ -144,7 +145,7 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// Which file's schema.
-    #[arg(value_parser = ["topology", "run"], default_value = "topology")]
+    #[arg(value_parser = ["topology", "run", "runs"], default_value = "topology")]
     pub of: String,
 }
 
@@ -200,7 +201,8 @@ fn ring_frames(s: &str) -> Result<u32, String> {
     after_help = "Exit status: 0 everything ran and every expectation holds; 1 the run had errors \
 (a failed prompt, a token mismatch, a capture that disagrees with the kernel, a lab that would not \
 build); 2 bad input (topology, expectations, no root); 3 the run was clean but an expectation \
-failed; 130 interrupted (what was measured is saved, the lab is taken down)."
+failed; 130 interrupted (what was measured is saved, the lab is taken down). Over repeated \
+runs (--runs): 1 if any run had errors, 3 if an expectation failed over the runs."
 )]
 pub struct RunArgs {
     /// The topology file, e.g. topologies/degraded.yaml.
@@ -220,6 +222,14 @@ pub struct RunArgs {
     /// checks them there.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::plan::Shard>,
+    /// Run the whole matrix N times (instead of `workload.runs`), each run built,
+    /// measured and taken down on its own, with the shaping seed plus its number less
+    /// one. Each run's results go in run-1/ ... run-N/ of one results directory; over
+    /// the runs, runs.json and report.md give every headline metric's median with a
+    /// confidence interval, each approach against the first with a Mann-Whitney
+    /// p-value, and the expectations decided over the runs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=crate::topology::model::MAX_RUNS as i64))]
+    pub runs: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -228,7 +238,8 @@ pub struct RunArgs {
 DIR gets report.md, report.html and the plots; lab refuses to replace files there unless --force."
 )]
 pub struct ReportArgs {
-    /// A results directory (or its run.json).
+    /// A results directory (or its run.json); of repeated runs, the directory with
+    /// runs.json (the report over the runs) or one run's run-<i>/.
     pub results: PathBuf,
     /// Write report.md, report.html and the plots into this directory (made if missing).
     #[arg(long)]
@@ -245,13 +256,17 @@ pub struct ReportArgs {
 #[command(
     after_help = "Times are in ms or s, bytes per token in B/token. Every compared metric is a \
 cost (larger is worse) except tokens_avg, where a change either way counts.\n\n\
+Either side may be repeated runs (`lab run --runs N`, a directory with runs.json): its values \
+are then the medians over its runs, and a two-sided Mann-Whitney U test over the two sets of \
+runs gives each change a p-value; it is significant at p <= 0.05, which takes at least 4 runs \
+against 4. With a test possible, --threshold counts only significant changes.\n\n\
 Exit status: 0 compared (and nothing moved past --threshold); 2 bad input; 3 a value moved \
 past --threshold the worse way: a regression gate between two runs."
 )]
 pub struct CompareArgs {
-    /// The first results directory (or run.json): the baseline.
+    /// The first results directory (or its run.json or runs.json): the baseline.
     pub a: PathBuf,
-    /// The second: the run that is checked against the baseline.
+    /// The second: the run, or runs, checked against the baseline.
     pub b: PathBuf,
     /// Print JSON: both runs, and every row with its unit, values, change and verdict.
     #[arg(long)]

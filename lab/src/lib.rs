@@ -17,6 +17,9 @@
 //! | records and captures added up: run.json, metrics, digests | [`metrics`] | yes |
 //! | tables, plots, status | [`report`] | yes |
 //!
+//! [`stats`] is arithmetic every stage may use (medians, confidence intervals, rank
+//! tests over repeated runs); it imports nothing of lab.
+//!
 //! [`commands`] holds every subcommand's handler: they print and choose exit statuses,
 //! so [`cli`] only parses and `main` only dispatches. [`loopback`] runs every server
 //! in-process, without namespaces, for `lab demo`, tests and benchmarks.
@@ -34,5 +37,6 @@ pub mod netlab;
 pub mod plan;
 pub mod report;
 pub mod shaping;
+pub mod stats;
 pub mod topology;
 pub mod wire;

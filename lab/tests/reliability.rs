@@ -504,4 +504,48 @@ fn ctrl_c_stops_lab_run_within_two_seconds_and_saves_what_there_is() {
         .path();
     assert!(!run.join("run.json").exists());
     assert_nothing_left(name, &[]);
+
+    // Repeated runs stop at the run that was interrupted: the runs so far are saved,
+    // the report over them says it is short, and no further run starts.
+    std::fs::remove_dir_all(&run).unwrap();
+    let mut child = spawn_run(&t, &results, &["--runs", "3"]);
+    let mut out = wait_for(&mut child, "run 2 of 3 (seed 2)");
+    let mut line = String::new();
+    while !line.contains("(1/") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "run 2 ended early");
+    }
+    let at = Instant::now();
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    let took = at.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
+    assert!(!rest.contains("run 3 of 3"), "{rest}");
+    assert!(
+        rest.contains("2 runs in") && rest.contains("(of 3 asked: interrupted"),
+        "{rest}"
+    );
+    let top = std::fs::read_dir(&*results)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(top.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(v["asked"], 3);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.iter()
+            .map(|r| r["interrupted"].clone())
+            .collect::<Vec<_>>(),
+        [false, true]
+    );
+    assert!(top.join("run-2/run.json").exists() && !top.join("run-3").exists());
+    assert_nothing_left(name, &[]);
 }

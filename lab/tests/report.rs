@@ -24,6 +24,128 @@ fn the_report_of_a_saved_run() {
     insta::assert_snapshot!("report_ci", tables::render(&run));
 }
 
+/// Five runs made from the fixture: run i (from 0) has wt's TTFTs scaled by 1 + i/10
+/// and sse's by `sse(i)`.
+fn five_runs(sse: impl Fn(usize) -> f64) -> Vec<Run> {
+    (0..5)
+        .map(|i| {
+            let mut r = fixture();
+            r.plan.seed = 1 + i as u64;
+            // ci.yaml's expectations (the fixture predates their texts in run.json).
+            r.expect = [
+                "sse.wire_bytes_per_token < raw.wire_bytes_per_token",
+                "wt.wire_bytes_per_token < raw.wire_bytes_per_token",
+                "sse@baseline.ttft_p50 < 100ms",
+                "wt.errors == 0",
+            ]
+            .map(String::from)
+            .to_vec();
+            for c in &mut r.cells {
+                let k = match c.cell.name.as_str() {
+                    "wt" => 1.0 + i as f64 / 10.0,
+                    "sse" => sse(i),
+                    _ => 1.0,
+                };
+                for rec in &mut c.records {
+                    if let Some(t) = rec.ttft_ms.as_mut() {
+                        *t *= k;
+                    }
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+fn series_of(runs: &[Run]) -> lab::metrics::repeat::Series {
+    use lab::metrics::repeat::{RunRef, Series};
+    let refs: Vec<(RunRef, &Run)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                RunRef {
+                    dir: format!("run-{}", i + 1),
+                    seed: r.plan.seed,
+                    seconds: 10.0,
+                    errors: Vec::new(),
+                    interrupted: false,
+                },
+                r,
+            )
+        })
+        .collect();
+    Series::of(5, 50.0, &refs).unwrap()
+}
+
+/// Repeated runs add up to each metric's values, median and interval over the runs,
+/// the expectations are decided on the medians, and two sets of runs compared get a
+/// rank test that tells a real change from the runs' own spread.
+#[test]
+fn repeated_runs_add_up_to_medians_intervals_and_rank_tests() {
+    let runs = five_runs(|_| 1.0);
+    let s = series_of(&runs);
+    assert_eq!(s.runs.len(), 5);
+    assert_eq!(
+        s.runs.iter().map(|r| r.seed).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let base = lab::metrics::metric(&runs[0], "wt", "baseline", "ttft_p50").unwrap();
+    let m = s.cell("wt", "baseline").unwrap().get("ttft_p50").unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+    assert_eq!(m.values.len(), 5);
+    assert!(close(m.median.unwrap(), base * 1.2), "{m:?}");
+    let i = m.interval.unwrap();
+    assert!(close(i.lo, base) && close(i.hi, base * 1.4), "{i:?}");
+    assert!((i.coverage - 0.9375).abs() < 1e-9);
+    // sse did not move: its interval is one point.
+    let m = s.cell("sse", "baseline").unwrap().get("ttft_p50").unwrap();
+    assert_eq!(m.interval.unwrap().lo, m.interval.unwrap().hi);
+    // ci.yaml's expectations, on the medians.
+    assert_eq!(s.expectations.len(), 7);
+    assert!(
+        s.expectations.iter().all(|o| o.holds),
+        "{:?}",
+        s.expectations
+    );
+    insta::assert_snapshot!("report_series", lab::report::repeat::render(&s));
+
+    // sse 30% slower in every run of b: significant (five runs apart: p = 2/252);
+    // wt's spread is the same in both: not.
+    let b = series_of(&five_runs(|i| 1.3 + i as f64 / 100.0));
+    let c = compare::compare(
+        &compare::Source::Series(&s),
+        &compare::Source::Series(&b),
+        &["ttft_p50".to_owned()],
+        Some(0.10),
+    );
+    let row = |ap: &str| {
+        c.rows
+            .iter()
+            .find(|r| r.approach == ap && r.profile == "baseline")
+            .unwrap()
+    };
+    assert!((row("sse").p_value.unwrap() - 2.0 / 252.0).abs() < 1e-9);
+    assert_eq!(row("sse").significant, Some(true));
+    assert!(row("sse").regressed);
+    assert_eq!(row("wt").significant, Some(false));
+    assert!(!row("wt").regressed);
+    assert_eq!((row("wt").runs_a, row("wt").runs_b), (5, 5));
+    let text = c.render();
+    assert!(text.contains("5 runs: medians"), "{text}");
+    assert!(text.contains("| 0.008 | yes"), "{text}");
+    // One run against five: no test is possible, and the gate is the threshold alone.
+    let one = compare::compare(
+        &compare::Source::Run(&runs[0]),
+        &compare::Source::Series(&b),
+        &["ttft_p50".to_owned()],
+        Some(0.10),
+    );
+    let r = one.rows.iter().find(|r| r.approach == "sse").unwrap();
+    assert_eq!((r.p_value, r.significant, r.regressed), (None, None, true));
+    assert!(one.render().contains("- (1 vs 5 runs)"));
+}
+
 #[test]
 fn two_runs_compared() {
     let a = fixture();
@@ -36,7 +158,12 @@ fn two_runs_compared() {
             }
         }
     }
-    let c = compare::compare(&a, &b, &[], Some(0.10));
+    let c = compare::compare(
+        &compare::Source::Run(&a),
+        &compare::Source::Run(&b),
+        &[],
+        Some(0.10),
+    );
     insta::assert_snapshot!("compare_ci", c.render());
     // Doubled TTFTs are regressions; the bytes did not move.
     for r in &c.rows {
@@ -48,7 +175,11 @@ fn two_runs_compared() {
     }
     assert_eq!(c.regressions, 12, "two TTFT metrics of six cells");
     // The same run against itself moves nothing.
-    assert_eq!(compare::compare(&a, &a, &[], Some(0.0)).regressions, 0);
+    let same = compare::Source::Run(&a);
+    assert_eq!(
+        compare::compare(&same, &same, &[], Some(0.0)).regressions,
+        0
+    );
 }
 
 fn write_run(dir: &Path, run: &Run) {
@@ -211,6 +342,12 @@ fn run_json_is_an_interface() {
         committed,
         lab::metrics::schema_json(),
         "lab/run.schema.json is stale: run `cargo run -p lab -- schema run > lab/run.schema.json`"
+    );
+    let runs = std::fs::read_to_string(root().join("lab/runs.schema.json")).unwrap();
+    assert_eq!(
+        runs,
+        lab::metrics::repeat::schema_json(),
+        "lab/runs.schema.json is stale: run `cargo run -p lab -- schema runs > lab/runs.schema.json`"
     );
     let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
     for key in v.as_object().unwrap().keys() {

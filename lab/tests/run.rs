@@ -269,6 +269,121 @@ fn small(name: &str, profile: &str, expect: &str) -> (Tmp, PathBuf) {
     (dir, t)
 }
 
+/// `--runs 4`: four whole runs, each with its seed and its own results, adding up to
+/// runs.json (every metric's values, median and interval) and a report over the runs;
+/// an expectation `with 95% confidence` is decided by Mann-Whitney over the runs, and
+/// refused before anything is built when the runs cannot reach its level.
+#[test]
+fn repeated_runs_give_medians_with_intervals_and_decide_confidence() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let results = tempdir("runs");
+    let (_topo, t) = small(
+        "rruns",
+        "{ delay: 1ms }",
+        "  - wt.bytes_per_token < sse.bytes_per_token with 95% confidence\n  - wt.errors == 0\n",
+    );
+    let args = |runs: &str| {
+        lab(&[
+            "run",
+            t.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+            "--runs",
+            runs,
+        ])
+    };
+    // Two runs against two cannot give p <= 0.05 (at best 1/6): refused.
+    let o = args("2");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("its test needs at least 3 runs to reach 95% (runs: 2)"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::read_dir(&*results).unwrap().next().is_none());
+    nothing_left("rruns");
+
+    let o = args("4");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&*results)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let top = &dirs[0];
+    let series: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(top.join("runs.json")).unwrap()).unwrap();
+    let runs = series["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let mut ttft = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["dir"], format!("run-{}", i + 1));
+        assert_eq!(r["seed"], i as u64 + 1);
+        // Each run is a whole run of its own, with its seed in its plan.
+        let one: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(top.join(format!("run-{}/run.json", i + 1))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(one["plan"]["seed"], i as u64 + 1);
+        assert!(top.join(format!("run-{}/report.md", i + 1)).exists());
+        let wt = one["summaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["approach"] == "wt")
+            .unwrap()
+            .clone();
+        ttft.push(wt["metrics"]["ttft_p50"].as_f64().unwrap());
+    }
+    // The series holds each run's value, their median and the interval.
+    let wt = series["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["approach"] == "wt")
+        .unwrap();
+    let m = wt["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "ttft_p50")
+        .unwrap();
+    let values: Vec<f64> = m["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(values, ttft);
+    ttft.sort_by(f64::total_cmp);
+    assert!((m["median"].as_f64().unwrap() - (ttft[1] + ttft[2]) / 2.0).abs() < 1e-9);
+    assert_eq!(m["interval"]["lo"].as_f64().unwrap(), ttft[0]);
+    assert_eq!(m["interval"]["hi"].as_f64().unwrap(), ttft[3]);
+    // wt's 7 B/token against sse's 13.7 in every run: four runs apart, p = 1/70.
+    let e = &series["expectations"][0];
+    assert_eq!(e["holds"], true, "{e}");
+    assert!(
+        (e["p_value"].as_f64().unwrap() - 1.0 / 70.0).abs() < 1e-9,
+        "{e}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("# lab run: rruns, 4 runs"), "{out}");
+    assert!(
+        out.contains("- holds: `wt.bytes_per_token < sse.bytes_per_token with 95% confidence` under p: medians 7 vs 14.5, p = 0.0143 over 4 runs"),
+        "{out}"
+    );
+    let report = std::fs::read_to_string(top.join("report.md")).unwrap();
+    assert!(out.contains(&report), "{out}");
+    // lab report prints it again; lab compare of two sets of runs tests each change.
+    assert_eq!(ok(&["report", top.to_str().unwrap()]), report);
+    let c = ok(&["compare", top.to_str().unwrap(), top.to_str().unwrap()]);
+    assert!(
+        c.contains("4 runs: medians") && c.contains("| 1.000 | no "),
+        "{c}"
+    );
+    nothing_left("rruns");
+}
+
 #[test]
 fn a_failed_expectation_exits_3_with_the_numbers() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,12 +31,12 @@ pub fn run(a: &PlanArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `lab schema [topology|run]`.
+/// `lab schema [topology|run|runs]`.
 pub fn schema(a: &crate::cli::SchemaArgs) -> Result<u8> {
-    if a.of == "run" {
-        print!("{}", crate::metrics::schema_json());
-    } else {
-        print!("{}", crate::topology::schema_json());
+    match a.of.as_str() {
+        "run" => print!("{}", crate::metrics::schema_json()),
+        "runs" => print!("{}", crate::metrics::repeat::schema_json()),
+        _ => print!("{}", crate::topology::schema_json()),
     }
     Ok(EXIT_OK)
 }

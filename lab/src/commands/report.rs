@@ -1,7 +1,7 @@
 //! `lab report`, `lab compare` and `lab merge`: saved runs printed and written again,
 //! two runs side by side, and the shards of a run joined.
 
-use super::results::{give_to_sudo_user, load, report_files, save};
+use super::results::{Saved, give_to_sudo_user, load, load_saved, report_files, save};
 use super::{EXIT_EXPECTATION, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::metrics::{self, Run};
 use crate::netlab::files::SafeDir;
@@ -23,13 +23,31 @@ fn load_all(paths: &[&std::path::Path]) -> Result<Vec<Run>, u8> {
 
 /// `lab report <results> [--out DIR]`: prints the report of run.json again; with --out,
 /// writes report.md, report.html and the plots there (never over files already there,
-/// unless --force).
+/// unless --force). Of repeated runs (runs.json), the report over the runs, and with
+/// --out its report.md.
 pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
-    let run = match load_all(&[&a.results]) {
-        Ok(mut r) => r.remove(0),
-        Err(code) => return Ok(code),
+    let saved = match load_saved(&a.results) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lab: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
     };
-    let text = tables::render(&run);
+    let (text, files) = match saved {
+        Saved::Series(s) => {
+            let text = crate::report::repeat::render(&s);
+            let md = text.clone().into_bytes();
+            (text, vec![("report.md".to_owned(), md)])
+        }
+        Saved::Run(run) => {
+            let text = tables::render(&run);
+            let files = match &a.out {
+                Some(_) => report_files(&run, a.prompt.saturating_sub(1))?,
+                None => Vec::new(),
+            };
+            (text, files)
+        }
+    };
     let Some(out) = &a.out else {
         print!("{text}");
         return Ok(EXIT_OK);
@@ -38,7 +56,6 @@ pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
         Ok(d) => d,
         Err(e) => return super::refuse(e.context("--out")),
     };
-    let files = report_files(&run, a.prompt.saturating_sub(1))?;
     let there: Vec<&str> = files
         .iter()
         .map(|(n, _)| n.as_str())
@@ -70,16 +87,24 @@ pub fn report(a: crate::cli::ReportArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `lab compare <a> <b>`.
+/// `lab compare <a> <b>`: each side one run or repeated runs.
 pub fn compare(a: crate::cli::CompareArgs) -> Result<u8> {
-    let (x, y) = match load_all(&[&a.a, &a.b]) {
-        Ok(mut v) => {
-            let y = v.remove(1);
-            (v.remove(0), y)
+    let mut sides = Vec::new();
+    for p in [&a.a, &a.b] {
+        match load_saved(p) {
+            Ok(s) => sides.push(s),
+            Err(e) => {
+                eprintln!("lab: {e:#}");
+                return Ok(EXIT_USAGE);
+            }
         }
-        Err(code) => return Ok(code),
-    };
-    let c = cmp::compare(&x, &y, &a.metrics, a.threshold);
+    }
+    let c = cmp::compare(
+        &sides[0].source(),
+        &sides[1].source(),
+        &a.metrics,
+        a.threshold,
+    );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

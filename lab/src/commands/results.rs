@@ -20,6 +20,18 @@ pub fn save(run: &Run, report_text: &str, dir: &SafeDir) -> Result<Vec<String>> 
     Ok(files)
 }
 
+/// Writes runs.json and report.md of repeated runs into `dir` (next to the runs'
+/// own directories); returns the file names.
+pub fn save_series(
+    s: &crate::metrics::repeat::Series,
+    report_text: &str,
+    dir: &SafeDir,
+) -> Result<Vec<String>> {
+    dir.write("runs.json", &serde_json::to_vec_pretty(s)?, 0o644)?;
+    dir.write("report.md", report_text.as_bytes(), 0o644)?;
+    Ok(vec!["runs.json".into(), "report.md".into()])
+}
+
 /// The report's files of `run`: report.md, report.html and the plots, whose timeline
 /// shows prompt `prompt` (from 0).
 pub fn report_files(run: &Run, prompt: usize) -> Result<Vec<(String, Vec<u8>)>> {
@@ -55,6 +67,51 @@ pub fn give_to_sudo_user(dir: &SafeDir) -> Result<()> {
         dir.give_to(uid, gid)?;
     }
     Ok(())
+}
+
+/// What a results directory holds: one run, or repeated runs.
+pub enum Saved {
+    Run(Box<Run>),
+    Series(crate::metrics::repeat::Series),
+}
+
+impl Saved {
+    pub fn source(&self) -> crate::report::compare::Source<'_> {
+        match self {
+            Saved::Run(r) => crate::report::compare::Source::Run(r),
+            Saved::Series(s) => crate::report::compare::Source::Series(s),
+        }
+    }
+}
+
+/// Reads a results directory of repeated runs (its runs.json) or of one run (its
+/// run.json), or either file named directly.
+pub fn load_saved(path: &Path) -> Result<Saved> {
+    let runs = if path.is_dir() {
+        path.join("runs.json")
+    } else {
+        path.to_owned()
+    };
+    let is_series = runs.file_name().is_some_and(|n| n == "runs.json") && runs.is_file();
+    if !is_series {
+        return load(path).map(|r| Saved::Run(Box::new(r)));
+    }
+    let bytes = std::fs::read(&runs).with_context(|| format!("cannot read {}", runs.display()))?;
+    let s: crate::metrics::repeat::Series = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a runs.json that this lab can read",
+            runs.display()
+        )
+    })?;
+    if s.format > crate::metrics::repeat::FORMAT {
+        anyhow::bail!(
+            "{} is runs.json format {}; this lab reads formats up to {}: use a newer lab",
+            runs.display(),
+            s.format,
+            crate::metrics::repeat::FORMAT
+        );
+    }
+    Ok(Saved::Series(s))
 }
 
 /// Reads a run.json (or the run.json of a results directory).

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 pub mod datagrams;
 pub mod load;
 pub mod merge;
+pub mod repeat;
 pub mod stalls;
 pub mod summary;
 
@@ -132,7 +133,8 @@ fn format_one() -> u32 {
 
 impl Run {
     /// Works out what follows from the cells: token mismatches, the expectations
-    /// (not for a shard: its cells are not the whole run), the cells' summaries, and
+    /// (not for a shard: its cells are not the whole run; not those with a confidence,
+    /// which repeated runs decide), the cells' summaries, and
     /// the current format. Fails if an expectation no longer parses against the plan.
     pub fn conclude(&mut self) -> Result<(), String> {
         self.format = summary::FORMAT;
@@ -153,6 +155,10 @@ impl Run {
             for text in &self.expect {
                 let e = crate::topology::expect::parse(text, &approaches, &profiles)
                     .map_err(|e| format!("expectation `{text}`: {e}"))?;
+                // A confidence is decided over repeated runs (runs.json), not on one.
+                if e.confidence.is_some() {
+                    continue;
+                }
                 outcomes.extend(crate::topology::expect::evaluate(
                     &e,
                     &profiles,
@@ -184,6 +190,16 @@ impl CellResult {
             errors: Vec::new(),
             seconds: 0.0,
         }
+    }
+}
+
+/// A cell's link, both directions in one phrase when they are alike.
+pub fn link_of(cell: &Cell) -> String {
+    let (u, d) = (cell.up.describe(), cell.down.describe());
+    if u == d {
+        u
+    } else {
+        format!("up: {u}; down: {d}")
     }
 }
 

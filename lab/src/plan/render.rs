@@ -99,6 +99,14 @@ pub fn render(p: &Plan) -> String {
         Connection::Reuse => "reuse",
         Connection::Fresh => "fresh",
     };
+    if p.workload.runs > 1 {
+        out.push_str(&format!(
+            "runs: {}, each built and taken down on its own, shaping seeds {} to {}\n",
+            p.workload.runs,
+            p.seed,
+            p.seed + u64::from(p.workload.runs) - 1
+        ));
+    }
     match &p.workload.load {
         Some(l) => out.push_str(&format!("workload: {}\n\n", load_line(l, connection))),
         None => out.push_str(&format!(

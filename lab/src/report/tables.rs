@@ -109,14 +109,7 @@ pub fn render(run: &Run) -> String {
     }
     for p in profiles(run) {
         let cells = cells_of(run, &p);
-        let link = cells.first().map(|c| {
-            let (u, d) = (c.cell.up.describe(), c.cell.down.describe());
-            if u == d {
-                u
-            } else {
-                format!("up: {u}; down: {d}")
-            }
-        });
+        let link = cells.first().map(|c| crate::metrics::link_of(&c.cell));
         out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
         let backend = run.plan.shaping.as_ref().map(|s| s.backend);
         let drops = super::drops::notes(&cells, backend);

@@ -5,6 +5,12 @@
 //! constant, e.g. `wt.wire_bytes_per_token < sse.wire_bytes_per_token` or
 //! `sse@degraded.ttft_p50 < 1.5s`. An operand without `@profile` stands for every
 //! profile in turn: the expectation must hold in each.
+//!
+//! Over repeated runs (`workload.runs`) an expectation compares the medians of the runs,
+//! or, ending in `with 95% confidence` (any level from 50% to 99.9%), asks whether the
+//! difference is more than noise: Mann–Whitney U over the two cells' runs, or the sign
+//! test against a constant ([`crate::stats`]). Such an expectation needs
+//! enough runs for its test to reach the level ([`min_runs`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +217,69 @@ pub struct Expect {
     pub lhs: Operand,
     pub op: Op,
     pub rhs: Operand,
+    /// `with 95% confidence`: the level (0.95), decided by a rank test over the runs.
+    pub confidence: Option<f64>,
+}
+
+/// Why `e` cannot be decided over `runs` runs, if it cannot: its test needs more.
+pub fn too_few_runs(e: &Expect, runs: u32) -> Option<String> {
+    let need = min_runs(e);
+    (runs < need).then(|| {
+        format!(
+            "its test needs at least {need} runs to reach {}% (runs: {runs}); set workload.runs: {need} or more, or use `lab run --runs {need}`",
+            e.confidence.unwrap_or(0.0) * 100.0
+        )
+    })
+}
+
+/// Splits `... with 95% confidence` into the comparison and the level.
+fn confidence_suffix(text: &str) -> Result<(&str, Option<f64>), String> {
+    let t = text.trim_end();
+    let Some(head) = t.strip_suffix("confidence") else {
+        return Ok((text, None));
+    };
+    let (cmp, level) = head
+        .trim_end()
+        .rsplit_once(" with ")
+        .ok_or("write the level as `... with 95% confidence`")?;
+    let pct = level
+        .trim()
+        .strip_suffix('%')
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "'{}' is not a level; write e.g. `with 95% confidence`",
+                level.trim()
+            )
+        })?;
+    if !(50.0..=99.9).contains(&pct) {
+        return Err(format!(
+            "a confidence of {pct}% is out of range; use 50% to 99.9%, e.g. 95%"
+        ));
+    }
+    Ok((cmp, Some(pct / 100.0)))
+}
+
+/// The fewest runs with which `e`'s test can reach its confidence level (1 for an
+/// expectation without one): Mann–Whitney between two cells' runs, n each, can give a
+/// one-sided p-value no smaller than 1 / C(2n, n); the sign test against a constant
+/// none smaller than 1 / 2^n.
+pub fn min_runs(e: &Expect) -> u32 {
+    let Some(level) = e.confidence else {
+        return 1;
+    };
+    let alpha = 1.0 - level;
+    let constant = matches!(e.lhs, Operand::Const(..)) || matches!(e.rhs, Operand::Const(..));
+    (1..=200)
+        .find(|&n| {
+            let p = if constant {
+                crate::stats::sign_test_min_p(n as usize)
+            } else {
+                crate::stats::mann_whitney_min_p(n as usize, n as usize)
+            };
+            p <= alpha + 1e-12
+        })
+        .unwrap_or(200)
 }
 
 fn kind_of(metric: &str) -> Option<Kind> {
@@ -282,7 +351,8 @@ fn kind(o: &Operand) -> Kind {
 }
 
 /// Parses one expectation against the topology's approaches and profiles.
-pub fn parse(text: &str, approaches: &[String], profiles: &[String]) -> Result<Expect, String> {
+pub fn parse(whole: &str, approaches: &[String], profiles: &[String]) -> Result<Expect, String> {
+    let (text, confidence) = confidence_suffix(whole)?;
     let ops = [
         ("<=", Op::Le),
         (">=", Op::Ge),
@@ -312,11 +382,18 @@ pub fn parse(text: &str, approaches: &[String], profiles: &[String]) -> Result<E
     if matches!((&lhs, &rhs), (Operand::Const(..), Operand::Const(..))) {
         return Err("compares two constants; name a metric".into());
     }
+    if confidence.is_some() && matches!(op, Op::Eq | Op::Ne) {
+        return Err(
+            "a confidence goes with <, <=, > or >= (which side is smaller); == and != have none"
+                .into(),
+        );
+    }
     Ok(Expect {
-        text: text.to_owned(),
+        text: whole.to_owned(),
         lhs,
         op,
         rhs,
+        confidence,
     })
 }
 
@@ -325,19 +402,44 @@ pub fn parse(text: &str, approaches: &[String], profiles: &[String]) -> Result<E
 pub struct Outcome {
     pub expect: String,
     pub profile: String,
+    /// The values compared: over repeated runs, the medians of the runs.
     pub lhs: Option<f64>,
     pub rhs: Option<f64>,
     pub holds: bool,
+    /// With a confidence: the one-sided p-value of the comparison over the runs
+    /// (Mann–Whitney U, or the sign test against a constant); it holds when at most
+    /// one minus the level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// How many runs each side had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<usize>,
 }
 
-/// Evaluates `e` under each profile it covers. `metric(approach, profile, name)` gives
-/// a metric's value, or None if the run has no value (a cell with no answers): such
-/// an expectation does not hold.
+/// Evaluates `e` under each profile it covers, on one run. `metric(approach, profile,
+/// name)` gives a metric's value, or None if the run has no value (a cell with no
+/// answers): such an expectation does not hold.
 pub fn evaluate(
     e: &Expect,
     profiles: &[String],
     metric: &dyn Fn(&str, &str, &str) -> Option<f64>,
 ) -> Vec<Outcome> {
+    evaluate_runs(e, profiles, &|a, p, m| {
+        metric(a, p, m).into_iter().collect()
+    })
+}
+
+/// Evaluates `e` under each profile it covers, over repeated runs: `values(approach,
+/// profile, name)` gives the metric's value in each run that has one. Without a
+/// confidence the medians are compared; with one, the rank test decides
+/// ([`crate::stats`]): `a < b` holds when the one-sided p-value of "a's runs
+/// tend to be smaller than b's" is at most one minus the level.
+pub fn evaluate_runs(
+    e: &Expect,
+    profiles: &[String],
+    values: &dyn Fn(&str, &str, &str) -> Vec<f64>,
+) -> Vec<Outcome> {
+    use crate::stats;
     let fixed = |o: &Operand| match o {
         Operand::Metric { profile, .. } => profile.clone(),
         Operand::Const(..) => None,
@@ -355,22 +457,50 @@ pub fn evaluate(
     covered
         .into_iter()
         .map(|p| {
-            let value = |o: &Operand| match o {
-                Operand::Const(v, _) => Some(*v),
+            let runs = |o: &Operand| match o {
+                Operand::Const(v, _) => vec![*v],
                 Operand::Metric {
                     approach,
                     profile,
                     metric: m,
-                } => metric(approach, profile.as_deref().unwrap_or(&p), m),
+                } => values(approach, profile.as_deref().unwrap_or(&p), m),
             };
-            let (lhs, rhs) = (value(&e.lhs), value(&e.rhs));
-            let holds = matches!((lhs, rhs), (Some(a), Some(b)) if e.op.holds(a, b));
+            let (l, r) = (runs(&e.lhs), runs(&e.rhs));
+            let (lhs, rhs) = (stats::median(&l), stats::median(&r));
+            let (holds, p_value) = match e.confidence {
+                None => (
+                    matches!((lhs, rhs), (Some(a), Some(b)) if e.op.holds(a, b)),
+                    None,
+                ),
+                Some(level) => {
+                    // "smaller" is lhs < rhs for < and <=, rhs < lhs for > and >=.
+                    let (small, large, small_const, large_const) = match e.op {
+                        Op::Gt | Op::Ge => (&r, &l, &e.rhs, &e.lhs),
+                        _ => (&l, &r, &e.lhs, &e.rhs),
+                    };
+                    let p = match (small_const, large_const) {
+                        (_, Operand::Const(c, _)) => stats::below(small, *c),
+                        (Operand::Const(c, _), _) => {
+                            let negated: Vec<f64> = large.iter().map(|v| -v).collect();
+                            stats::below(&negated, -c)
+                        }
+                        _ => stats::less(small, large),
+                    };
+                    (p.is_some_and(|p| p <= 1.0 - level + 1e-12), p)
+                }
+            };
+            let n = |o: &Operand, v: &[f64]| match o {
+                Operand::Const(..) => None,
+                Operand::Metric { .. } => Some(v.len()),
+            };
             Outcome {
                 expect: e.text.clone(),
                 profile: p,
                 lhs,
                 rhs,
                 holds,
+                p_value,
+                runs: n(&e.lhs, &l).or(n(&e.rhs, &r)),
             }
         })
         .collect()
@@ -449,5 +579,62 @@ mod tests {
         // A missing value never holds.
         let none = |_: &str, _: &str, _: &str| None;
         assert!(!evaluate(&e, &p, &none)[0].holds);
+    }
+
+    #[test]
+    fn confidence_is_parsed_checked_and_decided_by_rank_tests() {
+        let (a, p) = (names(&["sse", "wt"]), names(&["base"]));
+        let e = parse("wt.ttft_p50 < sse.ttft_p50 with 95% confidence", &a, &p).unwrap();
+        assert_eq!(e.confidence, Some(0.95));
+        assert_eq!(e.op, Op::Lt);
+        // Mann-Whitney reaches 5% with three runs each (1/20), the sign test with five.
+        assert_eq!(min_runs(&e), 3);
+        let c = parse("wt.ttft_p50 < 2s with 95% confidence", &a, &p).unwrap();
+        assert_eq!(min_runs(&c), 5);
+        assert_eq!(min_runs(&parse("wt.ttft_p50 < 2s", &a, &p).unwrap()), 1);
+        let err = |s: &str| parse(s, &a, &p).unwrap_err();
+        assert!(err("wt.errors == 0 with 95% confidence").contains("goes with <"));
+        assert!(err("wt.ttft_p50 < 1s with 100% confidence").contains("out of range"));
+        assert!(
+            err("wt.ttft_p50 < 1s with lots of confidence").contains("'lots of' is not a level")
+        );
+        assert!(err("wt.ttft_p50 < 1s confidence").contains("with 95% confidence"));
+
+        let apart = |ap: &str, _: &str, _: &str| -> Vec<f64> {
+            match ap {
+                "wt" => vec![10.0, 11.0, 12.0, 13.0, 14.0],
+                _ => vec![20.0, 21.0, 22.0, 23.0, 24.0],
+            }
+        };
+        let o = evaluate_runs(&e, &p, &apart);
+        assert!(o[0].holds);
+        assert!((o[0].p_value.unwrap() - 1.0 / 252.0).abs() < 1e-9);
+        assert_eq!(
+            (o[0].lhs, o[0].rhs, o[0].runs),
+            (Some(12.0), Some(22.0), Some(5))
+        );
+        // The other way round it does not hold, and > turns the test around.
+        let r = parse("sse.ttft_p50 < wt.ttft_p50 with 95% confidence", &a, &p).unwrap();
+        assert!(!evaluate_runs(&r, &p, &apart)[0].holds);
+        let g = parse("sse.ttft_p50 > wt.ttft_p50 with 95% confidence", &a, &p).unwrap();
+        assert!(evaluate_runs(&g, &p, &apart)[0].holds);
+        // Overlapping runs: the medians differ, the test says it may be noise.
+        let mixed = |ap: &str, _: &str, _: &str| -> Vec<f64> {
+            match ap {
+                "wt" => vec![10.0, 15.0, 12.0, 25.0, 14.0],
+                _ => vec![20.0, 11.0, 22.0, 13.0, 24.0],
+            }
+        };
+        let o = evaluate_runs(&e, &p, &mixed)[0].clone();
+        assert!(!o.holds && o.lhs < o.rhs, "{o:?}");
+        let plain = parse("wt.ttft_p50 < sse.ttft_p50", &a, &p).unwrap();
+        assert!(evaluate_runs(&plain, &p, &mixed)[0].holds);
+        // Against a constant: the sign test, on either side.
+        assert!(evaluate_runs(&c, &p, &apart)[0].holds);
+        let k = parse("2s > wt.ttft_p50 with 95% confidence", &a, &p).unwrap();
+        let o = evaluate_runs(&k, &p, &|_, _, _| vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(o[0].holds && (o[0].p_value.unwrap() - 1.0 / 32.0).abs() < 1e-9);
+        let o = evaluate_runs(&c, &p, &|_, _, _| vec![1.0, 2.0, 3.0, 4.0, 2500.0]);
+        assert!(!o[0].holds);
     }
 }

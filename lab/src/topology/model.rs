@@ -605,6 +605,13 @@ pub struct Workload {
     /// How many times to run the prompt list.
     #[serde(default = "one")]
     pub repeat: u32,
+    /// Runs of the whole matrix (default 1; `lab run --runs N` overrides it), each
+    /// built, measured and taken down on its own with the shaping seed plus its number
+    /// less one. With more than one, the report gives every headline metric's median
+    /// over the runs with a confidence interval, and expectations may end in `with 95%
+    /// confidence`.
+    #[serde(default = "one")]
+    pub runs: u32,
     /// Run cells side by side (default). Set false for a real upstream that cells would share.
     #[serde(default = "yes")]
     pub parallel: bool,
@@ -713,6 +720,9 @@ impl LoadWorkload {
 
 /// The most prompts in flight at once in one cell.
 pub const MAX_CONCURRENCY: u32 = 4096;
+/// The most runs of a matrix (`workload.runs`): up to here every rank test over the
+/// runs is exact.
+pub const MAX_RUNS: u32 = (crate::stats::EXACT_MAX / 2) as u32;
 
 fn default_prompts() -> String {
     "reference".into()
@@ -730,6 +740,7 @@ impl Default for Workload {
             prompts: default_prompts(),
             connection: Connection::default(),
             repeat: 1,
+            runs: 1,
             parallel: true,
             timeout: None,
             concurrency: 1,

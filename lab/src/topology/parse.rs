@@ -604,6 +604,8 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut expects: Vec<Expect> = Vec::new();
     for (text, at, i) in expect_texts.iter().flatten() {
         match expect::parse(text, &names, &profile_names) {
+            // Whether there are enough runs for a confidence is `lab run`'s to say:
+            // `--runs` may set them.
             Ok(e) => expects.push(e),
             Err(msg) => cx.push(*at, &format!("expect[{i}]"), msg),
         }
@@ -1111,6 +1113,13 @@ fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
     };
     if w.repeat == 0 {
         cx.push(at("repeat"), "workload.repeat", "must be at least 1");
+    }
+    if !(1..=MAX_RUNS).contains(&w.runs) {
+        cx.push(
+            at("runs"),
+            "workload.runs",
+            format!("must be 1 to {MAX_RUNS}: runs of the whole matrix, e.g. 5"),
+        );
     }
     if !(1..=MAX_CONCURRENCY).contains(&w.concurrency) {
         cx.push(
