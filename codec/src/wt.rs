@@ -9,3 +9,58 @@ pub const ERR_UPSTREAM: u32 = 0x11;
 /// this stream before the others of the connection (the server raises its send
 /// priority). It begins with a NUL byte, which no prompt does.
 pub const URGENT: &[u8] = b"\0urgent";
+
+/// The first HTTP/3 error code of the WebTransport application error range
+/// (draft-ietf-webtrans-http3, "Resetting Data Streams").
+const HTTP3_FIRST: u64 = 0x52e4a40fa8db;
+
+/// The HTTP/3 error code that carries WebTransport application error `code` on the
+/// wire (in RESET_STREAM and STOP_SENDING of a WebTransport stream): the range starts
+/// at 0x52e4a40fa8db and skips the reserved code points 0x1f * N + 0x21.
+pub fn to_http3(code: u32) -> u64 {
+    HTTP3_FIRST + u64::from(code) + u64::from(code) / 0x1e
+}
+
+/// The WebTransport application error code an HTTP/3 error code carries, if it is one:
+/// `None` outside the range and for its reserved code points.
+pub fn from_http3(code: u64) -> Option<u32> {
+    if code < HTTP3_FIRST || (code >= 0x21 && (code - 0x21).is_multiple_of(0x1f)) {
+        return None;
+    }
+    let shifted = code - HTTP3_FIRST;
+    u32::try_from(shifted - shifted / 0x1f).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_codes_map_into_the_http3_range_and_back() {
+        assert_eq!(to_http3(0), 0x52e4a40fa8db);
+        assert_eq!(to_http3(ERR_FRAMING), 0x52e4a40fa8db + 0x10);
+        // Every 0x1e codes, one reserved code point is skipped.
+        assert_eq!(to_http3(0x1d), 0x52e4a40fa8db + 0x1d);
+        assert_eq!(to_http3(0x1e), 0x52e4a40fa8db + 0x1f);
+        assert_eq!(to_http3(u32::MAX), 0x52e5ac983162);
+        for c in [
+            0,
+            1,
+            ERR_FRAMING,
+            ERR_UPSTREAM,
+            0x1d,
+            0x1e,
+            0x1f,
+            1000,
+            u32::MAX,
+        ] {
+            assert_eq!(from_http3(to_http3(c)), Some(c), "{c:#x}");
+        }
+        // The skipped point between 0x1d and 0x1e is reserved, not a code.
+        let reserved = 0x52e4a40fa8db + 0x1e;
+        assert!((reserved - 0x21_u64).is_multiple_of(0x1f));
+        assert_eq!(from_http3(reserved), None);
+        // Raw codes below the range are not WebTransport's.
+        assert_eq!(from_http3(0x10), None);
+    }
+}
