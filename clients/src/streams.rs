@@ -18,14 +18,20 @@ pub enum ReadError {
 
 /// The sending half of a QUIC stream.
 pub trait Send {
-    fn write_all(&mut self, b: &[u8]) -> impl Future<Output = Result<(), String>>;
+    fn write_all(
+        &mut self,
+        b: &[u8],
+    ) -> impl Future<Output = Result<(), String>> + std::marker::Send;
     /// Ends the stream (what was written still goes out).
-    fn finish(&mut self) -> impl Future<Output = Result<(), String>>;
+    fn finish(&mut self) -> impl Future<Output = Result<(), String>> + std::marker::Send;
 }
 
 /// The receiving half of a QUIC stream.
 pub trait Recv {
-    fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = Result<Option<usize>, ReadError>>;
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<Option<usize>, ReadError>> + std::marker::Send;
 }
 
 /// Writes `<len>:<prompt>` (after the [`URGENT`] message if `urgent`) and finishes the
@@ -119,7 +125,12 @@ impl Recv for wtransport::RecvStream {
         wtransport::RecvStream::read(self, buf)
             .await
             .map_err(|e| match e {
-                StreamReadError::Reset(code) => ReadError::Reset(code.into_inner()),
+                // wtransport 0.7 hands over the code as it came: lab's servers send
+                // WebTransport codes in the HTTP/3 range; a raw one is taken as it is.
+                StreamReadError::Reset(code) => {
+                    let c = code.into_inner();
+                    ReadError::Reset(lab_codec::wt::from_http3(c).map_or(c, u64::from))
+                }
                 e => ReadError::Other(e.to_string()),
             })
     }
@@ -144,6 +155,32 @@ impl Recv for quinn::RecvStream {
             .await
             .map_err(|e| match e {
                 quinn::ReadError::Reset(code) => ReadError::Reset(code.into_inner()),
+                e => ReadError::Other(e.to_string()),
+            })
+    }
+}
+
+impl Send for web_transport_quinn::SendStream {
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), String> {
+        web_transport_quinn::SendStream::write_all(self, b)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn finish(&mut self) -> Result<(), String> {
+        web_transport_quinn::SendStream::finish(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Recv for web_transport_quinn::RecvStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        web_transport_quinn::RecvStream::read(self, buf)
+            .await
+            .map_err(|e| match e {
+                web_transport_quinn::ReadError::Reset(code) => ReadError::Reset(u64::from(code)),
+                // A code outside the WebTransport range: a server that sends codes raw.
+                web_transport_quinn::ReadError::InvalidReset(code) => {
+                    ReadError::Reset(code.into_inner())
+                }
                 e => ReadError::Other(e.to_string()),
             })
     }

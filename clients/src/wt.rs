@@ -1,36 +1,79 @@
 //! The WebTransport runner: one bidirectional stream per prompt. The client writes
 //! `<len>:<prompt>` and finishes its side; the server answers with `<len>:<token>`
-//! messages, then `0:` (which is never counted as a token), then finishes.
+//! messages, then `0:` (which is never counted as a token), then finishes. With
+//! [`Answers::Datagrams`] the tokens come in datagrams instead ([`crate::wt_dgram`]).
 //!
 //! `fresh` opens a new QUIC connection and WebTransport session per prompt; `reuse` keeps
 //! one session and opens a new stream per prompt, as a browser tab would.
+//!
+//! The runner is the same whatever library sets the session up: a [`Stack`] connects
+//! and opens streams. [`Wtransport`] here is wtransport's (the `wt` and `wt-dgram`
+//! approaches); [`crate::wtq`] is web-transport-quinn's (`wtq`, `wtq-dgram`).
 
+use crate::dgram::{Datagrams, Router};
 use crate::quic_rt::WtClient;
 use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
 use crate::stats::QuicWatch;
-use crate::wt_dgram::Router;
 use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wtransport::{ClientConfig, Connection, VarInt};
+use wtransport::{ClientConfig, Connection, VarInt, quinn};
 
-/// The WebTransport runner for `target` (its path is the session path).
+/// The wtransport runner for `target` (its path is the session path).
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
-    Ok(Box::new(WtRunner::new(target, opts, Answers::Streams)?))
+    Ok(Box::new(WtRunner::new(
+        Wtransport::new(&target, opts)?,
+        opts,
+        Answers::Streams,
+    )))
+}
+
+/// A WebTransport library, as the runner uses it.
+pub trait Stack: Clone + std::marker::Send + Sync + 'static {
+    /// A session; clones share it.
+    type Session: Clone + Datagrams + Sync;
+    type Send: crate::streams::Send + std::marker::Send;
+    type Recv: crate::streams::Recv + std::marker::Send;
+    /// Sets a new session up.
+    fn connect(&self) -> impl Future<Output = Result<Self::Session, PromptError>> + Send;
+    /// Opens a bidirectional stream of the session.
+    fn open_bi(
+        s: &Self::Session,
+    ) -> impl Future<Output = Result<(Self::Send, Self::Recv), String>> + Send;
+    /// The QUIC connection under the session, for its statistics.
+    fn quic(s: &Self::Session) -> &quinn::Connection;
+    /// The QUIC stream id of a send stream (datagram tokens name it).
+    fn stream_id(s: &Self::Send) -> u64;
+    /// The UDP port the client's endpoint sends from.
+    fn local_port(&self) -> u16;
+    /// Waits until every connection of the endpoint has been closed.
+    fn wait_idle(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// A session a runner uses: the connection, its number, the watch that reports its
-/// QUIC statistics when it is dropped, and, for `wt-dgram`, the router of its datagrams.
-#[derive(Clone)]
-struct Session {
-    conn: Connection,
+/// QUIC statistics when it is dropped, and, for datagram answers, the router of its
+/// datagrams.
+struct Session<S: Stack> {
+    conn: S::Session,
     id: u32,
     _watch: Arc<QuicWatch>,
     router: Option<Arc<Router>>,
 }
 
+impl<S: Stack> Clone for Session<S> {
+    fn clone(&self) -> Self {
+        Session {
+            conn: self.conn.clone(),
+            id: self.id,
+            _watch: self._watch.clone(),
+            router: self.router.clone(),
+        }
+    }
+}
+
 /// The session of the runners that share one.
-type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
+type Slot<S> = Arc<tokio::sync::Mutex<Option<Session<S>>>>;
 
 /// Where the answers' tokens come: on the request stream (`wt`), or in datagrams
 /// (`wt-dgram`).
@@ -38,6 +81,37 @@ type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
 pub enum Answers {
     Streams,
     Datagrams,
+}
+
+/// wtransport's client: its endpoint on a single-threaded runtime of its own (see
+/// [`crate::quic_rt`]), and the session URL.
+#[derive(Clone)]
+pub struct Wtransport {
+    endpoint: WtClient,
+    url: String,
+}
+
+impl Wtransport {
+    pub fn new(target: &Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
+        let tls = opts.trust.h3_client_config()?;
+        let bind = crate::udp_bind_addr(target, opts);
+        let quic = &opts.transport.quic;
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        // The socket itself, for what quinn has no setting for (ECN off).
+        let same = socket.try_clone()?;
+        let mut cfg = ClientConfig::builder()
+            .with_bind_socket(socket)
+            .with_custom_tls_and_transport(tls, quic.transport_config()?)
+            .build();
+        quic.endpoint_config(cfg.quic_endpoint_config_mut());
+        let endpoint = WtClient::new(cfg)?;
+        quic.after_bind(&same)?;
+        Ok(Self {
+            endpoint,
+            url: format!("https://{}{}", target.authority, target.path),
+        })
+    }
 }
 
 /// Where a WebTransport session's set-up broke: no answer at all (connect), a refusal
@@ -58,39 +132,57 @@ fn session_failure(e: &wtransport::error::ConnectingError) -> ErrorCategory {
     }
 }
 
-pub struct WtRunner {
+impl Stack for Wtransport {
+    type Session = Connection;
+    type Send = wtransport::SendStream;
+    type Recv = wtransport::RecvStream;
+
+    async fn connect(&self) -> Result<Connection, PromptError> {
+        self.endpoint.connect(&self.url).await.map_err(|e| {
+            PromptError::new(
+                session_failure(&e),
+                format!("WebTransport session to {} failed: {e}", self.url),
+            )
+        })
+    }
+
+    async fn open_bi(s: &Connection) -> Result<(Self::Send, Self::Recv), String> {
+        let opening = s.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
+        opening.await.map_err(|e| format!("open stream: {e}"))
+    }
+
+    fn quic(s: &Connection) -> &quinn::Connection {
+        s.quic_connection()
+    }
+
+    fn stream_id(s: &Self::Send) -> u64 {
+        VarInt::from(s.id()).into_inner()
+    }
+
+    fn local_port(&self) -> u16 {
+        self.endpoint.local_addr().map_or(0, |a| a.port())
+    }
+
+    async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+pub struct WtRunner<S: Stack> {
     opts: RunnerOpts,
-    /// On a single-threaded runtime of its own, see [`crate::quic_rt`].
-    endpoint: WtClient,
-    url: String,
-    conn: Slot,
+    stack: S,
+    conn: Slot<S>,
     answers: Answers,
 }
 
-impl WtRunner {
-    pub fn new(target: Target, opts: &RunnerOpts, answers: Answers) -> anyhow::Result<Self> {
-        let tls = opts.trust.h3_client_config()?;
-        let bind = crate::udp_bind_addr(&target, opts);
-        let quic = &opts.transport.quic;
-        let socket = std::net::UdpSocket::bind(bind)?;
-        socket.set_nonblocking(true)?;
-        // The socket itself, for what quinn has no setting for (ECN off).
-        let same = socket.try_clone()?;
-        let mut cfg = ClientConfig::builder()
-            .with_bind_socket(socket)
-            .with_custom_tls_and_transport(tls, quic.transport_config()?)
-            .build();
-        quic.endpoint_config(cfg.quic_endpoint_config_mut());
-        let endpoint = WtClient::new(cfg)?;
-        quic.after_bind(&same)?;
-        let url = format!("https://{}{}", target.authority, target.path);
-        Ok(Self {
+impl<S: Stack> WtRunner<S> {
+    pub fn new(stack: S, opts: &RunnerOpts, answers: Answers) -> Self {
+        Self {
             opts: opts.clone(),
-            endpoint,
-            url,
+            stack,
             conn: Arc::default(),
             answers,
-        })
+        }
     }
 
     async fn attempt(
@@ -112,20 +204,14 @@ impl WtRunner {
                 }
                 _ => {
                     let t = Instant::now();
-                    let c = self.endpoint.connect(&self.url).await.map_err(|e| {
-                        PromptError::new(
-                            session_failure(&e),
-                            format!("WebTransport session to {} failed: {e}", self.url),
-                        )
-                    })?;
+                    let c = self.stack.connect().await?;
                     rec.connected(t.elapsed());
                     let id = self.opts.next_conn();
                     rec.conn(id);
-                    let port = self.endpoint.local_addr().map_or(0, |a| a.port());
                     let watch = Arc::new(QuicWatch::new(
-                        c.quic_connection(),
+                        S::quic(&c),
                         id,
-                        port,
+                        self.stack.local_port(),
                         &self.opts.stats,
                     ));
                     let router = (self.answers == Answers::Datagrams)
@@ -141,23 +227,19 @@ impl WtRunner {
                 }
             }
         };
-        let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
-        let opening = conn
-            .conn
-            .open_bi()
+        let (mut send, recv) = S::open_bi(&conn.conn)
             .await
-            .map_err(|e| send_err(format!("open stream: {e}")))?;
-        let (send, recv) = opening
-            .await
-            .map_err(|e| send_err(format!("open stream: {e}")))?;
-        let stream = VarInt::from(send.id()).into_inner();
+            .map_err(|e| PromptError::new(ErrorCategory::Send, e))?;
+        let stream = S::stream_id(&send);
         rec.stream(stream);
         // Datagrams for the stream may come as soon as the prompt is out.
         let ticket = conn.router.as_ref().map(|r| r.ticket(stream));
-        let mut send = send;
         crate::streams::send_prompt(&mut send, prompt, urgent).await?;
         match ticket {
-            Some(t) => crate::wt_dgram::read_answer(recv, t, conn.conn.rtt(), rec, sink).await,
+            Some(t) => {
+                let rtt = S::quic(&conn.conn).rtt();
+                crate::dgram::read_answer(recv, t, rtt, rec, sink).await
+            }
             None => crate::streams::read_answer(recv, rec, sink).await,
         }
     }
@@ -168,7 +250,7 @@ impl WtRunner {
     }
 }
 
-impl Runner for WtRunner {
+impl<S: Stack> Runner for WtRunner<S> {
     fn name(&self) -> &'static str {
         self.opts.approach
     }
@@ -186,10 +268,12 @@ impl Runner for WtRunner {
             let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
             // Fresh mode never keeps a session; a session that ended is dropped (an error
             // of one stream leaves the session to the prompts sharing it).
-            let ended =
-                self.conn.lock().await.as_ref().is_some_and(|s| {
-                    futures_util::FutureExt::now_or_never(s.conn.closed()).is_some()
-                });
+            let ended = self
+                .conn
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|s| S::quic(&s.conn).close_reason().is_some());
             if self.opts.mode == Mode::Fresh || ended {
                 self.drop_conn().await;
             }
@@ -201,7 +285,7 @@ impl Runner for WtRunner {
         Box::pin(async move {
             self.drop_conn().await;
             // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.stack.wait_idle()).await;
         })
     }
 
@@ -210,8 +294,7 @@ impl Runner for WtRunner {
         (self.opts.mode == Mode::Reuse).then(|| -> Box<dyn Runner> {
             Box::new(WtRunner {
                 opts: self.opts.clone(),
-                endpoint: self.endpoint.clone(),
-                url: self.url.clone(),
+                stack: self.stack.clone(),
                 conn: self.conn.clone(),
                 answers: self.answers,
             })

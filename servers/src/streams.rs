@@ -336,6 +336,12 @@ impl Datagrams for wtransport::Connection {
     }
 }
 
+/// A WebTransport application error code as wtransport must be handed it.
+fn http3_code(code: u32) -> wtransport::VarInt {
+    wtransport::VarInt::try_from_u64(lab_codec::wt::to_http3(code))
+        .unwrap_or(wtransport::VarInt::MAX)
+}
+
 impl Send for wtransport::SendStream {
     async fn write_all(&mut self, b: &[u8]) -> Result<(), ()> {
         wtransport::SendStream::write_all(self, b)
@@ -343,7 +349,10 @@ impl Send for wtransport::SendStream {
             .map_err(|_| ())
     }
     fn reset(&mut self, code: u32) {
-        let _ = wtransport::SendStream::reset(self, wtransport::VarInt::from_u32(code));
+        // wtransport 0.7 puts the code on the wire as given; a WebTransport stream's
+        // codes belong in the HTTP/3 range (lab_codec::wt::to_http3), as browsers and
+        // web-transport-quinn read them.
+        let _ = wtransport::SendStream::reset(self, http3_code(code));
     }
     async fn finish(&mut self) {
         let _ = wtransport::SendStream::finish(self).await;
@@ -363,7 +372,7 @@ impl Recv for wtransport::RecvStream {
             .map_err(|e| e.to_string())
     }
     fn stop(self, code: u32) {
-        wtransport::RecvStream::stop(self, wtransport::VarInt::from_u32(code));
+        wtransport::RecvStream::stop(self, http3_code(code));
     }
 }
 
@@ -425,5 +434,58 @@ impl Conn for quinn::Connection {
     }
     fn close(&self, code: u32, reason: &[u8]) {
         quinn::Connection::close(self, quinn::VarInt::from_u32(code), reason);
+    }
+}
+
+impl Datagrams for web_transport_quinn::Session {
+    fn send_datagram(&self, payload: bytes::Bytes) -> Result<(), String> {
+        web_transport_quinn::Session::send_datagram(self, payload).map_err(|e| e.to_string())
+    }
+}
+
+impl Send for web_transport_quinn::SendStream {
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), ()> {
+        web_transport_quinn::SendStream::write_all(self, b)
+            .await
+            .map_err(|_| ())
+    }
+    fn reset(&mut self, code: u32) {
+        let _ = web_transport_quinn::SendStream::reset(self, code);
+    }
+    async fn finish(&mut self) {
+        // As quinn's: wait until the peer has it all, or the stream is gone.
+        if web_transport_quinn::SendStream::finish(self).is_ok() {
+            let _ = web_transport_quinn::SendStream::stopped(self).await;
+        }
+    }
+    fn id(&self) -> u64 {
+        quinn::VarInt::from(web_transport_quinn::SendStream::quic_id(self)).into_inner()
+    }
+    fn set_priority(&mut self, priority: i32) {
+        let _ = web_transport_quinn::SendStream::set_priority(self, priority);
+    }
+}
+
+impl Recv for web_transport_quinn::RecvStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
+        web_transport_quinn::RecvStream::read(self, buf)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn stop(mut self, code: u32) {
+        let _ = web_transport_quinn::RecvStream::stop(&mut self, code);
+    }
+}
+
+impl Conn for web_transport_quinn::Session {
+    type Send = web_transport_quinn::SendStream;
+    type Recv = web_transport_quinn::RecvStream;
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), String> {
+        web_transport_quinn::Session::accept_bi(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn close(&self, code: u32, reason: &[u8]) {
+        web_transport_quinn::Session::close(self, code, reason);
     }
 }

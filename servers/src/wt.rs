@@ -24,6 +24,11 @@ use wtransport::{Endpoint, ServerConfig};
 
 /// The session path.
 pub const PATH: &str = "/wt";
+/// The session path of the same server with tokens in datagrams ([`crate::wt_dgram`]).
+pub const DGRAM_PATH: &str = "/wt-dgram";
+
+/// The library and its version, as reports name it (checked against Cargo.lock).
+pub const STACK: &str = "wtransport 0.7.2";
 
 /// Sets up the WebTransport server on `listener`; errors in its settings come here,
 /// before it serves.
@@ -53,7 +58,7 @@ impl Answers {
     fn path(self) -> &'static str {
         match self {
             Self::Streams => PATH,
-            Self::Datagrams => crate::wt_dgram::PATH,
+            Self::Datagrams => DGRAM_PATH,
         }
     }
 }

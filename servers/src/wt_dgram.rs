@@ -11,7 +11,7 @@ use crate::wt::{Answers, endpoint, serve};
 use std::sync::Arc;
 
 /// The session path.
-pub const PATH: &str = "/wt-dgram";
+pub const PATH: &str = crate::wt::DGRAM_PATH;
 
 /// Sets up the WebTransport datagram server on `listener`.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
