@@ -13,6 +13,7 @@
 //! module in lab-servers and one registry entry in lab. Clients never depend on the
 //! servers: what both sides share is in lab-codec.
 
+pub mod dgram;
 pub mod handoff;
 pub mod http;
 pub mod load;
@@ -28,6 +29,8 @@ pub mod streams;
 pub mod ws;
 pub mod wt;
 pub mod wt_dgram;
+pub mod wtq;
+pub mod wtq_dgram;
 
 use anyhow::{Context, Result, bail};
 use lab_codec::trust::Trust;

@@ -5,7 +5,7 @@
 //! between them and send the client's SETTINGS frame in more than one packet; and
 //! wtransport's server loses a SETTINGS frame that arrives in pieces while the CONNECT
 //! request's stream comes in (it drops a half-done read of its control stream; see
-//! `servers/tests/wtransport_settings.rs`). The session then never sets up, or the
+//! `servers/tests/webtransport_libraries.rs`). The session then never sets up, or the
 //! server closes it with an HTTP/3 error (H3_EXCESSIVE_LOAD, H3_FRAME_UNEXPECTED).
 //!
 //! So each WebTransport client endpoint lives on one of these runtimes, one thread each:

@@ -68,12 +68,16 @@ pub struct Entry {
     /// What its connections speak and how its bodies carry tokens, for the anatomy of
     /// its captures.
     pub wire: Wire,
+    /// The library its QUIC server and client are built on, with its version, where
+    /// the figures could depend on it (the WebTransport stacks, quinn): reports and
+    /// run.json name it beside the approach.
+    pub stack: Option<&'static str>,
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 8] = [
+pub static ENTRIES: [Entry; 10] = [
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -89,6 +93,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::Http1,
             body: Body::OpenAi,
         },
+        stack: None,
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -107,6 +112,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::Http1,
             body: Body::Sse,
         },
+        stack: None,
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
     },
@@ -125,6 +131,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::Http2,
             body: Body::Sse,
         },
+        stack: None,
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
     },
@@ -143,6 +150,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::PlainHttp1,
             body: Body::Sse,
         },
+        stack: None,
         serve: lab_servers::handoff::start,
         runner: lab_clients::handoff::runner,
     },
@@ -161,6 +169,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::WebSocket,
             body: Body::Text,
         },
+        stack: None,
         serve: lab_servers::ws::start,
         runner: lab_clients::ws::runner,
     },
@@ -179,6 +188,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::WebTransport,
             body: Body::LenPrefix,
         },
+        stack: Some(lab_servers::wt::STACK),
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },
@@ -197,8 +207,47 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::WebTransport,
             body: Body::Datagram,
         },
+        stack: Some(lab_servers::wt::STACK),
         serve: lab_servers::wt_dgram::start,
         runner: lab_clients::wt_dgram::runner,
+    },
+    Entry {
+        name: "wtq",
+        about: "WebTransport over QUIC (HTTP/3) on a second stack: web-transport-quinn",
+        server: "wtq",
+        server_about: "WebTransport server on web-transport-quinn, SETTINGS in 0.5-RTT: session path /wtq, length-prefixed tokens per stream",
+        transport: Transport::Udp,
+        port: 4436,
+        path: lab_servers::wtq::PATH,
+        model: Model::Server,
+        multiplexed: true,
+        keeps_connections: true,
+        wire: Wire {
+            app: App::WebTransport,
+            body: Body::LenPrefix,
+        },
+        stack: Some(lab_servers::wtq::STACK),
+        serve: lab_servers::wtq::start,
+        runner: lab_clients::wtq::runner,
+    },
+    Entry {
+        name: "wtq-dgram",
+        about: "WebTransport datagrams on web-transport-quinn: a token per datagram, never sent again",
+        server: "wtq-dgram",
+        server_about: "WebTransport server on web-transport-quinn, session path /wtq-dgram: a token per datagram, the tally and end on the request stream",
+        transport: Transport::Udp,
+        port: 4437,
+        path: lab_servers::wtq_dgram::PATH,
+        model: Model::Server,
+        multiplexed: true,
+        keeps_connections: true,
+        wire: Wire {
+            app: App::WebTransport,
+            body: Body::Datagram,
+        },
+        stack: Some(lab_servers::wtq::STACK),
+        serve: lab_servers::wtq_dgram::start,
+        runner: lab_clients::wtq_dgram::runner,
     },
     Entry {
         name: "quic",
@@ -215,6 +264,7 @@ pub static ENTRIES: [Entry; 8] = [
             app: App::Quic,
             body: Body::LenPrefix,
         },
+        stack: Some(lab_servers::quic::STACK),
         serve: lab_servers::quic::start,
         runner: lab_clients::quic::runner,
     },
@@ -418,7 +468,10 @@ mod tests {
                 names()
             )
         );
-        assert_eq!(names(), "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, quic");
+        assert_eq!(
+            names(),
+            "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, wtq, wtq-dgram, quic"
+        );
     }
 
     #[test]

@@ -106,3 +106,21 @@ fn clients_never_depend_on_servers() {
         );
     }
 }
+
+/// Every stack a report names is the version Cargo.lock builds.
+#[test]
+fn the_stacks_reports_name_are_the_locked_versions() {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).unwrap();
+    let mut seen = 0;
+    for a in lab::approach::all() {
+        let Some(stack) = a.stack else { continue };
+        let (name, version) = stack.split_once(' ').unwrap();
+        assert!(
+            lock.contains(&format!("name = \"{name}\"\nversion = \"{version}\"\n")),
+            "{a}: {stack} is not what Cargo.lock has"
+        );
+        seen += 1;
+    }
+    // wt, wt-dgram, wtq, wtq-dgram and quic.
+    assert_eq!(seen, 5);
+}

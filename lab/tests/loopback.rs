@@ -314,12 +314,30 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
     for (ap, cat) in [
         (ap("sse"), ErrorCategory::Upstream),
         (ap("wt"), ErrorCategory::Upstream),
+        (ap("wtq"), ErrorCategory::Upstream),
         (ap("raw"), ErrorCategory::Receive),
     ] {
         let rec = one_prompt(&stack, ap, Mode::Reuse, TIMEOUT, &t).await;
         let e = rec.error.as_ref().unwrap();
         assert_eq!(e.category, cat, "{ap}: {e}");
         assert_eq!(rec.tokens, 2, "{ap}");
+    }
+    // Across the two WebTransport stacks too: the reset's code reaches the other
+    // stack's client as the same WebTransport code.
+    for (client, server) in [("wt", "wtq"), ("wtq", "wt")] {
+        let (c, s) = (ap(client), ap(server));
+        let opts = stack.runner_opts(c, Mode::Reuse, TIMEOUT);
+        let mut r = c.runner(&s.url(stack.addr(s)), &opts).unwrap();
+        let rec = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {})
+            .await
+            .remove(0);
+        let e = rec.error.as_ref().unwrap();
+        assert_eq!(
+            e.category,
+            ErrorCategory::Upstream,
+            "{client} to {server}: {e}"
+        );
+        assert_eq!(rec.tokens, 2, "{client} to {server}");
     }
 }
 
@@ -401,22 +419,57 @@ async fn raw_quic_bad_framing_and_oversize_reset_the_stream_not_the_connection()
     assert!(conn.close_reason().is_none(), "the connection survived");
 }
 
+/// Both WebTransport servers (wtransport's `wt`, web-transport-quinn's `wtq`), to
+/// wtransport's client: another path is refused, bad framing resets that stream only,
+/// and the session then answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
     let stack = stack(5).await;
-    // Any other path: 404, the session is refused.
-    let conn = wt_session(&stack, "wt", "/wt", "/nope").await;
-    wt_bad_framing_resets(&conn, &[&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"]).await;
-    // Same session, two prompts on one stream: two answers, each ended by 0:.
-    let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
-    send.write_all(b"2:hi5:hello").await.unwrap();
-    send.finish().await.unwrap();
-    let answers = lenprefix_answers(&wt_read_all(recv).await.unwrap());
-    assert_eq!(
-        answers,
-        vec![expected("hi", 5), expected("hello", 5), vec![]]
-    );
-    assert_eq!(stack.stats(ap("wt")).snapshot().errors, 4);
+    for name in ["wt", "wtq"] {
+        // Any other path: 404, the session is refused.
+        let path = ap(name).path;
+        let conn = wt_session(&stack, name, path, "/nope").await;
+        wt_bad_framing_resets(&conn, &[&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"]).await;
+        // Same session, two prompts on one stream: two answers, each ended by 0:.
+        let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        send.write_all(b"2:hi5:hello").await.unwrap();
+        send.finish().await.unwrap();
+        let answers = lenprefix_answers(&wt_read_all(recv).await.unwrap());
+        assert_eq!(
+            answers,
+            vec![expected("hi", 5), expected("hello", 5), vec![]],
+            "{name}"
+        );
+        assert_eq!(stack.stats(ap(name)).snapshot().errors, 4, "{name}");
+    }
+}
+
+/// Each stack's client against the other stack's server, streams and datagrams: the
+/// same tokens as the mock's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_webtransport_stacks_client_talks_to_the_other_stacks_server() {
+    let stack = stack(20).await;
+    for (client, server) in [
+        ("wt", "wtq"),
+        ("wtq", "wt"),
+        ("wt-dgram", "wtq-dgram"),
+        ("wtq-dgram", "wt-dgram"),
+    ] {
+        let (c, s) = (ap(client), ap(server));
+        let opts = stack.runner_opts(c, Mode::Reuse, TIMEOUT);
+        let mut r = c.runner(&s.url(stack.addr(s)), &opts).unwrap();
+        let prompts = ["hi".to_string(), "hello there".to_string()];
+        let recs = run_all(r.as_mut(), &prompts, 1, |_| {}).await;
+        for (rec, p) in recs.iter().zip(&prompts) {
+            assert!(rec.error.is_none(), "{client} to {server}: {:?}", rec.error);
+            assert_eq!(
+                rec.digest,
+                digest_tokens(&expected(p, 20)),
+                "{client} to {server}"
+            );
+        }
+        r.close().await;
+    }
 }
 
 /// WebTransport datagrams: the wrong session path is refused; bad framing and an
@@ -425,10 +478,16 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
 /// on across the answers, and each answer's tally and `0:` on the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
-    use lab_codec::dgram::{Tally, decode};
     let stack = stack(5).await;
+    for (name, streams_path) in [("wt-dgram", "/wt"), ("wtq-dgram", "/wtq")] {
+        datagrams_carry_the_tokens(&stack, name, streams_path).await;
+    }
+}
+
+async fn datagrams_carry_the_tokens(stack: &lab::loopback::Stack, name: &str, refused: &str) {
+    use lab_codec::dgram::{Tally, decode};
     // The streams server's path is not this server's.
-    let conn = wt_session(&stack, "wt-dgram", "/wt-dgram", "/wt").await;
+    let conn = wt_session(stack, name, ap(name).path, refused).await;
     let oversize = format!("{}:", 1024 * 1024 + 1);
     wt_bad_framing_resets(
         &conn,
@@ -448,7 +507,8 @@ async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
     };
     assert_eq!(
         stream,
-        vec![vec![tally(&a).message()], vec![tally(&b).message()], vec![]]
+        vec![vec![tally(&a).message()], vec![tally(&b).message()], vec![]],
+        "{name}"
     );
     // Loopback loses nothing: every token came, in order, numbered on from 0.
     let mut got = Vec::new();
@@ -459,7 +519,7 @@ async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
             .unwrap();
         let p = d.payload();
         let t = decode(&p).unwrap();
-        assert_eq!(t.stream, sid);
+        assert_eq!(t.stream, sid, "{name}");
         got.push((t.seq, t.token.to_owned()));
     }
     got.sort();
@@ -470,22 +530,29 @@ async fn webtransport_datagrams_carry_the_tokens_and_the_stream_their_tally() {
         .enumerate()
         .map(|(i, t)| (i as u64, t))
         .collect();
-    assert_eq!(got, want);
-    assert_eq!(stack.stats(ap("wt-dgram")).snapshot().errors, 4);
+    assert_eq!(got, want, "{name}");
+    assert_eq!(stack.stats(ap(name)).snapshot().errors, 4, "{name}");
     assert!(
         futures_util::FutureExt::now_or_never(conn.closed()).is_none(),
-        "the session survived"
+        "{name}: the session survived"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_webtransport_streams_and_sessions() {
     let stack = stack(20).await;
+    for name in ["wt", "wtq"] {
+        many_streams_and_sessions(&stack, name).await;
+    }
+}
+
+/// Four sessions of 25 streams each to `name`'s server, from wtransport's client.
+async fn many_streams_and_sessions(stack: &lab::loopback::Stack, name: &str) {
     let trust = stack.trust();
     let mut tasks = Vec::new();
     for s in 0..4 {
         let tls = trust.h3_client_config().unwrap();
-        let url = format!("https://{}/wt", stack.addr(ap("wt")));
+        let url = ap(name).url(stack.addr(ap(name)));
         tasks.push(tokio::spawn(async move {
             let cfg = wtransport::ClientConfig::builder()
                 .with_bind_address("127.0.0.1:0".parse().unwrap())
@@ -523,9 +590,9 @@ async fn many_concurrent_webtransport_streams_and_sessions() {
     for t in tasks {
         t.await.unwrap();
     }
-    let snap = stack.stats(ap("wt")).snapshot();
-    assert_eq!(snap.connections_accepted, 4);
-    assert_eq!(snap.requests, 100);
+    let snap = stack.stats(ap(name)).snapshot();
+    assert_eq!(snap.connections_accepted, 4, "{name}");
+    assert_eq!(snap.requests, 100, "{name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,9 +802,10 @@ async fn wt_bad_framing_resets(conn: &wtransport::Connection, bad: &[&[u8]]) {
         send.write_all(bad).await.unwrap();
         let _ = send.finish().await;
         match wt_read_all(recv).await {
+            // On the wire, in the HTTP/3 range that WebTransport's codes map into.
             Err(wtransport::error::StreamReadError::Reset(code)) => assert_eq!(
-                code,
-                wtransport::VarInt::from_u32(lab_codec::wt::ERR_FRAMING),
+                code.into_inner(),
+                lab_codec::wt::to_http3(lab_codec::wt::ERR_FRAMING),
                 "{bad:?}"
             ),
             other => panic!("{bad:?}: expected a reset, got {other:?}"),
@@ -795,7 +863,7 @@ async fn control_stream_pieces(sessions: usize) -> usize {
 }
 
 /// wtransport 0.7.2's server loses a client's SETTINGS frame that comes in pieces while
-/// the CONNECT request arrives (servers/tests/wtransport_settings.rs); lab's clients
+/// the CONNECT request arrives (servers/tests/webtransport_libraries.rs); lab's clients
 /// keep each endpoint on a single-threaded runtime so that the frame leaves whole. (With
 /// wtransport's endpoint on this test's runtime instead, 8 of 1,000 came in pieces.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,66 +100,80 @@ fn openai_python_client_reads_every_mock_format_and_the_proxy() {
     }
 }
 
+/// aioquic's WebTransport client against both WebTransport servers (wtransport's `wt`,
+/// web-transport-quinn's `wtq`): two prompts on two streams of one session; another
+/// path is refused with 404.
 #[test]
-fn aioquic_webtransport_client_talks_to_the_wt_server() {
-    let Served {
-        _llm,
-        server: wt,
-        dir,
-    } = Served::start("wt", "aioquic");
-    let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
-    let port = listen.port().to_string();
-    let ca = dir.join("cert.pem");
-    let v = peer(
-        "wt_aioquic.py",
-        &[
-            "127.0.0.1",
-            &port,
-            "/wt",
-            ca.to_str().unwrap(),
-            "hello",
-            "second prompt",
-        ],
-    );
-    assert_eq!(v["status"], 200);
-    let answers = v["answers"].as_array().unwrap();
-    assert_eq!(answers.len(), 2);
-    for (a, prompt) in answers.iter().zip(["hello", "second prompt"]) {
-        let bytes: Vec<u8> = a.as_str().unwrap().chars().map(|c| c as u8).collect();
-        // The answer, ended by 0:, then the end of the stream.
-        assert_eq!(
-            lenprefix_answers(&bytes),
-            vec![expected(prompt, 12), vec![]],
-            "{prompt}"
+fn aioquic_webtransport_client_talks_to_the_wt_and_wtq_servers() {
+    for (server, path) in [("wt", "/wt"), ("wtq", "/wtq")] {
+        let Served {
+            _llm,
+            server: wt,
+            dir,
+        } = Served::start(server, &format!("aioquic-{server}"));
+        let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
+        let port = listen.port().to_string();
+        let ca = dir.join("cert.pem");
+        let v = peer(
+            "wt_aioquic.py",
+            &[
+                "127.0.0.1",
+                &port,
+                path,
+                ca.to_str().unwrap(),
+                "hello",
+                "second prompt",
+            ],
         );
+        assert_eq!(v["status"], 200, "{server}: {v}");
+        let answers = v["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 2, "{server}");
+        for (a, prompt) in answers.iter().zip(["hello", "second prompt"]) {
+            let bytes: Vec<u8> = a.as_str().unwrap().chars().map(|c| c as u8).collect();
+            // The answer, ended by 0:, then the end of the stream.
+            assert_eq!(
+                lenprefix_answers(&bytes),
+                vec![expected(prompt, 12), vec![]],
+                "{server} {prompt}"
+            );
+        }
+        // Any other path is refused with 404.
+        let v = peer(
+            "wt_aioquic.py",
+            &["127.0.0.1", &port, "/other", ca.to_str().unwrap()],
+        );
+        assert_eq!(v["status"], 404, "{server}");
     }
-    // Any other path is refused with 404.
-    let v = peer(
-        "wt_aioquic.py",
-        &["127.0.0.1", &port, "/other", ca.to_str().unwrap()],
-    );
-    assert_eq!(v["status"], 404);
 }
 
-/// aioquic (its own HTTP/3 and WebTransport, datagrams on) against the WebTransport
-/// datagram server: two prompts on two streams of one session; each answer's tokens
+/// aioquic (its own HTTP/3 and WebTransport, datagrams on) against both WebTransport
+/// datagram servers: two prompts on two streams of one session; each answer's tokens
 /// come in HTTP/3 datagrams of the session, `<stream id><sequence><token>`, and its
 /// tally and `0:` on the stream. The streams server's path is refused.
 #[test]
-fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
+fn aioquic_client_gets_tokens_in_datagrams_from_both_datagram_servers() {
+    for (server, path, streams) in [
+        ("wt-dgram", "/wt-dgram", "/wt"),
+        ("wtq-dgram", "/wtq-dgram", "/wtq"),
+    ] {
+        aioquic_datagrams(server, path, streams);
+    }
+}
+
+fn aioquic_datagrams(server: &str, path: &str, streams_path: &str) {
     let Served {
         _llm,
         server: wt,
         dir,
-    } = Served::start("wt-dgram", "aioquic-wt-dgram");
+    } = Served::start(server, &format!("aioquic-{server}"));
     let listen: std::net::SocketAddr = wt.str("listen").parse().unwrap();
     let port = listen.port().to_string();
     let ca = dir.join("cert.pem");
     let prompts = ["hello", "second prompt"];
-    let mut args = vec!["127.0.0.1", &port, "/wt-dgram", ca.to_str().unwrap()];
+    let mut args = vec!["127.0.0.1", &port, path, ca.to_str().unwrap()];
     args.extend(prompts);
     let v = peer("wt_aioquic.py", &args);
-    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["status"], 200, "{server}: {v}");
     let answers = v["answers"].as_array().unwrap();
     let streams: Vec<u64> = v["streams"]
         .as_array()
@@ -185,7 +199,7 @@ fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
         assert_eq!(
             lenprefix_answers(&bytes),
             vec![vec![tally.message()], vec![]],
-            "{prompt}"
+            "{server} {prompt}"
         );
         // In datagrams: every token, numbered from 0, naming the stream (loopback
         // loses nothing).
@@ -201,13 +215,13 @@ fn aioquic_client_gets_tokens_in_datagrams_from_the_wt_dgram_server() {
             .enumerate()
             .map(|(i, t)| (i as u64, t))
             .collect();
-        assert_eq!(got, want, "{prompt}");
+        assert_eq!(got, want, "{server} {prompt}");
     }
     let v = peer(
         "wt_aioquic.py",
-        &["127.0.0.1", &port, "/wt", ca.to_str().unwrap()],
+        &["127.0.0.1", &port, streams_path, ca.to_str().unwrap()],
     );
-    assert_eq!(v["status"], 404);
+    assert_eq!(v["status"], 404, "{server}");
 }
 
 /// aioquic, with lab's own ALPN, against the raw QUIC server: two prompts on two

@@ -2,7 +2,7 @@
 //! namespace and tests can bind on loopback.
 //!
 //! Data flow of one token: [`llm`] (mock, or a real upstream) -> [`upstream`] client ->
-//! [`sse`] / [`wt`] / [`wt_dgram`] server -> client. The [`proxy`] forwards the raw API unchanged.
+//! [`sse`] / [`wt`] / [`wt_dgram`] / [`wtq`] / [`wtq_dgram`] / ... server -> client. The [`proxy`] forwards the raw API unchanged.
 //!
 //! Every approach's server has the same entry point, `start(Listener, ServerEnv)`, which
 //! checks its settings and returns the future that serves, and its URL path as a `PATH`
@@ -23,6 +23,8 @@ pub mod upstream;
 pub mod ws;
 pub mod wt;
 pub mod wt_dgram;
+pub mod wtq;
+pub mod wtq_dgram;
 
 use anyhow::{Result, bail};
 use std::net::SocketAddr;

@@ -18,6 +18,9 @@ use wtransport::quinn;
 /// Raw QUIC has no URL path.
 pub const PATH: &str = "";
 
+/// The library and its version, as reports name it (checked against Cargo.lock).
+pub const STACK: &str = "quinn 0.11.12";
+
 /// Sets up the raw QUIC server on `listener`; errors in its settings come here, before
 /// it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {

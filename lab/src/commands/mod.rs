@@ -110,8 +110,17 @@ pub fn main(cli: Cli) -> ExitCode {
         // SAFETY: restoring the default action of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    // web-transport-quinn warns of every session whose peer closed the connection
+    // without a WebTransport close capsule, which is how lab's clients end sessions (as
+    // with wtransport): quiet unless asked for by name.
+    if !cli.log.contains("web_transport_quinn")
+        && !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("web_transport_quinn"))
+        && let Ok(d) = "web_transport_quinn::session=error".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -73,6 +73,9 @@ pub struct CellStats {
     pub approach: String,
     /// The cell's link, as the report's heading gives it.
     pub link: String,
+    /// The library under a QUIC approach, as the registry names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
     pub metrics: Vec<MetricStats>,
 }
 
@@ -147,6 +150,7 @@ impl Series {
                 profile: profile.clone(),
                 approach: approach.clone(),
                 link: super::link_of(&c.cell),
+                stack: c.cell.approach.stack.map(str::to_owned),
                 metrics,
             });
         }

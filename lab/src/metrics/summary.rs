@@ -20,6 +20,9 @@ pub struct CellSummary {
     pub id: String,
     pub approach: String,
     pub profile: String,
+    /// The library under a QUIC approach (`wtransport 0.7.2`), as the registry names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
     /// The summary table's row (times in ms).
     pub summary: Summary,
     /// Every metric an expectation can name that has a value here, by name; units as
@@ -116,6 +119,7 @@ pub fn of_cell(run: &Run, c: &CellResult) -> CellSummary {
         id: c.cell.id.clone(),
         approach: name.clone(),
         profile: profile.clone(),
+        stack: c.cell.approach.stack.map(str::to_owned),
         summary: Summary::of(name, &c.records),
         metrics,
         wire,

@@ -60,6 +60,56 @@ pub fn transport_lines(p: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// The library each QUIC approach's server and client are built on, a line per stack
+/// with the approaches on it: `stack (wt, wt-dgram): wtransport 0.7.2`.
+pub fn stack_lines(p: &Plan) -> Vec<String> {
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for c in &p.cells {
+        let Some(stack) = c.approach.stack else {
+            continue;
+        };
+        match groups.iter_mut().find(|(s, _)| *s == stack) {
+            Some((_, names)) => {
+                if !names.contains(&c.name) {
+                    names.push(c.name.clone());
+                }
+            }
+            None => groups.push((stack, vec![c.name.clone()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(s, names)| format!("stack ({}): {s}", names.join(", ")))
+        .collect()
+}
+
+/// The approaches whose entry sets a connection mode of its own, other than the
+/// workload's: `connection (wt-fresh): fresh`.
+pub fn connection_lines(p: &Plan) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for c in &p.cells {
+        let mode = c.connection(&p.workload);
+        if mode != p.workload.connection && !seen.contains(&c.name) {
+            seen.push(c.name.clone());
+            out.push(format!(
+                "connection ({}): {}, where the workload's is {}",
+                c.name,
+                mode_name(mode),
+                mode_name(p.workload.connection)
+            ));
+        }
+    }
+    out
+}
+
+fn mode_name(c: Connection) -> &'static str {
+    match c {
+        Connection::Reuse => "reuse",
+        Connection::Fresh => "fresh",
+    }
+}
+
 /// The plan as a person reads it.
 pub fn render(p: &Plan) -> String {
     use tabled::settings::Style;
@@ -87,7 +137,11 @@ pub fn render(p: &Plan) -> String {
         )),
         None => out.push_str(&format!("shaping: {asked} backend, seed {}\n", p.seed)),
     }
-    for l in transport_lines(p) {
+    for l in transport_lines(p)
+        .into_iter()
+        .chain(stack_lines(p))
+        .chain(connection_lines(p))
+    {
         out.push_str(&l);
         out.push('\n');
     }

@@ -104,6 +104,23 @@ pub fn render(s: &Series) -> String {
             ));
         }
     }
+    let mut stacks: Vec<(&str, Vec<&str>)> = Vec::new();
+    for c in &s.cells {
+        let Some(st) = c.stack.as_deref() else {
+            continue;
+        };
+        match stacks.iter_mut().find(|(x, _)| *x == st) {
+            Some((_, names)) if !names.contains(&c.approach.as_str()) => names.push(&c.approach),
+            Some(_) => {}
+            None => stacks.push((st, vec![&c.approach])),
+        }
+    }
+    if !stacks.is_empty() {
+        for (st, names) in stacks {
+            out.push_str(&format!("- stack ({}): {st}\n", names.join(", ")));
+        }
+        out.push('\n');
+    }
     out.push_str(&coverage_line(n, s.level));
     out.push_str("\n\n");
     let head = s.headline();

@@ -20,6 +20,26 @@ fn pct(x: f64) -> String {
 
 /// The report: per profile, the reference's summary table plus the wire table; then
 /// the link behaviour, the capture cross-check and the expectations.
+/// The library under each QUIC approach, as the run recorded it (a run saved before
+/// lab recorded stacks has none): `stack (wt, wt-dgram): wtransport 0.7.2`.
+fn stack_lines(run: &Run) -> Vec<String> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for c in &run.summaries {
+        let Some(stack) = c.stack.as_deref() else {
+            continue;
+        };
+        match groups.iter_mut().find(|(s, _)| *s == stack) {
+            Some((_, names)) if !names.contains(&c.approach.as_str()) => names.push(&c.approach),
+            Some(_) => {}
+            None => groups.push((stack, vec![&c.approach])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(s, names)| format!("stack ({}): {s}", names.join(", ")))
+        .collect()
+}
+
 pub fn render(run: &Run) -> String {
     let mut out = format!(
         "# lab run: {}\n\n{} cells in {:.1} s; shaping: {}\n\n",
@@ -50,6 +70,12 @@ pub fn render(run: &Run) -> String {
             ),
             None => l,
         };
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in stack_lines(run)
+        .into_iter()
+        .chain(crate::plan::render::connection_lines(&run.plan))
+    {
         out.push_str(&format!("- {l}\n"));
     }
     out.push('\n');
