@@ -80,7 +80,7 @@ pub fn run(
         "--model".into(),
         plan.llm.model.clone(),
         "--mode".into(),
-        match w.connection {
+        match cell.connection(w) {
             crate::topology::model::Connection::Reuse => "reuse".into(),
             crate::topology::model::Connection::Fresh => "fresh".into(),
         },

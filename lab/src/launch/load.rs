@@ -75,7 +75,7 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
         "--model".into(),
         plan.llm.model.clone(),
         "--mode".into(),
-        match w.connection {
+        match cell.connection(w) {
             Connection::Reuse => "reuse".into(),
             Connection::Fresh => "fresh".into(),
         },

@@ -225,6 +225,16 @@ pub struct Cell {
     /// holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<Ipv4Addr>,
+    /// The approach entry's own connection mode, over `workload.connection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Connection>,
+}
+
+impl Cell {
+    /// The cell's connection mode: its approach entry's own, or the workload's.
+    pub fn connection(&self, w: &Workload) -> Connection {
+        self.connection.unwrap_or(w.connection)
+    }
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -620,6 +630,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 down: down.clone(),
                 transport,
                 sources,
+                connection: ca.connection,
             });
         }
     }

@@ -276,8 +276,15 @@ impl Comparison {
         out.push_str(&b.build().with(Style::markdown()).to_string());
         out.push('\n');
         if tested {
+            let tests = self.rows.iter().filter(|r| r.p_value.is_some()).count();
+            let hits = self
+                .rows
+                .iter()
+                .filter(|r| r.significant == Some(true))
+                .count();
             out.push_str(&format!(
-                "\np: two-sided Mann-Whitney U over the two sets of runs; significant when p <= {ALPHA} (the change is more than the runs' own spread). A p-value that small takes 4 runs against 4 (or 3 against 5, 2 against 8).\n"
+                "\np: two-sided Mann-Whitney U over the two sets of runs; significant when p <= {ALPHA} (the change is more than the runs' own spread). A p-value that small takes 4 runs against 4 (or 3 against 5, 2 against 8).\n\n{hits} of {tests} tested changes are significant. Were nothing different between a and b, about {:.1} of {tests} would be by chance alone ({ALPHA} each): read one significant change among many with that in mind, and run again to confirm it.\n",
+                tests as f64 * ALPHA
             ));
         }
         for (which, v) in [("a", &self.only_in_a), ("b", &self.only_in_b)] {

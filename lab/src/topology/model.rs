@@ -277,6 +277,9 @@ pub struct CellApproach {
     pub server: ServerSpec,
     /// Transport settings of its own, over the topology's.
     pub transport: Option<TransportSpec>,
+    /// Its own connection mode, over `workload.connection` (so that one topology can
+    /// hold a `reuse` and a `fresh` variant of an approach).
+    pub connection: Option<Connection>,
 }
 
 impl CellApproach {
@@ -287,6 +290,7 @@ impl CellApproach {
             protocol: a,
             server: ServerSpec::Builtin,
             transport: None,
+            connection: None,
         }
     }
 }
@@ -347,6 +351,9 @@ struct CustomApproach {
     port: Option<u16>,
     /// Transport settings over the topology's, for this approach alone.
     transport: Option<TransportSpec>,
+    /// `reuse` or `fresh` for this approach alone, over `workload.connection` (e.g. a
+    /// variant `{ name: wt-fresh, protocol: wt, connection: fresh }` beside `wt`).
+    connection: Option<Connection>,
 }
 
 /// The LLM upstream.

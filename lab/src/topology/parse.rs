@@ -629,7 +629,14 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     }
 }
 
-const CUSTOM_FIELDS: [&str; 5] = ["name", "protocol", "command", "port", "transport"];
+const CUSTOM_FIELDS: [&str; 6] = [
+    "name",
+    "protocol",
+    "command",
+    "port",
+    "transport",
+    "connection",
+];
 
 /// An approach entry that is a mapping: one of lab's own with transport settings of its
 /// own, a variant of one under a name of its own, or a server of the user's own.
@@ -637,6 +644,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
     let map = v.as_mapping()?;
     let (mut name, mut protocol, mut command, mut port, mut transport) =
         (None, None, None, None, None);
+    let mut connection = None;
     let mut builtin_name = None;
     let mut ok = true;
     for (k, val) in map.iter() {
@@ -700,6 +708,10 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
                 transport = parse_transport(cx, val, &field);
                 ok &= transport.is_some();
             }
+            "connection" => {
+                connection = cx.de::<Connection>(val, &field);
+                ok &= connection.is_some();
+            }
             other => {
                 cx.push(
                     key_pos(k),
@@ -742,6 +754,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         }
         return ok.then(|| CellApproach {
             transport,
+            connection,
             ..CellApproach::builtin(a)
         });
     }
@@ -779,6 +792,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         protocol,
         server,
         transport,
+        connection,
     })
 }
 
