@@ -313,10 +313,16 @@ fn main() {
             "| SSE (TCP+TLS)       | {:>25.0} |",
             idle_sse(by_name("sse"), n).await
         );
-        let wt = idle_wt(by_name("wt"), n).await;
-        println!(
-            "| WebTransport (QUIC) | {wt:>25.0} | ({} of {n} session set-ups failed)",
-            FAILED.swap(0, Ordering::Relaxed)
-        );
+        // Both WebTransport servers, to the same (wtransport) client.
+        for (name, label) in [
+            ("wt", "WebTransport, wt  "),
+            ("wtq", "WebTransport, wtq "),
+        ] {
+            let bytes = idle_wt(by_name(name), n).await;
+            println!(
+                "| {label}  | {bytes:>25.0} | ({} of {n} session set-ups failed)",
+                FAILED.swap(0, Ordering::Relaxed)
+            );
+        }
     });
 }
