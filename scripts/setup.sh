@@ -3,8 +3,21 @@
 # Safe to run again: it installs only what is missing. Needs root (or sudo) for apt.
 set -euo pipefail
 
+# --browser: also Chromium, for lab's browser client (`client: browser` in a topology,
+# `lab client --browser`) and its tests.
+browser=0
+for a in "$@"; do
+  case "$a" in
+    --browser) browser=1 ;;
+    *) echo "setup: unknown argument $a (the one argument is --browser)" >&2; exit 2 ;;
+  esac
+done
+
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ "$browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  need_apt+=(chromium)  # Debian's; lab runs it headless in a cell's client namespace
+fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)

@@ -310,6 +310,16 @@ impl Recorder {
         true
     }
 
+    /// As [`Self::datagram_token`], for a token that arrived at `at` after the start
+    /// (the browser client's, timed in its page).
+    pub fn datagram_token_at(&mut self, seq: u64, tok: &str, at: Duration) -> bool {
+        let fresh = self.datagram_token(seq, tok);
+        if fresh && let Some(t) = self.times.last_mut() {
+            *t = at;
+        }
+        fresh
+    }
+
     /// The server's tally of an answer in datagrams: what it sent.
     pub fn datagram_tally(&mut self, sent: u64, sent_bytes: u64) {
         let (_, counts) = self.datagrams.get_or_insert_default();

@@ -314,10 +314,7 @@ fn main() {
             idle_sse(by_name("sse"), n).await
         );
         // Both WebTransport servers, to the same (wtransport) client.
-        for (name, label) in [
-            ("wt", "WebTransport, wt  "),
-            ("wtq", "WebTransport, wtq "),
-        ] {
+        for (name, label) in [("wt", "WebTransport, wt  "), ("wtq", "WebTransport, wtq ")] {
             let bytes = idle_wt(by_name(name), n).await;
             println!(
                 "| {label}  | {bytes:>25.0} | ({} of {n} session set-ups failed)",

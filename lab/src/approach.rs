@@ -72,6 +72,9 @@ pub struct Entry {
     /// the figures could depend on it (the WebTransport stacks, quinn): reports and
     /// run.json name it beside the approach.
     pub stack: Option<&'static str>,
+    /// What lab's browser client speaks to its server, if it can (`client: browser`):
+    /// the browser's WebTransport, fetch() or WebSocket.
+    pub browser: Option<lab_clients::browser::Kind>,
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
@@ -94,6 +97,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::OpenAi,
         },
         stack: None,
+        browser: None,
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -113,6 +117,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Sse,
         },
         stack: None,
+        browser: Some(lab_clients::browser::Kind::Sse),
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
     },
@@ -132,6 +137,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Sse,
         },
         stack: None,
+        browser: Some(lab_clients::browser::Kind::Sse),
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
     },
@@ -151,6 +157,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Sse,
         },
         stack: None,
+        browser: None,
         serve: lab_servers::handoff::start,
         runner: lab_clients::handoff::runner,
     },
@@ -170,6 +177,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Text,
         },
         stack: None,
+        browser: Some(lab_clients::browser::Kind::Ws),
         serve: lab_servers::ws::start,
         runner: lab_clients::ws::runner,
     },
@@ -189,6 +197,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::LenPrefix,
         },
         stack: Some(lab_servers::wt::STACK),
+        browser: Some(lab_clients::browser::Kind::Wt),
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },
@@ -208,6 +217,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Datagram,
         },
         stack: Some(lab_servers::wt::STACK),
+        browser: Some(lab_clients::browser::Kind::WtDgram),
         serve: lab_servers::wt_dgram::start,
         runner: lab_clients::wt_dgram::runner,
     },
@@ -227,6 +237,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::LenPrefix,
         },
         stack: Some(lab_servers::wtq::STACK),
+        browser: Some(lab_clients::browser::Kind::Wt),
         serve: lab_servers::wtq::start,
         runner: lab_clients::wtq::runner,
     },
@@ -246,6 +257,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Datagram,
         },
         stack: Some(lab_servers::wtq::STACK),
+        browser: Some(lab_clients::browser::Kind::WtDgram),
         serve: lab_servers::wtq_dgram::start,
         runner: lab_clients::wtq_dgram::runner,
     },
@@ -265,6 +277,7 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::LenPrefix,
         },
         stack: Some(lab_servers::quic::STACK),
+        browser: None,
         serve: lab_servers::quic::start,
         runner: lab_clients::quic::runner,
     },
@@ -357,6 +370,49 @@ impl Approach {
             target.path = self.path.to_owned();
         }
         (self.runner)(target, opts)
+    }
+
+    /// The browser client for `url` (a URL without a path gets the approach's), in
+    /// headless Chromium; `eventsource` takes SSE by EventSource instead of fetch().
+    pub fn browser_runner(
+        &self,
+        url: &str,
+        opts: &RunnerOpts,
+        dir: &std::path::Path,
+        chromium: &std::path::Path,
+        eventsource: bool,
+    ) -> Result<Box<dyn Runner>> {
+        use lab_clients::browser::{BrowserSpec, Kind};
+        let Some(mut kind) = self.browser else {
+            anyhow::bail!(
+                "the browser client does not speak {} (it speaks {})",
+                self.name,
+                all()
+                    .filter(|a| a.browser.is_some())
+                    .map(|a| a.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if eventsource {
+            if kind != Kind::Sse {
+                anyhow::bail!(
+                    "--eventsource is for an SSE server; {} is not one",
+                    self.name
+                );
+            }
+            kind = Kind::SseEventSource;
+        }
+        let mut target = Target::parse(url)?;
+        if target.path.is_empty() || target.path == "/" {
+            target.path = self.path.to_owned();
+        }
+        let spec = BrowserSpec {
+            kind,
+            dir: dir.to_owned(),
+            chromium: chromium.to_owned(),
+        };
+        lab_clients::browser::client(target, opts, &spec)
     }
 
     /// Sets up this approach's server on `listener`; the result serves until dropped.

@@ -717,6 +717,24 @@ pub struct ClientArgs {
     /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<lab_codec::transport::Settings>,
+    /// Run the prompts in headless Chromium instead of lab's native client: the
+    /// browser's own WebTransport (with serverCertificateHashes), fetch() with a
+    /// streaming body (SSE) or WebSocket, each token timed with performance.now() in
+    /// the page. Needs --ca (the server's cert.pem) for a TLS server.
+    #[arg(long)]
+    pub browser: bool,
+    /// With --browser and an SSE server: EventSource (GET /chat?message=...) instead of
+    /// fetch() (POST).
+    #[arg(long, requires = "browser")]
+    pub eventsource: bool,
+    /// With --browser: the browser's own directory (its page, profile, log and the
+    /// record `lab clean` reads), made if missing (mode 0700). Default: a new one under
+    /// the temporary directory, removed at the end.
+    #[arg(long, requires = "browser")]
+    pub browser_dir: Option<PathBuf>,
+    /// With --browser: the Chromium binary.
+    #[arg(long, env = "LAB_CHROMIUM", default_value = lab_clients::browser::CHROMIUM)]
+    pub chromium: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -473,7 +473,9 @@ fn curl_over_http2_streams_from_sse_h2_and_bad_requests_get_their_status() {
         (vec!["-d", "{not json", url.as_str()], 400),
         (vec!["-d", r#"{"message":""}"#, url.as_str()], 400),
         (vec!["-d", big_arg.as_str(), url.as_str()], 413),
-        (vec![url.as_str()], 405),
+        // A GET streams for EventSource, but needs ?message=.
+        (vec![url.as_str()], 400),
+        (vec!["-X", "PUT", "-d", "{}", url.as_str()], 405),
         (vec!["-d", "{}", other.as_str()], 404),
     ] {
         let (status, version, body) = curl_status(&[&ca[..], &json, &args].concat());
@@ -484,6 +486,33 @@ fn curl_over_http2_streams_from_sse_h2_and_bad_requests_get_their_status() {
     let (status, _, _) =
         curl_status(&[&ca[..], &json, &["-d", r#"{"message":"again"}"#, &url]].concat());
     assert_eq!(status, 200);
+    // GET /chat?message=...: the same stream, as EventSource asks for it.
+    let get = format!("{url}?message=hello%20h2");
+    let (status, _, body) = curl_status(&[&ca[..], &[get.as_str()][..]].concat());
+    assert_eq!(status, 200, "{body}");
+    let ev = sse_events(&body);
+    assert!(ev.last().unwrap().is_done());
+    let toks: Vec<String> = ev[..ev.len() - 1].iter().map(|e| e.data.clone()).collect();
+    assert_eq!(toks, expected("hello h2", 12));
+    // A browser page's request (it has an Origin) may read the answer and its timing;
+    // one without an Origin gets no such header: native clients' bytes are unchanged.
+    for (origin, want) in [(Some("Origin: null"), true), (None, false)] {
+        let mut args = vec!["-sS", "-D", "-", "-o", "/dev/null", "--max-time", "20"];
+        args.extend(ca);
+        args.extend(json);
+        if let Some(o) = origin {
+            args.extend(["-H", o]);
+        }
+        args.extend(["-d", r#"{"message":"cors"}"#, url.as_str()]);
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert_eq!(
+            head.contains("access-control-allow-origin: *")
+                && head.contains("timing-allow-origin: *"),
+            want,
+            "{head}"
+        );
+    }
     assert!(srv.stop());
 }
 

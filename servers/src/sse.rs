@@ -1,6 +1,12 @@
 //! The SSE server: `POST /chat` with `{"message": "..."}` streams the upstream's tokens as
 //! `text/event-stream`, one event per token, flushed per token, then `data: [DONE]`.
+//! `GET /chat?message=...` streams the same, for a browser's `EventSource`.
 //!
+//! - A request from a browser page (one with an `Origin` header) gets
+//!   `Access-Control-Allow-Origin: *` and `Timing-Allow-Origin: *`, so that a page of
+//!   another origin (lab's browser client's page is a `file://` one) may read the
+//!   stream and its timing. A request with no `Origin`
+//!   (lab's native clients) gets the same bytes as ever.
 //! - A token with line breaks becomes several `data:` lines (the reference wrote one line
 //!   and broke framing).
 //! - 400 for bad JSON or an empty message, 405 for another method, 413 over 1 MiB, 404 for
@@ -66,14 +72,16 @@ pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
             // Every refusal reads the request body first: over HTTP/2, answering before
             // the body is in resets the stream, which clients report as an error
             // instead of the status.
-            post(chat).fallback(|_body: Bytes| async {
+            post(chat).get(chat_get).fallback(|_body: Bytes| async {
                 let mut r = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "invalid_request_error",
-                    "/chat takes POST with a JSON body {\"message\": \"...\"}",
+                    "/chat takes POST with a JSON body {\"message\": \"...\"}, or GET /chat?message=...",
                 );
-                r.headers_mut()
-                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                r.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, POST"),
+                );
                 r
             }),
         )
@@ -88,7 +96,48 @@ pub fn app(upstream: Arc<Upstream>, stats: Arc<ServerStats>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(cross_origin))
         .with_state(AppState { upstream, stats })
+}
+
+/// A browser's cross-origin request may read the answer; others get nothing more.
+async fn cross_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let from_browser = req.headers().contains_key(http::header::ORIGIN);
+    let mut res = next.run(req).await;
+    if from_browser {
+        let h = res.headers_mut();
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            http::HeaderValue::from_static("*"),
+        );
+        // The page's Resource Timing may then read the connection's set-up and sizes.
+        h.insert(
+            http::HeaderName::from_static("timing-allow-origin"),
+            http::HeaderValue::from_static("*"),
+        );
+    }
+    res
+}
+
+/// `GET /chat?message=...`: the same stream, for EventSource.
+async fn chat_get(State(st): State<AppState>, uri: http::Uri) -> Response {
+    st.stats.request();
+    let message = uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "message")
+            .map(|(_, v)| v.into_owned())
+    });
+    match message {
+        Some(m) if !m.trim().is_empty() => answer(st, m).await,
+        _ => {
+            st.stats.error();
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "GET /chat needs ?message=your%20prompt",
+            )
+        }
+    }
 }
 
 async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -127,6 +176,11 @@ async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -
             );
         }
     };
+    answer(st, message).await
+}
+
+/// Streams the upstream's answer to `message` as server-sent events.
+async fn answer(st: AppState, message: String) -> Response {
     let mut tokens = match st.upstream.chat(&message).await {
         Ok(t) => t,
         Err(e) => {

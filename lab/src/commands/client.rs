@@ -23,7 +23,25 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         urgent: std::sync::Arc::new(a.urgent.iter().map(|&n| n as usize - 1).collect()),
         source: None,
     };
-    let mut runner = a.approach.runner(&a.url, &opts)?;
+    if a.browser && a.concurrency > 1 {
+        anyhow::bail!("the browser client runs one prompt at a time: drop --concurrency");
+    }
+    // The browser's directory: the one given, or a new one removed at the end.
+    let temp = match (&a.browser_dir, a.browser) {
+        (None, true) => Some(TempDir::new("lab-browser")?),
+        _ => None,
+    };
+    let mut runner = if a.browser {
+        let dir = a
+            .browser_dir
+            .clone()
+            .or_else(|| temp.as_ref().map(|t| t.0.clone()))
+            .unwrap_or_default();
+        a.approach
+            .browser_runner(&a.url, &opts, &dir, &a.chromium, a.eventsource)?
+    } else {
+        a.approach.runner(&a.url, &opts)?
+    };
     if a.interactive {
         return interactive(runner.as_mut()).await;
     }
@@ -79,6 +97,32 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
         outln!("\n{table}");
     }
     Ok(records.iter().all(|r| r.error.is_none()))
+}
+
+/// A directory of this process's own under the temporary directory (mode 0700, made
+/// new, never an existing path), removed with everything in it when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for n in 0..100u32 {
+            let p = base.join(format!("{prefix}-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot make {}", p.display())),
+            }
+        }
+        anyhow::bail!("cannot make a directory under {}", base.display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One connection's transport statistics, in a line.

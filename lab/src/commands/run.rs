@@ -26,9 +26,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// The browser's version, when a cell's client is headless Chromium.
+fn chromium_version(plan: &Plan) -> Option<String> {
+    if !plan.cells.iter().any(|c| c.client.is_browser()) {
+        return None;
+    }
+    let bin =
+        std::env::var_os("LAB_CHROMIUM").unwrap_or_else(|| lab_clients::browser::CHROMIUM.into());
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|v| !v.is_empty())
+}
+
 fn environment(plan: &Plan) -> serde_json::Value {
     let uname = nix::sys::utsname::uname().ok();
     serde_json::json!({
+        "chromium": chromium_version(plan),
         "lab_version": env!("CARGO_PKG_VERSION"),
         "kernel": uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()),
         "machine": uname.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),

@@ -93,6 +93,18 @@ pub fn run(
     if !cell.transport.is_default() {
         argv.extend(["--transport".into(), cell.transport.to_json()]);
     }
+    if cell.client.is_browser() {
+        // The browser's page, profile and record live in the lab's run directory,
+        // which goes with the lab.
+        argv.extend([
+            "--browser".into(),
+            "--browser-dir".into(),
+            format!("{}/browsers/{}", run_dir(&plan.name), cell.id),
+        ]);
+        if cell.client == crate::topology::model::ClientKind::BrowserEventsource {
+            argv.push("--eventsource".into());
+        }
+    }
     argv.extend_from_slice(extra);
     let ns = sys::open_netns(&cell.client_ns)?;
     let exe = std::env::current_exe()?;

@@ -119,7 +119,13 @@ pub fn of_cell(run: &Run, c: &CellResult) -> CellSummary {
         id: c.cell.id.clone(),
         approach: name.clone(),
         profile: profile.clone(),
-        stack: c.cell.approach.stack.map(str::to_owned),
+        stack: c.cell.approach.stack.map(|s| {
+            if c.cell.client.is_browser() {
+                format!("{s} (server; the client is headless Chromium)")
+            } else {
+                s.to_owned()
+            }
+        }),
         summary: Summary::of(name, &c.records),
         metrics,
         wire,

@@ -383,6 +383,8 @@ pub fn teardown(state: &mut State) -> Vec<String> {
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
     }
+    // What a killed browser client left of its browser, before its namespace goes.
+    failures.extend(super::browsers::stop_left(&state.dir(), &state.namespaces));
     for ns in state.namespaces.iter().rev() {
         if let Err(e) = sys::delete_netns(ns) {
             failures.push(format!("{e:#}"));

@@ -6,6 +6,7 @@
 //! needs no `ip`, `tc` or `ethtool` at run time. Nothing here decides what to build:
 //! that is the plan's job. Nothing here prints: that is the commands'.
 
+pub mod browsers;
 pub mod ethtool;
 pub mod files;
 pub mod lifecycle;

@@ -228,6 +228,13 @@ pub struct Cell {
     /// The approach entry's own connection mode, over `workload.connection`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Connection>,
+    /// The client that measures the cell: lab's native one, or headless Chromium.
+    #[serde(default, skip_serializing_if = "is_native")]
+    pub client: ClientKind,
+}
+
+fn is_native(c: &ClientKind) -> bool {
+    *c == ClientKind::Native
 }
 
 impl Cell {
@@ -631,6 +638,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
                 transport,
                 sources,
                 connection: ca.connection,
+                client: ca.client,
             });
         }
     }

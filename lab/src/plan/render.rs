@@ -45,13 +45,19 @@ pub fn transport_lines(p: &Plan) -> Vec<String> {
             crate::approach::Transport::Udp => format!("QUIC: {}", c.transport.quic.describe()),
             crate::approach::Transport::Tcp => format!("TCP: {}", c.transport.tcp.describe()),
         };
+        // A browser brings its own transport: the settings are the server's alone.
+        let name = if c.client.is_browser() {
+            format!("{}'s server", c.name)
+        } else {
+            c.name.clone()
+        };
         match groups.iter_mut().find(|(l, _)| *l == line) {
             Some((_, names)) => {
-                if !names.contains(&c.name) {
-                    names.push(c.name.clone());
+                if !names.contains(&name) {
+                    names.push(name);
                 }
             }
-            None => groups.push((line, vec![c.name.clone()])),
+            None => groups.push((line, vec![name])),
         }
     }
     groups
@@ -68,13 +74,19 @@ pub fn stack_lines(p: &Plan) -> Vec<String> {
         let Some(stack) = c.approach.stack else {
             continue;
         };
+        // A browser brings its own client: the stack is the server's alone.
+        let name = if c.client.is_browser() {
+            format!("{}'s server", c.name)
+        } else {
+            c.name.clone()
+        };
         match groups.iter_mut().find(|(s, _)| *s == stack) {
             Some((_, names)) => {
-                if !names.contains(&c.name) {
-                    names.push(c.name.clone());
+                if !names.contains(&name) {
+                    names.push(name);
                 }
             }
-            None => groups.push((stack, vec![c.name.clone()])),
+            None => groups.push((stack, vec![name])),
         }
     }
     groups
@@ -97,6 +109,28 @@ pub fn connection_lines(p: &Plan) -> Vec<String> {
                 c.name,
                 mode_name(mode),
                 mode_name(p.workload.connection)
+            ));
+        }
+    }
+    out
+}
+
+/// The approaches measured by a browser instead of lab's native client:
+/// `client (wt-browser): headless Chromium`.
+pub fn client_lines(p: &Plan) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for c in &p.cells {
+        if c.client.is_browser() && !seen.contains(&c.name) {
+            seen.push(c.name.clone());
+            out.push(format!(
+                "client ({}): headless Chromium running lab's page{}",
+                c.name,
+                if c.client == crate::topology::model::ClientKind::BrowserEventsource {
+                    ", SSE through EventSource"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -141,6 +175,7 @@ pub fn render(p: &Plan) -> String {
         .into_iter()
         .chain(stack_lines(p))
         .chain(connection_lines(p))
+        .chain(client_lines(p))
     {
         out.push_str(&l);
         out.push('\n');

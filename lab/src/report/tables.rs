@@ -72,9 +72,16 @@ pub fn render(run: &Run) -> String {
         };
         out.push_str(&format!("- {l}\n"));
     }
+    let browser = run
+        .environment
+        .get("chromium")
+        .and_then(|v| v.as_str())
+        .map(|v| format!("browser: {v}"));
     for l in stack_lines(run)
         .into_iter()
         .chain(crate::plan::render::connection_lines(&run.plan))
+        .chain(crate::plan::render::client_lines(&run.plan))
+        .chain(browser)
     {
         out.push_str(&format!("- {l}\n"));
     }

@@ -280,6 +280,28 @@ pub struct CellApproach {
     /// Its own connection mode, over `workload.connection` (so that one topology can
     /// hold a `reuse` and a `fresh` variant of an approach).
     pub connection: Option<Connection>,
+    /// Which client measures it: lab's native one, or headless Chromium.
+    pub client: ClientKind,
+}
+
+/// The client that measures an approach's cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientKind {
+    /// lab's own client for the protocol (Rust: rustls, hyper, quinn, wtransport ...).
+    #[default]
+    Native,
+    /// Headless Chromium (Debian's `chromium`) running lab's page: the browser's own
+    /// WebTransport, fetch() with a streaming body, or WebSocket.
+    Browser,
+    /// As `browser`, with SSE through EventSource (GET) instead of fetch().
+    BrowserEventsource,
+}
+
+impl ClientKind {
+    pub fn is_browser(self) -> bool {
+        self != ClientKind::Native
+    }
 }
 
 impl CellApproach {
@@ -291,6 +313,7 @@ impl CellApproach {
             server: ServerSpec::Builtin,
             transport: None,
             connection: None,
+            client: ClientKind::Native,
         }
     }
 }
@@ -354,6 +377,10 @@ struct CustomApproach {
     /// `reuse` or `fresh` for this approach alone, over `workload.connection` (e.g. a
     /// variant `{ name: wt-fresh, protocol: wt, connection: fresh }` beside `wt`).
     connection: Option<Connection>,
+    /// `browser` (headless Chromium, lab's page) or `browser-eventsource` (SSE through
+    /// EventSource) instead of lab's native client, e.g. `{ name: wt-browser, protocol:
+    /// wt, client: browser }`.
+    client: Option<ClientKind>,
 }
 
 /// The LLM upstream.

@@ -87,6 +87,9 @@ type At = (usize, usize);
 struct Ctx<'a> {
     file: &'a str,
     out: Vec<Diagnostic>,
+    /// Approach entries with a browser client: their field path, position and name,
+    /// checked against the workload once it is read.
+    browsers: Vec<(String, At, String)>,
 }
 
 fn pos(node: &Node) -> At {
@@ -388,6 +391,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     let mut cx = Ctx {
         file,
         out: Vec::new(),
+        browsers: Vec::new(),
     };
     let problems = structure(text);
     if !problems.is_empty() {
@@ -598,6 +602,41 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             "`tokens` and `tbt` set the embedded mock's answers; with `llm.url` the upstream answers as it does: drop them, or the url",
         );
     }
+    // A browser runs one prompt at a time, and picks its own HTTP connections.
+    if let Some(w) = &workload {
+        for (field, at, name) in std::mem::take(&mut cx.browsers) {
+            let Some(a) = approaches_list.iter().find(|a| a.name == name) else {
+                continue;
+            };
+            if w.concurrency > 1 {
+                cx.push(
+                    at,
+                    &field,
+                    format!(
+                        "the browser client runs one prompt at a time; workload.concurrency is {}",
+                        w.concurrency
+                    ),
+                );
+            }
+            if w.load.is_some() {
+                cx.push(
+                    at,
+                    &field,
+                    "a load test's streams come from lab's load generator; drop the browser client or workload.load",
+                );
+            }
+            let fresh = a.connection.unwrap_or(w.connection) == Connection::Fresh;
+            if fresh && a.protocol.browser == Some(lab_clients::browser::Kind::Sse) {
+                cx.push(
+                    at,
+                    &field,
+                    format!(
+                        "a browser chooses its own HTTP connections, so '{name}' cannot take a fresh one per prompt: use connection: reuse"
+                    ),
+                );
+            }
+        }
+    }
     // Expectations name approaches and profiles of this topology.
     let names: Vec<String> = approaches_list.iter().map(|a| a.name.clone()).collect();
     let profile_names: Vec<String> = profiles.iter().flatten().map(|(n, _)| n.clone()).collect();
@@ -629,13 +668,14 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
     }
 }
 
-const CUSTOM_FIELDS: [&str; 6] = [
+const CUSTOM_FIELDS: [&str; 7] = [
     "name",
     "protocol",
     "command",
     "port",
     "transport",
     "connection",
+    "client",
 ];
 
 /// An approach entry that is a mapping: one of lab's own with transport settings of its
@@ -645,6 +685,7 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
     let (mut name, mut protocol, mut command, mut port, mut transport) =
         (None, None, None, None, None);
     let mut connection = None;
+    let mut client = None;
     let mut builtin_name = None;
     let mut ok = true;
     for (k, val) in map.iter() {
@@ -712,6 +753,10 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
                 connection = cx.de::<Connection>(val, &field);
                 ok &= connection.is_some();
             }
+            "client" => {
+                client = cx.de::<ClientKind>(val, &field).map(|c| (c, pos(val)));
+                ok &= client.is_some();
+            }
             other => {
                 cx.push(
                     key_pos(k),
@@ -752,9 +797,11 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         if let Some((_, at)) = port {
             return refuse_port(cx, at, path);
         }
+        let client = check_client(cx, client, a, path, &name)?;
         return ok.then(|| CellApproach {
             transport,
             connection,
+            client,
             ..CellApproach::builtin(a)
         });
     }
@@ -787,13 +834,63 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
             ServerSpec::Builtin
         }
     };
+    let client = check_client(cx, client, protocol, path, &name)?;
     Some(CellApproach {
         name,
         protocol,
         server,
         transport,
         connection,
+        client,
     })
+}
+
+/// An approach entry's `client`, if the browser speaks its protocol.
+fn check_client(
+    cx: &mut Ctx<'_>,
+    client: Option<(ClientKind, At)>,
+    protocol: Approach,
+    path: &str,
+    name: &str,
+) -> Option<ClientKind> {
+    let Some((c, at)) = client else {
+        return Some(ClientKind::Native);
+    };
+    let field = format!("{path}.client");
+    if c.is_browser() {
+        cx.browsers.push((field.clone(), at, name.to_owned()));
+    }
+    match (c, protocol.browser) {
+        (ClientKind::Native, _) => Some(c),
+        (_, None) => {
+            let speaks: Vec<&str> = crate::approach::all()
+                .filter(|a| a.browser.is_some())
+                .map(|a| a.name)
+                .collect();
+            cx.push(
+                at,
+                &field,
+                format!(
+                    "the browser client does not speak {}; it speaks {}",
+                    protocol.name,
+                    speaks.join(", ")
+                ),
+            );
+            None
+        }
+        (ClientKind::BrowserEventsource, Some(k)) if k != lab_clients::browser::Kind::Sse => {
+            cx.push(
+                at,
+                &field,
+                format!(
+                    "browser-eventsource is for an SSE server; {} is not one: use browser",
+                    protocol.name
+                ),
+            );
+            None
+        }
+        _ => Some(c),
+    }
 }
 
 /// A `port` on an entry that runs lab's own server.
