@@ -67,18 +67,28 @@ impl Drop for Ticket {
 
 impl Router {
     /// Starts reading `conn`'s datagrams, counting in `late` those that come after their
-    /// answer closed; the task ends with the session.
-    pub fn start(conn: impl Datagrams, late: Arc<Late>) -> Arc<Self> {
+    /// answer closed; the task ends with the session. It runs on `rt`, the runtime of
+    /// the session's endpoint where that has one of its own, so that each datagram is
+    /// read where the connection's driver put it.
+    pub fn start(
+        conn: impl Datagrams,
+        late: Arc<Late>,
+        rt: Option<&tokio::runtime::Handle>,
+    ) -> Arc<Self> {
         let router = Arc::new(Self {
             late,
             ..Self::default()
         });
         let r = router.clone();
-        tokio::spawn(async move {
+        let task = async move {
             while let Some(d) = conn.receive().await {
                 r.route(&d);
             }
-        });
+        };
+        match rt {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         router
     }
 

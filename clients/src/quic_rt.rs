@@ -44,6 +44,11 @@ impl WtClient {
         })
     }
 
+    /// The runtime the endpoint lives on.
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
     /// A WebTransport session to `url`, set up on the endpoint's runtime.
     pub async fn connect(&self, url: impl Into<String>) -> Result<Connection, ConnectingError> {
         let (endpoint, url) = (self.endpoint.clone(), url.into());

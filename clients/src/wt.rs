@@ -49,6 +49,10 @@ pub trait Stack: Clone + std::marker::Send + Sync + 'static {
     fn local_port(&self) -> u16;
     /// Waits until every connection of the endpoint has been closed.
     fn wait_idle(&self) -> impl Future<Output = ()> + Send;
+    /// The runtime the endpoint lives on, if it has one of its own.
+    fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        None
+    }
 }
 
 /// A session a runner uses: the connection, its number, the watch that reports its
@@ -166,6 +170,10 @@ impl Stack for Wtransport {
     async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
     }
+
+    fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        Some(self.endpoint.runtime())
+    }
 }
 
 pub struct WtRunner<S: Stack> {
@@ -215,7 +223,7 @@ impl<S: Stack> WtRunner<S> {
                         &self.opts.stats,
                     ));
                     let router = (self.answers == Answers::Datagrams)
-                        .then(|| Router::start(c.clone(), watch.late()));
+                        .then(|| Router::start(c.clone(), watch.late(), self.stack.runtime()));
                     let s = Session {
                         conn: c,
                         id,
