@@ -119,7 +119,11 @@ async fn sse_server_rejects_bad_input_and_keeps_serving() {
     )
     .await;
     assert_eq!(s, 400);
+    // A GET streams for EventSource, and needs its ?message=; other methods are 405.
     let (s, _, body) = https(stack.addr(ap("sse")), &t, "GET", "/chat", vec![]).await;
+    assert_eq!(s, 400);
+    assert!(body.contains("?message="), "{body}");
+    let (s, _, body) = https(stack.addr(ap("sse")), &t, "PUT", "/chat", vec![]).await;
     assert_eq!(s, 405);
     assert!(body.contains("POST"));
     let big = format!(r#"{{"message":"{}"}}"#, "x".repeat((1 << 20) + 10));
