@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
+
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,43 +35,6 @@ fn topology_with(name: &str, approaches: &str, tbt: &str, tokens: usize, paralle
     )
     .unwrap();
     dir
-}
-
-/// The kernel's inode numbers of lab `name`'s namespaces.
-fn netns_inodes(name: &str) -> Vec<u64> {
-    namespaces_of(name)
-        .iter()
-        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
-        .map(|m| m.ino())
-        .collect()
-}
-
-/// Live processes inside any of these namespaces, with their command names.
-fn processes_in(inodes: &[u64]) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        let ino: u64 = link
-            .to_string_lossy()
-            .trim_start_matches("net:[")
-            .trim_end_matches(']')
-            .parse()
-            .unwrap_or(0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_none_or(|(_, r)| r.trim_start().starts_with('Z'));
-        if inodes.contains(&ino) && !zombie {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            out.push((pid, comm.trim().to_owned()));
-        }
-    }
-    out
 }
 
 fn cells(run: &serde_json::Value) -> Vec<(String, Vec<serde_json::Value>)> {

@@ -37,45 +37,6 @@ fn topology(name: &str, tbt: &str, tokens: usize) -> Tmp {
     dir
 }
 
-/// The kernel's inode numbers of lab `name`'s namespaces that exist now.
-fn netns_inodes(name: &str) -> Vec<u64> {
-    namespaces_of(name)
-        .iter()
-        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
-        .map(|m| m.ino())
-        .collect()
-}
-
-/// Live (not zombie) processes inside any of these namespaces.
-fn processes_in(inodes: &[u64]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        let ino = link
-            .to_string_lossy()
-            .trim_start_matches("net:[")
-            .trim_end_matches(']')
-            .parse::<u64>()
-            .unwrap_or(0);
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if inodes.contains(&ino) && !zombie {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// Starts `lab run` with its stdout piped.
 fn spawn_run(topology: &Path, results: &Path, extra: &[&str]) -> Child {
     Command::new(LAB)

@@ -405,3 +405,47 @@ pub fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
         .unwrap();
     (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
 }
+
+/// The kernel's inode numbers of lab `name`'s namespaces that exist now.
+#[allow(dead_code)]
+pub fn netns_inodes(name: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    namespaces_of(name)
+        .iter()
+        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+/// Live (not zombie) processes inside any of these namespaces, with their command
+/// names.
+#[allow(dead_code)]
+pub fn processes_in(inodes: &[u64]) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        let ino = link
+            .to_string_lossy()
+            .trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse::<u64>()
+            .unwrap_or(0);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if inodes.contains(&ino) && !zombie {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_owned()));
+        }
+    }
+    out
+}
