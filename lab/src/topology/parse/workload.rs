@@ -1,0 +1,226 @@
+//! `llm:` and `workload:` (with a load test's `load:`).
+
+use super::ctx::{Ctx, Field, build, pos};
+use super::model::*;
+use marked_yaml::Node;
+
+/// `llm:`: the embedded mock (and its settings) or an upstream's URL, and the model.
+pub(super) fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
+    let (good, extra) = cx.fields::<Llm>(v, "llm", &["mock"])?;
+    let mut l: Llm = build(v, &good);
+    for f in &extra {
+        l.mock = cx.section::<MockSpec>(f.value, &f.path);
+    }
+    let at = pos(v);
+    // Where a field's value was written, for problems with the value.
+    let field_at = |name: &str| {
+        good.iter()
+            .chain(&extra)
+            .find(|f| f.name() == name)
+            .map_or(at, |f| pos(f.value))
+    };
+    if extra.iter().any(|f| f.name() == "mock") && good.iter().any(|f| f.name() == "url") {
+        cx.push(
+            field_at("url"),
+            "llm",
+            "give either `mock` or `url`, not both",
+        );
+    }
+    if let Some(u) = &l.url {
+        let at = field_at("url");
+        match u.parse::<http::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && url_port(&uri).is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) =>
+            {
+                cx.push(
+                    at,
+                    "llm.url",
+                    format!(
+                        "'{u}': port {} is out of range; a port is 1 to 65535",
+                        url_port(&uri).unwrap_or_default()
+                    ),
+                );
+            }
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/")) {
+                    cx.push(
+                        at,
+                        "llm.url",
+                        format!(
+                            "'{u}' has a path; give the server's base URL (lab relays TCP to its host and port, and the servers add /v1/...), e.g. http://127.0.0.1:11434"
+                        ),
+                    );
+                }
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") => cx.push(
+                at,
+                "llm.url",
+                format!(
+                    "'{u}': lab relays plain TCP to the upstream, so it must be http://; for an https upstream run a local forwarder and give its http:// address"
+                ),
+            ),
+            _ => cx.push(
+                at,
+                "llm.url",
+                format!("'{u}' is not an http URL with a host; e.g. http://127.0.0.1:11434"),
+            ),
+        }
+    }
+    if l.model.trim().is_empty() {
+        cx.push(field_at("model"), "llm.model", "empty model name");
+    }
+    Some(l)
+}
+
+/// The port of a URL as written (`http::Uri` drops one that is not a u16).
+fn url_port(uri: &http::Uri) -> Option<String> {
+    let auth = uri.authority()?.as_str();
+    let host_end = auth.rfind(']').unwrap_or(0);
+    auth[host_end..].rsplit_once(':').map(|(_, p)| p.to_owned())
+}
+
+/// `workload:`: prompts, repeats, concurrency, runs and, for a load test, `load:`.
+pub(super) fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
+    let (good, extra) = cx.fields::<Workload>(v, "workload", &["load"])?;
+    let mut w: Workload = build(v, &good);
+    if let Some(f) = extra.first() {
+        w.load = parse_load(cx, f.value);
+        // What a prompt run does and a load test does not: refuse, rather than ignore.
+        for (name, set) in [
+            ("repeat", w.repeat != 1),
+            ("concurrency", w.concurrency != 1),
+            ("urgent", !w.urgent.is_empty()),
+        ] {
+            if set {
+                cx.push(
+                    good.iter()
+                        .find(|g| g.name() == name)
+                        .map_or(pos(v), Field::at),
+                    &format!("workload.{name}"),
+                    "has no meaning in a load test (workload.load): its levels say how many streams run at once",
+                );
+            }
+        }
+    }
+    let at = |name: &str| {
+        good.iter()
+            .find(|f| f.name() == name)
+            .map_or(pos(v), Field::at)
+    };
+    if w.repeat == 0 {
+        cx.push(at("repeat"), "workload.repeat", "must be at least 1");
+    }
+    if !(1..=MAX_RUNS).contains(&w.runs) {
+        cx.push(
+            at("runs"),
+            "workload.runs",
+            format!("must be 1 to {MAX_RUNS}: runs of the whole matrix, e.g. 5"),
+        );
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&w.concurrency) {
+        cx.push(
+            at("concurrency"),
+            "workload.concurrency",
+            format!("must be 1 to {MAX_CONCURRENCY}"),
+        );
+    }
+    if w.urgent.contains(&0) {
+        cx.push(
+            at("urgent"),
+            "workload.urgent",
+            "prompts are numbered from 1, as the prompt lines show them",
+        );
+    }
+    if w.timeout.is_some_and(|t| t.0.is_zero()) {
+        cx.push(
+            at("timeout"),
+            "workload.timeout",
+            "must be above zero; it bounds each prompt, e.g. 30s",
+        );
+    }
+    if w.prompts.trim().is_empty() {
+        cx.push(
+            at("prompts"),
+            "workload.prompts",
+            "empty; use `reference` or a prompts file",
+        );
+    }
+    Some(w)
+}
+
+/// `workload.load:`: the levels of concurrent streams and how each is held.
+fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
+    let (good, _) = cx.fields::<LoadWorkload>(v, "workload.load", &[])?;
+    let l: LoadWorkload = build(v, &good);
+    let at = |name: &str| {
+        good.iter()
+            .find(|f| f.name() == name)
+            .map_or(pos(v), Field::at)
+    };
+    let path = |f: &str| format!("workload.load.{f}");
+    if !good.iter().any(|f| f.name() == "levels") {
+        cx.push(
+            pos(v),
+            "workload.load.levels",
+            "missing: a load test needs its levels of concurrent streams, e.g. `levels: [100, 1000, 10000]`",
+        );
+    } else if l.levels.is_empty() {
+        cx.push(
+            at("levels"),
+            &path("levels"),
+            "empty: list at least one level, e.g. [100, 1000]",
+        );
+    }
+    if l.levels.iter().any(|&n| !(1..=MAX_LEVEL).contains(&n)) {
+        cx.push(
+            at("levels"),
+            &path("levels"),
+            format!("each level is 1 to {MAX_LEVEL} concurrent streams"),
+        );
+    }
+    if l.hold.is_some() && l.cycles.is_some() {
+        cx.push(
+            at("cycles"),
+            &path("cycles"),
+            "give either `hold` (time at each level) or `cycles` (streams per slot), not both",
+        );
+    }
+    if l.hold.is_some_and(|h| h.0.is_zero()) {
+        cx.push(
+            at("hold"),
+            &path("hold"),
+            "must be above zero, e.g. 30s (or use `cycles`)",
+        );
+    }
+    if l.cycles == Some(0) {
+        cx.push(at("cycles"), &path("cycles"), "must be at least 1");
+    }
+    if l.tokens == Some(0) {
+        cx.push(at("tokens"), &path("tokens"), "must be at least 1");
+    }
+    let (b0, b1) = l.backoff();
+    if b0 > b1 {
+        cx.push(
+            at("backoff"),
+            &path("backoff"),
+            format!(
+                "{} is over backoff_max ({}); the first wait cannot be longer than the longest",
+                crate::topology::units::Dur(b0),
+                crate::topology::units::Dur(b1)
+            ),
+        );
+    }
+    if l.per_connection.is_some_and(|n| !(1..=10_000).contains(&n)) {
+        cx.push(
+            at("per_connection"),
+            &path("per_connection"),
+            "must be 1 to 10000",
+        );
+    }
+    let s = l.sample();
+    if s < std::time::Duration::from_millis(50) || s > std::time::Duration::from_secs(60) {
+        cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
+    }
+    Some(l)
+}
