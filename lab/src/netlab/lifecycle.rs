@@ -66,6 +66,11 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 /// With `hand_over`, the finished lab is recorded as handed over (it outlives this
 /// process); otherwise it stays this process's, and is a leftover if it dies. `stage`
 /// hears what is being done, step by step.
+///
+/// In order: refuse a name or a namespace that is taken; claim the run directory with
+/// the state record in it (from then on the guard takes down whatever is recorded);
+/// the namespaces; the links and their addresses; kernel settings and routes; the
+/// qdiscs (kernel backend); the processes, the LLM first.
 pub fn up(
     topology: &Path,
     plan: &Plan,
@@ -82,6 +87,46 @@ pub fn up(
     let dir = PathBuf::from(run_dir(&plan.name));
     // /run/lab is root's and no one else's: lab writes state and runs processes from it.
     super::files::SafeDir::open(Path::new(RUN_ROOT), true)?;
+    refuse_taken(plan)?;
+    let state = new_state(topology, plan);
+    claim_run_dir(plan, &state, &dir)?;
+    let mut guard = Guard { state: Some(state) };
+
+    stage(&format!("creating {} namespaces", plan.namespaces.len()));
+    create_namespaces(plan, &mut guard, cancel)?;
+    let mut fds: HashMap<String, File> = HashMap::new();
+    for ns in &plan.namespaces {
+        fds.insert(ns.clone(), sys::open_netns(ns)?);
+    }
+    check(cancel)?;
+    stage(&format!(
+        "creating and configuring {} interfaces",
+        plan.interfaces.len()
+    ));
+    links::create(plan, &fds)?;
+    check(cancel)?;
+    configure_namespaces(plan, &fds)?;
+    set_sysctls(plan, &fds)?;
+    tune_routes(plan, &fds)?;
+    check(cancel)?;
+
+    if shaping.backend == Shaper::Kernel {
+        stage("shaping the links with netem");
+        super::qdisc::apply_plan(plan, &fds)?;
+    }
+    check(cancel)?;
+
+    start_processes(plan, &fds, &dir, &mut guard, cancel, stage)?;
+    check(cancel)?;
+    guard.state().phase = Phase::Up;
+    guard.state().handed_over = hand_over;
+    guard.state().save()?;
+    Ok(guard.state.take().expect("state present"))
+}
+
+/// A lab of the same name, or any of the plan's namespaces, already there: refused, with
+/// what to do.
+fn refuse_taken(plan: &Plan) -> Result<()> {
     if let Ok(s) = State::load(&plan.name) {
         bail!(
             "a lab named {} is already {} (built by pid {}{}); take it down with `lab down {}`",
@@ -118,8 +163,13 @@ pub fn up(
             if taken.len() > 1 { "them" } else { "it" },
         );
     }
+    Ok(())
+}
+
+/// The state record of a lab being built by this process.
+fn new_state(topology: &Path, plan: &Plan) -> State {
     let me = std::process::id();
-    let state = State {
+    State {
         name: plan.name.clone(),
         topology: std::fs::canonicalize(topology).unwrap_or_else(|_| topology.to_owned()),
         created: now_secs(),
@@ -132,10 +182,13 @@ pub fn up(
         namespaces: plan.namespaces.clone(),
         processes: Vec::new(),
         plan: plan.clone(),
-    };
-    // The run directory is the lock. It is prepared under a temporary name and renamed
-    // into place without replacing anything, so it never exists without its record.
-    let tmp = Path::new(RUN_ROOT).join(format!(".building-{me}"));
+    }
+}
+
+/// The run directory is the lock. It is prepared under a temporary name and renamed
+/// into place without replacing anything, so it never exists without its record.
+fn claim_run_dir(plan: &Plan, state: &State, dir: &Path) -> Result<()> {
+    let tmp = Path::new(RUN_ROOT).join(format!(".building-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
@@ -146,9 +199,9 @@ pub fn up(
     // The clients' TLS secrets: root's alone.
     std::fs::set_permissions(tmp.join("keys"), std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot protect {}", tmp.join("keys").display()))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    if let Err(e) = sys::rename_noreplace(&tmp, &dir) {
+    if let Err(e) = sys::rename_noreplace(&tmp, dir) {
         let _ = std::fs::remove_dir_all(&tmp);
         if e.kind() == ErrorKind::AlreadyExists {
             bail!(
@@ -159,10 +212,13 @@ pub fn up(
         }
         return Err(e).with_context(|| format!("cannot create {}", dir.display()));
     }
-    let mut guard = Guard { state: Some(state) };
+    Ok(())
+}
 
+/// Creates the plan's namespaces in order; on a failure the record keeps only the ones
+/// this call made.
+fn create_namespaces(plan: &Plan, guard: &mut Guard, cancel: &AtomicBool) -> Result<()> {
     sys::ensure_netns_dir()?;
-    stage(&format!("creating {} namespaces", plan.namespaces.len()));
     for (k, ns) in plan.namespaces.iter().enumerate() {
         let made = check(cancel).and_then(|()| sys::create_netns(ns, plan.ipv6));
         if let Err(e) = made {
@@ -172,17 +228,11 @@ pub fn up(
             return Err(e);
         }
     }
-    let mut fds: HashMap<String, File> = HashMap::new();
-    for ns in &plan.namespaces {
-        fds.insert(ns.clone(), sys::open_netns(ns)?);
-    }
-    check(cancel)?;
-    stage(&format!(
-        "creating and configuring {} interfaces",
-        plan.interfaces.len()
-    ));
-    links::create(plan, &fds)?;
-    check(cancel)?;
+    Ok(())
+}
+
+/// Addresses, bridges and links up inside each namespace, a thread a namespace.
+fn configure_namespaces(plan: &Plan, fds: &HashMap<String, File>) -> Result<()> {
     std::thread::scope(|s| -> Result<()> {
         let handles: Vec<_> = plan
             .namespaces
@@ -206,17 +256,22 @@ pub fn up(
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("a configuration thread panicked")))?;
         }
         Ok(())
-    })?;
+    })
+}
 
-    // Kernel settings of the namespaces (a load test's queues and port range).
+/// Kernel settings of the namespaces (a load test's queues and port range).
+fn set_sysctls(plan: &Plan, fds: &HashMap<String, File>) -> Result<()> {
     for c in &plan.sysctls {
         sys::in_netns(&fds[&c.namespace], || {
             sys::write_sysctl(&c.key, &c.value, false)
         })
         .with_context(|| format!("cannot set {} in {} ({})", c.key, c.namespace, c.why))?;
     }
+    Ok(())
+}
 
-    // TCP settings on the routes between each cell's ends, on both ends.
+/// TCP settings on the routes between each cell's ends, on both ends.
+fn tune_routes(plan: &Plan, fds: &HashMap<String, File>) -> Result<()> {
     for c in &plan.cells {
         if links::tcp_metrics(&c.transport.tcp).is_empty() {
             continue;
@@ -231,24 +286,20 @@ pub fn up(
             links::tune_route(&fds[ns], "to-wire", addr, &c.transport.tcp)?;
         }
     }
-    check(cancel)?;
+    Ok(())
+}
 
-    if shaping.backend == Shaper::Kernel {
-        stage("shaping the links with netem");
-        super::qdisc::apply_plan(plan, &fds)?;
-    }
-    check(cancel)?;
-
-    // The LLM (or the relay) first, then every server at once.
+/// The LLM (or the relay) first, then every server and link emulator at once: each
+/// started and recorded, then all waited for until ready.
+fn start_processes(
+    plan: &Plan,
+    fds: &HashMap<String, File>,
+    dir: &Path,
+    guard: &mut Guard,
+    cancel: &AtomicBool,
+    stage: &dyn Fn(&str),
+) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the lab executable")?;
-    let log = |role: &str, cell: Option<&str>| {
-        let base = match cell {
-            Some(c) => format!("{c}-{role}"),
-            None => role.to_owned(),
-        };
-        dir.join("logs")
-            .join(format!("{}.log", base.replace(' ', "-")))
-    };
     let cell_of = |ns: &str| {
         plan.cells
             .iter()
@@ -273,37 +324,7 @@ pub fn up(
         for p in wave {
             check(cancel)?;
             let cell = cell_of(&p.namespace);
-            // A server of the user's gets a certificate lab made, in its cell's certs/.
-            let made = match &p.certs {
-                Some(c) => {
-                    let ck = lab_servers::tls::CertKey::generate(std::slice::from_ref(&c.san))?;
-                    let d = super::files::SafeDir::open(Path::new(&c.dir), true)?;
-                    d.write("cert.pem", ck.cert_pem.as_bytes(), 0o644)?;
-                    d.write("key.pem", ck.key_pem.as_bytes(), 0o600)?;
-                    Some(ck.sha256_hex())
-                }
-                None => None,
-            };
-            let ns = if p.namespace == HOST {
-                None
-            } else {
-                Some(&fds[&p.namespace])
-            };
-            let mut st = procs::start(
-                &exe,
-                &p.role,
-                cell.as_deref(),
-                &p.namespace,
-                ns,
-                &p.argv,
-                log(&p.role, cell.as_deref()),
-                &[],
-                procs::Lifetime::Held,
-                p.ready,
-            )?;
-            if made.is_some() {
-                st.record.cert_sha256 = made;
-            }
+            let mut st = start_one(&exe, p, cell.as_deref(), fds, dir)?;
             guard.state().processes.push(st.record.clone());
             guard.state().save()?;
             st.release()?;
@@ -323,11 +344,56 @@ pub fn up(
         }
         guard.state().save()?;
     }
-    check(cancel)?;
-    guard.state().phase = Phase::Up;
-    guard.state().handed_over = hand_over;
-    guard.state().save()?;
-    Ok(guard.state.take().expect("state present"))
+    Ok(())
+}
+
+/// Starts one planned process in its namespace, its output to its log; a server of the
+/// user's gets a certificate lab made, in its cell's certs/.
+fn start_one(
+    exe: &Path,
+    p: &crate::plan::Process,
+    cell: Option<&str>,
+    fds: &HashMap<String, File>,
+    dir: &Path,
+) -> Result<Started> {
+    let made = match &p.certs {
+        Some(c) => {
+            let ck = lab_servers::tls::CertKey::generate(std::slice::from_ref(&c.san))?;
+            let d = super::files::SafeDir::open(Path::new(&c.dir), true)?;
+            d.write("cert.pem", ck.cert_pem.as_bytes(), 0o644)?;
+            d.write("key.pem", ck.key_pem.as_bytes(), 0o600)?;
+            Some(ck.sha256_hex())
+        }
+        None => None,
+    };
+    let ns = if p.namespace == HOST {
+        None
+    } else {
+        Some(&fds[&p.namespace])
+    };
+    let base = match cell {
+        Some(c) => format!("{c}-{}", p.role),
+        None => p.role.clone(),
+    };
+    let log = dir
+        .join("logs")
+        .join(format!("{}.log", base.replace(' ', "-")));
+    let mut st = procs::start(
+        exe,
+        &p.role,
+        cell,
+        &p.namespace,
+        ns,
+        &p.argv,
+        log,
+        &[],
+        procs::Lifetime::Held,
+        p.ready,
+    )?;
+    if made.is_some() {
+        st.record.cert_sha256 = made;
+    }
+    Ok(st)
 }
 
 /// Every TCP congestion controller a cell names must be one this kernel has, or no
