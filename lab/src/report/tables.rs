@@ -18,8 +18,6 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
-/// The report: per profile, the reference's summary table plus the wire table; then
-/// the link behaviour, the capture cross-check and the expectations.
 /// The library under each QUIC approach, as the run recorded it (a run saved before
 /// lab recorded stacks has none): `stack (wt, wt-dgram): wtransport 0.7.2`.
 fn stack_lines(run: &Run) -> Vec<String> {
@@ -40,7 +38,29 @@ fn stack_lines(run: &Run) -> Vec<String> {
         .collect()
 }
 
+/// The report: what ran and how, then per profile the reference's summary table and the
+/// wire table; then the link behaviour, the capture cross-check, the host-stack drops,
+/// the anatomy's checks, token mismatches and the expectations.
 pub fn render(run: &Run) -> String {
+    let mut out = head(run);
+    out.push_str(&workload_lines(run));
+    for p in profiles(run) {
+        out.push_str(&profile_section(run, &p));
+    }
+    // A load test does not capture (thousands of streams): its wire figures are the
+    // kernel's counters, per level, in its tables.
+    if !run.cells.iter().any(|c| c.load.is_some()) {
+        out.push_str(&links_section(run));
+        out.push_str(&captures_section(run));
+    }
+    out.push_str(&super::anatomy::checks(&run.cells));
+    out.push_str(&mismatches_and_expectations(run));
+    out
+}
+
+/// The run's title, its shard, the transport, stack, connection and client lines, and
+/// the cells whose warm-up needed a second try.
+fn head(run: &Run) -> String {
     let mut out = format!(
         "# lab run: {}\n\n{} cells in {:.1} s; shaping: {}\n\n",
         run.name,
@@ -94,6 +114,12 @@ pub fn render(run: &Run) -> String {
             ));
         }
     }
+    out
+}
+
+/// A load test's workload, or how prompts in flight at once were carried.
+fn workload_lines(run: &Run) -> String {
+    let mut out = String::new();
     if let Some(l) = &run.plan.workload.load {
         let conn = match run.plan.workload.connection {
             crate::topology::model::Connection::Reuse => "reuse",
@@ -106,163 +132,187 @@ pub fn render(run: &Run) -> String {
         ));
     }
     let n = run.plan.workload.concurrency;
-    if n > 1 {
-        // Each approach of the run once, by its name here, with its protocol.
-        let mut approaches: Vec<(&str, crate::approach::Approach)> = Vec::new();
-        for c in &run.cells {
-            if !approaches.iter().any(|(n, _)| *n == c.cell.name) {
-                approaches.push((&c.cell.name, c.cell.approach));
-            }
-        }
-        type Named<'a> = &'a (&'a str, crate::approach::Approach);
-        let (each, kept): (Vec<Named>, Vec<Named>) =
-            approaches.iter().partition(|(_, a)| !a.keeps_connections);
-        let (mux, own): (Vec<Named>, Vec<Named>) =
-            kept.into_iter().partition(|(_, a)| a.multiplexed);
-        let list = |v: &[&(&str, crate::approach::Approach)]| {
-            v.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        };
-        out.push_str(&format!("Concurrency: {n} prompts in flight in each cell"));
-        if !mux.is_empty() {
-            out.push_str(&format!(
-                "; as {n} streams of one connection: {}",
-                list(&mux)
-            ));
-        }
-        if !own.is_empty() {
-            out.push_str(&format!("; on {n} connections: {}", list(&own)));
-        }
-        if !each.is_empty() {
-            out.push_str(&format!(
-                "; on a connection per prompt (the server closes each after its answer): {}",
-                list(&each)
-            ));
-        }
-        out.push_str(". Each record names its connection (`conn`) and slot.\n\n");
+    if n <= 1 {
+        return out;
     }
-    for p in profiles(run) {
-        let cells = cells_of(run, &p);
-        let link = cells.first().map(|c| crate::metrics::link_of(&c.cell));
-        out.push_str(&format!("## {p} ({})\n\n", link.unwrap_or_default()));
-        let backend = run.plan.shaping.as_ref().map(|s| s.backend);
-        let drops = super::drops::notes(&cells, backend);
-        if cells.iter().any(|c| c.load.is_some()) {
-            out.push_str(&super::load::section(&cells));
-            if let Some(t) = super::drops::levels_table(&cells) {
-                out.push_str("The host's own drops over each level (c: client, w: the wire namespace between them, s: server; with netem and a loss rate, the wire's qdisc drops include the profile's loss):\n\n");
-                out.push_str(&t);
-                out.push_str("\n\n");
-            }
-            for d in &drops {
-                out.push_str(&format!("- {d}\n"));
-            }
-            if !drops.is_empty() {
-                out.push('\n');
-            }
-            continue;
+    // Each approach of the run once, by its name here, with its protocol.
+    let mut approaches: Vec<(&str, crate::approach::Approach)> = Vec::new();
+    for c in &run.cells {
+        if !approaches.iter().any(|(n, _)| *n == c.cell.name) {
+            approaches.push((&c.cell.name, c.cell.approach));
         }
-        let sums: Vec<Summary> = cells
-            .iter()
-            .map(|c| Summary::of(&c.cell.name, &c.records))
-            .collect();
-        out.push_str(&summary_table(&sums));
-        out.push_str("\n\n");
-        for d in &drops {
-            out.push_str(&format!("- {d}\n"));
-        }
-        if !drops.is_empty() {
-            out.push('\n');
-        }
-        // With prompts in flight at once (head-of-line blocking), or tokens in
-        // datagrams (what a retransmission costs the others), the gaps tell.
-        let datagrams = cells
-            .iter()
-            .any(|c| c.records.iter().any(|r| r.datagrams.is_some()));
-        if n > 1 || datagrams {
-            out.push_str(&stalls_table(&cells));
-        }
-        if cells.iter().any(|c| c.records.iter().any(|r| r.urgent)) {
-            out.push_str(&urgent_table(&cells));
-        }
-        // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
-        for c in &cells {
-            let tried: Vec<bool> = c.records.iter().filter_map(|r| r.zero_rtt).collect();
-            if !tried.is_empty() {
-                out.push_str(&format!(
-                    "{}: 0-RTT accepted for {} of {} new connections (the first has no session to resume).\n\n",
-                    c.cell.name,
-                    tried.iter().filter(|&&t| t).count(),
-                    tried.len()
-                ));
-            }
-            if let Some(t) = crate::metrics::datagrams::of(&c.records, &c.connections) {
-                out.push_str(&t.line(&c.cell.name));
-            }
-            if let Some(l) = handoff_line(&c.cell.name, &c.records) {
-                out.push_str(&l);
-            }
-        }
-
-        #[derive(tabled::Tabled)]
-        struct WireRow {
-            #[tabled(rename = "Approach")]
-            approach: String,
-            #[tabled(rename = "Wire bytes up")]
-            up: u64,
-            #[tabled(rename = "Wire bytes down")]
-            down: u64,
-            #[tabled(rename = "Packets up")]
-            pu: u64,
-            #[tabled(rename = "Packets down")]
-            pd: u64,
-            #[tabled(rename = "Tokens")]
-            tokens: usize,
-            #[tabled(rename = "Wire B/tok")]
-            bpt: String,
-            #[tabled(rename = "L3 B/tok")]
-            l3: String,
-            #[tabled(rename = "vs first")]
-            ratio: String,
-        }
-        let mut first_bpt = None;
-        let rows: Vec<WireRow> = cells
-            .iter()
-            .map(|c| {
-                let (u, d, pu, pd) = wire(c).unwrap_or_default();
-                let t = tokens(c);
-                let bpt = (t > 0).then(|| (u + d) as f64 / t as f64);
-                if first_bpt.is_none() {
-                    first_bpt = bpt;
-                }
-                let l3 = c
-                    .client
-                    .as_ref()
-                    .map(|e| e.capture.tx.l3_bytes + e.capture.rx.l3_bytes);
-                WireRow {
-                    l3: match (l3, t) {
-                        (Some(b), t) if t > 0 => format!("{:.1}", b as f64 / t as f64),
-                        _ => "-".into(),
-                    },
-                    approach: c.cell.name.clone(),
-                    up: u,
-                    down: d,
-                    pu,
-                    pd,
-                    tokens: t,
-                    bpt: bpt.map_or("-".into(), |b| format!("{b:.1}")),
-                    ratio: match (bpt, first_bpt) {
-                        (Some(b), Some(f)) if f > 0.0 => format!("{:.2}x", b / f),
-                        _ => "-".into(),
-                    },
-                }
-            })
-            .collect();
-        out.push_str("Wire, at the client's interface (L2, every frame of the cell's run; L3 leaves out the 14-byte Ethernet header of each frame, and frames that are not IP):\n\n");
-        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-        out.push_str("\n\n");
-        out.push_str(&super::anatomy::table(&cells));
     }
+    type Named<'a> = &'a (&'a str, crate::approach::Approach);
+    let (each, kept): (Vec<Named>, Vec<Named>) =
+        approaches.iter().partition(|(_, a)| !a.keeps_connections);
+    let (mux, own): (Vec<Named>, Vec<Named>) = kept.into_iter().partition(|(_, a)| a.multiplexed);
+    let list = |v: &[&(&str, crate::approach::Approach)]| {
+        v.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    };
+    out.push_str(&format!("Concurrency: {n} prompts in flight in each cell"));
+    if !mux.is_empty() {
+        out.push_str(&format!(
+            "; as {n} streams of one connection: {}",
+            list(&mux)
+        ));
+    }
+    if !own.is_empty() {
+        out.push_str(&format!("; on {n} connections: {}", list(&own)));
+    }
+    if !each.is_empty() {
+        out.push_str(&format!(
+            "; on a connection per prompt (the server closes each after its answer): {}",
+            list(&each)
+        ));
+    }
+    out.push_str(". Each record names its connection (`conn`) and slot.\n\n");
+    out
+}
 
+/// Lines under a table, one a note, and a blank line after them if there were any.
+fn notes(lines: &[String]) -> String {
+    let mut out = String::new();
+    for d in lines {
+        out.push_str(&format!("- {d}\n"));
+    }
+    if !lines.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+/// One profile: a load test's levels and drops; or the summary table, the drops, the
+/// stalls and urgent prompts where they tell, each cell's own lines, and the wire and
+/// anatomy tables.
+fn profile_section(run: &Run, p: &str) -> String {
+    let cells = cells_of(run, p);
+    let link = cells.first().map(|c| crate::metrics::link_of(&c.cell));
+    let mut out = format!("## {p} ({})\n\n", link.unwrap_or_default());
+    let backend = run.plan.shaping.as_ref().map(|s| s.backend);
+    let drops = super::drops::notes(&cells, backend);
+    if cells.iter().any(|c| c.load.is_some()) {
+        out.push_str(&super::load::section(&cells));
+        if let Some(t) = super::drops::levels_table(&cells) {
+            out.push_str("The host's own drops over each level (c: client, w: the wire namespace between them, s: server; with netem and a loss rate, the wire's qdisc drops include the profile's loss):\n\n");
+            out.push_str(&t);
+            out.push_str("\n\n");
+        }
+        out.push_str(&notes(&drops));
+        return out;
+    }
+    let sums: Vec<Summary> = cells
+        .iter()
+        .map(|c| Summary::of(&c.cell.name, &c.records))
+        .collect();
+    out.push_str(&summary_table(&sums));
+    out.push_str("\n\n");
+    out.push_str(&notes(&drops));
+    // With prompts in flight at once (head-of-line blocking), or tokens in
+    // datagrams (what a retransmission costs the others), the gaps tell.
+    let datagrams = cells
+        .iter()
+        .any(|c| c.records.iter().any(|r| r.datagrams.is_some()));
+    if run.plan.workload.concurrency > 1 || datagrams {
+        out.push_str(&stalls_table(&cells));
+    }
+    if cells.iter().any(|c| c.records.iter().any(|r| r.urgent)) {
+        out.push_str(&urgent_table(&cells));
+    }
+    for c in &cells {
+        out.push_str(&cell_lines(c));
+    }
+    out.push_str(&wire_table(&cells));
+    out.push_str(&super::anatomy::table(&cells));
+    out
+}
+
+/// A cell's own lines: raw QUIC's 0-RTT, datagram delivery, the handoff server's
+/// latencies.
+fn cell_lines(c: &crate::metrics::CellResult) -> String {
+    let mut out = String::new();
+    // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
+    let tried: Vec<bool> = c.records.iter().filter_map(|r| r.zero_rtt).collect();
+    if !tried.is_empty() {
+        out.push_str(&format!(
+            "{}: 0-RTT accepted for {} of {} new connections (the first has no session to resume).\n\n",
+            c.cell.name,
+            tried.iter().filter(|&&t| t).count(),
+            tried.len()
+        ));
+    }
+    if let Some(t) = crate::metrics::datagrams::of(&c.records, &c.connections) {
+        out.push_str(&t.line(&c.cell.name));
+    }
+    if let Some(l) = handoff_line(&c.cell.name, &c.records) {
+        out.push_str(&l);
+    }
+    out
+}
+
+/// Wire bytes and packets per token at the client's interface, each against the first.
+fn wire_table(cells: &[&crate::metrics::CellResult]) -> String {
+    #[derive(tabled::Tabled)]
+    struct WireRow {
+        #[tabled(rename = "Approach")]
+        approach: String,
+        #[tabled(rename = "Wire bytes up")]
+        up: u64,
+        #[tabled(rename = "Wire bytes down")]
+        down: u64,
+        #[tabled(rename = "Packets up")]
+        pu: u64,
+        #[tabled(rename = "Packets down")]
+        pd: u64,
+        #[tabled(rename = "Tokens")]
+        tokens: usize,
+        #[tabled(rename = "Wire B/tok")]
+        bpt: String,
+        #[tabled(rename = "L3 B/tok")]
+        l3: String,
+        #[tabled(rename = "vs first")]
+        ratio: String,
+    }
+    let mut first_bpt = None;
+    let rows: Vec<WireRow> = cells
+        .iter()
+        .map(|c| {
+            let (u, d, pu, pd) = wire(c).unwrap_or_default();
+            let t = tokens(c);
+            let bpt = (t > 0).then(|| (u + d) as f64 / t as f64);
+            if first_bpt.is_none() {
+                first_bpt = bpt;
+            }
+            let l3 = c
+                .client
+                .as_ref()
+                .map(|e| e.capture.tx.l3_bytes + e.capture.rx.l3_bytes);
+            WireRow {
+                l3: match (l3, t) {
+                    (Some(b), t) if t > 0 => format!("{:.1}", b as f64 / t as f64),
+                    _ => "-".into(),
+                },
+                approach: c.cell.name.clone(),
+                up: u,
+                down: d,
+                pu,
+                pd,
+                tokens: t,
+                bpt: bpt.map_or("-".into(), |b| format!("{b:.1}")),
+                ratio: match (bpt, first_bpt) {
+                    (Some(b), Some(f)) if f > 0.0 => format!("{:.2}x", b / f),
+                    _ => "-".into(),
+                },
+            }
+        })
+        .collect();
+    format!(
+        "Wire, at the client's interface (L2, every frame of the cell's run; L3 leaves out the 14-byte Ethernet header of each frame, and frames that are not IP):\n\n{}\n\n",
+        tabled::Table::new(rows).with(Style::markdown())
+    )
+}
+
+/// Each cell's links, as configured and as the captures at both ends saw them.
+fn links_section(run: &Run) -> String {
     #[derive(tabled::Tabled)]
     struct LinkRow {
         cell: String,
@@ -279,84 +329,85 @@ pub fn render(run: &Run) -> String {
     }
     let mut rows = Vec::new();
     for c in &run.cells {
-        if let (Some(cl), Some(sv)) = (&c.client, &c.server) {
-            for (dir, link, sent, got) in [
-                ("up", &c.cell.up, &cl.capture.tx, &sv.capture.rx),
-                ("down", &c.cell.down, &sv.capture.tx, &cl.capture.rx),
-            ] {
-                rows.push(LinkRow {
-                    cell: format!("{} {}@{}", c.cell.id, c.cell.name, c.cell.profile),
-                    direction: dir,
-                    configured: link.describe(),
-                    sent: sent.ip_packets,
-                    delivered: got.ip_packets,
-                    loss: if sent.ip_packets > 0 {
-                        pct(1.0 - got.ip_packets as f64 / sent.ip_packets as f64)
-                    } else {
-                        "-".into()
-                    },
-                    bytes: got.l2_bytes,
-                    rate: got.rate_bps().map_or("-".into(), fmt_rate),
-                });
-            }
+        let (Some(cl), Some(sv)) = (&c.client, &c.server) else {
+            continue;
+        };
+        for (dir, link, sent, got) in [
+            ("up", &c.cell.up, &cl.capture.tx, &sv.capture.rx),
+            ("down", &c.cell.down, &sv.capture.tx, &cl.capture.rx),
+        ] {
+            rows.push(LinkRow {
+                cell: format!("{} {}@{}", c.cell.id, c.cell.name, c.cell.profile),
+                direction: dir,
+                configured: link.describe(),
+                sent: sent.ip_packets,
+                delivered: got.ip_packets,
+                loss: if sent.ip_packets > 0 {
+                    pct(1.0 - got.ip_packets as f64 / sent.ip_packets as f64)
+                } else {
+                    "-".into()
+                },
+                bytes: got.l2_bytes,
+                rate: got.rate_bps().map_or("-".into(), fmt_rate),
+            });
         }
     }
-    // A load test does not capture (thousands of streams): its wire figures are the
-    // kernel's counters, per level, in its tables.
-    let load = run.cells.iter().any(|c| c.load.is_some());
-    if !load {
-        out.push_str("## Link behaviour (IP packets sent at one end, delivered at the other)\n\n");
-        out.push_str("The delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n");
-        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-        out.push_str("\n\n");
-    }
+    format!(
+        "## Link behaviour (IP packets sent at one end, delivered at the other)\n\nThe delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n{}\n\n",
+        tabled::Table::new(rows).with(Style::markdown())
+    )
+}
 
+/// Each end's capture against the kernel's counters, and the hosts' own drops.
+fn captures_section(run: &Run) -> String {
     let checks: Vec<String> = run
         .cells
         .iter()
         .flat_map(|c| {
             [("client", &c.client), ("server", &c.server)]
                 .into_iter()
-                .map(move |(side, e)| match e {
-                    Some(e) if e.differences.is_empty() => {
-                        let o = &e.capture.outside;
-                        let mut l = format!(
-                            "- {} {side}: capture = kernel counters ({} + {} frames)",
-                            c.cell.id, e.kernel.tx_packets, e.kernel.rx_packets
-                        );
-                        if o.before + o.after > 0 {
-                            l.push_str(&format!(
-                                "; {} frames captured before the first reading and {} after the last were left out ({} of them ARP or other non-IP)",
-                                o.before, o.after, o.non_ip
-                            ));
-                        }
-                        for n in &e.notes {
-                            l.push_str(&format!("; {n}"));
-                        }
-                        l
-                    }
-                    Some(e) => format!(
-                        "- {} {side}: DIFFERS: {}",
-                        c.cell.id,
-                        e.differences.join("; ")
-                    ),
-                    None => format!("- {} {side}: no capture", c.cell.id),
-                })
+                .map(move |(side, e)| capture_line(&c.cell.id, side, e.as_ref()))
         })
         .collect();
-    if !load {
-        out.push_str("## Capture cross-check\n\n");
-        out.push_str(&checks.join("\n"));
+    let mut out = format!("## Capture cross-check\n\n{}\n\n", checks.join("\n"));
+    let all: Vec<&crate::metrics::CellResult> = run.cells.iter().collect();
+    if let Some(t) = super::drops::cells_table(&all) {
+        out.push_str("## Host-stack drops\n\n");
+        out.push_str("What the hosts' own stacks counted over each cell's workload, which no capture sees (c: client, w: the wire namespace between them, s: server; UDP and TCP from /proc/net/snmp and netstat, link and qdisc drops over netlink, the CPUs' receive backlog for the whole machine). Retransmissions follow from the profile's loss as well as from these drops.\n\n");
+        out.push_str(&t);
         out.push_str("\n\n");
-        let all: Vec<&crate::metrics::CellResult> = run.cells.iter().collect();
-        if let Some(t) = super::drops::cells_table(&all) {
-            out.push_str("## Host-stack drops\n\n");
-            out.push_str("What the hosts' own stacks counted over each cell's workload, which no capture sees (c: client, w: the wire namespace between them, s: server; UDP and TCP from /proc/net/snmp and netstat, link and qdisc drops over netlink, the CPUs' receive backlog for the whole machine). Retransmissions follow from the profile's loss as well as from these drops.\n\n");
-            out.push_str(&t);
-            out.push_str("\n\n");
-        }
     }
-    out.push_str(&super::anatomy::checks(&run.cells));
+    out
+}
+
+/// One end's cross-check line.
+fn capture_line(id: &str, side: &str, e: Option<&crate::metrics::End>) -> String {
+    let Some(e) = e else {
+        return format!("- {id} {side}: no capture");
+    };
+    if !e.differences.is_empty() {
+        return format!("- {id} {side}: DIFFERS: {}", e.differences.join("; "));
+    }
+    let o = &e.capture.outside;
+    let mut l = format!(
+        "- {id} {side}: capture = kernel counters ({} + {} frames)",
+        e.kernel.tx_packets, e.kernel.rx_packets
+    );
+    if o.before + o.after > 0 {
+        l.push_str(&format!(
+            "; {} frames captured before the first reading and {} after the last were left out ({} of them ARP or other non-IP)",
+            o.before, o.after, o.non_ip
+        ));
+    }
+    for n in &e.notes {
+        l.push_str(&format!("; {n}"));
+    }
+    l
+}
+
+/// Answers whose tokens differed between approaches, and each expectation's verdict.
+fn mismatches_and_expectations(run: &Run) -> String {
+    let mut out = String::new();
     if !run.digest_mismatches.is_empty() {
         out.push_str("## Token mismatches\n\n");
         for m in &run.digest_mismatches {
@@ -381,8 +432,6 @@ pub fn render(run: &Run) -> String {
     out
 }
 
-/// With prompts in flight at once: the gaps between tokens, the stalls, and how many
-/// streams of one connection stall together (head-of-line blocking).
 /// The handoff server's own latencies over a cell's prompts: the front's hand-off to the
 /// streaming daemon (the server's `Lab-Handoff-Us` header), and the client's times to the
 /// response head and to the first token; `None` for the other approaches.
@@ -412,6 +461,8 @@ fn handoff_line(name: &str, records: &[lab_clients::record::PromptRecord]) -> Op
     ))
 }
 
+/// Gaps between an answer's tokens, and how many streams of one connection stall
+/// together (head-of-line blocking).
 fn stalls_table(cells: &[&crate::metrics::CellResult]) -> String {
     use crate::metrics::stalls;
     let mut b = tabled::builder::Builder::default();
