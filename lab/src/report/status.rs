@@ -62,9 +62,19 @@ pub fn json(labs: &[(State, Live)]) -> serde_json::Value {
 
 /// The status of one lab as a person reads it.
 pub fn render(s: &State, l: &Live) -> String {
+    let mut out = head(s, l);
+    out.push_str(&cells_table(&s.plan));
+    out.push_str(&processes_table(s, l));
+    out.push_str(&wire_counters(&l.wire));
+    out.push_str(&namespaces_line(s, l));
+    out.push_str(&try_lines(s));
+    out
+}
+
+/// The lab's phase and who built it, its LLM and its shaping.
+fn head(s: &State, l: &Live) -> String {
     let p = &s.plan;
-    let mut out = String::new();
-    out.push_str(&format!(
+    let mut out = format!(
         "lab {}: {}, since {} (built by pid {}), from {}\n",
         s.name,
         match (s.phase, s.handed_over, l.owner_alive) {
@@ -76,13 +86,17 @@ pub fn render(s: &State, l: &Live) -> String {
         fmt_time(s.created),
         s.owner_pid,
         s.topology.display()
-    ));
+    );
     out.push_str(&format!(
         "llm: {} ({}) for model {}, at http://{}:{} in {}\n",
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.address, p.llm.port, p.llm.namespace
     ));
     out.push_str(&format!("shaping: {}\n\n", shaping_line(p)));
+    out
+}
 
+/// A row a cell: its node name for `lab shell`, namespaces, addresses and links.
+fn cells_table(p: &crate::plan::Plan) -> String {
     #[derive(tabled::Tabled)]
     struct CellRow {
         cell: String,
@@ -126,9 +140,11 @@ pub fn render(s: &State, l: &Live) -> String {
             }
         })
         .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
+    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+}
 
+/// A row a process: where it runs, whether it still does, its memory and its log.
+fn processes_table(s: &State, l: &Live) -> String {
     #[derive(tabled::Tabled)]
     struct ProcRow {
         role: String,
@@ -158,68 +174,77 @@ pub fn render(s: &State, l: &Live) -> String {
             log: r.log.display().to_string(),
         })
         .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
-    let wires = &l.wire;
-    if !wires.is_empty() {
-        #[derive(tabled::Tabled)]
-        struct WireRow {
-            cell: String,
-            direction: &'static str,
-            #[tabled(rename = "frames in")]
-            frames_in: u64,
-            #[tabled(rename = "frames out")]
-            frames_out: u64,
-            #[tabled(rename = "bytes out")]
-            bytes_out: u64,
-            #[tabled(rename = "lost (loss model)")]
-            lost: u64,
-            #[tabled(rename = "dropped (queue full)")]
-            queue: u64,
-            #[tabled(rename = "dropped (send)")]
-            send: u64,
-            #[tabled(rename = "dropped (ring full)")]
-            ring: u64,
-            #[tabled(rename = "ring wait p99 / max (us)")]
-            waited: String,
+    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+}
+
+/// `lab wire`'s counters per cell and direction, and a trace's unused chances.
+fn wire_counters(wires: &[(String, crate::shaping::stats::WireStats)]) -> String {
+    if wires.is_empty() {
+        return String::new();
+    }
+    #[derive(tabled::Tabled)]
+    struct WireRow {
+        cell: String,
+        direction: &'static str,
+        #[tabled(rename = "frames in")]
+        frames_in: u64,
+        #[tabled(rename = "frames out")]
+        frames_out: u64,
+        #[tabled(rename = "bytes out")]
+        bytes_out: u64,
+        #[tabled(rename = "lost (loss model)")]
+        lost: u64,
+        #[tabled(rename = "dropped (queue full)")]
+        queue: u64,
+        #[tabled(rename = "dropped (send)")]
+        send: u64,
+        #[tabled(rename = "dropped (ring full)")]
+        ring: u64,
+        #[tabled(rename = "ring wait p99 / max (us)")]
+        waited: String,
+    }
+    let mut rows = Vec::new();
+    for (cell, w) in wires {
+        for (direction, c) in [("up", &w.up), ("down", &w.down)] {
+            rows.push(WireRow {
+                cell: cell.clone(),
+                direction,
+                frames_in: c.in_frames,
+                frames_out: c.out_frames,
+                bytes_out: c.out_bytes,
+                lost: c.dropped_loss,
+                queue: c.dropped_queue,
+                send: c.dropped_send,
+                ring: c.dropped_input,
+                waited: c
+                    .waited_us
+                    .map(|(_, p99, max)| format!("{p99} / {max}"))
+                    .unwrap_or_default(),
+            });
         }
-        let mut rows = Vec::new();
-        for (cell, w) in wires {
-            for (direction, c) in [("up", &w.up), ("down", &w.down)] {
-                rows.push(WireRow {
-                    cell: cell.clone(),
-                    direction,
-                    frames_in: c.in_frames,
-                    frames_out: c.out_frames,
-                    bytes_out: c.out_bytes,
-                    lost: c.dropped_loss,
-                    queue: c.dropped_queue,
-                    send: c.dropped_send,
-                    ring: c.dropped_input,
-                    waited: c
-                        .waited_us
-                        .map(|(_, p99, max)| format!("{p99} / {max}"))
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        out.push_str("link emulator counters (updated every second):\n");
-        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-        out.push_str("\n\n");
-        for (cell, w) in wires {
-            for (direction, c, p) in [
-                ("up", &w.up, &w.up_params),
-                ("down", &w.down, &w.down_params),
-            ] {
-                if p.trace.is_some() {
-                    out.push_str(&format!(
-                        "{cell} {direction}: the trace's delivery chances left unused so far (nothing waiting for the link): {}\n",
-                        fmt_bytes(c.trace_unused_bytes)
-                    ));
-                }
+    }
+    let mut out = format!(
+        "link emulator counters (updated every second):\n{}\n\n",
+        tabled::Table::new(rows).with(Style::markdown())
+    );
+    for (cell, w) in wires {
+        for (direction, c, p) in [
+            ("up", &w.up, &w.up_params),
+            ("down", &w.down, &w.down_params),
+        ] {
+            if p.trace.is_some() {
+                out.push_str(&format!(
+                    "{cell} {direction}: the trace's delivery chances left unused so far (nothing waiting for the link): {}\n",
+                    fmt_bytes(c.trace_unused_bytes)
+                ));
             }
         }
     }
+    out
+}
+
+/// How many of the lab's namespaces are there, and which are missing.
+fn namespaces_line(s: &State, l: &Live) -> String {
     let missing: Vec<&String> = s
         .namespaces
         .iter()
@@ -227,7 +252,7 @@ pub fn render(s: &State, l: &Live) -> String {
         .filter(|(_, exists)| !**exists)
         .map(|(n, _)| n)
         .collect();
-    out.push_str(&format!(
+    format!(
         "namespaces: {} ({} of {} present){}\n",
         s.plan.prefix.clone() + "-*",
         s.namespaces.len() - missing.len(),
@@ -244,16 +269,20 @@ pub fn render(s: &State, l: &Live) -> String {
                     .join(", ")
             )
         }
-    ));
-    if let Some(c) = p.cells.first() {
-        let dir = run_dir(&s.name);
-        out.push_str(&format!(
-            "\ntry:\n  lab shell --lab {name} {id}                 # a shell in {id}'s client namespace\n  lab exec --lab {name} {id} -- lab client {a} --url {url} --ca {dir}/certs/{id}/cert.pem\n  lab down {name}\n",
-            name = s.name,
-            id = c.id,
-            a = c.approach,
-            url = c.url,
-        ));
-    }
-    out
+    )
+}
+
+/// What to try next in the first cell: a shell, a client, taking it down.
+fn try_lines(s: &State) -> String {
+    let Some(c) = s.plan.cells.first() else {
+        return String::new();
+    };
+    let dir = run_dir(&s.name);
+    format!(
+        "\ntry:\n  lab shell --lab {name} {id}                 # a shell in {id}'s client namespace\n  lab exec --lab {name} {id} -- lab client {a} --url {url} --ca {dir}/certs/{id}/cert.pem\n  lab down {name}\n",
+        name = s.name,
+        id = c.id,
+        a = c.approach,
+        url = c.url,
+    )
 }
