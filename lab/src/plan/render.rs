@@ -4,6 +4,7 @@
 use super::Plan;
 use super::layout::Shaper;
 use crate::topology::model::{Backend, Connection};
+use tabled::settings::Style;
 
 /// The shaping backend, why it was chosen, and the seed.
 pub fn shaping_line(p: &Plan) -> String {
@@ -146,14 +147,23 @@ fn mode_name(c: Connection) -> &'static str {
 
 /// The plan as a person reads it.
 pub fn render(p: &Plan) -> String {
-    use tabled::settings::Style;
-    let mut out = String::new();
-    out.push_str(&format!(
+    let mut out = head(p);
+    out.push_str(&cells_table(p));
+    out.push_str(&interfaces_table(p));
+    out.push_str(&processes_table(p));
+    out.push_str(&sysctls_table(p));
+    out
+}
+
+/// The lab's size, its shaping, transport, stack, connection and client lines, its LLM,
+/// its runs and its workload.
+fn head(p: &Plan) -> String {
+    let mut out = format!(
         "lab {}: {} cells, {} namespaces\n",
         p.name,
         p.cells.len(),
         p.namespaces.len()
-    ));
+    );
     let asked = match p.backend {
         Backend::Auto => "auto",
         Backend::Kernel => "kernel",
@@ -184,10 +194,6 @@ pub fn render(p: &Plan) -> String {
         "llm: {} ({}) for model {}, in {} at http://{}:{}\n",
         p.llm.kind, p.llm.detail, p.llm.model, p.llm.namespace, p.llm.address, p.llm.port
     ));
-    let connection = match p.workload.connection {
-        Connection::Reuse => "reuse",
-        Connection::Fresh => "fresh",
-    };
     if p.workload.runs > 1 {
         out.push_str(&format!(
             "runs: {}, each built and taken down on its own, shaping seeds {} to {}\n",
@@ -196,9 +202,19 @@ pub fn render(p: &Plan) -> String {
             p.seed + u64::from(p.workload.runs) - 1
         ));
     }
+    out.push_str(&workload_line(p));
+    out
+}
+
+/// The workload: a load test's levels, or the prompts and how they run.
+fn workload_line(p: &Plan) -> String {
+    let connection = match p.workload.connection {
+        Connection::Reuse => "reuse",
+        Connection::Fresh => "fresh",
+    };
     match &p.workload.load {
-        Some(l) => out.push_str(&format!("workload: {}\n\n", load_line(l, connection))),
-        None => out.push_str(&format!(
+        Some(l) => format!("workload: {}\n\n", load_line(l, connection)),
+        None => format!(
             "workload: {} prompts, {connection} connection, repeat {}{}, cells {}\n\n",
             p.workload.prompts,
             p.workload.repeat,
@@ -212,9 +228,12 @@ pub fn render(p: &Plan) -> String {
             } else {
                 "one after another"
             }
-        )),
+        ),
     }
+}
 
+/// A row a cell: approach, profile, addresses and each direction's link.
+fn cells_table(p: &Plan) -> String {
     #[derive(tabled::Tabled)]
     struct CellRow {
         cell: String,
@@ -240,9 +259,11 @@ pub fn render(p: &Plan) -> String {
             down: c.down.describe(),
         })
         .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
+    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+}
 
+/// A row an interface, in the order `lab up` creates them.
+fn interfaces_table(p: &Plan) -> String {
     #[derive(tabled::Tabled)]
     struct IfRow {
         namespace: String,
@@ -270,9 +291,11 @@ pub fn render(p: &Plan) -> String {
             master: i.master.clone().unwrap_or_default(),
         })
         .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push_str("\n\n");
+    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+}
 
+/// A row a process, with its whole command line.
+fn processes_table(p: &Plan) -> String {
     #[derive(tabled::Tabled)]
     struct ProcRow {
         namespace: String,
@@ -288,31 +311,32 @@ pub fn render(p: &Plan) -> String {
             command: pr.argv.join(" "),
         })
         .collect();
-    out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-    out.push('\n');
-    if !p.sysctls.is_empty() {
-        #[derive(tabled::Tabled)]
-        struct SysctlRow {
-            namespace: String,
-            setting: String,
-            value: String,
-            why: String,
-        }
-        let rows: Vec<SysctlRow> = p
-            .sysctls
-            .iter()
-            .map(|c| SysctlRow {
-                namespace: c.namespace.clone(),
-                setting: c.key.replace('/', "."),
-                value: c.value.clone(),
-                why: c.why.clone(),
-            })
-            .collect();
-        out.push('\n');
-        out.push_str(&tabled::Table::new(rows).with(Style::markdown()).to_string());
-        out.push('\n');
+    format!("{}\n", tabled::Table::new(rows).with(Style::markdown()))
+}
+
+/// A load test's kernel settings, if any.
+fn sysctls_table(p: &Plan) -> String {
+    if p.sysctls.is_empty() {
+        return String::new();
     }
-    out
+    #[derive(tabled::Tabled)]
+    struct SysctlRow {
+        namespace: String,
+        setting: String,
+        value: String,
+        why: String,
+    }
+    let rows: Vec<SysctlRow> = p
+        .sysctls
+        .iter()
+        .map(|c| SysctlRow {
+            namespace: c.namespace.clone(),
+            setting: c.key.replace('/', "."),
+            value: c.value.clone(),
+            why: c.why.clone(),
+        })
+        .collect();
+    format!("\n{}\n", tabled::Table::new(rows).with(Style::markdown()))
 }
 
 /// A load workload in a line: levels, ramp, hold or cycles, the answers, retries.
