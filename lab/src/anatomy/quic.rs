@@ -201,144 +201,12 @@ fn open(
 
 /// Parses the frames of a packet's plaintext into `plan`.
 fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
-    let padding = if space == Space::Data {
-        Layer::Control
-    } else {
-        Layer::Handshake
-    };
     let mut i = 0;
     while i < pt.len() {
         let start = i;
         let rest = &pt[i..];
-        // Reads `n` varints after the type, returning the bytes they took.
-        let vs = |n: usize, from: usize| -> Option<(Vec<u64>, usize)> {
-            let mut at = from;
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let (v, l) = varint(rest.get(at..)?)?;
-                out.push(v);
-                at += l;
-            }
-            Some((out, at))
-        };
         let Some((ty, tl)) = varint(rest) else { break };
-        let parsed: Option<(usize, Layer)> = (|| {
-            Some(match ty {
-                0x00 => {
-                    let zeros = rest.iter().take_while(|&&b| b == 0).count();
-                    (zeros, padding)
-                }
-                0x01 | 0x1e | 0x1f => (tl, Layer::Control),
-                0x02 | 0x03 => {
-                    let (v, mut at) = vs(4, tl)?;
-                    for _ in 0..v[2] {
-                        at = vs(2, at)?.1;
-                    }
-                    if ty == 0x03 {
-                        at = vs(3, at)?.1;
-                    }
-                    plan.acks += 1;
-                    plan.acks_ecn += u32::from(ty == 0x03);
-                    (at, Layer::Acks)
-                }
-                0x04 => (vs(3, tl)?.1, Layer::Control),
-                0x05 => (vs(2, tl)?.1, Layer::Control),
-                0x06 => {
-                    let (v, at) = vs(2, tl)?;
-                    let len = usize::try_from(v[1]).ok()?;
-                    let data = rest.get(at..at + len)?;
-                    // CRYPTO data past what lab keeps is still handshake.
-                    let dup = conn.crypto[side(up)][space as usize]
-                        .add(v[0], data)
-                        .map_or(0, |(_, dup)| dup);
-                    plan.data = true;
-                    if dup > 0 {
-                        plan.retransmitted = true;
-                        plan.layers.add(Layer::Retransmitted, dup);
-                    }
-                    plan.layers.add(Layer::Handshake, (at + len) as u64 - dup);
-                    (at + len, Layer::Other)
-                }
-                0x07 => {
-                    let (v, at) = vs(1, tl)?;
-                    (at + usize::try_from(v[0]).ok()?, Layer::Handshake)
-                }
-                0x08..=0x0f => {
-                    let (sid, mut at) = vs(1, tl)?;
-                    let mut off = 0;
-                    if ty & 0x04 != 0 {
-                        let (v, a) = vs(1, at)?;
-                        off = v[0];
-                        at = a;
-                    }
-                    let len = if ty & 0x02 != 0 {
-                        let (v, a) = vs(1, at)?;
-                        at = a;
-                        usize::try_from(v[0]).ok()?
-                    } else {
-                        rest.len() - at
-                    };
-                    let data = rest.get(at..at + len)?;
-                    let stream = conn.streams.entry((up, sid[0])).or_default();
-                    plan.data = true;
-                    plan.layers.add(Layer::Control, at as u64);
-                    let Some((new, dup)) = stream.add(off, data) else {
-                        plan.layers.add(Layer::Undecoded, len as u64);
-                        return Some((at + len, Layer::Other));
-                    };
-                    if dup > 0 {
-                        plan.retransmitted = true;
-                        plan.layers.add(Layer::Retransmitted, dup);
-                    }
-                    plan.streams.push((up, sid[0], new));
-                    (at + len, Layer::Other)
-                }
-                0x10 | 0x12 | 0x13 | 0x14 | 0x16 | 0x17 | 0x19 => (vs(1, tl)?.1, Layer::Control),
-                0x11 | 0x15 => (vs(2, tl)?.1, Layer::Control),
-                0x18 => {
-                    let at = vs(2, tl)?.1;
-                    let cid = usize::from(*rest.get(at)?);
-                    (at + 1 + cid + 16, Layer::Control)
-                }
-                0x1a | 0x1b => (tl + 8, Layer::Control),
-                0x1c | 0x1d => {
-                    let (v, at) = vs(if ty == 0x1c { 3 } else { 2 }, tl)?;
-                    let reason = usize::try_from(*v.last()?).ok()?;
-                    (at + reason, Layer::Control)
-                }
-                0x30 | 0x31 => {
-                    let (at, len) = if ty == 0x31 {
-                        let (v, a) = vs(1, tl)?;
-                        (a, usize::try_from(v[0]).ok()?)
-                    } else {
-                        (tl, rest.len() - tl)
-                    };
-                    let data = rest.get(at..at + len)?;
-                    plan.data = true;
-                    plan.layers.add(Layer::Control, at as u64);
-                    // HTTP/3's quarter stream id of the session, then lab's stream id and
-                    // sequence number, then the token.
-                    let h3 = if conn.h3_datagrams {
-                        varint(data).map_or(0, |(_, l)| l)
-                    } else {
-                        0
-                    };
-                    plan.layers.add(Layer::Http, h3 as u64);
-                    match lab_codec::dgram::decode(&data[h3..]) {
-                        Ok(t) if conn.datagram_tokens => {
-                            let token = t.token.len();
-                            plan.layers.add(Layer::Message, (len - h3 - token) as u64);
-                            plan.layers.add(Layer::Payload, token as u64);
-                        }
-                        _ => plan.layers.add(Layer::Message, (len - h3) as u64),
-                    }
-                    (at + len, Layer::Other)
-                }
-                0xaf => (vs(4, tl)?.1, Layer::Control),
-                _ => return None,
-            })
-        })();
-        match parsed {
+        match frame(conn, up, space, rest, (ty, tl), plan) {
             Some((n, l)) if start + n <= pt.len() => {
                 if ty != 0x00 && !matches!(ty, 0x02 | 0x03) {
                     plan.only_acks = false;
@@ -359,6 +227,178 @@ fn frames(conn: &mut Conn, up: bool, space: Space, pt: &[u8], plan: &mut Plan) {
             }
         }
     }
+}
+
+/// Reads `n` varints of `rest` from `from`, returning them and where they end.
+fn varints(rest: &[u8], n: usize, from: usize) -> Option<(Vec<u64>, usize)> {
+    let mut at = from;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (v, l) = varint(rest.get(at..)?)?;
+        out.push(v);
+        at += l;
+    }
+    Some((out, at))
+}
+
+/// One frame at the start of `rest`, of type `ty` (`tl` bytes): its length and the layer
+/// its bytes belong to ([`Layer::Other`] when they were added already); None if it
+/// does not decode.
+fn frame(
+    conn: &mut Conn,
+    up: bool,
+    space: Space,
+    rest: &[u8],
+    (ty, tl): (u64, usize),
+    plan: &mut Plan,
+) -> Option<(usize, Layer)> {
+    let vs = |n: usize, from: usize| varints(rest, n, from);
+    Some(match ty {
+        0x00 => {
+            let zeros = rest.iter().take_while(|&&b| b == 0).count();
+            let padding = if space == Space::Data {
+                Layer::Control
+            } else {
+                Layer::Handshake
+            };
+            (zeros, padding)
+        }
+        0x01 | 0x1e | 0x1f => (tl, Layer::Control),
+        0x02 | 0x03 => {
+            let (v, mut at) = vs(4, tl)?;
+            for _ in 0..v[2] {
+                at = vs(2, at)?.1;
+            }
+            if ty == 0x03 {
+                at = vs(3, at)?.1;
+            }
+            plan.acks += 1;
+            plan.acks_ecn += u32::from(ty == 0x03);
+            (at, Layer::Acks)
+        }
+        0x04 => (vs(3, tl)?.1, Layer::Control),
+        0x05 => (vs(2, tl)?.1, Layer::Control),
+        0x06 => crypto_frame(conn, up, space, rest, tl, plan)?,
+        0x07 => {
+            let (v, at) = vs(1, tl)?;
+            (at + usize::try_from(v[0]).ok()?, Layer::Handshake)
+        }
+        0x08..=0x0f => stream_frame(conn, up, rest, (ty, tl), plan)?,
+        0x10 | 0x12 | 0x13 | 0x14 | 0x16 | 0x17 | 0x19 => (vs(1, tl)?.1, Layer::Control),
+        0x11 | 0x15 => (vs(2, tl)?.1, Layer::Control),
+        0x18 => {
+            let at = vs(2, tl)?.1;
+            let cid = usize::from(*rest.get(at)?);
+            (at + 1 + cid + 16, Layer::Control)
+        }
+        0x1a | 0x1b => (tl + 8, Layer::Control),
+        0x1c | 0x1d => {
+            let (v, at) = vs(if ty == 0x1c { 3 } else { 2 }, tl)?;
+            let reason = usize::try_from(*v.last()?).ok()?;
+            (at + reason, Layer::Control)
+        }
+        0x30 | 0x31 => datagram_frame(conn, rest, (ty, tl), plan)?,
+        0xaf => (vs(4, tl)?.1, Layer::Control),
+        _ => return None,
+    })
+}
+
+/// A CRYPTO frame: handshake bytes, and those sent before counted as retransmitted.
+fn crypto_frame(
+    conn: &mut Conn,
+    up: bool,
+    space: Space,
+    rest: &[u8],
+    tl: usize,
+    plan: &mut Plan,
+) -> Option<(usize, Layer)> {
+    let (v, at) = varints(rest, 2, tl)?;
+    let len = usize::try_from(v[1]).ok()?;
+    let data = rest.get(at..at + len)?;
+    // CRYPTO data past what lab keeps is still handshake.
+    let dup = conn.crypto[side(up)][space as usize]
+        .add(v[0], data)
+        .map_or(0, |(_, dup)| dup);
+    plan.data = true;
+    if dup > 0 {
+        plan.retransmitted = true;
+        plan.layers.add(Layer::Retransmitted, dup);
+    }
+    plan.layers.add(Layer::Handshake, (at + len) as u64 - dup);
+    Some((at + len, Layer::Other))
+}
+
+/// A STREAM frame: its header is control; its data goes to the stream, to be decoded
+/// above QUIC, and what was sent before is counted as retransmitted.
+fn stream_frame(
+    conn: &mut Conn,
+    up: bool,
+    rest: &[u8],
+    (ty, tl): (u64, usize),
+    plan: &mut Plan,
+) -> Option<(usize, Layer)> {
+    let (sid, mut at) = varints(rest, 1, tl)?;
+    let mut off = 0;
+    if ty & 0x04 != 0 {
+        let (v, a) = varints(rest, 1, at)?;
+        off = v[0];
+        at = a;
+    }
+    let len = if ty & 0x02 != 0 {
+        let (v, a) = varints(rest, 1, at)?;
+        at = a;
+        usize::try_from(v[0]).ok()?
+    } else {
+        rest.len() - at
+    };
+    let data = rest.get(at..at + len)?;
+    let stream = conn.streams.entry((up, sid[0])).or_default();
+    plan.data = true;
+    plan.layers.add(Layer::Control, at as u64);
+    let Some((new, dup)) = stream.add(off, data) else {
+        plan.layers.add(Layer::Undecoded, len as u64);
+        return Some((at + len, Layer::Other));
+    };
+    if dup > 0 {
+        plan.retransmitted = true;
+        plan.layers.add(Layer::Retransmitted, dup);
+    }
+    plan.streams.push((up, sid[0], new));
+    Some((at + len, Layer::Other))
+}
+
+/// A DATAGRAM frame: HTTP/3's quarter stream id of the session (WebTransport), then
+/// lab's stream id and sequence number, then the token.
+fn datagram_frame(
+    conn: &Conn,
+    rest: &[u8],
+    (ty, tl): (u64, usize),
+    plan: &mut Plan,
+) -> Option<(usize, Layer)> {
+    let (at, len) = if ty == 0x31 {
+        let (v, a) = varints(rest, 1, tl)?;
+        (a, usize::try_from(v[0]).ok()?)
+    } else {
+        (tl, rest.len() - tl)
+    };
+    let data = rest.get(at..at + len)?;
+    plan.data = true;
+    plan.layers.add(Layer::Control, at as u64);
+    let h3 = if conn.h3_datagrams {
+        varint(data).map_or(0, |(_, l)| l)
+    } else {
+        0
+    };
+    plan.layers.add(Layer::Http, h3 as u64);
+    match lab_codec::dgram::decode(&data[h3..]) {
+        Ok(t) if conn.datagram_tokens => {
+            let token = t.token.len();
+            plan.layers.add(Layer::Message, (len - h3 - token) as u64);
+            plan.layers.add(Layer::Payload, token as u64);
+        }
+        _ => plan.layers.add(Layer::Message, (len - h3) as u64),
+    }
+    Some((at + len, Layer::Other))
 }
 
 /// One UDP payload of a flow.
