@@ -127,20 +127,73 @@ pub async fn serve<C: Conn>(
     }
 }
 
+/// What the client asked on its stream: a prompt to answer, or [`URGENT`] (answer this
+/// stream first).
+enum Ask {
+    Prompt(String),
+    Urgent,
+}
+
 /// Answers the prompts of one stream until the client finishes it.
 pub async fn answer(
     mut send: impl Send,
-    mut recv: impl Recv,
+    recv: impl Recv,
     tokens_out: Tokens,
     upstream: Arc<Upstream>,
     stats: Arc<ServerStats>,
 ) {
-    // A prompt to answer, or [`URGENT`]: answer this stream first.
-    enum Ask {
-        Prompt(String),
-        Urgent,
+    let mut rx = read_asks(recv);
+    let mut out = BytesMut::with_capacity(256);
+    // Datagram sequence numbers count the stream's tokens, across its answers.
+    let mut seq = 0u64;
+    while let Some(item) = rx.recv().await {
+        let prompt = match item {
+            Ok(Ask::Prompt(p)) => p,
+            Ok(Ask::Urgent) => {
+                send.set_priority(1);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("bad framing on stream {}: {e}", send.id());
+                stats.error();
+                send.reset(ERR_FRAMING);
+                return;
+            }
+        };
+        stats.request();
+        let tokens = match upstream.chat(&prompt).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("upstream failed: {e}");
+                stats.error();
+                send.reset(ERR_UPSTREAM);
+                return;
+            }
+        };
+        let Some(tally) = relay(&mut send, tokens, &tokens_out, &stats, &mut out, &mut seq).await
+        else {
+            return;
+        };
+        // Datagrams end with their tally on the stream; either way, then `0:`.
+        out.clear();
+        if let Tokens::Datagrams(_) = tokens_out {
+            let _ = lenprefix::encode(tally.message().as_bytes(), &mut out);
+        }
+        out.extend_from_slice(lenprefix::END);
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Ask, lenprefix::LenPrefixError>>(64);
+    send.finish().await;
+}
+
+/// Reads the client's frames off its stream on a task of their own, so that an urgent
+/// mark arrives while an answer is being written; a framing error is passed on, and
+/// stops the stream.
+fn read_asks(
+    mut recv: impl Recv,
+) -> tokio::sync::mpsc::Receiver<Result<Ask, lenprefix::LenPrefixError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Ask, lenprefix::LenPrefixError>>(64);
     tokio::spawn(async move {
         let mut dec = lenprefix::Decoder::new();
         let mut buf = vec![0u8; 16 * 1024];
@@ -184,95 +237,63 @@ pub async fn answer(
             }
         }
     });
-    let mut out = BytesMut::with_capacity(256);
+    rx
+}
+
+/// Writes one answer's tokens as they come, those that arrived together in one write.
+/// The tally of what was sent, or None when the stream ended (reset on an upstream
+/// failure).
+async fn relay(
+    send: &mut impl Send,
+    mut tokens: crate::upstream::TokenStream,
+    tokens_out: &Tokens,
+    stats: &ServerStats,
+    out: &mut BytesMut,
+    seq: &mut u64,
+) -> Option<Tally> {
+    let mut tally = Tally::default();
     let mut batch: Vec<String> = Vec::new();
-    // Datagram sequence numbers count the stream's tokens, across its answers.
-    let mut seq = 0u64;
-    while let Some(item) = rx.recv().await {
-        let prompt = match item {
-            Ok(Ask::Prompt(p)) => p,
-            Ok(Ask::Urgent) => {
-                send.set_priority(1);
-                continue;
+    loop {
+        match tokens.next().await {
+            Ok(Some(tok)) => {
+                batch.clear();
+                batch.push(tok);
+                let mut failed = false;
+                loop {
+                    match tokens.ready_token() {
+                        Ok(Some(t)) => batch.push(t),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!("upstream failed mid-stream: {e}");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                let sent = if failed {
+                    Err(Some(ERR_UPSTREAM))
+                } else {
+                    emit(send, tokens_out, &batch, out, (seq, &mut tally)).await
+                };
+                match sent {
+                    Ok(()) => stats.tokens(batch.len() as u64),
+                    Err(Some(code)) => {
+                        stats.error();
+                        send.reset(code);
+                        return None;
+                    }
+                    Err(None) => return None,
+                }
             }
+            Ok(None) => return Some(tally),
             Err(e) => {
-                tracing::debug!("bad framing on stream {}: {e}", send.id());
-                stats.error();
-                send.reset(ERR_FRAMING);
-                return;
-            }
-        };
-        stats.request();
-        let mut tokens = match upstream.chat(&prompt).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("upstream failed: {e}");
+                tracing::warn!("upstream failed mid-stream: {e}");
                 stats.error();
                 send.reset(ERR_UPSTREAM);
-                return;
+                return None;
             }
-        };
-        let mut tally = Tally::default();
-        loop {
-            match tokens.next().await {
-                Ok(Some(tok)) => {
-                    batch.clear();
-                    batch.push(tok);
-                    // Tokens that arrived together leave in one write.
-                    let mut failed = false;
-                    loop {
-                        match tokens.ready_token() {
-                            Ok(Some(t)) => batch.push(t),
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!("upstream failed mid-stream: {e}");
-                                failed = true;
-                                break;
-                            }
-                        }
-                    }
-                    let sent = if failed {
-                        Err(Some(ERR_UPSTREAM))
-                    } else {
-                        emit(
-                            &mut send,
-                            &tokens_out,
-                            &batch,
-                            &mut out,
-                            (&mut seq, &mut tally),
-                        )
-                        .await
-                    };
-                    match sent {
-                        Ok(()) => stats.tokens(batch.len() as u64),
-                        Err(Some(code)) => {
-                            stats.error();
-                            send.reset(code);
-                            return;
-                        }
-                        Err(None) => return,
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("upstream failed mid-stream: {e}");
-                    stats.error();
-                    send.reset(ERR_UPSTREAM);
-                    return;
-                }
-            }
-        }
-        // Datagrams end with their tally on the stream; either way, then `0:`.
-        out.clear();
-        if let Tokens::Datagrams(_) = tokens_out {
-            let _ = lenprefix::encode(tally.message().as_bytes(), &mut out);
-        }
-        out.extend_from_slice(lenprefix::END);
-        if send.write_all(&out).await.is_err() {
-            return;
         }
     }
-    send.finish().await;
 }
 
 /// Sends one batch of tokens: on the stream in one write, or a datagram each. An error
