@@ -295,6 +295,48 @@ pub async fn run(
     Ok(out)
 }
 
+/// When a level's phases start and end: its slots start over the ramp, and (for a
+/// hold) run prompts until its end.
+#[derive(Clone, Copy)]
+struct Timing {
+    t0: Instant,
+    ramp: Duration,
+    hold: Duration,
+    ramp_start: f64,
+    hold_start: f64,
+    hold_end: f64,
+    stop_at: Instant,
+}
+
+impl Timing {
+    fn new(spec: &LoadSpec) -> Timing {
+        let t0 = Instant::now();
+        let ramp_start = unix_ms();
+        let hold = match spec.end {
+            LevelEnd::Hold(h) => h,
+            LevelEnd::Cycles(_) => Duration::ZERO,
+        };
+        let hold_start = ramp_start + spec.ramp.as_secs_f64() * 1000.0;
+        Timing {
+            t0,
+            ramp: spec.ramp,
+            hold,
+            ramp_start,
+            hold_start,
+            hold_end: hold_start + hold.as_secs_f64() * 1000.0,
+            stop_at: t0 + spec.ramp + hold,
+        }
+    }
+}
+
+/// What a level's slots share: the figures, the progress counters and the prompts.
+#[derive(Clone)]
+struct Shared {
+    fold: Arc<Mutex<Fold>>,
+    live: Arc<Live>,
+    prompts: Arc<Vec<String>>,
+}
+
 async fn run_level(
     spec: &LoadSpec,
     level: u32,
@@ -302,22 +344,40 @@ async fn run_level(
     each: &mut impl FnMut(&Event),
 ) -> anyhow::Result<LevelSummary> {
     let n = level as usize;
-    let t0 = Instant::now();
-    let ramp_start = unix_ms();
-    let ramp = spec.ramp;
-    let hold = match spec.end {
-        LevelEnd::Hold(h) => h,
-        LevelEnd::Cycles(_) => Duration::ZERO,
-    };
-    let hold_start = ramp_start + ramp.as_secs_f64() * 1000.0;
-    let hold_end = hold_start + hold.as_secs_f64() * 1000.0;
-    let stop_at = t0 + ramp + hold;
+    let timing = Timing::new(spec);
     each(&Event::Phase {
         level,
         phase: "ramp".into(),
-        at_unix_ms: ramp_start,
+        at_unix_ms: timing.ramp_start,
     });
-    // Runners: one per connection, shared where the approach multiplexes.
+    let runners = make_runners(spec, n, &make)?;
+    let shared = Shared {
+        fold: Arc::new(Mutex::new(Fold::default())),
+        live: Arc::new(Live::default()),
+        prompts: Arc::new(spec.prompts.clone()),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, runner) in runners.into_iter().enumerate() {
+        tasks.spawn(slot(
+            i,
+            n,
+            runner,
+            shared.clone(),
+            timing,
+            spec.end,
+            spec.backoff,
+        ));
+    }
+    watch(&mut tasks, spec, level, timing, &shared.live, each).await?;
+    Ok(summarize(spec, level, timing, &shared))
+}
+
+/// Runners: one per connection, shared where the approach multiplexes.
+fn make_runners(
+    spec: &LoadSpec,
+    n: usize,
+    make: &Arc<MakeRunner>,
+) -> anyhow::Result<Vec<Box<dyn Runner>>> {
     let per = spec.per_connection.max(1) as usize;
     let mut runners: Vec<Box<dyn Runner>> = Vec::with_capacity(n);
     for i in 0..n {
@@ -330,61 +390,78 @@ async fn run_level(
             None => make(i)?,
         });
     }
-    let fold = Arc::new(Mutex::new(Fold::default()));
-    let live = Arc::new(Live::default());
-    let prompts = Arc::new(spec.prompts.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut runner) in runners.into_iter().enumerate() {
-        let (fold, live, prompts) = (fold.clone(), live.clone(), prompts.clone());
-        let start = t0 + ramp.mul_f64(i as f64 / n as f64);
-        let (end, backoff) = (spec.end, spec.backoff);
-        tasks.spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            let mut wait = backoff.initial;
-            let mut cycle = 0u32;
-            let mut rng = lab_codec::rng::SplitMix64::new(i as u64 + 1);
-            loop {
-                match end {
-                    LevelEnd::Hold(_) if Instant::now() >= stop_at => break,
-                    LevelEnd::Cycles(c) if cycle >= c => break,
-                    _ => {}
+    Ok(runners)
+}
+
+/// Slot `i` of `n`: starts at its place in the ramp, then runs prompts in turn until
+/// the level ends, backing off after a failure before the request.
+async fn slot(
+    i: usize,
+    n: usize,
+    mut runner: Box<dyn Runner>,
+    sh: Shared,
+    t: Timing,
+    end: LevelEnd,
+    backoff: Backoff,
+) {
+    let start = t.t0 + t.ramp.mul_f64(i as f64 / n as f64);
+    tokio::time::sleep_until(start.into()).await;
+    let mut wait = backoff.initial;
+    let mut cycle = 0u32;
+    let mut rng = lab_codec::rng::SplitMix64::new(i as u64 + 1);
+    let live = &sh.live;
+    loop {
+        match end {
+            LevelEnd::Hold(_) if Instant::now() >= t.stop_at => break,
+            LevelEnd::Cycles(c) if cycle >= c => break,
+            _ => {}
+        }
+        let k = (i + cycle as usize * n) % sh.prompts.len();
+        cycle += 1;
+        live.started.fetch_add(1, Ordering::Relaxed);
+        let open = live.open.fetch_add(1, Ordering::Relaxed) + 1;
+        live.peak.fetch_max(open, Ordering::Relaxed);
+        let mut ignore = |_: &str| {};
+        let r = runner.run(k, &sh.prompts[k], &mut ignore).await;
+        live.open.fetch_sub(1, Ordering::Relaxed);
+        let failed_early = r.error.as_ref().map(|e| e.category.before_request());
+        if r.error.is_some() {
+            live.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            live.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut f) = sh.fold.lock() {
+            f.add(k, &r, (t.hold_start, t.hold_end));
+        }
+        drop(r);
+        if failed_early == Some(true) {
+            // Back off, a random half to whole of the wait, then double it.
+            let d = wait.mul_f64(0.5 + rng.f64() * 0.5);
+            match end {
+                LevelEnd::Hold(_) => {
+                    let until = (Instant::now() + d).min(t.stop_at);
+                    tokio::time::sleep_until(until.into()).await;
                 }
-                let k = (i + cycle as usize * n) % prompts.len();
-                cycle += 1;
-                live.started.fetch_add(1, Ordering::Relaxed);
-                let open = live.open.fetch_add(1, Ordering::Relaxed) + 1;
-                live.peak.fetch_max(open, Ordering::Relaxed);
-                let mut ignore = |_: &str| {};
-                let r = runner.run(k, &prompts[k], &mut ignore).await;
-                live.open.fetch_sub(1, Ordering::Relaxed);
-                let failed_early = r.error.as_ref().map(|e| e.category.before_request());
-                if r.error.is_some() {
-                    live.failed.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    live.completed.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Ok(mut f) = fold.lock() {
-                    f.add(k, &r, (hold_start, hold_end));
-                }
-                drop(r);
-                if failed_early == Some(true) {
-                    // Back off, a random half to whole of the wait, then double it.
-                    let d = wait.mul_f64(0.5 + rng.f64() * 0.5);
-                    match end {
-                        LevelEnd::Hold(_) => {
-                            let until = (Instant::now() + d).min(stop_at);
-                            tokio::time::sleep_until(until.into()).await;
-                        }
-                        LevelEnd::Cycles(_) => tokio::time::sleep(d).await,
-                    }
-                    wait = (wait * 2).min(backoff.max);
-                } else {
-                    wait = backoff.initial;
-                }
+                LevelEnd::Cycles(_) => tokio::time::sleep(d).await,
             }
-            runner.close().await;
-        });
+            wait = (wait * 2).min(backoff.max);
+        } else {
+            wait = backoff.initial;
+        }
     }
+    runner.close().await;
+}
+
+/// Waits for every slot to end, telling `each` the phases and, every second, the
+/// progress.
+async fn watch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    spec: &LoadSpec,
+    level: u32,
+    t: Timing,
+    live: &Live,
+    each: &mut impl FnMut(&Event),
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut phase = 0;
@@ -392,18 +469,18 @@ async fn run_level(
         tokio::select! {
             done = tasks.join_next() => {
                 match done {
-                    None => break,
+                    None => return Ok(()),
                     Some(Err(e)) if e.is_panic() => anyhow::bail!("a load slot panicked: {e}"),
                     Some(_) => {}
                 }
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
-                if phase == 0 && now >= t0 + ramp && !hold.is_zero() {
+                if phase == 0 && now >= t.t0 + t.ramp && !t.hold.is_zero() {
                     phase = 1;
                     each(&Event::Phase { level, phase: "hold".into(), at_unix_ms: unix_ms() });
                 }
-                if phase < 2 && now >= stop_at && matches!(spec.end, LevelEnd::Hold(_)) {
+                if phase < 2 && now >= t.stop_at && matches!(spec.end, LevelEnd::Hold(_)) {
                     phase = 2;
                     each(&Event::Phase { level, phase: "drain".into(), at_unix_ms: unix_ms() });
                 }
@@ -419,14 +496,19 @@ async fn run_level(
             }
         }
     }
+}
+
+/// The level's summary from what its slots gathered.
+fn summarize(spec: &LoadSpec, level: u32, t: Timing, sh: &Shared) -> LevelSummary {
     let end = unix_ms();
-    let f = std::mem::take(&mut *fold.lock().unwrap_or_else(|e| e.into_inner()));
+    let f = std::mem::take(&mut *sh.fold.lock().unwrap_or_else(|e| e.into_inner()));
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let live = &sh.live;
     let (started, completed, failed) = (l(&live.started), l(&live.completed), l(&live.failed));
     let tokens_per_s = match spec.end {
         LevelEnd::Hold(h) if !h.is_zero() => f.tokens_in_hold as f64 / h.as_secs_f64(),
         _ => {
-            let secs = (end - ramp_start) / 1000.0;
+            let secs = (end - t.ramp_start) / 1000.0;
             if secs > 0.0 {
                 f.tokens as f64 / secs
             } else {
@@ -434,11 +516,11 @@ async fn run_level(
             }
         }
     };
-    Ok(LevelSummary {
+    LevelSummary {
         level,
-        ramp_start_unix_ms: ramp_start,
-        hold_start_unix_ms: hold_start,
-        hold_end_unix_ms: hold_end,
+        ramp_start_unix_ms: t.ramp_start,
+        hold_start_unix_ms: t.hold_start,
+        hold_end_unix_ms: t.hold_end,
         end_unix_ms: end,
         started,
         completed,
@@ -467,7 +549,7 @@ async fn run_level(
                 streams,
             })
             .collect(),
-    })
+    }
 }
 
 #[cfg(test)]
