@@ -194,12 +194,79 @@ pub fn run(
     res
 }
 
-/// What the levels saw at the client's interface, and the host's drop counters at
-/// both ends: the counters at each level's start.
-#[derive(Default)]
-struct Marks {
+/// The events of `lab load` as they come: each level's counters at its start and end,
+/// and the progress lines.
+struct Levels<'a> {
+    cell: &'a Cell,
+    label: &'a str,
+    stage: &'a (dyn Fn(&str) + Sync),
+    /// The client's, server's and wire's namespaces.
+    ends: [&'a std::fs::File; 3],
+    /// The client interface's counters, and the host's drop counters at both ends, at
+    /// each level's start.
     at_ramp: HashMap<u32, Kernel>,
     stack_at_ramp: HashMap<u32, Mark>,
+    last: Instant,
+    done: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)>,
+}
+
+impl Levels<'_> {
+    fn event(&mut self, e: Event) {
+        let [cns, sns, wns] = self.ends;
+        let label = self.label;
+        match e {
+            Event::Phase { level, phase, .. } => {
+                if phase == "ramp" {
+                    if let Ok(k) = capture::kernel_counters(cns, "to-wire") {
+                        self.at_ramp.insert(level, k);
+                    }
+                    match Mark::take(cns, sns, wns, "to-wire") {
+                        Ok(m) => {
+                            self.stack_at_ramp.insert(level, m);
+                        }
+                        Err(e) => tracing::warn!(
+                            "cell {}: level {level}: cannot read the host's drop counters: {e:#}",
+                            self.cell.id
+                        ),
+                    }
+                }
+                (self.stage)(&format!("[{label}] level {level}: {phase}"));
+            }
+            Event::Progress {
+                level,
+                open,
+                started,
+                completed,
+                failed,
+                ..
+            } => {
+                if self.last.elapsed() >= PROGRESS_EVERY {
+                    self.last = Instant::now();
+                    (self.stage)(&format!(
+                        "[{label}] level {level}: {open} streams open, {started} started, {completed} completed, {failed} failed"
+                    ));
+                }
+            }
+            Event::Level(l) => {
+                let wire = self.at_ramp.get(&l.level).and_then(|k0| {
+                    let k1 = capture::kernel_counters(cns, "to-wire").ok()?;
+                    let d = k1.minus(*k0);
+                    Some(WireCount {
+                        bytes_up: d.tx_bytes,
+                        bytes_down: d.rx_bytes,
+                        packets_up: d.tx_packets,
+                        packets_down: d.rx_packets,
+                    })
+                });
+                let stack = self
+                    .stack_at_ramp
+                    .get(&l.level)
+                    .and_then(|m0| Some(m0.until(Mark::take(cns, sns, wns, "to-wire").ok()?)));
+                (self.stage)(&crate::report::load::level_line(label, &l));
+                self.done.push((*l, wire, stack));
+            }
+        }
+    }
 }
 
 /// The load generator, the sampler and the counters, for one cell.
@@ -210,133 +277,45 @@ fn run_load(
     load: &LoadWorkload,
     prompts_file: &Path,
     prompts: &[String],
-    [cns, sns, wns]: [&std::fs::File; 3],
+    ends: [&std::fs::File; 3],
     server_pid: u32,
     timeout: Duration,
     label: &str,
     stage: &(dyn Fn(&str) + Sync),
     stop: &AtomicBool,
 ) -> Result<CellLoad> {
-    let plan = &state.plan;
     let every = load.sample();
     let ticks = sys::clock_ticks() as f64;
-    // The server idle: the median of three samples.
-    let mut idle: Vec<u64> = (0..3)
-        .filter_map(|i| {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            sample(server_pid, ticks).map(|s| s.rss_kib)
-        })
-        .collect();
-    idle.sort_unstable();
-    let baseline = idle.get(idle.len() / 2).copied();
+    let baseline = idle_rss(server_pid, ticks);
     let samples = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
-
-    let argv = argv(state, cell, load, prompts_file);
-    let exe = std::env::current_exe()?;
-    let log = PathBuf::from(run_dir(&plan.name))
-        .join("logs")
-        .join(format!("{}-load.log", cell.id));
-    let mut st = procs::start(
-        &exe,
-        "load",
-        Some(&cell.id),
-        &cell.client_ns,
-        Some(cns),
-        &argv,
-        log,
-        &[],
-        procs::Lifetime::Tied,
-        crate::plan::Ready::Line,
-    )?;
+    let mut st = start_generator(state, cell, load, prompts_file, ends[0])?;
     let out = st
         .take_stdout()
         .ok_or_else(|| anyhow!("the load generator has no stdout"))?;
     let (pid, start) = (st.record.pid, st.record.start);
     let limit = deadline(load, timeout);
-    let mut summaries: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)> = Vec::new();
-    let mut marks = Marks::default();
+    let mut levels = Levels {
+        cell,
+        label,
+        stage,
+        ends,
+        at_ramp: HashMap::new(),
+        stack_at_ramp: HashMap::new(),
+        last: Instant::now() - PROGRESS_EVERY,
+        done: Vec::new(),
+    };
     let (status, why) = std::thread::scope(|s| -> Result<_> {
-        // The server, sampled at a fixed interval until the generator is done.
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if let Some(x) = sample(server_pid, ticks)
-                    && let Ok(mut v) = samples.lock()
-                {
-                    v.push(x);
-                }
-                let t = Instant::now();
-                while t.elapsed() < every && !done.load(Ordering::SeqCst) {
-                    std::thread::sleep(every.min(Duration::from_millis(20)));
-                }
-            }
-        });
+        s.spawn(|| sample_server(server_pid, ticks, every, &samples, &done));
         // A watchdog: past its deadline, or told to stop, the generator is stopped.
         let watchdog =
             s.spawn(|| super::client::watchdog(pid, start, STOP_GRACE, limit, stop, &done));
-        let mut last = Instant::now() - PROGRESS_EVERY;
         let read = || -> Result<()> {
             for line in std::io::BufReader::new(out).lines() {
                 let line = line?;
-                let e = match serde_json::from_str::<Event>(&line) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id);
-                        continue;
-                    }
-                };
-                match e {
-                    Event::Phase { level, phase, .. } => {
-                        if phase == "ramp" {
-                            if let Ok(k) = capture::kernel_counters(cns, "to-wire") {
-                                marks.at_ramp.insert(level, k);
-                            }
-                            match Mark::take(cns, sns, wns, "to-wire") {
-                                Ok(m) => {
-                                    marks.stack_at_ramp.insert(level, m);
-                                }
-                                Err(e) => tracing::warn!(
-                                    "cell {}: level {level}: cannot read the host's drop counters: {e:#}",
-                                    cell.id
-                                ),
-                            }
-                        }
-                        stage(&format!("[{label}] level {level}: {phase}"));
-                    }
-                    Event::Progress {
-                        level,
-                        open,
-                        started,
-                        completed,
-                        failed,
-                        ..
-                    } => {
-                        if last.elapsed() >= PROGRESS_EVERY {
-                            last = Instant::now();
-                            stage(&format!(
-                                "[{label}] level {level}: {open} streams open, {started} started, {completed} completed, {failed} failed"
-                            ));
-                        }
-                    }
-                    Event::Level(l) => {
-                        let wire = marks.at_ramp.get(&l.level).and_then(|k0| {
-                            let k1 = capture::kernel_counters(cns, "to-wire").ok()?;
-                            let d = k1.minus(*k0);
-                            Some(WireCount {
-                                bytes_up: d.tx_bytes,
-                                bytes_down: d.rx_bytes,
-                                packets_up: d.tx_packets,
-                                packets_down: d.rx_packets,
-                            })
-                        });
-                        let stack = marks.stack_at_ramp.get(&l.level).and_then(|m0| {
-                            Some(m0.until(Mark::take(cns, sns, wns, "to-wire").ok()?))
-                        });
-                        stage(&crate::report::load::level_line(label, &l));
-                        summaries.push((*l, wire, stack));
-                    }
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(e) => levels.event(e),
+                    Err(e) => tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id),
                 }
             }
             Ok(())
@@ -370,7 +349,88 @@ fn run_load(
         ));
     }
     let samples = samples.into_inner().unwrap_or_default();
-    // With the embedded mock, every answer is known: the tokens of `prompt`.
+    Ok(CellLoad {
+        levels: results(state, levels.done, prompts, &samples, baseline),
+        baseline_rss_kib: baseline,
+        samples,
+        sample_ms: every.as_millis() as u64,
+    })
+}
+
+/// The server's RSS when idle: the median of three samples.
+fn idle_rss(server_pid: u32, ticks: f64) -> Option<u64> {
+    let mut idle: Vec<u64> = (0..3)
+        .filter_map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sample(server_pid, ticks).map(|s| s.rss_kib)
+        })
+        .collect();
+    idle.sort_unstable();
+    idle.get(idle.len() / 2).copied()
+}
+
+/// The server, sampled at a fixed interval until the generator is done.
+fn sample_server(
+    server_pid: u32,
+    ticks: f64,
+    every: Duration,
+    samples: &Mutex<Vec<Sample>>,
+    done: &AtomicBool,
+) {
+    while !done.load(Ordering::SeqCst) {
+        if let Some(x) = sample(server_pid, ticks)
+            && let Ok(mut v) = samples.lock()
+        {
+            v.push(x);
+        }
+        let t = Instant::now();
+        while t.elapsed() < every && !done.load(Ordering::SeqCst) {
+            std::thread::sleep(every.min(Duration::from_millis(20)));
+        }
+    }
+}
+
+/// `lab load` in the cell's client namespace, its events on stdout, tied to this
+/// process.
+fn start_generator(
+    state: &State,
+    cell: &Cell,
+    load: &LoadWorkload,
+    prompts_file: &Path,
+    cns: &std::fs::File,
+) -> Result<procs::Started> {
+    let argv = argv(state, cell, load, prompts_file);
+    let exe = std::env::current_exe()?;
+    let log = PathBuf::from(run_dir(&state.plan.name))
+        .join("logs")
+        .join(format!("{}-load.log", cell.id));
+    procs::start(
+        &exe,
+        "load",
+        Some(&cell.id),
+        &cell.client_ns,
+        Some(cns),
+        &argv,
+        log,
+        &[],
+        procs::Lifetime::Tied,
+        crate::plan::Ready::Line,
+    )
+}
+
+/// Each level's result: its summary, the server's resources over its hold, its wire
+/// and drop counters, and, with the embedded mock (every answer known), the streams
+/// whose tokens were not the mock's answer.
+fn results(
+    state: &State,
+    levels: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)>,
+    prompts: &[String],
+    samples: &[Sample],
+    baseline: Option<u64>,
+) -> Vec<LevelResult> {
+    let plan = &state.plan;
     let expected = (plan.llm.kind == "mock").then(|| {
         let (seed, max) = (plan.llm.mock_seed.unwrap_or(1), plan.llm.mock_max_tokens);
         let model = plan.llm.model.clone();
@@ -379,7 +439,7 @@ fn run_load(
             (lab_clients::record::digest_tokens(&toks), toks.len())
         }
     });
-    let levels = summaries
+    levels
         .into_iter()
         .map(|(summary, wire, stack)| {
             let (checked, wrong_streams, wrong) = match &expected {
@@ -388,7 +448,7 @@ fn run_load(
             };
             LevelResult {
                 server: Resources::over(
-                    &samples,
+                    samples,
                     summary.hold_start_unix_ms,
                     summary.hold_end_unix_ms,
                     baseline,
@@ -402,13 +462,7 @@ fn run_load(
                 wrong_streams,
             }
         })
-        .collect();
-    Ok(CellLoad {
-        levels,
-        baseline_rss_kib: baseline,
-        samples,
-        sample_ms: every.as_millis() as u64,
-    })
+        .collect()
 }
 
 #[cfg(test)]
