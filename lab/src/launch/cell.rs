@@ -181,38 +181,7 @@ pub fn run(
     }
 
     let quiet = quiet_for(cell);
-    let ends = (|| -> Result<_> {
-        let cns = sys::open_netns(&cell.client_ns)?;
-        let sns = sys::open_netns(&cell.server_ns)?;
-        if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop) {
-            tracing::warn!(
-                "cell {}: the link did not go quiet after the warm-up",
-                cell.id
-            );
-        }
-        let cc = Capture::start(
-            &cns,
-            "to-wire",
-            cell.port,
-            pcap.map(|d| d.scratch()).transpose()?,
-        )?;
-        let sc = Capture::start(
-            &sns,
-            "to-wire",
-            cell.port,
-            pcap.map(|d| d.scratch()).transpose()?,
-        )?;
-        // Each capture's window opens the moment before its end's counters are read.
-        let mark = |ns: &std::fs::File, cap: &Capture| -> Result<Kernel> {
-            cap.count_from(capture::socket::realtime_ns());
-            capture::kernel_counters(ns, "to-wire")
-        };
-        let k0 = (mark(&cns, &cc)?, mark(&sns, &sc)?);
-        let wns = sys::open_netns(&cell.wire_ns)?;
-        let m0 = Mark::take(&cns, &sns, &wns, "to-wire")?;
-        Ok((cns, sns, wns, cc, sc, k0, m0))
-    })();
-    let (cns, sns, wns, cc, sc, k0, m0) = match ends {
+    let ends = match Ends::open(cell, pcap, quiet, stop) {
         Ok(x) => x,
         Err(e) => {
             res.errors.push(format!("{e:#}"));
@@ -220,7 +189,6 @@ pub fn run(
         }
     };
     let n = prompts.len() * w.repeat.max(1) as usize;
-    let deadline = timeout * n as u32 + Duration::from_secs(30);
     stage(&format!(
         "[{label}] running {n} prompts, capturing both ends"
     ));
@@ -228,92 +196,33 @@ pub fn run(
     // that the anatomy can decrypt the capture (and Wireshark too, with --pcap). The
     // keys directory is lab's own, and only root can enter it.
     let keys_file = dir.join("keys").join(format!("{}.keys", cell.id));
-    let keylog = vec![("SSLKEYLOGFILE".to_owned(), keys_file.display().to_string())];
-    let mut records = Vec::new();
-    // The workload's urgent prompts are numbered in its whole run, not the warm-up's.
-    let mut args = vec![
-        "--prompts".into(),
-        prompts_file.display().to_string(),
-        "--repeat".into(),
-        w.repeat.to_string(),
-    ];
-    if !w.urgent.is_empty() {
-        let list: Vec<String> = w.urgent.iter().map(u32::to_string).collect();
-        args.extend(["--urgent".into(), list.join(",")]);
-    }
-    let r = super::client::run(
-        state,
-        cell,
-        &args,
-        dir.join("logs").join(format!("{}-client.log", cell.id)),
-        &keylog,
-        deadline,
+    let workload = Workload {
+        prompts_file: &prompts_file,
+        keys_file: &keys_file,
+        deadline: timeout * n as u32 + Duration::from_secs(30),
+        label: &label,
+    };
+    workload.run(state, cell, print, stop, &mut res);
+    if !wait_quiet(
+        &[&ends.cns, &ends.sns],
+        quiet,
+        Duration::from_secs(10),
         stop,
-        &mut |r| {
-            print(&format!("[{label}] {}", prompt_line(&r)));
-            records.push(r);
-        },
-    );
-    match r {
-        Ok(c) => res.connections = c,
-        Err(e) => res.errors.push(format!("{e:#}")),
-    }
-    // With prompts in flight at once they finish out of order; run.json keeps prompt order.
-    records.sort_by_key(|r| r.index);
-    res.records = records;
-    if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop)
-        && !stop.load(Ordering::SeqCst)
+    ) && !stop.load(Ordering::SeqCst)
     {
         tracing::warn!("cell {}: the link did not go quiet after the run", cell.id);
     }
-    match Mark::take(&cns, &sns, &wns, "to-wire") {
-        Ok(m1) => res.stack = Some(m0.until(m1)),
-        Err(e) => res
-            .errors
-            .push(format!("reading the host's drop counters: {e:#}")),
-    }
     let keys = std::fs::read_to_string(&keys_file).unwrap_or_default();
-    // With --pcap, each end's packets go into <cell>-<side>.pcapng, after the secrets.
-    let end = |cap: Capture, ns: &std::fs::File, k0: Kernel, side: &str| -> Result<(End, Frames)> {
-        // The window closes the moment after the counters are read.
-        cap.closing();
-        let k1 = capture::kernel_counters(ns, "to-wire")?;
-        let (capture, frames, scratch) = cap.finish(capture::socket::realtime_ns())?;
-        if let (Some(d), Some(scratch)) = (pcap, scratch) {
-            let out = d.create_new(&format!("{}-{side}.pcapng", cell.id), 0o600)?;
-            crate::capture::pcap::seal(scratch, out, &keys)?;
-        }
-        let kernel = k1.minus(k0);
-        let (differences, notes) = kernel.compare(&capture);
-        Ok((
-            End {
-                differences,
-                notes,
-                capture,
-                kernel,
-            },
-            frames,
-        ))
-    };
-    let mut kept = Vec::new();
-    match end(cc, &cns, k0.0, "client") {
-        Ok((e, f)) => {
-            res.client = Some(e);
-            kept.push(f);
-        }
-        Err(e) => res.errors.push(format!("client-side capture: {e:#}")),
-    }
-    match end(sc, &sns, k0.1, "server") {
-        Ok((e, f)) => {
-            res.server = Some(e);
-            kept.push(f);
-        }
-        Err(e) => res.errors.push(format!("server-side capture: {e:#}")),
-    }
-    if let [client, server] = &kept[..] {
+    let frames = ends.close(cell, pcap, &keys, &mut res);
+    if let Some((client, server)) = frames {
         stage(&format!("[{label}] decoding the captures"));
         let t = Instant::now();
-        res.anatomy = Some(CellAnatomy::of(cell, client, server, &KeyLog::parse(&keys)));
+        res.anatomy = Some(CellAnatomy::of(
+            cell,
+            &client,
+            &server,
+            &KeyLog::parse(&keys),
+        ));
         tracing::debug!(
             "cell {}: anatomy of {} + {} frames in {:.1} ms",
             cell.id,
@@ -327,4 +236,204 @@ pub fn run(
         .and_then(|b| serde_json::from_slice(&b).ok());
     res.seconds = t0.elapsed().as_secs_f64();
     res
+}
+
+/// Both ends of a cell's link while its workload runs: their namespaces, their
+/// captures, and the counters at the start.
+struct Ends {
+    cns: std::fs::File,
+    sns: std::fs::File,
+    wns: std::fs::File,
+    client: Capture,
+    server: Capture,
+    /// Each end's interface counters as its capture's window opened.
+    k0: (Kernel, Kernel),
+    /// The host's drop counters at the start.
+    m0: Mark,
+}
+
+impl Ends {
+    /// Waits for a quiet link, then starts both captures and reads the counters.
+    fn open(
+        cell: &Cell,
+        pcap: Option<&SafeDir>,
+        quiet: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Ends> {
+        let cns = sys::open_netns(&cell.client_ns)?;
+        let sns = sys::open_netns(&cell.server_ns)?;
+        if !wait_quiet(&[&cns, &sns], quiet, Duration::from_secs(10), stop) {
+            tracing::warn!(
+                "cell {}: the link did not go quiet after the warm-up",
+                cell.id
+            );
+        }
+        let scratch = || pcap.map(|d| d.scratch()).transpose();
+        let client = Capture::start(&cns, "to-wire", cell.port, scratch()?)?;
+        let server = Capture::start(&sns, "to-wire", cell.port, scratch()?)?;
+        // Each capture's window opens the moment before its end's counters are read.
+        let mark = |ns: &std::fs::File, cap: &Capture| -> Result<Kernel> {
+            cap.count_from(capture::socket::realtime_ns());
+            capture::kernel_counters(ns, "to-wire")
+        };
+        let k0 = (mark(&cns, &client)?, mark(&sns, &server)?);
+        let wns = sys::open_netns(&cell.wire_ns)?;
+        let m0 = Mark::take(&cns, &sns, &wns, "to-wire")?;
+        Ok(Ends {
+            cns,
+            sns,
+            wns,
+            client,
+            server,
+            k0,
+            m0,
+        })
+    }
+
+    /// The host's drop counters over the workload, and each end's capture closed
+    /// against its counters (into the results); both ends' frames, if both closed.
+    fn close(
+        self,
+        cell: &Cell,
+        pcap: Option<&SafeDir>,
+        keys: &str,
+        res: &mut CellResult,
+    ) -> Option<(Frames, Frames)> {
+        match Mark::take(&self.cns, &self.sns, &self.wns, "to-wire") {
+            Ok(m1) => res.stack = Some(self.m0.until(m1)),
+            Err(e) => res
+                .errors
+                .push(format!("reading the host's drop counters: {e:#}")),
+        }
+        let client = match close_end(
+            self.client,
+            &self.cns,
+            self.k0.0,
+            "client",
+            cell,
+            pcap,
+            keys,
+        ) {
+            Ok((e, f)) => {
+                res.client = Some(e);
+                Some(f)
+            }
+            Err(e) => {
+                res.errors.push(format!("client-side capture: {e:#}"));
+                None
+            }
+        };
+        let server = match close_end(
+            self.server,
+            &self.sns,
+            self.k0.1,
+            "server",
+            cell,
+            pcap,
+            keys,
+        ) {
+            Ok((e, f)) => {
+                res.server = Some(e);
+                Some(f)
+            }
+            Err(e) => {
+                res.errors.push(format!("server-side capture: {e:#}"));
+                None
+            }
+        };
+        client.zip(server)
+    }
+}
+
+/// One end's capture, closed the moment after its counters are read, and compared with
+/// them. With --pcap, its packets go into <cell>-<side>.pcapng, after the secrets.
+fn close_end(
+    cap: Capture,
+    ns: &std::fs::File,
+    k0: Kernel,
+    side: &str,
+    cell: &Cell,
+    pcap: Option<&SafeDir>,
+    keys: &str,
+) -> Result<(End, Frames)> {
+    cap.closing();
+    let k1 = capture::kernel_counters(ns, "to-wire")?;
+    let (capture, frames, scratch) = cap.finish(capture::socket::realtime_ns())?;
+    if let (Some(d), Some(scratch)) = (pcap, scratch) {
+        let out = d.create_new(&format!("{}-{side}.pcapng", cell.id), 0o600)?;
+        crate::capture::pcap::seal(scratch, out, keys)?;
+    }
+    let kernel = k1.minus(k0);
+    let (differences, notes) = kernel.compare(&capture);
+    Ok((
+        End {
+            differences,
+            notes,
+            capture,
+            kernel,
+        },
+        frames,
+    ))
+}
+
+/// The cell's workload: the client over every prompt, its secrets logged for the
+/// anatomy.
+struct Workload<'a> {
+    prompts_file: &'a Path,
+    keys_file: &'a Path,
+    deadline: Duration,
+    label: &'a str,
+}
+
+impl Workload<'_> {
+    /// Runs the client, printing each prompt's line; the records (in prompt order) and
+    /// connections go into the results.
+    fn run(
+        &self,
+        state: &State,
+        cell: &Cell,
+        print: &(dyn Fn(&str) + Sync),
+        stop: &AtomicBool,
+        res: &mut CellResult,
+    ) {
+        let w = &state.plan.workload;
+        let dir = PathBuf::from(run_dir(&state.name));
+        let keylog = vec![(
+            "SSLKEYLOGFILE".to_owned(),
+            self.keys_file.display().to_string(),
+        )];
+        // The workload's urgent prompts are numbered in its whole run, not the warm-up's.
+        let mut args = vec![
+            "--prompts".into(),
+            self.prompts_file.display().to_string(),
+            "--repeat".into(),
+            w.repeat.to_string(),
+        ];
+        if !w.urgent.is_empty() {
+            let list: Vec<String> = w.urgent.iter().map(u32::to_string).collect();
+            args.extend(["--urgent".into(), list.join(",")]);
+        }
+        let mut records = Vec::new();
+        let r = super::client::run(
+            state,
+            cell,
+            &args,
+            dir.join("logs").join(format!("{}-client.log", cell.id)),
+            &keylog,
+            self.deadline,
+            stop,
+            &mut |r| {
+                print(&format!("[{}] {}", self.label, prompt_line(&r)));
+                records.push(r);
+            },
+        );
+        match r {
+            Ok(c) => res.connections = c,
+            Err(e) => res.errors.push(format!("{e:#}")),
+        }
+        // With prompts in flight at once they finish out of order; run.json keeps prompt
+        // order.
+        records.sort_by_key(|r| r.index);
+        res.records = records;
+    }
 }
