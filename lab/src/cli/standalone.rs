@@ -1,0 +1,373 @@
+//! The flags of what runs on its own, outside a lab: `lab serve`, `lab client`, `lab
+//! load` and `lab demo`, and the TLS, trust and limit settings they share.
+
+use super::{parse_duration, parse_fraction};
+use crate::approach::Approach;
+use clap::Args;
+use lab_clients::record::Mode;
+use lab_codec::openai::StreamFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `lab serve`: the mock LLM, or the server of one approach (named by the registry).
+#[derive(Debug)]
+pub enum Serve {
+    /// The mock LLM.
+    Llm(LlmArgs),
+    /// The server of an approach, e.g. `lab serve sse`.
+    Approach(Approach, Box<ServerArgs>),
+}
+
+const LLM_ABOUT: &str =
+    "The mock LLM: an OpenAI-compatible server, byte-faithful to Ollama, deterministic";
+
+impl clap::FromArgMatches for Serve {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        match m.subcommand() {
+            Some(("llm", sub)) => Ok(Self::Llm(LlmArgs::from_arg_matches(sub)?)),
+            Some((name, sub)) => match crate::approach::by_server(name) {
+                Some(a) => Ok(Self::Approach(
+                    a,
+                    Box::new(ServerArgs::from_arg_matches(sub)?),
+                )),
+                None => Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidSubcommand,
+                    format!("no server '{name}'\n"),
+                )),
+            },
+            None => Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "name a server: llm, or an approach's server\n",
+            )),
+        }
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for Serve {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd
+            .subcommand(LlmArgs::augment_args(clap::Command::new("llm")).about(LLM_ABOUT))
+            .subcommand_required(true);
+        for a in crate::approach::all() {
+            let listen = format!(
+                "Address to listen on ({})",
+                match a.transport {
+                    crate::approach::Transport::Tcp => "TCP",
+                    crate::approach::Transport::Udp => "UDP",
+                }
+            );
+            let sub = ServerArgs::augment_args(clap::Command::new(a.server))
+                .about(a.server_about)
+                .mut_arg("listen", |arg| {
+                    arg.default_value(format!("127.0.0.1:{}", a.port))
+                        .required(false)
+                        .help(listen)
+                });
+            cmd = cmd.subcommand(sub);
+        }
+        cmd
+    }
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        name == "llm" || crate::approach::by_server(name).is_some()
+    }
+}
+
+/// Mock LLM timing and text settings, shared by `serve llm` and `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct MockArgs {
+    /// Chunk format: ollama-legacy (the reference's Ollama), ollama (v0.32.6+), or openai.
+    #[arg(long, default_value = "ollama-legacy")]
+    pub format: StreamFormat,
+    /// Time to first token.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub ttft: Duration,
+    /// Time between tokens.
+    #[arg(long, default_value = "35ms", value_parser = parse_duration)]
+    pub tbt: Duration,
+    /// Jitter on TTFT and each TBT: each interval is scaled by a uniform factor in [1-j, 1+j]. `10%` or `0.1`.
+    #[arg(long, default_value = "10%", value_parser = parse_fraction)]
+    pub jitter: f64,
+    /// Seed of the text and jitter: answers are a pure function of (seed, model, prompt).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Cap every answer at this many tokens (answers otherwise run 15 to 1100 tokens).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct LlmArgs {
+    /// Address to listen on (plain HTTP, like Ollama).
+    #[arg(long, default_value = "127.0.0.1:11434")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub mock: MockArgs,
+    /// Model names listed by /v1/models (repeatable); the first is used when a request names none.
+    #[arg(long = "model", default_value = "gemma3:12b")]
+    pub models: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+}
+
+/// Deadlines of every server for slow and idle clients.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitsArgs {
+    /// The TLS (or QUIC) handshake and each request head (or WebTransport session
+    /// request) must be complete this long after the server is ready for them: the
+    /// connection's start, or the end of the previous answer. Cuts off slowloris clients
+    /// and kept-alive connections that ask nothing more.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Close a connection on which nothing moves either way for this long in the middle
+    /// of a request or an answer, and a WebTransport session with no stream open.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl LimitsArgs {
+    pub fn limits(&self) -> lab_servers::Limits {
+        lab_servers::Limits {
+            header: self.header_timeout,
+            idle: self.idle_timeout,
+        }
+    }
+}
+
+/// TLS flags of every client-facing server.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// PEM certificate chain; without --cert/--key a self-signed ECDSA P-256 certificate is generated (valid 14 days).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Write the certificate (cert.pem) and key (key.pem, mode 0600) into this directory, for clients to trust.
+    #[arg(long)]
+    pub cert_out: Option<PathBuf>,
+    /// Extra subject alternative names for a generated certificate (localhost, 127.0.0.1 and ::1 are always in).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+}
+
+fn parse_transport(s: &str) -> Result<lab_codec::transport::Settings, String> {
+    lab_codec::transport::Settings::from_json(s).map_err(|e| e.to_string())
+}
+
+/// The flags of every approach's server.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The OpenAI-compatible upstream's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub upstream: String,
+    /// Model to request from the upstream (servers that make their own requests; the raw
+    /// proxy forwards the client's requests, which name the model).
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Talk to the upstream over HTTP/2 with prior knowledge (h2c), every stream on one
+    /// connection: lab's mock speaks it, Ollama does not. A load test's streams then
+    /// take one socket each in the server instead of two.
+    #[arg(long)]
+    pub upstream_h2: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+    /// QUIC and TCP settings as JSON, e.g. '{"quic":{"cid_length":4},"tcp":{"nodelay":false}}'
+    /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
+}
+
+/// How a client trusts the server.
+#[derive(Debug, Args, Clone)]
+pub struct TrustArgs {
+    /// Pin the server certificate's SHA-256 (hex, as `lab serve` prints it), like a browser's serverCertificateHashes.
+    #[arg(long, conflicts_with_all = ["ca", "insecure"])]
+    pub cert_hash: Option<String>,
+    /// Trust this PEM certificate or CA (e.g. the cert.pem written by `lab serve --cert-out`).
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (for poking at servers by hand only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl TrustArgs {
+    /// The trust these flags give for `approach`'s server; a plain-HTTP server (handoff)
+    /// needs none.
+    pub fn trust(&self, approach: Approach) -> anyhow::Result<lab_codec::trust::Trust> {
+        let none = self.cert_hash.is_none() && self.ca.is_none() && !self.insecure;
+        if none && !approach.wire.app.tls() {
+            return Ok(lab_codec::trust::Trust::Insecure);
+        }
+        lab_codec::trust::Trust::from_args(
+            self.cert_hash.as_deref(),
+            self.ca.as_deref(),
+            self.insecure,
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Which approach.
+    pub approach: Approach,
+    /// Server URL, e.g. https://127.0.0.1:8080; without a path, the approach's own.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// fresh: new TCP+TLS or QUIC session per prompt; reuse: one persistent connection.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Prompts file (one per line, # for comments); default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Run the prompt list this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Print one JSON record per prompt on stdout (the summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Type prompts, watch tokens stream, and see TTFT and TBT after each answer.
+    #[arg(long, short = 'i', conflicts_with_all = ["prompts", "json"])]
+    pub interactive: bool,
+    /// Model name for the raw API.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a prompt after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Keep this many prompts in flight at once: as streams of one connection where the
+    /// approach multiplexes (wt, sse-h2, in reuse mode), on as many connections otherwise.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), conflicts_with = "interactive")]
+    pub concurrency: u16,
+    /// Mark these prompts urgent (numbers as the prompt lines show them, from 1; comma
+    /// separated): wt and quic ask the server to send their answers before the others
+    /// of the connection (stream priority); every record says whether it was urgent.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "interactive")]
+    pub urgent: Vec<u64>,
+    /// QUIC and TCP settings as JSON, e.g. '{"quic":{"cid_length":4},"tcp":{"nodelay":false}}'
+    /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
+    /// Run the prompts in headless Chromium instead of lab's native client: the
+    /// browser's own WebTransport (with serverCertificateHashes), fetch() with a
+    /// streaming body (SSE) or WebSocket, each token timed with performance.now() in
+    /// the page. Needs --ca (the server's cert.pem) for a TLS server.
+    #[arg(long)]
+    pub browser: bool,
+    /// With --browser and an SSE server: EventSource (GET /chat?message=...) instead of
+    /// fetch() (POST).
+    #[arg(long, requires = "browser")]
+    pub eventsource: bool,
+    /// With --browser: the browser's own directory (its page, profile, log and the
+    /// record `lab clean` reads), made if missing (mode 0700). Default: a new one under
+    /// the temporary directory, removed at the end.
+    #[arg(long, requires = "browser")]
+    pub browser_dir: Option<PathBuf>,
+    /// With --browser: the Chromium binary.
+    #[arg(long, env = "LAB_CHROMIUM", default_value = lab_clients::browser::CHROMIUM)]
+    pub chromium: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  lab load sse --url https://127.0.0.1:8080 --ca /tmp/lab-tls/cert.pem --levels 100,1000 --ramp 5s --hold 20s\n  lab load wt --url https://127.0.0.1:4433 --cert-hash <sha256> --levels 50 --cycles 10 --json\n\nEach level starts its streams evenly over --ramp; each stream slot runs one stream after another on a connection of its own (--mode reuse keeps it, fresh opens one per stream) until --hold is over, or for --cycles streams. A stream that failed before the server took it (connect, handshake, rejected) is tried again after a backoff from --backoff to --backoff-max, doubling. Exit status: 0 every stream completed; 1 some failed; 2 bad input."
+)]
+pub struct LoadArgs {
+    /// Which approach.
+    pub approach: Approach,
+    /// Server URL, e.g. https://127.0.0.1:8080; without a path, the approach's own.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Concurrent streams per level, in order (comma separated), e.g. 100,1000,10000.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub levels: Vec<u32>,
+    /// Time to start a level's streams, spread evenly.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// Time at the level once the ramp is over; slots start new streams until then.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "cycles")]
+    pub hold: Duration,
+    /// Instead of a hold: each slot runs this many streams (clients x cycles).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cycles: Option<u32>,
+    /// First wait before a stream is tried again after a connect, handshake or rejected
+    /// failure; it doubles up to --backoff-max (each wait is a random half to whole of it).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// reuse: a slot keeps its connection for its next stream; fresh: a new one each.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Streams per connection where the approach multiplexes (wt, wt-dgram, quic,
+    /// sse-h2, in reuse mode); 1 gives every stream a connection of its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub per_connection: u32,
+    /// Prompts file (one per line); default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Model name for the raw API.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a stream after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Local addresses to connect from, in turn (comma separated); each gives about
+    /// 28,000 ports towards one server port. Default: the kernel's choice.
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<std::net::IpAddr>,
+    /// QUIC and TCP settings as JSON, as `lab client --transport` takes them.
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<lab_codec::transport::Settings>,
+    /// Print JSON lines (phases, progress every second, each level's summary) instead
+    /// of progress lines and a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub mock: MockArgs,
+    /// Connection mode for all clients.
+    #[arg(long, default_value = "reuse")]
+    pub mode: Mode,
+    /// Prompts file; default: the reference benchmark's ten prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Run the prompt list this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Write every prompt record as JSON lines to this file.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// Use this OpenAI-compatible upstream instead of the embedded mock.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Model to request.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
+    /// Give up on a prompt after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
