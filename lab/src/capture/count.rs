@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Frames within this much of either edge of the window are "edge frames": the kernel
+/// stamps a sent frame a moment before it counts it, and counts a received one a
+/// moment before it stamps it, so such a frame may sit on the other side of the
+/// counters' reading from its stamp.
+pub const EDGE_NS: u64 = 2_000_000;
+
 /// Counts of one direction.
 #[derive(
     schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
@@ -139,7 +145,7 @@ impl Kernel {
                 vec![format!(
                     "{} stamped within {} ms of a reading of the kernel's counters, which counted it on the other side of that reading; set apart, capture and counters agree",
                     what.join(", "),
-                    crate::capture::socket::EDGE_NS / 1_000_000
+                    EDGE_NS / 1_000_000
                 )],
             );
         }

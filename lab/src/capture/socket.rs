@@ -3,7 +3,7 @@
 //! rather than pnet: pnet's reader drops the direction (`sll_pkttype`) and truncates
 //! frames to its buffer; here MSG_TRUNC gives every frame's true length.
 
-use super::count::{Counts, Kernel, count};
+use super::count::{Counts, EDGE_NS, Kernel, count};
 use super::pcap::{PcapNg, SNAP};
 use crate::netlab::{links, sys};
 use anyhow::{Context, Result, anyhow, bail};
@@ -91,12 +91,6 @@ impl Frames {
 /// What a capture gives back: the counts, the frames kept, and with a pcap, the
 /// scratch file of its packets (for [`super::pcap::seal`]).
 pub type Captured = (Counts, Frames, Option<File>);
-
-/// Frames within this much of either edge of the window are "edge frames": the kernel
-/// stamps a sent frame a moment before it counts it, and counts a received one a
-/// moment before it stamps it, so such a frame may sit on the other side of the
-/// counters' reading from its stamp.
-pub const EDGE_NS: u64 = 2_000_000;
 
 /// A frame is counted only once it is this old (by its stamp), or once the window's
 /// end is known: until then the window may still end before it.
