@@ -182,12 +182,12 @@ pub struct WireArgs {
     pub busy_poll: bool,
     /// Slots in each interface's receive ring, 2 KiB each: a power of two from 32 to
     /// 262144. Frames that arrive while the ring is full are lost (and counted).
-    #[arg(long, default_value_t = crate::wire::ring::DEFAULT_FRAMES, value_parser = ring_frames)]
+    #[arg(long, default_value_t = crate::topology::model::ring::DEFAULT_FRAMES, value_parser = ring_frames)]
     pub ring_frames: u32,
 }
 
 fn ring_frames(s: &str) -> Result<u32, String> {
-    use crate::wire::ring::{MAX_FRAMES, MIN_FRAMES, valid_frames};
+    use crate::topology::model::ring::{MAX_FRAMES, MIN_FRAMES, valid_frames};
     match s.parse::<u32>() {
         Ok(n) if valid_frames(n) => Ok(n),
         _ => Err(format!(

@@ -58,7 +58,7 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
             if p.busy_poll {
                 argv.push("--busy-poll".into());
             }
-            if p.ring_frames != crate::wire::ring::DEFAULT_FRAMES {
+            if p.ring_frames != crate::topology::model::ring::DEFAULT_FRAMES {
                 argv.push("--ring-frames".into());
                 argv.push(p.ring_frames.to_string());
             }

@@ -128,7 +128,7 @@ impl Plan {
 
 /// Reads and checks a topology file and plans it.
 pub fn load(path: &std::path::Path) -> Result<(Topology, Plan), crate::topology::LoadError> {
-    let t = crate::topology::load(path)?;
+    let t = crate::topology::load(path, &|f| crate::shaping::trace::Trace::load(f).map(|_| ()))?;
     let p = plan(&t).map_err(crate::topology::LoadError::Plan)?;
     Ok((t, p))
 }
@@ -313,7 +313,7 @@ pub struct CertsFor {
 }
 
 fn default_ring_frames() -> u32 {
-    crate::wire::ring::DEFAULT_FRAMES
+    crate::topology::model::ring::DEFAULT_FRAMES
 }
 
 /// Slots in each of `lab wire`'s receive rings: what the topology says; else, for a
@@ -321,7 +321,7 @@ fn default_ring_frames() -> u32 {
 /// next power of two, 4096 to 65536); else 4096. At 10,000 streams on two cores a ring
 /// of 16384 still overflowed while the emulator waited for a CPU; 65536 did not.
 fn ring_frames(t: &Topology) -> u32 {
-    use crate::wire::ring::DEFAULT_FRAMES;
+    use crate::topology::model::ring::DEFAULT_FRAMES;
     if let Some(n) = t.shaping.ring_frames {
         return n;
     }

@@ -22,11 +22,14 @@ pub fn shaping_line(p: &Plan) -> String {
                     "lab wire between each wire namespace's veths, busy-polling (a CPU per cell)",
             },
             match c.backend {
-                Shaper::Userspace if p.ring_frames != crate::wire::ring::DEFAULT_FRAMES => format!(
-                    ", receive rings of {} slots ({} MiB each)",
-                    p.ring_frames,
-                    (p.ring_frames as u64 * crate::wire::ring::FRAME_SIZE as u64) >> 20
-                ),
+                Shaper::Userspace
+                    if p.ring_frames != crate::topology::model::ring::DEFAULT_FRAMES =>
+                    format!(
+                        ", receive rings of {} slots ({} MiB each)",
+                        p.ring_frames,
+                        (p.ring_frames as u64 * crate::topology::model::ring::FRAME_SIZE as u64)
+                            >> 20
+                    ),
                 _ => String::new(),
             },
             p.seed,

@@ -31,8 +31,13 @@ pub enum LoadError {
     Plan(String),
 }
 
-/// Reads, parses and checks a topology file; a relative prompts file must exist next to it.
-pub fn load(path: &Path) -> Result<model::Topology, LoadError> {
+/// Reads, parses and checks a topology file; a relative prompts file must exist next to it,
+/// and each trace file must be one: `trace` reads one (the shaping stage's reader, handed
+/// in so that this stage depends on none after it) and says what is wrong with it.
+pub fn load(
+    path: &Path,
+    trace: &dyn Fn(&str) -> anyhow::Result<()>,
+) -> Result<model::Topology, LoadError> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read topology file {}", path.display()))
         .map_err(LoadError::Io)?;
@@ -76,7 +81,7 @@ pub fn load(path: &Path) -> Result<model::Topology, LoadError> {
             let p = base.join(f);
             // Messages name the path as the topology's location makes it; the plan
             // carries it absolute.
-            match crate::shaping::trace::Trace::load(&p.display().to_string()) {
+            match trace(&p.display().to_string()) {
                 Ok(_) => {
                     let abs = std::path::absolute(&p).unwrap_or(p.clone());
                     link.trace = Some(model::TraceSpec::File(abs.display().to_string()));

@@ -271,7 +271,7 @@ pub struct WireConfig {
     pub stats: Option<PathBuf>,
     /// How the forwarding loop waits.
     pub poll: forward::Poll,
-    /// Slots in each interface's receive ring ([`ring::valid_frames`]).
+    /// Slots in each interface's receive ring ([`crate::topology::model::ring::valid_frames`]).
     pub ring_frames: u32,
 }
 

@@ -11,24 +11,11 @@ use anyhow::{Result, bail};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Bytes per slot: a 1500-byte MTU frame and the slot header fit, with room to spare.
-pub const FRAME_SIZE: u32 = 2048;
-/// Slots per ring unless the topology says (8 MiB of frames).
-pub const DEFAULT_FRAMES: u32 = 4096;
-/// The fewest and most slots a ring may have: a power of two in between (32 slots fill
-/// one block; the most is 512 MiB of frames).
-pub const MIN_FRAMES: u32 = 32;
-pub const MAX_FRAMES: u32 = 1 << 18;
+pub use crate::topology::model::ring::{DEFAULT_FRAMES, FRAME_SIZE, MAX_FRAMES, MIN_FRAMES};
 const BLOCK_SIZE: u32 = 1 << 16;
 
-/// Whether `frames` is a ring size lab takes: a power of two from [`MIN_FRAMES`] to
-/// [`MAX_FRAMES`].
-pub fn valid_frames(frames: u32) -> bool {
-    frames.is_power_of_two() && (MIN_FRAMES..=MAX_FRAMES).contains(&frames)
-}
-
 /// The kernel's kind of ring this is: TPACKET_V2, one frame per slot, each released
-/// on its own; `frames` slots ([`valid_frames`]).
+/// on its own; `frames` slots ([`crate::topology::model::ring::valid_frames`]).
 pub fn request(frames: u32) -> libc::tpacket_req {
     libc::tpacket_req {
         tp_block_size: BLOCK_SIZE,

@@ -13,8 +13,8 @@
 //! made to write Go's byte layout (lowercase chunk sizes, header order, head+first chunk).
 //! Answers come from [`crate::textgen`]: a pure function of (seed, model, prompt).
 //!
-//! The HTTP/1.1 layer is in [`h1`], HTTP/2 (h2c, for a load test's servers) in [`h2`];
-//! both route requests here and stream answers through a [`Sink`].
+//! The HTTP/1.1 layer is in `h1`, HTTP/2 (h2c, for a load test's servers) in `h2`; both
+//! route requests here and stream answers through a `Sink`.
 
 mod h1;
 mod h2;

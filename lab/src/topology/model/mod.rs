@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod links;
+pub mod ring;
 mod transport;
 pub use links::*;
 pub use transport::*;

@@ -159,7 +159,7 @@ fn check_link(cx: &mut Ctx<'_>, fields: &[Field<'_>]) {
 pub(super) fn parse_shaping(cx: &mut Ctx<'_>, v: &Node) -> Option<Shaping> {
     let shaping = cx.section::<Shaping>(v, "shaping");
     if let Some(n) = shaping.as_ref().and_then(|s: &Shaping| s.ring_frames)
-        && !crate::wire::ring::valid_frames(n)
+        && !ring::valid_frames(n)
     {
         let at = v
             .as_mapping()
@@ -170,8 +170,8 @@ pub(super) fn parse_shaping(cx: &mut Ctx<'_>, v: &Node) -> Option<Shaping> {
             "shaping.ring_frames",
             format!(
                 "{n} slots: want a power of two from {} to {}, e.g. 32768 (2 KiB a slot, two rings a cell)",
-                crate::wire::ring::MIN_FRAMES,
-                crate::wire::ring::MAX_FRAMES
+                ring::MIN_FRAMES,
+                ring::MAX_FRAMES
             ),
         );
     }

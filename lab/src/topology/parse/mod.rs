@@ -13,12 +13,12 @@
 //! `up:`/`down:` fields replace them for their direction. Link checks run on the
 //! resolved links and point at the field that was written.
 //!
-//! [`parse`] goes in stages: load the YAML ([`structure`] first, for what the loader
+//! [`parse`] goes in stages: load the YAML (`structure` first, for what the loader
 //! would refuse without a position), read each top-level section (a module each:
-//! [`approaches`], [`links`] for profiles and shaping, [`workload`] for the workload and
-//! the LLM, [`transport`]), then the checks that span sections, then the expectations.
-//! Every stage reports into one collector ([`ctx::Ctx`]), so every problem in the file
-//! is reported at once.
+//! `approaches`, `links` for profiles and shaping, `workload` for the workload and the
+//! LLM, `transport`), then the checks that span sections, then the expectations. Every
+//! stage reports into one collector (`ctx::Ctx`), so every problem in the file is
+//! reported at once.
 
 mod approaches;
 mod ctx;
