@@ -1,0 +1,153 @@
+//! lab's modules stand in stages (docs/architecture.md): each imports only modules of
+//! earlier stages, so the code reads one way, from a topology file to a report. This
+//! test reads every module of `lab/src` and holds its `crate::` paths to that order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The stages, first to last; a module may import the modules of earlier stages only.
+/// The same list, with each module's purpose, is in docs/architecture.md.
+const STAGES: &[&[&str]] = &[
+    &["stats", "anatomy"],
+    &["approach"],
+    &["topology", "loopback"],
+    &["shaping"],
+    &["plan"],
+    &["netlab"],
+    &["wire", "capture", "bench"],
+    &["metrics", "cli"],
+    &["report"],
+    &["launch"],
+    &["commands"],
+];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The top-level modules of `lab/src` (a file or a folder each) and their files; the
+/// crate roots (`lib.rs`, `main.rs`) are not modules of a stage.
+fn modules() -> BTreeMap<String, Vec<PathBuf>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(src()).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            out.insert(name, sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") && name != "lib" && name != "main" {
+            out.insert(name, vec![p]);
+        }
+    }
+    out
+}
+
+/// The modules of this crate that a file's code (not its comments, not its unit tests)
+/// names as `crate::<module>`, with the first line that does.
+fn imports(text: &str, modules: &BTreeMap<String, Vec<PathBuf>>) -> Vec<(String, String)> {
+    let code = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in code.lines() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        for (i, _) in line.match_indices("crate::") {
+            let rest = &line[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if modules.contains_key(&name) && !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, line.trim().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn stage_of(module: &str) -> Option<usize> {
+    STAGES.iter().position(|s| s.contains(&module))
+}
+
+#[test]
+fn every_module_has_a_stage() {
+    let missing: Vec<String> = modules()
+        .into_keys()
+        .filter(|m| stage_of(m).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules without a stage: {missing:?}; put each in STAGES here and in docs/architecture.md"
+    );
+    for s in STAGES.iter().flat_map(|s| s.iter()) {
+        assert!(
+            modules().contains_key(*s),
+            "STAGES names `{s}`, which lab/src does not have"
+        );
+    }
+}
+
+#[test]
+fn modules_import_only_earlier_stages() {
+    let modules = modules();
+    let mut wrong = Vec::new();
+    let mut arrows = 0;
+    for (m, files) in &modules {
+        let Some(mine) = stage_of(m) else { continue };
+        for f in files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for (other, line) in imports(&text, &modules) {
+                if other == *m {
+                    continue;
+                }
+                arrows += 1;
+                let theirs = stage_of(&other).unwrap_or(usize::MAX);
+                if theirs >= mine {
+                    wrong.push(format!(
+                        "{} (stage {}) imports `{other}` (stage {}): {line}",
+                        f.strip_prefix(src()).unwrap_or(f).display(),
+                        mine + 1,
+                        theirs.saturating_add(1)
+                    ));
+                }
+            }
+        }
+    }
+    // The reader finds the imports there are: a change that hid them would pass empty.
+    assert!(
+        arrows > 50,
+        "only {arrows} imports between modules were found"
+    );
+    assert!(
+        wrong.is_empty(),
+        "imports against the stage order (an earlier stage must not need a later one):\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// The reader sees an import against the order, so the test above can fail.
+#[test]
+fn a_backward_import_is_seen() {
+    let text = "// crate::report in a comment is not an import\nuse crate::report::tables;\nfn f() { crate::plan::run_dir(\"x\"); }\n#[cfg(test)]\nmod tests { use crate::commands; }\n";
+    let found = imports(text, &modules());
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["report", "plan"]);
+    assert!(stage_of("report").unwrap() > stage_of("topology").unwrap());
+}
