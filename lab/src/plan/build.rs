@@ -79,10 +79,10 @@ fn llm_node(t: &Topology, llm_ns: &str) -> (LlmNode, Vec<Process>) {
     let Some(url) = &t.llm.url else {
         return mock_node(t, llm_ns);
     };
-    let relay = Process {
-        namespace: HOST.into(),
-        role: "relay".into(),
-        argv: vec![
+    let relay = line_process(
+        HOST,
+        "relay",
+        vec![
             "lab".into(),
             "relay".into(),
             "--netns".into(),
@@ -92,19 +92,8 @@ fn llm_node(t: &Topology, llm_ns: &str) -> (LlmNode, Vec<Process>) {
             "--to".into(),
             url.clone(),
         ],
-        ready: Ready::Line,
-        certs: None,
-    };
-    let node = LlmNode {
-        namespace: llm_ns.to_owned(),
-        address: LLM_ADDR,
-        port: LLM_PORT,
-        kind: "relay".into(),
-        model: t.llm.model.clone(),
-        detail: url.clone(),
-        mock_seed: None,
-        mock_max_tokens: None,
-    };
+    );
+    let node = llm_at(t, llm_ns, "relay", url.clone());
     (node, vec![relay])
 }
 
@@ -146,27 +135,47 @@ fn mock_node(t: &Topology, llm_ns: &str) -> (LlmNode, Vec<Process>) {
         argv.push("--max-tokens".into());
         argv.push(n.to_string());
     }
-    let process = Process {
-        namespace: llm_ns.to_owned(),
-        role: "llm".into(),
+    let process = line_process(llm_ns, "llm", argv);
+    let node = LlmNode {
+        mock_seed: Some(seed),
+        mock_max_tokens: max_tokens,
+        ..llm_at(
+            t,
+            llm_ns,
+            "mock",
+            format!(
+                "{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}{}",
+                max_tokens.map_or(String::new(), |n| format!(", at most {n} tokens"))
+            ),
+        )
+    };
+    (node, vec![process])
+}
+
+/// The LLM node in `namespace`, at lab's LLM address: a `kind` (mock or relay) and what
+/// it runs with.
+fn llm_at(t: &Topology, namespace: &str, kind: &str, detail: String) -> LlmNode {
+    LlmNode {
+        namespace: namespace.to_owned(),
+        address: LLM_ADDR,
+        port: LLM_PORT,
+        kind: kind.into(),
+        model: t.llm.model.clone(),
+        detail,
+        mock_seed: None,
+        mock_max_tokens: None,
+    }
+}
+
+/// A process of lab's own, ready when it prints its line.
+fn line_process(namespace: &str, role: &str, argv: Vec<String>) -> Process {
+    Process {
+        namespace: namespace.to_owned(),
+        role: role.to_owned(),
         argv,
         ready: Ready::Line,
         certs: None,
-    };
-    let node = LlmNode {
-        namespace: llm_ns.to_owned(),
-        address: LLM_ADDR,
-        port: LLM_PORT,
-        kind: "mock".into(),
-        model: t.llm.model.clone(),
-        detail: format!(
-            "{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}{}",
-            max_tokens.map_or(String::new(), |n| format!(", at most {n} tokens"))
-        ),
-        mock_seed: Some(seed),
-        mock_max_tokens: max_tokens,
-    };
-    (node, vec![process])
+    }
 }
 
 /// Cell `i`: its namespaces, addresses, server port and URL, and its transport
@@ -323,13 +332,7 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
             if !c.transport.is_default() {
                 argv.extend(["--transport".into(), c.transport.to_json()]);
             }
-            Process {
-                namespace: c.server_ns.clone(),
-                role,
-                argv,
-                ready: Ready::Line,
-                certs: None,
-            }
+            line_process(&c.server_ns, &role, argv)
         }
         ServerSpec::Command { argv, .. } => {
             let fill = |arg: &str| {
