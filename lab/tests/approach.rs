@@ -2,25 +2,12 @@
 //! entry. These tests hold the code to that: no part of lab besides the registry names an
 //! approach, and every entry has exactly one server module and one runner module.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Every `.rs` file under `dir`, recursively.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(sources(&p));
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// A file's code without its unit tests (which may name approaches as examples).
@@ -39,7 +26,7 @@ fn nothing_but_the_registry_names_an_approach() {
         .map(|n| format!("\"{n}\""))
         .collect();
     let mut found = Vec::new();
-    for f in sources(&root().join("lab/src")) {
+    for f in common::rust_sources(&root().join("lab/src")) {
         if f.ends_with("approach.rs") {
             continue;
         }
@@ -67,7 +54,7 @@ fn nothing_but_the_registry_names_an_approach() {
 fn every_entry_has_one_server_module_and_one_runner_module() {
     let n = lab::approach::all().count();
     let count = |dir: &str, signature: &str| -> Vec<PathBuf> {
-        sources(&root().join(dir))
+        common::rust_sources(&root().join(dir))
             .into_iter()
             .filter(|f| code(f).contains(signature))
             .collect()
@@ -98,7 +85,7 @@ fn every_entry_has_one_server_module_and_one_runner_module() {
 fn clients_never_depend_on_servers() {
     let manifest = std::fs::read_to_string(root().join("clients/Cargo.toml")).unwrap();
     assert!(!manifest.contains("lab-servers"), "{manifest}");
-    for f in sources(&root().join("clients/src")) {
+    for f in common::rust_sources(&root().join("clients/src")) {
         assert!(
             !std::fs::read_to_string(&f).unwrap().contains("lab_servers"),
             "{}",

@@ -2,6 +2,8 @@
 //! earlier stages, so the code reads one way, from a topology file to a report. This
 //! test reads every module of `lab/src` and holds its `crate::` paths to that order.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -25,21 +27,6 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every `.rs` file under `dir`, recursively.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(sources(&p));
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The top-level modules of `lab/src` (a file or a folder each) and their files; the
 /// crate roots (`lib.rs`, `main.rs`) are not modules of a stage.
 fn modules() -> BTreeMap<String, Vec<PathBuf>> {
@@ -48,7 +35,7 @@ fn modules() -> BTreeMap<String, Vec<PathBuf>> {
         let p = e.path();
         let name = p.file_stem().unwrap().to_string_lossy().into_owned();
         if p.is_dir() {
-            out.insert(name, sources(&p));
+            out.insert(name, common::rust_sources(&p));
         } else if p.extension().is_some_and(|x| x == "rs") && name != "lib" && name != "main" {
             out.insert(name, vec![p]);
         }

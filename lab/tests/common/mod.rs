@@ -449,3 +449,18 @@ pub fn processes_in(inodes: &[u64]) -> Vec<(u32, String)> {
     }
     out
 }
+
+/// Every `.rs` file under `dir`, recursively, in order.
+pub fn rust_sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(rust_sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
