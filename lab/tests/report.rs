@@ -392,6 +392,30 @@ fn the_plots_of_a_saved_run() {
     gone.cells[0].records.clear();
     let t = plots::timeline(&gone, 0).unwrap();
     assert!(t.contains("stroke=\"#FF7F0E\"") && !t.contains("stroke=\"#1F77B4\""));
+    // As many cells as `topologies/wt-stacks.yaml` has (18): each line a colour of its own.
+    let mut many = run.clone();
+    let first = many.cells[0].clone();
+    many.cells = (0..18)
+        .map(|i| {
+            let mut c = first.clone();
+            c.cell.name = format!("a{i}");
+            c
+        })
+        .collect();
+    let lines = plots::ttft(&many).unwrap();
+    let mut strokes: Vec<&str> = lines
+        .split("stroke=\"#")
+        .skip(1)
+        .filter_map(|s| s.get(..6))
+        .filter(|c| *c != "000000" && *c != "FFFFFF")
+        .collect();
+    strokes.sort_unstable();
+    strokes.dedup();
+    assert!(
+        strokes.len() >= 18,
+        "18 cells drew {} line colours: {strokes:?}",
+        strokes.len()
+    );
     // The TTFT plot says it is a CDF, with units; each bar carries its value.
     assert!(ttft.contains("cumulative distribution (CDF)") && ttft.contains("TTFT (ms)"));
     let bars = plots::bytes_per_token(&run).unwrap();
