@@ -42,7 +42,7 @@ pub enum Kind {
     /// WebTransport, tokens on a bidirectional stream per prompt.
     Wt,
     /// WebTransport, tokens in datagrams, the tally on the stream.
-    WtDgram,
+    WtDatagrams,
     /// SSE by `fetch()` POST with a streaming body reader.
     Sse,
     /// SSE by `EventSource` (GET `?message=`).
@@ -55,7 +55,7 @@ impl Kind {
     fn page_name(self) -> &'static str {
         match self {
             Kind::Wt => "wt",
-            Kind::WtDgram => "wt-dgram",
+            Kind::WtDatagrams => "wt-dgram",
             Kind::Sse => "sse",
             Kind::SseEventSource => "sse-eventsource",
             Kind::Ws => "ws",
@@ -63,7 +63,7 @@ impl Kind {
     }
 
     fn webtransport(self) -> bool {
-        matches!(self, Kind::Wt | Kind::WtDgram)
+        matches!(self, Kind::Wt | Kind::WtDatagrams)
     }
 }
 

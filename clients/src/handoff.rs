@@ -5,9 +5,35 @@
 //! `reuse` mode too. Records carry the time to the response head (`ttfb_ms`) and the
 //! server's hand-off latency (`handoff_ms`, from its `Lab-Handoff-Us` header).
 
-use crate::http::{HttpRunner, Version};
+use crate::http::{EventMeaning, HttpRunner, SseApi, Version};
 use crate::sse::SseServerApi;
-use crate::{Runner, RunnerOpts, Target};
+use crate::{Runner, RunnerOpts, ServerTiming, Target};
+use lab_codec::sse;
+
+/// The server's hand-off latency: its `Lab-Handoff-Us` header (lab-servers'
+/// `handoff::HANDOFF_HEADER`), recorded as `handoff_ms`.
+pub const TIMING: ServerTiming = ServerTiming {
+    header: "lab-handoff-us",
+    key: "handoff_ms",
+    what: "hand-off, front to streaming daemon",
+    how: "SCM_RIGHTS over a Unix socket",
+    note: "The daemon writes the head before it asks the upstream, so TTFB is the front's and the daemon's, and TTFT minus TTFB the upstream's.",
+};
+
+/// The SSE server's API, with the hand-off header read.
+struct HandoffApi;
+
+impl SseApi for HandoffApi {
+    fn body(&self, prompt: &str) -> Vec<u8> {
+        SseServerApi.body(prompt)
+    }
+    fn event(&self, ev: sse::Event) -> EventMeaning {
+        SseServerApi.event(ev)
+    }
+    fn timing(&self) -> Option<&'static ServerTiming> {
+        Some(&TIMING)
+    }
+}
 
 /// The handoff runner for `target` (an `http://` URL).
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
@@ -19,7 +45,7 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
         );
     }
     Ok(Box::new(HttpRunner::new(
-        SseServerApi,
+        HandoffApi,
         target,
         opts,
         Version::Http1,

@@ -20,10 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_rustls::TlsConnector;
 
-/// The response header in which the handoff server says how long its hand-off took, in
-/// microseconds (lab-servers' `handoff::HANDOFF_HEADER`).
-pub const HANDOFF_HEADER: &str = "lab-handoff-us";
-
 /// What one SSE event means to an approach.
 pub enum EventMeaning {
     /// A content token.
@@ -42,6 +38,10 @@ pub trait SseApi: Send + Sync + 'static {
     fn body(&self, prompt: &str) -> Vec<u8>;
     /// Interprets one event.
     fn event(&self, ev: sse::Event) -> EventMeaning;
+    /// The latency the server reports about itself in a response header, if it does.
+    fn timing(&self) -> Option<&'static crate::ServerTiming> {
+        None
+    }
 }
 
 /// The HTTP version a runner speaks.
@@ -240,13 +240,14 @@ impl<A: SseApi> HttpRunner<A> {
                 PromptError::new(ErrorCategory::Send, format!("request failed: {e}"))
             })?;
         rec.first_byte();
-        if let Some(us) = resp
-            .headers()
-            .get(HANDOFF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+        if let Some(t) = self.api.timing()
+            && let Some(us) = resp
+                .headers()
+                .get(t.header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
         {
-            rec.handoff(std::time::Duration::from_micros(us));
+            rec.server_timing(t.key, std::time::Duration::from_micros(us));
         }
         let status = resp.status();
         let mut body = resp.into_body();

@@ -197,6 +197,23 @@ impl RunnerOpts {
     }
 }
 
+/// A latency a server measures about itself and sends in a response header (the handoff
+/// server's hand-off from its front to its streaming daemon). The HTTP runners record it
+/// under `key`; reports say what it is from `what`, `how` and `note`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTiming {
+    /// The response header carrying it, in microseconds (lower case).
+    pub header: &'static str,
+    /// The record's field for it, in milliseconds (and the load summaries').
+    pub key: &'static str,
+    /// What it measures, in a few words.
+    pub what: &'static str,
+    /// How the server does it, in parentheses after `what` in a cell's line.
+    pub how: &'static str,
+    /// A sentence a cell's line ends with: how to read it against TTFB and TTFT.
+    pub note: &'static str,
+}
+
 /// Where a client connects: `https://host:port[/path]`. The registry fills in an
 /// approach's path when the URL gives none.
 #[derive(Debug, Clone)]
@@ -208,7 +225,7 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The path (`/` when the URL gives none).
     pub path: String,
-    /// `https://` (TLS) or `http://` (plain: the handoff server).
+    /// `https://` (TLS) or `http://` (plain HTTP, for a server without TLS).
     pub tls: bool,
 }
 

@@ -157,10 +157,11 @@ pub struct LevelSummary {
     /// approaches; `count` 0 elsewhere).
     #[serde(default)]
     pub ttfb_ms: Percentiles,
-    /// The server's hand-off from its front to its streaming daemon, over completed
-    /// streams (`handoff` only; `count` 0 elsewhere).
-    #[serde(default)]
-    pub handoff_ms: Percentiles,
+    /// Each latency the server reported about itself (a [`crate::ServerTiming`], e.g.
+    /// the handoff server's `handoff_ms`), over completed streams, under its record's
+    /// field name; absent where the server reports none.
+    #[serde(flatten)]
+    pub server_ms: BTreeMap<String, Percentiles>,
     /// Tokens received, over every stream.
     pub tokens: u64,
     pub token_bytes: u64,
@@ -220,7 +221,7 @@ struct Fold {
     tbt: Hist,
     duration: Hist,
     ttfb: Hist,
-    handoff: Hist,
+    server: BTreeMap<String, Hist>,
     tokens: u64,
     token_bytes: u64,
     tokens_in_hold: u64,
@@ -258,8 +259,8 @@ impl Fold {
         if let Some(t) = r.ttfb_ms {
             self.ttfb.record_ms(t);
         }
-        if let Some(t) = r.handoff_ms {
-            self.handoff.record_ms(t);
+        for (k, t) in &r.server_ms {
+            self.server.entry(k.clone()).or_default().record_ms(*t);
         }
         let e = self
             .digests
@@ -534,7 +535,11 @@ fn summarize(spec: &LoadSpec, level: u32, t: Timing, sh: &Shared) -> LevelSummar
         tbt_ms: f.tbt.percentiles(),
         duration_ms: f.duration.percentiles(),
         ttfb_ms: f.ttfb.percentiles(),
-        handoff_ms: f.handoff.percentiles(),
+        server_ms: f
+            .server
+            .iter()
+            .map(|(k, h)| (k.clone(), h.percentiles()))
+            .collect(),
         tokens: f.tokens,
         token_bytes: f.token_bytes,
         tokens_in_hold: f.tokens_in_hold,

@@ -195,11 +195,12 @@ pub struct PromptRecord {
     /// start as `ttft_ms`; the HTTP approaches only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttfb_ms: Option<f64>,
-    /// `handoff` only: the server's hand-off latency, from its front's `sendmsg` of the
-    /// socket to the streaming daemon's receipt of it (the `Lab-Handoff-Us` header), in
-    /// milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handoff_ms: Option<f64>,
+    /// Latencies the server measured about itself and sent in a response header
+    /// (a [`crate::ServerTiming`]), in milliseconds, each under its own field name: the
+    /// handoff server's `handoff_ms`, its front's `sendmsg` of the socket to the
+    /// streaming daemon's receipt of it. Empty, and absent from the JSON, elsewhere.
+    #[serde(flatten)]
+    pub server_ms: std::collections::BTreeMap<String, f64>,
 }
 
 /// One answer's datagram tokens.
@@ -251,7 +252,7 @@ pub struct Recorder {
     /// Datagram tokens by sequence number, and their counts.
     datagrams: Option<(std::collections::BTreeMap<u64, String>, DatagramCounts)>,
     first_byte: Option<Duration>,
-    handoff: Option<Duration>,
+    server: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for Recorder {
@@ -279,7 +280,7 @@ impl Recorder {
             zero_rtt: None,
             datagrams: None,
             first_byte: None,
-            handoff: None,
+            server: Default::default(),
         }
     }
 
@@ -288,9 +289,10 @@ impl Recorder {
         self.first_byte.get_or_insert(self.start.elapsed());
     }
 
-    /// The server says its hand-off took `took`.
-    pub fn handoff(&mut self, took: Duration) {
-        self.handoff = Some(took);
+    /// The server says that what `key` names took `took`.
+    pub fn server_timing(&mut self, key: &str, took: Duration) {
+        self.server
+            .insert(key.to_owned(), took.as_secs_f64() * 1000.0);
     }
 
     /// A token arrived now in a datagram with sequence number `seq`. Its digest waits
@@ -442,7 +444,7 @@ impl Recorder {
             urgent: false,
             datagrams,
             ttfb_ms: self.first_byte.map(ms),
-            handoff_ms: self.handoff.map(ms),
+            server_ms: self.server,
         }
     }
 }

@@ -12,6 +12,9 @@
 //! 2. a runner module in `clients/src/` with `runner`;
 //! 3. one [`Entry`] in [`ENTRIES`] below.
 
+#[cfg(test)]
+mod twin;
+
 use crate::anatomy::{App, Body, Wire};
 use anyhow::Result;
 use lab_clients::{Runner, RunnerOpts, Target};
@@ -39,6 +42,8 @@ pub enum Model {
 
 /// Sets up an approach's server on an already-bound socket, returning what serves.
 pub type ServeFn = fn(Listener, ServerEnv) -> Result<Serving>;
+/// Runs a server's helper process with the settings (JSON) its server gave it.
+pub type HelperFn = fn(String) -> Serving;
 /// Builds an approach's client runner.
 pub type RunnerFn = fn(Target, &RunnerOpts) -> Result<Box<dyn Runner>>;
 
@@ -75,12 +80,18 @@ pub struct Entry {
     /// What lab's browser client speaks to its server, if it can (`client: browser`):
     /// the browser's WebTransport, fetch() or WebSocket.
     pub browser: Option<lab_clients::browser::Kind>,
+    /// A latency its server reports about itself in a response header, which records
+    /// carry and reports summarize (the handoff server's hand-off).
+    pub timing: Option<&'static lab_clients::ServerTiming>,
+    /// A process its server starts of its own, run as `lab helper <server> --config
+    /// <json>` (the handoff server's streaming daemon).
+    pub helper: Option<HelperFn>,
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
 
 /// Every approach, in the order reports list them by default.
-pub static ENTRIES: [Entry; 10] = [
+pub static ENTRIES: &[Entry] = &[
     Entry {
         name: "raw",
         about: "the raw OpenAI-compatible API behind a TLS proxy",
@@ -98,6 +109,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: None,
         browser: None,
+        timing: None,
+        helper: None,
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -118,6 +131,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: None,
         browser: Some(lab_clients::browser::Kind::Sse),
+        timing: None,
+        helper: None,
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
     },
@@ -138,6 +153,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: None,
         browser: Some(lab_clients::browser::Kind::Sse),
+        timing: None,
+        helper: None,
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
     },
@@ -158,6 +175,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: None,
         browser: None,
+        timing: Some(&lab_clients::handoff::TIMING),
+        helper: Some(lab_servers::handoff::helper),
         serve: lab_servers::handoff::start,
         runner: lab_clients::handoff::runner,
     },
@@ -178,6 +197,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: None,
         browser: Some(lab_clients::browser::Kind::Ws),
+        timing: None,
+        helper: None,
         serve: lab_servers::ws::start,
         runner: lab_clients::ws::runner,
     },
@@ -198,6 +219,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: Some(lab_servers::wt::STACK),
         browser: Some(lab_clients::browser::Kind::Wt),
+        timing: None,
+        helper: None,
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },
@@ -217,7 +240,9 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Datagram,
         },
         stack: Some(lab_servers::wt::STACK),
-        browser: Some(lab_clients::browser::Kind::WtDgram),
+        browser: Some(lab_clients::browser::Kind::WtDatagrams),
+        timing: None,
+        helper: None,
         serve: lab_servers::wt_dgram::start,
         runner: lab_clients::wt_dgram::runner,
     },
@@ -238,6 +263,8 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: Some(lab_servers::wtq::STACK),
         browser: Some(lab_clients::browser::Kind::Wt),
+        timing: None,
+        helper: None,
         serve: lab_servers::wtq::start,
         runner: lab_clients::wtq::runner,
     },
@@ -257,7 +284,9 @@ pub static ENTRIES: [Entry; 10] = [
             body: Body::Datagram,
         },
         stack: Some(lab_servers::wtq::STACK),
-        browser: Some(lab_clients::browser::Kind::WtDgram),
+        browser: Some(lab_clients::browser::Kind::WtDatagrams),
+        timing: None,
+        helper: None,
         serve: lab_servers::wtq_dgram::start,
         runner: lab_clients::wtq_dgram::runner,
     },
@@ -278,9 +307,14 @@ pub static ENTRIES: [Entry; 10] = [
         },
         stack: Some(lab_servers::quic::STACK),
         browser: None,
+        timing: None,
+        helper: None,
         serve: lab_servers::quic::start,
         runner: lab_clients::quic::runner,
     },
+    // A test-only approach: the proof that an approach is its modules and this entry.
+    #[cfg(test)]
+    twin::ENTRY,
 ];
 
 /// A handle on a registry entry: what topologies, plans and records carry. It reads and
@@ -526,7 +560,8 @@ mod tests {
         );
         assert_eq!(
             names(),
-            "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, wtq, wtq-dgram, quic"
+            // (With the test-only entry, which unit tests see.)
+            "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, wtq, wtq-dgram, quic, twin"
         );
     }
 

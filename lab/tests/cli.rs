@@ -605,7 +605,7 @@ fn daemon_of(front: u32) -> u32 {
     assert_eq!(kids.len(), 1, "the handoff front has one child: {kids:?}");
     let cmd = std::fs::read(format!("/proc/{}/cmdline", kids[0])).unwrap();
     assert!(
-        String::from_utf8_lossy(&cmd).contains("handoff-daemon"),
+        String::from_utf8_lossy(&cmd).contains("helper\0handoff"),
         "{:?}",
         String::from_utf8_lossy(&cmd)
     );

@@ -56,9 +56,9 @@ const MAX_RECORD: usize = MAX_BODY + 4096;
 /// The response header that carries the hand-off latency.
 pub const HANDOFF_HEADER: &str = "lab-handoff-us";
 
-/// The daemon's command line: `<program> handoff-daemon --config <json>`, with the Unix
-/// socket as file descriptor [`DAEMON_FD`].
-pub const DAEMON_COMMAND: &str = "handoff-daemon";
+/// The daemon's command line: `<program> helper handoff --config <json>`, with the Unix
+/// socket as file descriptor [`DAEMON_FD`]; `lab helper handoff` runs [`helper`].
+pub const DAEMON_COMMAND: [&str; 2] = ["helper", "handoff"];
 
 /// The file descriptor the daemon finds its end of the Unix socket on.
 pub const DAEMON_FD: RawFd = 3;
@@ -96,7 +96,7 @@ fn monotonic_ns() -> u64 {
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> Result<crate::Serving> {
     let tcp = listener.tcp("handoff")?;
     let program = env.program.clone().context(
-        "the handoff server starts its streaming daemon as `lab handoff-daemon`, but was not told where the lab program is",
+        "the handoff server starts its streaming daemon as `lab helper handoff`, but was not told where the lab program is",
     )?;
     // Checked here, so a bad upstream URL is an error of the front's settings.
     Upstream::new(&env.upstream, &env.model, env.upstream_h2)?;
@@ -114,7 +114,7 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> Result<crate::
         idle_ms: env.limits.idle.as_millis() as u64,
     };
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.arg(DAEMON_COMMAND)
+    cmd.args(DAEMON_COMMAND)
         .arg("--config")
         .arg(serde_json::to_string(&cfg)?)
         .stdin(std::process::Stdio::null())
@@ -444,6 +444,31 @@ async fn hand_off(unix: &AsyncFd<OwnedFd>, mut rec: Record, tcp: &TcpStream) -> 
 
 /// The streaming daemon, on its end of the Unix socket: takes each hand-off and streams
 /// its answer; returns when the front's end closes.
+/// `lab helper handoff --config <json>`: the streaming daemon, on the Unix socket its
+/// front left on file descriptor [`DAEMON_FD`]. Anything but the front's JSON settings
+/// and a socket on that descriptor is refused: a user does not start the daemon.
+pub fn helper(config: String) -> crate::Serving {
+    Box::pin(async move {
+        let cfg: DaemonConfig = serde_json::from_str(&config).context(
+            "--config is not the daemon's settings; `lab serve handoff` starts the daemon, not a user",
+        )?;
+        // Only a socket on fd 3 is taken: anything else there is not the front's.
+        // SAFETY: only borrowed for fstat, which fails cleanly on a closed descriptor.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(DAEMON_FD) };
+        let is_socket = nix::sys::stat::fstat(fd)
+            .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK);
+        anyhow::ensure!(
+            is_socket,
+            "file descriptor {DAEMON_FD} is not the front's Unix socket; `lab serve handoff` starts the daemon, not a user"
+        );
+        // SAFETY: fd 3 is a socket this process was given at exec and nothing else owns.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(DAEMON_FD) };
+        tracing::info!("handoff daemon: upstream {}", cfg.upstream);
+        daemon(fd, cfg).await
+    })
+}
+
+/// The streaming daemon on its end of the front's Unix socket.
 pub async fn daemon(unix: OwnedFd, cfg: DaemonConfig) -> Result<()> {
     nix::fcntl::fcntl(
         &unix,

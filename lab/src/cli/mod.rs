@@ -116,16 +116,17 @@ pub enum Command {
     /// starts a server of the user's. `lab` as the command is this lab.
     #[command(hide = true)]
     ExecServer(ExecServerArgs),
-    /// The handoff server's streaming daemon: takes sockets and hand-off records from
-    /// the front over the Unix socket on file descriptor 3 and writes SSE answers on
-    /// them (started by `lab serve handoff`, never by hand).
+    /// A process a server starts of its own, such as the handoff server's streaming
+    /// daemon (started by `lab serve <server>`, never by hand).
     #[command(hide = true)]
-    HandoffDaemon(HandoffDaemonArgs),
+    Helper(HelperArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct HandoffDaemonArgs {
-    /// The daemon's settings, as JSON (upstream, model, upstream_h2, idle_ms).
+pub struct HelperArgs {
+    /// The server whose helper this is.
+    pub server: String,
+    /// The helper's settings, as JSON, from its server.
     #[arg(long)]
     pub config: String,
 }

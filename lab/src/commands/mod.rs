@@ -179,7 +179,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Relay(a) => lab::relay(a).await,
         Command::Wire(a) => wire::run(a).map(|()| EXIT_OK),
         Command::ExecServer(a) => lab::exec_server(a),
-        Command::HandoffDaemon(a) => serve::handoff_daemon(a).await.map(|()| EXIT_OK),
+        Command::Helper(a) => serve::helper(a).await.map(|()| EXIT_OK),
     }
 }
 

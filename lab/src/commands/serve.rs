@@ -228,24 +228,16 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
     until_signal(serving, signals).await
 }
 
-/// `lab handoff-daemon`: the handoff server's streaming daemon, on the Unix socket its
-/// front left on file descriptor 3.
-pub async fn handoff_daemon(a: crate::cli::HandoffDaemonArgs) -> Result<()> {
-    use lab_servers::handoff::{DAEMON_FD, DaemonConfig};
-    use std::os::fd::FromRawFd;
-    let cfg: DaemonConfig = serde_json::from_str(&a.config).context(
-        "--config is not the daemon's settings; `lab serve handoff` starts the daemon, not a user",
-    )?;
-    // Only a socket on fd 3 is taken: anything else there is not the front's.
-    let is_socket =
-        nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(DAEMON_FD) })
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
-    anyhow::ensure!(
-        is_socket,
-        "file descriptor {DAEMON_FD} is not the front's Unix socket; `lab serve handoff` starts the daemon, not a user"
-    );
-    // SAFETY: fd 3 is a socket this process was given at exec and nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(DAEMON_FD) };
-    tracing::info!("handoff daemon: upstream {}", cfg.upstream);
-    lab_servers::handoff::daemon(fd, cfg).await
+/// `lab helper <server>`: a process a server started of its own (its registry entry's
+/// `helper`), with the settings the server gave it.
+pub async fn helper(a: crate::cli::HelperArgs) -> Result<()> {
+    let helper = crate::approach::by_server(&a.server)
+        .and_then(|e| e.helper)
+        .with_context(|| {
+            format!(
+                "'{}' is not a server with a helper process; `lab serve <server>` starts its helper, not a user",
+                a.server
+            )
+        })?;
+    helper(a.config).await
 }

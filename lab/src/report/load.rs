@@ -159,18 +159,8 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
     out.push_str(&resource_table(&loads));
     out.push_str("\n\n");
     for (name, levels) in &loads {
-        for l in levels.iter().filter(|l| l.summary.handoff_ms.count > 0) {
-            let (h, b) = (&l.summary.handoff_ms, &l.summary.ttfb_ms);
-            out.push_str(&format!(
-                "- {name} level {}: hand-off, front to streaming daemon, p50 {} p99 {} max {} (over {} streams); time to the response head (TTFB, connect included) p50 {} p99 {}\n",
-                l.summary.level,
-                ms(h.p50),
-                ms(h.p99),
-                ms(h.max),
-                h.count,
-                ms(b.p50),
-                ms(b.p99)
-            ));
+        for l in levels.iter() {
+            out.push_str(&server_timing_lines(name, l));
         }
     }
     for (name, levels) in &loads {
@@ -220,6 +210,30 @@ struct ResourceRow {
     ppt: String,
     #[tabled(rename = "Checked")]
     checked: String,
+}
+
+/// A level's lines for the latencies its server reported about itself (a registry
+/// entry's [`lab_clients::ServerTiming`]), each with the time to the response head.
+fn server_timing_lines(name: &str, l: &LevelResult) -> String {
+    let mut out = String::new();
+    for (key, h) in l.summary.server_ms.iter().filter(|(_, h)| h.count > 0) {
+        let what = crate::approach::all()
+            .filter_map(|a| a.timing)
+            .find(|t| t.key == key)
+            .map_or(key.as_str(), |t| t.what);
+        let b = &l.summary.ttfb_ms;
+        out.push_str(&format!(
+            "- {name} level {}: {what}, p50 {} p99 {} max {} (over {} streams); time to the response head (TTFB, connect included) p50 {} p99 {}\n",
+            l.summary.level,
+            ms(h.p50),
+            ms(h.p99),
+            ms(h.max),
+            h.count,
+            ms(b.p50),
+            ms(b.p99)
+        ));
+    }
+    out
 }
 
 fn mib(kib: f64) -> String {

@@ -226,8 +226,8 @@ fn profile_section(run: &Run, p: &str) -> String {
     out
 }
 
-/// A cell's own lines: raw QUIC's 0-RTT, datagram delivery, the handoff server's
-/// latencies.
+/// A cell's own lines: raw QUIC's 0-RTT, datagram delivery, the latency its server
+/// reports about itself.
 fn cell_lines(c: &crate::metrics::CellResult) -> String {
     let mut out = String::new();
     // Raw QUIC says whether each new connection's prompt went out as 0-RTT data.
@@ -243,7 +243,7 @@ fn cell_lines(c: &crate::metrics::CellResult) -> String {
     if let Some(t) = crate::metrics::datagrams::of(&c.records, &c.connections) {
         out.push_str(&t.line(&c.cell.name));
     }
-    if let Some(l) = handoff_line(&c.cell.name, &c.records) {
+    if let Some(l) = server_timing_line(c) {
         out.push_str(&l);
     }
     out
@@ -432,32 +432,37 @@ fn mismatches_and_expectations(run: &Run) -> String {
     out
 }
 
-/// The handoff server's own latencies over a cell's prompts: the front's hand-off to the
-/// streaming daemon (the server's `Lab-Handoff-Us` header), and the client's times to the
-/// response head and to the first token; `None` for the other approaches.
-fn handoff_line(name: &str, records: &[lab_clients::record::PromptRecord]) -> Option<String> {
-    let sorted = |f: fn(&lab_clients::record::PromptRecord) -> Option<f64>| {
-        let mut v: Vec<f64> = records.iter().filter_map(f).collect();
+/// The latency a cell's server reports about itself (its approach's
+/// [`lab_clients::ServerTiming`]) over the cell's prompts, with the client's times to the
+/// response head and to the first token; `None` where its server reports none.
+fn server_timing_line(c: &crate::metrics::CellResult) -> Option<String> {
+    let t = c.cell.approach.timing?;
+    let sorted = |f: &dyn Fn(&lab_clients::record::PromptRecord) -> Option<f64>| {
+        let mut v: Vec<f64> = c.records.iter().filter_map(f).collect();
         v.sort_by(f64::total_cmp);
         v
     };
-    let handoff = sorted(|r| r.handoff_ms);
-    if handoff.is_empty() {
+    let server = sorted(&|r| r.server_ms.get(t.key).copied());
+    if server.is_empty() {
         return None;
     }
-    let (ttfb, ttft) = (sorted(|r| r.ttfb_ms), sorted(|r| r.ttft_ms));
+    let (ttfb, ttft) = (sorted(&|r| r.ttfb_ms), sorted(&|r| r.ttft_ms));
     let p = |v: &[f64], q: f64| {
         lab_clients::record::percentile(v, q).map_or("-".to_owned(), |x| format!("{x:.3} ms"))
     };
     Some(format!(
-        "{name}: hand-off, front to streaming daemon (SCM_RIGHTS over a Unix socket): p50 {}, p99 {} over {} prompts; time to the response head (TTFB, from the prompt's start, connect included) p50 {}, p99 {}; to the first token p50 {}, p99 {}. The daemon writes the head before it asks the upstream, so TTFB is the front's and the daemon's, and TTFT minus TTFB the upstream's.\n\n",
-        p(&handoff, 50.0),
-        p(&handoff, 99.0),
-        handoff.len(),
+        "{}: {} ({}): p50 {}, p99 {} over {} prompts; time to the response head (TTFB, from the prompt's start, connect included) p50 {}, p99 {}; to the first token p50 {}, p99 {}. {}\n\n",
+        c.cell.name,
+        t.what,
+        t.how,
+        p(&server, 50.0),
+        p(&server, 99.0),
+        server.len(),
         p(&ttfb, 50.0),
         p(&ttfb, 99.0),
         p(&ttft, 50.0),
         p(&ttft, 99.0),
+        t.note,
     ))
 }
 
