@@ -530,3 +530,43 @@ fn urgent_table(cells: &[&crate::metrics::CellResult]) -> String {
         b.build().with(Style::markdown())
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use lab_clients::record::{Mode, Recorder};
+
+    /// A cell whose approach's server reports a latency about itself gets the line its
+    /// registry entry describes, with the percentiles over the cell's prompts; the others
+    /// get none.
+    #[test]
+    fn a_server_timing_line_comes_from_the_registry_entry() {
+        let t = crate::topology::parse::parse(
+            "t.yaml",
+            "name: st\napproaches: [handoff, sse]\nprofiles:\n  base: {}\n",
+        )
+        .unwrap();
+        let p = crate::plan::plan(&t).unwrap();
+        let mut cells: Vec<_> = p
+            .cells
+            .iter()
+            .map(crate::metrics::CellResult::empty)
+            .collect();
+        for c in &mut cells {
+            for i in 0..3 {
+                let mut r =
+                    Recorder::start().finish(c.cell.approach.name, Mode::Reuse, i, "p", None);
+                r.ttfb_ms = Some(2.0 + i as f64);
+                r.ttft_ms = Some(10.0 + i as f64);
+                if let Some(t) = c.cell.approach.timing {
+                    r.server_ms.insert(t.key.into(), 0.5 * (i + 1) as f64);
+                }
+                c.records.push(r);
+            }
+        }
+        assert_eq!(
+            super::server_timing_line(&cells[0]).unwrap(),
+            "handoff: hand-off, front to streaming daemon (SCM_RIGHTS over a Unix socket): p50 1.000 ms, p99 1.500 ms over 3 prompts; time to the response head (TTFB, from the prompt's start, connect included) p50 3.000 ms, p99 4.000 ms; to the first token p50 11.000 ms, p99 12.000 ms. The daemon writes the head before it asks the upstream, so TTFB is the front's and the daemon's, and TTFT minus TTFB the upstream's.\n\n"
+        );
+        assert_eq!(super::server_timing_line(&cells[1]), None);
+    }
+}
