@@ -11,6 +11,16 @@
 //! 1. a server module in `servers/src/` with `PATH` and `start`;
 //! 2. a runner module in `clients/src/` with `runner`;
 //! 3. one [`Entry`] in [`ENTRIES`] below.
+//!
+//! What sets an approach apart is a capability or a hook of its entry, never its name:
+//! whether prompts share a connection (`multiplexed`), whether connections outlive a
+//! prompt (`keeps_connections`), its wire format for the anatomy, its QUIC `stack`, what
+//! lab's browser client speaks to it (`browser`), a latency its server reports about
+//! itself (`timing`, read by the HTTP runners and summed up by the reports) and a process
+//! its server starts of its own (`helper`, run as `lab helper <server>`). Two tests hold
+//! this: `lab/tests/approach.rs` fails when an identifier or a quoted name outside an
+//! approach's modules names it, and the test-only approach `twin` (in unit-test builds
+//! only) is planned, served and measured with no file touched but `twin.rs` and its entry.
 
 #[cfg(test)]
 mod twin;

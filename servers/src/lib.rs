@@ -121,6 +121,6 @@ pub struct ServerEnv {
     /// namespace's business).
     pub transport: lab_codec::transport::Settings,
     /// The lab program, for a server that starts a process of its own (the handoff
-    /// server's streaming daemon, `lab handoff-daemon`); `None` where there is none.
+    /// server's streaming daemon, `lab helper handoff`); `None` where there is none.
     pub program: Option<std::path::PathBuf>,
 }
