@@ -7,9 +7,9 @@
 //! body is always read to its end, and the next prompt goes out on the same connection
 //! if and only if it is still open.
 
-use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
 use crate::stats::TcpWatch;
-use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use crate::{Protocol, RunnerOpts, Target, TokenSink};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -209,9 +209,26 @@ impl<A: SseApi> HttpRunner<A> {
         }
         Ok(c)
     }
+}
+
+/// What an HTTP error status says went wrong: the server turned the request away (4xx,
+/// and 503, a server at capacity), or its upstream failed (502 and the other 5xx).
+pub(crate) fn status_category(status: http::StatusCode) -> ErrorCategory {
+    if status.is_client_error() || status == http::StatusCode::SERVICE_UNAVAILABLE {
+        ErrorCategory::Rejected
+    } else {
+        ErrorCategory::Upstream
+    }
+}
+
+impl<A: SseApi> Protocol for HttpRunner<A> {
+    fn opts(&self) -> &RunnerOpts {
+        &self.opts
+    }
 
     async fn attempt(
-        &self,
+        &mut self,
+        _: usize,
         prompt: &str,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
@@ -308,56 +325,25 @@ impl<A: SseApi> HttpRunner<A> {
         }
         Ok(())
     }
-}
 
-/// What an HTTP error status says went wrong: the server turned the request away (4xx,
-/// and 503, a server at capacity), or its upstream failed (502 and the other 5xx).
-pub(crate) fn status_category(status: http::StatusCode) -> ErrorCategory {
-    if status.is_client_error() || status == http::StatusCode::SERVICE_UNAVAILABLE {
-        ErrorCategory::Rejected
-    } else {
-        ErrorCategory::Upstream
-    }
-}
+    /// Nothing to let go: a connection in an unknown state is never reused anyway (an
+    /// HTTP/1.1 sender goes back only after a whole answer, and a dead HTTP/2 one fails
+    /// its check).
+    async fn settle(&mut self, _: Option<&PromptError>) {}
 
-impl<A: SseApi> Runner for HttpRunner<A> {
-    fn name(&self) -> &'static str {
-        self.opts.approach
+    async fn hang_up(&mut self) {
+        *self.conn.lock().await = None;
     }
 
-    fn run<'a>(
-        &'a mut self,
-        index: usize,
-        prompt: &'a str,
-        sink: &'a mut TokenSink<'a>,
-    ) -> BoxFuture<'a, PromptRecord> {
-        Box::pin(async move {
-            let mut rec = Recorder::start();
-            let timeout = self.opts.timeout;
-            // A connection in an unknown state is never reused: an HTTP/1.1 sender goes
-            // back only after a whole answer, and a dead HTTP/2 one fails its check.
-            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
-        })
-    }
-
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            *self.conn.lock().await = None;
-        })
-    }
-
-    fn share(&self) -> Option<Box<dyn Runner>> {
+    fn on_same_connection(&self) -> Option<Self> {
         let multiplexed = self.version == Version::Http2 && self.opts.mode == Mode::Reuse;
-        multiplexed.then(|| {
-            Box::new(HttpRunner {
-                api: self.api.clone(),
-                opts: self.opts.clone(),
-                target: self.target.clone(),
-                version: self.version,
-                tls: self.tls.clone(),
-                conn: self.conn.clone(),
-            }) as Box<dyn Runner>
+        multiplexed.then(|| HttpRunner {
+            api: self.api.clone(),
+            opts: self.opts.clone(),
+            target: self.target.clone(),
+            version: self.version,
+            tls: self.tls.clone(),
+            conn: self.conn.clone(),
         })
     }
 }

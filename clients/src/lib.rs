@@ -35,7 +35,7 @@ pub mod wtq_dgram;
 
 use anyhow::{Context, Result, bail};
 use lab_codec::trust::Trust;
-use record::{Mode, PromptRecord};
+use record::{Mode, PromptRecord, Recorder};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -65,6 +65,68 @@ pub trait Runner: Send {
     /// `None` where each runner needs a connection of its own.
     fn share(&self) -> Option<Box<dyn Runner>> {
         None
+    }
+}
+
+/// What an approach's runner keeps for itself: how one prompt goes over its protocol,
+/// and what becomes of its connection after it. Every such runner is a [`Runner`] through
+/// the one skeleton below, which starts the prompt's clock, bounds the attempt by the
+/// runner's timeout, records a failure by its category and closes the record; the
+/// browser runner, whose page keeps its own records, is the one `Runner` of its own.
+pub trait Protocol: Send + Sized + 'static {
+    /// What the runner was built with.
+    fn opts(&self) -> &RunnerOpts;
+    /// Sends prompt `index` and reads its answer, marking the connection, the answer's
+    /// head and each token in `rec` and passing each token to `sink`.
+    fn attempt(
+        &mut self,
+        index: usize,
+        prompt: &str,
+        rec: &mut Recorder,
+        sink: &mut TokenSink<'_>,
+    ) -> impl std::future::Future<Output = Result<(), record::PromptError>> + Send;
+    /// After each prompt, with its failure if it failed: lets go of a connection that
+    /// must not carry the next prompt (fresh mode, a connection in an unknown state).
+    fn settle(
+        &mut self,
+        error: Option<&record::PromptError>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+    /// Closes any open connection.
+    fn hang_up(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Another runner on this runner's connection (see [`Runner::share`]).
+    fn on_same_connection(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<P: Protocol> Runner for P {
+    fn name(&self) -> &'static str {
+        self.opts().approach
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        index: usize,
+        prompt: &'a str,
+        sink: &'a mut TokenSink<'a>,
+    ) -> BoxFuture<'a, PromptRecord> {
+        Box::pin(async move {
+            let mut rec = Recorder::start();
+            let timeout = self.opts().timeout;
+            let error = within(timeout, self.attempt(index, prompt, &mut rec, sink)).await;
+            self.settle(error.as_ref()).await;
+            let o = self.opts();
+            rec.finish(o.approach, o.mode, index, prompt, error)
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.hang_up())
+    }
+
+    fn share(&self) -> Option<Box<dyn Runner>> {
+        self.on_same_connection()
+            .map(|r| Box::new(r) as Box<dyn Runner>)
     }
 }
 

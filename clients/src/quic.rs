@@ -10,7 +10,7 @@
 
 use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
 use crate::stats::QuicWatch;
-use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use crate::{Protocol, Runner, RunnerOpts, Target, TokenSink};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,13 +104,25 @@ impl QuicRunner {
         Ok((conn, early))
     }
 
+    async fn drop_conn(&mut self) {
+        // Dropping the last handle on the watch closes the connection and reports it.
+        self.conn.lock().await.take();
+    }
+}
+
+impl Protocol for QuicRunner {
+    fn opts(&self) -> &RunnerOpts {
+        &self.opts
+    }
+
     async fn attempt(
         &mut self,
+        index: usize,
         prompt: &str,
-        urgent: bool,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
+        let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
         let (conn, early) = {
             let mut slot = self.conn.lock().await;
             match slot.as_ref() {
@@ -160,59 +172,34 @@ impl QuicRunner {
         crate::streams::read_answer(recv, rec, sink).await
     }
 
-    async fn drop_conn(&mut self) {
-        // Dropping the last handle on the watch closes the connection and reports it.
-        self.conn.lock().await.take();
-    }
-}
-
-impl Runner for QuicRunner {
-    fn name(&self) -> &'static str {
-        self.opts.approach
-    }
-
-    fn run<'a>(
-        &'a mut self,
-        index: usize,
-        prompt: &'a str,
-        sink: &'a mut TokenSink<'a>,
-    ) -> BoxFuture<'a, crate::record::PromptRecord> {
-        Box::pin(async move {
-            let mut rec = Recorder::start();
-            let timeout = self.opts.timeout;
-            let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
-            let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
-            let ended = self
-                .conn
-                .lock()
-                .await
-                .as_ref()
-                .is_some_and(|(c, _, _)| c.close_reason().is_some());
-            if self.opts.mode == Mode::Fresh || ended {
-                self.drop_conn().await;
-            }
-            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
-        })
-    }
-
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
+    /// Fresh mode never keeps a connection; one that ended is dropped (an error of one
+    /// stream leaves the connection to the prompts sharing it).
+    async fn settle(&mut self, _: Option<&PromptError>) {
+        let ended = self
+            .conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|(c, _, _)| c.close_reason().is_some());
+        if self.opts.mode == Mode::Fresh || ended {
             self.drop_conn().await;
-            // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        })
+        }
     }
 
-    fn share(&self) -> Option<Box<dyn Runner>> {
-        (self.opts.mode == Mode::Reuse).then(|| -> Box<dyn Runner> {
-            Box::new(QuicRunner {
-                opts: self.opts.clone(),
-                endpoint: self.endpoint.clone(),
-                config: self.config.clone(),
-                addr: self.addr,
-                host: self.host.clone(),
-                conn: self.conn.clone(),
-            })
+    async fn hang_up(&mut self) {
+        self.drop_conn().await;
+        // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn on_same_connection(&self) -> Option<Self> {
+        (self.opts.mode == Mode::Reuse).then(|| QuicRunner {
+            opts: self.opts.clone(),
+            endpoint: self.endpoint.clone(),
+            config: self.config.clone(),
+            addr: self.addr,
+            host: self.host.clone(),
+            conn: self.conn.clone(),
         })
     }
 }

@@ -8,9 +8,9 @@
 //! they arrive (2 to 10 bytes of header plus the payload), the WebSocket counterpart of
 //! SSE's `data:` lines and WebTransport's length prefixes.
 
-use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
 use crate::stats::TcpWatch;
-use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use crate::{Protocol, Runner, RunnerOpts, Target, TokenSink};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,8 +69,21 @@ impl WsRunner {
         Ok((ws, watch))
     }
 
+    async fn drop_conn(&mut self) {
+        if let Some((mut ws, _, _watch)) = self.conn.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+        }
+    }
+}
+
+impl Protocol for WsRunner {
+    fn opts(&self) -> &RunnerOpts {
+        &self.opts
+    }
+
     async fn attempt(
         &mut self,
+        _: usize,
         prompt: &str,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
@@ -135,41 +148,16 @@ impl WsRunner {
         failure.map_or(Ok(()), Err)
     }
 
-    async fn drop_conn(&mut self) {
-        if let Some((mut ws, _, _watch)) = self.conn.take() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+    async fn settle(&mut self, error: Option<&PromptError>) {
+        // A WebSocket in an unknown state is not used again; fresh mode keeps none.
+        let upstream_only = error.is_some_and(|e| e.category == ErrorCategory::Upstream);
+        if (error.is_some() && !upstream_only) || self.opts.mode == Mode::Fresh {
+            self.drop_conn().await;
         }
     }
-}
 
-impl Runner for WsRunner {
-    fn name(&self) -> &'static str {
-        self.opts.approach
-    }
-
-    fn run<'a>(
-        &'a mut self,
-        index: usize,
-        prompt: &'a str,
-        sink: &'a mut TokenSink<'a>,
-    ) -> BoxFuture<'a, PromptRecord> {
-        Box::pin(async move {
-            let mut rec = Recorder::start();
-            let timeout = self.opts.timeout;
-            let error = crate::within(timeout, self.attempt(prompt, &mut rec, sink)).await;
-            // A WebSocket in an unknown state is not used again; fresh mode keeps none.
-            let upstream_only = error
-                .as_ref()
-                .is_some_and(|e| e.category == ErrorCategory::Upstream);
-            if (error.is_some() && !upstream_only) || self.opts.mode == Mode::Fresh {
-                self.drop_conn().await;
-            }
-            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
-        })
-    }
-
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.drop_conn())
+    async fn hang_up(&mut self) {
+        self.drop_conn().await
     }
 }
 

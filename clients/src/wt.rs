@@ -12,9 +12,9 @@
 
 use crate::dgram::{Datagrams, Router};
 use crate::quic_rt::WtClient;
-use crate::record::{ErrorCategory, Mode, PromptError, PromptRecord, Recorder};
+use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
 use crate::stats::QuicWatch;
-use crate::{BoxFuture, Runner, RunnerOpts, Target, TokenSink};
+use crate::{Protocol, Runner, RunnerOpts, Target, TokenSink};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -193,13 +193,25 @@ impl<S: Stack> WtRunner<S> {
         }
     }
 
+    async fn drop_conn(&mut self) {
+        // Dropping the last handle on the watch closes the session and reports it.
+        self.conn.lock().await.take();
+    }
+}
+
+impl<S: Stack> Protocol for WtRunner<S> {
+    fn opts(&self) -> &RunnerOpts {
+        &self.opts
+    }
+
     async fn attempt(
         &mut self,
+        index: usize,
         prompt: &str,
-        urgent: bool,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
+        let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
         // The kept session (shared by the runners of one client in `reuse` mode), or a
         // new one; runners waiting here while one sets the session up then share it.
         let conn = {
@@ -252,60 +264,33 @@ impl<S: Stack> WtRunner<S> {
         }
     }
 
-    async fn drop_conn(&mut self) {
-        // Dropping the last handle on the watch closes the session and reports it.
-        self.conn.lock().await.take();
-    }
-}
-
-impl<S: Stack> Runner for WtRunner<S> {
-    fn name(&self) -> &'static str {
-        self.opts.approach
-    }
-
-    fn run<'a>(
-        &'a mut self,
-        index: usize,
-        prompt: &'a str,
-        sink: &'a mut TokenSink<'a>,
-    ) -> BoxFuture<'a, PromptRecord> {
-        Box::pin(async move {
-            let mut rec = Recorder::start();
-            let timeout = self.opts.timeout;
-            let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
-            let error = crate::within(timeout, self.attempt(prompt, urgent, &mut rec, sink)).await;
-            // Fresh mode never keeps a session; a session that ended is dropped (an error
-            // of one stream leaves the session to the prompts sharing it).
-            let ended = self
-                .conn
-                .lock()
-                .await
-                .as_ref()
-                .is_some_and(|s| S::quic(&s.conn).close_reason().is_some());
-            if self.opts.mode == Mode::Fresh || ended {
-                self.drop_conn().await;
-            }
-            rec.finish(self.opts.approach, self.opts.mode, index, prompt, error)
-        })
-    }
-
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
+    /// Fresh mode never keeps a connection; one that ended is dropped (an error of one
+    /// stream leaves the connection to the prompts sharing it).
+    async fn settle(&mut self, _: Option<&PromptError>) {
+        let ended = self
+            .conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|s| S::quic(&s.conn).close_reason().is_some());
+        if self.opts.mode == Mode::Fresh || ended {
             self.drop_conn().await;
-            // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.stack.wait_idle()).await;
-        })
+        }
     }
 
-    fn share(&self) -> Option<Box<dyn Runner>> {
+    async fn hang_up(&mut self) {
+        self.drop_conn().await;
+        // Let the CONNECTION_CLOSE go out before the endpoint is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stack.wait_idle()).await;
+    }
+
+    fn on_same_connection(&self) -> Option<Self> {
         // In fresh mode every prompt has a session of its own: nothing to share.
-        (self.opts.mode == Mode::Reuse).then(|| -> Box<dyn Runner> {
-            Box::new(WtRunner {
-                opts: self.opts.clone(),
-                stack: self.stack.clone(),
-                conn: self.conn.clone(),
-                answers: self.answers,
-            })
+        (self.opts.mode == Mode::Reuse).then(|| WtRunner {
+            opts: self.opts.clone(),
+            stack: self.stack.clone(),
+            conn: self.conn.clone(),
+            answers: self.answers,
         })
     }
 }
