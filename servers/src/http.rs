@@ -129,6 +129,33 @@ pub async fn accept(
 }
 
 /// Accepts connections forever; each is served on its own task.
+/// Sets up an HTTP server over TLS on `listener` (`what` names it in errors): the
+/// router `app`, in `version`, with the certificate, limits and counters of `env`. The
+/// `start` of every server that is an axum router (SSE, SSE over HTTP/2, WebSocket, the
+/// raw-API proxy).
+pub fn start_router(
+    listener: crate::Listener,
+    env: crate::ServerEnv,
+    what: &str,
+    app: Router,
+    version: Version,
+) -> anyhow::Result<crate::Serving> {
+    let tcp = listener.tcp(what)?;
+    let tls = Arc::new(match version {
+        Version::Http1 => env.cert.http1_server_config()?,
+        Version::Http2 => env.cert.h2_server_config()?,
+    });
+    Ok(Box::pin(serve_tls(
+        tcp,
+        tls,
+        app,
+        env.stats,
+        env.limits,
+        version,
+        env.transport.tcp.nodelay,
+    )))
+}
+
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,

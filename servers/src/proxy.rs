@@ -31,18 +31,14 @@ pub const PATH: &str = "/v1/chat/completions";
 /// Sets up the raw-API proxy on `listener`; errors in its settings come here, before it
 /// serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
-    let tcp = listener.tcp("raw-API proxy")?;
-    let tls = Arc::new(env.cert.http1_server_config()?);
     let app = app(&env.upstream, env.upstream_h2, env.stats.clone())?;
-    Ok(Box::pin(crate::http::serve_tls(
-        tcp,
-        tls,
+    crate::http::start_router(
+        listener,
+        env,
+        "raw-API proxy",
         app,
-        env.stats,
-        env.limits,
         crate::http::Version::Http1,
-        env.transport.tcp.nodelay,
-    )))
+    )
 }
 
 /// The proxy router for `upstream` (e.g. `http://127.0.0.1:11434`), over HTTP/2 (h2c)

@@ -38,19 +38,8 @@ pub const PATH: &str = "/chat";
 /// Sets up the SSE approach's server on `listener`; errors in its settings come here,
 /// before it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
-    let tcp = listener.tcp("SSE")?;
-    let up = Arc::new(env.upstream_client()?);
-    let tls = Arc::new(env.cert.http1_server_config()?);
-    let app = app(up, env.stats.clone());
-    Ok(Box::pin(crate::http::serve_tls(
-        tcp,
-        tls,
-        app,
-        env.stats,
-        env.limits,
-        crate::http::Version::Http1,
-        env.transport.tcp.nodelay,
-    )))
+    let app = app(Arc::new(env.upstream_client()?), env.stats.clone());
+    crate::http::start_router(listener, env, "SSE", app, crate::http::Version::Http1)
 }
 
 #[derive(Debug, serde::Deserialize)]

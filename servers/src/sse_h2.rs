@@ -11,17 +11,12 @@ pub const PATH: &str = crate::sse::PATH;
 /// Sets up the SSE-over-HTTP/2 server on `listener`; errors in its settings come here,
 /// before it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
-    let tcp = listener.tcp("SSE over HTTP/2")?;
-    let up = Arc::new(env.upstream_client()?);
-    let tls = Arc::new(env.cert.h2_server_config()?);
-    let app = crate::sse::app(up, env.stats.clone());
-    Ok(Box::pin(crate::http::serve_tls(
-        tcp,
-        tls,
+    let app = crate::sse::app(Arc::new(env.upstream_client()?), env.stats.clone());
+    crate::http::start_router(
+        listener,
+        env,
+        "SSE over HTTP/2",
         app,
-        env.stats,
-        env.limits,
         crate::http::Version::Http2,
-        env.transport.tcp.nodelay,
-    )))
+    )
 }

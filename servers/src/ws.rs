@@ -43,19 +43,8 @@ struct AppState {
 /// Sets up the WebSocket server on `listener`; errors in its settings come here, before
 /// it serves.
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
-    let tcp = listener.tcp("WebSocket")?;
-    let up = Arc::new(env.upstream_client()?);
-    let tls = Arc::new(env.cert.http1_server_config()?);
-    let app = app(up, env.stats.clone());
-    Ok(Box::pin(crate::http::serve_tls(
-        tcp,
-        tls,
-        app,
-        env.stats,
-        env.limits,
-        crate::http::Version::Http1,
-        env.transport.tcp.nodelay,
-    )))
+    let app = app(Arc::new(env.upstream_client()?), env.stats.clone());
+    crate::http::start_router(listener, env, "WebSocket", app, crate::http::Version::Http1)
 }
 
 /// The router, without a socket.
