@@ -253,6 +253,30 @@ pub struct RunnerOpts {
 }
 
 impl RunnerOpts {
+    /// A runner's settings: its approach, mode, per-prompt timeout, trust and model,
+    /// with default transport settings, counters of its own, no urgent prompts and the
+    /// kernel's choice of source address.
+    pub fn new(
+        approach: &'static str,
+        mode: Mode,
+        timeout: Duration,
+        trust: Trust,
+        model: impl Into<String>,
+    ) -> Self {
+        RunnerOpts {
+            approach,
+            mode,
+            timeout,
+            trust,
+            model: model.into(),
+            conns: Default::default(),
+            stats: Default::default(),
+            transport: Default::default(),
+            urgent: Default::default(),
+            source: None,
+        }
+    }
+
     /// The next connection's number.
     pub fn next_conn(&self) -> u32 {
         self.conns.fetch_add(1, Ordering::Relaxed)

@@ -144,18 +144,13 @@ async fn runner_stream(
     until: Instant,
     tokens: Arc<AtomicU64>,
 ) {
-    let opts = RunnerOpts {
-        approach: ap.name,
-        mode: Mode::Reuse,
-        timeout: Duration::from_secs(60),
+    let opts = RunnerOpts::new(
+        ap.name,
+        Mode::Reuse,
+        Duration::from_secs(60),
         trust,
-        model: "gemma3:12b".into(),
-        conns: Default::default(),
-        stats: Default::default(),
-        transport: Default::default(),
-        urgent: Default::default(),
-        source: None,
-    };
+        "gemma3:12b",
+    );
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;
     while Instant::now() < until {

@@ -589,18 +589,13 @@ mod tests {
 
     #[test]
     fn a_url_of_the_wrong_scheme_names_the_right_one() {
-        let opts = RunnerOpts {
-            approach: "handoff",
-            mode: lab_clients::record::Mode::Reuse,
-            timeout: std::time::Duration::from_secs(1),
-            trust: lab_codec::trust::Trust::Insecure,
-            model: "m".into(),
-            conns: Default::default(),
-            stats: Default::default(),
-            transport: Default::default(),
-            urgent: Default::default(),
-            source: None,
-        };
+        let opts = RunnerOpts::new(
+            "handoff",
+            lab_clients::record::Mode::Reuse,
+            std::time::Duration::from_secs(1),
+            lab_codec::trust::Trust::Insecure,
+            "m",
+        );
         let h: Approach = "handoff".parse().unwrap();
         let e = h
             .runner("https://127.0.0.1:8081", &opts)

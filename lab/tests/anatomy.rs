@@ -423,16 +423,14 @@ async fn the_initial_rtt_sets_when_an_unanswered_initial_goes_again() {
             transport.quic.initial_rtt_ms = r;
         }
         let opts = lab_clients::RunnerOpts {
-            approach: "wt",
-            mode: lab_clients::record::Mode::Reuse,
-            timeout: std::time::Duration::from_secs(3),
-            trust: lab_codec::trust::Trust::Insecure,
-            model: MODEL.into(),
-            conns: Default::default(),
-            stats: Default::default(),
             transport,
-            urgent: Default::default(),
-            source: None,
+            ..lab_clients::RunnerOpts::new(
+                "wt",
+                lab_clients::record::Mode::Reuse,
+                std::time::Duration::from_secs(3),
+                lab_codec::trust::Trust::Insecure,
+                MODEL,
+            )
         };
         let mut runner = ap("wt").runner(&url, &opts).unwrap();
         let client = tokio::spawn(async move {

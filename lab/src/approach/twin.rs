@@ -115,18 +115,13 @@ mod tests {
                 program: None,
             };
             tokio::spawn(a.serve(lab_servers::Listener::Tcp(l), env).unwrap());
-            let opts = lab_clients::RunnerOpts {
-                approach: a.name,
-                mode: lab_clients::record::Mode::Reuse,
-                timeout: Duration::from_secs(10),
-                trust: lab_codec::trust::Trust::Pin(cert.sha256),
-                model: "m".into(),
-                conns: Default::default(),
-                stats: Default::default(),
-                transport: Default::default(),
-                urgent: Default::default(),
-                source: None,
-            };
+            let opts = lab_clients::RunnerOpts::new(
+                a.name,
+                lab_clients::record::Mode::Reuse,
+                Duration::from_secs(10),
+                lab_codec::trust::Trust::Pin(cert.sha256),
+                "m",
+            );
             let mut r = a.runner(&a.url(addr), &opts).unwrap();
             let mut sink = |_: &str| {};
             let rec = r.run(0, "hello twin", &mut sink).await;

@@ -12,16 +12,9 @@ use tokio::io::AsyncBufReadExt;
 pub async fn run(a: ClientArgs) -> Result<bool> {
     let trust = a.trust.trust(a.approach)?;
     let opts = RunnerOpts {
-        approach: a.approach.name,
-        mode: a.mode,
-        timeout: a.timeout,
-        trust,
-        model: a.model.clone(),
-        conns: Default::default(),
-        stats: Default::default(),
         transport: a.transport.clone().unwrap_or_default(),
         urgent: std::sync::Arc::new(a.urgent.iter().map(|&n| n as usize - 1).collect()),
-        source: None,
+        ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     if a.browser && a.concurrency > 1 {
         anyhow::bail!("the browser client runs one prompt at a time: drop --concurrency");

@@ -31,16 +31,9 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         );
     }
     let base = RunnerOpts {
-        approach: a.approach.name,
-        mode: a.mode,
-        timeout: a.timeout,
-        trust,
-        model: a.model.clone(),
-        conns: Default::default(),
         stats: Arc::new(lab_clients::stats::Tracker::discarding()),
         transport: a.transport.clone().unwrap_or_default(),
-        urgent: Default::default(),
-        source: None,
+        ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     // Check the URL and the settings once, before any level starts.
     a.approach.runner(&a.url, &base)?;

@@ -65,7 +65,6 @@ pub fn run(
     stop: &AtomicBool,
     each: &mut dyn FnMut(PromptRecord),
 ) -> Result<Vec<ConnStats>> {
-    let mut conns = Vec::new();
     let plan = &state.plan;
     let w = &plan.workload;
     let mut argv: Vec<String> = vec![
@@ -120,26 +119,62 @@ pub fn run(
         procs::Lifetime::Tied,
         crate::plan::Ready::Line,
     )?;
-    let out = st
-        .take_stdout()
-        .ok_or_else(|| anyhow!("the client has no stdout"))?;
-    let pid = st.record.pid;
-    let start = st.record.start;
     // A watchdog: a client that outlives its deadline, or is told to stop, is stopped.
     let done = AtomicBool::new(false);
+    let mut conns = Vec::new();
+    let what = Child {
+        name: "the client",
+        interrupted: "the client was stopped: the run was interrupted",
+        deadline,
+        grace: STOP_GRACE,
+    };
+    supervise(&mut st, &what, stop, &done, |line| {
+        if let Ok(c) = serde_json::from_str::<ConnLine>(line) {
+            conns.push(c.connection);
+            return;
+        }
+        match serde_json::from_str::<PromptRecord>(line) {
+            Ok(r) => each(r),
+            Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
+        }
+    })?;
+    Ok(conns)
+}
+
+/// A child of lab's whose stdout lab reads as it runs (a cell's client, a load
+/// generator), for [`supervise`].
+pub struct Child<'a> {
+    /// What errors call it ("the client").
+    pub name: &'a str,
+    /// The error when the run was interrupted.
+    pub interrupted: &'a str,
+    /// Stopped past this long.
+    pub deadline: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub grace: Duration,
+}
+
+/// Reads a started child's stdout line by line into `each` until it ends, while a
+/// watchdog stops it past its deadline or when `stop` is set; sets `done` when it has
+/// ended (or when there is nothing to read), which ends the watchdog and any sampler. Exit 1 means some prompt failed, which its output says; a stop, or any other
+/// exit, is an error naming its log's last lines.
+pub fn supervise(
+    st: &mut procs::Started,
+    what: &Child,
+    stop: &AtomicBool,
+    done: &AtomicBool,
+    mut each: impl FnMut(&str),
+) -> Result<()> {
+    let Some(out) = st.take_stdout() else {
+        done.store(true, Ordering::SeqCst);
+        return Err(anyhow!("{} has no stdout", what.name));
+    };
+    let (pid, start) = (st.record.pid, st.record.start);
     let (status, why) = std::thread::scope(|s| -> Result<_> {
-        let watchdog = s.spawn(|| watchdog(pid, start, STOP_GRACE, deadline, stop, &done));
+        let watchdog = s.spawn(|| watchdog(pid, start, what.grace, what.deadline, stop, done));
         let read = || -> Result<()> {
             for line in std::io::BufReader::new(out).lines() {
-                let line = line?;
-                if let Ok(c) = serde_json::from_str::<ConnLine>(&line) {
-                    conns.push(c.connection);
-                    continue;
-                }
-                match serde_json::from_str::<PromptRecord>(&line) {
-                    Ok(r) => each(r),
-                    Err(e) => tracing::warn!("cell {}: client printed {line:?}: {e}", cell.id),
-                }
+                each(&line?);
             }
             Ok(())
         };
@@ -151,20 +186,16 @@ pub fn run(
         Ok((status?, why))
     })?;
     match why {
-        Some("deadline") => {
-            return Err(anyhow!(
-                "the client ran past its deadline of {} s and was stopped",
-                deadline.as_secs()
-            ));
-        }
-        Some(_) => return Err(anyhow!("the client was stopped: the run was interrupted")),
-        None => {}
-    }
-    // Exit 1 means some prompt failed, which the records say; anything else is an error.
-    match status.code() {
-        Some(0) | Some(1) => Ok(conns),
-        _ => Err(anyhow!(
-            "the client ended with {status}; last lines of {}:\n{}",
+        Some("deadline") => Err(anyhow!(
+            "{} ran past its deadline of {} s and was stopped",
+            what.name,
+            what.deadline.as_secs()
+        )),
+        Some(_) => Err(anyhow!("{}", what.interrupted)),
+        None if matches!(status.code(), Some(0) | Some(1)) => Ok(()),
+        None => Err(anyhow!(
+            "{} ended with {status}; last lines of {}:\n{}",
+            what.name,
             st.record.log.display(),
             procs::log_tail(&st.record.log, 8)
         )),

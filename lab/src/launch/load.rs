@@ -15,7 +15,6 @@ use crate::topology::model::{Connection, LoadWorkload};
 use anyhow::{Result, anyhow};
 use lab_clients::load::{Event, LevelSummary};
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,11 +289,6 @@ fn run_load(
     let samples = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
     let mut st = start_generator(state, cell, load, prompts_file, ends[0])?;
-    let out = st
-        .take_stdout()
-        .ok_or_else(|| anyhow!("the load generator has no stdout"))?;
-    let (pid, start) = (st.record.pid, st.record.start);
-    let limit = deadline(load, timeout);
     let mut levels = Levels {
         cell,
         label,
@@ -305,49 +299,26 @@ fn run_load(
         last: Instant::now() - PROGRESS_EVERY,
         done: Vec::new(),
     };
-    let (status, why) = std::thread::scope(|s| -> Result<_> {
+    // Past its deadline, or told to stop, the generator is stopped.
+    let what = super::client::Child {
+        name: "the load generator",
+        interrupted: "the load test was stopped: the run was interrupted",
+        deadline: deadline(load, timeout),
+        grace: STOP_GRACE,
+    };
+    std::thread::scope(|s| {
         s.spawn(|| sample_server(server_pid, ticks, every, &samples, &done));
-        // A watchdog: past its deadline, or told to stop, the generator is stopped.
-        let watchdog =
-            s.spawn(|| super::client::watchdog(pid, start, STOP_GRACE, limit, stop, &done));
-        let read = || -> Result<()> {
-            for line in std::io::BufReader::new(out).lines() {
-                let line = line?;
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(e) => levels.event(e),
-                    Err(e) => tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id),
-                }
-            }
-            Ok(())
-        };
-        let read = read();
-        let status = st.child.wait();
-        done.store(true, Ordering::SeqCst);
-        let why = watchdog.join().unwrap_or(None);
-        read?;
-        Ok((status?, why))
+        super::client::supervise(
+            &mut st,
+            &what,
+            stop,
+            &done,
+            |line| match serde_json::from_str::<Event>(line) {
+                Ok(e) => levels.event(e),
+                Err(e) => tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id),
+            },
+        )
     })?;
-    match why {
-        Some("deadline") => {
-            return Err(anyhow!(
-                "the load generator ran past its deadline of {} s and was stopped",
-                limit.as_secs()
-            ));
-        }
-        Some(_) => {
-            return Err(anyhow!(
-                "the load test was stopped: the run was interrupted"
-            ));
-        }
-        None => {}
-    }
-    if !matches!(status.code(), Some(0) | Some(1)) {
-        return Err(anyhow!(
-            "the load generator ended with {status}; last lines of {}:\n{}",
-            st.record.log.display(),
-            procs::log_tail(&st.record.log, 8)
-        ));
-    }
     let samples = samples.into_inner().unwrap_or_default();
     Ok(CellLoad {
         levels: results(state, levels.done, prompts, &samples, baseline),

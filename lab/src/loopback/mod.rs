@@ -160,18 +160,13 @@ impl Stack {
 
     /// Options for a runner against this stack.
     pub fn runner_opts(&self, approach: Approach, mode: Mode, timeout: Duration) -> RunnerOpts {
-        RunnerOpts {
-            approach: approach.name,
+        RunnerOpts::new(
+            approach.name,
             mode,
             timeout,
-            trust: self.trust(),
-            model: self.model.clone(),
-            conns: Default::default(),
-            stats: Default::default(),
-            transport: Default::default(),
-            urgent: Default::default(),
-            source: None,
-        }
+            self.trust(),
+            self.model.clone(),
+        )
     }
 
     /// A runner of `approach` against this stack.
