@@ -201,6 +201,53 @@ fn values<'a, 'b>(
     Ok(())
 }
 
+/// One series of a bar chart: in each slot, a bar from `.0` to `.1` up the y axis,
+/// between `x.0` and `x.1` off the slot's centre.
+struct Bars {
+    label: String,
+    color: RGBColor,
+    x: (f64, f64),
+    bars: Vec<(f64, f64)>,
+}
+
+/// A bar chart's picture: its size, caption, a slot per name (and `spare` empty slots
+/// for the legend), and its y axis up to `max`.
+struct BarChart<'a> {
+    size: (u32, u32),
+    caption: String,
+    names: &'a [String],
+    spare: usize,
+    y_desc: &'a str,
+    max: f64,
+}
+
+/// A bar chart as an SVG: the series drawn in order, a value written at each of
+/// `values_at` (`(x, height)`), the legend upper right.
+fn bar_chart(c: BarChart, series: Vec<Bars>, values_at: &[(f64, f64)]) -> Result<String> {
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, c.size).into_drawing_area();
+    let mut chart = bar_frame(&root, c.caption, c.names, c.spare, c.y_desc, c.max)?;
+    for s in series {
+        let color = s.color;
+        chart
+            .draw_series(s.bars.iter().enumerate().map(|(i, &(lo, hi))| {
+                Rectangle::new(
+                    [(i as f64 + s.x.0, lo), (i as f64 + s.x.1, hi)],
+                    color.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(s.label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    values(&mut chart, values_at)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(err)?;
+    drop(chart);
+    drop(root);
+    Ok(svg)
+}
+
 /// Wire and application bytes per token, two bars per cell.
 pub fn bytes_per_token(run: &Run) -> Result<String> {
     let rows: Vec<(String, f64, f64)> = run
@@ -218,51 +265,53 @@ pub fn bytes_per_token(run: &Run) -> Result<String> {
         .collect();
     let max = rows.iter().map(|r| r.1.max(r.2)).fold(1.0, f64::max);
     let n = rows.len().max(1);
-    let mut svg = String::new();
-    let root = SVGBackend::with_string(&mut svg, (140 + 110 * n as u32, 560)).into_drawing_area();
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    let mut chart = bar_frame(
-        &root,
-        format!("{}: bytes per token", run.name),
-        &names,
-        0,
-        "bytes per token",
-        max,
-    )?;
-    let wire = PALETTE[0];
-    let app = PALETTE[1];
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            Rectangle::new(
-                [(i as f64 - 0.4, 0.0), (i as f64 - 0.02, r.1)],
-                wire.filled(),
-            )
-        }))
-        .map_err(err)?
-        .label("wire (L2, both directions)")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], wire.filled()));
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            Rectangle::new(
-                [(i as f64 + 0.02, 0.0), (i as f64 + 0.4, r.2)],
-                app.filled(),
-            )
-        }))
-        .map_err(err)?
-        .label("application")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], app.filled()));
+    let series = vec![
+        Bars {
+            label: "wire (L2, both directions)".into(),
+            color: PALETTE[0],
+            x: (-0.4, -0.02),
+            bars: rows.iter().map(|r| (0.0, r.1)).collect(),
+        },
+        Bars {
+            label: "application".into(),
+            color: PALETTE[1],
+            x: (0.02, 0.4),
+            bars: rows.iter().map(|r| (0.0, r.2)).collect(),
+        },
+    ];
     let labels: Vec<(f64, f64)> = rows
         .iter()
         .enumerate()
         .flat_map(|(i, r)| [(i as f64 - 0.21, r.1), (i as f64 + 0.21, r.2)])
         .collect();
-    values(&mut chart, &labels)?;
-    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-    root.present().map_err(err)?;
-    drop(chart);
-    drop(root);
-    Ok(svg)
+    let chart = BarChart {
+        size: (140 + 110 * n as u32, 560),
+        caption: format!("{}: bytes per token", run.name),
+        names: &names,
+        spare: 0,
+        y_desc: "bytes per token",
+        max,
+    };
+    bar_chart(chart, series, &labels)
 }
+
+/// The anatomy plot's colour for each layer, in [`Layer::ALL`]'s order.
+const LAYER_COLORS: [RGBColor; 13] = [
+    RGBColor(127, 127, 127),
+    RGBColor(174, 199, 232),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 187, 120),
+    RGBColor(188, 189, 34),
+    RGBColor(214, 39, 40),
+    RGBColor(255, 152, 150),
+    RGBColor(148, 103, 189),
+    RGBColor(197, 176, 213),
+    RGBColor(44, 160, 44),
+    RGBColor(140, 86, 75),
+    RGBColor(0, 0, 0),
+    RGBColor(227, 119, 194),
+];
 
 /// Wire bytes per token of every cell, stacked by layer (both directions, at the
 /// client's interface): the anatomy table as a picture.
@@ -290,60 +339,38 @@ pub fn anatomy(run: &Run) -> Result<String> {
         .map(|r| r.1.iter().sum::<f64>())
         .fold(1.0, f64::max);
     let n = rows.len().max(1);
-    let mut svg = String::new();
-    let root = SVGBackend::with_string(&mut svg, (260 + 140 * n as u32, 600)).into_drawing_area();
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    let mut chart = bar_frame(
-        &root,
-        format!("{}: wire bytes per token by layer", run.name),
-        &names,
-        2,
-        "bytes per token (both directions, L2)",
-        max,
-    )?;
-    const COLORS: [RGBColor; 13] = [
-        RGBColor(127, 127, 127),
-        RGBColor(174, 199, 232),
-        RGBColor(31, 119, 180),
-        RGBColor(255, 187, 120),
-        RGBColor(188, 189, 34),
-        RGBColor(214, 39, 40),
-        RGBColor(255, 152, 150),
-        RGBColor(148, 103, 189),
-        RGBColor(197, 176, 213),
-        RGBColor(44, 160, 44),
-        RGBColor(140, 86, 75),
-        RGBColor(0, 0, 0),
-        RGBColor(227, 119, 194),
-    ];
-    for (k, layer) in Layer::ALL.iter().enumerate() {
-        if rows.iter().all(|r| r.1[k] == 0.0) {
-            continue;
-        }
-        let color = COLORS[k];
-        chart
-            .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                let below: f64 = r.1[..k].iter().sum();
-                Rectangle::new(
-                    [(i as f64 - 0.35, below), (i as f64 + 0.35, below + r.1[k])],
-                    color.filled(),
-                )
-            }))
-            .map_err(err)?
-            .label(layer.heading())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
+    let series = Layer::ALL
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| rows.iter().any(|r| r.1[k] != 0.0))
+        .map(|(k, layer)| Bars {
+            label: layer.heading().to_string(),
+            color: LAYER_COLORS[k],
+            x: (-0.35, 0.35),
+            bars: rows
+                .iter()
+                .map(|r| {
+                    let below: f64 = r.1[..k].iter().sum();
+                    (below, below + r.1[k])
+                })
+                .collect(),
+        })
+        .collect();
     let totals: Vec<(f64, f64)> = rows
         .iter()
         .enumerate()
         .map(|(i, r)| (i as f64, r.1.iter().sum()))
         .collect();
-    values(&mut chart, &totals)?;
-    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-    root.present().map_err(err)?;
-    drop(chart);
-    drop(root);
-    Ok(svg)
+    let chart = BarChart {
+        size: (260 + 140 * n as u32, 600),
+        caption: format!("{}: wire bytes per token by layer", run.name),
+        names: &names,
+        spare: 2,
+        y_desc: "bytes per token (both directions, L2)",
+        max,
+    };
+    bar_chart(chart, series, &totals)
 }
 
 /// When each token of prompt `index` arrived, one line per cell.
