@@ -125,8 +125,7 @@ impl Report {
         for r in rows {
             b.push_record(r);
         }
-        let mut t = b.build();
-        t.with(tabled::settings::Style::markdown());
+        let t = crate::table::grid(b);
         format!("QUIC microbenchmark, {}:\n\n{t}\n", self.path)
     }
 }

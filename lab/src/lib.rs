@@ -38,5 +38,6 @@ pub mod plan;
 pub mod report;
 pub mod shaping;
 pub mod stats;
+pub mod table;
 pub mod topology;
 pub mod wire;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The stages, first to last; a module may import the modules of earlier stages only.
 /// The same list, with each module's purpose, is in docs/architecture.md.
 const STAGES: &[&[&str]] = &[
-    &["stats", "anatomy"],
+    &["stats", "table", "anatomy"],
     &["approach"],
     &["topology", "loopback"],
     &["shaping"],

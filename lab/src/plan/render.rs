@@ -4,7 +4,6 @@
 use super::Plan;
 use super::layout::Shaper;
 use crate::topology::model::{Backend, Connection};
-use tabled::settings::Style;
 
 /// The shaping backend, why it was chosen, and the seed.
 pub fn shaping_line(p: &Plan) -> String {
@@ -43,59 +42,46 @@ pub fn shaping_line(p: &Plan) -> String {
 /// approaches over QUIC, TCP's for those over TCP, each with the approaches it applies
 /// to. A `*` marks a value that is not the stack's default.
 pub fn transport_lines(p: &Plan) -> Vec<String> {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for c in &p.cells {
-        let line = match c.approach.transport {
+    grouped(p, "transport", |c| {
+        Some(match c.approach.transport {
             crate::approach::Transport::Udp => format!("QUIC: {}", c.transport.quic.describe()),
             crate::approach::Transport::Tcp => format!("TCP: {}", c.transport.tcp.describe()),
-        };
-        // A browser brings its own transport: the settings are the server's alone.
-        let name = if c.client.is_browser() {
-            format!("{}'s server", c.name)
-        } else {
-            c.name.clone()
-        };
-        match groups.iter_mut().find(|(l, _)| *l == line) {
-            Some((_, names)) => {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-            None => groups.push((line, vec![name])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(l, names)| format!("transport ({}): {l}", names.join(", ")))
-        .collect()
+        })
+    })
 }
 
 /// The library each QUIC approach's server and client are built on, a line per stack
 /// with the approaches on it: `stack (wt, wt-dgram): wtransport 0.7.2`.
 pub fn stack_lines(p: &Plan) -> Vec<String> {
-    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    grouped(p, "stack", |c| c.approach.stack.map(str::to_owned))
+}
+
+/// A line per distinct value `value` gives the cells (none for `None`), in the cells'
+/// order, with the approaches it applies to: `<kind> (<names>): <value>`. A browser
+/// brings its own client and transport, so its cell counts as its server's.
+fn grouped(p: &Plan, kind: &str, value: impl Fn(&super::Cell) -> Option<String>) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for c in &p.cells {
-        let Some(stack) = c.approach.stack else {
+        let Some(v) = value(c) else {
             continue;
         };
-        // A browser brings its own client: the stack is the server's alone.
         let name = if c.client.is_browser() {
             format!("{}'s server", c.name)
         } else {
             c.name.clone()
         };
-        match groups.iter_mut().find(|(s, _)| *s == stack) {
+        match groups.iter_mut().find(|(l, _)| *l == v) {
             Some((_, names)) => {
                 if !names.contains(&name) {
                     names.push(name);
                 }
             }
-            None => groups.push((stack, vec![name])),
+            None => groups.push((v, vec![name])),
         }
     }
     groups
         .into_iter()
-        .map(|(s, names)| format!("stack ({}): {s}", names.join(", ")))
+        .map(|(v, names)| format!("{kind} ({}): {v}", names.join(", ")))
         .collect()
 }
 
@@ -262,7 +248,7 @@ fn cells_table(p: &Plan) -> String {
             down: c.down.describe(),
         })
         .collect();
-    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("{}\n\n", crate::table::markdown(rows))
 }
 
 /// A row an interface, in the order `lab up` creates them.
@@ -294,7 +280,7 @@ fn interfaces_table(p: &Plan) -> String {
             master: i.master.clone().unwrap_or_default(),
         })
         .collect();
-    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("{}\n\n", crate::table::markdown(rows))
 }
 
 /// A row a process, with its whole command line.
@@ -314,7 +300,7 @@ fn processes_table(p: &Plan) -> String {
             command: pr.argv.join(" "),
         })
         .collect();
-    format!("{}\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("{}\n", crate::table::markdown(rows))
 }
 
 /// A load test's kernel settings, if any.
@@ -339,7 +325,7 @@ fn sysctls_table(p: &Plan) -> String {
             why: c.why.clone(),
         })
         .collect();
-    format!("\n{}\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("\n{}\n", crate::table::markdown(rows))
 }
 
 /// A load workload in a line: levels, ramp, hold or cycles, the answers, retries.

@@ -5,7 +5,6 @@
 use crate::anatomy::{Anatomy, Class, Flow, Layer, Layers, Side};
 use crate::metrics::{CellResult, tokens};
 use lab_clients::stats::{ConnStats, TransportStats};
-use tabled::settings::Style;
 
 /// How far an endpoint's count may be from the capture's and still agree: packets of
 /// the connection's close that one saw and the other did not, plus 1%.
@@ -83,7 +82,7 @@ pub fn table(cells: &[&CellResult]) -> String {
     let mut out = String::from(
         "Anatomy per token, at the client's interface: packets per token by class (data, pure ACK, other) and bytes per token by layer, per direction. Each row's layers add up to its B/tok; up and down add up to the wire table's B/tok. `resent by sender` is what the sending end put on the wire again (its own capture). The clients' own counts of the same packets are set against these under \"Endpoint statistics\" below.\n\n",
     );
-    out.push_str(&b.build().with(Style::markdown()).to_string());
+    out.push_str(&crate::table::grid(b));
     out.push_str("\n\n");
     let (first, ..) = rows[0];
     let base = &rows[0];

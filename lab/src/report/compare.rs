@@ -9,7 +9,6 @@ use crate::metrics::{Run, metric};
 use crate::stats;
 use crate::topology::expect::unit;
 use serde::Serialize;
-use tabled::settings::Style;
 
 /// The metrics compared by default.
 pub const DEFAULT: [&str; 8] = [
@@ -273,7 +272,7 @@ impl Comparison {
             self.b.started,
             runs(&self.b)
         );
-        out.push_str(&b.build().with(Style::markdown()).to_string());
+        out.push_str(&crate::table::grid(b));
         out.push('\n');
         if tested {
             let tests = self.rows.iter().filter(|r| r.p_value.is_some()).count();

@@ -6,7 +6,6 @@ use crate::capture::stack::CellStack;
 use crate::metrics::CellResult;
 use crate::plan::Shaper;
 use crate::shaping::params::Loss;
-use tabled::settings::Style;
 
 #[derive(tabled::Tabled)]
 struct Row {
@@ -76,7 +75,7 @@ pub fn cells_table(cells: &[&CellResult]) -> Option<String> {
             ))
         })
         .collect();
-    (!rows.is_empty()).then(|| tabled::Table::new(rows).with(Style::markdown()).to_string())
+    (!rows.is_empty()).then(|| crate::table::markdown(rows))
 }
 
 /// The table of a load test's counters, a row per cell and level.
@@ -89,7 +88,7 @@ pub fn levels_table(cells: &[&CellResult]) -> Option<String> {
             }
         }
     }
-    (!rows.is_empty()).then(|| tabled::Table::new(rows).with(Style::markdown()).to_string())
+    (!rows.is_empty()).then(|| crate::table::markdown(rows))
 }
 
 /// What a reader is told about the cells' host drops: a sentence per cell (and load

@@ -4,7 +4,6 @@
 
 use crate::metrics::load::LevelResult;
 use lab_clients::load::{LevelSummary, Percentiles};
-use tabled::settings::Style;
 
 fn ms(v: Option<f64>) -> String {
     match v {
@@ -129,7 +128,7 @@ pub fn levels_table(cells: &[(String, &[LevelSummary])]) -> String {
         .into_iter()
         .map(|(a, s)| latency_row(a, s))
         .collect();
-    tabled::Table::new(rows).with(Style::markdown()).to_string()
+    crate::table::markdown(rows)
 }
 
 /// The outcome and latency table of a run's load cells.
@@ -138,7 +137,7 @@ pub fn latency_table(cells: &[(String, &[LevelResult])]) -> String {
         .into_iter()
         .map(|(a, l)| latency_row(a, &l.summary))
         .collect();
-    tabled::Table::new(rows).with(Style::markdown()).to_string()
+    crate::table::markdown(rows)
 }
 
 /// A profile's load test in the report: the two tables per level, then each level's
@@ -276,5 +275,5 @@ pub fn resource_table(cells: &[(String, &[LevelResult])]) -> String {
             }
         })
         .collect();
-    tabled::Table::new(rows).with(Style::markdown()).to_string()
+    crate::table::markdown(rows)
 }

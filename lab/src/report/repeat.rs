@@ -6,7 +6,6 @@
 use crate::metrics::repeat::Series;
 use crate::stats;
 use tabled::builder::Builder;
-use tabled::settings::Style;
 
 /// Significance level of the "against the first" table's marks.
 const ALPHA: f64 = 0.05;
@@ -148,7 +147,7 @@ pub fn render(s: &Series) -> String {
             }
             b.push_record(row);
         }
-        out.push_str(&b.build().with(Style::markdown()).to_string());
+        out.push_str(&crate::table::grid(b));
         out.push_str("\n\n");
         if cells.len() > 1 && n > 1 {
             out.push_str(&against_first(&cells, head));
@@ -210,7 +209,7 @@ fn against_first(cells: &[&crate::metrics::repeat::CellStats], head: &[&str]) ->
     format!(
         "Against {}: the change of each median, and the two-sided p-value of a Mann–Whitney U test over the runs; * marks p <= {ALPHA} (a difference the runs show is more than noise). The smallest p-value n runs against n can give is 2 / C(2n, n): 0.1 for 3, 0.029 for 4, 0.008 for 5.\n\n{}\n\n",
         first.approach,
-        b.build().with(Style::markdown())
+        crate::table::grid(b)
     )
 }
 

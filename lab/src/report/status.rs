@@ -6,7 +6,6 @@ use crate::netlab::state::{Phase, State};
 use crate::plan::render::shaping_line;
 use crate::plan::run_dir;
 use serde_json::json;
-use tabled::settings::Style;
 
 fn fmt_bytes(b: u64) -> String {
     if b >= 1 << 20 {
@@ -140,7 +139,7 @@ fn cells_table(p: &crate::plan::Plan) -> String {
             }
         })
         .collect();
-    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("{}\n\n", crate::table::markdown(rows))
 }
 
 /// A row a process: where it runs, whether it still does, its memory and its log.
@@ -174,7 +173,7 @@ fn processes_table(s: &State, l: &Live) -> String {
             log: r.log.display().to_string(),
         })
         .collect();
-    format!("{}\n\n", tabled::Table::new(rows).with(Style::markdown()))
+    format!("{}\n\n", crate::table::markdown(rows))
 }
 
 /// `lab wire`'s counters per cell and direction, and a trace's unused chances.
@@ -225,7 +224,7 @@ fn wire_counters(wires: &[(String, crate::shaping::stats::WireStats)]) -> String
     }
     let mut out = format!(
         "link emulator counters (updated every second):\n{}\n\n",
-        tabled::Table::new(rows).with(Style::markdown())
+        crate::table::markdown(rows)
     );
     for (cell, w) in wires {
         for (direction, c, p) in [

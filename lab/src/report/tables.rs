@@ -4,7 +4,6 @@
 use crate::metrics::{Run, cells_of, profiles, tokens, wire};
 use crate::plan::render::shaping_line;
 use lab_clients::record::{Summary, summary_table};
-use tabled::settings::Style;
 
 fn fmt_rate(bps: f64) -> String {
     if bps >= 1e6 {
@@ -307,7 +306,7 @@ fn wire_table(cells: &[&crate::metrics::CellResult]) -> String {
         .collect();
     format!(
         "Wire, at the client's interface (L2, every frame of the cell's run; L3 leaves out the 14-byte Ethernet header of each frame, and frames that are not IP):\n\n{}\n\n",
-        tabled::Table::new(rows).with(Style::markdown())
+        crate::table::markdown(rows)
     )
 }
 
@@ -354,7 +353,7 @@ fn links_section(run: &Run) -> String {
     }
     format!(
         "## Link behaviour (IP packets sent at one end, delivered at the other)\n\nThe delivered rate is an average over the run; it shows the link's rate only when the workload fills the link.\n\n{}\n\n",
-        tabled::Table::new(rows).with(Style::markdown())
+        crate::table::markdown(rows)
     )
 }
 
@@ -499,7 +498,7 @@ fn stalls_table(cells: &[&crate::metrics::CellResult]) -> String {
     format!(
         "Stalls: gaps between consecutive tokens of an answer, over all answers; a stall is a gap over {}x the median. `Stalled per answer` is the time in stalls beyond the median gap; `Streams stalled at once` is how many answers of the same connection were stalled at the same time, on average over stalls: near 1 when streams are delivered independently, up to the number in flight when one lost packet holds them all (head-of-line blocking).\n\n{}\n\n",
         stalls::STALL_FACTOR,
-        b.build().with(Style::markdown())
+        crate::table::grid(b)
     )
 }
 
@@ -527,7 +526,7 @@ fn urgent_table(cells: &[&crate::metrics::CellResult]) -> String {
     }
     format!(
         "Urgent prompts (workload.urgent) and the others. wt and quic ask their server to send an urgent prompt's answer before the other streams of the connection (stream priority), unless their transport has `priorities: false`; those, and the approaches without stream priorities, show what no priority gives. Compare like with like: an urgent prompt's place in the workload matters too.\n\n{}\n\n",
-        b.build().with(Style::markdown())
+        crate::table::grid(b)
     )
 }
 
