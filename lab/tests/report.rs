@@ -24,6 +24,18 @@ fn the_report_of_a_saved_run() {
     insta::assert_snapshot!("report_ci", tables::render(&run));
 }
 
+/// The golden of run.json's figure fields: every cell's summary (the tables' numbers:
+/// times, bytes, packets, tokens, errors, wire and anatomy), as a fixture run computes
+/// them. A change to how lab adds up a run changes this file; a change to how the code
+/// is laid out must not.
+#[test]
+fn the_figures_of_a_saved_run() {
+    let run = fixture();
+    let figures = serde_json::to_string_pretty(&lab::metrics::summary::of_run(&run)).unwrap();
+    assert!(figures.contains("wire_bytes_per_token"), "{figures}");
+    insta::assert_snapshot!("figures_ci", figures);
+}
+
 /// Five runs made from the fixture: run i (from 0) has wt's TTFTs scaled by 1 + i/10
 /// and sse's by `sse(i)`.
 fn five_runs(sse: impl Fn(usize) -> f64) -> Vec<Run> {

@@ -134,6 +134,26 @@ enum Ask {
     Urgent,
 }
 
+/// Serves one accepted WebTransport session, whatever library set it up: counted open
+/// while its streams are answered, with the tokens on each stream or, for the datagram
+/// path, in datagrams of the session.
+pub async fn serve_session<C: Conn + Datagrams + Clone + 'static>(
+    session: C,
+    datagrams: bool,
+    upstream: Arc<Upstream>,
+    stats: Arc<ServerStats>,
+    limits: crate::Limits,
+) {
+    stats.connection_opened();
+    let tokens = if datagrams {
+        Tokens::Datagrams(Arc::new(session.clone()))
+    } else {
+        Tokens::Stream
+    };
+    serve(session, tokens, upstream, stats.clone(), limits).await;
+    stats.connection_closed();
+}
+
 /// Answers the prompts of one stream until the client finishes it.
 pub async fn answer(
     mut send: impl Send,

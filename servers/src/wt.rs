@@ -14,7 +14,6 @@
 
 use crate::Limits;
 use crate::stats::ServerStats;
-use crate::streams::Tokens;
 use crate::upstream::Upstream;
 use lab_codec::transport::Quic;
 use std::sync::Arc;
@@ -134,11 +133,6 @@ async fn session(
             return;
         }
     };
-    stats.connection_opened();
-    let tokens = match answers {
-        Answers::Streams => Tokens::Stream,
-        Answers::Datagrams => Tokens::Datagrams(Arc::new(conn.clone())),
-    };
-    crate::streams::serve(conn, tokens, upstream, stats.clone(), limits).await;
-    stats.connection_closed();
+    let datagrams = answers == Answers::Datagrams;
+    crate::streams::serve_session(conn, datagrams, upstream, stats, limits).await;
 }

@@ -13,7 +13,6 @@
 
 use crate::Limits;
 use crate::stats::ServerStats;
-use crate::streams::Tokens;
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use web_transport_quinn::quinn;
@@ -134,11 +133,6 @@ async fn session(
             return;
         }
     };
-    stats.connection_opened();
-    let tokens = match answers {
-        Answers::Streams => Tokens::Stream,
-        Answers::Datagrams => Tokens::Datagrams(Arc::new(session.clone())),
-    };
-    crate::streams::serve(session, tokens, upstream, stats.clone(), limits).await;
-    stats.connection_closed();
+    let datagrams = answers == Answers::Datagrams;
+    crate::streams::serve_session(session, datagrams, upstream, stats, limits).await;
 }

@@ -50,6 +50,30 @@ pub fn watchdog(
     None
 }
 
+/// The start of a cell's client or load generator command line (`sub` is `client` or
+/// `load`): the approach, the cell's URL, the certificate lab wrote for its server,
+/// JSON output, the model and the cell's connection mode.
+pub fn argv_head(state: &State, cell: &Cell, sub: &str) -> Vec<String> {
+    let plan = &state.plan;
+    vec![
+        "lab".into(),
+        sub.into(),
+        cell.approach.to_string(),
+        "--url".into(),
+        cell.url.clone(),
+        "--ca".into(),
+        format!("{}/certs/{}/cert.pem", run_dir(&plan.name), cell.id),
+        "--json".into(),
+        "--model".into(),
+        plan.llm.model.clone(),
+        "--mode".into(),
+        match cell.connection(&plan.workload) {
+            crate::topology::model::Connection::Reuse => "reuse".into(),
+            crate::topology::model::Connection::Fresh => "fresh".into(),
+        },
+    ]
+}
+
 /// Runs the client of `cell` in its namespace with `extra` arguments; calls `each` per
 /// record as it arrives, and returns the connections' statistics. Gives up after
 /// `deadline`, and at once when `stop` is set.
@@ -67,28 +91,14 @@ pub fn run(
 ) -> Result<Vec<ConnStats>> {
     let plan = &state.plan;
     let w = &plan.workload;
-    let mut argv: Vec<String> = vec![
-        "lab".into(),
-        "client".into(),
-        cell.approach.to_string(),
-        "--url".into(),
-        cell.url.clone(),
-        "--ca".into(),
-        format!("{}/certs/{}/cert.pem", run_dir(&plan.name), cell.id),
-        "--json".into(),
-        "--model".into(),
-        plan.llm.model.clone(),
-        "--mode".into(),
-        match cell.connection(w) {
-            crate::topology::model::Connection::Reuse => "reuse".into(),
-            crate::topology::model::Connection::Fresh => "fresh".into(),
-        },
+    let mut argv = argv_head(state, cell, "client");
+    argv.extend([
         "--timeout".into(),
         w.timeout
             .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
         "--concurrency".into(),
         w.concurrency.to_string(),
-    ];
+    ]);
     if !cell.transport.is_default() {
         argv.extend(["--transport".into(), cell.transport.to_json()]);
     }

@@ -11,7 +11,7 @@ use crate::metrics::load::{CellLoad, LevelResult, Resources, Sample, WireCount, 
 use crate::netlab::state::State;
 use crate::netlab::{procs, sys};
 use crate::plan::{Cell, run_dir};
-use crate::topology::model::{Connection, LoadWorkload};
+use crate::topology::model::LoadWorkload;
 use anyhow::{Result, anyhow};
 use lab_clients::load::{Event, LevelSummary};
 use std::collections::HashMap;
@@ -62,22 +62,8 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
     let levels: Vec<String> = load.levels.iter().map(u32::to_string).collect();
     let (backoff, backoff_max) = load.backoff();
     let dur = |d: Duration| humantime::format_duration(d).to_string();
-    let mut argv: Vec<String> = vec![
-        "lab".into(),
-        "load".into(),
-        cell.approach.to_string(),
-        "--url".into(),
-        cell.url.clone(),
-        "--ca".into(),
-        format!("{}/certs/{}/cert.pem", run_dir(&plan.name), cell.id),
-        "--json".into(),
-        "--model".into(),
-        plan.llm.model.clone(),
-        "--mode".into(),
-        match cell.connection(w) {
-            Connection::Reuse => "reuse".into(),
-            Connection::Fresh => "fresh".into(),
-        },
+    let mut argv = super::client::argv_head(state, cell, "load");
+    argv.extend([
         "--timeout".into(),
         w.timeout
             .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
@@ -91,7 +77,7 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
         dur(backoff_max),
         "--prompts".into(),
         prompts.display().to_string(),
-    ];
+    ]);
     match (load.cycles, load.hold()) {
         (Some(c), _) => argv.extend(["--cycles".into(), c.to_string()]),
         (None, Some(h)) => argv.extend(["--hold".into(), dur(h)]),
