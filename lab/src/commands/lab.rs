@@ -73,7 +73,7 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         Ok((_, plan)) => plan,
         Err(code) => return Ok(code),
     };
-    let plan = match qdisc::decide(plan) {
+    let plan = match crate::plan::layout::decide(plan, qdisc::probe_netem) {
         Ok(p) => p,
         Err(e) => {
             tell!("lab: {e:#}\nlab: nothing was built");

@@ -20,7 +20,9 @@ pub fn run(a: &PlanArgs) -> Result<u8> {
         (None, Backend::Userspace) => {
             with_backend(plan, Shaper::Userspace, "asked for by the topology")
         }
-        (None, _) if sys::require_privileges("plan").is_ok() => qdisc::decide(plan)?,
+        (None, _) if sys::require_privileges("plan").is_ok() => {
+            crate::plan::layout::decide(plan, qdisc::probe_netem)?
+        }
         (None, _) => plan,
     };
     if a.json {

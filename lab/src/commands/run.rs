@@ -243,7 +243,7 @@ async fn once(
 ) -> Result<Done, u8> {
     let started_unix = unix_now();
     let t0 = Instant::now();
-    let plan = qdisc::decide(plan).map_err(|e| {
+    let plan = crate::plan::layout::decide(plan, qdisc::probe_netem).map_err(|e| {
         tell!("lab: {e:#}\nlab: nothing was built");
         EXIT_FAILED
     })?;

@@ -80,7 +80,7 @@ pub fn up(
 ) -> Result<State> {
     let Some(shaping) = &plan.shaping else {
         bail!(
-            "the plan has no shaping backend yet; decide it (netlab::qdisc::decide) before building"
+            "the plan has no shaping backend yet; decide it (plan::layout::decide) before building"
         );
     };
     check_congestion(plan)?;

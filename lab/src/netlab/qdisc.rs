@@ -3,10 +3,9 @@
 //! built. The option bytes come from [`crate::shaping::netem`].
 
 use crate::plan::Plan;
-use crate::plan::layout::{Shaper, with_backend};
+use crate::plan::layout::Netem;
 use crate::shaping::netem::{netem_options, new_qdisc};
 use crate::shaping::params::{Limit, Params};
-use crate::topology::model::Backend;
 use anyhow::{Context, Result, bail};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle};
@@ -30,21 +29,6 @@ async fn execute(
     }
     Ok(Ok(()))
 }
-
-/// What the probe found: whether this kernel has netem, and whether its netem keeps a
-/// PRNG seed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Netem {
-    /// `None`: netem works; `Some(why)`: it does not, and why.
-    pub missing: Option<String>,
-    /// Whether netem keeps the seed lab gives it (TCA_NETEM_PRNG_SEED, Linux 6.6 and
-    /// later, which dumps it back). Older kernels ignore the attribute: their loss and
-    /// corruption draws differ from run to run whatever the seed.
-    pub seeded: bool,
-}
-
-/// What the backend decision says of a kernel whose netem ignores the seed.
-pub const SEED_IGNORED: &str = "this kernel's netem ignores the seed (TCA_NETEM_PRNG_SEED needs Linux 6.6 or later), so losses differ from run to run";
 
 /// Does this kernel have netem, and does its netem keep a seed? Adds a seeded netem
 /// qdisc to the loopback of a throwaway network namespace (a clean device: no root
@@ -231,69 +215,6 @@ pub fn drops(ifname: Option<&str>) -> Result<(u64, u64)> {
         }
         Ok((dev, qdisc))
     })
-}
-
-/// Decides the backend of a plan (probing for netem when the topology says auto, or
-/// kernel) and lays the plan out for it. `lab up` and `lab run` call this before they
-/// build; the build carries out the decision.
-pub fn decide(plan: Plan) -> Result<Plan> {
-    // A trace is the userspace backend's alone.
-    let traced = plan
-        .cells
-        .iter()
-        .find(|c| c.up.trace.is_some() || c.down.trace.is_some())
-        .map(|c| c.profile.clone());
-    if let Some(profile) = traced {
-        return match plan.backend {
-            Backend::Kernel => bail!(
-                "profile {profile} replays a trace, which netem cannot do; set `shaping: {{ backend: userspace }}` (or auto)"
-            ),
-            _ => Ok(with_backend(
-                plan,
-                Shaper::Userspace,
-                format!(
-                    "a profile ({profile}) replays a trace, which only the userspace backend can"
-                ),
-            )),
-        };
-    }
-    if plan.backend == Backend::Userspace {
-        return Ok(with_backend(
-            plan,
-            Shaper::Userspace,
-            "asked for by the topology",
-        ));
-    }
-    let asked = plan.backend == Backend::Kernel;
-    Ok(match probe_netem()? {
-        Netem {
-            missing: None,
-            seeded,
-        } => {
-            let why = if asked {
-                "asked for by the topology; netem is available"
-            } else {
-                "auto: netem is available"
-            };
-            with_backend(plan, Shaper::Kernel, seed_note(why, seeded))
-        }
-        Netem {
-            missing: Some(why), ..
-        } if asked => bail!(
-            "the topology asks for the kernel backend, but {why}; set `shaping: {{ backend: userspace }}` (or auto) to use lab's userspace link emulator"
-        ),
-        Netem {
-            missing: Some(why), ..
-        } => with_backend(plan, Shaper::Userspace, format!("auto: {why}")),
-    })
-}
-
-fn seed_note(why: &str, seeded: bool) -> String {
-    if seeded {
-        why.to_owned()
-    } else {
-        format!("{why}; {SEED_IGNORED}")
-    }
 }
 
 /// Puts each cell's netem qdiscs on its wire namespace's bridge ports: the up settings

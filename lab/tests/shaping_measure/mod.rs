@@ -36,7 +36,7 @@ pub fn seeded() -> bool {
         "name: sseed\napproaches: [sse]\nprofiles:\n  p: { loss: 1% }\nshaping: { backend: kernel }\n",
     );
     let out = ok(&["plan", topo.to_str().unwrap()]);
-    let ignored = out.contains(lab::netlab::qdisc::SEED_IGNORED);
+    let ignored = out.contains(lab::plan::layout::SEED_IGNORED);
     println!("netem keeps the seed: {}", !ignored);
     !ignored
 }
