@@ -413,3 +413,117 @@ fn load_sysctls(c: &Cell) -> [Sysctl; 3] {
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(yaml: &str) -> Topology {
+        crate::topology::parse::parse("t.yaml", yaml).expect("valid topology")
+    }
+
+    /// A cell's names and addresses follow from its index alone: its three namespaces,
+    /// 198.18.i.1 and .2 on the shaped segment, 198.19.0.(i+1) towards the LLM.
+    #[test]
+    fn a_cell_s_names_and_addresses_come_from_its_index() {
+        let p = plan(&topology(
+            "name: nm\napproaches: [sse, wt]\nprofiles:\n  a: {}\n  b: { delay: 5ms }\n",
+        ))
+        .unwrap();
+        assert_eq!(p.cells.len(), 4);
+        let c = &p.cells[3];
+        assert_eq!(
+            (c.id.as_str(), c.name.as_str(), c.profile.as_str()),
+            ("c3", "wt", "b")
+        );
+        assert_eq!(
+            (
+                c.client_ns.as_str(),
+                c.wire_ns.as_str(),
+                c.server_ns.as_str()
+            ),
+            ("lab-nm-c3-client", "lab-nm-c3-wire", "lab-nm-c3-server")
+        );
+        assert_eq!(c.client_addr.to_string(), "198.18.3.1");
+        assert_eq!(c.server_addr.to_string(), "198.18.3.2");
+        assert_eq!(c.server_llm_addr.to_string(), "198.19.0.4");
+        assert_eq!(c.url, "https://198.18.3.2:4433/wt");
+    }
+
+    /// Each cell's links: a veth from its client and from its server to its wire
+    /// namespace, the wire's bridge, and a veth from its server to the LLM's bridge;
+    /// every name fits the kernel's 15 characters.
+    #[test]
+    fn a_cell_s_links_join_client_wire_server_and_llm() {
+        let p = plan(&topology(
+            "name: links\napproaches: [sse]\nprofiles:\n  a: {}\n",
+        ))
+        .unwrap();
+        let links = cell_links(&p.cells[0], &p.llm.namespace);
+        let named: Vec<(&str, &str)> = links
+            .iter()
+            .map(|i| (i.namespace.as_str(), i.name.as_str()))
+            .collect();
+        for want in [
+            ("lab-links-c0-client", "to-wire"),
+            ("lab-links-c0-server", "to-wire"),
+            ("lab-links-c0-wire", "br0"),
+            ("lab-links-c0-wire", "to-client"),
+            ("lab-links-c0-wire", "to-server"),
+            ("lab-links-c0-server", "to-llm"),
+            ("lab-links-llm", "to-c0"),
+        ] {
+            assert!(named.contains(&want), "{want:?} not in {named:?}");
+        }
+        assert!(links.iter().all(|i| i.name.len() <= 15));
+    }
+
+    /// A load test takes more client addresses once its top level is past what one
+    /// source's ports hold, and opens the kernel's queues and port range for it.
+    #[test]
+    fn a_load_test_gets_its_sources_and_kernel_settings() {
+        let load = |top: u32| {
+            plan(&topology(&format!(
+                "name: ld\napproaches: [sse]\nprofiles:\n  a: {{}}\nworkload:\n  load: {{ levels: [{top}], ramp: 1s, hold: 1s }}\n"
+            )))
+            .unwrap()
+        };
+        let small = load(100);
+        assert!(small.cells[0].sources.is_empty());
+        let big = load(3 * STREAMS_PER_SOURCE + 1);
+        let s = &big.cells[0].sources;
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0], big.cells[0].client_addr);
+        assert_eq!(s[1].to_string(), "198.18.0.10");
+        let keys: Vec<&str> = big.sysctls.iter().map(|s| s.key.as_str()).collect();
+        for k in [
+            "net/ipv4/ip_local_port_range",
+            "net/core/somaxconn",
+            "net/ipv4/tcp_max_syn_backlog",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+    }
+
+    /// The LLM node: the mock in its own namespace by default, with the topology's
+    /// settings on its command line; with a URL, a relay on the host instead.
+    #[test]
+    fn the_llm_node_is_the_mock_or_a_relay_to_the_url() {
+        let t = topology(
+            "name: m\napproaches: [sse]\nllm:\n  mock: { format: openai, tbt: 7ms }\nprofiles:\n  a: {}\n",
+        );
+        let (node, procs) = llm_node(&t, "lab-m-llm");
+        assert_eq!(node.namespace, "lab-m-llm");
+        let argv = procs[0].argv.join(" ");
+        assert!(argv.contains("openai") && argv.contains("7ms"), "{argv}");
+        let t = topology(
+            "name: r\napproaches: [sse]\nllm:\n  url: http://127.0.0.1:11434\nprofiles:\n  a: {}\n",
+        );
+        let (_, procs) = llm_node(&t, "lab-r-llm");
+        assert!(
+            procs
+                .iter()
+                .any(|p| p.role == "relay" && p.namespace == HOST)
+        );
+    }
+}
