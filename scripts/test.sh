@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 echo "== one rustls crypto provider (ring) in the whole build"
 for p in aws-lc-rs aws-lc-sys; do
   if cargo tree --workspace --locked -i "$p" >/dev/null 2>&1; then

@@ -1,10 +1,12 @@
 //! The command line: every subcommand, its flags and their help.
+// Doc comments here are clap's help text, read in a terminal: `<timestamp>` and the
+// like are words to the user, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
 mod standalone;
 pub use standalone::*;
 

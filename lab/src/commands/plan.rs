@@ -51,7 +51,7 @@ pub fn completions(a: &crate::cli::CompletionsArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `lab man <dir>`: lab.1, and lab-<command>.1 for every command people run.
+/// `lab man <dir>`: lab.1, and `lab-<command>.1` for every command people run.
 pub fn man(a: &crate::cli::ManArgs) -> Result<u8> {
     use clap::CommandFactory;
     let dir = match crate::netlab::files::SafeDir::open(&a.dir, true) {

@@ -1,7 +1,7 @@
 //! The resolved plan of a lab: cells, namespaces, interfaces, addresses, processes and
 //! the link settings of each direction. Pure: computed from a parsed topology, with no
 //! root and no system calls, so `lab plan` and snapshot tests show exactly what `lab up`
-//! will build. [`layout`] lays it out for a shaping backend, [`render`] prints it, and
+//! will build. [`layout`] lays it out for a shaping backend, [`render`](mod@render) prints it, and
 //! [`node`] names its namespaces for `lab shell` and `lab exec`.
 //!
 //! Naming and addressing:

@@ -9,7 +9,7 @@
 //! [`Link`] for when a second joins in). After any activity, and while a held frame is
 //! due within [`SPIN`], it keeps polling its rings, so the reply that follows a frame,
 //! or a departure, is handled without a wake-up; otherwise, and once polling has taken
-//! [`BUDGET`] of the last [`WINDOW`], it sleeps in `ppoll` on its rings until the next
+//! `BUDGET` of the last `WINDOW`, it sleeps in `ppoll` on its rings until the next
 //! departure is [`SPIN`] away. With [`Poll::Busy`] it never sleeps: it costs one CPU,
 //! and saves the wake-up after idle too.
 //!
@@ -48,7 +48,7 @@ const MAX_SLEEP: u64 = 50_000_000;
 /// How the loop waits when there is nothing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Poll {
-    /// Poll for [`SPIN`] after activity (within [`BUDGET`]), then sleep.
+    /// Poll for [`SPIN`] after activity (within `BUDGET`), then sleep.
     Adaptive,
     /// Never sleep.
     Busy,
@@ -451,9 +451,9 @@ const JOIN_AFTER: u64 = 2_000_000;
 /// Both directions, and who is forwarding which. One thread (the main one) forwards
 /// both, so that a thread that has just forwarded a frame is still polling when the
 /// reply comes back the other way; when it has been busy without a break for
-/// [`SPLIT_AFTER`] (a bulk transfer, thousands of streams), the second direction goes
+/// `SPLIT_AFTER` (a bulk transfer, thousands of streams), the second direction goes
 /// to a helper thread, so that the two move in parallel on two CPUs, until that
-/// direction has been quiet for [`JOIN_AFTER`].
+/// direction has been quiet for `JOIN_AFTER`.
 pub struct Link<'a> {
     dirs: [std::sync::Mutex<Dir<'a>>; 2],
     split: AtomicBool,
@@ -632,7 +632,7 @@ pub fn main_loop(link: &Link, stop: &AtomicBool) -> Result<()> {
 }
 
 /// The helper thread: sleeps until the main thread hands it the second direction,
-/// forwards that until it has been quiet for [`JOIN_AFTER`], and hands it back.
+/// forwards that until it has been quiet for `JOIN_AFTER`, and hands it back.
 pub fn helper_loop(link: &Link, stop: &AtomicBool) -> Result<()> {
     // SAFETY: as in main_loop.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0, 0, 0) };
