@@ -160,7 +160,7 @@ pub struct LevelSummary {
     /// Each latency the server reported about itself (a [`crate::ServerTiming`], e.g.
     /// the handoff server's `handoff_ms`), over completed streams, under its record's
     /// field name; absent where the server reports none.
-    #[serde(flatten)]
+    #[serde(flatten, deserialize_with = "percentiles_only")]
     pub server_ms: BTreeMap<String, Percentiles>,
     /// Tokens received, over every stream.
     pub tokens: u64,
@@ -208,6 +208,19 @@ fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The fields a level summary has beyond its own, kept as server timings where they
+/// are percentiles: another version's field of another shape is passed over, as serde
+/// passes over unknown fields, rather than failing the whole file.
+fn percentiles_only<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Percentiles>, D::Error> {
+    let all = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect())
 }
 
 /// A level's figures while it runs.
@@ -560,6 +573,26 @@ fn summarize(spec: &LoadSpec, level: u32, t: Timing, sh: &Shared) -> LevelSummar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A level summary keeps a server's timing percentiles under their names, and
+    /// passes over another version's fields of another shape.
+    #[test]
+    fn server_timing_percentiles_are_kept_and_other_fields_passed_over() {
+        #[derive(Deserialize)]
+        struct Rest {
+            #[serde(flatten, deserialize_with = "percentiles_only")]
+            server_ms: BTreeMap<String, Percentiles>,
+        }
+        let p = Percentiles {
+            count: 3,
+            p50: Some(0.2),
+            ..Default::default()
+        };
+        let v = serde_json::json!({ "handoff_ms": p, "old_flag": true, "old_count": 4 });
+        let r: Rest = serde_json::from_value(v).unwrap();
+        assert_eq!(r.server_ms.len(), 1);
+        assert_eq!(r.server_ms["handoff_ms"], p);
+    }
 
     #[test]
     fn histograms_give_percentiles_in_ms() {

@@ -199,8 +199,21 @@ pub struct PromptRecord {
     /// (a [`crate::ServerTiming`]), in milliseconds, each under its own field name: the
     /// handoff server's `handoff_ms`, its front's `sendmsg` of the socket to the
     /// streaming daemon's receipt of it. Empty, and absent from the JSON, elsewhere.
-    #[serde(flatten)]
+    #[serde(flatten, deserialize_with = "numbers_only")]
     pub server_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// The fields a record has beyond its own, kept as server timings where they are
+/// numbers: a field another version of lab wrote (a flag, a text) is passed over, as
+/// serde passes over unknown fields, rather than failing the whole run.json.
+fn numbers_only<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, f64>, D::Error> {
+    let all = std::collections::BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+        .collect())
 }
 
 /// One answer's datagram tokens.
@@ -641,6 +654,26 @@ mod tests {
             None,
             Duration::from_millis(times_ms.last().copied().unwrap_or(0) + 5),
         )
+    }
+
+    /// A server's timing goes out under its own name and comes back; a field of
+    /// another version that is not a number is passed over, not an error.
+    #[test]
+    fn server_timings_round_trip_and_unknown_fields_are_passed_over() {
+        let mut r = Recorder::start();
+        r.server_timing("handoff_ms", Duration::from_micros(250));
+        let r = r.finish("x", Mode::Reuse, 0, "p", None);
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["handoff_ms"], 0.25);
+        let back: PromptRecord = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back.server_ms, r.server_ms);
+        v["some_flag"] = serde_json::json!(true);
+        v["some_text"] = serde_json::json!("x");
+        let back: PromptRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.server_ms.keys().collect::<Vec<_>>(), ["handoff_ms"]);
+        // A record without timings writes none.
+        let plain = serde_json::to_value(rec(&[1, 2], 10)).unwrap();
+        assert!(plain.get("handoff_ms").is_none());
     }
 
     #[test]
