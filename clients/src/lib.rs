@@ -13,6 +13,7 @@
 //! module in lab-servers and one registry entry in lab. Clients never depend on the
 //! servers: what both sides share is in lab-codec.
 
+pub mod arrivals;
 pub mod browser;
 pub mod dgram;
 pub mod handoff;

@@ -46,7 +46,7 @@ pub enum Command {
     /// 10000): success, errors by category, connect time, TTFT, TBT and stream
     /// duration percentiles, tokens per second. `lab run` runs it in each cell of a
     /// topology with a `workload.load`.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Start every approach's server on loopback and compare the approaches.
     Demo(DemoArgs),
     /// Print the resolved plan of a topology file: cells, namespaces, interfaces,

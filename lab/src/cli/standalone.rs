@@ -288,7 +288,7 @@ pub struct ClientArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  lab load sse --url https://127.0.0.1:8080 --ca /tmp/lab-tls/cert.pem --levels 100,1000 --ramp 5s --hold 20s\n  lab load wt --url https://127.0.0.1:4433 --cert-hash <sha256> --levels 50 --cycles 10 --json\n\nEach level starts its streams evenly over --ramp; each stream slot runs one stream after another on a connection of its own (--mode reuse keeps it, fresh opens one per stream) until --hold is over, or for --cycles streams. A stream that failed before the server took it (connect, handshake, rejected) is tried again after a backoff from --backoff to --backoff-max, doubling. Exit status: 0 every stream completed; 1 some failed; 2 bad input."
+    after_help = "Examples:\n  lab load sse --url https://127.0.0.1:8080 --ca /tmp/lab-tls/cert.pem --levels 100,1000 --ramp 5s --hold 20s\n  lab load wt --url https://127.0.0.1:4433 --cert-hash <sha256> --levels 50 --cycles 10 --json\n  lab load sse --url https://127.0.0.1:8080 --ca /tmp/lab-tls/cert.pem --rates 5,10,20 --duration 20s --warmup 2s --slo-ttft 500ms --search 2\n\nEach level starts its streams evenly over --ramp; each stream slot runs one stream after another on a connection of its own (--mode reuse keeps it, fresh opens one per stream) until --hold is over, or for --cycles streams. A stream that failed before the server took it (connect, handshake, rejected) is tried again after a backoff from --backoff to --backoff-max, doubling. With --rates (or --trace) the load is an open loop: each level sends requests at times drawn in advance (--arrivals, --seed) for --duration, whatever the server does, and every latency counts from the intended send time; the schedule lag is reported, and a level that fell behind by more than --lag-bound, dropped arrivals or saturated the client's CPU is marked not valid. Exit status: 0 every stream completed; 1 some failed; 2 bad input."
 )]
 pub struct LoadArgs {
     /// Which approach.
@@ -299,11 +299,15 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub trust: TrustArgs,
     /// Concurrent streams per level, in order (comma separated), e.g. 100,1000,10000.
-    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Or an open loop: --rates or --trace.
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["rates", "trace"], conflicts_with_all = ["rates", "trace"], value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub levels: Vec<u32>,
-    /// Time to start a level's streams, spread evenly.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub ramp: Duration,
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// Time to start a level's streams, spread evenly (default 5s); open loop: the rate
+    /// climbs from 0 over it (default 0s).
+    #[arg(long, value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
     /// Time at the level once the ramp is over; slots start new streams until then.
     #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "cycles")]
     pub hold: Duration,
@@ -370,4 +374,142 @@ pub struct DemoArgs {
     /// Give up on a prompt after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `lab load`'s open loop: requests sent at scheduled times, whatever the server does.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// Open loop: requests per second, level by level (comma separated), e.g. 5,10,20.
+    /// Every latency counts from a request's intended send time.
+    #[arg(long, value_delimiter = ',', conflicts_with = "trace", value_parser = parse_rate)]
+    pub rates: Vec<f64>,
+    /// Open loop: a file of send times (seconds, one per line, or Mooncake JSON lines
+    /// with `timestamp` in ms), sent as one level.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// The gaps between arrivals: constant, poisson or gamma.
+    #[arg(long, default_value = "poisson", value_parser = ["constant", "poisson", "gamma"])]
+    pub arrivals: String,
+    /// Gamma arrivals' shape: 1 is Poisson, below 1 burstier, above 1 smoother.
+    #[arg(long)]
+    pub burstiness: Option<f64>,
+    /// The arrivals' seed: the same seed sends at the same times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long each rate's level sends (the ramp is its first part).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop a level after this many requests.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests: Option<u64>,
+    /// Requests scheduled in a level's first --warmup and last --cooldown run, but are
+    /// left out of the latencies.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub cooldown: Duration,
+    /// A request sent later than this after its time is late; a level whose lag p99 is
+    /// over it is marked not valid.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub lag_bound: Duration,
+    /// An arrival that finds this many requests open is dropped (the level is then not
+    /// valid).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight: u64,
+    /// With an SLO: after the first rate that misses it, halve the gap to the last that
+    /// met it this many times (max rate at SLO).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub search: u32,
+    /// SLO: time to first token, from the intended send time.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_ttft: Option<Duration>,
+    /// SLO: the 99th percentile of a request's own gaps between tokens.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_itl_p99: Option<Duration>,
+    /// SLO: time per output token after the first.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_tpot: Option<Duration>,
+    /// SLO: end-to-end latency, from the intended send time.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_e2e: Option<Duration>,
+    /// The share of good requests a level must reach to meet the SLO, e.g. 90%.
+    #[arg(long, default_value = "90%", value_parser = parse_fraction)]
+    pub slo_share: f64,
+}
+
+/// A request rate above 0, at most 1,000,000 per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate: requests per second above 0, at most 1000000, e.g. 2.5"
+        )),
+    }
+}
+
+impl OpenArgs {
+    /// The SLO, where any bound is given.
+    pub fn slo(&self) -> Option<lab_clients::load::Slo> {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let slo = lab_clients::load::Slo {
+            ttft_ms: ms(self.slo_ttft),
+            itl_p99_ms: ms(self.slo_itl_p99),
+            tpot_ms: ms(self.slo_tpot),
+            e2e_ms: ms(self.slo_e2e),
+            share_pct: self.slo_share * 100.0,
+        };
+        let any = [slo.ttft_ms, slo.itl_p99_ms, slo.tpot_ms, slo.e2e_ms]
+            .iter()
+            .any(Option::is_some);
+        any.then_some(slo)
+    }
+
+    /// The open loop, where --rates or --trace asks for one.
+    pub fn spec(&self, ramp: Duration) -> anyhow::Result<Option<lab_clients::load::OpenSpec>> {
+        use anyhow::Context;
+        use lab_clients::arrivals::{Arrivals, Process, read_trace};
+        if self.rates.is_empty() && self.trace.is_none() {
+            return Ok(None);
+        }
+        let process = Process::named(&self.arrivals, self.burstiness).context("--arrivals")?;
+        anyhow::ensure!(
+            self.search == 0 || self.slo().is_some(),
+            "--search looks for the highest rate at the SLO: give one, e.g. --slo-ttft 500ms"
+        );
+        anyhow::ensure!(
+            self.warmup + self.cooldown < self.duration || self.trace.is_some(),
+            "--warmup and --cooldown leave nothing of --duration to measure"
+        );
+        let trace = match &self.trace {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the trace {}", p.display()))?;
+                Some(read_trace(&text).with_context(|| format!("trace {}", p.display()))?)
+            }
+        };
+        let duration = match &trace {
+            // A trace runs to its last time, unless --duration cuts it.
+            Some(t) => self
+                .duration
+                .min(t.last().copied().unwrap_or_default() + Duration::from_millis(1)),
+            None => self.duration,
+        };
+        Ok(Some(lab_clients::load::OpenSpec {
+            rates: self.rates.clone(),
+            arrivals: Arrivals {
+                process,
+                seed: self.seed,
+                duration,
+                ramp: ramp.min(duration),
+                max_requests: self.max_requests,
+            },
+            trace,
+            warmup: self.warmup,
+            cooldown: self.cooldown,
+            lag_bound: self.lag_bound,
+            max_in_flight: self.max_in_flight,
+            search: self.search,
+        }))
+    }
 }

@@ -19,7 +19,10 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         Some(p) => prompts::load(p)?,
         None => prompts::reference(),
     };
-    let top = *a.levels.iter().max().unwrap_or(&1) as u64;
+    let top = match a.levels.iter().max() {
+        Some(&n) => n as u64,
+        None => a.open.max_in_flight,
+    };
     // A stream takes a socket (two for a server's upstream on the same machine), plus
     // what the runtime holds.
     let want = top * 2 + 1024;
@@ -45,9 +48,11 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         };
         approach.runner(&url, &opts)
     });
+    let open = a.open.spec(a.ramp.unwrap_or_default())?;
+    let ramp = a.ramp.unwrap_or(std::time::Duration::from_secs(5));
     let spec = LoadSpec {
         levels: a.levels.clone(),
-        ramp: a.ramp,
+        ramp,
         end: match a.cycles {
             Some(c) => LevelEnd::Cycles(c),
             None => LevelEnd::Hold(a.hold),
@@ -58,6 +63,8 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         },
         prompts,
         per_connection: a.per_connection,
+        slo: a.open.slo(),
+        open,
     };
     let json = a.json;
     let mut last_line = std::time::Instant::now();
@@ -92,10 +99,15 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
     })
     .await?;
     if !json {
-        outln!(
-            "\n{}",
+        let table = if crate::report::serving::any_open(levels.iter()) {
+            crate::report::serving::section(&[(approach.name.to_owned(), levels.iter().collect())])
+        } else {
             crate::report::load::levels_table(&[(approach.name.to_owned(), &levels[..])])
-        );
+        };
+        outln!("\n{table}");
     }
-    Ok(levels.iter().all(|l| l.failed == 0))
+    // An open loop's level that cannot be trusted fails the test, as a failed stream does.
+    Ok(levels
+        .iter()
+        .all(|l| l.failed == 0 && l.open.as_ref().is_none_or(|o| o.valid)))
 }

@@ -157,7 +157,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Serve(s) => serve::run(s).await.map(|()| EXIT_OK),
         Command::Client(c) => client::run(c).await.map(ok),
-        Command::Load(a) => load::run(a).await.map(ok),
+        Command::Load(a) => load::run(*a).await.map(ok),
         Command::Demo(d) => demo::run(d).await.map(ok),
         Command::Plan(p) => plan::run(&p),
         Command::Schema(a) => plan::schema(&a),

@@ -59,7 +59,7 @@ fn sample(pid: u32, ticks: f64) -> Option<Sample> {
 fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<String> {
     let plan = &state.plan;
     let w = &plan.workload;
-    let levels: Vec<String> = load.levels.iter().map(u32::to_string).collect();
+
     let (backoff, backoff_max) = load.backoff();
     let dur = |d: Duration| humantime::format_duration(d).to_string();
     let mut argv = super::client::argv_head(state, cell, "load");
@@ -67,8 +67,6 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
         "--timeout".into(),
         w.timeout
             .map_or_else(|| "120s".to_owned(), |t| t.to_string()),
-        "--levels".into(),
-        levels.join(","),
         "--ramp".into(),
         dur(load.ramp()),
         "--backoff".into(),
@@ -78,6 +76,15 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
         "--prompts".into(),
         prompts.display().to_string(),
     ]);
+    let list = |v: Vec<String>| v.join(",");
+    if load.is_open() {
+        open_argv(&mut argv, load);
+    } else {
+        argv.extend([
+            "--levels".into(),
+            list(load.levels.iter().map(u32::to_string).collect()),
+        ]);
+    }
     match (load.cycles, load.hold()) {
         (Some(c), _) => argv.extend(["--cycles".into(), c.to_string()]),
         (None, Some(h)) => argv.extend(["--hold".into(), dur(h)]),
@@ -96,9 +103,61 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
     argv
 }
 
+/// An open loop's arguments: the rates or the trace, the arrivals, the periods, the SLO.
+fn open_argv(argv: &mut Vec<String>, load: &LoadWorkload) {
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    match &load.trace {
+        Some(t) => argv.extend(["--trace".into(), t.clone()]),
+        None => argv.extend([
+            "--rates".into(),
+            load.rates
+                .iter()
+                .map(|r| lab_clients::load::fmt_rate(*r))
+                .collect::<Vec<_>>()
+                .join(","),
+            "--arrivals".into(),
+            load.arrivals.clone().unwrap_or_else(|| "poisson".into()),
+        ]),
+    }
+    let opt = |argv: &mut Vec<String>, flag: &str, v: Option<String>| {
+        if let Some(v) = v {
+            argv.extend([flag.to_owned(), v]);
+        }
+    };
+    opt(argv, "--burstiness", load.burstiness.map(|b| b.to_string()));
+    opt(argv, "--seed", load.seed.map(|b| b.to_string()));
+    opt(argv, "--duration", Some(dur(load.duration())));
+    opt(
+        argv,
+        "--max-requests",
+        load.max_requests.map(|b| b.to_string()),
+    );
+    opt(argv, "--warmup", load.warmup.map(|d| dur(d.0)));
+    opt(argv, "--cooldown", load.cooldown.map(|d| dur(d.0)));
+    opt(argv, "--lag-bound", load.lag_bound.map(|d| dur(d.0)));
+    opt(
+        argv,
+        "--max-in-flight",
+        Some(load.max_in_flight().to_string()),
+    );
+    opt(argv, "--search", load.search.map(|b| b.to_string()));
+    if let Some(s) = &load.slo {
+        opt(argv, "--slo-ttft", s.ttft.map(|d| dur(d.0)));
+        opt(argv, "--slo-itl-p99", s.itl_p99.map(|d| dur(d.0)));
+        opt(argv, "--slo-tpot", s.tpot.map(|d| dur(d.0)));
+        opt(argv, "--slo-e2e", s.e2e.map(|d| dur(d.0)));
+        opt(argv, "--slo-share", s.share.map(|p| format!("{}%", p.0)));
+    }
+}
+
 /// The longest a load test of `load` may take before its generator is stopped.
 fn deadline(load: &LoadWorkload, timeout: Duration) -> Duration {
     let (_, backoff_max) = load.backoff();
+    if load.is_open() {
+        // A trace's length is its last time (at most the duration).
+        let per_level = load.duration() + timeout;
+        return per_level * load.level_count() + Duration::from_secs(60);
+    }
     let per_level = match (load.cycles, load.hold()) {
         (Some(c), _) => load.ramp() + (timeout + backoff_max) * c,
         (None, Some(h)) => load.ramp() + h + timeout + backoff_max,

@@ -133,8 +133,10 @@ pub struct CellLoad {
     pub sample_ms: u64,
 }
 
-/// The expectation metrics of a load test: those of its highest level, except
-/// `success_pct` (the lowest over the levels), `failed` and `wrong_streams` (summed).
+/// The expectation metrics of a load test: those of its highest level (an open loop's
+/// last), except `success_pct` and `good_pct` (the lowest over the levels), `lag_p99`
+/// (the highest), `failed`, `wrong_streams` and `invalid_levels` (summed) and
+/// `max_rate_at_slo` (over the levels).
 pub fn metric(l: &CellLoad, name: &str) -> Option<f64> {
     let top = l.levels.iter().max_by_key(|x| x.summary.level)?;
     let s = &top.summary;
@@ -160,6 +162,26 @@ pub fn metric(l: &CellLoad, name: &str) -> Option<f64> {
         "cpu_pct" => r.map(|r| r.user_pct + r.system_pct),
         "wire_bytes_per_token" => top.wire_bytes_per_token(),
         "packets_per_token" => top.packets_per_token(),
+        "max_rate_at_slo" => {
+            let all: Vec<_> = l.levels.iter().map(|x| x.summary.clone()).collect();
+            lab_clients::load::open::max_rate_at_slo(&all)
+        }
+        "good_pct" => l
+            .levels
+            .iter()
+            .filter_map(|x| Some(x.summary.slo?.good_pct))
+            .reduce(f64::min),
+        "lag_p99" => l
+            .levels
+            .iter()
+            .filter_map(|x| x.summary.open.as_ref()?.lag_ms.p99)
+            .reduce(f64::max),
+        "invalid_levels" => Some(
+            l.levels
+                .iter()
+                .filter(|x| x.summary.open.as_ref().is_some_and(|o| !o.valid))
+                .count() as f64,
+        ),
         _ => None,
     }
 }

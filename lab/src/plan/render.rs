@@ -332,6 +332,9 @@ fn sysctls_table(p: &Plan) -> String {
 pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> String {
     use crate::topology::units::Dur;
     let (b0, b1) = l.backoff();
+    if l.is_open() {
+        return open_line(l, connection);
+    }
     format!(
         "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}; cells one after another",
         l.levels
@@ -353,5 +356,58 @@ pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> 
         Dur(b0),
         Dur(b1),
         Dur(l.sample()),
+    )
+}
+
+/// An open loop in a line: the rates (or the trace), the arrivals, the periods, the SLOs.
+fn open_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> String {
+    use crate::topology::units::Dur;
+    let what = match &l.trace {
+        Some(t) => format!("send times from {t}"),
+        None => format!(
+            "{} requests/s, {} arrivals{} (seed {})",
+            l.rates
+                .iter()
+                .map(|r| lab_clients::load::fmt_rate(*r))
+                .collect::<Vec<_>>()
+                .join(" -> "),
+            l.arrivals.as_deref().unwrap_or("poisson"),
+            l.burstiness
+                .map_or(String::new(), |b| format!(", burstiness {b}")),
+            l.seed.unwrap_or(1)
+        ),
+    };
+    let slo = l.slo.map_or(String::new(), |s| {
+        let mut b = Vec::new();
+        for (name, d) in [
+            ("TTFT", s.ttft),
+            ("ITL p99", s.itl_p99),
+            ("TPOT", s.tpot),
+            ("E2E", s.e2e),
+        ] {
+            if let Some(d) = d {
+                b.push(format!("{name} <= {d}"));
+            }
+        }
+        format!(
+            "; SLOs {} for {}% of requests{}",
+            b.join(", "),
+            s.share.map_or(90.0, |p| p.0),
+            match l.search.unwrap_or(0) {
+                0 => String::new(),
+                n => format!(", searching for the max rate at SLO in {n} halvings"),
+            }
+        )
+    });
+    format!(
+        "open-loop load test, {what}, {} per level (ramp {}, warm-up {}, cool-down {}), lag bound {}, at most {} in flight, {connection} connection{slo}; cells one after another",
+        Dur(l.duration()),
+        Dur(l.ramp()),
+        Dur(l.warmup.map_or(std::time::Duration::ZERO, |d| d.0)),
+        Dur(l.cooldown.map_or(std::time::Duration::ZERO, |d| d.0)),
+        Dur(l
+            .lag_bound
+            .map_or(std::time::Duration::from_millis(10), |d| d.0)),
+        l.max_in_flight(),
     )
 }

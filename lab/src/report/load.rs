@@ -5,7 +5,7 @@
 use crate::metrics::load::LevelResult;
 use lab_clients::load::{LevelSummary, Percentiles};
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(v) if v >= 100.0 => format!("{v:.0}ms"),
@@ -39,6 +39,37 @@ fn pct(s: &LevelSummary) -> String {
 /// One line for a level that has ended.
 pub fn level_line(approach: &str, s: &LevelSummary) -> String {
     let p = |x: &Percentiles| format!("{}/{}/{}", ms(x.p50), ms(x.p95), ms(x.p99));
+    if let Some(o) = &s.open {
+        return format!(
+            "[{approach}] {}: {} sent of {} scheduled, {} completed ({}), errors {}; lag p50/p99/max {}/{}/{}, {} late, {} dropped; TTFT p50/p95/p99 {}, ITL {}; {:.2} req/s, {:.0} tokens/s{}{}",
+            s.label(),
+            o.sent,
+            o.scheduled,
+            s.completed,
+            pct(s),
+            errors(s),
+            ms(o.lag_ms.p50),
+            ms(o.lag_ms.p99),
+            ms(o.lag_ms.max),
+            o.late,
+            o.dropped,
+            p(&s.ttft_ms),
+            p(&s.tbt_ms),
+            s.requests_per_s,
+            s.tokens_per_s,
+            s.slo.map_or(String::new(), |v| format!(
+                "; good {:.1}% ({:.2}/s){}",
+                v.good_pct,
+                v.goodput_per_s,
+                if v.met { "" } else { ", misses the SLOs" }
+            )),
+            if o.valid {
+                String::new()
+            } else {
+                format!("; NOT VALID: {}", o.invalid.join("; "))
+            }
+        );
+    }
     format!(
         "[{approach}] level {}: {} started, {} completed ({}), errors {}; peak {} open; TTFT p50/p95/p99 {}, TBT {}; {:.0} tokens/s",
         s.level,
@@ -56,7 +87,7 @@ pub fn level_line(approach: &str, s: &LevelSummary) -> String {
 #[derive(tabled::Tabled)]
 struct LatencyRow {
     #[tabled(rename = "Level")]
-    level: u32,
+    level: String,
     #[tabled(rename = "Approach")]
     approach: String,
     #[tabled(rename = "Started")]
@@ -89,7 +120,7 @@ struct LatencyRow {
 
 fn latency_row(approach: &str, s: &LevelSummary) -> LatencyRow {
     LatencyRow {
-        level: s.level,
+        level: column(s),
         approach: approach.to_owned(),
         started: s.started,
         ok: pct(s),
@@ -107,24 +138,40 @@ fn latency_row(approach: &str, s: &LevelSummary) -> LatencyRow {
     }
 }
 
+/// The level column: the streams of a level, or an open loop's rate.
+fn column(s: &LevelSummary) -> String {
+    match s.open {
+        None => s.level.to_string(),
+        Some(_) => s.label(),
+    }
+}
+
+/// Where a level sorts: by its streams, or an open loop's rate (a trace first).
+fn sort_key(s: &LevelSummary) -> f64 {
+    match &s.open {
+        None => s.level as f64,
+        Some(o) => o.rate.unwrap_or(0.0),
+    }
+}
+
 /// Rows ordered by level, then by the order the approaches come in.
 fn by_level<'a, T>(
     cells: &'a [(String, &'a [T])],
-    level: impl Fn(&T) -> u32,
+    level: impl Fn(&T) -> f64,
 ) -> Vec<(&'a str, &'a T)> {
-    let mut rows: Vec<(usize, u32, &str, &T)> = Vec::new();
+    let mut rows: Vec<(usize, f64, &str, &T)> = Vec::new();
     for (i, (a, levels)) in cells.iter().enumerate() {
         for l in levels.iter() {
             rows.push((i, level(l), a.as_str(), l));
         }
     }
-    rows.sort_by_key(|r| (r.1, r.0));
+    rows.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
     rows.into_iter().map(|r| (r.2, r.3)).collect()
 }
 
 /// The outcome and latency table, from the load generator's summaries alone.
 pub fn levels_table(cells: &[(String, &[LevelSummary])]) -> String {
-    let rows: Vec<LatencyRow> = by_level(cells, |l| l.level)
+    let rows: Vec<LatencyRow> = by_level(cells, sort_key)
         .into_iter()
         .map(|(a, s)| latency_row(a, s))
         .collect();
@@ -133,7 +180,7 @@ pub fn levels_table(cells: &[(String, &[LevelSummary])]) -> String {
 
 /// The outcome and latency table of a run's load cells.
 pub fn latency_table(cells: &[(String, &[LevelResult])]) -> String {
-    let rows: Vec<LatencyRow> = by_level(cells, |l| l.summary.level)
+    let rows: Vec<LatencyRow> = by_level(cells, |l| sort_key(&l.summary))
         .into_iter()
         .map(|(a, l)| latency_row(a, &l.summary))
         .collect();
@@ -152,8 +199,16 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
         })
         .collect();
     let mut out = String::new();
-    out.push_str("Streams per level, started in the ramp and kept at the level through the hold (the percentiles are over every stream of the level):\n\n");
-    out.push_str(&latency_table(&loads));
+    let open: Vec<(String, Vec<&LevelSummary>)> = loads
+        .iter()
+        .map(|(a, l)| (a.clone(), l.iter().map(|x| &x.summary).collect()))
+        .collect();
+    if super::serving::any_open(open.iter().flat_map(|(_, l)| l.iter().copied())) {
+        out.push_str(&super::serving::section(&open));
+    } else {
+        out.push_str("Streams per level, started in the ramp and kept at the level through the hold (the percentiles are over every stream of the level):\n\n");
+        out.push_str(&latency_table(&loads));
+    }
     out.push_str("\n\nThe server over each level's hold (RSS and CPU of its process tree, sampled from /proc; KB/stream is the mean RSS over the hold less the idle RSS before the first level, over the level's peak of open streams), and the client's interface over the level:\n\n");
     out.push_str(&resource_table(&loads));
     out.push_str("\n\n");
@@ -167,14 +222,14 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
             for (cat, msg) in &l.summary.error_samples {
                 out.push_str(&format!(
                     "- {name} level {}: {} {cat} errors, e.g. {msg}\n",
-                    l.summary.level,
+                    column(&l.summary),
                     l.summary.errors.get(cat).copied().unwrap_or(0)
                 ));
             }
             for w in &l.wrong {
                 out.push_str(&format!(
                     "- {name} level {}: WRONG TOKENS: {w}\n",
-                    l.summary.level
+                    column(&l.summary)
                 ));
             }
         }
@@ -186,7 +241,7 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
 #[derive(tabled::Tabled)]
 struct ResourceRow {
     #[tabled(rename = "Level")]
-    level: u32,
+    level: String,
     #[tabled(rename = "Approach")]
     approach: String,
     #[tabled(rename = "Server RSS")]
@@ -241,14 +296,14 @@ fn mib(kib: f64) -> String {
 
 /// The server's resources over each level's hold, and the wire over the level.
 pub fn resource_table(cells: &[(String, &[LevelResult])]) -> String {
-    let rows: Vec<ResourceRow> = by_level(cells, |l| l.summary.level)
+    let rows: Vec<ResourceRow> = by_level(cells, |l| sort_key(&l.summary))
         .into_iter()
         .map(|(a, l)| {
             let r = l.server.as_ref();
             let or =
                 |f: &dyn Fn(&crate::metrics::load::Resources) -> String| r.map_or("-".into(), f);
             ResourceRow {
-                level: l.summary.level,
+                level: column(&l.summary),
                 approach: a.to_owned(),
                 rss: or(&|r| mib(r.rss_kib_mean)),
                 peak: or(&|r| mib(r.rss_kib_peak as f64)),

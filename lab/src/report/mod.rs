@@ -11,5 +11,6 @@ pub mod html;
 pub mod load;
 pub mod plots;
 pub mod repeat;
+pub mod serving;
 pub mod status;
 pub mod tables;

@@ -156,6 +156,26 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Count,
         "load test: frames on the wire (both directions) per token at the highest level",
     ),
+    (
+        "max_rate_at_slo",
+        Kind::Count,
+        "open-loop load test: the highest rate (requests/s) whose level met the SLOs",
+    ),
+    (
+        "good_pct",
+        Kind::Count,
+        "load test with SLOs: good requests, as a percentage of those judged, at the worst level",
+    ),
+    (
+        "lag_p99",
+        Kind::Time,
+        "open-loop load test: the schedule lag's 99th percentile at its worst level",
+    ),
+    (
+        "invalid_levels",
+        Kind::Count,
+        "open-loop load test: levels marked not valid (behind schedule, dropped arrivals, client CPU)",
+    ),
 ];
 
 /// The unit a metric's values are in (times in milliseconds).
@@ -170,6 +190,9 @@ pub fn unit(metric: &str) -> &'static str {
         "delivered_pct" | "success_pct" | "cpu_pct" => "%",
         "failed" | "wrong_streams" => "streams",
         "tokens_per_s" => "tokens/s",
+        "max_rate_at_slo" => "requests/s",
+        "good_pct" => "%",
+        "invalid_levels" => "levels",
         "rss_mib" => "MiB",
         "kb_per_stream" => "KB",
         m if m.ends_with("bytes_per_token") => "B/token",

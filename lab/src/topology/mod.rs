@@ -135,5 +135,34 @@ pub fn load(
             ])));
         }
     }
+    // A trace is read now, so that a bad one stops the run before anything is built,
+    // and is named by its full path from here on (the load client reads it).
+    if let Some(load) = t.workload.load.as_mut()
+        && let Some(trace) = load.trace.as_mut()
+    {
+        let p = path.parent().unwrap_or(Path::new(".")).join(&*trace);
+        let read = std::fs::read_to_string(&p)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| lab_clients::arrivals::read_trace(&text))
+            .and_then(|_| Ok(std::path::absolute(&p)?));
+        match read {
+            Ok(abs) => *trace = abs.display().to_string(),
+            Err(e) => {
+                let at = parse::position(&text, &["workload", "load", "trace"]).unwrap_or((1, 1));
+                return Err(LoadError::Invalid(parse::Diagnostics(vec![
+                    parse::Diagnostic {
+                        line: at.0,
+                        column: at.1,
+                        file,
+                        field: "workload.load.trace".into(),
+                        message: format!(
+                            "trace {}: {e:#}; give a file of send times relative to the topology file",
+                            p.display()
+                        ),
+                    },
+                ])));
+            }
+        }
+    }
     Ok(t)
 }

@@ -324,6 +324,88 @@ pub struct LoadWorkload {
     /// (default 500ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<Dur>,
+    /// Open loop instead of `levels`: requests per second, level by level in this order
+    /// (each above 0), sent at times drawn before the level starts; see docs/load.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rates: Vec<f64>,
+    /// Open loop instead of `levels` or `rates`: a file of send times (seconds, one per
+    /// line, or Mooncake JSON lines with `timestamp` in ms), relative to the topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// Open loop: `constant`, `poisson` (default) or `gamma` gaps between arrivals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<String>,
+    /// Open loop, gamma arrivals: the shape; 1 is Poisson, below 1 burstier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burstiness: Option<f64>,
+    /// Open loop: the arrivals' seed (default 1); the same seed sends at the same times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Open loop: how long each rate's level sends (default 30s; the ramp is its first
+    /// part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+    /// Open loop: stop a level after this many requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+    /// Open loop: requests scheduled in the first `warmup` and the last `cooldown` of a
+    /// level run, but are left out of the latencies (default 0s each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Dur>,
+    /// Open loop: a request sent later than this after its intended time is late, and a
+    /// level whose schedule lag p99 is over it is not valid (default 10ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bound: Option<Dur>,
+    /// Open loop: an arrival that finds this many requests open is dropped, and the
+    /// level is not valid (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u64>,
+    /// Open loop with `slo`: after the first rate that misses the SLOs, halve the gap to
+    /// the last that met them this many times (max rate at SLO); default 0, no search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<u32>,
+    /// What makes a request good (goodput): any of `ttft`, `itl_p99`, `tpot`, `e2e`,
+    /// and the share of good requests a level must reach (`share`, default 90%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloSpec>,
+}
+
+/// Service-level objectives for goodput: a request is good when it completed and every
+/// bound given holds for it. Latencies count from the intended send time.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SloSpec {
+    /// Time to first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft: Option<Dur>,
+    /// The 99th percentile of the request's own gaps between tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_p99: Option<Dur>,
+    /// Time per output token after the first: (E2E - TTFT) / (tokens - 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot: Option<Dur>,
+    /// End-to-end latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<Dur>,
+    /// The share of good requests a level must reach to meet the SLOs (default 90%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<Percent>,
+}
+
+impl SloSpec {
+    /// As the load generator takes it.
+    pub fn to_slo(&self) -> lab_clients::load::Slo {
+        let ms = |d: Option<Dur>| d.map(|d| d.0.as_secs_f64() * 1000.0);
+        lab_clients::load::Slo {
+            ttft_ms: ms(self.ttft),
+            itl_p99_ms: ms(self.itl_p99),
+            tpot_ms: ms(self.tpot),
+            e2e_ms: ms(self.e2e),
+            share_pct: self.share.map_or(90.0, |p| p.0),
+        }
+    }
 }
 
 /// The most concurrent streams of one load level.
@@ -334,14 +416,17 @@ pub const MAX_LEVEL: u32 = 1_000_000;
 pub const STREAMS_PER_SOURCE: u32 = 50_000;
 
 impl LoadWorkload {
+    /// The ramp: default 10s in levels of streams, 0s in an open loop.
     pub fn ramp(&self) -> std::time::Duration {
+        let default = if self.is_open() { 0 } else { 10 };
         self.ramp
-            .map_or(std::time::Duration::from_secs(10), |d| d.0)
+            .map_or(std::time::Duration::from_secs(default), |d| d.0)
     }
     /// The hold, unless the level ends by cycles.
     pub fn hold(&self) -> Option<std::time::Duration> {
         match self.cycles {
             Some(_) => None,
+            None if self.is_open() => None,
             None => Some(
                 self.hold
                     .map_or(std::time::Duration::from_secs(30), |d| d.0),
@@ -360,9 +445,34 @@ impl LoadWorkload {
         self.sample
             .map_or(std::time::Duration::from_millis(500), |d| d.0)
     }
-    /// The highest level.
+    /// The most streams open at once: the highest level, or an open loop's
+    /// `max_in_flight`.
     pub fn top(&self) -> u32 {
+        if self.is_open() {
+            return self.max_in_flight().min(MAX_LEVEL as u64) as u32;
+        }
         self.levels.iter().copied().max().unwrap_or(0)
+    }
+    /// Whether requests arrive at a rate or from a trace (open loop), not in levels of
+    /// concurrent streams.
+    pub fn is_open(&self) -> bool {
+        !self.rates.is_empty() || self.trace.is_some()
+    }
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.unwrap_or(10_000)
+    }
+    /// An open loop's level length, and its ramp (default 0s).
+    pub fn duration(&self) -> std::time::Duration {
+        self.duration
+            .map_or(std::time::Duration::from_secs(30), |d| d.0)
+    }
+    /// How many levels run at most: the levels, or the rates and the search's steps.
+    pub fn level_count(&self) -> u32 {
+        match (self.is_open(), &self.trace) {
+            (false, _) => self.levels.len() as u32,
+            (true, Some(_)) => 1,
+            (true, None) => self.rates.len() as u32 + self.search.unwrap_or(0),
+        }
     }
 }
 

@@ -151,21 +151,52 @@ pub(super) fn parse_workload(cx: &mut Ctx<'_>, v: &Node) -> Option<Workload> {
 
 /// `workload.load:`: the levels of concurrent streams and how each is held.
 fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
-    let (good, _) = cx.fields::<LoadWorkload>(v, "workload.load", &[])?;
-    let l: LoadWorkload = build(v, &good);
+    let (good, extra) = cx.fields::<LoadWorkload>(v, "workload.load", &["slo"])?;
+    let mut l: LoadWorkload = build(v, &good);
+    for f in &extra {
+        l.slo = cx.section::<SloSpec>(f.value, &f.path);
+    }
     let at = |name: &str| {
         good.iter()
             .find(|f| f.name() == name)
             .map_or(pos(v), Field::at)
     };
     let path = |f: &str| format!("workload.load.{f}");
-    if !good.iter().any(|f| f.name() == "levels") {
+    let given = |name: &str| good.iter().any(|f| f.name() == name);
+    let ways = ["levels", "rates", "trace"]
+        .into_iter()
+        .filter(|n| given(n))
+        .collect::<Vec<_>>();
+    if ways.is_empty() {
         cx.push(
             pos(v),
             "workload.load.levels",
-            "missing: a load test needs its levels of concurrent streams, e.g. `levels: [100, 1000, 10000]`",
+            "missing: a load test needs its levels of concurrent streams, e.g. `levels: [100, 1000, 10000]`, or an open loop's `rates` (requests per second, e.g. [10, 20, 40]) or `trace`",
         );
-    } else if l.levels.is_empty() {
+    } else if ways.len() > 1 {
+        cx.push(
+            at(ways[1]),
+            &path(ways[1]),
+            format!(
+                "give one of `levels` (concurrent streams), `rates` or `trace` (open loop), not {}",
+                ways.join(" and ")
+            ),
+        );
+    }
+    if l.is_open() {
+        check_open(cx, &l, &at);
+    } else {
+        for name in OPEN_ONLY {
+            if given(name) {
+                cx.push(
+                    at(name),
+                    &path(name),
+                    "is for an open loop (`rates` or `trace`); levels of concurrent streams run back to back",
+                );
+            }
+        }
+    }
+    if given("levels") && l.levels.is_empty() {
         cx.push(
             at("levels"),
             &path("levels"),
@@ -223,4 +254,157 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
         cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
     }
     Some(l)
+}
+
+/// Fields of an open loop only.
+const OPEN_ONLY: &[&str] = &[
+    "arrivals",
+    "burstiness",
+    "seed",
+    "duration",
+    "max_requests",
+    "warmup",
+    "cooldown",
+    "lag_bound",
+    "max_in_flight",
+    "search",
+];
+
+/// An open loop's fields: rates, the arrival process, the periods, the SLOs' search.
+fn check_open(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ctx::At) {
+    let path = |f: &str| format!("workload.load.{f}");
+    for (name, set) in [
+        ("hold", l.hold.is_some()),
+        ("cycles", l.cycles.is_some()),
+        ("per_connection", l.per_connection.is_some()),
+    ] {
+        if set {
+            cx.push(
+                at(name),
+                &path(name),
+                "is for levels of concurrent streams; an open loop sends each request at its time, for `duration`",
+            );
+        }
+    }
+    if l.rates
+        .iter()
+        .any(|r| !(r.is_finite() && *r > 0.0 && *r <= 1e6))
+    {
+        cx.push(
+            at("rates"),
+            &path("rates"),
+            "each rate is above 0 and at most 1000000 requests per second, e.g. [0.5, 2, 8]",
+        );
+    }
+    if let Err(e) = lab_clients::arrivals::Process::named(
+        l.arrivals.as_deref().unwrap_or("poisson"),
+        l.burstiness,
+    ) {
+        let name = if l.burstiness.is_some() && l.arrivals.is_some() {
+            "burstiness"
+        } else {
+            "arrivals"
+        };
+        cx.push(at(name), &path(name), format!("{e:#}"));
+    }
+    if l.trace.is_some() && (l.arrivals.is_some() || l.burstiness.is_some()) {
+        cx.push(
+            at("arrivals"),
+            &path("arrivals"),
+            "a trace gives its own send times; `arrivals` and `burstiness` are for `rates`",
+        );
+    }
+    if l.trace.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        cx.push(
+            at("trace"),
+            &path("trace"),
+            "empty; give a file of send times",
+        );
+    }
+    if l.duration.is_some_and(|d| d.0.is_zero()) {
+        cx.push(
+            at("duration"),
+            &path("duration"),
+            "must be above zero, e.g. 30s",
+        );
+    }
+    let d = l.duration();
+    let warm = l.warmup.map_or(std::time::Duration::ZERO, |w| w.0)
+        + l.cooldown.map_or(std::time::Duration::ZERO, |w| w.0);
+    if l.trace.is_none() && warm >= d {
+        cx.push(
+            at("warmup"),
+            &path("warmup"),
+            format!(
+                "warmup and cooldown ({}) leave nothing of the duration ({}) to measure",
+                crate::topology::units::Dur(warm),
+                crate::topology::units::Dur(d)
+            ),
+        );
+    }
+    if l.trace.is_none() && l.ramp() > d {
+        cx.push(
+            at("ramp"),
+            &path("ramp"),
+            "is longer than the duration; the ramp is the duration's first part",
+        );
+    }
+    if l.max_requests == Some(0) {
+        cx.push(
+            at("max_requests"),
+            &path("max_requests"),
+            "must be at least 1",
+        );
+    }
+    if l.max_in_flight
+        .is_some_and(|n| !(1..=MAX_LEVEL as u64).contains(&n))
+    {
+        cx.push(
+            at("max_in_flight"),
+            &path("max_in_flight"),
+            format!("must be 1 to {MAX_LEVEL}"),
+        );
+    }
+    if l.lag_bound.is_some_and(|d| d.0.is_zero()) {
+        cx.push(
+            at("lag_bound"),
+            &path("lag_bound"),
+            "must be above zero, e.g. 10ms",
+        );
+    }
+    if l.search.is_some_and(|n| n > 10) {
+        cx.push(at("search"), &path("search"), "must be 0 to 10 halvings");
+    }
+    if l.search.unwrap_or(0) > 0 {
+        if l.slo.is_none() {
+            cx.push(
+                at("search"),
+                &path("search"),
+                "searches for the highest rate at the SLOs: give `slo`, e.g. { ttft: 500ms, e2e: 20s }",
+            );
+        }
+        if l.trace.is_some() {
+            cx.push(
+                at("search"),
+                &path("search"),
+                "searches over `rates`, not a trace",
+            );
+        }
+    }
+    if let Some(s) = &l.slo {
+        if s.ttft.is_none() && s.itl_p99.is_none() && s.tpot.is_none() && s.e2e.is_none() {
+            cx.push(
+                at("slo"),
+                &path("slo"),
+                "gives no bound; set any of ttft, itl_p99, tpot, e2e, e.g. { ttft: 500ms, itl_p99: 100ms }",
+            );
+        }
+        if s.share.is_some_and(|p| !(p.0 > 0.0 && p.0 <= 100.0)) {
+            cx.push(
+                at("slo"),
+                &path("slo.share"),
+                "must be above 0% and at most 100%",
+            );
+        }
+    }
 }

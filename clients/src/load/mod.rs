@@ -16,11 +16,17 @@
 //! It does not know the approaches, sample the server or count the wire: lab does that
 //! around it.
 
+mod figures;
+pub mod open;
+
+pub use figures::{
+    DigestCount, Hist, LevelSummary, OpenLevel, Percentiles, Slice, Slo, SloResult, tpot,
+};
+pub use open::OpenSpec;
+
 use crate::Runner;
-use crate::record::{ErrorCategory, PromptRecord};
-use hdrhistogram::Histogram;
+use figures::Fold;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,123 +69,21 @@ pub struct LoadSpec {
     pub prompts: Vec<String>,
     /// Streams per connection where the approach multiplexes (1: a connection each).
     pub per_connection: u32,
+    /// What makes a request good, where the test judges goodput.
+    pub slo: Option<Slo>,
+    /// Open loop: requests sent at scheduled times, level by level of rate, instead of
+    /// `levels` of concurrent streams.
+    pub open: Option<OpenSpec>,
+}
+
+/// A rate as a person reads it: `20`, `2.5`, `0.25`.
+pub fn fmt_rate(r: f64) -> String {
+    let s = format!("{r:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Builds a runner of its own (its own connection) for slot `i`.
 pub type MakeRunner = dyn Fn(usize) -> anyhow::Result<Box<dyn Runner>> + Send + Sync;
-
-/// Percentiles of one measure, in milliseconds; all `None` when nothing was measured.
-#[derive(schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub mean: Option<f64>,
-    pub p50: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-    pub max: Option<f64>,
-}
-
-/// An HDR histogram of durations, kept in microseconds (1 us to 1 hour, 3 significant
-/// digits).
-#[derive(Debug, Clone)]
-pub struct Hist(Histogram<u64>);
-
-impl Default for Hist {
-    fn default() -> Self {
-        Hist(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
-    }
-}
-
-impl Hist {
-    /// Records `ms` milliseconds (clamped into the histogram's range).
-    pub fn record_ms(&mut self, ms: f64) {
-        let us = (ms * 1000.0).round().clamp(1.0, 3_600_000_000.0) as u64;
-        self.0.saturating_record(us);
-    }
-
-    pub fn percentiles(&self) -> Percentiles {
-        let h = &self.0;
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let ms = |us: u64| Some(us as f64 / 1000.0);
-        Percentiles {
-            count: h.len(),
-            mean: Some(h.mean() / 1000.0),
-            p50: ms(h.value_at_quantile(0.50)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-        }
-    }
-}
-
-/// How many streams of one prompt got one token digest.
-#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DigestCount {
-    /// The prompt, by index into the prompts.
-    pub prompt: usize,
-    pub digest: String,
-    pub tokens: usize,
-    pub streams: u64,
-}
-
-/// One level's figures.
-#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LevelSummary {
-    /// Concurrent streams asked for.
-    pub level: u32,
-    /// Unix ms: the ramp's start, the hold's start and end (the ramp's end and the last
-    /// new stream's start), and the level's end (its last stream's end).
-    pub ramp_start_unix_ms: f64,
-    pub hold_start_unix_ms: f64,
-    pub hold_end_unix_ms: f64,
-    pub end_unix_ms: f64,
-    /// Streams started, completed whole, and failed.
-    pub started: u64,
-    pub completed: u64,
-    pub failed: u64,
-    /// Failed streams by category.
-    pub errors: BTreeMap<ErrorCategory, u64>,
-    /// The first message of each category, to say what went wrong.
-    pub error_samples: BTreeMap<ErrorCategory, String>,
-    /// The most streams in flight at once.
-    pub peak_open: u64,
-    /// Connections set up.
-    pub connections: u64,
-    pub connect_ms: Percentiles,
-    pub ttft_ms: Percentiles,
-    /// Every gap between two tokens of a stream.
-    pub tbt_ms: Percentiles,
-    /// Request start to the end of the answer, over completed streams.
-    pub duration_ms: Percentiles,
-    /// Request start to the response head, over completed streams (the HTTP
-    /// approaches; `count` 0 elsewhere).
-    #[serde(default)]
-    pub ttfb_ms: Percentiles,
-    /// Each latency the server reported about itself (a [`crate::ServerTiming`], e.g.
-    /// the handoff server's `handoff_ms`), over completed streams, under its record's
-    /// field name; absent where the server reports none.
-    #[serde(flatten, deserialize_with = "percentiles_only")]
-    pub server_ms: BTreeMap<String, Percentiles>,
-    /// Tokens received, over every stream.
-    pub tokens: u64,
-    pub token_bytes: u64,
-    /// Tokens that arrived between the hold's start and end.
-    pub tokens_in_hold: u64,
-    /// Tokens per second in aggregate: over the hold, or, where a level ends by cycles,
-    /// from the ramp's start to the level's end.
-    pub tokens_per_s: f64,
-    /// Completed streams' digests, by prompt.
-    pub digests: Vec<DigestCount>,
-}
-
-impl LevelSummary {
-    /// Completed streams as a share of those started, in percent.
-    pub fn success_pct(&self) -> Option<f64> {
-        (self.started > 0).then(|| self.completed as f64 * 100.0 / self.started as f64)
-    }
-}
 
 /// What the load generator reports as it goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,83 +108,10 @@ pub enum Event {
     Level(Box<LevelSummary>),
 }
 
-fn unix_ms() -> f64 {
+pub(crate) fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-/// The fields a level summary has beyond its own, kept as server timings where they
-/// are percentiles: another version's field of another shape is passed over, as serde
-/// passes over unknown fields, rather than failing the whole file.
-fn percentiles_only<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, Percentiles>, D::Error> {
-    let all = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
-    Ok(all
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
-        .collect())
-}
-
-/// A level's figures while it runs.
-#[derive(Default)]
-struct Fold {
-    errors: BTreeMap<ErrorCategory, u64>,
-    error_samples: BTreeMap<ErrorCategory, String>,
-    connections: u64,
-    connect: Hist,
-    ttft: Hist,
-    tbt: Hist,
-    duration: Hist,
-    ttfb: Hist,
-    server: BTreeMap<String, Hist>,
-    tokens: u64,
-    token_bytes: u64,
-    tokens_in_hold: u64,
-    digests: BTreeMap<(usize, String), (usize, u64)>,
-}
-
-impl Fold {
-    fn add(&mut self, prompt: usize, r: &PromptRecord, hold: (f64, f64)) {
-        if let Some(c) = r.connect_ms {
-            self.connections += 1;
-            self.connect.record_ms(c);
-        }
-        self.tokens += r.tokens as u64;
-        self.token_bytes += r.token_bytes;
-        for t in &r.token_ms {
-            let at = r.start_unix_ms + t;
-            if at >= hold.0 && at <= hold.1 {
-                self.tokens_in_hold += 1;
-            }
-        }
-        if let Some(e) = &r.error {
-            *self.errors.entry(e.category).or_default() += 1;
-            self.error_samples
-                .entry(e.category)
-                .or_insert_with(|| e.message.clone());
-            return;
-        }
-        if let Some(t) = r.ttft_ms {
-            self.ttft.record_ms(t);
-        }
-        for w in r.token_ms.windows(2) {
-            self.tbt.record_ms(w[1] - w[0]);
-        }
-        self.duration.record_ms(r.total_ms);
-        if let Some(t) = r.ttfb_ms {
-            self.ttfb.record_ms(t);
-        }
-        for (k, t) in &r.server_ms {
-            self.server.entry(k.clone()).or_default().record_ms(*t);
-        }
-        let e = self
-            .digests
-            .entry((prompt, r.digest.clone()))
-            .or_insert((r.tokens, 0));
-        e.1 += 1;
-    }
 }
 
 /// Counters the progress line reads.
@@ -300,6 +131,9 @@ pub async fn run(
     mut each: impl FnMut(&Event),
 ) -> anyhow::Result<Vec<LevelSummary>> {
     anyhow::ensure!(!spec.prompts.is_empty(), "a load test needs prompts");
+    if let Some(o) = &spec.open {
+        return open::run(spec, o, make, each).await;
+    }
     let mut out = Vec::new();
     for &level in &spec.levels {
         let s = run_level(spec, level, make.clone(), &mut each).await?;
@@ -366,7 +200,11 @@ async fn run_level(
     });
     let runners = make_runners(spec, n, &make)?;
     let shared = Shared {
-        fold: Arc::new(Mutex::new(Fold::default())),
+        fold: Arc::new(Mutex::new(Fold::new(
+            (timing.hold_start, timing.hold_end),
+            timing.ramp_start,
+            spec.slo,
+        ))),
         live: Arc::new(Live::default()),
         prompts: Arc::new(spec.prompts.clone()),
     };
@@ -382,7 +220,8 @@ async fn run_level(
             spec.backoff,
         ));
     }
-    watch(&mut tasks, spec, level, timing, &shared.live, each).await?;
+    let drain = matches!(spec.end, LevelEnd::Hold(_));
+    watch(&mut tasks, drain, level, timing, &shared.live, each).await?;
     Ok(summarize(spec, level, timing, &shared))
 }
 
@@ -445,7 +284,7 @@ async fn slot(
             live.completed.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut f) = sh.fold.lock() {
-            f.add(k, &r, (t.hold_start, t.hold_end));
+            f.add(k, &r, 0.0, true);
         }
         drop(r);
         if failed_early == Some(true) {
@@ -470,7 +309,7 @@ async fn slot(
 /// progress.
 async fn watch(
     tasks: &mut tokio::task::JoinSet<()>,
-    spec: &LoadSpec,
+    drain: bool,
     level: u32,
     t: Timing,
     live: &Live,
@@ -494,7 +333,7 @@ async fn watch(
                     phase = 1;
                     each(&Event::Phase { level, phase: "hold".into(), at_unix_ms: unix_ms() });
                 }
-                if phase < 2 && now >= t.stop_at && matches!(spec.end, LevelEnd::Hold(_)) {
+                if phase < 2 && now >= t.stop_at && drain {
                     phase = 2;
                     each(&Event::Phase { level, phase: "drain".into(), at_unix_ms: unix_ms() });
                 }
@@ -518,97 +357,19 @@ fn summarize(spec: &LoadSpec, level: u32, t: Timing, sh: &Shared) -> LevelSummar
     let f = std::mem::take(&mut *sh.fold.lock().unwrap_or_else(|e| e.into_inner()));
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let live = &sh.live;
-    let (started, completed, failed) = (l(&live.started), l(&live.completed), l(&live.failed));
-    let tokens_per_s = match spec.end {
-        LevelEnd::Hold(h) if !h.is_zero() => f.tokens_in_hold as f64 / h.as_secs_f64(),
-        _ => {
-            let secs = (end - t.ramp_start) / 1000.0;
-            if secs > 0.0 {
-                f.tokens as f64 / secs
-            } else {
-                0.0
-            }
-        }
+    // Throughput over the hold, or, where a level ends by cycles, from the ramp's start
+    // to the level's end.
+    let (secs, whole) = match spec.end {
+        LevelEnd::Hold(h) if !h.is_zero() => (h.as_secs_f64(), false),
+        _ => ((end - t.ramp_start) / 1000.0, true),
     };
-    LevelSummary {
+    f.summary(figures::Level {
         level,
-        ramp_start_unix_ms: t.ramp_start,
-        hold_start_unix_ms: t.hold_start,
-        hold_end_unix_ms: t.hold_end,
-        end_unix_ms: end,
-        started,
-        completed,
-        failed,
-        errors: f.errors,
-        error_samples: f.error_samples,
+        times: [t.ramp_start, t.hold_start, t.hold_end, end],
+        counts: [l(&live.started), l(&live.completed), l(&live.failed)],
         peak_open: l(&live.peak),
-        connections: f.connections,
-        connect_ms: f.connect.percentiles(),
-        ttft_ms: f.ttft.percentiles(),
-        tbt_ms: f.tbt.percentiles(),
-        duration_ms: f.duration.percentiles(),
-        ttfb_ms: f.ttfb.percentiles(),
-        server_ms: f
-            .server
-            .iter()
-            .map(|(k, h)| (k.clone(), h.percentiles()))
-            .collect(),
-        tokens: f.tokens,
-        token_bytes: f.token_bytes,
-        tokens_in_hold: f.tokens_in_hold,
-        tokens_per_s,
-        digests: f
-            .digests
-            .into_iter()
-            .map(|((prompt, digest), (tokens, streams))| DigestCount {
-                prompt,
-                digest,
-                tokens,
-                streams,
-            })
-            .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A level summary keeps a server's timing percentiles under their names, and
-    /// passes over another version's fields of another shape.
-    #[test]
-    fn server_timing_percentiles_are_kept_and_other_fields_passed_over() {
-        #[derive(Deserialize)]
-        struct Rest {
-            #[serde(flatten, deserialize_with = "percentiles_only")]
-            server_ms: BTreeMap<String, Percentiles>,
-        }
-        let p = Percentiles {
-            count: 3,
-            p50: Some(0.2),
-            ..Default::default()
-        };
-        let v = serde_json::json!({ "handoff_ms": p, "old_flag": true, "old_count": 4 });
-        let r: Rest = serde_json::from_value(v).unwrap();
-        assert_eq!(r.server_ms.len(), 1);
-        assert_eq!(r.server_ms["handoff_ms"], p);
-    }
-
-    #[test]
-    fn histograms_give_percentiles_in_ms() {
-        let mut h = Hist::default();
-        assert_eq!(h.percentiles(), Percentiles::default());
-        for i in 1..=100 {
-            h.record_ms(i as f64);
-        }
-        let p = h.percentiles();
-        assert_eq!(p.count, 100);
-        assert!((p.p50.unwrap() - 50.0).abs() < 0.1, "{p:?}");
-        assert!((p.p99.unwrap() - 99.0).abs() < 0.1, "{p:?}");
-        assert!((p.max.unwrap() - 100.0).abs() < 0.1, "{p:?}");
-        assert!((p.mean.unwrap() - 50.5).abs() < 0.1, "{p:?}");
-        // Out of range is clamped, not lost.
-        h.record_ms(1e12);
-        assert_eq!(h.percentiles().count, 101);
-    }
+        secs,
+        whole,
+        open: None,
+    })
 }
