@@ -231,3 +231,102 @@ workload:
         "{report}"
     );
 }
+
+/// An open loop end to end: `lab run` sends each approach's requests at Poisson times
+/// for each rate, counts every latency from the intended send time, keeps its schedule
+/// (the lag is in run.json and the report), judges each request against the SLOs, and
+/// names the highest rate that met them; every completed stream's tokens are checked.
+#[test]
+fn an_open_loop_keeps_its_schedule_and_finds_the_max_rate_at_slo() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("open");
+    let t = dir.join("t.yaml");
+    // 12 tokens 20 ms apart after a 10 ms first: about 240 ms a stream, far inside the
+    // E2E bound of 2 s; a TTFT bound of 1 us no request can meet (the third rate's
+    // level is judged the same way: the search then halves towards 0).
+    std::fs::write(
+        &t,
+        r#"name: ropen
+approaches: [sse, wt]
+llm:
+  mock: { ttft: 10ms, jitter: 0% }
+profiles:
+  light: { delay: 2ms, rate: 100mbit }
+workload:
+  timeout: 10s
+  load: { rates: [10, 40], duration: 3s, warmup: 500ms, lag_bound: 50ms, tokens: 12, tbt: 20ms, sample: 100ms, slo: { e2e: 2s, share: 95% } }
+expect:
+  - sse.max_rate_at_slo >= 40
+  - wt.max_rate_at_slo >= 40
+  - sse.invalid_levels == 0
+  - wt.lag_p99 < 50ms
+"#,
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (d, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_nothing_left("ropen", &[]);
+    for svg in ["load_ttft.svg", "load_rss.svg", "load_goodput.svg"] {
+        let s = std::fs::read_to_string(d.join(svg)).unwrap();
+        assert!(
+            s.contains("<svg") && s.contains("requests per second"),
+            "{svg}"
+        );
+    }
+    assert_eq!(run.cells.len(), 2);
+    for c in &run.cells {
+        let who = &c.cell.name;
+        let l = c.load.as_ref().unwrap_or_else(|| panic!("{who}: no load"));
+        assert!(c.errors.is_empty(), "{who}: {:?}", c.errors);
+        let rates: Vec<f64> = l
+            .levels
+            .iter()
+            .filter_map(|x| x.summary.open.as_ref()?.rate)
+            .collect();
+        assert_eq!(rates, [10.0, 40.0], "{who}");
+        for x in &l.levels {
+            let s = &x.summary;
+            let o = s.open.as_ref().unwrap();
+            assert_eq!(o.process, "poisson");
+            // Poisson over 3 s: the seeded draw, the same in both cells.
+            let r = o.rate.unwrap();
+            assert!(
+                (o.scheduled as f64 - 3.0 * r).abs() < 4.0 * (3.0 * r).sqrt(),
+                "{who} {r}: {}",
+                o.scheduled
+            );
+            assert_eq!((o.sent, o.dropped), (o.scheduled, 0), "{who} {r}");
+            assert!(o.valid, "{who} {r}: {:?}", o.invalid);
+            assert!(o.lag_ms.p99.unwrap() < 50.0, "{who} {r}: {:?}", o.lag_ms);
+            assert_eq!(s.started, s.completed, "{who} {r}: {:?}", s.error_samples);
+            // The warm-up's requests ran but are not in the latencies.
+            assert_eq!(s.duration_ms.count + o.excluded, s.completed, "{who} {r}");
+            assert!(o.excluded > 0, "{who} {r}");
+            assert_eq!(x.checked, s.duration_ms.count, "{who} {r}");
+            assert_eq!(x.wrong_streams, 0, "{who}: {:?}", x.wrong);
+            // The serving metrics, by their definitions: 12 tokens 20 ms apart.
+            let tpot = s.tpot_ms.p50.unwrap();
+            assert!((tpot - 20.0).abs() < 3.0, "{who} {r}: TPOT {tpot}");
+            assert!(s.ttst_ms.p50.unwrap() > s.ttft_ms.p50.unwrap(), "{who}");
+            assert!(s.ttft_ms.p999.is_some() && s.ttft_ms.p90.is_some(), "{who}");
+            let slo = s.slo.unwrap();
+            assert_eq!(slo.judged, s.duration_ms.count, "{who} {r}");
+            assert!(slo.met && slo.good_pct >= 95.0, "{who} {r}: {slo:?}");
+            assert!(s.requests_per_s > 0.0 && !s.slices.is_empty(), "{who} {r}");
+        }
+    }
+    for h in [
+        "Lag p50/p99/max",
+        "40 req/s | wt ",
+        "E2E <= 2s for 95% of requests",
+        "- sse: max rate at SLO 40 req/s",
+        "- wt: max rate at SLO 40 req/s",
+        "sse.max_rate_at_slo >= 40",
+    ] {
+        assert!(report.contains(h), "{h}: {report}");
+    }
+}

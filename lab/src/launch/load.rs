@@ -146,7 +146,11 @@ fn open_argv(argv: &mut Vec<String>, load: &LoadWorkload) {
         opt(argv, "--slo-itl-p99", s.itl_p99.map(|d| dur(d.0)));
         opt(argv, "--slo-tpot", s.tpot.map(|d| dur(d.0)));
         opt(argv, "--slo-e2e", s.e2e.map(|d| dur(d.0)));
-        opt(argv, "--slo-share", s.share.map(|p| format!("{}%", p.0)));
+        opt(
+            argv,
+            "--slo-share",
+            s.share.map(|p| format!("{}%", p.0 * 100.0)),
+        );
     }
 }
 

@@ -392,7 +392,7 @@ fn open_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> Stri
         format!(
             "; SLOs {} for {}% of requests{}",
             b.join(", "),
-            s.share.map_or(90.0, |p| p.0),
+            s.share.map_or(90.0, |p| p.0 * 100.0),
             match l.search.unwrap_or(0) {
                 0 => String::new(),
                 n => format!(", searching for the max rate at SLO in {n} halvings"),

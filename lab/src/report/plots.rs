@@ -423,7 +423,12 @@ pub fn timeline(run: &Run, index: usize) -> Result<String> {
 /// drawn dashed (a second figure of the same cell, such as p99 beside p50), its points.
 type LevelSeries = (String, usize, bool, Vec<(f64, f64)>);
 
-fn level_chart(caption: &str, y_desc: &str, series: Vec<LevelSeries>) -> Result<String> {
+fn level_chart(
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: Vec<LevelSeries>,
+) -> Result<String> {
     let xs = series.iter().flat_map(|(_, _, _, p)| p.iter().map(|p| p.0));
     let (lo, hi) = xs.fold((f64::MAX, 1.0f64), |(l, h), x| (l.min(x), h.max(x)));
     let (lo, hi) = ((lo.min(hi) / 2.0).max(0.5), hi * 2.0);
@@ -444,10 +449,16 @@ fn level_chart(caption: &str, y_desc: &str, series: Vec<LevelSeries>) -> Result<
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("concurrent streams (the level; log scale)")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_labels(8)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| {
+            if *x >= 10.0 {
+                format!("{x:.0}")
+            } else {
+                lab_clients::load::fmt_rate((x * 10.0).round() / 10.0)
+            }
+        })
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE)
         .draw()
@@ -498,17 +509,62 @@ fn load_series(run: &Run, what: &[(&str, LevelFigure)]) -> Vec<LevelSeries> {
     for (i, c) in run.cells.iter().enumerate() {
         let Some(l) = &c.load else { continue };
         for (k, (name, f)) in what.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = l
+            let mut pts: Vec<(f64, f64)> = l
                 .levels
                 .iter()
-                .filter_map(|x| Some((f64::from(x.summary.level), f(x)?)))
+                .filter_map(|x| Some((level_x(&x.summary), f(x)?)))
                 .collect();
+            // An open loop's search runs its rates out of order.
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             if !pts.is_empty() {
                 out.push((format!("{} {name}", label(c)), i, k > 0, pts));
             }
         }
     }
     out
+}
+
+/// Where a level sits on the x axis: its streams, or an open loop's rate.
+fn level_x(s: &lab_clients::load::LevelSummary) -> f64 {
+    match &s.open {
+        Some(o) => o.rate.unwrap_or(1.0),
+        None => f64::from(s.level),
+    }
+}
+
+/// The x axis of a load test's charts.
+fn level_axis(run: &Run) -> &'static str {
+    if is_open(run) {
+        "requests per second (the open loop's rate; log scale)"
+    } else {
+        "concurrent streams (the level; log scale)"
+    }
+}
+
+fn is_open(run: &Run) -> bool {
+    run.cells
+        .iter()
+        .filter_map(|c| c.load.as_ref())
+        .flat_map(|l| &l.levels)
+        .any(|x| x.summary.open.is_some())
+}
+
+/// Goodput (good requests per second) and request throughput against an open loop's
+/// rate, per cell.
+pub fn load_goodput(run: &Run) -> Result<String> {
+    let series = load_series(
+        run,
+        &[
+            ("goodput", &|l| Some(l.summary.slo?.goodput_per_s)),
+            ("throughput", &|l| Some(l.summary.requests_per_s)),
+        ],
+    );
+    level_chart(
+        &format!("{}: goodput against the offered rate", run.name),
+        level_axis(run),
+        "requests/s: good under the SLOs (solid), completed (dashed)",
+        series,
+    )
 }
 
 /// TTFT p50 and p99 against the level, per cell of a load test.
@@ -522,6 +578,7 @@ pub fn load_ttft(run: &Run) -> Result<String> {
     );
     level_chart(
         &format!("{}: time to first token against the load", run.name),
+        level_axis(run),
         "TTFT (ms), p50 (solid) and p99 (dashed) of the level's streams",
         series,
     )
@@ -537,6 +594,7 @@ pub fn load_rss(run: &Run) -> Result<String> {
     );
     level_chart(
         &format!("{}: server memory against the load", run.name),
+        level_axis(run),
         "server RSS (MiB), mean over the hold",
         series,
     )
@@ -544,13 +602,18 @@ pub fn load_rss(run: &Run) -> Result<String> {
 
 /// The plots, by file name; `prompt` picks the timeline's prompt (0 = the first). The
 /// anatomy plot is there when some cell has an anatomy. A load test has its own two:
-/// TTFT p50/p99 and server RSS against the level.
+/// TTFT p50/p99 and server RSS against the level (an open loop's rate), and an open
+/// loop a third: goodput and throughput against the rate.
 pub fn all(run: &Run, prompt: usize) -> Result<Vec<(&'static str, String)>> {
     if run.cells.iter().any(|c| c.load.is_some()) {
-        return Ok(vec![
+        let mut v = vec![
             ("load_ttft.svg", load_ttft(run)?),
             ("load_rss.svg", load_rss(run)?),
-        ]);
+        ];
+        if is_open(run) {
+            v.push(("load_goodput.svg", load_goodput(run)?));
+        }
+        return Ok(v);
     }
     let mut v = vec![
         ("ttft.svg", ttft(run)?),

@@ -135,8 +135,19 @@ pub fn load(
             ])));
         }
     }
-    // A trace is read now, so that a bad one stops the run before anything is built,
-    // and is named by its full path from here on (the load client reads it).
+    load_trace(&mut t, path, &text, &file)?;
+    Ok(t)
+}
+
+/// An open loop's trace (`workload.load.trace`), read now so that a bad one stops the
+/// run before anything is built, and named by its full path from here on (the load
+/// client reads it).
+fn load_trace(
+    t: &mut model::Topology,
+    path: &Path,
+    text: &str,
+    file: &str,
+) -> Result<(), LoadError> {
     if let Some(load) = t.workload.load.as_mut()
         && let Some(trace) = load.trace.as_mut()
     {
@@ -148,12 +159,12 @@ pub fn load(
         match read {
             Ok(abs) => *trace = abs.display().to_string(),
             Err(e) => {
-                let at = parse::position(&text, &["workload", "load", "trace"]).unwrap_or((1, 1));
+                let at = parse::position(text, &["workload", "load", "trace"]).unwrap_or((1, 1));
                 return Err(LoadError::Invalid(parse::Diagnostics(vec![
                     parse::Diagnostic {
                         line: at.0,
                         column: at.1,
-                        file,
+                        file: file.to_owned(),
                         field: "workload.load.trace".into(),
                         message: format!(
                             "trace {}: {e:#}; give a file of send times relative to the topology file",
@@ -164,5 +175,5 @@ pub fn load(
             }
         }
     }
-    Ok(t)
+    Ok(())
 }

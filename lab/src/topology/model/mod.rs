@@ -403,7 +403,7 @@ impl SloSpec {
             itl_p99_ms: ms(self.itl_p99),
             tpot_ms: ms(self.tpot),
             e2e_ms: ms(self.e2e),
-            share_pct: self.share.map_or(90.0, |p| p.0),
+            share_pct: self.share.map_or(90.0, |p| p.0 * 100.0),
         }
     }
 }

@@ -183,6 +183,7 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
             ),
         );
     }
+    check_slo(cx, &l, &at);
     if l.is_open() {
         check_open(cx, &l, &at);
     } else {
@@ -372,6 +373,11 @@ fn check_open(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ct
             "must be above zero, e.g. 10ms",
         );
     }
+}
+
+/// The SLOs, and the search for the highest rate that meets them.
+fn check_slo(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ctx::At) {
+    let path = |f: &str| format!("workload.load.{f}");
     if l.search.is_some_and(|n| n > 10) {
         cx.push(at("search"), &path("search"), "must be 0 to 10 halvings");
     }
@@ -399,12 +405,8 @@ fn check_open(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ct
                 "gives no bound; set any of ttft, itl_p99, tpot, e2e, e.g. { ttft: 500ms, itl_p99: 100ms }",
             );
         }
-        if s.share.is_some_and(|p| !(p.0 > 0.0 && p.0 <= 100.0)) {
-            cx.push(
-                at("slo"),
-                &path("slo.share"),
-                "must be above 0% and at most 100%",
-            );
+        if s.share.is_some_and(|p| p.0 <= 0.0) {
+            cx.push(at("slo"), &path("slo.share"), "must be above 0%");
         }
     }
 }
