@@ -5,11 +5,16 @@ set -euo pipefail
 
 # --browser: also Chromium, for lab's browser client (`client: browser` in a topology,
 # `lab client --browser`) and its tests.
+# --real-model: also the real model upstream (scripts/real-model.sh install:
+# llama-cpp-python and Gemma 3 270M, cached outside the checkout), for
+# topologies/real-model.yaml and its test.
 browser=0
+real_model=0
 for a in "$@"; do
   case "$a" in
     --browser) browser=1 ;;
-    *) echo "setup: unknown argument $a (the one argument is --browser)" >&2; exit 2 ;;
+    --real-model) real_model=1 ;;
+    *) echo "setup: unknown argument $a (the arguments are --browser and --real-model)" >&2; exit 2 ;;
   esac
 done
 
@@ -19,6 +24,7 @@ if [ "$browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium)  # Debian's; lab runs it headless in a cell's client namespace
 fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v c++ >/dev/null 2>&1 || need_apt+=(build-essential)  # llama.cpp, for --real-model
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
@@ -66,6 +72,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ! $SUDO unshare --net sh -c 'ip link set lo up && tc qdisc add dev lo root netem delay 1ms' >/dev/null 2>&1; then
   $SUDO "$root/scripts/vm-test.sh" --install
+fi
+
+if [ "$real_model" = 1 ]; then
+  "$root/scripts/real-model.sh" install
 fi
 
 echo "setup: ok ($(cargo --version), $(curl --version | head -n1 | cut -d' ' -f1-2))"

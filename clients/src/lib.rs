@@ -238,6 +238,8 @@ pub struct RunnerOpts {
     pub trust: Trust,
     /// The model, for runners whose requests name one (the raw API).
     pub model: String,
+    /// Sampling settings for runners whose requests carry them (the raw API).
+    pub sampling: lab_codec::openai::Sampling,
     /// Numbers the connections of one client (every runner built from these options
     /// shares it), so records say which connection carried each prompt.
     pub conns: Arc<AtomicU32>,
@@ -270,6 +272,7 @@ impl RunnerOpts {
             timeout,
             trust,
             model: model.into(),
+            sampling: Default::default(),
             conns: Default::default(),
             stats: Default::default(),
             transport: Default::default(),

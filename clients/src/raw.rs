@@ -11,6 +11,7 @@ use lab_codec::sse;
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
     let api = RawApi {
         model: opts.model.clone(),
+        sampling: opts.sampling,
     };
     Ok(Box::new(HttpRunner::new(
         api,
@@ -23,11 +24,14 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
 /// The raw OpenAI-compatible API.
 pub struct RawApi {
     pub model: String,
+    /// The sampling settings every request carries.
+    pub sampling: lab_codec::openai::Sampling,
 }
 
 impl SseApi for RawApi {
     fn body(&self, prompt: &str) -> Vec<u8> {
-        serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true)).unwrap_or_default()
+        serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(self.sampling))
+            .unwrap_or_default()
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {
         if ev.is_done() {

@@ -19,9 +19,59 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// How the model samples: temperature, seed, the answer's most tokens.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// A request's sampling settings, sent as the API's own fields where set: a real
+/// model at temperature 0 with a seed gives the same answer to the same prompt. The
+/// mock's answers are fixed by its own seed and ignore them.
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+impl Sampling {
+    /// Whether nothing is set (the upstream's defaults).
+    pub fn is_default(&self) -> bool {
+        *self == Sampling::default()
+    }
+
+    /// Reads `{"temperature":0,"seed":1,"max_tokens":64}` (any of them), refusing
+    /// other fields.
+    pub fn from_json(s: &str) -> Result<Sampling, String> {
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(s).map_err(|e| format!("not a JSON object: {e}"))?;
+        if let Some(k) = v
+            .keys()
+            .find(|k| !["temperature", "seed", "max_tokens"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown field '{k}'; valid fields: temperature, seed, max_tokens"
+            ));
+        }
+        serde_json::from_value(serde_json::Value::Object(v)).map_err(|e| e.to_string())
+    }
+
+    /// As `from_json` reads it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 impl ChatRequest {
+    /// The request with `sampling`'s settings.
+    pub fn with(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
     /// A streaming request with one user message, as lab's clients and servers send it.
     pub fn user(model: &str, prompt: &str, stream: bool) -> Self {
         Self {
@@ -32,6 +82,7 @@ impl ChatRequest {
             }]),
             stream: Some(stream),
             stream_options: None,
+            sampling: Sampling::default(),
         }
     }
 
@@ -367,6 +418,32 @@ impl ChunkWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sampling settings go out as the API's own fields, only where set, and are read
+    /// back; `--sampling` refuses fields it does not know.
+    #[test]
+    fn sampling_travels_in_the_request_where_set() {
+        let plain = serde_json::to_string(&ChatRequest::user("m", "hi", true)).unwrap();
+        assert!(
+            !plain.contains("temperature") && !plain.contains("seed"),
+            "{plain}"
+        );
+        let s = Sampling::from_json(r#"{"temperature":0,"seed":7,"max_tokens":12}"#).unwrap();
+        let body = serde_json::to_string(&ChatRequest::user("m", "hi", true).with(s)).unwrap();
+        assert!(
+            body.ends_with(r#""stream":true,"temperature":0.0,"seed":7,"max_tokens":12}"#),
+            "{body}"
+        );
+        let back: ChatRequest = serde_json::from_str(&body).unwrap();
+        assert_eq!(back.sampling, s);
+        assert_eq!(Sampling::from_json(&s.to_json()).unwrap(), s);
+        let e = Sampling::from_json(r#"{"top_p":0.9}"#).unwrap_err();
+        assert!(e.contains("unknown field 'top_p'"), "{e}");
+        assert!(Sampling::from_json("[1]").is_err());
+        // Other fields of a request are still passed over.
+        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","top_p":0.5}"#).unwrap();
+        assert!(r.sampling.is_default());
+    }
 
     fn legacy() -> ChunkWriter {
         ChunkWriter::new(

@@ -69,6 +69,9 @@ pub struct DaemonConfig {
     pub upstream: String,
     pub model: String,
     pub upstream_h2: bool,
+    /// Sampling settings every upstream request carries.
+    #[serde(default)]
+    pub sampling: lab_codec::openai::Sampling,
     /// A socket on which a write makes no progress for this long is given up.
     pub idle_ms: u64,
 }
@@ -111,6 +114,7 @@ pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> Result<crate::
         upstream: env.upstream.clone(),
         model: env.model.clone(),
         upstream_h2: env.upstream_h2,
+        sampling: env.sampling,
         idle_ms: env.limits.idle.as_millis() as u64,
     };
     let mut cmd = tokio::process::Command::new(&program);
@@ -476,7 +480,9 @@ pub async fn daemon(unix: OwnedFd, cfg: DaemonConfig) -> Result<()> {
     )
     .context("the hand-off socket")?;
     let unix = async_fd(unix).context("the hand-off socket")?;
-    let upstream = Arc::new(Upstream::new(&cfg.upstream, &cfg.model, cfg.upstream_h2)?);
+    let upstream = Arc::new(
+        Upstream::new(&cfg.upstream, &cfg.model, cfg.upstream_h2)?.with_sampling(cfg.sampling),
+    );
     let idle = Duration::from_millis(cfg.idle_ms);
     loop {
         let got = {

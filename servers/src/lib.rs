@@ -73,7 +73,10 @@ pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>
 impl ServerEnv {
     /// A client for the upstream, as the settings say.
     pub fn upstream_client(&self) -> Result<upstream::Upstream, upstream::UpstreamError> {
-        upstream::Upstream::new(&self.upstream, &self.model, self.upstream_h2)
+        Ok(
+            upstream::Upstream::new(&self.upstream, &self.model, self.upstream_h2)?
+                .with_sampling(self.sampling),
+        )
     }
 }
 
@@ -113,6 +116,9 @@ pub struct ServerEnv {
     /// connection, instead of an HTTP/1.1 connection per stream in flight: a load
     /// test's thousands of streams then take one socket each in the server, not two.
     pub upstream_h2: bool,
+    /// Sampling settings every upstream request carries (temperature, seed, most
+    /// tokens); the upstream's defaults where unset.
+    pub sampling: lab_codec::openai::Sampling,
     /// Counters the server keeps about itself.
     pub stats: Arc<stats::ServerStats>,
     /// Deadlines for slow and idle clients.

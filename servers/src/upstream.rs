@@ -53,6 +53,8 @@ pub struct Upstream {
     /// The model requested from the upstream.
     pub model: String,
     url: String,
+    /// The sampling settings every request carries.
+    sampling: lab_codec::openai::Sampling,
 }
 
 impl Upstream {
@@ -65,7 +67,14 @@ impl Upstream {
             chat_uri,
             model: model.to_owned(),
             url: url.to_owned(),
+            sampling: Default::default(),
         })
+    }
+
+    /// Every request with these sampling settings.
+    pub fn with_sampling(mut self, sampling: lab_codec::openai::Sampling) -> Self {
+        self.sampling = sampling;
+        self
     }
 
     /// The base URL this client talks to.
@@ -75,8 +84,9 @@ impl Upstream {
 
     /// Starts a streaming chat for one user prompt.
     pub async fn chat(&self, prompt: &str) -> Result<TokenStream, UpstreamError> {
-        let body = serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true))
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(self.sampling))
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         let req = http::Request::post(self.chat_uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream")

@@ -109,6 +109,7 @@ mod tests {
                 upstream: upstream.clone(),
                 model: "m".into(),
                 upstream_h2: false,
+                sampling: Default::default(),
                 stats: Default::default(),
                 limits: Default::default(),
                 transport: Default::default(),

@@ -41,7 +41,7 @@ pub enum Command {
     #[command(subcommand)]
     Serve(Serve),
     /// Run one client: the reference prompts, a prompts file, or prompts typed in.
-    Client(ClientArgs),
+    Client(Box<ClientArgs>),
     /// Load one server with many concurrent streams, level by level (e.g. 100, 1000,
     /// 10000): success, errors by category, connect time, TTFT, TBT and stream
     /// duration percentiles, tokens per second. `lab run` runs it in each cell of a

@@ -183,6 +183,11 @@ pub struct ServerArgs {
     /// take one socket each in the server instead of two.
     #[arg(long)]
     pub upstream_h2: bool,
+    /// Sampling settings every upstream request carries, as JSON: any of temperature,
+    /// seed and max_tokens, e.g. '{"temperature":0,"seed":1}' (a real model then gives
+    /// the same answer to the same prompt). Default: the upstream's own.
+    #[arg(long, value_parser = parse_sampling)]
+    pub sampling: Option<lab_codec::openai::Sampling>,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -250,6 +255,10 @@ pub struct ClientArgs {
     /// Model name for the raw API.
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,
+    /// Sampling settings the raw API's requests carry, as JSON: any of temperature,
+    /// seed and max_tokens, e.g. '{"temperature":0,"seed":1}'.
+    #[arg(long, value_parser = parse_sampling)]
+    pub sampling: Option<lab_codec::openai::Sampling>,
     /// Give up on a prompt after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -333,6 +342,10 @@ pub struct LoadArgs {
     /// Model name for the raw API.
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,
+    /// Sampling settings the raw API's requests carry, as JSON: any of temperature,
+    /// seed and max_tokens, e.g. '{"temperature":0,"seed":1}'.
+    #[arg(long, value_parser = parse_sampling)]
+    pub sampling: Option<lab_codec::openai::Sampling>,
     /// Give up on a stream after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -512,4 +525,9 @@ impl OpenArgs {
             search: self.search,
         }))
     }
+}
+
+/// `--sampling`: a JSON object of temperature, seed and max_tokens.
+pub fn parse_sampling(s: &str) -> Result<lab_codec::openai::Sampling, String> {
+    lab_codec::openai::Sampling::from_json(s)
 }

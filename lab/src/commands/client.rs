@@ -14,6 +14,7 @@ pub async fn run(a: ClientArgs) -> Result<bool> {
     let opts = RunnerOpts {
         transport: a.transport.clone().unwrap_or_default(),
         urgent: std::sync::Arc::new(a.urgent.iter().map(|&n| n as usize - 1).collect()),
+        sampling: a.sampling.unwrap_or_default(),
         ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     if a.browser && a.concurrency > 1 {

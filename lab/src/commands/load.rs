@@ -36,6 +36,7 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
     let base = RunnerOpts {
         stats: Arc::new(lab_clients::stats::Tracker::discarding()),
         transport: a.transport.clone().unwrap_or_default(),
+        sampling: a.sampling.unwrap_or_default(),
         ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     // Check the URL and the settings once, before any level starts.

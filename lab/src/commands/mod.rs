@@ -156,7 +156,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
     let ok = |b: bool| if b { EXIT_OK } else { EXIT_FAILED };
     match command {
         Command::Serve(s) => serve::run(s).await.map(|()| EXIT_OK),
-        Command::Client(c) => client::run(c).await.map(ok),
+        Command::Client(c) => client::run(*c).await.map(ok),
         Command::Load(a) => load::run(*a).await.map(ok),
         Command::Demo(d) => demo::run(d).await.map(ok),
         Command::Plan(p) => plan::run(&p),

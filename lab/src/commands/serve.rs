@@ -209,6 +209,7 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
         upstream: args.upstream,
         model: args.model,
         upstream_h2: args.upstream_h2,
+        sampling: args.sampling.unwrap_or_default(),
         stats,
         limits: args.limits.limits(),
         transport: args.transport.unwrap_or_default(),

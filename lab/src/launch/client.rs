@@ -55,6 +55,17 @@ pub fn watchdog(
 /// JSON output, the model and the cell's connection mode.
 pub fn argv_head(state: &State, cell: &Cell, sub: &str) -> Vec<String> {
     let plan = &state.plan;
+    let mut argv = head(state, cell, sub);
+    // The raw API's requests carry a real model's sampling (the servers' carry it for
+    // the other approaches).
+    if let Some(s) = plan.llm.sampling {
+        argv.extend(["--sampling".into(), s.to_json()]);
+    }
+    argv
+}
+
+fn head(state: &State, cell: &Cell, sub: &str) -> Vec<String> {
+    let plan = &state.plan;
     vec![
         "lab".into(),
         sub.into(),

@@ -113,6 +113,7 @@ impl Stack {
                 upstream: upstream_url.clone(),
                 model: model.to_owned(),
                 upstream_h2: false,
+                sampling: Default::default(),
                 stats: stats.clone(),
                 limits: lab_servers::Limits::default(),
                 transport: Default::default(),

@@ -93,7 +93,11 @@ fn llm_node(t: &Topology, llm_ns: &str) -> (LlmNode, Vec<Process>) {
             url.clone(),
         ],
     );
-    let node = llm_at(t, llm_ns, "relay", url.clone());
+    let detail = match t.llm.sampling {
+        Some(s) => format!("{url}, sampling {}", s.to_sampling().to_json()),
+        None => url.clone(),
+    };
+    let node = llm_at(t, llm_ns, "relay", detail);
     (node, vec![relay])
 }
 
@@ -164,6 +168,7 @@ fn llm_at(t: &Topology, namespace: &str, kind: &str, detail: String) -> LlmNode 
         detail,
         mock_seed: None,
         mock_max_tokens: None,
+        sampling: t.llm.sampling.map(|s| s.to_sampling()),
     }
 }
 
@@ -326,6 +331,9 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
             }
             if a.model == Model::Server {
                 argv.extend(["--model".into(), t.llm.model.clone()]);
+                if let Some(s) = t.llm.sampling {
+                    argv.extend(["--sampling".into(), s.to_sampling().to_json()]);
+                }
             }
             argv.extend(["--san".into(), addr.to_string()]);
             argv.extend(["--cert-out".into(), certs]);

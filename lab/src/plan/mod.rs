@@ -191,6 +191,9 @@ pub struct LlmNode {
     pub mock_seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock_max_tokens: Option<usize>,
+    /// A real upstream's sampling settings, which every request carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<lab_codec::openai::Sampling>,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -130,6 +130,13 @@ fn workload_lines(run: &Run) -> String {
             run.plan.llm.detail
         ));
     }
+    if run.plan.workload.load.is_none() && run.plan.llm.kind == "relay" {
+        // A real upstream's answers are the model's: say which, and how it sampled.
+        out.push_str(&format!(
+            "Upstream: {} (relayed), model {}.\n\n",
+            run.plan.llm.detail, run.plan.llm.model
+        ));
+    }
     let n = run.plan.workload.concurrency;
     if n <= 1 {
         return out;

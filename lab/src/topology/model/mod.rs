@@ -191,6 +191,34 @@ pub struct Llm {
     /// The model to request.
     #[serde(default = "default_model")]
     pub model: String,
+    /// A real upstream's sampling: `temperature`, `seed`, `max_tokens`, carried by every
+    /// request (the servers' and the raw client's); the upstream's defaults where unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingSpec>,
+}
+
+/// `llm.sampling`: how a real model samples. At temperature 0 with a seed, the same
+/// prompt gets the same answer, whichever approach carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+impl SamplingSpec {
+    /// As requests carry it.
+    pub fn to_sampling(self) -> lab_codec::openai::Sampling {
+        lab_codec::openai::Sampling {
+            temperature: self.temperature,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+        }
+    }
 }
 
 fn default_model() -> String {
@@ -203,6 +231,7 @@ impl Default for Llm {
             mock: None,
             url: None,
             model: default_model(),
+            sampling: None,
         }
     }
 }

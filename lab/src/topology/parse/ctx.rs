@@ -158,7 +158,9 @@ fn describe(e: &marked_yaml::Error, also: &[&str]) -> String {
     use marked_yaml::Error::*;
     match e {
         UnknownFieldError(name, valid, _) => {
-            let all: Vec<&str> = valid.iter().copied().chain(also.iter().copied()).collect();
+            let mut all: Vec<&str> = valid.to_vec();
+            // A field handled by the caller may be a field of the struct too.
+            all.extend(also.iter().filter(|a| !valid.contains(a)));
             format!("unknown field '{name}'; valid fields: {}", all.join(", "))
         }
         NotBoolean(_) => "expected true or false".into(),

@@ -6,10 +6,13 @@ use marked_yaml::Node;
 
 /// `llm:`: the embedded mock (and its settings) or an upstream's URL, and the model.
 pub(super) fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
-    let (good, extra) = cx.fields::<Llm>(v, "llm", &["mock"])?;
+    let (good, extra) = cx.fields::<Llm>(v, "llm", &["mock", "sampling"])?;
     let mut l: Llm = build(v, &good);
     for f in &extra {
-        l.mock = cx.section::<MockSpec>(f.value, &f.path);
+        match f.name() {
+            "mock" => l.mock = cx.section::<MockSpec>(f.value, &f.path),
+            _ => l.sampling = cx.section::<SamplingSpec>(f.value, &f.path),
+        }
     }
     let at = pos(v);
     // Where a field's value was written, for problems with the value.
@@ -19,6 +22,27 @@ pub(super) fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
             .find(|f| f.name() == name)
             .map_or(at, |f| pos(f.value))
     };
+    if let Some(f) = extra.iter().find(|f| f.name() == "sampling") {
+        if l.url.is_none() {
+            cx.push(
+                pos(f.value),
+                "llm.sampling",
+                "is for a real upstream (`url`): the mock's answers are fixed by its seed (mock.seed, mock.max_tokens)",
+            );
+        }
+        if l.sampling
+            .is_some_and(|s| s.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)))
+        {
+            cx.push(pos(f.value), "llm.sampling.temperature", "must be 0 to 2");
+        }
+        if l.sampling.is_some_and(|s| s.max_tokens == Some(0)) {
+            cx.push(
+                pos(f.value),
+                "llm.sampling.max_tokens",
+                "must be at least 1",
+            );
+        }
+    }
     if extra.iter().any(|f| f.name() == "mock") && good.iter().any(|f| f.name() == "url") {
         cx.push(
             field_at("url"),
