@@ -254,7 +254,7 @@ profiles:
   light: { delay: 2ms, rate: 100mbit }
 workload:
   timeout: 10s
-  load: { rates: [10, 40], duration: 3s, warmup: 500ms, lag_bound: 50ms, tokens: 12, tbt: 20ms, sample: 100ms, slo: { e2e: 2s, share: 95% } }
+  load: { rates: [10, 40], duration: 3s, warmup: 500ms, lag_bound: 50ms, prompt_words: "uniform:5:40", tokens: 12, tbt: 20ms, sample: 100ms, slo: { e2e: 2s, share: 95% } }
 expect:
   - sse.max_rate_at_slo >= 40
   - wt.max_rate_at_slo >= 40

@@ -336,9 +336,14 @@ pub struct LoadArgs {
     /// sse-h2, in reuse mode); 1 gives every stream a connection of its own.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub per_connection: u32,
-    /// Prompts file (one per line); default: the reference benchmark's ten prompts.
-    #[arg(long)]
+    /// Prompts file: one per line, JSON lines with a `prompt` each (.jsonl), or ShareGPT
+    /// (.json); default: the reference benchmark's ten prompts.
+    #[arg(long, conflicts_with = "prompt_words")]
     pub prompts: Option<PathBuf>,
+    /// Instead of --prompts: 1,000 prompts of lengths drawn (with --seed) from fixed:N,
+    /// uniform:MIN:MAX or normal:MEAN:SD, in words.
+    #[arg(long)]
+    pub prompt_words: Option<lab_clients::prompts::Lengths>,
     /// Model name for the raw API.
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,

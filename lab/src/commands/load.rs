@@ -15,9 +15,12 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         humantime::format_duration(a.backoff),
         humantime::format_duration(a.backoff_max)
     );
-    let prompts = match &a.prompts {
-        Some(p) => prompts::load(p)?,
-        None => prompts::reference(),
+    let prompts = match (&a.prompts, a.prompt_words) {
+        (Some(p), _) => prompts::load(p)?,
+        (None, Some(l)) => {
+            prompts::generated(l, crate::topology::model::GENERATED_PROMPTS, a.open.seed)
+        }
+        (None, None) => prompts::reference(),
     };
     let top = match a.levels.iter().max() {
         Some(&n) => n as u64,

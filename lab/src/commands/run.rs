@@ -123,7 +123,14 @@ impl Job {
             })?,
             None => plan,
         };
-        let prompts = if topo.workload.prompts == "reference" {
+        let generated = topo
+            .workload
+            .load
+            .as_ref()
+            .and_then(|l| l.generated_prompts());
+        let prompts = if let Some(g) = generated {
+            g
+        } else if topo.workload.prompts == "reference" {
             lab_clients::prompts::reference()
         } else {
             let base = a.topology.parent().unwrap_or(Path::new("."));

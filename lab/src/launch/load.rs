@@ -205,7 +205,7 @@ pub fn run(
             .push("interrupted before the load test started".into());
         return res;
     }
-    let result = (|| -> Result<CellLoad> {
+    let result = (|| -> Result<(CellLoad, Option<String>)> {
         let cns = sys::open_netns(&cell.client_ns)?;
         let sns = sys::open_netns(&cell.server_ns)?;
         super::cell::wait_quiet(
@@ -232,7 +232,10 @@ pub fn run(
         )
     })();
     match result {
-        Ok(l) => res.load = Some(l),
+        Ok((l, stopped)) => {
+            res.load = Some(l);
+            res.errors.extend(stopped);
+        }
         Err(e) => res.errors.push(format!("{e:#}")),
     }
     res.wire = std::fs::read(dir.join("wire").join(format!("{}.json", cell.id)))
@@ -331,7 +334,7 @@ fn run_load(
     label: &str,
     stage: &(dyn Fn(&str) + Sync),
     stop: &AtomicBool,
-) -> Result<CellLoad> {
+) -> Result<(CellLoad, Option<String>)> {
     let every = load.sample();
     let ticks = sys::clock_ticks() as f64;
     let baseline = idle_rss(server_pid, ticks);
@@ -355,7 +358,7 @@ fn run_load(
         deadline: deadline(load, timeout),
         grace: STOP_GRACE,
     };
-    std::thread::scope(|s| {
+    let ended = std::thread::scope(|s| {
         s.spawn(|| sample_server(server_pid, ticks, every, &samples, &done));
         super::client::supervise(
             &mut st,
@@ -367,14 +370,17 @@ fn run_load(
                 Err(e) => tracing::warn!("cell {}: lab load printed {line:?}: {e}", cell.id),
             },
         )
-    })?;
+    });
     let samples = samples.into_inner().unwrap_or_default();
-    Ok(CellLoad {
+    // The levels that ended before the generator was stopped (its deadline, a
+    // failure, an interrupt) are kept, with the reason it stopped.
+    let load = CellLoad {
         levels: results(state, levels.done, prompts, &samples, baseline),
         baseline_rss_kib: baseline,
         samples,
         sample_ms: every.as_millis() as u64,
-    })
+    };
+    Ok((load, ended.err().map(|e| format!("{e:#}"))))
 }
 
 /// The server's RSS when idle: the median of three samples.

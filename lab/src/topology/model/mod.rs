@@ -367,7 +367,8 @@ pub struct LoadWorkload {
     /// Open loop, gamma arrivals: the shape; 1 is Poisson, below 1 burstier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burstiness: Option<f64>,
-    /// Open loop: the arrivals' seed (default 1); the same seed sends at the same times.
+    /// The seed of an open loop's arrivals and of `prompt_words` (default 1); the same
+    /// seed sends the same prompts at the same times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Open loop: how long each rate's level sends (default 30s; the ramp is its first
@@ -395,6 +396,11 @@ pub struct LoadWorkload {
     /// the last that met them this many times (max rate at SLO); default 0, no search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<u32>,
+    /// Prompts of lengths drawn from a distribution instead of `workload.prompts`:
+    /// `fixed:N`, `uniform:MIN:MAX` or `normal:MEAN:SD`, in words (1,000 prompts drawn
+    /// with `seed`, taken in turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_words: Option<String>,
     /// What makes a request good (goodput): any of `ttft`, `itl_p99`, `tpot`, `e2e`,
     /// and the share of good requests a level must reach (`share`, default 90%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,6 +442,9 @@ impl SloSpec {
         }
     }
 }
+
+/// How many prompts `prompt_words` draws.
+pub const GENERATED_PROMPTS: usize = 1000;
 
 /// The most concurrent streams of one load level.
 pub const MAX_LEVEL: u32 = 1_000_000;
@@ -494,6 +503,15 @@ impl LoadWorkload {
     pub fn duration(&self) -> std::time::Duration {
         self.duration
             .map_or(std::time::Duration::from_secs(30), |d| d.0)
+    }
+    /// The generated prompts, where `prompt_words` asks for them.
+    pub fn generated_prompts(&self) -> Option<Vec<String>> {
+        let l = self.prompt_words.as_deref()?.parse().ok()?;
+        Some(lab_clients::prompts::generated(
+            l,
+            GENERATED_PROMPTS,
+            self.seed.unwrap_or(1),
+        ))
     }
     /// How many levels run at most: the levels, or the rates and the search's steps.
     pub fn level_count(&self) -> u32 {

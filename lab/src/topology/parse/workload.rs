@@ -208,6 +208,11 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
         );
     }
     check_slo(cx, &l, &at);
+    if let Some(w) = &l.prompt_words
+        && let Err(e) = w.parse::<lab_clients::prompts::Lengths>()
+    {
+        cx.push(at("prompt_words"), &path("prompt_words"), e);
+    }
     if l.is_open() {
         check_open(cx, &l, &at);
     } else {
@@ -285,7 +290,6 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
 const OPEN_ONLY: &[&str] = &[
     "arrivals",
     "burstiness",
-    "seed",
     "duration",
     "max_requests",
     "warmup",
