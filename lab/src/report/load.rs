@@ -102,16 +102,22 @@ struct LatencyRow {
     connect: String,
     #[tabled(rename = "TTFT p50")]
     ttft50: String,
+    #[tabled(rename = "TTFT p90")]
+    ttft90: String,
     #[tabled(rename = "TTFT p95")]
     ttft95: String,
     #[tabled(rename = "TTFT p99")]
     ttft99: String,
+    #[tabled(rename = "TTFT p99.9")]
+    ttft999: String,
     #[tabled(rename = "TBT p50")]
     tbt50: String,
     #[tabled(rename = "TBT p95")]
     tbt95: String,
     #[tabled(rename = "TBT p99")]
     tbt99: String,
+    #[tabled(rename = "TPOT p50")]
+    tpot: String,
     #[tabled(rename = "Duration p50")]
     duration: String,
     #[tabled(rename = "Tokens/s")]
@@ -128,11 +134,14 @@ fn latency_row(approach: &str, s: &LevelSummary) -> LatencyRow {
         peak: s.peak_open,
         connect: ms(s.connect_ms.p50),
         ttft50: ms(s.ttft_ms.p50),
+        ttft90: ms(s.ttft_ms.p90),
         ttft95: ms(s.ttft_ms.p95),
         ttft99: ms(s.ttft_ms.p99),
+        ttft999: ms(s.ttft_ms.p999),
         tbt50: ms(s.tbt_ms.p50),
         tbt95: ms(s.tbt_ms.p95),
         tbt99: ms(s.tbt_ms.p99),
+        tpot: ms(s.tpot_ms.p50),
         duration: ms(s.duration_ms.p50),
         tokens_per_s: format!("{:.0}", s.tokens_per_s),
     }
