@@ -464,3 +464,14 @@ pub fn rust_sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Runs lab with `args`; it must exit with `code` and say `needle` on stderr.
+pub fn lab_fails(args: &[&str], code: i32, needle: &str) {
+    let out = std::process::Command::new(LAB).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: '{needle}' not in: {stderr}"
+    );
+}
