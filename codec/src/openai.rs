@@ -35,6 +35,10 @@ pub struct Sampling {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Keep generating to `max_tokens` past the end the model would choose (vLLM's and
+    /// llama.cpp's extension, which vLLM's benchmarks send to fix an answer's length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 impl Sampling {
@@ -50,10 +54,10 @@ impl Sampling {
             serde_json::from_str(s).map_err(|e| format!("not a JSON object: {e}"))?;
         if let Some(k) = v
             .keys()
-            .find(|k| !["temperature", "seed", "max_tokens"].contains(&k.as_str()))
+            .find(|k| !["temperature", "seed", "max_tokens", "ignore_eos"].contains(&k.as_str()))
         {
             return Err(format!(
-                "unknown field '{k}'; valid fields: temperature, seed, max_tokens"
+                "unknown field '{k}'; valid fields: temperature, seed, max_tokens, ignore_eos"
             ));
         }
         serde_json::from_value(serde_json::Value::Object(v)).map_err(|e| e.to_string())
@@ -62,6 +66,16 @@ impl Sampling {
     /// As `from_json` reads it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// These settings for an answer of exactly `n` tokens (`max_tokens` with
+    /// `ignore_eos`), or unchanged without `n`.
+    pub fn answer_len(mut self, n: Option<u32>) -> Self {
+        if let Some(n) = n {
+            self.max_tokens = Some(n);
+            self.ignore_eos = Some(true);
+        }
+        self
     }
 }
 

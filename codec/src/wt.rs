@@ -10,6 +10,37 @@ pub const ERR_UPSTREAM: u32 = 0x11;
 /// priority). It begins with a NUL byte, which no prompt does.
 pub const URGENT: &[u8] = b"\0urgent";
 
+/// What begins a message a client may send before its prompt to ask for an answer of
+/// exactly N tokens: `\0answer_len=N`, N in decimal. Like [`URGENT`] it begins with a
+/// NUL byte, which no prompt does. lab's WebSocket and WebTransport clients send it only
+/// when a request has its own length, so the bytes of every other run are unchanged.
+pub const ANSWER_LEN: &[u8] = b"\0answer_len=";
+
+/// The message that asks for an answer of `n` tokens.
+pub fn answer_len_message(n: u32) -> Vec<u8> {
+    let mut m = ANSWER_LEN.to_vec();
+    m.extend_from_slice(n.to_string().as_bytes());
+    m
+}
+
+/// Reads an answer-length message: `None` for any other message, an error for one that
+/// begins as it does but carries no length of 1 to 1,000,000 tokens.
+pub fn parse_answer_len(m: &[u8]) -> Option<Result<u32, String>> {
+    let rest = m.strip_prefix(ANSWER_LEN)?;
+    Some(
+        std::str::from_utf8(rest)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "answer length {:?} is not a number of tokens from 1 to 1000000",
+                    String::from_utf8_lossy(rest)
+                )
+            }),
+    )
+}
+
 /// The first HTTP/3 error code of the WebTransport application error range
 /// (draft-ietf-webtrans-http3, "Resetting Data Streams").
 const HTTP3_FIRST: u64 = 0x52e4a40fa8db;
@@ -34,6 +65,23 @@ pub fn from_http3(code: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_length_messages_round_trip_and_bad_ones_are_named() {
+        assert_eq!(answer_len_message(48), b"\0answer_len=48");
+        assert_eq!(parse_answer_len(&answer_len_message(48)), Some(Ok(48)));
+        assert_eq!(parse_answer_len(b"What is TCP?"), None);
+        assert_eq!(parse_answer_len(URGENT), None);
+        for bad in [
+            &b"\0answer_len="[..],
+            b"\0answer_len=0",
+            b"\0answer_len=x",
+            b"\0answer_len=2000000",
+        ] {
+            let e = parse_answer_len(bad).unwrap().unwrap_err();
+            assert!(e.contains("from 1 to 1000000"), "{e}");
+        }
+    }
 
     #[test]
     fn application_codes_map_into_the_http3_range_and_back() {

@@ -81,8 +81,9 @@ pub struct DaemonConfig {
 pub struct Record {
     /// The front's count of hand-offs, from 0.
     pub id: u64,
-    /// The prompt.
-    pub message: String,
+    /// The prompt, and the answer's length if the request set one.
+    #[serde(flatten)]
+    pub ask: crate::http::ChatAsk,
     /// CLOCK_MONOTONIC, in nanoseconds, just before the front's `sendmsg`.
     pub handed_ns: u64,
 }
@@ -236,8 +237,8 @@ async fn front_conn(
     id: u64,
 ) -> Result<()> {
     let read = tokio::time::timeout(limits.header, read_request(&mut tcp)).await;
-    let message = match read {
-        Ok(Ok(Ok(m))) => m,
+    let ask = match read {
+        Ok(Ok(Ok(a))) => a,
         Ok(Ok(Err(r))) => {
             stats.error();
             answer_and_close(&mut tcp, r.status, r.reason, &r.message).await;
@@ -254,7 +255,7 @@ async fn front_conn(
     stats.request();
     let rec = Record {
         id,
-        message,
+        ask,
         handed_ns: 0,
     };
     match hand_off(unix, rec, &tcp).await {
@@ -297,7 +298,9 @@ async fn answer_and_close(tcp: &mut TcpStream, status: u16, reason: &str, messag
 
 /// Reads one request: its head, then its body by `Content-Length`; the prompt, or what
 /// to refuse it with.
-async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Result<String, Refusal>> {
+async fn read_request(
+    tcp: &mut TcpStream,
+) -> std::io::Result<Result<crate::http::ChatAsk, Refusal>> {
     let mut buf = Vec::with_capacity(1024);
     let (head_len, length) = loop {
         read_more(tcp, &mut buf, "its request").await?;
@@ -399,24 +402,8 @@ fn content_length(headers: &[httparse::Header]) -> Result<usize, Refusal> {
     Ok(n)
 }
 
-fn prompt_of(body: &[u8]) -> Result<String, Refusal> {
-    #[derive(serde::Deserialize)]
-    struct ChatBody {
-        message: Option<String>,
-    }
-    match serde_json::from_slice::<ChatBody>(body) {
-        Ok(ChatBody { message: Some(m) }) if !m.trim().is_empty() => Ok(m),
-        Ok(_) => Err(refuse(
-            400,
-            "Bad Request",
-            "\"message\" is missing or empty; send {\"message\": \"your prompt\"}",
-        )),
-        Err(e) => Err(refuse(
-            400,
-            "Bad Request",
-            format!("invalid JSON body: {e}; send {{\"message\": \"your prompt\"}}"),
-        )),
-    }
+fn prompt_of(body: &[u8]) -> Result<crate::http::ChatAsk, Refusal> {
+    crate::http::ChatAsk::parse(body).map_err(|e| refuse(400, "Bad Request", e))
 }
 
 /// Sends `rec` and the socket to the daemon, stamping the time just before.
@@ -522,7 +509,7 @@ pub async fn daemon(unix: OwnedFd, cfg: DaemonConfig) -> Result<()> {
         };
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(tcp, &rec.message, &upstream, handoff_us, idle).await {
+            if let Err(e) = stream(tcp, &rec.ask, &upstream, handoff_us, idle).await {
                 tracing::debug!("hand-off {}: {e:#}", rec.id);
             }
         });
@@ -570,7 +557,7 @@ async fn send(tcp: &mut TcpStream, bytes: &[u8], idle: Duration) -> Result<()> {
 /// The daemon's answer to one hand-off.
 async fn stream(
     mut tcp: TcpStream,
-    message: &str,
+    ask: &crate::http::ChatAsk,
     upstream: &Upstream,
     handoff_us: u64,
     idle: Duration,
@@ -587,7 +574,7 @@ async fn stream(
     )
     .await?;
     let mut buf = BytesMut::with_capacity(512);
-    let mut tokens = match upstream.chat(message).await {
+    let mut tokens = match upstream.chat(&ask.message, ask.max_tokens).await {
         Ok(t) => t,
         Err(e) => {
             sse::encode_event(Some("error"), &e.to_string(), &mut buf);
@@ -639,8 +626,8 @@ mod tests {
     #[test]
     fn requests_are_read_by_length_and_refused_by_name() {
         assert_eq!(
-            prompt_of(br#"{"message":"hi"}"#).ok().as_deref(),
-            Some("hi")
+            prompt_of(br#"{"message":"hi"}"#).ok().map(|a| a.message),
+            Some("hi".into())
         );
         let r = prompt_of(br#"{"message":"  "}"#).err().unwrap();
         assert_eq!(r.status, 400);
@@ -689,7 +676,10 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let rec = Record {
             id: 7,
-            message: "hello".into(),
+            ask: crate::http::ChatAsk {
+                message: "hello".into(),
+                max_tokens: Some(12),
+            },
             handed_ns: monotonic_ns(),
         };
         let bytes = serde_json::to_vec(&rec).unwrap();
@@ -704,7 +694,8 @@ mod tests {
         drop(w);
         let (got, fd) = receive(b.as_raw_fd()).unwrap().unwrap();
         let back: Record = serde_json::from_slice(&got).unwrap();
-        assert_eq!((back.id, back.message.as_str()), (7, "hello"));
+        assert_eq!((back.id, back.ask.message.as_str()), (7, "hello"));
+        assert_eq!(back.ask.max_tokens, Some(12));
         // The descriptor that came over is the pipe's write end: what goes in comes out.
         let fd = fd.expect("a descriptor came with the record");
         nix::unistd::write(&fd, b"x").unwrap();

@@ -223,3 +223,81 @@ pub fn json_error(
         .body(axum::body::Body::from(body))
         .unwrap_or_default()
 }
+
+/// What `POST /chat` asks (the SSE, SSE-over-HTTP/2 and hand-off servers' body,
+/// `{"message": "...", "max_tokens": N}`): the prompt, and the answer's length in
+/// tokens when the request sets one (lab's clients send it only then).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatAsk {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+impl ChatAsk {
+    /// Reads a body; the error says what was wrong and what to send.
+    pub fn parse(body: &[u8]) -> Result<ChatAsk, String> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            message: Option<String>,
+            #[serde(default)]
+            max_tokens: Option<serde_json::Value>,
+        }
+        let b = serde_json::from_slice::<Body>(body).map_err(|e| {
+            format!("invalid JSON body: {e}; send {{\"message\": \"your prompt\"}}")
+        })?;
+        let message = b.message.filter(|m| !m.trim().is_empty()).ok_or(
+            "\"message\" is missing or empty; send {\"message\": \"your prompt\"}".to_owned(),
+        )?;
+        let max_tokens = match b.max_tokens {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .map(|n| n as u32)
+                    .ok_or(format!(
+                        "\"max_tokens\" is {v}; it is the answer's length, 1 to 1000000 tokens"
+                    ))?,
+            ),
+        };
+        Ok(ChatAsk {
+            message,
+            max_tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod chat_ask_tests {
+    use super::ChatAsk;
+
+    #[test]
+    fn a_chat_body_gives_its_prompt_and_length_and_bad_ones_are_named() {
+        assert_eq!(
+            ChatAsk::parse(br#"{"message":"hi"}"#),
+            Ok(ChatAsk {
+                message: "hi".into(),
+                max_tokens: None
+            })
+        );
+        assert_eq!(
+            ChatAsk::parse(br#"{"message":"hi","max_tokens":48}"#)
+                .unwrap()
+                .max_tokens,
+            Some(48)
+        );
+        for (bad, why) in [
+            (&br#"{"message":"  "}"#[..], "missing or empty"),
+            (br#"{"max_tokens":3}"#, "missing or empty"),
+            (br#"{nope"#, "invalid JSON body"),
+            (br#"{"message":"a","max_tokens":0}"#, "1 to 1000000 tokens"),
+            (
+                br#"{"message":"a","max_tokens":"9"}"#,
+                "1 to 1000000 tokens",
+            ),
+        ] {
+            let e = ChatAsk::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}

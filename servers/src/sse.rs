@@ -1,6 +1,7 @@
 //! The SSE server: `POST /chat` with `{"message": "..."}` streams the upstream's tokens as
 //! `text/event-stream`, one event per token, flushed per token, then `data: [DONE]`.
-//! `GET /chat?message=...` streams the same, for a browser's `EventSource`.
+//! `GET /chat?message=...` streams the same, for a browser's `EventSource`. A body's
+//! `"max_tokens": N` (or `&max_tokens=N`) asks for an answer of exactly N tokens.
 //!
 //! - A request from a browser page (one with an `Origin` header) gets
 //!   `Access-Control-Allow-Origin: *` and `Timing-Allow-Origin: *`, so that a page of
@@ -9,7 +10,7 @@
 //!   (lab's native clients) gets the same bytes as ever.
 //! - A token with line breaks becomes several `data:` lines (the reference wrote one line
 //!   and broke framing).
-//! - 400 for bad JSON or an empty message, 405 for another method, 413 over 1 MiB, 404 for
+//! - 400 for bad JSON, an empty message or a `max_tokens` outside 1..=1000000, 405 for another method, 413 over 1 MiB, 404 for
 //!   any other path, 502 if the upstream cannot be reached or refuses.
 //! - If the upstream fails mid-stream: an `event: error` event with the reason, then
 //!   `data: [DONE]`.
@@ -40,11 +41,6 @@ pub const PATH: &str = "/chat";
 pub fn start(listener: crate::Listener, env: crate::ServerEnv) -> anyhow::Result<crate::Serving> {
     let app = app(Arc::new(env.upstream_client()?), env.stats.clone());
     crate::http::start_router(listener, env, "SSE", app, crate::http::Version::Http1)
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct ChatBody {
-    message: Option<String>,
 }
 
 #[derive(Clone)]
@@ -111,13 +107,27 @@ async fn cross_origin(req: axum::extract::Request, next: axum::middleware::Next)
 /// `GET /chat?message=...`: the same stream, for EventSource.
 async fn chat_get(State(st): State<AppState>, uri: http::Uri) -> Response {
     st.stats.request();
-    let message = uri.query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "message")
-            .map(|(_, v)| v.into_owned())
-    });
-    match message {
-        Some(m) if !m.trim().is_empty() => answer(st, m).await,
+    let query = |key: &str| {
+        uri.query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let answer_len = match query("max_tokens").map(|v| v.parse::<u32>()) {
+        None => None,
+        Some(Ok(n)) if (1..=1_000_000).contains(&n) => Some(n),
+        Some(_) => {
+            st.stats.error();
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "max_tokens is the answer's length, 1 to 1000000 tokens",
+            );
+        }
+    };
+    match query("message") {
+        Some(m) if !m.trim().is_empty() => answer(st, m, answer_len).await,
         _ => {
             st.stats.error();
             json_error(
@@ -146,31 +156,19 @@ async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -
             return json_error(e.status(), "invalid_request_error", e.body_text());
         }
     };
-    let message = match serde_json::from_slice::<ChatBody>(&body) {
-        Ok(ChatBody { message: Some(m) }) if !m.trim().is_empty() => m,
-        Ok(_) => {
-            st.stats.error();
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "\"message\" is missing or empty; send {\"message\": \"your prompt\"}",
-            );
-        }
+    match crate::http::ChatAsk::parse(&body) {
+        Ok(ask) => answer(st, ask.message, ask.max_tokens).await,
         Err(e) => {
             st.stats.error();
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("invalid JSON body: {e}; send {{\"message\": \"your prompt\"}}"),
-            );
+            json_error(StatusCode::BAD_REQUEST, "invalid_request_error", e)
         }
-    };
-    answer(st, message).await
+    }
 }
 
-/// Streams the upstream's answer to `message` as server-sent events.
-async fn answer(st: AppState, message: String) -> Response {
-    let mut tokens = match st.upstream.chat(&message).await {
+/// Streams the upstream's answer to `message` (of `answer_len` tokens, if set) as
+/// server-sent events.
+async fn answer(st: AppState, message: String, answer_len: Option<u32>) -> Response {
+    let mut tokens = match st.upstream.chat(&message, answer_len).await {
         Ok(t) => t,
         Err(e) => {
             st.stats.error();

@@ -11,7 +11,7 @@ use crate::upstream::Upstream;
 use bytes::BytesMut;
 use lab_codec::dgram::{self, ERR_DATAGRAM, Tally};
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT};
+use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT, parse_answer_len};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -132,6 +132,8 @@ pub async fn serve<C: Conn>(
 enum Ask {
     Prompt(String),
     Urgent,
+    /// The next prompt's answer is to have this many tokens.
+    AnswerLen(u32),
 }
 
 /// Serves one accepted WebTransport session, whatever library set it up: counted open
@@ -166,11 +168,16 @@ pub async fn answer(
     let mut out = BytesMut::with_capacity(256);
     // Datagram sequence numbers count the stream's tokens, across its answers.
     let mut seq = 0u64;
+    let mut answer_len = None;
     while let Some(item) = rx.recv().await {
         let prompt = match item {
             Ok(Ask::Prompt(p)) => p,
             Ok(Ask::Urgent) => {
                 send.set_priority(1);
+                continue;
+            }
+            Ok(Ask::AnswerLen(n)) => {
+                answer_len = Some(n);
                 continue;
             }
             Err(e) => {
@@ -181,7 +188,7 @@ pub async fn answer(
             }
         };
         stats.request();
-        let tokens = match upstream.chat(&prompt).await {
+        let tokens = match upstream.chat(&prompt, answer_len.take()).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!("upstream failed: {e}");
@@ -210,10 +217,8 @@ pub async fn answer(
 /// Reads the client's frames off its stream on a task of their own, so that an urgent
 /// mark arrives while an answer is being written; a framing error is passed on, and
 /// stops the stream.
-fn read_asks(
-    mut recv: impl Recv,
-) -> tokio::sync::mpsc::Receiver<Result<Ask, lenprefix::LenPrefixError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Ask, lenprefix::LenPrefixError>>(64);
+fn read_asks(mut recv: impl Recv) -> tokio::sync::mpsc::Receiver<Result<Ask, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Ask, String>>(64);
     tokio::spawn(async move {
         let mut dec = lenprefix::Decoder::new();
         let mut buf = vec![0u8; 16 * 1024];
@@ -226,6 +231,15 @@ fn read_asks(
                             Ok(Some(Frame::Message(m))) => {
                                 let ask = if m[..] == *URGENT {
                                     Ask::Urgent
+                                } else if let Some(n) = parse_answer_len(&m) {
+                                    match n {
+                                        Ok(n) => Ask::AnswerLen(n),
+                                        Err(e) => {
+                                            let _ = tx.send(Err(e)).await;
+                                            recv.stop(ERR_FRAMING);
+                                            return;
+                                        }
+                                    }
                                 } else {
                                     Ask::Prompt(String::from_utf8_lossy(&m).into_owned())
                                 };
@@ -237,7 +251,7 @@ fn read_asks(
                             Ok(Some(Frame::End)) => {}
                             Ok(None) => break,
                             Err(e) => {
-                                let _ = tx.send(Err(e)).await;
+                                let _ = tx.send(Err(e.to_string())).await;
                                 recv.stop(ERR_FRAMING);
                                 return;
                             }
@@ -246,7 +260,7 @@ fn read_asks(
                 }
                 Ok(None) => {
                     if let Err(e) = dec.finish() {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.send(Err(e.to_string())).await;
                     }
                     return;
                 }

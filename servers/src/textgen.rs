@@ -174,10 +174,23 @@ const CODE_LINES: &[&[&str]] = &[
 ///
 /// `max_tokens` caps the length (a request's `max_tokens`, or the server's own cap).
 pub fn tokens(seed: u64, model: &str, prompt: &str, max_tokens: Option<usize>) -> Vec<String> {
+    sized(seed, model, prompt, None, max_tokens)
+}
+
+/// The answer with `exact` tokens whatever its drawn length (a request's `max_tokens`
+/// with `ignore_eos`, as vLLM's benchmarks ask), then capped by `cap` (the server's own
+/// cap). An answer of `exact` tokens begins with the tokens of the drawn answer, so
+/// every length of one prompt shares its start.
+pub fn sized(
+    seed: u64,
+    model: &str,
+    prompt: &str,
+    exact: Option<usize>,
+    cap: Option<usize>,
+) -> Vec<String> {
     let mut rng = SplitMix64::new(key(seed, model, prompt));
-    let len = answer_len(&mut rng)
-        .min(max_tokens.unwrap_or(usize::MAX))
-        .max(1);
+    let drawn = answer_len(&mut rng);
+    let len = exact.unwrap_or(drawn).min(cap.unwrap_or(usize::MAX)).max(1);
     let mut out: Vec<String> = Vec::with_capacity(len + 16);
     while out.len() < len {
         let roll = rng.f64();
@@ -420,6 +433,23 @@ mod tests {
     fn max_tokens_caps() {
         for p in PROMPTS {
             assert!(tokens(1, "m", p, Some(5)).len() <= 5);
+        }
+    }
+
+    /// An exact length is kept whether it is under or over the drawn one, the server's
+    /// cap still caps it, and every length of a prompt begins with the same tokens.
+    #[test]
+    fn an_exact_length_is_kept_and_shares_the_drawn_answers_start() {
+        for p in PROMPTS {
+            let drawn = tokens(1, "m", p, None);
+            for n in [1, 7, drawn.len(), drawn.len() + 300, 3000] {
+                let t = sized(1, "m", p, Some(n), None);
+                assert_eq!(t.len(), n, "{p}");
+                let k = n.min(drawn.len());
+                assert_eq!(t[..k], drawn[..k], "{p} at {n}");
+            }
+            assert_eq!(sized(1, "m", p, Some(500), Some(40)).len(), 40);
+            assert_eq!(sized(1, "m", p, None, None), drawn);
         }
     }
 

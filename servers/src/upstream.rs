@@ -82,11 +82,17 @@ impl Upstream {
         &self.url
     }
 
-    /// Starts a streaming chat for one user prompt.
-    pub async fn chat(&self, prompt: &str) -> Result<TokenStream, UpstreamError> {
-        let body =
-            serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(self.sampling))
-                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    /// Starts a streaming chat for one user prompt; `answer_len` asks for an answer of
+    /// exactly that many tokens (`max_tokens` with `ignore_eos`) over the settings of
+    /// every request.
+    pub async fn chat(
+        &self,
+        prompt: &str,
+        answer_len: Option<u32>,
+    ) -> Result<TokenStream, UpstreamError> {
+        let sampling = self.sampling.answer_len(answer_len);
+        let body = serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(sampling))
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         let req = http::Request::post(self.chat_uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream")

@@ -5,9 +5,13 @@
 //! - if the upstream fails, a binary message carries the reason, then the empty text
 //!   message ends the answer, and the connection stays open.
 //!
+//! A text message `\0answer_len=N` before a prompt asks for an answer of exactly N tokens
+//! ([`lab_codec::wt::ANSWER_LEN`]; no prompt begins with NUL).
+//!
 //! Tokens that arrived together leave in one write; at any real TBT each token is its own
 //! write. Bad input closes that WebSocket and only it: a binary message from the client
-//! (close code 1003), a message over 1 MiB (1009, from the library's limit). A wrong
+//! (close code 1003), a message over 1 MiB (1009, from the library's limit), an
+//! answer-length message without a length (1008). A wrong
 //! method gets 405, another path 404. No permessage-deflate: the library (axum's
 //! WebSocket, tokio-tungstenite) does not offer it.
 
@@ -33,6 +37,8 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
 /// Close code: the client's message was over [`MAX_MESSAGE`].
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: an answer-length message without a length of 1 to 1,000,000 tokens.
+pub const CLOSE_POLICY: u16 = 1008;
 
 #[derive(Clone)]
 struct AppState {
@@ -83,9 +89,26 @@ async fn upgrade(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
 }
 
 async fn session(mut ws: WebSocket, st: AppState) {
+    let mut answer_len = None;
     while let Some(msg) = ws.recv().await {
         let prompt = match msg {
-            Ok(Message::Text(t)) => t.to_string(),
+            Ok(Message::Text(t)) => match lab_codec::wt::parse_answer_len(t.as_bytes()) {
+                None => t.to_string(),
+                Some(Ok(n)) => {
+                    answer_len = Some(n);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    st.stats.error();
+                    let _ = ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_POLICY,
+                            reason: e.into(),
+                        })))
+                        .await;
+                    return;
+                }
+            },
             Ok(Message::Binary(_)) => {
                 st.stats.error();
                 let _ = ws
@@ -115,15 +138,23 @@ async fn session(mut ws: WebSocket, st: AppState) {
             }
         };
         st.stats.request();
-        if answer(&mut ws, &st, &prompt).await.is_err() {
+        if answer(&mut ws, &st, &prompt, answer_len.take())
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
 /// Streams the answer to one prompt; Err if the client went away.
-async fn answer(ws: &mut WebSocket, st: &AppState, prompt: &str) -> Result<(), axum::Error> {
-    let mut tokens = match st.upstream.chat(prompt).await {
+async fn answer(
+    ws: &mut WebSocket,
+    st: &AppState,
+    prompt: &str,
+    answer_len: Option<u32>,
+) -> Result<(), axum::Error> {
+    let mut tokens = match st.upstream.chat(prompt, answer_len).await {
         Ok(t) => t,
         Err(e) => {
             st.stats.error();

@@ -47,7 +47,8 @@ pub struct MockConfig {
     pub models: Vec<String>,
     /// Largest request body accepted.
     pub max_body: usize,
-    /// Caps every answer's length (a request's own `max_tokens` can cap it further).
+    /// Caps every answer's length (a request's own `max_tokens` can cap it further, or,
+    /// with `ignore_eos`, set it exactly, up to this cap).
     pub max_tokens: Option<usize>,
     /// Deadlines for slow and idle clients.
     pub limits: crate::Limits,
@@ -205,15 +206,32 @@ async fn complete(cfg: &MockConfig, stats: &ServerStats, req: ChatRequest) -> Re
     Reply::json(200, s.into_bytes())
 }
 
+/// How long the answer to `req` is, as [`textgen::sized`] takes it: an exact length
+/// when the request asks for `max_tokens` with `ignore_eos`, and a cap, the least of the
+/// server's own and a request's `max_tokens` without `ignore_eos`.
+pub fn lengths(cfg_max: Option<usize>, req: &openai::Sampling) -> (Option<usize>, Option<usize>) {
+    let asked = req.max_tokens.map(|n| n as usize);
+    if req.ignore_eos == Some(true) {
+        (asked, cfg_max)
+    } else {
+        let cap = match (asked, cfg_max) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        };
+        (None, cap)
+    }
+}
+
 /// The answer to `req`: its id, model, tokens and the key of its timing.
 fn answer(cfg: &MockConfig, req: &ChatRequest) -> (String, String, Vec<String>, u64) {
+    let lengths = lengths(cfg.max_tokens, &req.sampling);
     let model = req
         .model
         .clone()
         .unwrap_or_else(|| cfg.models.first().cloned().unwrap_or_default());
     let prompt = req.last_user_content().unwrap_or("").to_owned();
     let key = textgen::key(cfg.seed, &model, &prompt);
-    let toks = textgen::tokens(cfg.seed, &model, &prompt, cfg.max_tokens);
+    let toks = textgen::sized(cfg.seed, &model, &prompt, lengths.0, lengths.1);
     let id = match cfg.format {
         // Ollama: chatcmpl-N with N in 0..=998; derived from the key so the bytes
         // of a run are reproducible.
@@ -419,6 +437,64 @@ mod tests {
         assert!(chunks[3].ends_with("data: [DONE]\n\n"));
     }
 
+    /// A request's `max_tokens` caps its answer; with `ignore_eos` it sets the answer's
+    /// length, past the drawn one too, up to the server's own cap.
+    #[tokio::test]
+    async fn a_request_sets_its_answers_length() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cfg = Arc::new(MockConfig {
+            max_tokens: Some(500),
+            ..(*cfg()).clone()
+        });
+        let server = tokio::spawn(serve(listener, cfg, Arc::new(ServerStats::default())));
+        let up = crate::upstream::Upstream::new(&url, "m", false).unwrap();
+        let p = "How long?";
+        let drawn = textgen::tokens(1, "m", p, Some(500)).len();
+        for (asked, want) in [
+            (Some(3), 3),
+            (Some(drawn as u32 + 40), drawn + 40),
+            (Some(900), 500),
+            (None, drawn),
+        ] {
+            let mut s = up.chat(p, asked).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(t) = s.next().await.unwrap() {
+                got.push(t);
+            }
+            assert_eq!(got.len(), want, "asked {asked:?}");
+            assert_eq!(
+                got,
+                textgen::sized(1, "m", p, asked.map(|n| n as usize), Some(500))
+            );
+        }
+        let capped = up.clone().with_sampling(openai::Sampling {
+            max_tokens: Some(4),
+            ..Default::default()
+        });
+        let mut s = capped.chat(p, None).await.unwrap();
+        let mut n = 0;
+        while s.next().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4.min(drawn));
+        assert_eq!(
+            lengths(
+                Some(9),
+                &openai::Sampling {
+                    max_tokens: Some(20),
+                    ..Default::default()
+                }
+            ),
+            (None, Some(9))
+        );
+        assert_eq!(
+            lengths(None, &openai::Sampling::default().answer_len(Some(20))),
+            (Some(20), None)
+        );
+        server.abort();
+    }
+
     /// A client that opens with HTTP/2's preface (h2c), as lab's servers do in a load
     /// test, gets the same answers: the same tokens through the servers' upstream
     /// client, many streams at once on one connection, and the same refusals.
@@ -432,14 +508,14 @@ mod tests {
         let up = Arc::new(crate::upstream::Upstream::new(&url, "gemma3:12b", true).unwrap());
         // One answer first, so the connection is up before the twenty at once: while it
         // is still being made, the client's pool may open a second one (seen once).
-        let mut s = up.chat("prompt 0").await.unwrap();
+        let mut s = up.chat("prompt 0", None).await.unwrap();
         while s.next().await.unwrap().is_some() {}
         let mut tasks = Vec::new();
         for i in 0..20 {
             let up = up.clone();
             tasks.push(tokio::spawn(async move {
                 let prompt = format!("prompt {i}");
-                let mut s = up.chat(&prompt).await.unwrap();
+                let mut s = up.chat(&prompt, None).await.unwrap();
                 let mut got = Vec::new();
                 while let Some(t) = s.next().await.unwrap() {
                     got.push(t);
