@@ -147,13 +147,14 @@ impl BrowserRunner {
     }
 
     /// Runs one prompt in the page: its record, and its tokens in order.
-    async fn prompt(&self, index: usize, prompt: &str) -> (PromptRecord, Vec<String>) {
+    async fn prompt(&self, index: usize, prompt: &crate::Prompt) -> (PromptRecord, Vec<String>) {
         let spec = json!({
             "kind": self.kind.page_name(),
             "url": self.url,
             "cert_sha256": self.cert_sha256,
             "mode": self.opts.mode.to_string(),
-            "prompt": prompt,
+            "prompt": prompt.text,
+            "max_tokens": prompt.max_tokens,
             "timeout_ms": self.opts.timeout.as_millis() as u64,
         });
         let mut rec = Recorder::start();
@@ -178,7 +179,7 @@ impl BrowserRunner {
             self.opts.approach,
             self.opts.mode,
             index,
-            prompt,
+            &prompt.text,
             error,
             total,
         );
@@ -255,7 +256,7 @@ impl Runner for BrowserRunner {
     fn run<'a>(
         &'a mut self,
         index: usize,
-        prompt: &'a str,
+        prompt: &'a crate::Prompt,
         sink: &'a mut TokenSink<'a>,
     ) -> BoxFuture<'a, PromptRecord> {
         Box::pin(async move {

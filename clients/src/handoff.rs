@@ -24,7 +24,7 @@ pub const TIMING: ServerTiming = ServerTiming {
 struct HandoffApi;
 
 impl SseApi for HandoffApi {
-    fn body(&self, prompt: &str) -> Vec<u8> {
+    fn body(&self, prompt: &crate::Prompt) -> Vec<u8> {
         SseServerApi.body(prompt)
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {

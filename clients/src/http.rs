@@ -35,7 +35,7 @@ pub enum EventMeaning {
 /// The request and event interpretation of one HTTP streaming API.
 pub trait SseApi: Send + Sync + 'static {
     /// The JSON body for one prompt.
-    fn body(&self, prompt: &str) -> Vec<u8>;
+    fn body(&self, prompt: &crate::Prompt) -> Vec<u8>;
     /// Interprets one event.
     fn event(&self, ev: sse::Event) -> EventMeaning;
     /// The latency the server reports about itself in a response header, if it does.
@@ -229,7 +229,7 @@ impl<A: SseApi> Protocol for HttpRunner<A> {
     async fn attempt(
         &mut self,
         _: usize,
-        prompt: &str,
+        prompt: &crate::Prompt,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {

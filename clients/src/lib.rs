@@ -20,6 +20,7 @@ pub mod handoff;
 pub mod http;
 pub mod load;
 pub mod prompts;
+pub use prompts::Prompt;
 pub mod quic;
 pub mod quic_rt;
 pub mod raw;
@@ -56,7 +57,7 @@ pub trait Runner: Send {
     fn run<'a>(
         &'a mut self,
         index: usize,
-        prompt: &'a str,
+        prompt: &'a Prompt,
         sink: &'a mut TokenSink<'a>,
     ) -> BoxFuture<'a, PromptRecord>;
     /// Closes any open connection.
@@ -82,7 +83,7 @@ pub trait Protocol: Send + Sized + 'static {
     fn attempt(
         &mut self,
         index: usize,
-        prompt: &str,
+        prompt: &Prompt,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> impl std::future::Future<Output = Result<(), record::PromptError>> + Send;
@@ -108,7 +109,7 @@ impl<P: Protocol> Runner for P {
     fn run<'a>(
         &'a mut self,
         index: usize,
-        prompt: &'a str,
+        prompt: &'a Prompt,
         sink: &'a mut TokenSink<'a>,
     ) -> BoxFuture<'a, PromptRecord> {
         Box::pin(async move {
@@ -117,7 +118,7 @@ impl<P: Protocol> Runner for P {
             let error = within(timeout, self.attempt(index, prompt, &mut rec, sink)).await;
             self.settle(error.as_ref()).await;
             let o = self.opts();
-            rec.finish(o.approach, o.mode, index, prompt, error)
+            rec.finish(o.approach, o.mode, index, &prompt.text, error)
         })
     }
 
@@ -363,13 +364,13 @@ impl Target {
 /// order. `each` sees every record as soon as it is complete.
 pub async fn run_concurrently(
     runners: Vec<Box<dyn Runner>>,
-    prompts: &[String],
+    prompts: &[Prompt],
     repeat: usize,
     urgent: &[usize],
     mut each: impl FnMut(&PromptRecord),
 ) -> Vec<PromptRecord> {
     let urgent = Arc::new(urgent.to_vec());
-    let jobs: Vec<(usize, String)> = (0..repeat.max(1))
+    let jobs: Vec<(usize, Prompt)> = (0..repeat.max(1))
         .flat_map(|_| prompts.iter().cloned())
         .enumerate()
         .collect();
@@ -415,7 +416,7 @@ pub async fn run_concurrently(
 /// `each` sees every record as soon as it is complete.
 pub async fn run_all(
     runner: &mut dyn Runner,
-    prompts: &[String],
+    prompts: &[Prompt],
     repeat: usize,
     mut each: impl FnMut(&PromptRecord),
 ) -> Vec<PromptRecord> {

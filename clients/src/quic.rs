@@ -118,7 +118,7 @@ impl Protocol for QuicRunner {
     async fn attempt(
         &mut self,
         index: usize,
-        prompt: &str,
+        prompt: &crate::Prompt,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {

@@ -29,8 +29,9 @@ pub struct RawApi {
 }
 
 impl SseApi for RawApi {
-    fn body(&self, prompt: &str) -> Vec<u8> {
-        serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(self.sampling))
+    fn body(&self, prompt: &crate::Prompt) -> Vec<u8> {
+        let sampling = self.sampling.answer_len(prompt.max_tokens);
+        serde_json::to_vec(&ChatRequest::user(&self.model, &prompt.text, true).with(sampling))
             .unwrap_or_default()
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {

@@ -20,8 +20,12 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
 pub struct SseServerApi;
 
 impl SseApi for SseServerApi {
-    fn body(&self, prompt: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "message": prompt })).unwrap_or_default()
+    fn body(&self, prompt: &crate::Prompt) -> Vec<u8> {
+        let mut b = serde_json::json!({ "message": prompt.text });
+        if let Some(n) = prompt.max_tokens {
+            b["max_tokens"] = n.into();
+        }
+        serde_json::to_vec(&b).unwrap_or_default()
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {
         if ev.is_done() {

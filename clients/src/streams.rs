@@ -6,7 +6,7 @@ use crate::TokenSink;
 use crate::record::{ErrorCategory, PromptError, Recorder};
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::{ERR_UPSTREAM, URGENT};
+use lab_codec::wt::{ERR_UPSTREAM, URGENT, answer_len_message};
 use std::future::Future;
 
 /// Why a stream read failed.
@@ -34,11 +34,12 @@ pub trait Recv {
     ) -> impl Future<Output = Result<Option<usize>, ReadError>> + std::marker::Send;
 }
 
-/// Writes `<len>:<prompt>` (after the [`URGENT`] message if `urgent`) and finishes the
+/// Writes `<len>:<prompt>` (after the [`URGENT`] message if `urgent`, and the
+/// answer-length message if the prompt sets its answer's length) and finishes the
 /// client's side of the stream.
 pub async fn send_prompt(
     send: &mut impl Send,
-    prompt: &str,
+    prompt: &crate::Prompt,
     urgent: bool,
 ) -> Result<(), PromptError> {
     let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
@@ -46,7 +47,10 @@ pub async fn send_prompt(
     if urgent {
         lenprefix::encode(URGENT, &mut out).map_err(|e| send_err(e.to_string()))?;
     }
-    lenprefix::encode(prompt.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
+    if let Some(n) = prompt.max_tokens {
+        lenprefix::encode(&answer_len_message(n), &mut out).map_err(|e| send_err(e.to_string()))?;
+    }
+    lenprefix::encode(prompt.text.as_bytes(), &mut out).map_err(|e| send_err(e.to_string()))?;
     send.write_all(&out)
         .await
         .map_err(|e| send_err(format!("write prompt: {e}")))?;

@@ -84,7 +84,7 @@ impl Protocol for WsRunner {
     async fn attempt(
         &mut self,
         _: usize,
-        prompt: &str,
+        prompt: &crate::Prompt,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
@@ -104,7 +104,13 @@ impl Protocol for WsRunner {
             return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
         };
         rec.conn(*id);
-        ws.send(Message::text(prompt))
+        if let Some(n) = prompt.max_tokens {
+            let m = String::from_utf8_lossy(&lab_codec::wt::answer_len_message(n)).into_owned();
+            ws.feed(Message::text(m)).await.map_err(|e| {
+                PromptError::new(ErrorCategory::Send, format!("send answer length: {e}"))
+            })?;
+        }
+        ws.send(Message::text(prompt.text.as_str()))
             .await
             .map_err(|e| PromptError::new(ErrorCategory::Send, format!("send prompt: {e}")))?;
         let recv_err = |e: String| PromptError::new(ErrorCategory::Receive, e);

@@ -207,7 +207,7 @@ impl<S: Stack> Protocol for WtRunner<S> {
     async fn attempt(
         &mut self,
         index: usize,
-        prompt: &str,
+        prompt: &crate::Prompt,
         rec: &mut Recorder,
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {

@@ -154,7 +154,7 @@ async fn runner_stream(
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;
     while Instant::now() < until {
-        let prompt = format!("bench {id} {i}");
+        let prompt = lab_clients::Prompt::new(format!("bench {id} {i}"));
         i += 1;
         let mut sink = |_: &str| {};
         let rec = r.run(i, &prompt, &mut sink).await;

@@ -435,7 +435,9 @@ async fn the_initial_rtt_sets_when_an_unanswered_initial_goes_again() {
         let mut runner = ap("wt").runner(&url, &opts).unwrap();
         let client = tokio::spawn(async move {
             let mut ignore = |_: &str| {};
-            runner.run(0, "hi", &mut ignore).await
+            runner
+                .run(0, &lab_clients::Prompt::new("hi"), &mut ignore)
+                .await
         });
         let mut buf = [0u8; 2048];
         silent.recv_from(&mut buf).await.unwrap();

@@ -46,6 +46,14 @@ fn bad_open_loop_and_sampling_flags_get_clear_errors() {
             "uniform:9:3: the first is over the second",
         ),
         (
+            &["--rates", "5", "--answer-tokens", "fixed:0"],
+            "'0' is not a length of 1 to 100000 tokens",
+        ),
+        (
+            &["--rates", "5", "--answer-tokens", "many"],
+            "'many' is not a length distribution: fixed:N, uniform:MIN:MAX or normal:MEAN:SD (tokens)",
+        ),
+        (
             &[
                 "--rates",
                 "5",
@@ -79,5 +87,17 @@ fn bad_open_loop_and_sampling_flags_get_clear_errors() {
         ],
         2,
         "unknown field 'top_p'; valid fields: temperature, seed, max_tokens",
+    );
+    // A JSON prompts line's own answer length, named by its line.
+    let p = tmpfile(
+        "p.jsonl",
+        "{\"prompt\": \"a\", \"max_tokens\": 4}\n{\"prompt\": \"b\", \"max_tokens\": 0}\n",
+    );
+    let a = load(&["--rates", "5", "--prompts", p.to_str().unwrap()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    lab_fails(
+        &a,
+        2,
+        "line 2: max_tokens is 0; it is the answer's length, 1 to 1000000 tokens",
     );
 }

@@ -241,8 +241,8 @@ fn an_open_loop_keeps_its_schedule_and_finds_the_max_rate_at_slo() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmpdir("open");
     let t = dir.join("t.yaml");
-    // 12 tokens 20 ms apart after a 10 ms first: about 240 ms a stream, far inside the
-    // E2E bound of 2 s; a TTFT bound of 1 us no request can meet (the third rate's
+    // 6 to 18 tokens (each prompt's own answer length) 20 ms apart after a 10 ms first:
+    // at most 350 ms a stream, far inside the E2E bound of 2 s; a TTFT bound of 1 us no request can meet (the third rate's
     // level is judged the same way: the search then halves towards 0).
     std::fs::write(
         &t,
@@ -254,7 +254,7 @@ profiles:
   light: { delay: 2ms, rate: 100mbit }
 workload:
   timeout: 10s
-  load: { rates: [10, 40], duration: 3s, warmup: 500ms, lag_bound: 50ms, prompt_words: "uniform:5:40", tokens: 12, tbt: 20ms, sample: 100ms, slo: { e2e: 2s, share: 95% } }
+  load: { rates: [10, 40], duration: 3s, warmup: 500ms, lag_bound: 50ms, prompt_words: "uniform:5:40", answer_tokens: "uniform:6:18", tbt: 20ms, sample: 100ms, slo: { e2e: 2s, share: 95% } }
 expect:
   - sse.max_rate_at_slo >= 40
   - wt.max_rate_at_slo >= 40
@@ -308,7 +308,13 @@ expect:
             assert!(o.excluded > 0, "{who} {r}");
             assert_eq!(x.checked, s.duration_ms.count, "{who} {r}");
             assert_eq!(x.wrong_streams, 0, "{who}: {:?}", x.wrong);
-            // The serving metrics, by their definitions: 12 tokens 20 ms apart.
+            // Every answer had the length its prompt asked (the digests are checked
+            // against the mock's answer of that length), and the lengths spread.
+            let lens: std::collections::BTreeSet<usize> =
+                s.digests.iter().map(|d| d.tokens).collect();
+            assert!(lens.iter().all(|n| (6..=18).contains(n)), "{who}: {lens:?}");
+            assert!(lens.len() >= 5, "{who} {r}: {lens:?}");
+            // The serving metrics, by their definitions: tokens 20 ms apart.
             let tpot = s.tpot_ms.p50.unwrap();
             assert!((tpot - 20.0).abs() < 3.0, "{who} {r}: TPOT {tpot}");
             assert!(s.ttst_ms.p50.unwrap() > s.ttft_ms.p50.unwrap(), "{who}");

@@ -26,7 +26,7 @@ async fn one_prompt(
         ..stack.runner_opts(ap, mode, timeout)
     };
     let mut r = ap.runner(&stack.url(ap), &opts).unwrap();
-    run_all(r.as_mut(), &["hi".to_string()], 1, |_| {})
+    run_all(r.as_mut(), &[lab_clients::Prompt::new("hi")], 1, |_| {})
         .await
         .remove(0)
 }
@@ -85,6 +85,43 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
     }
 }
 
+/// Every approach carries a prompt's own answer length, shorter or longer than the
+/// mock's drawn answer, to the upstream, and only for that prompt: on a kept connection
+/// (and stream, for ws) the next prompt without one gets the drawn length again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_approach_asks_for_a_prompts_own_answer_length() {
+    let cap = 400;
+    let stack = stack(cap).await;
+    let p = |t: &str, n: Option<u32>| lab_clients::Prompt::new(t).with_len(n);
+    let prompts = [
+        p("hi", Some(3)),
+        p("What is TCP?", None),
+        p("two\nlines", Some(333)),
+        p("What is the capital of France?", Some(1)),
+    ];
+    let drawn = expected("What is TCP?", cap).len();
+    assert!(drawn > 3 && drawn < 333, "{drawn}");
+    for ap in lab::approach::all() {
+        let mut runner = stack.runner(ap, Mode::Reuse, TIMEOUT).unwrap();
+        let recs = run_all(runner.as_mut(), &prompts, 1, |_| {}).await;
+        for (r, p) in recs.iter().zip(&prompts) {
+            assert!(r.error.is_none(), "{ap}: {:?}", r.error);
+            let want = lab_servers::textgen::sized(
+                1,
+                MODEL,
+                &p.text,
+                p.max_tokens.map(|n| n as usize),
+                Some(cap),
+            );
+            if let Some(n) = p.max_tokens {
+                assert_eq!(want.len(), n as usize);
+            }
+            assert_eq!(r.tokens, want.len(), "{ap}: {p:?}");
+            assert_eq!(r.digest, digest_tokens(&want), "{ap}: {p:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_server_rejects_bad_input_and_keeps_serving() {
     let stack = stack(5).await;
@@ -119,6 +156,37 @@ async fn sse_server_rejects_bad_input_and_keeps_serving() {
     )
     .await;
     assert_eq!(s, 400);
+    // An answer length that is not 1 to 1,000,000 tokens, in the body or the query.
+    let (s, _, body) = https(
+        stack.addr(ap("sse")),
+        &t,
+        "POST",
+        "/chat",
+        br#"{"message":"hi","max_tokens":0}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("1 to 1000000 tokens"), "{body}");
+    let (s, _, body) = https(
+        stack.addr(ap("sse")),
+        &t,
+        "GET",
+        "/chat?message=hi&max_tokens=-3",
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("1 to 1000000 tokens"), "{body}");
+    let (s, _, body) = https(
+        stack.addr(ap("sse")),
+        &t,
+        "GET",
+        "/chat?message=hi&max_tokens=2",
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(sse_events(&body).len(), 3, "two tokens and [DONE]: {body}");
     // A GET streams for EventSource, and needs its ?message=; other methods are 405.
     let (s, _, body) = https(stack.addr(ap("sse")), &t, "GET", "/chat", vec![]).await;
     assert_eq!(s, 400);
@@ -332,7 +400,7 @@ async fn upstream_failing_mid_stream_is_reported_per_approach() {
         let (c, s) = (ap(client), ap(server));
         let opts = stack.runner_opts(c, Mode::Reuse, TIMEOUT);
         let mut r = c.runner(&s.url(stack.addr(s)), &opts).unwrap();
-        let rec = run_all(r.as_mut(), &["hi".to_string()], 1, |_| {})
+        let rec = run_all(r.as_mut(), &[lab_clients::Prompt::new("hi")], 1, |_| {})
             .await
             .remove(0);
         let e = rec.error.as_ref().unwrap();
@@ -469,12 +537,12 @@ async fn eight_prompts_at_once_for_every_approach() {
 
 /// A WebSocket frame that breaks RFC 6455 (a reserved opcode) ends that WebSocket, and
 /// the server goes on serving others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_bad_framing_ends_that_socket_only() {
+/// A WebSocket to the stack's ws server, its upgrade done by hand.
+async fn ws_open(
+    stack: &lab::loopback::Stack,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stack = stack(5).await;
-    let ws = ap("ws");
-    let tcp = tokio::net::TcpStream::connect(stack.addr(ws))
+    let tcp = tokio::net::TcpStream::connect(stack.addr(ap("ws")))
         .await
         .unwrap();
     let tls =
@@ -495,6 +563,15 @@ async fn websocket_bad_framing_ends_that_socket_only() {
         "{}",
         String::from_utf8_lossy(&head)
     );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_bad_framing_ends_that_socket_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = stack(5).await;
+    let ws = ap("ws");
+    let mut s = ws_open(&stack).await;
     // FIN + reserved opcode 0x3, masked, empty payload.
     s.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
     let mut rest = Vec::new();
@@ -502,6 +579,21 @@ async fn websocket_bad_framing_ends_that_socket_only() {
     assert!(read.is_ok(), "the server kept a broken WebSocket open");
     // What came back, if anything, is a close frame (opcode 0x8), never a token.
     assert!(rest.is_empty() || rest[0] == 0x88, "{rest:?}");
+    // An answer-length message without a length closes the socket with 1008 and says why.
+    let mut s = ws_open(&stack).await;
+    let payload = b"\0answer_len=x";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server kept the WebSocket open");
+    assert_eq!(rest.first(), Some(&0x88), "{rest:?}");
+    assert_eq!(rest[2..4], 1008u16.to_be_bytes(), "{rest:?}");
+    let reason = String::from_utf8_lossy(&rest[4..]);
+    assert!(reason.contains("1 to 1000000"), "{reason}");
     let rec = one_prompt(&stack, ws, Mode::Reuse, TIMEOUT, &stack.trust()).await;
     assert!(rec.error.is_none(), "{:?}", rec.error);
     assert_eq!(rec.digest, digest_tokens(&expected("hi", 5)));

@@ -103,7 +103,18 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
         // Any other path: 404, the session is refused.
         let path = ap(name).path;
         let conn = wt_session(&stack, name, path, "/nope").await;
-        wt_bad_framing_resets(&conn, &[&b"abc:hello"[..], b"5:hel", b"12x", b"99999999:"]).await;
+        // The last: an answer-length message without a length.
+        wt_bad_framing_resets(
+            &conn,
+            &[
+                &b"abc:hello"[..],
+                b"5:hel",
+                b"12x",
+                b"99999999:",
+                b"13:\0answer_len=0",
+            ],
+        )
+        .await;
         // Same session, two prompts on one stream: two answers, each ended by 0:.
         let (mut send, recv) = conn.open_bi().await.unwrap().await.unwrap();
         send.write_all(b"2:hi5:hello").await.unwrap();
@@ -114,7 +125,7 @@ async fn webtransport_bad_framing_resets_the_stream_not_the_session() {
             vec![expected("hi", 5), expected("hello", 5), vec![]],
             "{name}"
         );
-        assert_eq!(stack.stats(ap(name)).snapshot().errors, 4, "{name}");
+        assert_eq!(stack.stats(ap(name)).snapshot().errors, 5, "{name}");
     }
 }
 
@@ -132,15 +143,24 @@ async fn each_webtransport_stacks_client_talks_to_the_other_stacks_server() {
         let (c, s) = (ap(client), ap(server));
         let opts = stack.runner_opts(c, Mode::Reuse, TIMEOUT);
         let mut r = c.runner(&s.url(stack.addr(s)), &opts).unwrap();
-        let prompts = ["hi".to_string(), "hello there".to_string()];
+        // The second asks for its answer's length, which the other stack's server
+        // must read from the answer-length message.
+        let prompts = [
+            lab_clients::Prompt::new("hi"),
+            lab_clients::Prompt::new("hello there").with_len(Some(7)),
+        ];
         let recs = run_all(r.as_mut(), &prompts, 1, |_| {}).await;
         for (rec, p) in recs.iter().zip(&prompts) {
             assert!(rec.error.is_none(), "{client} to {server}: {:?}", rec.error);
-            assert_eq!(
-                rec.digest,
-                digest_tokens(&expected(p, 20)),
-                "{client} to {server}"
+            let want = lab_servers::textgen::sized(
+                1,
+                MODEL,
+                &p.text,
+                p.max_tokens.map(|n| n as usize),
+                Some(20),
             );
+            assert_eq!(rec.tokens, want.len(), "{client} to {server}: {p:?}");
+            assert_eq!(rec.digest, digest_tokens(&want), "{client} to {server}");
         }
         r.close().await;
     }

@@ -66,7 +66,7 @@ pub struct LoadSpec {
     pub end: LevelEnd,
     pub backoff: Backoff,
     /// The prompts, taken in turn by the streams of a level.
-    pub prompts: Vec<String>,
+    pub prompts: Vec<crate::Prompt>,
     /// Streams per connection where the approach multiplexes (1: a connection each).
     pub per_connection: u32,
     /// What makes a request good, where the test judges goodput.
@@ -182,7 +182,7 @@ impl Timing {
 struct Shared {
     fold: Arc<Mutex<Fold>>,
     live: Arc<Live>,
-    prompts: Arc<Vec<String>>,
+    prompts: Arc<Vec<crate::Prompt>>,
 }
 
 async fn run_level(

@@ -127,7 +127,7 @@ struct Shared {
     excluded: AtomicU64,
     dropped: AtomicU64,
     pool: Mutex<Vec<Box<dyn Runner>>>,
-    prompts: Vec<String>,
+    prompts: Vec<crate::Prompt>,
     make: Arc<MakeRunner>,
     /// Intended times inside this range are counted in the latencies.
     counted: (Duration, Duration),
@@ -374,7 +374,7 @@ mod tests {
         fn run<'a>(
             &'a mut self,
             index: usize,
-            prompt: &'a str,
+            prompt: &'a crate::Prompt,
             _sink: &'a mut TokenSink<'a>,
         ) -> BoxFuture<'a, PromptRecord> {
             Box::pin(async move {
@@ -388,7 +388,7 @@ mod tests {
                     self.step(ms).await;
                     rec.token("t");
                 }
-                rec.finish("fake", Mode::Reuse, index, prompt, None)
+                rec.finish("fake", Mode::Reuse, index, &prompt.text, None)
             })
         }
         fn close(&mut self) -> BoxFuture<'_, ()> {
@@ -402,7 +402,7 @@ mod tests {
             ramp: Duration::ZERO,
             end,
             backoff: Backoff::default(),
-            prompts: vec!["p".into()],
+            prompts: vec![crate::Prompt::new("p")],
             per_connection: 1,
             slo: None,
             open,

@@ -125,7 +125,9 @@ mod tests {
             );
             let mut r = a.runner(&a.url(addr), &opts).unwrap();
             let mut sink = |_: &str| {};
-            let rec = r.run(0, "hello twin", &mut sink).await;
+            let rec = r
+                .run(0, &lab_clients::Prompt::new("hello twin"), &mut sink)
+                .await;
             r.close().await;
             assert!(rec.error.is_none(), "{a}: {:?}", rec.error);
             assert_eq!(rec.tokens, 12, "{a}");

@@ -344,6 +344,11 @@ pub struct LoadArgs {
     /// uniform:MIN:MAX or normal:MEAN:SD, in words.
     #[arg(long)]
     pub prompt_words: Option<lab_clients::prompts::Lengths>,
+    /// Answers of lengths drawn (with --seed) from fixed:N, uniform:MIN:MAX or
+    /// normal:MEAN:SD, in tokens, one per prompt: each request asks for exactly its
+    /// length (a JSON prompts line's own max_tokens is kept).
+    #[arg(long, value_parser = parse_answer_tokens)]
+    pub answer_tokens: Option<lab_clients::prompts::Lengths>,
     /// Model name for the raw API.
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,
@@ -530,6 +535,11 @@ impl OpenArgs {
             search: self.search,
         }))
     }
+}
+
+/// `--answer-tokens`: a length distribution in tokens.
+fn parse_answer_tokens(s: &str) -> Result<lab_clients::prompts::Lengths, String> {
+    lab_clients::prompts::Lengths::parse_in(s, "tokens")
 }
 
 /// `--sampling`: a JSON object of temperature, seed and max_tokens.

@@ -168,7 +168,9 @@ async fn interactive(runner: &mut dyn lab_clients::Runner) -> Result<bool> {
             out!("{t}");
             let _ = std::io::stdout().flush();
         };
-        let r = runner.run(index, prompt, &mut show).await;
+        let r = runner
+            .run(index, &lab_clients::Prompt::new(prompt), &mut show)
+            .await;
         index += 1;
         outln!("");
         match &r.error {

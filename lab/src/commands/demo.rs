@@ -103,7 +103,14 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
 
     let expected_fn = |i: usize| {
         let p = &prompts[i % prompts.len()];
-        record::digest_tokens(&textgen::tokens(mock.seed, &a.model, p, mock.max_tokens))
+        let exact = p.max_tokens.map(|n| n as usize);
+        record::digest_tokens(&textgen::sized(
+            mock.seed,
+            &a.model,
+            &p.text,
+            exact,
+            mock.max_tokens,
+        ))
     };
     let expected: Option<&dyn Fn(usize) -> String> = if a.upstream.is_none() {
         Some(&expected_fn)

@@ -22,6 +22,10 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         }
         (None, None) => prompts::reference(),
     };
+    let prompts = match a.answer_tokens {
+        Some(l) => prompts::with_answer_lengths(prompts, l, a.open.seed),
+        None => prompts,
+    };
     let top = match a.levels.iter().max() {
         Some(&n) => n as u64,
         None => a.open.max_in_flight,

@@ -85,7 +85,7 @@ fn unix_now() -> u64 {
 struct Job {
     topo: Topology,
     plan: Plan,
-    prompts: Vec<String>,
+    prompts: Vec<lab_clients::Prompt>,
     expects: Vec<String>,
     results: SafeDir,
     results_existed: bool,
@@ -136,6 +136,10 @@ impl Job {
             let base = a.topology.parent().unwrap_or(Path::new("."));
             lab_clients::prompts::load(&base.join(&topo.workload.prompts))
                 .map_err(|e| usage(e.context("workload.prompts")))?
+        };
+        let prompts = match &topo.workload.load {
+            Some(l) => l.with_answer_lengths(prompts),
+            None => prompts,
         };
         let urgent: Vec<u64> = topo.workload.urgent.iter().map(|&n| u64::from(n)).collect();
         let total = prompts.len() * topo.workload.repeat.max(1) as usize;
@@ -355,7 +359,7 @@ fn results_dir(parent: &SafeDir, name: &str, pcap: bool) -> Result<(SafeDir, Opt
 /// by side unless the workload says not), until done or a signal; when a signal came.
 async fn workload(
     st: &Arc<crate::netlab::state::State>,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
     pcap: Option<SafeDir>,
     signals: &Signals,
     progress: &super::progress::Progress,

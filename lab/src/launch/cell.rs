@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
-    std::fs::write(path, prompts.join("\n") + "\n")
+/// Writes prompts as JSON lines, so a prompt's line breaks and its answer's length
+/// reach the client whole.
+fn write_prompts(path: &Path, prompts: &[lab_clients::Prompt]) -> Result<()> {
+    std::fs::write(path, lab_clients::prompts::to_jsonl(prompts))
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -138,10 +140,10 @@ pub fn quiet_for(cell: &Cell) -> Duration {
 pub fn write_prompt_files(
     dir: &Path,
     cell: &Cell,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
 ) -> Result<(PathBuf, PathBuf)> {
-    let prompts_file = dir.join(format!("prompts-{}.txt", cell.id));
-    let warm_file = dir.join(format!("warmup-{}.txt", cell.id));
+    let prompts_file = dir.join(format!("prompts-{}.jsonl", cell.id));
+    let warm_file = dir.join(format!("warmup-{}.jsonl", cell.id));
     write_prompts(&prompts_file, prompts)?;
     write_prompts(&warm_file, &prompts[..1])?;
     Ok((prompts_file, warm_file))
@@ -152,7 +154,7 @@ pub fn write_prompt_files(
 pub fn run(
     state: &State,
     cell: &Cell,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
     pcap: Option<&SafeDir>,
     print: &(dyn Fn(&str) + Sync),
     stage: &(dyn Fn(&str) + Sync),

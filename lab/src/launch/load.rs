@@ -174,7 +174,7 @@ fn deadline(load: &LoadWorkload, timeout: Duration) -> Duration {
 pub fn run(
     state: &State,
     cell: &Cell,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
     stage: &(dyn Fn(&str) + Sync),
     stop: &AtomicBool,
 ) -> CellResult {
@@ -327,7 +327,7 @@ fn run_load(
     cell: &Cell,
     load: &LoadWorkload,
     prompts_file: &Path,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
     ends: [&std::fs::File; 3],
     server_pid: u32,
     timeout: Duration,
@@ -452,7 +452,7 @@ fn start_generator(
 fn results(
     state: &State,
     levels: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)>,
-    prompts: &[String],
+    prompts: &[lab_clients::Prompt],
     samples: &[Sample],
     baseline: Option<u64>,
 ) -> Vec<LevelResult> {
@@ -460,8 +460,9 @@ fn results(
     let expected = (plan.llm.kind == "mock").then(|| {
         let (seed, max) = (plan.llm.mock_seed.unwrap_or(1), plan.llm.mock_max_tokens);
         let model = plan.llm.model.clone();
-        move |p: &str| {
-            let toks = lab_servers::textgen::tokens(seed, &model, p, max);
+        move |p: &lab_clients::Prompt| {
+            let exact = p.max_tokens.map(|n| n as usize);
+            let toks = lab_servers::textgen::sized(seed, &model, &p.text, exact, max);
             (lab_clients::record::digest_tokens(&toks), toks.len())
         }
     });

@@ -191,8 +191,8 @@ pub fn metric(l: &CellLoad, name: &str) -> Option<f64> {
 /// wrong).
 pub fn check_digests(
     s: &LevelSummary,
-    prompts: &[String],
-    expected: &dyn Fn(&str) -> (String, usize),
+    prompts: &[lab_clients::Prompt],
+    expected: &dyn Fn(&lab_clients::Prompt) -> (String, usize),
 ) -> (u64, u64, Vec<String>) {
     let mut checked = 0;
     let mut bad = 0;
@@ -273,9 +273,12 @@ mod tests {
                         {"prompt": 1, "digest": "bb", "tokens": 2, "streams": 1}]
         }))
         .unwrap();
-        let prompts = vec!["one".to_owned(), "two".to_owned()];
-        let exp = |p: &str| {
-            if p == "one" {
+        let prompts = vec![
+            lab_clients::Prompt::new("one"),
+            lab_clients::Prompt::new("two"),
+        ];
+        let exp = |p: &lab_clients::Prompt| {
+            if p.text == "one" {
                 ("aa".to_owned(), 2)
             } else {
                 ("cc".to_owned(), 3)

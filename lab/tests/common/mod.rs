@@ -46,8 +46,8 @@ pub async fn stack(max_tokens: usize) -> Stack {
 }
 
 /// The tokens the fast mock answers `prompt` with.
-pub fn expected(prompt: &str, max_tokens: usize) -> Vec<String> {
-    lab_servers::textgen::tokens(1, MODEL, prompt, Some(max_tokens))
+pub fn expected(prompt: impl AsRef<str>, max_tokens: usize) -> Vec<String> {
+    lab_servers::textgen::tokens(1, MODEL, prompt.as_ref(), Some(max_tokens))
 }
 
 /// One HTTPS request on a new connection; returns status, content type and body.

@@ -208,6 +208,10 @@ pub struct SamplingSpec {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Generate to `max_tokens` past the model's own end (vLLM's and llama.cpp's
+    /// extension; an upstream without it may refuse or ignore the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 impl SamplingSpec {
@@ -217,6 +221,7 @@ impl SamplingSpec {
             temperature: self.temperature,
             seed: self.seed,
             max_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
         }
     }
 }
@@ -401,6 +406,12 @@ pub struct LoadWorkload {
     /// with `seed`, taken in turn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_words: Option<String>,
+    /// Answers of lengths drawn from a distribution: `fixed:N`, `uniform:MIN:MAX` or
+    /// `normal:MEAN:SD`, in tokens, one per prompt (drawn with `seed`; a JSON prompts
+    /// line's own `max_tokens` is kept). Each request asks for exactly its length
+    /// (`max_tokens` with `ignore_eos`, or lab's answer-length message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_tokens: Option<String>,
     /// What makes a request good (goodput): any of `ttft`, `itl_p99`, `tpot`, `e2e`,
     /// and the share of good requests a level must reach (`share`, default 90%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -504,8 +515,24 @@ impl LoadWorkload {
         self.duration
             .map_or(std::time::Duration::from_secs(30), |d| d.0)
     }
+    /// `prompts` with the answer lengths `answer_tokens` draws, or as they are.
+    pub fn with_answer_lengths(
+        &self,
+        prompts: Vec<lab_clients::Prompt>,
+    ) -> Vec<lab_clients::Prompt> {
+        match self
+            .answer_tokens
+            .as_deref()
+            .and_then(|s| lab_clients::prompts::Lengths::parse_in(s, "tokens").ok())
+        {
+            Some(l) => {
+                lab_clients::prompts::with_answer_lengths(prompts, l, self.seed.unwrap_or(1))
+            }
+            None => prompts,
+        }
+    }
     /// The generated prompts, where `prompt_words` asks for them.
-    pub fn generated_prompts(&self) -> Option<Vec<String>> {
+    pub fn generated_prompts(&self) -> Option<Vec<lab_clients::Prompt>> {
         let l = self.prompt_words.as_deref()?.parse().ok()?;
         Some(lab_clients::prompts::generated(
             l,

@@ -213,6 +213,17 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
     {
         cx.push(at("prompt_words"), &path("prompt_words"), e);
     }
+    if let Some(w) = &l.answer_tokens {
+        if let Err(e) = lab_clients::prompts::Lengths::parse_in(w, "tokens") {
+            cx.push(at("answer_tokens"), &path("answer_tokens"), e);
+        } else if given("tokens") {
+            cx.push(
+                at("answer_tokens"),
+                &path("answer_tokens"),
+                "give one of `tokens` (every answer's length) or `answer_tokens` (a length per prompt, from a distribution), not both",
+            );
+        }
+    }
     if l.is_open() {
         check_open(cx, &l, &at);
     } else {
