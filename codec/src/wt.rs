@@ -41,6 +41,34 @@ pub fn parse_answer_len(m: &[u8]) -> Option<Result<u32, String>> {
     )
 }
 
+/// A message a client may send before its prompt to ask for the upstream's count of the
+/// answer's tokens (its `usage.completion_tokens`). The server then sends
+/// `\0usage=N` after the answer's last token, before its end, when the upstream gave a
+/// count. A chunk may carry several tokens: this count keeps tokens and chunks apart.
+pub const USAGE: &[u8] = b"\0usage";
+
+/// The message that carries the answer's token count.
+pub fn usage_message(n: u64) -> Vec<u8> {
+    format!("\0usage={n}").into_bytes()
+}
+
+/// Reads a token-count message: `None` for any other message (a token never begins
+/// with NUL), an error for one that begins as it does but carries no count.
+pub fn parse_usage(m: &[u8]) -> Option<Result<u64, String>> {
+    let rest = m.strip_prefix(b"\0usage=")?;
+    Some(
+        std::str::from_utf8(rest)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "token count {:?} is not a number",
+                    String::from_utf8_lossy(rest)
+                )
+            }),
+    )
+}
+
 /// The first HTTP/3 error code of the WebTransport application error range
 /// (draft-ietf-webtrans-http3, "Resetting Data Streams").
 const HTTP3_FIRST: u64 = 0x52e4a40fa8db;
@@ -81,6 +109,19 @@ mod tests {
             let e = parse_answer_len(bad).unwrap().unwrap_err();
             assert!(e.contains("from 1 to 1000000"), "{e}");
         }
+    }
+
+    #[test]
+    fn usage_messages_round_trip_and_bad_ones_are_named() {
+        assert_eq!(parse_usage(&usage_message(187)), Some(Ok(187)));
+        assert_eq!(parse_usage(USAGE), None);
+        assert_eq!(parse_usage(b"usage=3"), None);
+        assert!(
+            parse_usage(b"\0usage=x")
+                .unwrap()
+                .unwrap_err()
+                .contains("not a number")
+        );
     }
 
     #[test]

@@ -574,7 +574,7 @@ async fn stream(
     )
     .await?;
     let mut buf = BytesMut::with_capacity(512);
-    let mut tokens = match upstream.chat(&ask.message, ask.max_tokens).await {
+    let mut tokens = match upstream.chat(&ask.message, ask.options()).await {
         Ok(t) => t,
         Err(e) => {
             sse::encode_event(Some("error"), &e.to_string(), &mut buf);
@@ -606,7 +606,13 @@ async fn stream(
                 }
                 send(&mut tcp, &buf.split(), idle).await?;
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if let Some(n) = tokens.usage().filter(|_| ask.usage) {
+                    let n = n.to_string();
+                    sse::encode_event(Some(crate::sse::USAGE_EVENT), &n, &mut buf);
+                }
+                break;
+            }
             Err(e) => {
                 sse::encode_event(Some("error"), &e.to_string(), &mut buf);
                 break;
@@ -679,6 +685,7 @@ mod tests {
             ask: crate::http::ChatAsk {
                 message: "hello".into(),
                 max_tokens: Some(12),
+                usage: true,
             },
             handed_ns: monotonic_ns(),
         };

@@ -232,9 +232,20 @@ pub struct ChatAsk {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Whether the answer ends with the upstream's count of its tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage: bool,
 }
 
 impl ChatAsk {
+    /// What the upstream is asked.
+    pub fn options(&self) -> crate::upstream::ChatOptions {
+        crate::upstream::ChatOptions {
+            answer_len: self.max_tokens,
+            usage: self.usage,
+        }
+    }
+
     /// Reads a body; the error says what was wrong and what to send.
     pub fn parse(body: &[u8]) -> Result<ChatAsk, String> {
         #[derive(serde::Deserialize)]
@@ -242,6 +253,8 @@ impl ChatAsk {
             message: Option<String>,
             #[serde(default)]
             max_tokens: Option<serde_json::Value>,
+            #[serde(default)]
+            usage: Option<serde_json::Value>,
         }
         let b = serde_json::from_slice::<Body>(body).map_err(|e| {
             format!("invalid JSON body: {e}; send {{\"message\": \"your prompt\"}}")
@@ -260,9 +273,15 @@ impl ChatAsk {
                     ))?,
             ),
         };
+        let usage = match b.usage {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(u)) => u,
+            Some(v) => return Err(format!("\"usage\" is {v}; it is true or false")),
+        };
         Ok(ChatAsk {
             message,
             max_tokens,
+            usage,
         })
     }
 }
@@ -277,7 +296,8 @@ mod chat_ask_tests {
             ChatAsk::parse(br#"{"message":"hi"}"#),
             Ok(ChatAsk {
                 message: "hi".into(),
-                max_tokens: None
+                max_tokens: None,
+                usage: false
             })
         );
         assert_eq!(
@@ -295,6 +315,7 @@ mod chat_ask_tests {
                 br#"{"message":"a","max_tokens":"9"}"#,
                 "1 to 1000000 tokens",
             ),
+            (br#"{"message":"a","usage":1}"#, "true or false"),
         ] {
             let e = ChatAsk::parse(bad).unwrap_err();
             assert!(e.contains(why), "{e}");

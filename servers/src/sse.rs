@@ -1,7 +1,9 @@
 //! The SSE server: `POST /chat` with `{"message": "..."}` streams the upstream's tokens as
 //! `text/event-stream`, one event per token, flushed per token, then `data: [DONE]`.
 //! `GET /chat?message=...` streams the same, for a browser's `EventSource`. A body's
-//! `"max_tokens": N` (or `&max_tokens=N`) asks for an answer of exactly N tokens.
+//! `"max_tokens": N` (or `&max_tokens=N`) asks for an answer of exactly N tokens;
+//! `"usage": true` (or `&usage=1`) for the upstream's token count, an `event: usage` with
+//! the count after the last token.
 //!
 //! - A request from a browser page (one with an `Origin` header) gets
 //!   `Access-Control-Allow-Origin: *` and `Timing-Allow-Origin: *`, so that a page of
@@ -17,7 +19,11 @@
 
 use crate::http::json_error;
 use crate::stats::ServerStats;
-use crate::upstream::Upstream;
+use crate::upstream::{ChatOptions, Upstream};
+
+/// The event that carries the upstream's count of the answer's tokens, after the last
+/// token, when the request asked (`"usage": true`, or `&usage=1`).
+pub const USAGE_EVENT: &str = "usage";
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -127,7 +133,10 @@ async fn chat_get(State(st): State<AppState>, uri: http::Uri) -> Response {
         }
     };
     match query("message") {
-        Some(m) if !m.trim().is_empty() => answer(st, m, answer_len).await,
+        Some(m) if !m.trim().is_empty() => {
+            let usage = query("usage").is_some_and(|v| v == "1" || v == "true");
+            answer(st, m, ChatOptions { answer_len, usage }).await
+        }
         _ => {
             st.stats.error();
             json_error(
@@ -157,7 +166,13 @@ async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -
         }
     };
     match crate::http::ChatAsk::parse(&body) {
-        Ok(ask) => answer(st, ask.message, ask.max_tokens).await,
+        Ok(a) => {
+            let ask = ChatOptions {
+                answer_len: a.max_tokens,
+                usage: a.usage,
+            };
+            answer(st, a.message, ask).await
+        }
         Err(e) => {
             st.stats.error();
             json_error(StatusCode::BAD_REQUEST, "invalid_request_error", e)
@@ -167,8 +182,8 @@ async fn chat(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -
 
 /// Streams the upstream's answer to `message` (of `answer_len` tokens, if set) as
 /// server-sent events.
-async fn answer(st: AppState, message: String, answer_len: Option<u32>) -> Response {
-    let mut tokens = match st.upstream.chat(&message, answer_len).await {
+async fn answer(st: AppState, message: String, ask: ChatOptions) -> Response {
+    let mut tokens = match st.upstream.chat(&message, ask).await {
         Ok(t) => t,
         Err(e) => {
             st.stats.error();
@@ -209,7 +224,12 @@ async fn answer(st: AppState, message: String, answer_len: Option<u32>) -> Respo
                         return; // the client went away
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if let Some(n) = tokens.usage().filter(|_| ask.usage) {
+                        sse::encode_event(Some(USAGE_EVENT), &n.to_string(), &mut buf);
+                    }
+                    break;
+                }
                 Err(e) => {
                     stats.error();
                     sse::encode_event(Some("error"), &e.to_string(), &mut buf);

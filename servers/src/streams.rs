@@ -7,11 +7,12 @@
 //! upstream failure resets it with [`ERR_UPSTREAM`]. Neither touches the connection.
 
 use crate::stats::ServerStats;
+use crate::upstream::ChatOptions;
 use crate::upstream::Upstream;
 use bytes::BytesMut;
 use lab_codec::dgram::{self, ERR_DATAGRAM, Tally};
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT, parse_answer_len};
+use lab_codec::wt::{ERR_FRAMING, ERR_UPSTREAM, URGENT, USAGE, parse_answer_len, usage_message};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -134,6 +135,8 @@ enum Ask {
     Urgent,
     /// The next prompt's answer is to have this many tokens.
     AnswerLen(u32),
+    /// The next prompt's answer ends with the upstream's count of its tokens.
+    Usage,
 }
 
 /// Serves one accepted WebTransport session, whatever library set it up: counted open
@@ -168,7 +171,7 @@ pub async fn answer(
     let mut out = BytesMut::with_capacity(256);
     // Datagram sequence numbers count the stream's tokens, across its answers.
     let mut seq = 0u64;
-    let mut answer_len = None;
+    let mut ask = ChatOptions::default();
     while let Some(item) = rx.recv().await {
         let prompt = match item {
             Ok(Ask::Prompt(p)) => p,
@@ -177,7 +180,11 @@ pub async fn answer(
                 continue;
             }
             Ok(Ask::AnswerLen(n)) => {
-                answer_len = Some(n);
+                ask.answer_len = Some(n);
+                continue;
+            }
+            Ok(Ask::Usage) => {
+                ask.usage = true;
                 continue;
             }
             Err(e) => {
@@ -188,7 +195,8 @@ pub async fn answer(
             }
         };
         stats.request();
-        let tokens = match upstream.chat(&prompt, answer_len.take()).await {
+        let asked = std::mem::take(&mut ask);
+        let mut tokens = match upstream.chat(&prompt, asked).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!("upstream failed: {e}");
@@ -197,14 +205,26 @@ pub async fn answer(
                 return;
             }
         };
-        let Some(tally) = relay(&mut send, tokens, &tokens_out, &stats, &mut out, &mut seq).await
+        let Some(tally) = relay(
+            &mut send,
+            &mut tokens,
+            &tokens_out,
+            &stats,
+            &mut out,
+            &mut seq,
+        )
+        .await
         else {
             return;
         };
-        // Datagrams end with their tally on the stream; either way, then `0:`.
+        // Datagrams end with their tally on the stream; then the token count if asked
+        // (and given); either way, then `0:`.
         out.clear();
         if let Tokens::Datagrams(_) = tokens_out {
             let _ = lenprefix::encode(tally.message().as_bytes(), &mut out);
+        }
+        if let Some(n) = tokens.usage().filter(|_| asked.usage) {
+            let _ = lenprefix::encode(&usage_message(n), &mut out);
         }
         out.extend_from_slice(lenprefix::END);
         if send.write_all(&out).await.is_err() {
@@ -231,6 +251,8 @@ fn read_asks(mut recv: impl Recv) -> tokio::sync::mpsc::Receiver<Result<Ask, Str
                             Ok(Some(Frame::Message(m))) => {
                                 let ask = if m[..] == *URGENT {
                                     Ask::Urgent
+                                } else if m[..] == *USAGE {
+                                    Ask::Usage
                                 } else if let Some(n) = parse_answer_len(&m) {
                                     match n {
                                         Ok(n) => Ask::AnswerLen(n),
@@ -279,7 +301,7 @@ fn read_asks(mut recv: impl Recv) -> tokio::sync::mpsc::Receiver<Result<Ask, Str
 /// failure).
 async fn relay(
     send: &mut impl Send,
-    mut tokens: crate::upstream::TokenStream,
+    tokens: &mut crate::upstream::TokenStream,
     tokens_out: &Tokens,
     stats: &ServerStats,
     out: &mut BytesMut,

@@ -45,6 +45,16 @@ pub enum UpstreamError {
     Remote(String),
 }
 
+/// What a client asked of one answer beyond its prompt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// An answer of exactly this many tokens.
+    pub answer_len: Option<u32>,
+    /// The upstream's count of the answer's tokens, which [`TokenStream::usage`] then
+    /// gives where the upstream sent one.
+    pub usage: bool,
+}
+
 /// A pooled client for one upstream.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -82,17 +92,18 @@ impl Upstream {
         &self.url
     }
 
-    /// Starts a streaming chat for one user prompt; `answer_len` asks for an answer of
-    /// exactly that many tokens (`max_tokens` with `ignore_eos`) over the settings of
-    /// every request.
-    pub async fn chat(
-        &self,
-        prompt: &str,
-        answer_len: Option<u32>,
-    ) -> Result<TokenStream, UpstreamError> {
-        let sampling = self.sampling.answer_len(answer_len);
-        let body = serde_json::to_vec(&ChatRequest::user(&self.model, prompt, true).with(sampling))
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    /// Starts a streaming chat for one user prompt, as `ask` asks: an answer of exactly
+    /// `answer_len` tokens (`max_tokens` with `ignore_eos`) over the settings of every
+    /// request, and the upstream's token count (`stream_options.include_usage`).
+    pub async fn chat(&self, prompt: &str, ask: ChatOptions) -> Result<TokenStream, UpstreamError> {
+        let sampling = self.sampling.answer_len(ask.answer_len);
+        let mut req = ChatRequest::user(&self.model, prompt, true).with(sampling);
+        if ask.usage {
+            req.stream_options = Some(lab_codec::openai::StreamOptions {
+                include_usage: true,
+            });
+        }
+        let body = serde_json::to_vec(&req).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         let req = http::Request::post(self.chat_uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream")
@@ -123,6 +134,7 @@ impl Upstream {
             dec: sse::Decoder::new(),
             done: false,
             ended: false,
+            usage: None,
         })
     }
 }
@@ -215,9 +227,17 @@ pub struct TokenStream {
     /// `[DONE]` was decoded; the body may still need draining.
     done: bool,
     ended: bool,
+    /// The upstream's count of the answer's tokens, once a chunk carried it.
+    usage: Option<u64>,
 }
 
 impl TokenStream {
+    /// The upstream's count of the answer's tokens (`usage.completion_tokens`), if it
+    /// sent one (when asked, in the chunk before `[DONE]`).
+    pub fn usage(&self) -> Option<u64> {
+        self.usage
+    }
+
     /// The next non-empty content token; `Ok(None)` after `[DONE]`.
     pub async fn next(&mut self) -> Result<Option<String>, UpstreamError> {
         loop {
@@ -279,6 +299,9 @@ impl TokenStream {
             }
             match serde_json::from_str::<ChatChunk>(&ev.data) {
                 Ok(c) => {
+                    if let Some(u) = &c.usage {
+                        self.usage = Some(u.completion_tokens);
+                    }
                     if let Some(t) = c.content() {
                         return Ok(Some(t.to_owned()));
                     }

@@ -6,7 +6,9 @@
 //!   message ends the answer, and the connection stays open.
 //!
 //! A text message `\0answer_len=N` before a prompt asks for an answer of exactly N tokens
-//! ([`lab_codec::wt::ANSWER_LEN`]; no prompt begins with NUL).
+//! ([`lab_codec::wt::ANSWER_LEN`]; no prompt begins with NUL); a text message `\0usage`
+//! asks for the upstream's token count, sent as a text message `\0usage=N` after the
+//! last token ([`lab_codec::wt::USAGE`]).
 //!
 //! Tokens that arrived together leave in one write; at any real TBT each token is its own
 //! write. Bad input closes that WebSocket and only it: a binary message from the client
@@ -17,7 +19,7 @@
 
 use crate::http::json_error;
 use crate::stats::ServerStats;
-use crate::upstream::Upstream;
+use crate::upstream::{ChatOptions, Upstream};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -89,13 +91,17 @@ async fn upgrade(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
 }
 
 async fn session(mut ws: WebSocket, st: AppState) {
-    let mut answer_len = None;
+    let mut ask = ChatOptions::default();
     while let Some(msg) = ws.recv().await {
         let prompt = match msg {
+            Ok(Message::Text(t)) if t.as_bytes() == lab_codec::wt::USAGE => {
+                ask.usage = true;
+                continue;
+            }
             Ok(Message::Text(t)) => match lab_codec::wt::parse_answer_len(t.as_bytes()) {
                 None => t.to_string(),
                 Some(Ok(n)) => {
-                    answer_len = Some(n);
+                    ask.answer_len = Some(n);
                     continue;
                 }
                 Some(Err(e)) => {
@@ -138,7 +144,7 @@ async fn session(mut ws: WebSocket, st: AppState) {
             }
         };
         st.stats.request();
-        if answer(&mut ws, &st, &prompt, answer_len.take())
+        if answer(&mut ws, &st, &prompt, std::mem::take(&mut ask))
             .await
             .is_err()
         {
@@ -152,9 +158,9 @@ async fn answer(
     ws: &mut WebSocket,
     st: &AppState,
     prompt: &str,
-    answer_len: Option<u32>,
+    ask: ChatOptions,
 ) -> Result<(), axum::Error> {
-    let mut tokens = match st.upstream.chat(prompt, answer_len).await {
+    let mut tokens = match st.upstream.chat(prompt, ask).await {
         Ok(t) => t,
         Err(e) => {
             st.stats.error();
@@ -186,7 +192,13 @@ async fn answer(
                     break;
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if let Some(n) = tokens.usage().filter(|_| ask.usage) {
+                    let m = String::from_utf8_lossy(&lab_codec::wt::usage_message(n)).into_owned();
+                    ws.feed(Message::Text(m.into())).await?;
+                }
+                break;
+            }
             Err(e) => {
                 st.stats.error();
                 ws.send(Message::Binary(e.to_string().into())).await?;

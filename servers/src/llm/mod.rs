@@ -52,6 +52,10 @@ pub struct MockConfig {
     pub max_tokens: Option<usize>,
     /// Deadlines for slow and idle clients.
     pub limits: crate::Limits,
+    /// Tokens per streamed chunk (default 1): a chunk leaves when its last token is due,
+    /// as servers that batch their output send them (vLLM's `--stream-interval`,
+    /// speculative decoding). `usage.completion_tokens` still counts tokens.
+    pub chunk_tokens: usize,
 }
 
 impl Default for MockConfig {
@@ -65,6 +69,7 @@ impl Default for MockConfig {
             models: vec!["gemma3:12b".into()],
             max_body: 1 << 20,
             max_tokens: None,
+            chunk_tokens: 1,
             limits: crate::Limits::default(),
         }
     }
@@ -278,25 +283,38 @@ async fn stream_answer(
     let mut out = Vec::with_capacity(4096);
     let mut ev = String::with_capacity(512);
     let mut stream_created = unix_now();
-    // Wait for the first token, then send the head together with it.
-    let first_due = start + sched.next_due();
+    let n = toks.len();
+    // Each chunk carries `chunk_tokens` tokens, and is due when its last token is.
+    let chunks: Vec<String> = toks
+        .chunks(cfg.chunk_tokens.max(1))
+        .map(|g| g.concat())
+        .collect();
+    let mut due_of = |len: usize| {
+        let mut due = Duration::ZERO;
+        for _ in 0..len {
+            due = sched.next_due();
+        }
+        start + due
+    };
+    // Wait for the first chunk, then send the head together with it.
+    let first_due = due_of(toks.len().min(cfg.chunk_tokens.max(1)));
     // tokio's timer rounds up to the next millisecond: never sleep for a deadline
     // that has already passed.
     if first_due > Instant::now() {
         tokio::time::sleep_until(first_due).await;
     }
     sink.head(&mut out);
-    let n = toks.len();
-    for (i, tok) in toks.iter().enumerate() {
+    for (i, chunk) in chunks.iter().enumerate() {
         let created = match cfg.format {
             StreamFormat::OllamaLegacy => unix_now(),
             _ => stream_created,
         };
         ev.clear();
-        writer.content(&mut ev, created, tok);
+        writer.content(&mut ev, created, chunk);
         sink.event(&mut out, ev.as_bytes());
-        if i + 1 < n {
-            let due = start + sched.next_due();
+        if i + 1 < chunks.len() {
+            let next = (n - (i + 1) * cfg.chunk_tokens.max(1)).min(cfg.chunk_tokens.max(1));
+            let due = due_of(next);
             if due > Instant::now() {
                 sink.send(&mut out).await?;
                 tokio::time::sleep_until(due).await;
@@ -457,7 +475,16 @@ mod tests {
             (Some(900), 500),
             (None, drawn),
         ] {
-            let mut s = up.chat(p, asked).await.unwrap();
+            let mut s = up
+                .chat(
+                    p,
+                    crate::upstream::ChatOptions {
+                        answer_len: asked,
+                        usage: false,
+                    },
+                )
+                .await
+                .unwrap();
             let mut got = Vec::new();
             while let Some(t) = s.next().await.unwrap() {
                 got.push(t);
@@ -472,7 +499,7 @@ mod tests {
             max_tokens: Some(4),
             ..Default::default()
         });
-        let mut s = capped.chat(p, None).await.unwrap();
+        let mut s = capped.chat(p, Default::default()).await.unwrap();
         let mut n = 0;
         while s.next().await.unwrap().is_some() {
             n += 1;
@@ -508,14 +535,14 @@ mod tests {
         let up = Arc::new(crate::upstream::Upstream::new(&url, "gemma3:12b", true).unwrap());
         // One answer first, so the connection is up before the twenty at once: while it
         // is still being made, the client's pool may open a second one (seen once).
-        let mut s = up.chat("prompt 0", None).await.unwrap();
+        let mut s = up.chat("prompt 0", Default::default()).await.unwrap();
         while s.next().await.unwrap().is_some() {}
         let mut tasks = Vec::new();
         for i in 0..20 {
             let up = up.clone();
             tasks.push(tokio::spawn(async move {
                 let prompt = format!("prompt {i}");
-                let mut s = up.chat(&prompt, None).await.unwrap();
+                let mut s = up.chat(&prompt, Default::default()).await.unwrap();
                 let mut got = Vec::new();
                 while let Some(t) = s.next().await.unwrap() {
                     got.push(t);
