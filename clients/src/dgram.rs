@@ -191,6 +191,13 @@ pub async fn read_answer(
                     rec.bytes(n);
                     dec.extend(&buf[..n]);
                     while let Some(f) = dec.next_frame().map_err(|e| recv_err(e.to_string()))? {
+                        if let Frame::Message(m) = &f
+                            && let Some(n) = lab_codec::wt::parse_usage(m)
+                            && !ended
+                        {
+                            rec.usage(n.map_err(recv_err)?);
+                            continue;
+                        }
                         match f {
                             Frame::Message(m) if tally.is_none() && !ended => {
                                 let t = Tally::parse(&m).map_err(recv_err)?;

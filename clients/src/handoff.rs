@@ -21,14 +21,14 @@ pub const TIMING: ServerTiming = ServerTiming {
 };
 
 /// The SSE server's API, with the hand-off header read.
-struct HandoffApi;
+struct HandoffApi(SseServerApi);
 
 impl SseApi for HandoffApi {
     fn body(&self, prompt: &crate::Prompt) -> Vec<u8> {
-        SseServerApi.body(prompt)
+        self.0.body(prompt)
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {
-        SseServerApi.event(ev)
+        self.0.event(ev)
     }
     fn timing(&self) -> Option<&'static ServerTiming> {
         Some(&TIMING)
@@ -45,7 +45,7 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
         );
     }
     Ok(Box::new(HttpRunner::new(
-        HandoffApi,
+        HandoffApi(SseServerApi { usage: opts.usage }),
         target,
         opts,
         Version::Http1,

@@ -30,6 +30,8 @@ pub enum EventMeaning {
     Done,
     /// The server reported a failure.
     Failed(PromptError),
+    /// The upstream's count of the answer's tokens.
+    Usage(u64),
 }
 
 /// The request and event interpretation of one HTTP streaming API.
@@ -305,6 +307,7 @@ impl<A: SseApi> Protocol for HttpRunner<A> {
                         sink(&t);
                     }
                     EventMeaning::Skip => {}
+                    EventMeaning::Usage(n) => rec.usage(n),
                     EventMeaning::Done => done = true,
                     EventMeaning::Failed(e) => failure = Some(e),
                 }

@@ -254,6 +254,10 @@ pub struct RunnerOpts {
     /// The local address connections go out from (the kernel's choice when `None`): a
     /// load test spreads its connections over several, so ports never run out.
     pub source: Option<std::net::IpAddr>,
+    /// Ask for the upstream's count of each answer's tokens (its `usage`), recorded
+    /// apart from the chunks that arrived (`usage_tokens`): a chunk may carry several
+    /// tokens.
+    pub usage: bool,
 }
 
 impl RunnerOpts {
@@ -279,6 +283,7 @@ impl RunnerOpts {
             transport: Default::default(),
             urgent: Default::default(),
             source: None,
+            usage: false,
         }
     }
 

@@ -151,7 +151,7 @@ impl Protocol for QuicRunner {
             }
         };
         let (mut send, mut recv) = open(&conn).await?;
-        crate::streams::send_prompt(&mut send, prompt, urgent).await?;
+        crate::streams::send_prompt(&mut send, prompt, urgent, self.opts.usage).await?;
         match early {
             Some(accepted) => {
                 // Known once the handshake completes, which is also when the first
@@ -161,7 +161,7 @@ impl Protocol for QuicRunner {
                 rec.zero_rtt(ok);
                 if !ok {
                     (send, recv) = open(&conn).await?;
-                    crate::streams::send_prompt(&mut send, prompt, urgent).await?;
+                    crate::streams::send_prompt(&mut send, prompt, urgent, self.opts.usage).await?;
                 }
             }
             // A new connection without a session to resume.

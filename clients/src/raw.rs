@@ -12,6 +12,7 @@ pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runne
     let api = RawApi {
         model: opts.model.clone(),
         sampling: opts.sampling,
+        usage: opts.usage,
     };
     Ok(Box::new(HttpRunner::new(
         api,
@@ -26,22 +27,31 @@ pub struct RawApi {
     pub model: String,
     /// The sampling settings every request carries.
     pub sampling: lab_codec::openai::Sampling,
+    /// Ask for the answer's token count (`stream_options.include_usage`).
+    pub usage: bool,
 }
 
 impl SseApi for RawApi {
     fn body(&self, prompt: &crate::Prompt) -> Vec<u8> {
         let sampling = self.sampling.answer_len(prompt.max_tokens);
-        serde_json::to_vec(&ChatRequest::user(&self.model, &prompt.text, true).with(sampling))
-            .unwrap_or_default()
+        let mut req = ChatRequest::user(&self.model, &prompt.text, true).with(sampling);
+        if self.usage {
+            req.stream_options = Some(lab_codec::openai::StreamOptions {
+                include_usage: true,
+            });
+        }
+        serde_json::to_vec(&req).unwrap_or_default()
     }
     fn event(&self, ev: sse::Event) -> EventMeaning {
         if ev.is_done() {
             return EventMeaning::Done;
         }
         match serde_json::from_str::<ChatChunk>(&ev.data) {
-            Ok(c) => c
-                .content()
-                .map_or(EventMeaning::Skip, |t| EventMeaning::Token(t.to_owned())),
+            Ok(c) => match (c.content(), &c.usage) {
+                (Some(t), _) => EventMeaning::Token(t.to_owned()),
+                (None, Some(u)) => EventMeaning::Usage(u.completion_tokens),
+                (None, None) => EventMeaning::Skip,
+            },
             Err(e) => match serde_json::from_str::<ErrorBody>(&ev.data) {
                 Ok(err) => EventMeaning::Failed(PromptError::new(
                     ErrorCategory::Upstream,

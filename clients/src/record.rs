@@ -191,6 +191,11 @@ pub struct PromptRecord {
     /// approaches' only when nothing was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagrams: Option<DatagramCounts>,
+    /// The upstream's count of the answer's tokens (`usage.completion_tokens`), where
+    /// the client asked for it and the upstream gave it. `tokens` counts the content
+    /// chunks that arrived: a chunk that carries several tokens is one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_tokens: Option<u64>,
     /// Time to the first byte of the answer (the HTTP response head), from the same
     /// start as `ttft_ms`; the HTTP approaches only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +271,7 @@ pub struct Recorder {
     datagrams: Option<(std::collections::BTreeMap<u64, String>, DatagramCounts)>,
     first_byte: Option<Duration>,
     server: std::collections::BTreeMap<String, f64>,
+    usage: Option<u64>,
 }
 
 impl Default for Recorder {
@@ -294,7 +300,13 @@ impl Recorder {
             datagrams: None,
             first_byte: None,
             server: Default::default(),
+            usage: None,
         }
+    }
+
+    /// The upstream counted the answer's tokens: `n`.
+    pub fn usage(&mut self, n: u64) {
+        self.usage = Some(n);
     }
 
     /// The answer's first byte (its response head) arrived now.
@@ -456,6 +468,7 @@ impl Recorder {
             zero_rtt: self.zero_rtt,
             urgent: false,
             datagrams,
+            usage_tokens: self.usage,
             ttfb_ms: self.first_byte.map(ms),
             server_ms: self.server,
         }

@@ -9,7 +9,7 @@ use crate::{Runner, RunnerOpts, Target};
 /// The SSE-over-HTTP/2 runner for `target`.
 pub fn runner(target: Target, opts: &RunnerOpts) -> anyhow::Result<Box<dyn Runner>> {
     Ok(Box::new(HttpRunner::new(
-        SseServerApi,
+        SseServerApi { usage: opts.usage },
         target,
         opts,
         Version::Http2,

@@ -6,7 +6,7 @@ use crate::TokenSink;
 use crate::record::{ErrorCategory, PromptError, Recorder};
 use bytes::BytesMut;
 use lab_codec::lenprefix::{self, Frame};
-use lab_codec::wt::{ERR_UPSTREAM, URGENT, answer_len_message};
+use lab_codec::wt::{ERR_UPSTREAM, URGENT, USAGE, answer_len_message, parse_usage};
 use std::future::Future;
 
 /// Why a stream read failed.
@@ -41,11 +41,15 @@ pub async fn send_prompt(
     send: &mut impl Send,
     prompt: &crate::Prompt,
     urgent: bool,
+    usage: bool,
 ) -> Result<(), PromptError> {
     let send_err = |e: String| PromptError::new(ErrorCategory::Send, e);
     let mut out = BytesMut::new();
     if urgent {
         lenprefix::encode(URGENT, &mut out).map_err(|e| send_err(e.to_string()))?;
+    }
+    if usage {
+        lenprefix::encode(USAGE, &mut out).map_err(|e| send_err(e.to_string()))?;
     }
     if let Some(n) = prompt.max_tokens {
         lenprefix::encode(&answer_len_message(n), &mut out).map_err(|e| send_err(e.to_string()))?;
@@ -77,6 +81,10 @@ pub async fn read_answer(
                 while let Some(f) = dec.next_frame().map_err(|e| recv_err(e.to_string()))? {
                     match f {
                         Frame::Message(m) if !ended => {
+                            if let Some(n) = parse_usage(&m) {
+                                rec.usage(n.map_err(recv_err)?);
+                                continue;
+                            }
                             let t = String::from_utf8_lossy(&m);
                             rec.token(&t);
                             sink(&t);

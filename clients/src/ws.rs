@@ -104,6 +104,12 @@ impl Protocol for WsRunner {
             return Err(PromptError::new(ErrorCategory::Connect, "no connection"));
         };
         rec.conn(*id);
+        if self.opts.usage {
+            let m = String::from_utf8_lossy(lab_codec::wt::USAGE).into_owned();
+            ws.feed(Message::text(m)).await.map_err(|e| {
+                PromptError::new(ErrorCategory::Send, format!("send usage request: {e}"))
+            })?;
+        }
         if let Some(n) = prompt.max_tokens {
             let m = String::from_utf8_lossy(&lab_codec::wt::answer_len_message(n)).into_owned();
             ws.feed(Message::text(m)).await.map_err(|e| {
@@ -127,7 +133,9 @@ impl Protocol for WsRunner {
                     if t.is_empty() {
                         break;
                     }
-                    if failure.is_none() {
+                    if let Some(n) = lab_codec::wt::parse_usage(t.as_bytes()) {
+                        rec.usage(n.map_err(recv_err)?);
+                    } else if failure.is_none() {
                         rec.token(&t);
                         sink(&t);
                     }

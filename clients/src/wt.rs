@@ -254,7 +254,7 @@ impl<S: Stack> Protocol for WtRunner<S> {
         rec.stream(stream);
         // Datagrams for the stream may come as soon as the prompt is out.
         let ticket = conn.router.as_ref().map(|r| r.ticket(stream));
-        crate::streams::send_prompt(&mut send, prompt, urgent).await?;
+        crate::streams::send_prompt(&mut send, prompt, urgent, self.opts.usage).await?;
         match ticket {
             Some(t) => {
                 let rtt = S::quic(&conn.conn).rtt();

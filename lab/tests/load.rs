@@ -336,3 +336,61 @@ expect:
         assert!(report.contains(h), "{h}: {report}");
     }
 }
+
+/// A mock that sends three tokens a chunk (`chunk_tokens`), as a batching server does:
+/// the load test asks for the upstream's count (on by default then), so TPOT and
+/// throughput count 12 tokens an answer while ITL is the gap between its 4 chunks, and
+/// the report gives tokens and chunks apart. Every answer is checked against the
+/// mock's chunks.
+#[test]
+fn chunks_that_carry_several_tokens_are_counted_as_tokens_from_the_usage() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("chunks");
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        r#"name: rchunks
+approaches: [raw, sse, ws, wt]
+llm:
+  mock: { ttft: 10ms, jitter: 0%, chunk_tokens: 3 }
+profiles:
+  light: { delay: 2ms, rate: 100mbit }
+workload:
+  timeout: 10s
+  load: { levels: [4], ramp: 200ms, hold: 2s, tokens: 12, tbt: 20ms, sample: 100ms }
+"#,
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (d, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_nothing_left("rchunks", &[]);
+    assert_eq!(run.cells.len(), 4);
+    for c in &run.cells {
+        let who = &c.cell.name;
+        let l = c.load.as_ref().unwrap_or_else(|| panic!("{who}: no load"));
+        let x = &l.levels[0];
+        let s = &x.summary;
+        assert!(s.completed > 0 && s.failed == 0, "{who}: {:?}", s.error_samples);
+        assert_eq!(x.wrong_streams, 0, "{who}: {:?}", x.wrong);
+        assert_eq!(x.checked, s.completed, "{who}");
+        // Every answer: 12 tokens in 4 chunks, the count from the upstream's usage.
+        assert_eq!((s.tokens, s.chunks), (12 * s.completed, 4 * s.completed), "{who}");
+        assert_eq!(s.usage_counted, s.duration_ms.count, "{who}");
+        assert_eq!(s.output_tokens.p50.map(f64::round), Some(12.0), "{who}");
+        assert!(s.digests.iter().all(|d| d.tokens == 4), "{who}");
+        // Tokens 20 ms apart, a chunk when its third is due: chunks 60 ms apart, and
+        // (E2E - TTFT) over 11 tokens: 180 / 11 = 16.4 ms.
+        let itl = s.tbt_ms.p50.unwrap();
+        assert!((itl - 60.0).abs() < 8.0, "{who}: ITL {itl}");
+        let tpot = s.tpot_ms.p50.unwrap();
+        assert!((tpot - 180.0 / 11.0).abs() < 3.0, "{who}: TPOT {tpot}");
+        assert!(
+            report.contains(&format!("in {} chunks (3.00 a chunk)", s.chunks)),
+            "{who}: {report}"
+        );
+    }
+}

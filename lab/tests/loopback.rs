@@ -122,6 +122,58 @@ async fn every_approach_asks_for_a_prompts_own_answer_length() {
     }
 }
 
+/// A mock that sends three tokens a chunk: every approach's client counts the chunks
+/// that arrived (`tokens`) and, asking for it, the upstream's count of the tokens
+/// (`usage_tokens`), which every server relays; without asking, no count comes and the
+/// bytes are the ones every other run sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_approach_relays_the_upstreams_token_count_apart_from_its_chunks() {
+    let cfg = lab_servers::llm::MockConfig {
+        chunk_tokens: 3,
+        ..fast_mock(40)
+    };
+    let stack = lab::loopback::Stack::start(
+        lab::loopback::UpstreamChoice::Mock(cfg),
+        MODEL,
+        std::path::Path::new(env!("CARGO_BIN_EXE_lab")),
+    )
+    .await
+    .unwrap();
+    let prompts = [
+        lab_clients::Prompt::new("What is TCP?"),
+        lab_clients::Prompt::new("hi").with_len(Some(7)),
+    ];
+    for ap in lab::approach::all() {
+        for usage in [true, false] {
+            let opts = lab_clients::RunnerOpts {
+                usage,
+                ..stack.runner_opts(ap, Mode::Reuse, TIMEOUT)
+            };
+            let mut runner = ap.runner(&stack.url(ap), &opts).unwrap();
+            let recs = run_all(runner.as_mut(), &prompts, 1, |_| {}).await;
+            for (r, p) in recs.iter().zip(&prompts) {
+                assert!(r.error.is_none(), "{ap} usage {usage}: {:?}", r.error);
+                let toks = lab_servers::textgen::sized(
+                    1,
+                    MODEL,
+                    &p.text,
+                    p.max_tokens.map(|n| n as usize),
+                    Some(40),
+                );
+                let chunks: Vec<String> = toks.chunks(3).map(|c| c.concat()).collect();
+                assert_eq!(r.tokens, chunks.len(), "{ap}: {p:?}");
+                assert_eq!(r.digest, digest_tokens(&chunks), "{ap}: {p:?}");
+                let want = usage.then_some(toks.len() as u64);
+                assert_eq!(r.usage_tokens, want, "{ap} usage {usage}: {p:?}");
+                assert_eq!(
+                    lab_clients::load::output_tokens(r),
+                    if usage { toks.len() } else { chunks.len() }
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_server_rejects_bad_input_and_keeps_serving() {
     let stack = stack(5).await;

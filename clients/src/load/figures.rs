@@ -195,6 +195,18 @@ pub struct LevelSummary {
     /// Time to the second token.
     #[serde(default)]
     pub ttst_ms: Percentiles,
+    /// Output tokens per completed request (the upstream's count where it gave one,
+    /// else chunks): the answer lengths.
+    #[serde(default)]
+    pub output_tokens: Percentiles,
+    /// Content chunks received, over every stream; `tokens` over `chunks` is the tokens
+    /// a chunk carried on average (1 unless the upstream batches its output).
+    #[serde(default)]
+    pub chunks: u64,
+    /// Completed requests whose tokens the upstream counted (`usage`); the others'
+    /// tokens are their chunks.
+    #[serde(default)]
+    pub usage_counted: u64,
     /// Per request, (E2E - TTFT) / (tokens - 1), over requests of two tokens or more.
     #[serde(default)]
     pub tpot_ms: Percentiles,
@@ -209,7 +221,7 @@ pub struct LevelSummary {
     /// field name; absent where the server reports none.
     #[serde(flatten, deserialize_with = "percentiles_only")]
     pub server_ms: BTreeMap<String, Percentiles>,
-    /// Tokens received, over every stream.
+    /// Output tokens received, over every stream (see `chunks`).
     pub tokens: u64,
     pub token_bytes: u64,
     /// Tokens that arrived between the hold's start and end.
@@ -271,7 +283,15 @@ fn percentiles_only<'de, D: serde::Deserializer<'de>>(
 /// A request's time per output token after the first, where it has two tokens or more.
 pub fn tpot(r: &PromptRecord) -> Option<f64> {
     let ttft = r.ttft_ms?;
-    (r.tokens >= 2).then(|| (r.total_ms - ttft) / (r.tokens - 1) as f64)
+    let n = output_tokens(r);
+    (n >= 2).then(|| (r.total_ms - ttft) / (n - 1) as f64)
+}
+
+/// A request's output tokens: the upstream's count (`usage`) where the client asked
+/// and it came, else the content chunks that arrived (one token each, as the mock and
+/// most servers send them).
+pub fn output_tokens(r: &PromptRecord) -> usize {
+    r.usage_tokens.map_or(r.tokens, |n| n as usize)
 }
 
 /// The most one-second slices a level keeps (a day).
@@ -313,12 +333,17 @@ pub(crate) struct Fold {
     pub tpot: Hist,
     pub ntpot: Hist,
     pub request_rate: Hist,
+    pub output: Hist,
     pub server: BTreeMap<String, Hist>,
     pub tokens: u64,
+    pub chunks: u64,
+    pub usage_counted: u64,
     pub token_bytes: u64,
-    pub tokens_in_hold: u64,
+    /// Output tokens that arrived in the window: each chunk weighs its request's
+    /// tokens over its chunks.
+    pub tokens_in_hold: f64,
     pub completed_in_hold: u64,
-    pub slices: Vec<(u64, u64)>,
+    pub slices: Vec<(u64, f64)>,
     pub judged: u64,
     pub good: u64,
     pub digests: BTreeMap<(usize, String), (usize, u64)>,
@@ -334,14 +359,14 @@ impl Fold {
         }
     }
 
-    fn slice(&mut self, at_unix_ms: f64) -> Option<&mut (u64, u64)> {
+    fn slice(&mut self, at_unix_ms: f64) -> Option<&mut (u64, f64)> {
         let i = ((at_unix_ms - self.slice0) / 1000.0).floor();
         if !(0.0..MAX_SLICES as f64).contains(&i) {
             return None;
         }
         let i = i as usize;
         if self.slices.len() <= i {
-            self.slices.resize(i + 1, (0, 0));
+            self.slices.resize(i + 1, (0, 0.0));
         }
         self.slices.get_mut(i)
     }
@@ -352,15 +377,22 @@ impl Fold {
     /// and cool-down; its tokens still count towards throughput).
     pub fn add(&mut self, prompt: usize, r: &PromptRecord, lag_ms: f64, counted: bool) {
         let (w0, w1) = self.window;
-        self.tokens += r.tokens as u64;
+        let out = output_tokens(r);
+        self.tokens += out as u64;
+        self.chunks += r.tokens as u64;
         self.token_bytes += r.token_bytes;
+        let weight = if r.tokens > 0 {
+            out as f64 / r.tokens as f64
+        } else {
+            0.0
+        };
         for t in &r.token_ms {
             let at = r.start_unix_ms + t;
             if at >= w0 && at <= w1 {
-                self.tokens_in_hold += 1;
+                self.tokens_in_hold += weight;
             }
             if let Some(s) = self.slice(at) {
-                s.1 += 1;
+                s.1 += weight;
             }
         }
         if r.error.is_none() {
@@ -406,11 +438,15 @@ impl Fold {
         if let Some(t) = tpot(r) {
             self.tpot.record_ms(t);
         }
-        if r.tokens > 0 {
-            self.ntpot.record_ms(e2e / r.tokens as f64);
+        if out > 0 {
+            self.output.record_ms(out as f64);
+            self.ntpot.record_ms(e2e / out as f64);
             if e2e > 0.0 {
-                self.request_rate.record_ms(r.tokens as f64 * 1000.0 / e2e);
+                self.request_rate.record_ms(out as f64 * 1000.0 / e2e);
             }
+        }
+        if r.usage_tokens.is_some() {
+            self.usage_counted += 1;
         }
         if let Some(t) = r.ttfb_ms {
             self.ttfb.record_ms(t + lag_ms);
@@ -450,10 +486,11 @@ impl Fold {
     /// The level's summary: its figures with what the runner of the level knew.
     pub fn summary(self, l: Level) -> LevelSummary {
         let per_s = |n: u64| if l.secs > 0.0 { n as f64 / l.secs } else { 0.0 };
+        let tokens_in_hold = self.tokens_in_hold.round() as u64;
         let (tokens, requests) = if l.whole {
             (self.tokens, l.counts[1])
         } else {
-            (self.tokens_in_hold, self.completed_in_hold)
+            (tokens_in_hold, self.completed_in_hold)
         };
         let valid = l.open.as_ref().is_none_or(|o| o.valid);
         LevelSummary {
@@ -476,6 +513,9 @@ impl Fold {
             tpot_ms: self.tpot.percentiles(),
             ntpot_ms: self.ntpot.percentiles(),
             request_tokens_per_s: self.request_rate.percentiles(),
+            output_tokens: self.output.percentiles(),
+            chunks: self.chunks,
+            usage_counted: self.usage_counted,
             server_ms: self
                 .server
                 .iter()
@@ -483,7 +523,7 @@ impl Fold {
                 .collect(),
             tokens: self.tokens,
             token_bytes: self.token_bytes,
-            tokens_in_hold: self.tokens_in_hold,
+            tokens_in_hold,
             tokens_per_s: per_s(tokens),
             completed_in_hold: self.completed_in_hold,
             requests_per_s: per_s(requests),
@@ -504,7 +544,7 @@ impl Fold {
             .map(|(i, &(requests, tokens))| Slice {
                 second: i as u32,
                 requests,
-                tokens,
+                tokens: tokens.round() as u64,
             })
             .collect()
     }
@@ -605,7 +645,31 @@ mod tests {
         assert_eq!(gaps.count, 3);
         assert!((gaps.max.unwrap() - 30.0).abs() < 0.05);
         // Tokens by the second they arrived in, the request by the second it ended.
-        assert_eq!(f.slices, vec![(0, 0), (1, 4)]);
+        assert_eq!(f.slices, vec![(0, 0.0), (1, 4.0)]);
+        assert_eq!((f.tokens, f.chunks, f.usage_counted), (4, 4, 0));
+    }
+
+    /// Chunks that carry several tokens (the upstream counted 12 in 4 chunks): TPOT,
+    /// the normalized time, the per-request rate, the answer length and throughput
+    /// count the tokens; the gaps stay between chunks.
+    #[test]
+    fn tokens_from_the_upstreams_count_and_gaps_between_chunks() {
+        let mut r = record(1000.0, &[100.0, 110.0, 130.0, 160.0]);
+        r.usage_tokens = Some(12);
+        assert_eq!(output_tokens(&r), 12);
+        let mut f = Fold::new((1000.0, 1120.0), 0.0, None);
+        f.add(0, &r, 0.0, true);
+        let one = |h: &Hist| h.percentiles().p50.unwrap();
+        // (161 - 100) / 11
+        assert!((one(&f.tpot) - 61.0 / 11.0).abs() < 0.05);
+        assert!((one(&f.ntpot) - 161.0 / 12.0).abs() < 0.05);
+        assert!((one(&f.request_rate) - 12_000.0 / 161.0).abs() < 0.1);
+        assert!((one(&f.output) - 12.0).abs() < 0.01);
+        assert_eq!(f.tbt.percentiles().count, 3);
+        assert_eq!((f.tokens, f.chunks, f.usage_counted), (12, 4, 1));
+        // Two chunks in the window, three tokens each.
+        assert!((f.tokens_in_hold - 6.0).abs() < 1e-9);
+        assert_eq!(f.slices()[1].tokens, 12);
     }
 
     #[test]

@@ -20,7 +20,8 @@ mod figures;
 pub mod open;
 
 pub use figures::{
-    DigestCount, Hist, LevelSummary, OpenLevel, Percentiles, Slice, Slo, SloResult, tpot,
+    DigestCount, Hist, LevelSummary, OpenLevel, Percentiles, Slice, Slo, SloResult, output_tokens,
+    tpot,
 };
 pub use open::OpenSpec;
 

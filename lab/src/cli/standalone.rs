@@ -101,6 +101,10 @@ pub struct MockArgs {
     /// Cap every answer at this many tokens (answers otherwise run 15 to 1100 tokens).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Tokens per streamed chunk, 1 to 64: a chunk leaves when its last token is due, as
+    /// a server that batches its output sends them (usage still counts tokens).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub chunk_tokens: u32,
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +353,10 @@ pub struct LoadArgs {
     /// length (a JSON prompts line's own max_tokens is kept).
     #[arg(long, value_parser = parse_answer_tokens)]
     pub answer_tokens: Option<lab_clients::prompts::Lengths>,
+    /// Ask for the upstream's count of each answer's tokens (usage), so that a chunk
+    /// carrying several tokens counts as several in TPOT and throughput.
+    #[arg(long)]
+    pub usage: bool,
     /// Model name for the raw API.
     #[arg(long, default_value = "gemma3:12b")]
     pub model: String,

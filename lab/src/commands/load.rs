@@ -44,6 +44,7 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         stats: Arc::new(lab_clients::stats::Tracker::discarding()),
         transport: a.transport.clone().unwrap_or_default(),
         sampling: a.sampling.unwrap_or_default(),
+        usage: a.usage,
         ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     // Check the URL and the settings once, before any level starts.

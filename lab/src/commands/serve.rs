@@ -27,6 +27,7 @@ impl MockArgs {
             max_body,
             max_tokens: self.max_tokens,
             limits: lab_servers::Limits::default(),
+            chunk_tokens: self.chunk_tokens as usize,
         }
     }
 }

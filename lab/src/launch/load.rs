@@ -93,6 +93,9 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
     if let Some(n) = load.per_connection {
         argv.extend(["--per-connection".into(), n.to_string()]);
     }
+    if load.usage.unwrap_or(plan.llm.mock_chunk_tokens.is_some()) {
+        argv.push("--usage".into());
+    }
     if cell.sources.len() > 1 {
         let s: Vec<String> = cell.sources.iter().map(|a| a.to_string()).collect();
         argv.extend(["--source".into(), s.join(",")]);
@@ -459,11 +462,14 @@ fn results(
     let plan = &state.plan;
     let expected = (plan.llm.kind == "mock").then(|| {
         let (seed, max) = (plan.llm.mock_seed.unwrap_or(1), plan.llm.mock_max_tokens);
+        let per_chunk = plan.llm.mock_chunk_tokens.unwrap_or(1).max(1) as usize;
         let model = plan.llm.model.clone();
+        // The digest is over what arrived: the mock's chunks, each its tokens together.
         move |p: &lab_clients::Prompt| {
             let exact = p.max_tokens.map(|n| n as usize);
             let toks = lab_servers::textgen::sized(seed, &model, &p.text, exact, max);
-            (lab_clients::record::digest_tokens(&toks), toks.len())
+            let chunks: Vec<String> = toks.chunks(per_chunk).map(|c| c.concat()).collect();
+            (lab_clients::record::digest_tokens(&chunks), chunks.len())
         }
     });
     levels

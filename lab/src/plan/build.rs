@@ -139,17 +139,24 @@ fn mock_node(t: &Topology, llm_ns: &str) -> (LlmNode, Vec<Process>) {
         argv.push("--max-tokens".into());
         argv.push(n.to_string());
     }
+    let chunk_tokens = m.chunk_tokens.filter(|&n| n > 1);
+    if let Some(n) = chunk_tokens {
+        argv.push("--chunk-tokens".into());
+        argv.push(n.to_string());
+    }
     let process = line_process(llm_ns, "llm", argv);
     let node = LlmNode {
         mock_seed: Some(seed),
         mock_max_tokens: max_tokens,
+        mock_chunk_tokens: chunk_tokens,
         ..llm_at(
             t,
             llm_ns,
             "mock",
             format!(
-                "{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}{}",
-                max_tokens.map_or(String::new(), |n| format!(", at most {n} tokens"))
+                "{format}, ttft {ttft}, tbt {tbt}, jitter {jitter}, seed {seed}{}{}",
+                max_tokens.map_or(String::new(), |n| format!(", at most {n} tokens")),
+                chunk_tokens.map_or(String::new(), |n| format!(", {n} tokens a chunk"))
             ),
         )
     };
@@ -168,6 +175,7 @@ fn llm_at(t: &Topology, namespace: &str, kind: &str, detail: String) -> LlmNode 
         detail,
         mock_seed: None,
         mock_max_tokens: None,
+        mock_chunk_tokens: None,
         sampling: t.llm.sampling.map(|s| s.to_sampling()),
     }
 }

@@ -191,6 +191,9 @@ pub struct LlmNode {
     pub mock_seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock_max_tokens: Option<usize>,
+    /// Tokens per chunk the mock streams (absent: 1, or a relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock_chunk_tokens: Option<u32>,
     /// A real upstream's sampling settings, which every request carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<lab_codec::openai::Sampling>,

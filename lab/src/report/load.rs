@@ -226,6 +226,15 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
             out.push_str(&server_timing_lines(name, l));
         }
     }
+    out.push_str("Answers per level: output tokens per completed request, and the tokens a content chunk carried (TPOT and Tok/s count tokens, ITL and TBT the gaps between chunks):
+
+");
+    for (name, levels) in &loads {
+        for l in levels.iter() {
+            out.push_str(&answer_line(name, &l.summary));
+        }
+    }
+    out.push('\n');
     for (name, levels) in &loads {
         for l in levels.iter() {
             for (cat, msg) in &l.summary.error_samples {
@@ -273,6 +282,35 @@ struct ResourceRow {
     ppt: String,
     #[tabled(rename = "Checked")]
     checked: String,
+}
+
+/// A level's answer lengths and its tokens against its chunks, with where the token
+/// count came from (the upstream's usage, or the chunks themselves).
+pub fn answer_line(name: &str, s: &LevelSummary) -> String {
+    let o = &s.output_tokens;
+    let n = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    let per_chunk = if s.chunks > 0 {
+        format!("{:.2}", s.tokens as f64 / s.chunks as f64)
+    } else {
+        "-".into()
+    };
+    let source = if s.usage_counted > 0 {
+        format!(
+            "{} of {} completed requests counted by the upstream's usage",
+            s.usage_counted, o.count
+        )
+    } else {
+        "no usage asked or given: a chunk counted as a token".into()
+    };
+    format!(
+        "- {name} level {}: {} / {} / {} tokens (p50/p99/max); {} tokens in {} chunks ({per_chunk} a chunk); {source}\n",
+        column(s),
+        n(o.p50),
+        n(o.p99),
+        n(o.max),
+        s.tokens,
+        s.chunks
+    )
 }
 
 /// A level's lines for the latencies its server reported about itself (a registry

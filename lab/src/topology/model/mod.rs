@@ -263,6 +263,11 @@ pub struct MockSpec {
     /// Cap on every answer's length in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<usize>,
+    /// Tokens per streamed chunk, 1 to 64 (default 1): a server that batches its
+    /// output. Clients count chunks; a load test then counts tokens from the
+    /// upstream's usage (`workload.load.usage`, on by default with this above 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -412,6 +417,12 @@ pub struct LoadWorkload {
     /// (`max_tokens` with `ignore_eos`, or lab's answer-length message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_tokens: Option<String>,
+    /// Ask for the upstream's count of each answer's tokens (its `usage`), so that a
+    /// chunk carrying several tokens counts as several in TPOT and throughput (ITL
+    /// stays between chunks). Default: on when `llm.mock.chunk_tokens` is above 1, else
+    /// off (the request's bytes then are the benchmark's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<bool>,
     /// What makes a request good (goodput): any of `ttft`, `itl_p99`, `tpot`, `e2e`,
     /// and the share of good requests a level must reach (`share`, default 90%).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -43,6 +43,14 @@ pub(super) fn parse_llm(cx: &mut Ctx<'_>, v: &Node) -> Option<Llm> {
             );
         }
     }
+    if let Some(m) = extra.iter().find(|f| f.name() == "mock")
+        && l.mock
+            .as_ref()
+            .and_then(|m| m.chunk_tokens)
+            .is_some_and(|n| !(1..=64).contains(&n))
+    {
+        cx.push(pos(m.value), "llm.mock.chunk_tokens", "must be 1 to 64");
+    }
     if extra.iter().any(|f| f.name() == "mock") && good.iter().any(|f| f.name() == "url") {
         cx.push(
             field_at("url"),
