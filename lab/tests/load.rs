@@ -374,11 +374,19 @@ workload:
         let l = c.load.as_ref().unwrap_or_else(|| panic!("{who}: no load"));
         let x = &l.levels[0];
         let s = &x.summary;
-        assert!(s.completed > 0 && s.failed == 0, "{who}: {:?}", s.error_samples);
+        assert!(
+            s.completed > 0 && s.failed == 0,
+            "{who}: {:?}",
+            s.error_samples
+        );
         assert_eq!(x.wrong_streams, 0, "{who}: {:?}", x.wrong);
         assert_eq!(x.checked, s.completed, "{who}");
         // Every answer: 12 tokens in 4 chunks, the count from the upstream's usage.
-        assert_eq!((s.tokens, s.chunks), (12 * s.completed, 4 * s.completed), "{who}");
+        assert_eq!(
+            (s.tokens, s.chunks),
+            (12 * s.completed, 4 * s.completed),
+            "{who}"
+        );
         assert_eq!(s.usage_counted, s.duration_ms.count, "{who}");
         assert_eq!(s.output_tokens.p50.map(f64::round), Some(12.0), "{who}");
         assert!(s.digests.iter().all(|d| d.tokens == 4), "{who}");

@@ -101,17 +101,7 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         .collect();
     outln!("\n{}\n", record::summary_table(&summaries));
 
-    let expected_fn = |i: usize| {
-        let p = &prompts[i % prompts.len()];
-        let exact = p.max_tokens.map(|n| n as usize);
-        record::digest_tokens(&textgen::sized(
-            mock.seed,
-            &a.model,
-            &p.text,
-            exact,
-            mock.max_tokens,
-        ))
-    };
+    let expected_fn = |i: usize| mock_digest(&mock, &a.model, &prompts[i % prompts.len()]);
     let expected: Option<&dyn Fn(usize) -> String> = if a.upstream.is_none() {
         Some(&expected_fn)
     } else {
@@ -140,4 +130,20 @@ pub async fn run(a: DemoArgs) -> Result<bool> {
         outln!("{errors} prompt(s) failed; see the ERROR lines above");
     }
     Ok(check.mismatches.is_empty() && errors == 0)
+}
+
+/// The digest of the mock's answer to `p` (of the prompt's own length, if it sets one).
+fn mock_digest(
+    mock: &lab_servers::llm::MockConfig,
+    model: &str,
+    p: &lab_clients::Prompt,
+) -> String {
+    let exact = p.max_tokens.map(|n| n as usize);
+    record::digest_tokens(&textgen::sized(
+        mock.seed,
+        model,
+        &p.text,
+        exact,
+        mock.max_tokens,
+    ))
 }

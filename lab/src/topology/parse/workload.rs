@@ -216,22 +216,7 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
         );
     }
     check_slo(cx, &l, &at);
-    if let Some(w) = &l.prompt_words
-        && let Err(e) = w.parse::<lab_clients::prompts::Lengths>()
-    {
-        cx.push(at("prompt_words"), &path("prompt_words"), e);
-    }
-    if let Some(w) = &l.answer_tokens {
-        if let Err(e) = lab_clients::prompts::Lengths::parse_in(w, "tokens") {
-            cx.push(at("answer_tokens"), &path("answer_tokens"), e);
-        } else if given("tokens") {
-            cx.push(
-                at("answer_tokens"),
-                &path("answer_tokens"),
-                "give one of `tokens` (every answer's length) or `answer_tokens` (a length per prompt, from a distribution), not both",
-            );
-        }
-    }
+    check_lengths(cx, &l, &at, given("tokens"));
     if l.is_open() {
         check_open(cx, &l, &at);
     } else {
@@ -303,6 +288,33 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
         cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
     }
     Some(l)
+}
+
+/// `prompt_words` and `answer_tokens`: length distributions; `answer_tokens` not beside
+/// `tokens` (every answer's length).
+fn check_lengths(
+    cx: &mut Ctx<'_>,
+    l: &LoadWorkload,
+    at: &dyn Fn(&str) -> super::ctx::At,
+    tokens: bool,
+) {
+    let path = |f: &str| format!("workload.load.{f}");
+    if let Some(w) = &l.prompt_words
+        && let Err(e) = w.parse::<lab_clients::prompts::Lengths>()
+    {
+        cx.push(at("prompt_words"), &path("prompt_words"), e);
+    }
+    if let Some(w) = &l.answer_tokens {
+        if let Err(e) = lab_clients::prompts::Lengths::parse_in(w, "tokens") {
+            cx.push(at("answer_tokens"), &path("answer_tokens"), e);
+        } else if tokens {
+            cx.push(
+                at("answer_tokens"),
+                &path("answer_tokens"),
+                "give one of `tokens` (every answer's length) or `answer_tokens` (a length per prompt, from a distribution), not both",
+            );
+        }
+    }
 }
 
 /// Fields of an open loop only.
