@@ -89,7 +89,7 @@ pub fn section(cells: &[(String, Vec<&LevelSummary>)]) -> String {
     }
     rows.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
     let mut out = String::from(
-        "Open loop: each request sent at its scheduled time whatever the server did, every latency from that time; the lag is how late the client really sent it (late: over the lag bound). ITL pools every gap between tokens; TPOT is per request, (E2E - TTFT) / (tokens - 1); Req/s and Tok/s are over the measured window (warm-up and cool-down left out); Good is the share of requests that met every SLO:\n\n",
+        "Open loop: each request sent at its scheduled time whatever the server did, every latency from that time; the lag is how late the client really sent it (late: over the lag bound). ITL pools every gap between chunks (a token each unless the upstream batches); TPOT is per request, (E2E - TTFT) / (output tokens - 1); Req/s and Tok/s are over the measured window (warm-up and cool-down left out); Good is the share of requests that met every SLO:\n\n",
     );
     out.push_str(&crate::table::markdown(
         rows.into_iter().map(|r| r.2).collect::<Vec<_>>(),
