@@ -232,25 +232,7 @@ fn judge(o: &OpenSpec, rate: Option<f64>, scheduled: u64, sh: &Shared, cpu: f64)
     let bound = o.lag_bound.as_secs_f64() * 1000.0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let dropped = l(&sh.dropped);
-    let mut invalid = Vec::new();
-    if let Some(p99) = lag_ms.p99
-        && p99 > bound
-    {
-        invalid.push(format!(
-            "the client fell behind its schedule: lag p99 {p99:.1} ms is over the bound of {bound:.1} ms"
-        ));
-    }
-    if dropped > 0 {
-        invalid.push(format!(
-            "{dropped} arrivals dropped: {} requests were open already (max_in_flight)",
-            o.max_in_flight
-        ));
-    }
-    if cpu >= 0.9 * cores as f64 {
-        invalid.push(format!(
-            "the client's CPU saturated: {cpu:.2} of {cores} cores busy"
-        ));
-    }
+    let invalid = why_not_valid(lag_ms.p99, bound, dropped, o.max_in_flight, cpu, cores);
     OpenLevel {
         rate,
         process: match rate {
@@ -269,6 +251,38 @@ fn judge(o: &OpenSpec, rate: Option<f64>, scheduled: u64, sh: &Shared, cpu: f64)
         valid: invalid.is_empty(),
         invalid,
     }
+}
+
+/// Why a level's figures cannot be trusted, if they cannot: its lag p99 over the bound
+/// (ms), arrivals dropped at `max_in_flight`, or the client's CPU time over the level
+/// (in cores) at 90% of the machine's `cores` or more.
+fn why_not_valid(
+    lag_p99: Option<f64>,
+    bound: f64,
+    dropped: u64,
+    max_in_flight: u64,
+    cpu: f64,
+    cores: u32,
+) -> Vec<String> {
+    let mut invalid = Vec::new();
+    if let Some(p99) = lag_p99
+        && p99 > bound
+    {
+        invalid.push(format!(
+            "the client fell behind its schedule: lag p99 {p99:.1} ms is over the bound of {bound:.1} ms"
+        ));
+    }
+    if dropped > 0 {
+        invalid.push(format!(
+            "{dropped} arrivals dropped: {max_in_flight} requests were open already (max_in_flight)"
+        ));
+    }
+    if cpu >= 0.9 * cores as f64 {
+        invalid.push(format!(
+            "the client's CPU saturated: {cpu:.2} of {cores} cores busy"
+        ));
+    }
+    invalid
 }
 
 /// Sends each request at its time, unless `max_in_flight` are open; waits for every
@@ -499,6 +513,27 @@ mod tests {
 
     /// Arrivals that find `max_in_flight` requests open are dropped, and the level is
     /// marked not valid with the reason; its requests are counted, the dropped are not.
+    /// Each reason on its own makes a level not valid, named with its figures; a level
+    /// under every bound is valid.
+    #[test]
+    fn lag_drops_and_a_saturated_cpu_each_make_a_level_not_valid() {
+        assert!(why_not_valid(Some(9.9), 10.0, 0, 100, 1.7, 2).is_empty());
+        assert!(why_not_valid(None, 10.0, 0, 100, 0.0, 2).is_empty());
+        let one = |v: Vec<String>| {
+            assert_eq!(v.len(), 1, "{v:?}");
+            v[0].clone()
+        };
+        assert!(one(why_not_valid(Some(12.5), 10.0, 0, 100, 0.5, 2)).contains("lag p99 12.5 ms"));
+        assert!(
+            one(why_not_valid(Some(1.0), 10.0, 3, 100, 0.5, 2)).contains("3 arrivals dropped: 100")
+        );
+        assert!(
+            one(why_not_valid(Some(1.0), 10.0, 0, 100, 1.8, 2))
+                .contains("the client's CPU saturated: 1.80 of 2 cores busy")
+        );
+        assert_eq!(why_not_valid(Some(50.0), 10.0, 1, 100, 4.0, 4).len(), 3);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_arrivals_make_a_level_not_valid() {
         let slow = Fake {
