@@ -64,7 +64,7 @@ impl std::fmt::Display for Prompt {
 }
 
 /// The most tokens an answer may be asked to have.
-pub const MAX_ANSWER_TOKENS: u32 = 1_000_000;
+pub const MAX_ANSWER_TOKENS: u32 = lab_codec::wt::MAX_ANSWER_LEN;
 
 /// The reference prompts.
 pub fn reference() -> Vec<Prompt> {
@@ -97,8 +97,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Prompt>> {
             None | Some(serde_json::Value::Null) => None,
             Some(m) => Some(
                 m.as_u64()
-                    .filter(|t| (1..=u64::from(MAX_ANSWER_TOKENS)).contains(t))
-                    .map(|t| t as u32)
+                    .and_then(lab_codec::wt::answer_len)
                     .with_context(|| {
                         format!("line {n}: max_tokens is {m}; it is the answer's length, 1 to {MAX_ANSWER_TOKENS} tokens")
                     })?,

@@ -16,6 +16,16 @@ pub const URGENT: &[u8] = b"\0urgent";
 /// when a request has its own length, so the bytes of every other run are unchanged.
 pub const ANSWER_LEN: &[u8] = b"\0answer_len=";
 
+/// The longest answer a request may ask for, in tokens (every entry point's bound).
+pub const MAX_ANSWER_LEN: u32 = 1_000_000;
+
+/// `n` as an answer length, if it is one: 1 to [`MAX_ANSWER_LEN`] tokens.
+pub fn answer_len(n: u64) -> Option<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_ANSWER_LEN).contains(n))
+}
+
 /// The message that asks for an answer of `n` tokens.
 pub fn answer_len_message(n: u32) -> Vec<u8> {
     let mut m = ANSWER_LEN.to_vec();
@@ -30,8 +40,8 @@ pub fn parse_answer_len(m: &[u8]) -> Option<Result<u32, String>> {
     Some(
         std::str::from_utf8(rest)
             .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            .filter(|n| (1..=1_000_000).contains(n))
+            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(answer_len)
             .ok_or_else(|| {
                 format!(
                     "answer length {:?} is not a number of tokens from 1 to 1000000",

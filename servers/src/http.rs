@@ -266,8 +266,7 @@ impl ChatAsk {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(
                 v.as_u64()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .map(|n| n as u32)
+                    .and_then(lab_codec::wt::answer_len)
                     .ok_or(format!(
                         "\"max_tokens\" is {v}; it is the answer's length, 1 to 1000000 tokens"
                     ))?,

@@ -120,10 +120,12 @@ async fn chat_get(State(st): State<AppState>, uri: http::Uri) -> Response {
                 .map(|(_, v)| v.into_owned())
         })
     };
-    let answer_len = match query("max_tokens").map(|v| v.parse::<u32>()) {
+    let answer_len = match query("max_tokens")
+        .map(|v| v.parse::<u64>().ok().and_then(lab_codec::wt::answer_len))
+    {
         None => None,
-        Some(Ok(n)) if (1..=1_000_000).contains(&n) => Some(n),
-        Some(_) => {
+        Some(Some(n)) => Some(n),
+        Some(None) => {
             st.stats.error();
             return json_error(
                 StatusCode::BAD_REQUEST,
