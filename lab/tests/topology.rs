@@ -144,7 +144,18 @@ fn plans_obey_the_naming_and_addressing_rules() {
             n,
             "an interface name repeats inside a namespace"
         );
-        assert_eq!(p.cells.len() * 3 + 1, p.namespaces.len());
+        // Three a cell, the LLM's, and one a node.
+        assert_eq!(p.cells.len() * 3 + 1 + p.nodes.len(), p.namespaces.len());
+        // No address twice, nodes' included.
+        let mut addrs: Vec<&str> = p
+            .interfaces
+            .iter()
+            .filter_map(|i| i.address.as_deref())
+            .collect();
+        let all = addrs.len();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), all, "an address repeats in {}", path.display());
     }
     // Two labs with different names share no namespace.
     let (_, a) = plan::load(&root().join("topologies/degraded.yaml")).unwrap();

@@ -136,7 +136,54 @@ pub fn load(
         }
     }
     load_trace(&mut t, path, &text, &file)?;
+    check_node_commands(&t, &text, &file)?;
     Ok(t)
+}
+
+/// Each node's program is one this machine has: `lab`, a path to an executable file,
+/// or a name found on PATH. Said before anything is built, for every node at once.
+fn check_node_commands(t: &model::Topology, text: &str, file: &str) -> Result<(), LoadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let mut problems = Vec::new();
+    for (name, spec) in &t.nodes {
+        let Some(prog) = spec.command.first() else {
+            continue;
+        };
+        let found = prog == "lab"
+            || if prog.contains('/') {
+                runnable(Path::new(prog))
+            } else {
+                std::env::split_paths(&path_var).any(|d| runnable(&d.join(prog)))
+            };
+        if !found {
+            let at = parse::position(text, &["nodes", name, "command"]).unwrap_or((1, 1));
+            let message = if prog.contains('/') {
+                format!(
+                    "{prog} is not an executable file; give the program's full path, or its name on PATH"
+                )
+            } else {
+                format!(
+                    "'{prog}' is not on PATH; install it (scripts/setup.sh installs redis-server and haproxy) or give its full path"
+                )
+            };
+            problems.push(parse::Diagnostic {
+                file: file.to_owned(),
+                line: at.0,
+                column: at.1,
+                field: format!("nodes.{name}.command"),
+                message,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Invalid(parse::Diagnostics(problems)))
+    }
 }
 
 /// An open loop's trace (`workload.load.trace`), read now so that a bad one stops the

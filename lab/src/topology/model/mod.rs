@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod links;
+mod nodes;
 pub mod ring;
 mod transport;
 pub use links::*;
+pub use nodes::*;
 pub use transport::*;
 
 // Parsed by `super::parse`, which reports every problem at once; this type's serde
@@ -50,6 +52,13 @@ pub struct Topology {
     /// field left out keeps the stack's own default.
     #[serde(default)]
     pub transport: TransportSpec,
+    /// Programs of your own (a broker, a load balancer, any binary), each in a namespace
+    /// of its own on the LLM network: in every cell (`scope: cell`) or one for the lab
+    /// (`scope: shared`). Reach them by address: `{node:NAME}` in a server command, a
+    /// node's command, environment or files.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, NodeSpec>")]
+    pub nodes: Vec<(String, NodeSpec)>,
 }
 
 /// At most this many cells (profiles times approaches) per lab: each gets one /24 of
@@ -137,6 +146,10 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
     ("model", "the model to ask the LLM for"),
     ("cert", "a PEM certificate lab made for this server"),
     ("key", "its PEM private key"),
+    (
+        "node:NAME",
+        "the address of node NAME of `nodes:` (the cell's own, or the shared one)",
+    ),
 ];
 
 // The two forms an entry of `approaches` takes; only the schema uses this type.
@@ -162,8 +175,8 @@ struct CustomApproach {
     /// The protocol it speaks: one of lab's approaches (needed with a name of its own).
     protocol: Option<Approach>,
     /// The command that runs a server of your own, as a list of arguments. Placeholders:
-    /// {listen}, {host}, {port}, {upstream}, {model}, {cert}, {key}. `lab` as the command
-    /// is this lab. Without it, lab's own server for the protocol runs.
+    /// {listen}, {host}, {port}, {upstream}, {model}, {cert}, {key}, {node:NAME}. `lab` as
+    /// the command is this lab. Without it, lab's own server for the protocol runs.
     command: Option<Vec<String>>,
     /// The port it listens on (default: the protocol's).
     port: Option<u16>,

@@ -388,7 +388,7 @@ fn check_placeholders(argv: &[String]) -> Result<(), String> {
                 return Err(format!("'{arg}' has a `{{` without its `}}`"));
             };
             let word = &rest[i + 1..i + j];
-            if !PLACEHOLDERS.iter().any(|(p, _)| *p == word) {
+            if !word.starts_with("node:") && !PLACEHOLDERS.iter().any(|(p, _)| *p == word) {
                 let valid: Vec<String> = PLACEHOLDERS
                     .iter()
                     .map(|(p, _)| format!("{{{p}}}"))

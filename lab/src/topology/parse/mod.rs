@@ -23,6 +23,7 @@
 mod approaches;
 mod ctx;
 mod links;
+mod nodes;
 mod structure;
 mod transport;
 mod workload;
@@ -93,6 +94,7 @@ const TOP_FIELDS: &[&str] = &[
     "expect",
     "ipv6",
     "transport",
+    "nodes",
 ];
 
 /// The line and column of the node at `path` (keys from the top), if the text is YAML
@@ -129,7 +131,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         );
         return Err(Diagnostics(cx.out));
     };
-    let s = read_sections(&mut cx, map);
+    let mut s = read_sections(&mut cx, map);
     check_name(&mut cx, &s, map);
     if !map.contains_key("profiles") {
         cx.push(
@@ -138,6 +140,18 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
             "missing: add at least one profile, e.g. `profiles: { baseline: {} }`",
         );
     }
+    nodes::check_refs(
+        &mut cx,
+        s.nodes.as_deref().unwrap_or_default(),
+        s.approaches.as_deref().unwrap_or_default(),
+    );
+    let nodes = s
+        .nodes
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, spec, _)| (n, spec))
+        .collect();
     let approaches = approaches::check_list(
         &mut cx,
         s.approaches,
@@ -168,6 +182,7 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         expect: expects,
         ipv6: s.ipv6.unwrap_or(false),
         transport: s.transport.unwrap_or_default(),
+        nodes,
     })
 }
 
@@ -224,6 +239,7 @@ struct Sections {
     expect: Vec<(String, At, usize)>,
     ipv6: Option<bool>,
     transport: Option<TransportSpec>,
+    nodes: Option<Vec<(String, NodeSpec, At)>>,
 }
 
 /// Reads every top-level section, each by its own module.
@@ -252,6 +268,7 @@ fn read_sections(cx: &mut Ctx<'_>, map: &MarkedMappingNode) -> Sections {
             "expect" => s.expect = read_expect_texts(cx, v),
             "ipv6" => s.ipv6 = cx.de::<bool>(v, "ipv6"),
             "transport" => s.transport = transport::parse_transport(cx, v, "transport"),
+            "nodes" => s.nodes = nodes::parse_nodes(cx, v),
             other => cx.push(
                 key_pos(k),
                 other,
