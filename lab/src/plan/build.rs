@@ -54,6 +54,13 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
             cells.push(cell);
         }
     }
+    // The nodes start with the LLM, before the servers that may reach them.
+    let laid = super::nodes::lay_out(t, &prefix, &llm_ns, &cells);
+    namespaces.extend(laid.namespaces);
+    interfaces.extend(laid.interfaces);
+    let servers = processes.split_off(1);
+    processes.extend(laid.processes);
+    processes.extend(servers);
     Ok(Plan {
         name: t.name.clone(),
         prefix,
@@ -70,6 +77,7 @@ pub fn plan(t: &Topology) -> Result<Plan, String> {
         interfaces,
         processes,
         sysctls,
+        nodes: laid.nodes,
     })
 }
 
@@ -188,6 +196,8 @@ fn line_process(namespace: &str, role: &str, argv: Vec<String>) -> Process {
         argv,
         ready: Ready::Line,
         certs: None,
+        env: Vec::new(),
+        files: None,
     }
 }
 
@@ -237,7 +247,7 @@ fn new_cell(
 }
 
 /// A bridge named `br0` in `namespace`.
-fn bridge(namespace: &str, address: Option<String>) -> Iface {
+pub(super) fn bridge(namespace: &str, address: Option<String>) -> Iface {
     Iface {
         namespace: namespace.to_owned(),
         name: "br0".into(),
@@ -250,7 +260,7 @@ fn bridge(namespace: &str, address: Option<String>) -> Iface {
 }
 
 /// One end of a veth pair; `peer` is `namespace/name` of the other end.
-fn veth(
+pub(super) fn veth(
     namespace: &str,
     name: &str,
     peer: String,
@@ -352,7 +362,7 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
         }
         ServerSpec::Command { argv, .. } => {
             let fill = |arg: &str| {
-                [
+                let filled = [
                     ("{listen}", format!("{addr}:{p}")),
                     ("{host}", addr.to_string()),
                     ("{port}", p.to_string()),
@@ -362,7 +372,12 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
                     ("{key}", format!("{certs}/key.pem")),
                 ]
                 .iter()
-                .fold(arg.to_owned(), |s, (k, v)| s.replace(k, v))
+                .fold(arg.to_owned(), |s, (k, v)| s.replace(k, v));
+                super::nodes::fill(&filled, &|w| {
+                    Some(
+                        super::nodes::address_of(t, w.strip_prefix("node:")?, c.index)?.to_string(),
+                    )
+                })
             };
             // `lab exec-server` waits until lab has recorded it, then becomes the
             // command (same process).
@@ -380,6 +395,8 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
                     dir: certs,
                     san: addr.to_string(),
                 }),
+                env: Vec::new(),
+                files: None,
             }
         }
     }

@@ -148,6 +148,8 @@ pub fn with_backend(mut p: Plan, backend: Shaper, why: impl Into<String>) -> Pla
                 argv,
                 ready: Ready::Line,
                 certs: None,
+                env: Vec::new(),
+                files: None,
             });
         }
     }

@@ -16,6 +16,7 @@
 mod build;
 pub mod layout;
 pub mod node;
+pub mod nodes;
 pub mod render;
 
 use crate::approach::{Approach, Model, Transport};
@@ -110,6 +111,16 @@ impl Plan {
                     c.server_ns.as_str(),
                 ]
             })
+            .chain(
+                self.nodes
+                    .iter()
+                    .filter(|n| {
+                        n.cell
+                            .as_ref()
+                            .is_some_and(|id| !cells.iter().any(|k| &k.id == id))
+                    })
+                    .map(|n| n.namespace.as_str()),
+            )
             .collect();
         let kept = |ns: &str| !dropped.contains(&ns);
         let mut p = self.clone();
@@ -122,6 +133,7 @@ impl Plan {
                     .is_none_or(|peer| kept(peer.split('/').next().unwrap_or(peer)))
         });
         p.processes.retain(|pr| kept(&pr.namespace));
+        p.nodes.retain(|n| kept(&n.namespace));
         Ok(p)
     }
 }
@@ -174,6 +186,9 @@ pub struct Plan {
     /// Kernel settings of lab's namespaces (a load test's backlogs and port range).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
+    /// The user's nodes (`nodes:`), each in its own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<nodes::NodePlan>,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,9 +295,7 @@ pub struct Sysctl {
 }
 
 /// How lab knows a process it started is ready.
-#[derive(
-    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
-)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ready {
     /// It prints a JSON ready line on stdout (every `lab` process).
@@ -290,6 +303,12 @@ pub enum Ready {
     Line,
     /// It listens on this port (TCP) or has it bound (UDP): a server of the user's.
     Port { transport: Transport, port: u16 },
+    /// It listens on (or has bound) each of these ports: a node. With none, it is ready
+    /// once it has run for a moment without exiting.
+    Ports {
+        #[schemars(with = "Vec<String>")]
+        ports: Vec<crate::topology::model::NodePort>,
+    },
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,6 +324,12 @@ pub struct Process {
     /// do not make their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certs: Option<CertsFor>,
+    /// Environment variables to add (a node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Files lab writes before starting it (a node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<nodes::FilesFor>,
 }
 
 fn is_line(r: &Ready) -> bool {

@@ -5,6 +5,9 @@
 //! - a suffix picks the namespace: `wt.server`, `wt@degraded.wire`, `wt.client`;
 //! - `c3`, `c3.server`: a cell by its id;
 //! - `llm`: the namespace of the LLM upstream (the mock, or the relay's listener);
+//! - a node of `nodes:`: a shared one by its name (`redis`); a cell's as a suffix of the
+//!   cell's names (`wt.redis`, `wt@degraded.redis`, `c3.redis`), or by its name alone
+//!   when the lab has one cell;
 //! - a full namespace name, as `ip netns list` shows it.
 
 use crate::plan::Plan;
@@ -17,7 +20,7 @@ pub fn nodes(plan: &Plan) -> Vec<(String, String)> {
     for c in &plan.cells {
         *seen_approach.entry(c.name.clone()).or_insert(0usize) += 1;
     }
-    for c in &plan.cells {
+    let bases = |c: &crate::plan::Cell| {
         let a = c.name.clone();
         let mut bases = Vec::new();
         if seen_approach[&c.name] == 1 {
@@ -25,7 +28,10 @@ pub fn nodes(plan: &Plan) -> Vec<(String, String)> {
         }
         bases.push(format!("{a}@{}", c.profile));
         bases.push(c.id.clone());
-        for b in bases {
+        bases
+    };
+    for c in &plan.cells {
+        for b in bases(c) {
             out.push((b.clone(), c.client_ns.clone()));
             for (side, ns) in [
                 ("client", &c.client_ns),
@@ -34,6 +40,23 @@ pub fn nodes(plan: &Plan) -> Vec<(String, String)> {
             ] {
                 out.push((format!("{b}.{side}"), ns.clone()));
             }
+        }
+    }
+    for n in &plan.nodes {
+        let cell = n
+            .cell
+            .as_ref()
+            .and_then(|id| plan.cells.iter().find(|c| &c.id == id));
+        match cell {
+            Some(c) => {
+                if plan.cells.len() == 1 {
+                    out.push((n.name.clone(), n.namespace.clone()));
+                }
+                for b in bases(c) {
+                    out.push((format!("{b}.{}", n.name), n.namespace.clone()));
+                }
+            }
+            None => out.push((n.name.clone(), n.namespace.clone())),
         }
     }
     for ns in &plan.namespaces {
@@ -54,8 +77,23 @@ pub fn resolve(plan: &Plan, node: &str) -> Result<String> {
         .map(|(n, _)| n.as_str())
         .filter(|n| !n.contains('.') && !n.starts_with("lab-"))
         .collect();
+    let mut cell_nodes: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.cell.is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    cell_nodes.dedup();
+    let sides = if cell_nodes.is_empty() {
+        ".client, .wire or .server".to_owned()
+    } else {
+        format!(
+            ".client, .wire, .server or a cell's node (.{})",
+            cell_nodes.join(", .")
+        )
+    };
     bail!(
-        "no node {node:?} in lab {}. Nodes: {} (add .client, .wire or .server to pick a side; \
+        "no node {node:?} in lab {}. Nodes: {} (add {sides} to pick a side; \
 a bare name is the client side), or a namespace name from `lab status`",
         plan.name,
         bases.join(", ")
@@ -92,5 +130,25 @@ mod tests {
         assert!(e.contains("no node \"wt\" in lab y"), "{e}");
         assert!(e.contains("wt@a, c1"), "{e}");
         assert!(e.contains("llm, sse@a, c0"), "{e}");
+    }
+
+    /// A shared node by its name; a cell's node after the cell's names, and alone when
+    /// the lab has one cell.
+    #[test]
+    fn nodes_by_name_and_after_their_cell() {
+        let nodes = "nodes:\n  kv: { command: [redis-server], ports: [6379] }\n  bus: { command: [nats-server], scope: shared }\n";
+        let p = plan(&format!(
+            "name: z\napproaches: [sse, wt]\nprofiles:\n  a: {{}}\n{nodes}"
+        ));
+        assert_eq!(resolve(&p, "bus").unwrap(), "lab-z-bus");
+        assert_eq!(resolve(&p, "wt.kv").unwrap(), "lab-z-c1-kv");
+        assert_eq!(resolve(&p, "c0.kv").unwrap(), "lab-z-c0-kv");
+        assert_eq!(resolve(&p, "sse@a.kv").unwrap(), "lab-z-c0-kv");
+        let e = resolve(&p, "kv").unwrap_err().to_string();
+        assert!(e.contains("a cell's node (.kv)"), "{e}");
+        let one = plan(&format!(
+            "name: o\napproaches: [sse]\nprofiles:\n  a: {{}}\n{nodes}"
+        ));
+        assert_eq!(resolve(&one, "kv").unwrap(), "lab-o-c0-kv");
     }
 }

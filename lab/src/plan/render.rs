@@ -138,6 +138,7 @@ fn mode_name(c: Connection) -> &'static str {
 pub fn render(p: &Plan) -> String {
     let mut out = head(p);
     out.push_str(&cells_table(p));
+    out.push_str(&nodes_table(p));
     out.push_str(&interfaces_table(p));
     out.push_str(&processes_table(p));
     out.push_str(&sysctls_table(p));
@@ -284,6 +285,38 @@ fn interfaces_table(p: &Plan) -> String {
 }
 
 /// A row a process, with its whole command line.
+/// The user's nodes, if any: where each runs, its address and ports.
+pub fn nodes_table(p: &Plan) -> String {
+    if p.nodes.is_empty() {
+        return String::new();
+    }
+    #[derive(tabled::Tabled)]
+    struct NodeRow {
+        node: String,
+        cell: String,
+        namespace: String,
+        address: String,
+        ports: String,
+    }
+    let rows: Vec<NodeRow> = p
+        .nodes
+        .iter()
+        .map(|n| NodeRow {
+            node: n.name.clone(),
+            cell: n.cell.clone().unwrap_or_else(|| "shared".into()),
+            namespace: n.namespace.clone(),
+            address: n.address.to_string(),
+            ports: n
+                .ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    format!("{}\n\n", crate::table::markdown(rows))
+}
+
 fn processes_table(p: &Plan) -> String {
     #[derive(tabled::Tabled)]
     struct ProcRow {
