@@ -115,7 +115,7 @@ pub enum Command {
     #[command(hide = true)]
     Wire(WireArgs),
     /// Becomes a command (exec, same process) once lab has recorded it: how `lab up`
-    /// starts a server of the user's. `lab` as the command is this lab.
+    /// starts a server or a node of the user's. `lab` as the command is this lab.
     #[command(hide = true)]
     ExecServer(ExecServerArgs),
     /// A process a server starts of its own, such as the handoff server's streaming
@@ -154,6 +154,9 @@ pub struct SchemaArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecServerArgs {
+    /// The directory to run it in (a node's own).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,

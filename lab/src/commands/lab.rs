@@ -435,7 +435,8 @@ pub async fn relay(a: RelayArgs) -> Result<u8> {
     }
 }
 
-/// `lab exec-server -- cmd args...` (started by `lab up` for a server of the user's):
+/// `lab exec-server [--dir D] -- cmd args...` (started by `lab up` for a server or a
+/// node of the user's):
 /// by now lab has recorded this process, so it becomes the command, keeping its pid.
 pub fn exec_server(a: crate::cli::ExecServerArgs) -> Result<u8> {
     use std::os::unix::process::CommandExt;
@@ -443,7 +444,12 @@ pub fn exec_server(a: crate::cli::ExecServerArgs) -> Result<u8> {
     if argv[0] == "lab" {
         argv[0] = std::env::current_exe()?.display().to_string();
     }
-    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if let Some(d) = &a.dir {
+        cmd.current_dir(d);
+    }
+    let err = cmd.exec();
     tell!("lab: cannot run {}: {err}", argv[0]);
     Ok(127)
 }

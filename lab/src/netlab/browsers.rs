@@ -19,7 +19,7 @@ struct Record {
 }
 
 /// The network namespace inode of each of `namespaces` (lab's, under /run/netns).
-fn inodes(namespaces: &[String]) -> Vec<u64> {
+pub(super) fn inodes(namespaces: &[String]) -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;
     namespaces
         .iter()
@@ -30,9 +30,18 @@ fn inodes(namespaces: &[String]) -> Vec<u64> {
 
 /// A process's process group and network namespace inode.
 fn group_and_netns(pid: u32) -> Option<(i32, u64)> {
+    let (pgrp, _, ino) = ids(pid)?;
+    Some((pgrp, ino))
+}
+
+/// A process's process group, session and network namespace inode.
+pub(super) fn ids(pid: u32) -> Option<(i32, i32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 5 (pgrp), the third after the command's closing parenthesis.
-    let pgrp = stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()?;
+    // Fields 5 (pgrp) and 6 (session), the third and fourth after the command's
+    // closing parenthesis.
+    let mut after = stat.rsplit_once(") ")?.1.split(' ').skip(2);
+    let pgrp = after.next()?.parse().ok()?;
+    let session = after.next()?.parse().ok()?;
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     let ino = link
         .to_str()?
@@ -40,7 +49,7 @@ fn group_and_netns(pid: u32) -> Option<(i32, u64)> {
         .strip_suffix(']')?
         .parse()
         .ok()?;
-    Some((pgrp, ino))
+    Some((pgrp, session, ino))
 }
 
 /// The processes of browser group `r` that are still alive, as pidfds.

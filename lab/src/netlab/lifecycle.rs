@@ -3,7 +3,8 @@
 //! `up` records every object in the state record before or right after creating it, and
 //! holds a guard that takes everything down again if building fails, is interrupted, or
 //! panics. Teardown is synchronous and needs no netlink: stop the processes (pidfd, so a
-//! reused pid is never signalled), then unmount and unlink the namespaces in reverse
+//! reused pid is never signalled) and what they left in their sessions, then unmount
+//! and unlink the namespaces in reverse
 //! order — their interfaces go with them — then remove the run directory.
 
 use super::procs::{self, Started};
@@ -300,20 +301,32 @@ fn start_processes(
     stage: &dyn Fn(&str),
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the lab executable")?;
-    let cell_of = |ns: &str| {
+    let server_side = |ns: &str| {
         plan.cells
             .iter()
             .find(|c| c.server_ns == ns || c.wire_ns == ns)
             .map(|c| c.id.clone())
     };
+    let cell_of = |ns: &str| {
+        server_side(ns).or_else(|| {
+            plan.nodes
+                .iter()
+                .find(|n| n.namespace == ns)
+                .and_then(|n| n.cell.clone())
+        })
+    };
+    // The LLM and the nodes first: the servers may reach them as they start.
     let mut waves: [Vec<&crate::plan::Process>; 2] = [Vec::new(), Vec::new()];
     for p in &plan.processes {
-        let wave = usize::from(cell_of(&p.namespace).is_some());
+        let wave = usize::from(server_side(&p.namespace).is_some());
         waves[wave].push(p);
     }
     for (w, wave) in waves.into_iter().enumerate() {
         stage(&if w == 0 {
-            "starting the LLM".to_owned()
+            match plan.nodes.len() {
+                0 => "starting the LLM".to_owned(),
+                n => format!("starting the LLM and {n} nodes, waiting until each is ready"),
+            }
         } else {
             format!(
                 "starting {} servers and link emulators, waiting until each is ready",
@@ -366,6 +379,12 @@ fn start_one(
         }
         None => None,
     };
+    if let Some(f) = &p.files {
+        let d = super::files::SafeDir::open(Path::new(&f.dir), true)?;
+        for (name, text) in &f.files {
+            d.write(name, text.as_bytes(), 0o644)?;
+        }
+    }
     let ns = if p.namespace == HOST {
         None
     } else {
@@ -386,9 +405,9 @@ fn start_one(
         ns,
         &p.argv,
         log,
-        &[],
+        &p.env,
         procs::Lifetime::Held,
-        p.ready,
+        p.ready.clone(),
     )?;
     if made.is_some() {
         st.record.cert_sha256 = made;
@@ -451,6 +470,20 @@ pub fn teardown(state: &mut State) -> Vec<String> {
     }
     // What a killed browser client left of its browser, before its namespace goes.
     failures.extend(super::browsers::stop_left(&state.dir(), &state.namespaces));
+    // What the processes started in their sessions (a node's workers, a crashed
+    // server's children).
+    failures.extend(super::sessions::stop_left(
+        &state.processes,
+        &state.namespaces,
+    ));
+    let node_namespaces: Vec<String> = state
+        .plan
+        .nodes
+        .iter()
+        .map(|n| n.namespace.clone())
+        .filter(|n| state.namespaces.contains(n))
+        .collect();
+    failures.extend(super::sessions::strays(&node_namespaces));
     for ns in state.namespaces.iter().rev() {
         if let Err(e) = sys::delete_netns(ns) {
             failures.push(format!("{e:#}"));

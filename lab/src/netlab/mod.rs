@@ -16,6 +16,7 @@ pub mod packet;
 pub mod procs;
 pub mod qdisc;
 pub mod relay;
+pub mod sessions;
 pub mod shell;
 pub mod state;
 pub mod sys;

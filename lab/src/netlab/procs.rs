@@ -27,6 +27,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// How long a process without ports must run, without exiting, to count as started.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Tcp => "TCP",
+        Transport::Udp => "UDP",
+    }
+}
+
 /// How long a server may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -108,7 +118,7 @@ pub fn start(
             // The ready line comes on stdout; a server of the user's writes what it
             // likes there, which goes to its log.
             Ready::Line => Stdio::piped(),
-            Ready::Port { .. } => Stdio::from(logf.try_clone()?),
+            Ready::Port { .. } | Ready::Ports { .. } => Stdio::from(logf.try_clone()?),
         })
         .stderr(logf)
         .env("LAB_LOG", "info")
@@ -210,8 +220,15 @@ impl Started {
     /// Waits for the child's ready line. Fails, with its exit status and the tail of its
     /// log, if it exits first; also on timeout or when `cancel` is set.
     pub fn wait_ready(&mut self, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
-        if let Ready::Port { transport, port } = self.ready {
-            return self.wait_port(transport, port, timeout, cancel);
+        match &self.ready {
+            Ready::Port { transport, port } => {
+                return self.wait_ports(&[(*transport, *port)], timeout, cancel);
+            }
+            Ready::Ports { ports } => {
+                let ports: Vec<_> = ports.iter().map(|p| (p.transport, p.port)).collect();
+                return self.wait_ports(&ports, timeout, cancel);
+            }
+            Ready::Line => {}
         }
         let stdout = self
             .stdout
@@ -266,31 +283,53 @@ impl Started {
         }
     }
 
-    /// Waits until the child listens on `port`; fails if it exits first, on timeout or
+    /// Waits until the child listens on (or has bound) each of `ports`; with none, until
+    /// it has run for [`SETTLE`] without exiting. Fails if it exits first, on timeout or
     /// when `cancel` is set.
-    fn wait_port(
+    fn wait_ports(
         &mut self,
-        transport: Transport,
-        port: u16,
+        ports: &[(Transport, u16)],
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let t0 = Instant::now();
+        let deadline = t0 + timeout;
+        let what = match ports {
+            [] => "started".to_owned(),
+            _ => format!(
+                "listened on {}",
+                ports
+                    .iter()
+                    .map(|(t, p)| format!("{} port {p}", transport_name(*t)))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
         loop {
-            if bound(self.record.pid, transport, port) {
-                return Ok(());
-            }
+            let ready = match ports {
+                [] => t0.elapsed() >= SETTLE,
+                _ => ports.iter().all(|(t, p)| bound(self.record.pid, *t, *p)),
+            };
             if let Some(status) = self.child.try_wait()? {
                 return Err(self.died(&format!(
-                    "exited ({status}) before it listened on port {port}"
+                    "exited ({status}) before it {what}; a program lab starts must stay in the foreground (not daemonize)"
                 )));
+            }
+            if ready {
+                return Ok(());
             }
             if cancel.load(Ordering::SeqCst) {
                 bail!("interrupted while waiting for the {}", self.record.role);
             }
             if Instant::now() >= deadline {
+                let missing: Vec<String> = ports
+                    .iter()
+                    .filter(|(t, p)| !bound(self.record.pid, *t, *p))
+                    .map(|(t, p)| format!("{} port {p}", transport_name(*t)))
+                    .collect();
                 return Err(self.died(&format!(
-                    "did not listen on {transport:?} port {port} within {} s",
+                    "did not listen on {} within {} s",
+                    missing.join(" and "),
                     timeout.as_secs()
                 )));
             }
