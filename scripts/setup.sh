@@ -32,6 +32,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # tests check that `ip netns` sees lab namespaces; lab itself never runs ip
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)  # a test checks lab's capture and pcap files against tcpdump
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the README runs `sudo lab run ...`
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)  # a node of the user's in tests and topologies/nodes.yaml (redis-cli comes with it)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)  # the load balancer node of topologies/nodes.yaml
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

@@ -311,6 +311,7 @@ async fn once(
         expect: job.expects.clone(),
         shard: a.shard,
         summaries: Vec::new(),
+        nodes_exited: nodes_exited(&st),
     };
     // In a series each run's report is in its directory; the report over the runs is
     // what is printed.
@@ -465,6 +466,28 @@ fn report_and_save(run: &mut Run, dir: &SafeDir, signals: &Signals, print: bool)
         }
     }
     true
+}
+
+/// The user's nodes that are no longer running, each said with the tail of its log.
+fn nodes_exited(st: &crate::netlab::state::State) -> Vec<String> {
+    st.processes
+        .iter()
+        .filter(|p| st.plan.nodes.iter().any(|n| n.namespace == p.namespace))
+        // Gone, or a zombie not yet reaped.
+        .filter(|p| {
+            !matches!(crate::netlab::live::process_live(p.pid, p.start), Some((s, _)) if s != 'Z')
+        })
+        .map(|p| {
+            format!(
+                "the {} (pid {}, in {}) exited during the run. Last lines of {}:\n{}",
+                p.role,
+                p.pid,
+                p.namespace,
+                p.log.display(),
+                crate::netlab::procs::log_tail(&p.log, 12)
+            )
+        })
+        .collect()
 }
 
 /// Takes the lab down, saying what could not be removed.

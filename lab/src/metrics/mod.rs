@@ -119,6 +119,10 @@ pub struct Run {
     /// Each cell's figures as the tables show them.
     #[serde(default)]
     pub summaries: Vec<summary::CellSummary>,
+    /// The user's nodes that exited before the run ended, each with its log's last
+    /// lines: the run's figures may have lost what the node did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_exited: Vec<String>,
 }
 
 /// The JSON schema of run.json, as published in lab/run.schema.json.
@@ -392,6 +396,7 @@ pub fn run_errors(run: &Run) -> Vec<String> {
         }
     }
     out.extend(run.digest_mismatches.iter().cloned());
+    out.extend(run.nodes_exited.iter().cloned());
     out
 }
 

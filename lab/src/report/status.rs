@@ -63,6 +63,7 @@ pub fn json(labs: &[(State, Live)]) -> serde_json::Value {
 pub fn render(s: &State, l: &Live) -> String {
     let mut out = head(s, l);
     out.push_str(&cells_table(&s.plan));
+    out.push_str(&crate::plan::render::nodes_table(&s.plan));
     out.push_str(&processes_table(s, l));
     out.push_str(&wire_counters(&l.wire));
     out.push_str(&namespaces_line(s, l));

@@ -1,0 +1,265 @@
+//! Root integration tests of the user's nodes (`nodes:`): programs that are not lab
+//! (Debian's redis-server, sh), in namespaces of their own, for real. `lab up`,
+//! `status`, `exec`, `shell` and `down` work on them; what they start in their session
+//! goes with them; a SIGKILL of `lab run` and then `lab clean` leaves no process; a node
+//! that exits is reported with its log.
+
+mod common;
+
+use common::*;
+use lab::netlab::sys;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A topology named `name` with one `sse` cell, a fast mock, and `nodes`.
+fn topology(name: &str, workload: &str, nodes: &str) -> Tmp {
+    tmpfile(
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ ttft: 5ms, tbt: 1ms, jitter: 0%, max_tokens: 12 }}\nprofiles:\n  lan: {{ delay: 1ms }}\n{workload}nodes:\n{nodes}"
+        ),
+    )
+}
+
+/// A shared redis-server with its config file rendered by lab, and a cell node that
+/// starts redis-server through sh, its address in the environment, with a `sleep` it
+/// forked left in its session (as a program's worker would be), after writing its
+/// environment into its working directory.
+const NODES: &str = r#"  store:
+    scope: shared
+    command: [redis-server, "{dir}/store.conf"]
+    ports: [6379]
+    files:
+      store.conf: "bind {addr}\nport 6379\nsave \"\"\nappendonly no\nprotected-mode no\n"
+  cache:
+    command: [sh, -c, "env > env.txt; sleep 600 & exec redis-server --bind $BIND --port 6380 --save '' --appendonly no --protected-mode no"]
+    ports: [tcp/6380]
+    env: { BIND: "{addr}", STORE: "{node:store}" }
+"#;
+
+fn status(name: &str) -> serde_json::Value {
+    let o = lab(&["status", "--lab", name, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["labs"][0].clone()
+}
+
+/// The recorded processes of a lab's state, and every live process in their sessions
+/// (what a node forked), as (pid, start time).
+fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
+    let recorded: Vec<(u32, u64)> = state["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_u64().unwrap() as u32,
+                p["start"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut all = recorded.clone();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let sid: u32 = rest.split(' ').nth(3).unwrap().parse().unwrap();
+        if recorded.iter().any(|(p, _)| *p == sid) && !all.iter().any(|(p, _)| *p == pid) {
+            all.push((pid, sys::start_time(pid).unwrap_or(0)));
+        }
+    }
+    all
+}
+
+fn running(pid: u32, start: u64) -> bool {
+    sys::start_time(pid) == Some(start) && sys::proc_state_rss(pid).is_some_and(|(s, _)| s != 'Z')
+}
+
+/// Nothing of lab `name`: no namespace, no run directory, none of `procs` running.
+fn assert_gone(name: &str, procs: &[(u32, u64)]) {
+    assert_nothing_left(name, &[]);
+    for (pid, start) in procs {
+        assert!(!running(*pid, *start), "process {pid} is still running");
+    }
+}
+
+#[test]
+fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {
+    let name = "tnodes";
+    let _down = Down(name.into());
+    let topo = topology(name, "", NODES);
+    let out = ok(&["up", topo.to_str().unwrap()]);
+    // `lab up` (and `lab status`) list the nodes, their addresses and processes.
+    for want in [
+        "| store | shared | lab-tnodes-store    | 198.19.255.1 | tcp/6379 |",
+        "| cache | c0     | lab-tnodes-c0-cache | 198.19.2.1   | tcp/6380 |",
+        "node store",
+        "c0 node cache",
+    ] {
+        assert!(out.contains(want), "{want:?} not in\n{out}");
+    }
+    let st = status(name);
+    let live = st["live"]["processes"].as_array().unwrap();
+    for role in ["node store", "node cache"] {
+        let p = live.iter().find(|p| p["role"] == role).unwrap();
+        assert_eq!(p["alive"], true, "{p}");
+    }
+    assert_eq!(st["plan"]["nodes"].as_array().unwrap().len(), 2);
+
+    // The cell's server reaches both nodes; each node is named in `lab exec`.
+    let ping = |node: &str, host: &str, port: &str| {
+        ok(&[
+            "exec",
+            "--lab",
+            name,
+            node,
+            "--",
+            "redis-cli",
+            "-h",
+            host,
+            "-p",
+            port,
+            "ping",
+        ])
+    };
+    assert_eq!(ping("sse.server", "198.19.255.1", "6379").trim(), "PONG");
+    assert_eq!(ping("sse.server", "198.19.2.1", "6380").trim(), "PONG");
+    assert_eq!(ping("store", "198.19.2.1", "6380").trim(), "PONG");
+    assert_eq!(ping("c0.cache", "198.19.255.1", "6379").trim(), "PONG");
+    // The rendered file, and the node's own environment and directory.
+    let conf = std::fs::read_to_string("/run/lab/tnodes/nodes/store/store.conf").unwrap();
+    assert!(conf.starts_with("bind 198.19.255.1\nport 6379\n"), "{conf}");
+    // The node ran in its own directory (where it wrote env.txt) with its environment.
+    let env = std::fs::read_to_string("/run/lab/tnodes/nodes/c0-cache/env.txt").unwrap();
+    for want in ["BIND=198.19.2.1", "STORE=198.19.255.1"] {
+        assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
+    }
+
+    // A shell in the node's namespace sees the node's address.
+    let mut sh = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["shell", "--lab", name, "cache"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sh.stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /proc/net/fib_trie | grep -c 198.19.2.1; exit 7\n")
+        .unwrap();
+    let o = sh.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains('2'),
+        "{}",
+        text(&o)
+    );
+
+    // `lab down` stops the nodes and what they forked (the sleep), and removes all.
+    let procs = processes_and_sessions(&st);
+    assert!(
+        procs.len() > st["processes"].as_array().unwrap().len(),
+        "the cache node's sleep is not in its session: {procs:?}"
+    );
+    let out = ok(&["down", name]);
+    assert!(out.contains("is down"), "{out}");
+    assert_gone(name, &procs);
+}
+
+#[test]
+fn a_sigkilled_run_with_nodes_leaves_no_process_after_clean() {
+    let name = "tnodekill";
+    let _down = Down(name.into());
+    // Enough prompts that the run is still going when it is killed.
+    let topo = topology(name, "workload: { repeat: 50 }\n", NODES);
+    let results = tmpdir("tnodekill-results");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "run",
+            topo.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the lab is up and running its prompts.
+    let t0 = Instant::now();
+    let st = loop {
+        if let Ok(bytes) = std::fs::read(format!("/run/lab/{name}/state.json"))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && v["phase"] == "up"
+        {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the lab did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let procs = processes_and_sessions(&st);
+    assert!(procs.iter().all(|(p, s)| running(*p, *s)), "{procs:?}");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let out = ok(&["clean"]);
+    assert!(out.contains(&format!("lab {name} is down")), "{out}");
+    assert_gone(name, &procs);
+}
+
+#[test]
+fn a_node_that_exits_is_reported_with_its_log_and_nothing_is_left() {
+    // At `lab up`: the node exits before it listens.
+    let name = "tnodefail";
+    let _down = Down(name.into());
+    let topo = topology(
+        name,
+        "",
+        "  broken:\n    command: [sh, -c, \"echo no config file here >&2; exit 3\"]\n    ports: [7000]\n",
+    );
+    let o = lab(&["up", topo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        "the node broken",
+        "exited (exit status: 3) before it listened on TCP port 7000",
+        "no config file here",
+        "nothing was left behind",
+    ] {
+        assert!(err.contains(want), "{want:?} not in\n{err}");
+    }
+    assert_nothing_left(name, &[]);
+
+    // During `lab run`: the node is ready (it has no ports), then exits.
+    let name = "tnodequit";
+    let _down = Down(name.into());
+    let topo = topology(
+        name,
+        "",
+        "  quitter:\n    scope: shared\n    command: [sh, -c, \"sleep 0.8; echo going away >&2\"]\n",
+    );
+    let results = tmpdir("tnodequit-results");
+    let o = run_topology(&topo, &results);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the node quitter") && err.contains("exited during the run"),
+        "{err}"
+    );
+    assert!(err.contains("going away"), "{err}");
+    let (dir, run) = saved_run(&results);
+    assert_eq!(run["nodes_exited"].as_array().unwrap().len(), 1, "{run}");
+    // The run's logs are kept with its results, the node's among them.
+    assert!(dir.join("logs/node-quitter.log").is_file());
+    assert_nothing_left(name, &[]);
+}
