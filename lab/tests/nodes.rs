@@ -240,16 +240,43 @@ fn a_node_that_exits_is_reported_with_its_log_and_nothing_is_left() {
     }
     assert_nothing_left(name, &[]);
 
-    // During `lab run`: the node is ready (it has no ports), then exits.
+    // During `lab run`: the node is ready (it has no ports), and exits when the test
+    // says so, while the prompts (ten, about 0.4 s each) are still running.
     let name = "tnodequit";
     let _down = Down(name.into());
-    let topo = topology(
-        name,
-        "",
-        "  quitter:\n    scope: shared\n    command: [sh, -c, \"sleep 0.8; echo going away >&2\"]\n",
+    let topo = tmpfile(
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\napproaches: [sse]\nllm:\n  mock: {{ ttft: 5ms, tbt: 30ms, jitter: 0%, max_tokens: 12 }}\nprofiles:\n  lan: {{}}\nnodes:\n  quitter:\n    scope: shared\n    command: [sh, -c, \"while [ ! -e stop ]; do sleep 0.05; done; echo going away >&2\"]\n"
+        ),
     );
     let results = tmpdir("tnodequit-results");
-    let o = run_topology(&topo, &results);
+    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "run",
+            topo.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read(format!("/run/lab/{name}/state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["phase"] == "up")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the lab did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(format!("/run/lab/{name}/nodes/quitter/stop"), b"").unwrap();
+    let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

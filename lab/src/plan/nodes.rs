@@ -301,4 +301,22 @@ nodes:
             server.argv
         );
     }
+
+    /// A shard keeps the shared nodes and its own cells' nodes, with their namespaces,
+    /// links and processes; the other cells' nodes go with their cells.
+    #[test]
+    fn a_shard_keeps_its_cells_nodes_and_the_shared_ones() {
+        let p = plan(
+            "name: sh\napproaches: [sse, wt]\nprofiles: { a: {} }\nnodes:\n  bus: { command: [nats-server], scope: shared }\n  kv: { command: [redis-server] }\n",
+        );
+        let s = p.shard("2/2".parse().unwrap()).unwrap();
+        let kept: Vec<&str> = s.nodes.iter().map(|n| n.namespace.as_str()).collect();
+        assert_eq!(kept, ["lab-sh-bus", "lab-sh-c1-kv"]);
+        assert!(!s.namespaces.iter().any(|n| n == "lab-sh-c0-kv"));
+        assert!(!s.processes.iter().any(|pr| pr.namespace == "lab-sh-c0-kv"));
+        assert!(
+            !s.interfaces.iter().any(|i| i.namespace == "lab-sh-c0-kv"
+                || i.peer.as_deref() == Some("lab-sh-c0-kv/to-llm"))
+        );
+    }
 }
