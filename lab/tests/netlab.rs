@@ -32,13 +32,6 @@ fn topology(name: &str, approaches: &str, profiles: &str) -> Tmp {
     )
 }
 
-fn state_json(name: &str) -> serde_json::Value {
-    let o = lab(&["status", "--lab", name, "--json"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["labs"][0].clone()
-}
-
 /// (pid, start time) of every process the lab recorded.
 fn pids(state: &serde_json::Value) -> Vec<(u32, u64)> {
     state["processes"]
@@ -190,7 +183,7 @@ fn up_builds_the_planned_lab_and_down_removes_all_of_it() {
     );
 
     // Status: processes alive with RSS, namespaces present.
-    let st = state_json(name);
+    let st = status_json(name);
     assert_eq!(st["phase"], "up");
     for p in st["live"]["processes"].as_array().unwrap() {
         assert_eq!(p["alive"], true, "{p}");
@@ -288,7 +281,7 @@ fn exec_returns_the_exit_status_and_unknown_nodes_list_the_valid_ones() {
         "kill -TERM $$",
     ]);
     assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
-    let procs = pids(&state_json(name));
+    let procs = pids(&status_json(name));
     ok(&["down", name]);
     assert_gone(name, &procs);
     std::fs::remove_file(topo).unwrap();
@@ -369,7 +362,7 @@ fn shell_is_interactive_inside_the_namespace_with_the_node_in_the_prompt() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("shell-"))
         .collect();
     assert!(leftovers.is_empty());
-    let procs = pids(&state_json(name));
+    let procs = pids(&status_json(name));
     ok(&["down", name]);
     assert_gone(name, &procs);
     std::fs::remove_file(topo).unwrap();
@@ -484,7 +477,7 @@ fn a_crashed_server_shows_in_status_and_down_still_works() {
     let _down = Down(name.into());
     let topo = topology(name, "wt", "  base: {}\n");
     ok(&["up", topo.to_str().unwrap()]);
-    let st = state_json(name);
+    let st = status_json(name);
     let server = st["processes"]
         .as_array()
         .unwrap()
@@ -497,7 +490,7 @@ fn a_crashed_server_shows_in_status_and_down_still_works() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let t0 = Instant::now();
     loop {
-        let st = state_json(name);
+        let st = status_json(name);
         let p = st["live"]["processes"]
             .as_array()
             .unwrap()
@@ -671,7 +664,7 @@ fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
         out.contains(&format!("llm: relay (http://{listen})")),
         "{out}"
     );
-    let st = state_json(name);
+    let st = status_json(name);
     let relay = st["processes"]
         .as_array()
         .unwrap()
@@ -721,11 +714,11 @@ fn two_labs_with_different_names_are_up_at_once() {
         err.contains("labs are up (") && err.contains(a) && err.contains(b),
         "{err}"
     );
-    let (pa, pb) = (pids(&state_json(a)), pids(&state_json(b)));
+    let (pa, pb) = (pids(&status_json(a)), pids(&status_json(b)));
     ok(&["down", a]);
     assert_gone(a, &pa);
     // Taking one down leaves the other whole.
-    assert_eq!(state_json(b)["live"]["processes"][0]["alive"], true);
+    assert_eq!(status_json(b)["live"]["processes"][0]["alive"], true);
     assert_eq!(namespaces_of(b).len(), 4);
     ok(&["down", b]);
     assert_gone(b, &pb);

@@ -38,13 +38,6 @@ const NODES: &str = r#"  store:
     env: { BIND: "{addr}", STORE: "{node:store}" }
 "#;
 
-fn status(name: &str) -> serde_json::Value {
-    let o = lab(&["status", "--lab", name, "--json"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["labs"][0].clone()
-}
-
 /// The recorded processes of a lab's state, and every live process in their sessions
 /// (what a node forked), as (pid, start time).
 fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
@@ -78,6 +71,39 @@ fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
     all
 }
 
+/// `lab run <topo>` in the background (its output piped), once its lab is up: the run
+/// and the lab's state record. The caller waits for the run.
+#[allow(clippy::zombie_processes)]
+fn run_until_up(name: &str, topo: &Tmp, results: &Tmp) -> (std::process::Child, serde_json::Value) {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "run",
+            topo.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(bytes) = std::fs::read(format!("/run/lab/{name}/state.json"))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && v["phase"] == "up"
+        {
+            return (run, v);
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = run.kill();
+            let o = run.wait_with_output().unwrap();
+            panic!("the lab did not come up: {}", text(&o));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn running(pid: u32, start: u64) -> bool {
     sys::start_time(pid) == Some(start) && sys::proc_state_rss(pid).is_some_and(|(s, _)| s != 'Z')
 }
@@ -105,7 +131,7 @@ fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {
     ] {
         assert!(out.contains(want), "{want:?} not in\n{out}");
     }
-    let st = status(name);
+    let st = status_json(name);
     let live = st["live"]["processes"].as_array().unwrap();
     for role in ["node store", "node cache"] {
         let p = live.iter().find(|p| p["role"] == role).unwrap();
@@ -181,33 +207,7 @@ fn a_sigkilled_run_with_nodes_leaves_no_process_after_clean() {
     // Enough prompts that the run is still going when it is killed.
     let topo = topology(name, "workload: { repeat: 50 }\n", NODES);
     let results = tmpdir("tnodekill-results");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args([
-            "run",
-            topo.to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the lab is up and running its prompts.
-    let t0 = Instant::now();
-    let st = loop {
-        if let Ok(bytes) = std::fs::read(format!("/run/lab/{name}/state.json"))
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && v["phase"] == "up"
-        {
-            break v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the lab did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut run, st) = run_until_up(name, &topo, &results);
     let procs = processes_and_sessions(&st);
     assert!(procs.iter().all(|(p, s)| running(*p, *s)), "{procs:?}");
     run.kill().unwrap();
@@ -251,30 +251,7 @@ fn a_node_that_exits_is_reported_with_its_log_and_nothing_is_left() {
         ),
     );
     let results = tmpdir("tnodequit-results");
-    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args([
-            "run",
-            topo.to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read(format!("/run/lab/{name}/state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v["phase"] == "up")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the lab did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (run, _) = run_until_up(name, &topo, &results);
     std::fs::write(format!("/run/lab/{name}/nodes/quitter/stop"), b"").unwrap();
     let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

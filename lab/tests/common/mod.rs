@@ -300,6 +300,15 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `lab status --lab <name> --json`: the lab's state record with its live facts.
+#[allow(dead_code)]
+pub fn status_json(name: &str) -> serde_json::Value {
+    let o = lab(&["status", "--lab", name, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["labs"][0].clone()
+}
+
 /// Takes lab `name` down when dropped, so a failed assertion leaves nothing for the
 /// next run. A lab already down is fine.
 pub struct Down(pub String);
