@@ -207,7 +207,7 @@ expect:
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the broken server"), "{err}");
     assert!(
-        err.contains("exited (exit status: 3) before it listened on port 8080"),
+        err.contains("exited (exit status: 3) before it listened on TCP port 8080"),
         "{err}"
     );
     assert!(err.contains("about to fail"), "{err}");
