@@ -527,6 +527,7 @@ fn held_mock(listen: &str, dir: &std::path::Path) -> lab::netlab::procs::Started
         &[],
         lab::netlab::procs::Lifetime::Held,
         lab::plan::Ready::Line,
+        None,
     )
     .unwrap()
 }

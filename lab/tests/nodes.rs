@@ -25,7 +25,7 @@ fn topology(name: &str, workload: &str, nodes: &str) -> Tmp {
 /// A shared redis-server with its config file rendered by lab, and a cell node that
 /// starts redis-server through sh, its address in the environment, with a `sleep` it
 /// forked left in its session (as a program's worker would be), after writing its
-/// environment into its working directory.
+/// environment, and what its /etc/hosts says of `store`, into its working directory.
 const NODES: &str = r#"  store:
     scope: shared
     command: [redis-server, "{dir}/store.conf"]
@@ -33,7 +33,7 @@ const NODES: &str = r#"  store:
     files:
       store.conf: "bind {addr}\nport 6379\nsave \"\"\nappendonly no\nprotected-mode no\n"
   cache:
-    command: [sh, -c, "env > env.txt; sleep 600 & exec redis-server --bind $BIND --port 6380 --save '' --appendonly no --protected-mode no"]
+    command: [sh, -c, "env > env.txt; getent hosts store > store.txt; sleep 600 & exec redis-server --bind $BIND --port 6380 --save '' --appendonly no --protected-mode no"]
     ports: [tcp/6380]
     env: { BIND: "{addr}", STORE: "{node:store}" }
 "#;
@@ -159,6 +159,17 @@ fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {
     assert_eq!(ping("sse.server", "198.19.2.1", "6380").trim(), "PONG");
     assert_eq!(ping("store", "198.19.2.1", "6380").trim(), "PONG");
     assert_eq!(ping("c0.cache", "198.19.255.1", "6379").trim(), "PONG");
+    // By name too: the lab's hosts file is /etc/hosts in its shells and commands.
+    assert_eq!(ping("sse.server", "store", "6379").trim(), "PONG");
+    assert_eq!(ping("sse.server", "cache", "6380").trim(), "PONG");
+    let found = ok(&["exec", "--lab", name, "sse", "--", "getent", "hosts", "cache"]);
+    assert!(found.starts_with("198.19.2.1 "), "{found}");
+    let hosts = ok(&["exec", "--lab", name, "llm", "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains("198.19.255.1\tstore\n"), "{hosts}");
+    assert!(
+        !hosts.contains("cache"),
+        "the shared hosts file names no cell's node: {hosts}"
+    );
     // The rendered file, and the node's own environment and directory.
     let conf = std::fs::read_to_string("/run/lab/tnodes/nodes/store/store.conf").unwrap();
     assert!(conf.starts_with("bind 198.19.255.1\nport 6379\n"), "{conf}");
@@ -167,6 +178,8 @@ fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {
     for want in ["BIND=198.19.2.1", "STORE=198.19.255.1"] {
         assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
     }
+    let store = std::fs::read_to_string("/run/lab/tnodes/nodes/c0-cache/store.txt").unwrap();
+    assert!(store.starts_with("198.19.255.1 "), "{store:?}");
 
     // A shell in the node's namespace sees the node's address.
     let mut sh = Command::new(env!("CARGO_BIN_EXE_lab"))

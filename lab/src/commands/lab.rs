@@ -317,6 +317,14 @@ fn node_env(lab: &str, node: &str, ns: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The hosts file a shell or command in `ns` gets: its cell's (or the shared one) in
+/// a lab with nodes.
+fn hosts_of(s: &State, ns: &str) -> Option<std::path::PathBuf> {
+    let scope = crate::plan::nodes::hosts_scope(&s.plan, ns)?;
+    let p = std::path::PathBuf::from(crate::plan::nodes::hosts_path(&s.name, scope.as_deref()));
+    p.is_file().then_some(p)
+}
+
 fn resolve(lab: Option<&str>, node: &str) -> Result<(State, String)> {
     let name = state::pick(lab)?;
     let s = State::load(&name)?;
@@ -342,7 +350,7 @@ pub fn shell(a: ShellArgs) -> Result<u8> {
         env.insert("PS1".into(), format!("[lab {}] # ", a.node));
     }
     tell!("lab: shell in {ns} (node {}); `exit` to leave", a.node);
-    let code = shell::run_in(&ns, &argv, &env);
+    let code = shell::run_in(&ns, &argv, &env, hosts_of(&s, &ns).as_deref());
     if rc_text.is_some() {
         let _ = std::fs::remove_file(&rc);
     }
@@ -363,7 +371,12 @@ pub fn exec(a: ExecArgs) -> Result<u8> {
     if argv[0] == "lab" {
         argv[0] = std::env::current_exe()?.display().to_string();
     }
-    shell::run_in(&ns, &argv, &node_env(&s.name, &a.node, &ns))
+    shell::run_in(
+        &ns,
+        &argv,
+        &node_env(&s.name, &a.node, &ns),
+        hosts_of(&s, &ns).as_deref(),
+    )
 }
 
 /// `lab bench quic`: on loopback, or through a cell of a lab that is up.

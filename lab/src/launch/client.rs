@@ -139,6 +139,7 @@ pub fn run(
         env,
         procs::Lifetime::Tied,
         crate::plan::Ready::Line,
+        None,
     )?;
     // A watchdog: a client that outlives its deadline, or is told to stop, is stopped.
     let done = AtomicBool::new(false);

@@ -446,6 +446,7 @@ fn start_generator(
         &[],
         procs::Lifetime::Tied,
         crate::plan::Ready::Line,
+        None,
     )
 }
 

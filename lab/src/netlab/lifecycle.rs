@@ -11,7 +11,7 @@ use super::procs::{self, Started};
 use super::state::{Phase, State};
 use super::{links, sys};
 use crate::plan::layout::Shaper;
-use crate::plan::{HOST, Plan, RUN_ROOT, run_dir};
+use crate::plan::{HOST, Plan, RUN_ROOT, Ready, run_dir};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::fs::File;
@@ -301,6 +301,7 @@ fn start_processes(
     stage: &dyn Fn(&str),
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the lab executable")?;
+    write_hosts(plan, dir)?;
     let server_side = |ns: &str| {
         plan.cells
             .iter()
@@ -337,7 +338,7 @@ fn start_processes(
         for p in wave {
             check(cancel)?;
             let cell = cell_of(&p.namespace);
-            let mut st = start_one(&exe, p, cell.as_deref(), fds, dir)?;
+            let mut st = start_one(&exe, plan, p, cell.as_deref(), fds, dir)?;
             guard.state().processes.push(st.record.clone());
             guard.state().save()?;
             st.release()?;
@@ -360,10 +361,27 @@ fn start_processes(
     Ok(())
 }
 
+/// The hosts files of a lab with nodes (none without): the machine's /etc/hosts with
+/// the lab's names added, one for the shared namespaces and one a cell.
+fn write_hosts(plan: &Plan, dir: &Path) -> Result<()> {
+    use crate::plan::nodes::hosts;
+    if plan.nodes.is_empty() {
+        return Ok(());
+    }
+    let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let d = super::files::SafeDir::open(&dir.join("hosts"), true)?;
+    d.write("shared", hosts(plan, None, &base).as_bytes(), 0o644)?;
+    for c in &plan.cells {
+        d.write(&c.id, hosts(plan, Some(&c.id), &base).as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
 /// Starts one planned process in its namespace, its output to its log; a server of the
 /// user's gets a certificate lab made, in its cell's certs/.
 fn start_one(
     exe: &Path,
+    plan: &Plan,
     p: &crate::plan::Process,
     cell: Option<&str>,
     fds: &HashMap<String, File>,
@@ -390,6 +408,12 @@ fn start_one(
     } else {
         Some(&fds[&p.namespace])
     };
+    // A program of the user's (a node, a server of theirs) finds the nodes by name.
+    let hosts = match p.ready {
+        Ready::Line => None,
+        _ => crate::plan::nodes::hosts_scope(plan, &p.namespace)
+            .map(|c| crate::plan::nodes::hosts_path(&plan.name, c.as_deref())),
+    };
     let base = match cell {
         Some(c) => format!("{c}-{}", p.role),
         None => p.role.clone(),
@@ -408,6 +432,7 @@ fn start_one(
         &p.env,
         procs::Lifetime::Held,
         p.ready.clone(),
+        hosts.as_deref().map(Path::new),
     )?;
     if made.is_some() {
         st.record.cert_sha256 = made;

@@ -91,7 +91,8 @@ pub struct Started {
 }
 
 /// Starts `argv` (whose first word, `lab`, is replaced by `exe`) in the namespace `ns`
-/// (none: the host's), logging to `log`, with `env` added to its environment. A
+/// (none: the host's), logging to `log`, with `env` added to its environment; with
+/// `hosts`, in a private mount namespace where that file is its /etc/hosts. A
 /// [`Lifetime::Held`] child does nothing until [`Started::release`].
 // Each argument is one plain fact about the child; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -106,7 +107,12 @@ pub fn start(
     env: &[(String, String)],
     lifetime: Lifetime,
     ready: Ready,
+    hosts: Option<&Path>,
 ) -> Result<Started> {
+    let hosts = hosts
+        .map(|h| std::ffi::CString::new(h.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .context("a hosts file path with a NUL byte")?;
     let logf = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.args(&argv[1..])
@@ -129,14 +135,36 @@ pub fn start(
     let nsfd = ns.map(|f| f.as_raw_fd());
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe
-    // system calls (setns, setsid, prctl, getppid); the fd stays open in the parent until
-    // spawn returns.
+    // system calls (setns, unshare, mount, setsid, prctl, getppid) on data made before
+    // the fork; the fd stays open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(fd) = nsfd
                 && libc::setns(fd, libc::CLONE_NEWNET) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(h) = &hosts {
+                // A mount namespace of its own, whose mounts stay there, with the lab's
+                // hosts file over /etc/hosts.
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        h.as_ptr(),
+                        c"/etc/hosts".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());

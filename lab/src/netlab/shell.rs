@@ -1,6 +1,7 @@
 //! `lab shell` and `lab exec`: a command inside a lab namespace, as `ip netns exec` runs
 //! it: the network namespace joined, a private mount namespace with /sys remounted so
-//! that tools see the namespace's interfaces, and the exit status passed back.
+//! that tools see the namespace's interfaces (and, in a lab with nodes, the lab's hosts
+//! file over /etc/hosts, so the nodes have names), and the exit status passed back.
 
 use super::sys;
 use anyhow::{Context, Result};
@@ -9,9 +10,19 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 
-/// Runs `argv` in the namespace `ns` with extra environment, waits, and returns its
-/// exit status (128 + signal if a signal ended it).
-pub fn run_in(ns: &str, argv: &[String], env: &BTreeMap<String, String>) -> Result<u8> {
+/// Runs `argv` in the namespace `ns` with extra environment (and `hosts` as its
+/// /etc/hosts, if given), waits, and returns its exit status (128 + signal if a signal
+/// ended it).
+pub fn run_in(
+    ns: &str,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    hosts: Option<&std::path::Path>,
+) -> Result<u8> {
+    let hosts = hosts
+        .map(|h| std::ffi::CString::new(h.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .context("a hosts file path with a NUL byte")?;
     let file = sys::open_netns(ns)?;
     let fd = file.as_raw_fd();
     let sys_ro = nix::sys::statvfs::statvfs("/sys")
@@ -19,7 +30,8 @@ pub fn run_in(ns: &str, argv: &[String], env: &BTreeMap<String, String>) -> Resu
         .unwrap_or(false);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).envs(env);
-    // SAFETY: runs in the forked child; only async-signal-safe calls with static strings.
+    // SAFETY: runs in the forked child; only async-signal-safe calls, on static strings
+    // and on a path made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             let err = || Err(std::io::Error::last_os_error());
@@ -49,6 +61,17 @@ pub fn run_in(ns: &str, argv: &[String], env: &BTreeMap<String, String>) -> Resu
                 flags,
                 std::ptr::null(),
             ) != 0
+            {
+                return err();
+            }
+            if let Some(h) = &hosts
+                && libc::mount(
+                    h.as_ptr(),
+                    c"/etc/hosts".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
             {
                 return err();
             }

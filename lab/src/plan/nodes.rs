@@ -7,7 +7,7 @@
 //! - inside the node's namespace its interface is `to-llm`; in the LLM namespace,
 //!   `n<k>` (shared) or `n<k>-c<i>`, a port of `br0`.
 
-use super::{Cell, Iface, LLM_ADDR, LLM_PORT, Process, Ready, run_dir};
+use super::{Cell, Iface, LLM_ADDR, LLM_PORT, Plan, Process, Ready, run_dir};
 use crate::topology::model::{NodePort, NodeScope, NodeSpec, Topology, placeholders};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -177,6 +177,57 @@ fn one(
     });
 }
 
+/// Which hosts file namespace `ns` sees: the shared one (`None`: the LLM's namespace,
+/// shared nodes) or a cell's (its three namespaces and its nodes). Nothing when the plan
+/// has no nodes, or `ns` is not the plan's.
+pub fn hosts_scope(p: &Plan, ns: &str) -> Option<Option<String>> {
+    if p.nodes.is_empty() {
+        return None;
+    }
+    if let Some(n) = p.nodes.iter().find(|n| n.namespace == ns) {
+        return Some(n.cell.clone());
+    }
+    if let Some(c) = p
+        .cells
+        .iter()
+        .find(|c| [&c.client_ns, &c.wire_ns, &c.server_ns].contains(&&ns.to_owned()))
+    {
+        return Some(Some(c.id.clone()));
+    }
+    (p.llm.namespace == ns).then_some(None)
+}
+
+/// Where the hosts file of a cell (or the shared one) is: `<run dir>/hosts/<cell>` or
+/// `.../hosts/shared`.
+pub fn hosts_path(lab: &str, cell: Option<&str>) -> String {
+    format!("{}/hosts/{}", run_dir(lab), cell.unwrap_or("shared"))
+}
+
+/// The hosts file of `cell` (or the shared one): the machine's own lines (`base`), then
+/// `llm`, every shared node and, for a cell, its own nodes and `server` (its server's
+/// address on the LLM network), each by name.
+pub fn hosts(p: &Plan, cell: Option<&str>, base: &str) -> String {
+    let mut out = base.trim_end().to_owned();
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "# lab {}: its nodes by name{}\n{}\tllm\n",
+        p.name,
+        cell.map_or(String::new(), |c| format!(", as cell {c} sees them")),
+        p.llm.address
+    ));
+    if let Some(c) = cell.and_then(|id| p.cells.iter().find(|c| c.id == id)) {
+        out.push_str(&format!("{}\tserver\n", c.server_llm_addr));
+    }
+    for n in &p.nodes {
+        if n.cell.is_none() || n.cell.as_deref() == cell {
+            out.push_str(&format!("{}\t{}\n", n.address, n.name));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +369,28 @@ nodes:
             !s.interfaces.iter().any(|i| i.namespace == "lab-sh-c0-kv"
                 || i.peer.as_deref() == Some("lab-sh-c0-kv/to-llm"))
         );
+    }
+
+    /// Each cell's hosts file names the shared nodes and its own, `llm` and its server;
+    /// every namespace of the cell, and its nodes, see it.
+    #[test]
+    fn hosts_files_name_the_nodes_a_namespace_reaches() {
+        let p = plan(
+            "name: hs\napproaches: [sse, wt]\nprofiles: { a: {} }\nnodes:\n  bus: { command: [nats-server], scope: shared }\n  kv: { command: [redis-server] }\n",
+        );
+        assert_eq!(
+            hosts(&p, Some("c1"), "127.0.0.1\tlocalhost\n"),
+            "127.0.0.1\tlocalhost\n# lab hs: its nodes by name, as cell c1 sees them\n198.19.255.254\tllm\n198.19.0.2\tserver\n198.19.255.1\tbus\n198.19.2.2\tkv\n"
+        );
+        assert_eq!(
+            hosts(&p, None, ""),
+            "# lab hs: its nodes by name\n198.19.255.254\tllm\n198.19.255.1\tbus\n"
+        );
+        assert_eq!(hosts_scope(&p, "lab-hs-c1-kv"), Some(Some("c1".into())));
+        assert_eq!(hosts_scope(&p, "lab-hs-c0-client"), Some(Some("c0".into())));
+        assert_eq!(hosts_scope(&p, "lab-hs-bus"), Some(None));
+        assert_eq!(hosts_scope(&p, "lab-hs-llm"), Some(None));
+        let plain = plan("name: pl\napproaches: [sse]\nprofiles: { a: {} }\n");
+        assert_eq!(hosts_scope(&plain, "lab-pl-c0-client"), None);
     }
 }
