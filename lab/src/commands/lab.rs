@@ -260,6 +260,11 @@ pub fn clean(a: CleanArgs) -> Result<u8> {
             .ok()
             .and_then(|f| links::ns_marked(&f).ok().flatten());
         if let Some(lab) = marked {
+            // A lab whose build began after the records were read above: it recorded
+            // this namespace before creating it, so its record, read now, lists it.
+            if State::load(&lab).is_ok_and(|s| s.namespaces.contains(&ns)) {
+                continue;
+            }
             match sys::delete_netns(&ns) {
                 Ok(()) => {
                     did += 1;
