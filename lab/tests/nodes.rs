@@ -162,7 +162,9 @@ fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {
     // By name too: the lab's hosts file is /etc/hosts in its shells and commands.
     assert_eq!(ping("sse.server", "store", "6379").trim(), "PONG");
     assert_eq!(ping("sse.server", "cache", "6380").trim(), "PONG");
-    let found = ok(&["exec", "--lab", name, "sse", "--", "getent", "hosts", "cache"]);
+    let found = ok(&[
+        "exec", "--lab", name, "sse", "--", "getent", "hosts", "cache",
+    ]);
     assert!(found.starts_with("198.19.2.1 "), "{found}");
     let hosts = ok(&["exec", "--lab", name, "llm", "--", "cat", "/etc/hosts"]);
     assert!(hosts.contains("198.19.255.1\tstore\n"), "{hosts}");
