@@ -302,7 +302,13 @@ pub struct TcpWatch {
 }
 
 impl TcpWatch {
+    /// A watch on `tcp`, or none when `tracker` keeps nothing (a load test): the watch's
+    /// duplicate descriptor would double the descriptors a connection takes, and halve
+    /// the streams one process can hold under its open-file limit.
     pub fn new(tcp: &tokio::net::TcpStream, tracker: &Arc<Tracker>) -> Option<TcpWatch> {
+        if tracker.discard {
+            return None;
+        }
         let fd = tcp.as_fd().try_clone_to_owned().ok()?;
         let local_port = tcp.local_addr().ok()?.port();
         tracker.begin();
@@ -419,6 +425,32 @@ impl Drop for QuicWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A load test's tracker keeps nothing, so its connections get no watch and no
+    /// second descriptor: one descriptor a connection.
+    #[tokio::test]
+    async fn a_discarding_tracker_takes_no_descriptor_of_its_own() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let discarding = Arc::new(Tracker::discarding());
+        assert!(TcpWatch::new(&tcp, &discarding).is_none());
+        assert_eq!(discarding.pending.load(Ordering::SeqCst), 0);
+        // A keeping tracker's watch holds a second descriptor of the same socket.
+        let keeping = Arc::new(Tracker::default());
+        let w = TcpWatch::new(&tcp, &keeping).unwrap();
+        let dup = w.fd.as_ref().unwrap().as_raw_fd();
+        assert_ne!(dup, tcp.as_raw_fd());
+        let ino = |fd: i32| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(dup), ino(tcp.as_raw_fd()));
+        drop(w);
+    }
 
     #[tokio::test]
     async fn a_closed_tcp_connection_reports_its_segments() {
