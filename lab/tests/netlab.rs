@@ -32,21 +32,6 @@ fn topology(name: &str, approaches: &str, profiles: &str) -> Tmp {
     )
 }
 
-/// (pid, start time) of every process the lab recorded.
-fn pids(state: &serde_json::Value) -> Vec<(u32, u64)> {
-    state["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["pid"].as_u64().unwrap() as u32,
-                p["start"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Nothing of lab `name` is left: no namespaces, no run directory, no processes.
 fn assert_gone(name: &str, procs: &[(u32, u64)]) {
     assert_nothing_left(name, &[FOREIGN]);
@@ -203,7 +188,7 @@ fn up_builds_the_planned_lab_and_down_removes_all_of_it() {
     );
     assert_eq!(namespaces_of(name).len(), 7);
 
-    let procs = pids(&st);
+    let procs = recorded_pids(&st);
     let down = ok(&["down", name]);
     assert!(
         down.contains(&format!(
@@ -281,7 +266,7 @@ fn exec_returns_the_exit_status_and_unknown_nodes_list_the_valid_ones() {
         "kill -TERM $$",
     ]);
     assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
-    let procs = pids(&status_json(name));
+    let procs = recorded_pids(&status_json(name));
     ok(&["down", name]);
     assert_gone(name, &procs);
     std::fs::remove_file(topo).unwrap();
@@ -362,7 +347,7 @@ fn shell_is_interactive_inside_the_namespace_with_the_node_in_the_prompt() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("shell-"))
         .collect();
     assert!(leftovers.is_empty());
-    let procs = pids(&status_json(name));
+    let procs = recorded_pids(&status_json(name));
     ok(&["down", name]);
     assert_gone(name, &procs);
     std::fs::remove_file(topo).unwrap();
@@ -504,7 +489,7 @@ fn a_crashed_server_shows_in_status_and_down_still_works() {
         assert!(t0.elapsed() < Duration::from_secs(10), "still alive: {p}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let procs = pids(&st);
+    let procs = recorded_pids(&st);
     ok(&["down", name]);
     assert_gone(name, &procs);
     std::fs::remove_file(topo).unwrap();
@@ -684,7 +669,7 @@ fn a_url_upstream_on_the_host_is_relayed_without_touching_host_networking() {
         before,
         "lab changed the host's network configuration"
     );
-    let procs = pids(&st);
+    let procs = recorded_pids(&st);
     ok(&["down", name]);
     assert_gone(name, &procs);
     assert_eq!(host_net(), before);
@@ -715,7 +700,10 @@ fn two_labs_with_different_names_are_up_at_once() {
         err.contains("labs are up (") && err.contains(a) && err.contains(b),
         "{err}"
     );
-    let (pa, pb) = (pids(&status_json(a)), pids(&status_json(b)));
+    let (pa, pb) = (
+        recorded_pids(&status_json(a)),
+        recorded_pids(&status_json(b)),
+    );
     ok(&["down", a]);
     assert_gone(a, &pa);
     // Taking one down leaves the other whole.

@@ -41,17 +41,7 @@ const NODES: &str = r#"  store:
 /// The recorded processes of a lab's state, and every live process in their sessions
 /// (what a node forked), as (pid, start time).
 fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
-    let recorded: Vec<(u32, u64)> = state["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["pid"].as_u64().unwrap() as u32,
-                p["start"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let recorded = recorded_pids(state);
     let mut all = recorded.clone();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {

@@ -145,26 +145,9 @@ pub fn start(
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(h) = &hosts {
-                // A mount namespace of its own, whose mounts stay there, with the lab's
-                // hosts file over /etc/hosts.
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_SLAVE | libc::MS_REC,
-                        std::ptr::null(),
-                    ) != 0
-                    || libc::mount(
-                        h.as_ptr(),
-                        c"/etc/hosts".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // A mount namespace of its own, with the lab's hosts file.
+                sys::private_mounts()?;
+                sys::bind_hosts(h)?;
             }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());

@@ -38,20 +38,8 @@ pub fn run_in(
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return err();
             }
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return err();
-            }
             // Keep our mounts from propagating back to the host.
-            if libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_SLAVE | libc::MS_REC,
-                std::ptr::null(),
-            ) != 0
-            {
-                return err();
-            }
+            sys::private_mounts()?;
             libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
             let flags = if sys_ro { libc::MS_RDONLY } else { 0 };
             if libc::mount(
@@ -64,16 +52,8 @@ pub fn run_in(
             {
                 return err();
             }
-            if let Some(h) = &hosts
-                && libc::mount(
-                    h.as_ptr(),
-                    c"/etc/hosts".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return err();
+            if let Some(h) = &hosts {
+                sys::bind_hosts(h)?;
             }
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);

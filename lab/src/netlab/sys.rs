@@ -180,6 +180,47 @@ pub fn open_netns(name: &str) -> Result<File> {
         .with_context(|| format!("cannot open network namespace {}", path.display()))
 }
 
+/// In a forked child, before exec: a mount namespace of its own whose mounts do not
+/// propagate back to the host (as `ip netns exec` makes one). Async-signal-safe.
+pub fn private_mounts() -> std::io::Result<()> {
+    // SAFETY: two system calls on static strings; nothing is allocated.
+    let ok = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// In a forked child with [`private_mounts`]: `hosts` (a lab's hosts file) bound over
+/// /etc/hosts. Async-signal-safe.
+pub fn bind_hosts(hosts: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: one system call on a path made before the fork and a static string.
+    let rc = unsafe {
+        libc::mount(
+            hosts.as_ptr(),
+            c"/etc/hosts".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Runs `f` on a new thread that has joined the network namespace `ns`. Sockets made
 /// there (netlink, ioctl, listeners) stay bound to that namespace afterwards.
 pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {

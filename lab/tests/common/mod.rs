@@ -309,6 +309,22 @@ pub fn status_json(name: &str) -> serde_json::Value {
     v["labs"][0].clone()
 }
 
+/// (pid, start time) of every process a lab's state record (or status) lists.
+#[allow(dead_code)]
+pub fn recorded_pids(state: &serde_json::Value) -> Vec<(u32, u64)> {
+    state["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_u64().unwrap() as u32,
+                p["start"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Takes lab `name` down when dropped, so a failed assertion leaves nothing for the
 /// next run. A lab already down is fine.
 pub struct Down(pub String);
