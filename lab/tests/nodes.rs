@@ -272,3 +272,66 @@ fn a_node_that_exits_is_reported_with_its_log_and_nothing_is_left() {
     assert!(dir.join("logs/node-quitter.log").is_file());
     assert_nothing_left(name, &[]);
 }
+
+/// A namespace's count of SYNs sent again (`TcpExtTCPSynRetrans`, from nstat).
+fn syn_retrans(ns: &str) -> u64 {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-az", "TcpExtTCPSynRetrans"])
+        .output()
+        .expect("nstat (iproute2)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExtTCPSynRetrans in {out}"))
+}
+
+/// When `lab up` returns, every link of the lab is running (operstate up), so the first
+/// packets a process sends are not dropped: before lab waited for this, the kernel's
+/// link watcher took up to a second to start a new link, and the first connection
+/// from a server to a node lost its ARP exchange and sent its SYN again 1 s later.
+#[test]
+fn every_link_is_running_when_up_returns_and_no_first_syn_is_sent_twice() {
+    let name = "tlinks";
+    let _down = Down(name.into());
+    // Three Redis nodes: enough links that the kernel starts them in more than one
+    // batch, and nodes that are ready at once, so that `lab up` is quick.
+    let redis = |n: &str| {
+        format!(
+            "  {n}:\n    scope: shared\n    command: [redis-server, --bind, \"{{addr}}\", --port, \"6379\", --save, \"\", --protected-mode, \"no\"]\n    ports: [6379]\n"
+        )
+    };
+    let nodes = [redis("r1"), redis("r2"), redis("r3")].concat();
+    let topo = topology(name, "", &nodes);
+    ok(&["up", topo.to_str().unwrap()]);
+    // First: every interface of every namespace is operationally up.
+    let namespaces = namespaces_of(name);
+    assert_eq!(namespaces.len(), 7, "{namespaces:?}");
+    for ns in &namespaces {
+        let o = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if line.contains(": lo:") {
+                continue;
+            }
+            assert!(line.contains("state UP"), "{ns}: {line}");
+        }
+    }
+    // Then the first connection from the server's namespace to the LLM and to a node
+    // that nothing has spoken to yet sends its SYN once.
+    let server = format!("lab-{name}-c0-server");
+    let before = syn_retrans(&server);
+    for (host, port) in [("198.19.255.254", "11434"), ("198.19.255.3", "6379")] {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &server, "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{host}:{port}: {}", text(&o));
+    }
+    assert_eq!(syn_retrans(&server), before, "a first SYN was sent again");
+    ok(&["down", name]);
+    assert_gone(name, &[]);
+}

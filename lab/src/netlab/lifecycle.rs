@@ -107,6 +107,7 @@ pub fn up(
     links::create(plan, &fds)?;
     check(cancel)?;
     configure_namespaces(plan, &fds)?;
+    links::wait_running(plan, &fds)?;
     set_sysctls(plan, &fds)?;
     tune_routes(plan, &fds)?;
     check(cancel)?;

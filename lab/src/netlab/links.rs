@@ -358,3 +358,68 @@ pub fn tune_route(
         })
     })
 }
+
+/// How long [`wait_running`] waits for the kernel to start every link.
+pub const RUNNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the kernel reports every interface of the plan operationally up.
+///
+/// A link set up is not yet running: the kernel's link watcher turns its carrier on,
+/// and swaps its no-op queueing discipline for a real one, up to a second later (it
+/// batches such events). Until then what is sent on it is dropped: measured here, the
+/// first connection from a server namespace to the LLM network lost its ARP exchange
+/// and took 1,003 ms instead of 2 (a SYN sent again after 1 s), and HAProxy's first
+/// health checks failed. So lab starts no process before every link is running.
+pub fn wait_running(plan: &Plan, fds: &HashMap<String, File>) -> Result<()> {
+    use netlink_packet_route::link::State;
+    let t0 = std::time::Instant::now();
+    for (ns, fd) in fds {
+        let wanted: Vec<&str> = plan
+            .interfaces
+            .iter()
+            .filter(|i| &i.namespace == ns)
+            .map(|i| i.name.as_str())
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        loop {
+            let states: Vec<(String, bool)> = sys::in_netns(fd, || {
+                with_netlink(async |h| {
+                    let mut out = Vec::new();
+                    let mut links = h.link().get().execute();
+                    while let Some(l) = links.try_next().await? {
+                        let mut name = String::new();
+                        let mut up = false;
+                        for a in l.attributes {
+                            match a {
+                                LinkAttribute::IfName(n) => name = n,
+                                LinkAttribute::OperState(s) => up = s == State::Up,
+                                _ => {}
+                            }
+                        }
+                        out.push((name, up));
+                    }
+                    Ok(out)
+                })
+            })?;
+            let down: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|w| !states.iter().any(|(n, up)| n == w && *up))
+                .collect();
+            if down.is_empty() {
+                break;
+            }
+            if t0.elapsed() > RUNNING_TIMEOUT {
+                bail!(
+                    "in {ns}, {} not running {:.1} s after being set up (operstate not up)",
+                    down.join(", "),
+                    RUNNING_TIMEOUT.as_secs_f64()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
