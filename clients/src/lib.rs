@@ -16,6 +16,7 @@
 pub mod arrivals;
 pub mod browser;
 pub mod dgram;
+pub mod fanout;
 pub mod handoff;
 pub mod http;
 pub mod load;
@@ -29,6 +30,7 @@ pub mod sse;
 pub mod sse_h2;
 pub mod stats;
 pub mod streams;
+pub mod tallies;
 pub mod ws;
 pub mod wt;
 pub mod wt_dgram;

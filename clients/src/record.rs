@@ -4,6 +4,7 @@
 //! one prompt produced (JSON lines for machines); [`Summary`] aggregates records of one
 //! approach the way the reference benchmark's table does, plus percentiles.
 
+pub use crate::tallies::{DatagramCounts, RelayCounts};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -191,6 +192,11 @@ pub struct PromptRecord {
     /// approaches' only when nothing was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagrams: Option<DatagramCounts>,
+    /// Tokens relayed through a broker (`fanout`): what the API server published, what
+    /// the client got, what was lost while its WebSocket was down, and its reconnects;
+    /// absent elsewhere. The digest is over the delivered tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayCounts>,
     /// The upstream's count of the answer's tokens (`usage.completion_tokens`), where
     /// the client asked for it and the upstream gave it. `tokens` counts the content
     /// chunks that arrived: a chunk that carries several tokens is one of them.
@@ -221,35 +227,11 @@ fn numbers_only<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
-/// One answer's datagram tokens.
-#[derive(
-    schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize,
-)]
-pub struct DatagramCounts {
-    /// Datagrams the server sent, one per token (its tally on the request stream).
-    pub sent: u64,
-    /// Their tokens' bytes.
-    pub sent_bytes: u64,
-    /// Datagrams that arrived before the answer closed.
-    pub delivered: u64,
-    /// `sent - delivered`: never sent again, or arrived too late.
-    pub lost: u64,
-    /// Arrived after a datagram with a higher sequence number.
-    pub reordered: u64,
-}
-
-impl DatagramCounts {
-    /// Whether every token arrived.
-    pub fn complete(&self) -> bool {
-        self.delivered == self.sent
-    }
-}
-
 impl PromptRecord {
     /// Whether the record holds the whole answer: true except for a datagram answer
     /// with tokens lost. Only whole answers' digests are compared.
     pub fn whole(&self) -> bool {
-        self.datagrams.is_none_or(|d| d.complete())
+        self.datagrams.is_none_or(|d| d.complete()) && self.relay.is_none_or(|r| r.lost == 0)
     }
 }
 
@@ -269,6 +251,7 @@ pub struct Recorder {
     zero_rtt: Option<bool>,
     /// Datagram tokens by sequence number, and their counts.
     datagrams: Option<(std::collections::BTreeMap<u64, String>, DatagramCounts)>,
+    relay: Option<RelayCounts>,
     first_byte: Option<Duration>,
     server: std::collections::BTreeMap<String, f64>,
     usage: Option<u64>,
@@ -298,6 +281,7 @@ impl Recorder {
             stream: None,
             zero_rtt: None,
             datagrams: None,
+            relay: None,
             first_byte: None,
             server: Default::default(),
             usage: None,
@@ -318,6 +302,16 @@ impl Recorder {
     pub fn server_timing(&mut self, key: &str, took: Duration) {
         self.server
             .insert(key.to_owned(), took.as_secs_f64() * 1000.0);
+    }
+
+    /// The server says that what `key` names took `ms` milliseconds.
+    pub fn server_timing_ms(&mut self, key: &str, ms: f64) {
+        self.server.insert(key.to_owned(), ms);
+    }
+
+    /// The answer's tokens relayed through a broker.
+    pub fn relay(&mut self, counts: RelayCounts) {
+        self.relay = Some(counts);
     }
 
     /// A token arrived now in a datagram with sequence number `seq`. Its digest waits
@@ -468,6 +462,7 @@ impl Recorder {
             zero_rtt: self.zero_rtt,
             urgent: false,
             datagrams,
+            relay: self.relay,
             usage_tokens: self.usage,
             ttfb_ms: self.first_byte.map(ms),
             server_ms: self.server,

@@ -16,6 +16,7 @@
 pub mod dgram;
 pub mod lenprefix;
 pub mod openai;
+pub mod relay;
 pub mod rng;
 pub mod sse;
 pub mod transport;

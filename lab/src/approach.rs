@@ -17,7 +17,9 @@
 //! prompt (`keeps_connections`), its wire format for the anatomy, its QUIC `stack`, what
 //! lab's browser client speaks to it (`browser`), a latency its server reports about
 //! itself (`timing`, read by the HTTP runners and summed up by the reports) and a process
-//! its server starts of its own (`helper`, run as `lab helper <server>`). Two tests hold
+//! its server starts of its own (`helper`, run as `lab helper <server>`) and parts of it
+//! that run as processes of their own, as nodes (`parts`, run as `lab part <server>
+//! <part>`). Two tests hold
 //! this: `lab/tests/approach.rs` fails when an identifier or a quoted name outside an
 //! approach's modules names it, and the test-only approach `twin` (in unit-test builds
 //! only) is planned, served and measured with no file touched but `twin.rs` and its entry.
@@ -80,6 +82,9 @@ pub struct Entry {
     /// server closes it after each answer (the handoff server's daemon), so every prompt
     /// takes a connection of its own in either mode.
     pub keeps_connections: bool,
+    /// Connections each prompt opens of its own, kept or not, besides the one it is
+    /// sent on: the fan-out's WebSocket to a gateway, one a session. 0 elsewhere.
+    pub session_connections: u32,
     /// What its connections speak and how its bodies carry tokens, for the anatomy of
     /// its captures.
     pub wire: Wire,
@@ -96,6 +101,9 @@ pub struct Entry {
     /// A process its server starts of its own, run as `lab helper <server> --config
     /// <json>` (the handoff server's streaming daemon).
     pub helper: Option<HelperFn>,
+    /// Parts of it that run as processes of their own, each as `lab part <server>
+    /// <part>`, as nodes of a topology (the fan-out's API servers and gateways).
+    pub parts: &'static [lab_servers::Part],
     pub serve: ServeFn,
     pub runner: RunnerFn,
 }
@@ -113,6 +121,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Client,
         multiplexed: false,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::Http1,
             body: Body::OpenAi,
@@ -121,6 +130,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: None,
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::proxy::start,
         runner: lab_clients::raw::runner,
     },
@@ -135,6 +145,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: false,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::Http1,
             body: Body::Sse,
@@ -143,6 +154,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::Sse),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::sse::start,
         runner: lab_clients::sse::runner,
     },
@@ -157,6 +169,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::Http2,
             body: Body::Sse,
@@ -165,6 +178,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::Sse),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::sse_h2::start,
         runner: lab_clients::sse_h2::runner,
     },
@@ -179,6 +193,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: false,
         keeps_connections: false,
+        session_connections: 0,
         wire: Wire {
             app: App::PlainHttp1,
             body: Body::Sse,
@@ -187,6 +202,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: None,
         timing: Some(&lab_clients::handoff::TIMING),
         helper: Some(lab_servers::handoff::helper),
+        parts: &[],
         serve: lab_servers::handoff::start,
         runner: lab_clients::handoff::runner,
     },
@@ -201,6 +217,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: false,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::WebSocket,
             body: Body::Text,
@@ -209,8 +226,33 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::Ws),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::ws::start,
         runner: lab_clients::ws::runner,
+    },
+    Entry {
+        name: "fanout",
+        about: "tokens fanned out through a broker: REST to API servers, a WebSocket from a gateway (the Centrifugo architecture)",
+        server: "fanout",
+        server_about: "The fan-out in one process over TLS, broker inside: POST /v1/sessions, GET /v1/sessions/<id>/ws, POST .../run, DELETE (in a lab: `lab fanout api|gateway` nodes, Redis, HAProxy)",
+        transport: Transport::Tcp,
+        port: 9002,
+        path: lab_servers::fanout::PATH,
+        model: Model::Server,
+        multiplexed: false,
+        keeps_connections: true,
+        session_connections: 1,
+        wire: Wire {
+            app: App::WebSocket,
+            body: Body::Relay,
+        },
+        stack: None,
+        browser: None,
+        timing: Some(&lab_clients::fanout::TIMING),
+        helper: None,
+        parts: lab_servers::fanout::PARTS,
+        serve: lab_servers::fanout::start,
+        runner: lab_clients::fanout::runner,
     },
     Entry {
         name: "wt",
@@ -223,6 +265,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::WebTransport,
             body: Body::LenPrefix,
@@ -231,6 +274,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::Wt),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::wt::start,
         runner: lab_clients::wt::runner,
     },
@@ -245,6 +289,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::WebTransport,
             body: Body::Datagram,
@@ -253,6 +298,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::WtDatagrams),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::wt_dgram::start,
         runner: lab_clients::wt_dgram::runner,
     },
@@ -267,6 +313,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::WebTransport,
             body: Body::LenPrefix,
@@ -275,6 +322,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::Wt),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::wtq::start,
         runner: lab_clients::wtq::runner,
     },
@@ -289,6 +337,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::WebTransport,
             body: Body::Datagram,
@@ -297,6 +346,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: Some(lab_clients::browser::Kind::WtDatagrams),
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::wtq_dgram::start,
         runner: lab_clients::wtq_dgram::runner,
     },
@@ -311,6 +361,7 @@ pub static ENTRIES: &[Entry] = &[
         model: Model::Server,
         multiplexed: true,
         keeps_connections: true,
+        session_connections: 0,
         wire: Wire {
             app: App::Quic,
             body: Body::LenPrefix,
@@ -319,6 +370,7 @@ pub static ENTRIES: &[Entry] = &[
         browser: None,
         timing: None,
         helper: None,
+        parts: &[],
         serve: lab_servers::quic::start,
         runner: lab_clients::quic::runner,
     },
@@ -571,7 +623,7 @@ mod tests {
         assert_eq!(
             names(),
             // (With the test-only entry, which unit tests see.)
-            "raw, sse, sse-h2, handoff, ws, wt, wt-dgram, wtq, wtq-dgram, quic, twin"
+            "raw, sse, sse-h2, handoff, ws, fanout, wt, wt-dgram, wtq, wtq-dgram, quic, twin"
         );
     }
 

@@ -180,8 +180,9 @@ fn no_identifier_names_an_approach_outside_its_modules() {
             }
         }
     }
-    // handoff, sse-h2, wt-dgram, wtq and wtq-dgram (each a name and a server), proxy.
-    assert_eq!(checked, 11, "names checked");
+    // handoff, sse-h2, fanout, wt-dgram, wtq and wtq-dgram (each a name and a server),
+    // proxy.
+    assert_eq!(checked, 13, "names checked");
     assert!(
         found.is_empty(),
         "identifiers name approaches outside their modules; give the registry entry a capability or hook instead:\n{}",

@@ -48,12 +48,17 @@ fn serve_and_client_binaries_end_to_end() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        // The records, then each connection's own statistics (fresh: one per prompt).
+        // The records, then each connection's own statistics (fresh: one per prompt, and
+        // each prompt's own: the fan-out's WebSocket).
         let (conns, recs): (Vec<_>, Vec<_>) = lines
             .into_iter()
             .partition(|v| v.get("connection").is_some());
         assert_eq!(recs.len(), 2, "{name}");
-        assert_eq!(conns.len(), 2, "{name}");
+        assert_eq!(
+            conns.len(),
+            2 * (1 + a.session_connections as usize),
+            "{name}"
+        );
         let udp = name.parse::<lab::approach::Approach>().unwrap().transport
             == lab::approach::Transport::Udp;
         let transport = if udp { "quic" } else { "tcp" };
@@ -257,7 +262,7 @@ fn bad_command_lines_get_clear_errors() {
     lab_fails(
         &["client", "smoke", "--url", "https://127.0.0.1:1"],
         2,
-        "approach 'smoke' is not supported; supported: raw, sse, sse-h2, handoff, ws, wt",
+        "approach 'smoke' is not supported; supported: raw, sse, sse-h2, handoff, ws, fanout, wt",
     );
     lab_fails(
         &[

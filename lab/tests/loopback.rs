@@ -70,13 +70,16 @@ async fn all_approaches_deliver_identical_tokens_in_both_modes() {
             let conns = after.connections_accepted - before.connections_accepted;
             match mode {
                 // Reuse proven at the server: one connection carried all ten prompts.
+                // (and each prompt's own: the fan-out's WebSocket a session).
                 Mode::Reuse if ap.keeps_connections => {
-                    assert_eq!(conns, 1, "{ap}: reuse mode opened {conns} connections");
+                    let want = 1 + 10 * u64::from(ap.session_connections);
+                    assert_eq!(conns, want, "{ap}: reuse mode opened {conns} connections");
                     assert!(recs[1..].iter().all(|r| r.reused && r.connect_ms.is_none()));
                 }
                 // Fresh, or a server that closes each connection after its answer.
                 _ => {
-                    assert_eq!(conns, 10, "{ap}: {mode} mode opened {conns} connections");
+                    let want = 10 * (1 + u64::from(ap.session_connections));
+                    assert_eq!(conns, want, "{ap}: {mode} mode opened {conns} connections");
                     assert!(recs.iter().all(|r| !r.reused && r.connect_ms.is_some()));
                 }
             }
@@ -569,6 +572,8 @@ async fn eight_prompts_at_once_for_every_approach() {
                 (Mode::Reuse, false) => (8, 8),
                 (Mode::Fresh, _) => (20, 20),
             };
+            // Each prompt's own connections (the fan-out's WebSocket a session).
+            let want_opened = want_opened + 20 * ap.session_connections as usize;
             assert_eq!(
                 conns.len(),
                 want_conns,

@@ -8,6 +8,8 @@
 //! checks its settings and returns the future that serves, and its URL path as a `PATH`
 //! constant; lab's approach registry names them and nothing else.
 
+pub mod fanout;
+pub mod fanout_broker;
 pub mod handoff;
 pub mod http;
 pub mod llm;
@@ -69,6 +71,35 @@ impl Listener {
 
 /// A server, set up and ready to serve: it runs until dropped, or fails.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// What a part of an approach that runs as a process of its own is given (`lab part
+/// <server> <part>`, as a node of a topology): the fan-out's API servers and gateways.
+#[derive(Debug)]
+pub struct PartEnv {
+    /// Its already-bound socket (plain HTTP: the load balancer in front ends TLS).
+    pub listener: tokio::net::TcpListener,
+    /// The broker's URL, e.g. `redis://198.19.255.1:6379`.
+    pub broker: Option<String>,
+    /// The OpenAI-compatible upstream's base URL.
+    pub upstream: Option<String>,
+    /// The model it asks the upstream for.
+    pub model: String,
+    pub stats: Arc<stats::ServerStats>,
+}
+
+/// Sets a part up (connecting to its broker, say): what serves, or why it cannot.
+pub type PartStart =
+    fn(PartEnv) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Serving>> + Send>>;
+
+/// One part of an approach that runs as a process of its own.
+#[derive(Debug)]
+pub struct Part {
+    /// Its name in `lab part <server> <name>`.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+    pub start: PartStart,
+}
 
 impl ServerEnv {
     /// A client for the upstream, as the settings say.

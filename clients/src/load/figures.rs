@@ -207,6 +207,10 @@ pub struct LevelSummary {
     /// tokens are their chunks.
     #[serde(default)]
     pub usage_counted: u64,
+    /// Tokens relayed through a broker (`fanout`), summed over every stream: published,
+    /// delivered, lost while a WebSocket was down, reconnects; absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<crate::record::RelayCounts>,
     /// Per request, (E2E - TTFT) / (tokens - 1), over requests of two tokens or more.
     #[serde(default)]
     pub tpot_ms: Percentiles,
@@ -338,6 +342,7 @@ pub(crate) struct Fold {
     pub tokens: u64,
     pub chunks: u64,
     pub usage_counted: u64,
+    pub relay: Option<crate::record::RelayCounts>,
     pub token_bytes: u64,
     /// Output tokens that arrived in the window: each chunk weighs its request's
     /// tokens over its chunks.
@@ -381,6 +386,9 @@ impl Fold {
         self.tokens += out as u64;
         self.chunks += r.tokens as u64;
         self.token_bytes += r.token_bytes;
+        if let Some(c) = r.relay {
+            self.relay.get_or_insert_default().add(c);
+        }
         let weight = if r.tokens > 0 {
             out as f64 / r.tokens as f64
         } else {
@@ -454,6 +462,11 @@ impl Fold {
         for (k, t) in &r.server_ms {
             self.server.entry(k.clone()).or_default().record_ms(*t);
         }
+        // An answer with tokens lost on the way (a broker's, while the client's
+        // WebSocket was down) is counted there, not as a wrong answer.
+        if !r.whole() {
+            return;
+        }
         let e = self
             .digests
             .entry((prompt, r.digest.clone()))
@@ -516,6 +529,7 @@ impl Fold {
             output_tokens: self.output.percentiles(),
             chunks: self.chunks,
             usage_counted: self.usage_counted,
+            relay: self.relay,
             server_ms: self
                 .server
                 .iter()

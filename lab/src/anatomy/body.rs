@@ -18,6 +18,10 @@ pub enum Body {
     Text,
     /// Length-prefixed messages, `<len>:<token>`, ended by `0:`.
     LenPrefix,
+    /// The fan-out's WebSocket text messages, `t <seq> <hop> <token>`: the token after
+    /// the third space, the rest framing ([`lab_codec::relay`]); its REST bodies (the
+    /// session id, the prompt) are message bytes.
+    Relay,
     /// A token per QUIC DATAGRAM frame, after the stream id and sequence number
     /// ([`lab_codec::dgram`]); the request stream's answer is the tally and `0:`, all
     /// framing.
@@ -82,10 +86,18 @@ pub fn response(body: Body, bytes: &[u8]) -> Runs<()> {
             r.layer(Layer::Message, bytes.len() - done);
         }
         Body::Text => unit(&mut r, bytes.len(), bytes.len()),
-        // The tokens are in datagrams, not here.
-        Body::Datagram => r.layer(Layer::Message, bytes.len()),
+        // The tokens are in datagrams (or WebSocket messages), not here.
+        Body::Datagram | Body::Relay => r.layer(Layer::Message, bytes.len()),
     }
     r
+}
+
+/// The token's bytes in a fan-out text message from a gateway (0 in any other).
+pub fn relay_token(msg: &[u8]) -> usize {
+    match std::str::from_utf8(msg).map(lab_codec::relay::Msg::parse) {
+        Ok(Ok(lab_codec::relay::Msg::Token { text, .. })) => text.len(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +130,16 @@ mod tests {
         let s = response(Body::OpenAi, out.as_bytes()).sums();
         assert_eq!(s.payload, 2 + 7);
         assert_eq!(s.total(), out.len() as u64);
+    }
+
+    #[test]
+    fn a_relayed_token_is_what_follows_its_sequence_and_hop() {
+        let m = b"t 12 345 Hello world";
+        assert_eq!(relay_token(m), 11);
+        assert_eq!(relay_token(b"e 12"), 0);
+        assert_eq!(relay_token(b"r"), 0);
+        let s = response(Body::Relay, br#"{"id":"ab"}"#).sums();
+        assert_eq!((s.payload, s.message), (0, 11));
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub fn tcp(wire: Wire, up: &[u8], down: &[u8]) -> (Runs<()>, Runs<()>) {
             (whole(up, true), whole(down, false))
         }
         App::Http2 => (http2(up, true, wire.body), http2(down, false, wire.body)),
-        App::WebSocket => (websocket(up, true), websocket(down, false)),
+        App::WebSocket => (
+            websocket(up, true, wire.body),
+            websocket(down, false, wire.body),
+        ),
     }
 }
 
@@ -254,8 +257,10 @@ fn http2(s: &[u8], from_client: bool, body: Body) -> Runs<()> {
 
 /// The runs of a WebSocket connection's stream: the HTTP/1.1 upgrade, then frames. Text
 /// messages from the server are tokens; the client's are prompts (message bytes).
-fn websocket(s: &[u8], from_client: bool) -> Runs<()> {
-    let (head, upgraded) = http1(s, from_client, Body::Text);
+/// With `Body::Relay`, a text message's token is what follows its sequence number and
+/// hop; the REST requests of another connection are plain HTTP/1.1.
+fn websocket(s: &[u8], from_client: bool, body: Body) -> Runs<()> {
+    let (head, upgraded) = http1(s, from_client, body);
     let Some(mut at) = upgraded else {
         return head;
     };
@@ -285,12 +290,17 @@ fn websocket(s: &[u8], from_client: bool) -> Runs<()> {
             current = opcode;
         }
         r.layer(Layer::Http, header);
-        let layer = match (opcode, current) {
-            (8..=10, _) => Layer::Http,
-            (_, 1) if !from_client => Layer::Payload,
-            _ => Layer::Message,
-        };
-        r.layer(layer, len);
+        match (opcode, current) {
+            (8..=10, _) => r.layer(Layer::Http, len),
+            // A whole fan-out message in one frame (unmasked: the server's).
+            (1, 1) if !from_client && body == Body::Relay && b0 & 0x80 != 0 => {
+                let token = super::body::relay_token(&s[at + header..at + header + len]);
+                r.layer(Layer::Message, len - token);
+                r.layer(Layer::Payload, token);
+            }
+            (_, 1) if !from_client && body != Body::Relay => r.layer(Layer::Payload, len),
+            _ => r.layer(Layer::Message, len),
+        }
         at += header + len;
     }
     r.layer(Layer::Undecoded, s.len() - at);

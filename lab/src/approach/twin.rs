@@ -31,6 +31,7 @@ pub const ENTRY: Entry = Entry {
     model: Model::Server,
     multiplexed: false,
     keeps_connections: true,
+    session_connections: 0,
     wire: Wire {
         app: App::Http1,
         body: Body::Sse,
@@ -39,6 +40,7 @@ pub const ENTRY: Entry = Entry {
     browser: None,
     timing: None,
     helper: None,
+    parts: &[],
     serve: start,
     runner,
 };

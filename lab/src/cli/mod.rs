@@ -105,6 +105,11 @@ pub enum Command {
     /// Write the man pages (lab.1 and one per command, lab-run.1, ...) into a directory
     /// (scripts/install.sh installs them).
     Man(ManArgs),
+    /// Run one part of an approach that runs as processes of its own, as a node of a
+    /// topology, in the foreground: `lab part fanout api` (an API server) or `lab part
+    /// fanout gateway` (a WebSocket gateway). Plain HTTP, behind a load balancer that
+    /// ends TLS; see topologies/fanout.yaml.
+    Part(PartArgs),
     /// Relay TCP from a lab namespace to an upstream on the host (started by `lab up`
     /// for a `url:` upstream).
     #[command(hide = true)]
@@ -122,6 +127,29 @@ pub enum Command {
     /// daemon (started by `lab serve <server>`, never by hand).
     #[command(hide = true)]
     Helper(HelperArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Parts: fanout api (an API server), fanout gateway (a WebSocket gateway).\n\nExample (nodes of topologies/fanout.yaml):\n  lab part fanout api --listen 198.19.255.2:8000 --broker redis://198.19.255.1:6379 --upstream http://198.19.255.254:11434 --model gemma3:12b\n  lab part fanout gateway --listen 198.19.255.4:8001 --broker redis://198.19.255.1:6379"
+)]
+pub struct PartArgs {
+    /// The approach's server, as `lab serve` names it (e.g. fanout).
+    pub server: String,
+    /// The part (e.g. api, gateway).
+    pub part: String,
+    /// Address and port to listen on (plain HTTP).
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// The broker's URL, e.g. redis://198.19.255.1:6379.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// The OpenAI-compatible upstream's base URL (an API server's).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// The model it asks the upstream for.
+    #[arg(long, default_value = "gemma3:12b")]
+    pub model: String,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,7 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
 
 pub mod client;
 pub mod demo;
+mod faults;
 pub mod lab;
 pub mod link;
 pub mod load;
@@ -180,6 +181,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Wire(a) => wire::run(a).map(|()| EXIT_OK),
         Command::ExecServer(a) => lab::exec_server(a),
         Command::Helper(a) => serve::helper(a).await.map(|()| EXIT_OK),
+        Command::Part(a) => serve::part(a).await.map(|()| EXIT_OK),
     }
 }
 

@@ -288,7 +288,9 @@ async fn once(
 
     // Run the cells. A signal stops every client at once; what was measured is kept.
     let st = Arc::new(state);
-    let (cells, interrupted) = workload(&st, &job.prompts, pcap, signals, &progress).await;
+    let faults = super::faults::start(&st);
+    let (cells, interrupted) = workload(&st, &job.prompts, pcap, signals, &progress, &faults).await;
+    let faults = faults.finish();
     progress.finish();
     let cells = cells.map_err(|e| {
         tell!("lab: {e:#}");
@@ -311,7 +313,8 @@ async fn once(
         expect: job.expects.clone(),
         shard: a.shard,
         summaries: Vec::new(),
-        nodes_exited: nodes_exited(&st),
+        nodes_exited: nodes_exited(&st, &faults),
+        faults: faults.into_iter().map(|f| f.line).collect(),
     };
     // In a series each run's report is in its directory; the report over the runs is
     // what is printed.
@@ -364,7 +367,9 @@ async fn workload(
     pcap: Option<SafeDir>,
     signals: &Signals,
     progress: &super::progress::Progress,
+    faults: &super::faults::Faults,
 ) -> (Result<Vec<CellResult>>, Option<Instant>) {
+    let arm = faults.arm();
     let stop = Arc::new(AtomicBool::new(false));
     let (s2, p2, stop2) = (st.clone(), prompts.to_vec(), stop.clone());
     let pcap2 = pcap.map(Arc::new);
@@ -389,16 +394,23 @@ async fn workload(
             );
         };
         let stage = |s: &str| prog.stage(s);
+        // The faults' clock starts with the first measured workload.
+        let measuring = || arm();
+        let progress = crate::launch::Progress {
+            print: &print,
+            stage: &stage,
+            measuring: &measuring,
+        };
         // A load test takes the machine: its cells run one after another.
         if s2.plan.workload.load.is_some() {
             return s2
                 .plan
                 .cells
                 .iter()
-                .map(|cell| crate::launch::load::run(&s2, cell, &p2, &stage, &stop2))
+                .map(|cell| crate::launch::load::run(&s2, cell, &p2, &progress, &stop2))
                 .collect();
         }
-        let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &print, &stage, &stop2);
+        let one = |cell| crate::launch::cell::run(&s2, cell, &p2, pcap, &progress, &stop2);
         if !s2.plan.workload.parallel {
             return s2.plan.cells.iter().map(one).collect();
         }
@@ -468,11 +480,13 @@ fn report_and_save(run: &mut Run, dir: &SafeDir, signals: &Signals, print: bool)
     true
 }
 
-/// The user's nodes that are no longer running, each said with the tail of its log.
-fn nodes_exited(st: &crate::netlab::state::State) -> Vec<String> {
+/// The user's nodes that are no longer running, each said with the tail of its log;
+/// not those the topology's faults killed.
+fn nodes_exited(st: &crate::netlab::state::State, faults: &[super::faults::Done]) -> Vec<String> {
     st.processes
         .iter()
         .filter(|p| st.plan.nodes.iter().any(|n| n.namespace == p.namespace))
+        .filter(|p| !faults.iter().any(|f| f.namespace == p.namespace))
         // Gone, or a zombie not yet reaped.
         .filter(|p| {
             !matches!(crate::netlab::live::process_live(p.pid, p.start), Some((s, _)) if s != 'Z')

@@ -243,3 +243,48 @@ pub async fn helper(a: crate::cli::HelperArgs) -> Result<()> {
         })?;
     helper(a.config).await
 }
+
+/// `lab part <server> <part>`: a part of an approach that runs as a process of its own
+/// (its registry entry's `parts`), until SIGINT or SIGTERM.
+pub async fn part(a: crate::cli::PartArgs) -> Result<()> {
+    let signals = super::Signals::new()?;
+    let with_parts: Vec<String> = crate::approach::all()
+        .flat_map(|e| {
+            e.parts
+                .iter()
+                .map(move |p| format!("{} {}", e.server, p.name))
+        })
+        .collect();
+    let entry = crate::approach::by_server(&a.server).with_context(|| {
+        format!(
+            "no server '{}'; the parts there are: {}",
+            a.server,
+            with_parts.join(", ")
+        )
+    })?;
+    let part = entry
+        .parts
+        .iter()
+        .find(|p| p.name == a.part)
+        .with_context(|| {
+            format!(
+                "the {} server has no part '{}'; the parts there are: {}",
+                a.server,
+                a.part,
+                with_parts.join(", ")
+            )
+        })?;
+    let what = format!("{} {}", a.server, part.name);
+    let listener = bind_tcp(a.listen, &what, &Default::default()).await?;
+    let addr = listener.local_addr()?;
+    let env = lab_servers::PartEnv {
+        listener,
+        broker: a.broker,
+        upstream: a.upstream,
+        model: a.model,
+        stats: Arc::new(ServerStats::default()),
+    };
+    let serving = (part.start)(env).await?;
+    ready(&what, addr, &format!("http://{addr}"), None);
+    until_signal(serving, &signals).await
+}

@@ -156,10 +156,10 @@ pub fn run(
     cell: &Cell,
     prompts: &[lab_clients::Prompt],
     pcap: Option<&SafeDir>,
-    print: &(dyn Fn(&str) + Sync),
-    stage: &(dyn Fn(&str) + Sync),
+    progress: &super::Progress<'_>,
     stop: &AtomicBool,
 ) -> CellResult {
+    let (print, stage) = (progress.print, progress.stage);
     let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
     let t0 = Instant::now();
     let mut res = CellResult::empty(cell);
@@ -204,6 +204,7 @@ pub fn run(
         deadline: timeout * n as u32 + Duration::from_secs(30),
         label: &label,
     };
+    (progress.measuring)();
     workload.run(state, cell, print, stop, &mut res);
     if !wait_quiet(
         &[&ends.cns, &ends.sns],

@@ -178,9 +178,10 @@ pub fn run(
     state: &State,
     cell: &Cell,
     prompts: &[lab_clients::Prompt],
-    stage: &(dyn Fn(&str) + Sync),
+    progress: &super::Progress<'_>,
     stop: &AtomicBool,
 ) -> CellResult {
+    let stage = progress.stage;
     let label = format!("{} {}@{}", cell.id, cell.name, cell.profile);
     let t0 = Instant::now();
     let mut res = CellResult::empty(cell);
@@ -220,6 +221,7 @@ pub fn run(
         let wns = sys::open_netns(&cell.wire_ns)?;
         let server = server_of(state, cell)
             .ok_or_else(|| anyhow!("no server process is recorded for cell {}", cell.id))?;
+        (progress.measuring)();
         run_load(
             state,
             cell,

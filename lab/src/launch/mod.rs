@@ -9,3 +9,13 @@
 pub mod cell;
 pub mod client;
 pub mod load;
+
+/// What a cell's run tells `lab run` as it goes.
+pub struct Progress<'a> {
+    /// A prompt's line, as each completes.
+    pub print: &'a (dyn Fn(&str) + Sync),
+    /// A stage's line (warming up, a load level's phase, decoding the captures).
+    pub stage: &'a (dyn Fn(&str) + Sync),
+    /// Called as the measured workload starts, after the warm-up (the faults' clock).
+    pub measuring: &'a (dyn Fn() + Sync),
+}

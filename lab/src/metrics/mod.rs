@@ -123,6 +123,9 @@ pub struct Run {
     /// lines: the run's figures may have lost what the node did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes_exited: Vec<String>,
+    /// The faults the topology asked for (a node's `kill_after`), as carried out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
 }
 
 /// The JSON schema of run.json, as published in lab/run.schema.json.

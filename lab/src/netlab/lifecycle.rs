@@ -394,6 +394,9 @@ fn start_one(
             let d = super::files::SafeDir::open(Path::new(&c.dir), true)?;
             d.write("cert.pem", ck.cert_pem.as_bytes(), 0o644)?;
             d.write("key.pem", ck.key_pem.as_bytes(), 0o600)?;
+            // Both in one file, for a program that takes them so (HAProxy's `crt`).
+            let both = format!("{}{}", ck.cert_pem, ck.key_pem);
+            d.write("cert-key.pem", both.as_bytes(), 0o600)?;
             Some(ck.sha256_hex())
         }
         None => None,

@@ -360,7 +360,7 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
             }
             line_process(&c.server_ns, &role, argv)
         }
-        ServerSpec::Command { argv, .. } => {
+        ServerSpec::Command { argv, files, .. } => {
             let fill = |arg: &str| {
                 let filled = [
                     ("{listen}", format!("{addr}:{p}")),
@@ -370,6 +370,8 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
                     ("{model}", t.llm.model.clone()),
                     ("{cert}", format!("{certs}/cert.pem")),
                     ("{key}", format!("{certs}/key.pem")),
+                    ("{pem}", format!("{certs}/cert-key.pem")),
+                    ("{dir}", certs.clone()),
                 ]
                 .iter()
                 .fold(arg.to_owned(), |s, (k, v)| s.replace(k, v));
@@ -380,8 +382,9 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
                 })
             };
             // `lab exec-server` waits until lab has recorded it, then becomes the
-            // command (same process).
-            let mut full: Vec<String> = vec!["lab".into(), "exec-server".into(), "--".into()];
+            // command (same process), in the server's own directory.
+            let mut full: Vec<String> = vec!["lab".into(), "exec-server".into()];
+            full.extend(["--dir".into(), certs.clone(), "--".into()]);
             full.extend(argv.iter().map(|a| fill(a)));
             Process {
                 namespace: c.server_ns.clone(),
@@ -392,11 +395,17 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
                     port: p,
                 },
                 certs: Some(CertsFor {
-                    dir: certs,
+                    dir: certs.clone(),
                     san: addr.to_string(),
                 }),
                 env: Vec::new(),
-                files: None,
+                files: (!files.is_empty()).then(|| super::nodes::FilesFor {
+                    dir: certs.clone(),
+                    files: files
+                        .iter()
+                        .map(|(n, text)| (n.clone(), fill(text)))
+                        .collect(),
+                }),
             }
         }
     }

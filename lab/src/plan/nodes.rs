@@ -27,6 +27,14 @@ pub struct NodePlan {
     pub ports: Vec<NodePort>,
     /// Its own directory: its files and working directory.
     pub dir: String,
+    /// The fault the topology asks for: killed this long after the clients start.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::topology::units::as_opt_dur"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub kill_after: Option<std::time::Duration>,
 }
 
 /// The files lab writes for a process before starting it, into `dir`.
@@ -174,6 +182,7 @@ fn one(
         address,
         ports: spec.ports.clone(),
         dir,
+        kill_after: spec.kill_after.map(|d| d.0),
     });
 }
 
@@ -350,6 +359,60 @@ nodes:
             server.argv.contains(&"198.19.1.2:11211".to_owned()),
             "{:?}",
             server.argv
+        );
+    }
+
+    /// A server of the user's gets its files, filled in, in its own directory, which
+    /// it runs in; `{pem}` is the certificate and key in one file; a node's
+    /// `kill_after` is in the plan.
+    #[test]
+    fn a_server_s_files_are_filled_and_a_node_keeps_its_kill_after() {
+        let p = plan(
+            r#"
+name: sf
+approaches:
+  - name: lb
+    protocol: fanout
+    command: [haproxy, -f, "{dir}/h.cfg"]
+    files: { h.cfg: "bind {listen} ssl crt {pem}\nserver g {node:gw}:8001\nacl ws { path_end /ws }\n" }
+profiles: { a: {} }
+nodes:
+  gw: { command: [lab, part, fanout, gateway], scope: shared, kill_after: 2.5s }
+"#,
+        );
+        let server = p
+            .processes
+            .iter()
+            .find(|pr| pr.namespace == "lab-sf-c0-server")
+            .unwrap();
+        let dir = "/run/lab/sf/certs/c0";
+        assert_eq!(
+            server.argv,
+            [
+                "lab",
+                "exec-server",
+                "--dir",
+                dir,
+                "--",
+                "haproxy",
+                "-f",
+                &format!("{dir}/h.cfg")
+            ]
+        );
+        let f = server.files.as_ref().unwrap();
+        assert_eq!(f.dir, dir);
+        assert_eq!(
+            f.files,
+            [(
+                "h.cfg".to_owned(),
+                format!(
+                    "bind 198.18.0.2:9002 ssl crt {dir}/cert-key.pem\nserver g 198.19.255.1:8001\nacl ws {{ path_end /ws }}\n"
+                )
+            )]
+        );
+        assert_eq!(
+            p.nodes[0].kill_after,
+            Some(std::time::Duration::from_millis(2500))
         );
     }
 

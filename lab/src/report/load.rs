@@ -224,6 +224,9 @@ pub fn section(cells: &[&crate::metrics::CellResult]) -> String {
     for (name, levels) in &loads {
         for l in levels.iter() {
             out.push_str(&server_timing_lines(name, l));
+            if let Some(r) = l.summary.relay {
+                out.push_str(&r.line(&format!("{name} at {}", l.summary.label())));
+            }
         }
     }
     out.push_str("Answers per level: output tokens per completed request, and the tokens a content chunk carried (TPOT and Tok/s count tokens, ITL and TBT the gaps between chunks):
@@ -323,15 +326,23 @@ fn server_timing_lines(name: &str, l: &LevelResult) -> String {
             .find(|t| t.key == key)
             .map_or(key.as_str(), |t| t.what);
         let b = &l.summary.ttfb_ms;
+        // The time to the response head, where the approach has one (HTTP).
+        let head = if b.count > 0 {
+            format!(
+                "; time to the response head (TTFB, connect included) p50 {} p99 {}",
+                ms(b.p50),
+                ms(b.p99)
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "- {name} level {}: {what}, p50 {} p99 {} max {} (over {} streams); time to the response head (TTFB, connect included) p50 {} p99 {}\n",
+            "- {name} level {}: {what}, p50 {} p99 {} max {} (over {} streams){head}\n",
             l.summary.level,
             ms(h.p50),
             ms(h.p99),
             ms(h.max),
             h.count,
-            ms(b.p50),
-            ms(b.p99)
         ));
     }
     out

@@ -67,6 +67,9 @@ fn head(run: &Run) -> String {
         run.seconds,
         shaping_line(&run.plan)
     );
+    for f in &run.faults {
+        out.push_str(&format!("Fault: {f}.\n\n"));
+    }
     if let Some(s) = run.shard {
         out.push_str(&format!(
             "Shard {s} of a run: cells {}. Expectations are checked when `lab merge` joins the shards.\n\n",
@@ -248,6 +251,13 @@ fn cell_lines(c: &crate::metrics::CellResult) -> String {
     }
     if let Some(t) = crate::metrics::datagrams::of(&c.records, &c.connections) {
         out.push_str(&t.line(&c.cell.name));
+    }
+    let relayed = c.records.iter().filter_map(|r| r.relay);
+    if let Some(sum) = relayed.reduce(|mut a, b| {
+        a.add(b);
+        a
+    }) {
+        out.push_str(&sum.line(&c.cell.name));
     }
     if let Some(l) = server_timing_line(c) {
         out.push_str(&l);
@@ -456,16 +466,24 @@ fn server_timing_line(c: &crate::metrics::CellResult) -> Option<String> {
     let p = |v: &[f64], q: f64| {
         lab_clients::record::percentile(v, q).map_or("-".to_owned(), |x| format!("{x:.3} ms"))
     };
+    // The time to the response head, where the approach has one (HTTP).
+    let head = if ttfb.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; time to the response head (TTFB, from the prompt's start, connect included) p50 {}, p99 {}",
+            p(&ttfb, 50.0),
+            p(&ttfb, 99.0)
+        )
+    };
     Some(format!(
-        "{}: {} ({}): p50 {}, p99 {} over {} prompts; time to the response head (TTFB, from the prompt's start, connect included) p50 {}, p99 {}; to the first token p50 {}, p99 {}. {}\n\n",
+        "{}: {} ({}): p50 {}, p99 {} over {} prompts{head}; to the first token p50 {}, p99 {}. {}\n\n",
         c.cell.name,
         t.what,
         t.how,
         p(&server, 50.0),
         p(&server, 99.0),
         server.len(),
-        p(&ttfb, 50.0),
-        p(&ttfb, 99.0),
         p(&ttft, 50.0),
         p(&ttft, 99.0),
         t.note,

@@ -418,3 +418,21 @@ mod tests {
         );
     }
 }
+
+/// As [`as_dur`], for an optional `Duration`.
+pub mod as_opt_dur {
+    use super::Dur;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&Dur(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<Dur>::deserialize(d)?.map(|d| d.0))
+    }
+}

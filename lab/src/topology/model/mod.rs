@@ -127,8 +127,13 @@ impl CellApproach {
 pub enum ServerSpec {
     /// `lab serve`, lab's own server for the protocol.
     Builtin,
-    /// A command of the user's (argv with placeholders), listening on `port`.
-    Command { argv: Vec<String>, port: u16 },
+    /// A command of the user's (argv with placeholders), listening on `port`, with
+    /// files lab writes into its directory before it starts (name, text).
+    Command {
+        argv: Vec<String>,
+        port: u16,
+        files: Vec<(String, String)>,
+    },
 }
 
 /// The placeholders a server command may use, and what each stands for.
@@ -146,6 +151,14 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
     ("model", "the model to ask the LLM for"),
     ("cert", "a PEM certificate lab made for this server"),
     ("key", "its PEM private key"),
+    (
+        "pem",
+        "the certificate and its key in one PEM file (what HAProxy's `crt` takes)",
+    ),
+    (
+        "dir",
+        "the server's own directory: its certificate files and its `files`",
+    ),
     (
         "node:NAME",
         "the address of node NAME of `nodes:` (the cell's own, or the shared one)",
@@ -175,11 +188,17 @@ struct CustomApproach {
     /// The protocol it speaks: one of lab's approaches (needed with a name of its own).
     protocol: Option<Approach>,
     /// The command that runs a server of your own, as a list of arguments. Placeholders:
-    /// {listen}, {host}, {port}, {upstream}, {model}, {cert}, {key}, {node:NAME}. `lab` as
+    /// {listen}, {host}, {port}, {upstream}, {model}, {cert}, {key}, {pem}, {dir},
+    /// {node:NAME}. `lab` as
     /// the command is this lab. Without it, lab's own server for the protocol runs.
     command: Option<Vec<String>>,
     /// The port it listens on (default: the protocol's).
     port: Option<u16>,
+    /// Files lab writes into the server's own directory ({dir}) before it starts:
+    /// file name to text, with the command's placeholders filled in (an
+    /// haproxy.cfg, say). Only `{word}`s of a-z, 0-9, `_`, `-` and `:` are
+    /// placeholders; other braces stay as written.
+    files: Option<std::collections::BTreeMap<String, String>>,
     /// Transport settings over the topology's, for this approach alone.
     transport: Option<TransportSpec>,
     /// `reuse` or `fresh` for this approach alone, over `workload.connection` (e.g. a

@@ -43,6 +43,11 @@ pub struct NodeSpec {
     /// working directory, `{dir}`) before starting it: a file name and its text.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// A fault to measure: lab kills the node (SIGKILL) this long after the run's
+    /// clients start, e.g. `3s`. The run reports it as done on purpose, not as a node
+    /// that exited, and goes on; what the others make of it is what is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_after: Option<crate::topology::units::Dur>,
 }
 
 /// Where a node runs.

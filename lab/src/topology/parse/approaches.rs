@@ -9,11 +9,12 @@ use crate::approach::Approach;
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
-const CUSTOM_FIELDS: [&str; 7] = [
+const CUSTOM_FIELDS: [&str; 8] = [
     "name",
     "protocol",
     "command",
     "port",
+    "files",
     "transport",
     "connection",
     "client",
@@ -47,10 +48,11 @@ pub(super) fn parse_list(cx: &mut Ctx<'_>, v: &Node) -> Option<Vec<(CellApproach
 
 /// The approaches of the topology: the list as written with each name once (a name
 /// given twice is reported), or all of lab's own when the file names none.
+/// `written_empty`: the file has `approaches: []`.
 pub(super) fn check_list(
     cx: &mut Ctx<'_>,
     list: Option<Vec<(CellApproach, At)>>,
-    written: bool,
+    written_empty: bool,
     at: Option<At>,
 ) -> Vec<CellApproach> {
     let Some(list) = list else {
@@ -63,7 +65,7 @@ pub(super) fn check_list(
         }
         seen.push(a);
     }
-    if list.is_empty() && written {
+    if list.is_empty() && written_empty {
         cx.push(
             at.unwrap_or((1, 1)),
             "approaches",
@@ -126,6 +128,7 @@ struct Entry {
     protocol: Option<Approach>,
     command: Option<Vec<String>>,
     port: Option<(u16, At)>,
+    files: Option<(Vec<(String, String)>, At)>,
     transport: Option<TransportSpec>,
     connection: Option<Connection>,
     client: Option<(ClientKind, At)>,
@@ -174,10 +177,14 @@ fn parse_custom(cx: &mut Ctx<'_>, v: &Node, path: &str) -> Option<CellApproach> 
         Some(argv) => ServerSpec::Command {
             argv,
             port: e.port.map_or(protocol.port, |p| p.0),
+            files: e.files.map(|f| f.0).unwrap_or_default(),
         },
         None => {
             if let Some((_, at)) = e.port {
                 return refuse_port(cx, at, path);
+            }
+            if let Some((_, at)) = e.files {
+                return refuse_files(cx, at, path);
             }
             ServerSpec::Builtin
         }
@@ -223,6 +230,10 @@ fn read_entry(cx: &mut Ctx<'_>, map: &MarkedMappingNode, path: &str) -> Entry {
                 }
                 None => e.ok = false,
             },
+            "files" => {
+                e.files = entry_files(cx, val, &field).map(|f| (f, key_pos(k)));
+                e.ok &= e.files.is_some();
+            }
             "transport" => {
                 e.transport = parse_transport(cx, val, &field);
                 e.ok &= e.transport.is_some();
@@ -312,6 +323,9 @@ fn own_with_settings(
     if let Some((_, at)) = e.port {
         return refuse_port(cx, at, path);
     }
+    if let Some((_, at)) = e.files {
+        return refuse_files(cx, at, path);
+    }
     let client = check_client(cx, e.client, a, path, &name)?;
     e.ok.then(|| CellApproach {
         transport: e.transport,
@@ -377,6 +391,63 @@ fn refuse_port(cx: &mut Ctx<'_>, at: At, path: &str) -> Option<CellApproach> {
         "lab's own servers listen on their protocol's port; `port` is for a server of your own (with `command`)",
     );
     None
+}
+
+/// `files` on an entry that runs lab's own server.
+fn refuse_files(cx: &mut Ctx<'_>, at: At, path: &str) -> Option<CellApproach> {
+    cx.push(
+        at,
+        &format!("{path}.files"),
+        "`files` is for a server of your own (with `command`); lab's own servers need none",
+    );
+    None
+}
+
+/// The names lab writes into a server's directory itself.
+const OWN_FILES: [&str; 3] = ["cert.pem", "key.pem", "cert-key.pem"];
+
+/// An entry's `files`: plain names, not lab's own, texts within the limit and with
+/// known placeholders only.
+fn entry_files(cx: &mut Ctx<'_>, val: &Node, field: &str) -> Option<Vec<(String, String)>> {
+    let files = cx.de::<std::collections::BTreeMap<String, String>>(val, field)?;
+    let mut ok = true;
+    for (f, text) in &files {
+        let plain = !f.is_empty() && !f.contains('/') && !f.starts_with('.') && !f.contains('\0');
+        let problem = if !plain {
+            Some(format!(
+                "'{f}' is not a plain file name: no '/', not starting with '.'; files go into the server's own directory ({{dir}})"
+            ))
+        } else if OWN_FILES.contains(&f.as_str()) {
+            Some(format!(
+                "'{f}' is lab's own (it writes {}); name your file otherwise",
+                OWN_FILES.join(", ")
+            ))
+        } else if text.len() > MAX_NODE_FILE {
+            Some(format!(
+                "'{f}' is {} bytes, over the limit of {MAX_NODE_FILE}",
+                text.len()
+            ))
+        } else {
+            placeholders(text)
+                .into_iter()
+                .find(|w| !w.starts_with("node:") && !PLACEHOLDERS.iter().any(|(p, _)| p == w))
+                .map(|w| {
+                    format!(
+                        "'{f}': unknown placeholder {{{w}}}; valid: {}",
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|(p, _)| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        };
+        if let Some(m) = problem {
+            cx.push(pos(val), field, m);
+            ok = false;
+        }
+    }
+    ok.then(|| files.into_iter().collect())
 }
 
 /// Every `{...}` in a server command must be a placeholder lab fills in.

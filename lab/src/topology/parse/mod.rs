@@ -152,12 +152,12 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, Diagnostics> {
         .into_iter()
         .map(|(n, spec, _)| (n, spec))
         .collect();
-    let approaches = approaches::check_list(
-        &mut cx,
-        s.approaches,
-        map.contains_key("approaches"),
-        s.approaches_at,
-    );
+    // Written as an empty list (not a list whose every entry was wrong, each reported).
+    let written_empty = map
+        .get_node("approaches")
+        .and_then(|n| n.as_sequence())
+        .is_some_and(|l| l.is_empty());
+    let approaches = approaches::check_list(&mut cx, s.approaches, written_empty, s.approaches_at);
     check_cells(
         &mut cx,
         &approaches,

@@ -52,6 +52,7 @@ pub(super) fn parse_nodes(cx: &mut Ctx<'_>, v: &Node) -> Option<Vec<(String, Nod
             scope: f.scope.unwrap_or_default(),
             env: f.env.unwrap_or_default(),
             files: f.files.unwrap_or_default(),
+            kill_after: f.kill_after,
         };
         check_spec(cx, &spec, node, &path);
         out.push((name, spec, pos(node)));
@@ -68,6 +69,7 @@ struct NodeFields {
     scope: Option<NodeScope>,
     env: Option<std::collections::BTreeMap<String, String>>,
     files: Option<std::collections::BTreeMap<String, String>>,
+    kill_after: Option<crate::topology::units::Dur>,
 }
 
 fn check_node_name(cx: &mut Ctx<'_>, name: &str, at: At, path: &str) {
@@ -249,8 +251,8 @@ pub(super) fn check_refs(
         }
     }
     for (i, (a, at)) in approaches.iter().enumerate() {
-        if let ServerSpec::Command { argv, .. } = &a.server {
-            for t in argv {
+        if let ServerSpec::Command { argv, files, .. } = &a.server {
+            for t in argv.iter().chain(files.iter().map(|(_, t)| t)) {
                 check(cx, t, false, *at, &format!("approaches[{i}].command"));
             }
         }
