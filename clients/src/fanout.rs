@@ -14,8 +14,9 @@
 //! [`RECONNECTS`] times; what was published in between is lost, and the record counts
 //! it from the sequence numbers and the end's count ([`crate::record::RelayCounts`]).
 //! Its digest is over the tokens delivered, so it equals the other approaches' only
-//! when nothing was lost. TTFT runs from the session's creation: the three round trips
-//! of set-up are part of what this architecture costs.
+//! when nothing was lost. TTFT runs from the session's creation: the round trips of
+//! set-up (create; the WebSocket's TCP, TLS and upgrade; run) are part of what this
+//! architecture costs.
 
 use crate::record::{ErrorCategory, Mode, PromptError, Recorder};
 use crate::stats::TcpWatch;

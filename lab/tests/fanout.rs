@@ -82,8 +82,8 @@ fn fanout_beside_ws_and_sse_delivers_every_token_with_the_broker_hop_measured() 
             let (p50, p99) = (hop.p50.unwrap(), hop.p99.unwrap());
             // Redis on the unshaped internal network: well under the link's 10 ms.
             assert!(p50 > 0.0 && p50 <= p99 && p99 < 10.0, "{p50} {p99}");
-            // Three set-up round trips (create, WebSocket, run) before the first
-            // token, where ws has one.
+            // The session's round trips (create; the WebSocket's TCP, TLS and
+            // upgrade; run) before the first token, where ws has one.
             let ws = run.cells.iter().find(|c| c.cell.name == "ws").unwrap();
             let ws_ttft = ws.load.as_ref().unwrap().levels[0]
                 .summary
@@ -136,10 +136,15 @@ fn a_gateway_killed_mid_level_means_reconnects_and_lost_tokens_and_nothing_left(
     );
     std::fs::write(&t, topo).unwrap();
     let results = dir.join("results");
-    let o = run_topology(&t, &results);
+    // Every process lab starts, and what each started in its session (HAProxy's
+    // worker), while the lab is up: none may outlive the run.
+    let (run, st) = run_until_up("fofault", &t, &results);
+    let procs = processes_and_sessions(&st);
+    assert!(procs.len() >= 9, "{procs:?}");
+    let o = run.wait_with_output().unwrap();
     // The run completes: a fault asked for is not a failure.
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_nothing_left("fofault", &[]);
+    assert_gone("fofault", &procs);
     let (d, v) = saved_run(&results);
     let run: Run = serde_json::from_value(v).unwrap();
     assert_eq!(run.faults.len(), 1, "{:?}", run.faults);

@@ -7,10 +7,8 @@
 mod common;
 
 use common::*;
-use lab::netlab::sys;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A topology named `name` with one `sse` cell, a fast mock, and `nodes`.
 fn topology(name: &str, workload: &str, nodes: &str) -> Tmp {
@@ -37,74 +35,6 @@ const NODES: &str = r#"  store:
     ports: [tcp/6380]
     env: { BIND: "{addr}", STORE: "{node:store}" }
 "#;
-
-/// The recorded processes of a lab's state, and every live process in their sessions
-/// (what a node forked), as (pid, start time).
-fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
-    let recorded = recorded_pids(state);
-    let mut all = recorded.clone();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let sid: u32 = rest.split(' ').nth(3).unwrap().parse().unwrap();
-        if recorded.iter().any(|(p, _)| *p == sid) && !all.iter().any(|(p, _)| *p == pid) {
-            all.push((pid, sys::start_time(pid).unwrap_or(0)));
-        }
-    }
-    all
-}
-
-/// `lab run <topo>` in the background (its output piped), once its lab is up: the run
-/// and the lab's state record. The caller waits for the run.
-#[allow(clippy::zombie_processes)]
-fn run_until_up(name: &str, topo: &Tmp, results: &Tmp) -> (std::process::Child, serde_json::Value) {
-    let mut run = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args([
-            "run",
-            topo.to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Ok(bytes) = std::fs::read(format!("/run/lab/{name}/state.json"))
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && v["phase"] == "up"
-        {
-            return (run, v);
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = run.kill();
-            let o = run.wait_with_output().unwrap();
-            panic!("the lab did not come up: {}", text(&o));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn running(pid: u32, start: u64) -> bool {
-    sys::start_time(pid) == Some(start) && sys::proc_state_rss(pid).is_some_and(|(s, _)| s != 'Z')
-}
-
-/// Nothing of lab `name`: no namespace, no run directory, none of `procs` running.
-fn assert_gone(name: &str, procs: &[(u32, u64)]) {
-    assert_nothing_left(name, &[]);
-    for (pid, start) in procs {
-        assert!(!running(*pid, *start), "process {pid} is still running");
-    }
-}
 
 #[test]
 fn a_node_that_is_not_lab_is_up_in_status_exec_shell_and_down() {

@@ -168,7 +168,7 @@ expect:
     let plan = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        plan.contains("lab exec-server -- lab serve sse --listen 198.18.1.2:9100 --upstream http://198.19.255.254:11434 --model gemma3:12b --cert /run/lab/rbyo/certs/c1/cert.pem --key /run/lab/rbyo/certs/c1/key.pem"),
+        plan.contains("lab exec-server --dir /run/lab/rbyo/certs/c1 -- lab serve sse --listen 198.18.1.2:9100 --upstream http://198.19.255.254:11434 --model gemma3:12b --cert /run/lab/rbyo/certs/c1/cert.pem --key /run/lab/rbyo/certs/c1/key.pem"),
         "{plan}"
     );
     let results = tempdir("byo-results");

@@ -500,3 +500,79 @@ pub fn lab_fails(args: &[&str], code: i32, needle: &str) {
         "{args:?}: '{needle}' not in: {stderr}"
     );
 }
+
+/// The recorded processes of a lab's state, and every live process in their sessions
+/// (what a node forked), as (pid, start time).
+#[allow(dead_code)]
+pub fn processes_and_sessions(state: &serde_json::Value) -> Vec<(u32, u64)> {
+    let recorded = recorded_pids(state);
+    let mut all = recorded.clone();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let sid: u32 = rest.split(' ').nth(3).unwrap().parse().unwrap();
+        if recorded.iter().any(|(p, _)| *p == sid) && !all.iter().any(|(p, _)| *p == pid) {
+            all.push((pid, lab::netlab::sys::start_time(pid).unwrap_or(0)));
+        }
+    }
+    all
+}
+
+/// `lab run <topo>` in the background (its output piped), once its lab is up: the run
+/// and the lab's state record. The caller waits for the run.
+#[allow(clippy::zombie_processes, dead_code)]
+pub fn run_until_up(
+    name: &str,
+    topo: &std::path::Path,
+    results: &std::path::Path,
+) -> (std::process::Child, serde_json::Value) {
+    let mut run = Command::new(LAB)
+        .args([
+            "run",
+            topo.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(bytes) = std::fs::read(format!("/run/lab/{name}/state.json"))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && v["phase"] == "up"
+        {
+            return (run, v);
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = run.kill();
+            let o = run.wait_with_output().unwrap();
+            panic!("the lab did not come up: {}", text(&o));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[allow(dead_code)]
+pub fn running(pid: u32, start: u64) -> bool {
+    lab::netlab::sys::start_time(pid) == Some(start)
+        && lab::netlab::sys::proc_state_rss(pid).is_some_and(|(s, _)| s != 'Z')
+}
+
+/// Nothing of lab `name`: no namespace, no run directory, none of `procs` running.
+#[allow(dead_code)]
+pub fn assert_gone(name: &str, procs: &[(u32, u64)]) {
+    assert_nothing_left(name, &[]);
+    for (pid, start) in procs {
+        assert!(!running(*pid, *start), "process {pid} is still running");
+    }
+}
