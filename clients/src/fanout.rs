@@ -165,20 +165,7 @@ impl FanoutRunner {
             "wss://{}{}/{id}/ws",
             self.target.authority, self.target.path
         );
-        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
-            .await
-            .map_err(|e| {
-                let category = match &e {
-                    tokio_tungstenite::tungstenite::Error::Http(r) => {
-                        crate::http::status_category(r.status())
-                    }
-                    _ => ErrorCategory::Handshake,
-                };
-                PromptError::new(
-                    category,
-                    format!("WebSocket handshake with {url} failed: {e}"),
-                )
-            })?;
+        let mut ws = crate::ws::handshake(&url, tls).await?;
         match ws.next().await {
             Some(Ok(Message::Text(t))) if Msg::parse(&t) == Ok(Msg::Ready) => Ok((ws, watch)),
             other => Err(PromptError::new(

@@ -37,6 +37,29 @@ pub struct WsRunner {
     conn: Option<(WebSocketStream<TlsStream<TcpStream>>, u32, Option<TcpWatch>)>,
 }
 
+/// The WebSocket handshake for `url` over `tls`; an HTTP answer in place of the upgrade
+/// is categorized by its status, anything else is a handshake failure.
+pub(crate) async fn handshake(
+    url: &str,
+    tls: TlsStream<TcpStream>,
+) -> Result<WebSocketStream<TlsStream<TcpStream>>, PromptError> {
+    let (ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .map_err(|e| {
+            let category = match &e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    crate::http::status_category(r.status())
+                }
+                _ => ErrorCategory::Handshake,
+            };
+            PromptError::new(
+                category,
+                format!("WebSocket handshake with {url} failed: {e}"),
+            )
+        })?;
+    Ok(ws)
+}
+
 /// The bytes of a server frame (unmasked) carrying `n` bytes of payload.
 pub fn frame_len(n: usize) -> usize {
     n + match n {
@@ -52,21 +75,7 @@ impl WsRunner {
     ) -> Result<(WebSocketStream<TlsStream<TcpStream>>, Option<TcpWatch>), PromptError> {
         let (tls, watch) = crate::tls_connect(&self.target, &self.tls, &self.opts).await?;
         let url = format!("wss://{}{}", self.target.authority, self.target.path);
-        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
-            .await
-            .map_err(|e| {
-                let category = match &e {
-                    tokio_tungstenite::tungstenite::Error::Http(r) => {
-                        crate::http::status_category(r.status())
-                    }
-                    _ => ErrorCategory::Handshake,
-                };
-                PromptError::new(
-                    category,
-                    format!("WebSocket handshake with {url} failed: {e}"),
-                )
-            })?;
-        Ok((ws, watch))
+        Ok((handshake(&url, tls).await?, watch))
     }
 
     async fn drop_conn(&mut self) {

@@ -85,18 +85,6 @@ pub fn token_overhead(seq: u64, hop_us: u64) -> usize {
     format!("t {seq} {hop_us} ").len()
 }
 
-/// Nanoseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`, shared by every
-/// network namespace).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Whether `id` is a session id as the API servers make them: 32 lower-case hex digits.
 pub fn is_session_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

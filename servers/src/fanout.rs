@@ -32,7 +32,8 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::StatusCode;
-use lab_codec::relay::{Msg, is_session_id, monotonic_ns};
+use lab_codec::monotonic_ns;
+use lab_codec::relay::{Msg, is_session_id};
 use std::sync::Arc;
 
 /// The path sessions are created at.
