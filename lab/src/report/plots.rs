@@ -603,13 +603,21 @@ pub fn load_rss(run: &Run) -> Result<String> {
 /// The plots, by file name; `prompt` picks the timeline's prompt (0 = the first). The
 /// anatomy plot is there when some cell has an anatomy. A load test has its own two:
 /// TTFT p50/p99 and server RSS against the level (an open loop's rate), and an open
-/// loop a third: goodput and throughput against the rate.
+/// loop a third: goodput and throughput against the rate. The RSS plot is left out
+/// when no level has the server's samples (levels that end by cycles have no hold to
+/// sample over): it would be an empty chart.
 pub fn all(run: &Run, prompt: usize) -> Result<Vec<(&'static str, String)>> {
     if run.cells.iter().any(|c| c.load.is_some()) {
-        let mut v = vec![
-            ("load_ttft.svg", load_ttft(run)?),
-            ("load_rss.svg", load_rss(run)?),
-        ];
+        let mut v = vec![("load_ttft.svg", load_ttft(run)?)];
+        let sampled = run
+            .cells
+            .iter()
+            .filter_map(|c| c.load.as_ref())
+            .flat_map(|l| &l.levels)
+            .any(|x| x.server.is_some());
+        if sampled {
+            v.push(("load_rss.svg", load_rss(run)?));
+        }
         if is_open(run) {
             v.push(("load_goodput.svg", load_goodput(run)?));
         }
