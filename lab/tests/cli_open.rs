@@ -67,6 +67,14 @@ fn bad_open_loop_and_sampling_flags_get_clear_errors() {
             "leave nothing of --duration to measure",
         ),
         (
+            &["--rates", "5", "--workers", "2"],
+            "--workers 2: an open loop (--rates, --trace) runs in one process, since its schedule is not split; drop --workers",
+        ),
+        (
+            &["--levels", "5", "--workers", "0"],
+            "'0': give `auto` or a count of worker processes from 1 to 64",
+        ),
+        (
             &["--trace", "/nonexistent/trace.txt"],
             "cannot read the trace /nonexistent/trace.txt",
         ),

@@ -26,7 +26,7 @@ pub struct Percentiles {
 /// An HDR histogram of durations, kept in microseconds (1 us to 1 hour, 3 significant
 /// digits).
 #[derive(Debug, Clone)]
-pub struct Hist(Histogram<u64>);
+pub struct Hist(pub(crate) Histogram<u64>);
 
 impl Default for Hist {
     fn default() -> Self {
@@ -298,6 +298,9 @@ pub fn output_tokens(r: &PromptRecord) -> usize {
     r.usage_tokens.map_or(r.tokens, |n| n as usize)
 }
 
+/// The grid the peak of open streams is counted on, in ms.
+const OPEN_GRID_MS: f64 = 10.0;
+
 /// The most one-second slices a level keeps (a day).
 const MAX_SLICES: usize = 86_400;
 
@@ -317,8 +320,9 @@ pub(crate) struct Level {
     pub open: Option<OpenLevel>,
 }
 
-/// A level's figures while it runs.
-#[derive(Default)]
+/// A level's figures while it runs. A worker process sends its own to the process
+/// that merges them (`super::parts`): every field adds.
+#[derive(Default, Serialize, Deserialize)]
 pub(crate) struct Fold {
     /// Unix ms: the measured window (tokens and completions counted in it), and the
     /// slices' start.
@@ -351,7 +355,11 @@ pub(crate) struct Fold {
     pub slices: Vec<(u64, f64)>,
     pub judged: u64,
     pub good: u64,
+    #[serde(with = "super::parts::digests")]
     pub digests: BTreeMap<(usize, String), (usize, u64)>,
+    /// Streams opened (+1) and closed (-1) in each 10 ms of the level from `slice0`,
+    /// from each record's start and end: the peak open, on one clock in every worker.
+    pub opens: BTreeMap<i64, i64>,
 }
 
 impl Fold {
@@ -376,12 +384,35 @@ impl Fold {
         self.slices.get_mut(i)
     }
 
+    /// A stream open from `start` to `end` (Unix ms), on the 10 ms grid.
+    fn open_close(&mut self, start: f64, end: f64) {
+        let at = |t: f64| ((t - self.slice0) / OPEN_GRID_MS).floor() as i64;
+        let (a, b) = (at(start), at(end.max(start)));
+        if a != b {
+            *self.opens.entry(a).or_default() += 1;
+            *self.opens.entry(b).or_default() -= 1;
+        }
+    }
+
+    /// The most streams open at once at the end of any 10 ms of the level (a stream
+    /// that opened and closed within one 10 ms is not counted).
+    pub fn peak_open(&self) -> u64 {
+        let mut open = 0i64;
+        let mut peak = 0i64;
+        for d in self.opens.values() {
+            open += d;
+            peak = peak.max(open);
+        }
+        peak as u64
+    }
+
     /// Folds in one stream's record. `lag_ms`: how late it was sent after its intended
     /// time (0 closed loop), added to the latencies that count from the send. `counted`:
     /// whether its latencies and outcome are figures (false in an open loop's warm-up
     /// and cool-down; its tokens still count towards throughput).
     pub fn add(&mut self, prompt: usize, r: &PromptRecord, lag_ms: f64, counted: bool) {
         let (w0, w1) = self.window;
+        self.open_close(r.start_unix_ms, r.start_unix_ms + r.total_ms);
         let out = output_tokens(r);
         self.tokens += out as u64;
         self.chunks += r.tokens as u64;

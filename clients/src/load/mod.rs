@@ -18,12 +18,14 @@
 
 mod figures;
 pub mod open;
+pub mod parts;
 
 pub use figures::{
     DigestCount, Hist, LevelSummary, OpenLevel, Percentiles, Slice, Slo, SloResult, output_tokens,
     tpot,
 };
 pub use open::OpenSpec;
+pub use parts::{Part, STREAMS_PER_WORKER, Share, auto_workers, merge};
 
 use crate::Runner;
 use figures::Fold;
@@ -109,6 +111,11 @@ pub enum Event {
     Level(Box<LevelSummary>),
 }
 
+/// The wall clock in Unix ms, as the load generator's events and levels give it.
+pub fn unix_ms_now() -> f64 {
+    unix_ms()
+}
+
 pub(crate) fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,7 +154,7 @@ pub async fn run(
 /// When a level's phases start and end: its slots start over the ramp, and (for a
 /// hold) run prompts until its end.
 #[derive(Clone, Copy)]
-struct Timing {
+pub(crate) struct Timing {
     t0: Instant,
     ramp: Duration,
     hold: Duration,
@@ -159,8 +166,21 @@ struct Timing {
 
 impl Timing {
     fn new(spec: &LoadSpec) -> Timing {
-        let t0 = Instant::now();
-        let ramp_start = unix_ms();
+        Timing::at(spec, unix_ms())
+    }
+
+    /// A level that starts at `start_unix_ms` (now, or soon, or just past), on the
+    /// wall clock every worker shares.
+    pub(crate) fn at(spec: &LoadSpec, start_unix_ms: f64) -> Timing {
+        let now = Instant::now();
+        let ahead = start_unix_ms - unix_ms();
+        let t0 = if ahead >= 0.0 {
+            now + Duration::from_secs_f64(ahead / 1000.0)
+        } else {
+            now.checked_sub(Duration::from_secs_f64(-ahead / 1000.0))
+                .unwrap_or(now)
+        };
+        let ramp_start = start_unix_ms;
         let hold = match spec.end {
             LevelEnd::Hold(h) => h,
             LevelEnd::Cycles(_) => Duration::ZERO,
@@ -192,14 +212,49 @@ async fn run_level(
     make: Arc<MakeRunner>,
     each: &mut impl FnMut(&Event),
 ) -> anyhow::Result<LevelSummary> {
-    let n = level as usize;
     let timing = Timing::new(spec);
     each(&Event::Phase {
         level,
         phase: "ramp".into(),
         at_unix_ms: timing.ramp_start,
     });
-    let runners = make_runners(spec, n, &make)?;
+    let (fold, counts) = run_slots(spec, level, Share::ALL, timing, &make, each).await?;
+    Ok(summary_of(spec, level, &timing, fold, counts, unix_ms()))
+}
+
+/// A worker's share of a level that starts at `start_unix_ms` (every worker is given
+/// the same); `each` sees its progress each second (and its phases, which the process
+/// that merges tells for all).
+pub async fn run_part(
+    spec: &LoadSpec,
+    level: u32,
+    share: Share,
+    start_unix_ms: f64,
+    make: Arc<MakeRunner>,
+    mut each: impl FnMut(&Event),
+) -> anyhow::Result<Part> {
+    anyhow::ensure!(!spec.prompts.is_empty(), "a load test needs prompts");
+    anyhow::ensure!(
+        spec.open.is_none(),
+        "an open loop runs in one process: its schedule is not split over workers"
+    );
+    let timing = Timing::at(spec, start_unix_ms);
+    let (fold, counts) = run_slots(spec, level, share, timing, &make, &mut each).await?;
+    Ok(Part::new(level, counts, unix_ms(), fold))
+}
+
+/// Runs the level's slots of `share` until they end: their figures, and the streams
+/// started, completed and failed.
+async fn run_slots(
+    spec: &LoadSpec,
+    level: u32,
+    share: Share,
+    timing: Timing,
+    make: &Arc<MakeRunner>,
+    each: &mut impl FnMut(&Event),
+) -> anyhow::Result<(Fold, [u64; 3])> {
+    let n = level as usize;
+    let runners = make_runners(spec, n, share, make)?;
     let shared = Shared {
         fold: Arc::new(Mutex::new(Fold::new(
             (timing.hold_start, timing.hold_end),
@@ -210,7 +265,7 @@ async fn run_level(
         prompts: Arc::new(spec.prompts.clone()),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, runner) in runners.into_iter().enumerate() {
+    for (i, runner) in runners {
         tasks.spawn(slot(
             i,
             n,
@@ -223,26 +278,37 @@ async fn run_level(
     }
     let drain = matches!(spec.end, LevelEnd::Hold(_));
     watch(&mut tasks, drain, level, timing, &shared.live, each).await?;
-    Ok(summarize(spec, level, timing, &shared))
+    let fold = std::mem::take(&mut *shared.fold.lock().unwrap_or_else(|e| e.into_inner()));
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let live = &shared.live;
+    Ok((
+        fold,
+        [l(&live.started), l(&live.completed), l(&live.failed)],
+    ))
 }
 
-/// Runners: one per connection, shared where the approach multiplexes.
+/// Runners for the slots of `share`, by slot number: one per connection, shared where
+/// the approach multiplexes.
 fn make_runners(
     spec: &LoadSpec,
     n: usize,
+    share: Share,
     make: &Arc<MakeRunner>,
-) -> anyhow::Result<Vec<Box<dyn Runner>>> {
+) -> anyhow::Result<Vec<(usize, Box<dyn Runner>)>> {
     let per = spec.per_connection.max(1) as usize;
-    let mut runners: Vec<Box<dyn Runner>> = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut runners: Vec<(usize, Box<dyn Runner>)> = Vec::new();
+    for i in parts::slots(n, per, share) {
         let r = match runners.last() {
-            Some(last) if per > 1 && i % per != 0 => last.share(),
+            Some((_, last)) if per > 1 && i % per != 0 => last.share(),
             _ => None,
         };
-        runners.push(match r {
-            Some(r) => r,
-            None => make(i)?,
-        });
+        runners.push((
+            i,
+            match r {
+                Some(r) => r,
+                None => make(i)?,
+            },
+        ));
     }
     Ok(runners)
 }
@@ -352,23 +418,29 @@ async fn watch(
     }
 }
 
-/// The level's summary from what its slots gathered.
-fn summarize(spec: &LoadSpec, level: u32, t: Timing, sh: &Shared) -> LevelSummary {
-    let end = unix_ms();
-    let f = std::mem::take(&mut *sh.fold.lock().unwrap_or_else(|e| e.into_inner()));
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let live = &sh.live;
+/// The level's summary from what its slots gathered, ending at `end` (Unix ms).
+pub(crate) fn summary_of(
+    spec: &LoadSpec,
+    level: u32,
+    t: &Timing,
+    fold: Fold,
+    counts: [u64; 3],
+    end: f64,
+) -> LevelSummary {
     // Throughput over the hold, or, where a level ends by cycles, from the ramp's start
     // to the level's end.
-    let (secs, whole) = match spec.end {
-        LevelEnd::Hold(h) if !h.is_zero() => (h.as_secs_f64(), false),
-        _ => ((end - t.ramp_start) / 1000.0, true),
+    let whole = parts::whole(spec.end);
+    let secs = if whole {
+        (end - t.ramp_start) / 1000.0
+    } else {
+        t.hold.as_secs_f64()
     };
-    f.summary(figures::Level {
+    let peak_open = fold.peak_open();
+    fold.summary(figures::Level {
         level,
         times: [t.ramp_start, t.hold_start, t.hold_end, end],
-        counts: [l(&live.started), l(&live.completed), l(&live.failed)],
-        peak_open: l(&live.peak),
+        counts,
+        peak_open,
         secs,
         whole,
         open: None,

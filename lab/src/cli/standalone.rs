@@ -378,6 +378,15 @@ pub struct LoadArgs {
     /// of progress lines and a table.
     #[arg(long)]
     pub json: bool,
+    /// Processes to split a closed loop's streams over, each with its share of every
+    /// level's slots and below its own open-file limit; their figures merge exactly
+    /// into one table. `auto`: one per 15,000 streams of the highest level. An open
+    /// loop runs in one process.
+    #[arg(long, default_value = "auto", value_parser = lab_clients::load::parts::parse_workers)]
+    pub workers: lab_clients::load::parts::Workers,
+    /// Internal: this process is worker INDEX/COUNT of a `lab load --workers`.
+    #[arg(long, hide = true, value_parser = lab_clients::load::parts::parse_share)]
+    pub worker: Option<lab_clients::load::Share>,
 }
 
 #[derive(Debug, Args)]

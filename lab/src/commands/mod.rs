@@ -63,6 +63,7 @@ mod faults;
 pub mod lab;
 pub mod link;
 pub mod load;
+pub mod load_workers;
 pub mod plan;
 pub mod progress;
 pub mod report;

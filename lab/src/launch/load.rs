@@ -93,6 +93,9 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
     if let Some(n) = load.per_connection {
         argv.extend(["--per-connection".into(), n.to_string()]);
     }
+    if !load.is_open() {
+        argv.extend(["--workers".into(), load.workers().to_string()]);
+    }
     if load.usage.unwrap_or(plan.llm.mock_chunk_tokens.is_some()) {
         argv.push("--usage".into());
     }

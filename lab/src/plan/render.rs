@@ -368,8 +368,12 @@ pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> 
     if l.is_open() {
         return open_line(l, connection);
     }
+    let workers = match l.workers() {
+        1 => String::new(),
+        n => format!(", {n} load generator processes"),
+    };
     format!(
-        "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}; cells one after another",
+        "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}{workers}; cells one after another",
         l.levels
             .iter()
             .map(u32::to_string)

@@ -391,6 +391,11 @@ pub struct LoadWorkload {
     /// sse-h2); default 1, a connection each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_connection: Option<u32>,
+    /// Load generator processes to split each level's streams over, 1 to 64, each
+    /// below its own open-file limit; their figures merge exactly (default: one per
+    /// 15,000 streams of the highest level). Not in an open loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
     /// How often the server's memory, CPU, threads and open files are read from /proc
     /// (default 500ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -547,6 +552,15 @@ impl LoadWorkload {
     }
     /// Whether requests arrive at a rate or from a trace (open loop), not in levels of
     /// concurrent streams.
+    /// The load generator's processes: `workers`, or one per 15,000 streams of the
+    /// highest level; an open loop runs in one.
+    pub fn workers(&self) -> u32 {
+        if self.is_open() {
+            return 1;
+        }
+        self.workers
+            .unwrap_or_else(|| lab_clients::load::auto_workers(self.top()))
+    }
     pub fn is_open(&self) -> bool {
         !self.rates.is_empty() || self.trace.is_some()
     }

@@ -283,6 +283,13 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
             "must be 1 to 10000",
         );
     }
+    if l.workers.is_some_and(|n| !(1..=64).contains(&n)) {
+        cx.push(
+            at("workers"),
+            &path("workers"),
+            "must be 1 to 64 load generator processes (leave it out for one per 15000 streams of the highest level)",
+        );
+    }
     let s = l.sample();
     if s < std::time::Duration::from_millis(50) || s > std::time::Duration::from_secs(60) {
         cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
@@ -337,6 +344,7 @@ fn check_open(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ct
         ("hold", l.hold.is_some()),
         ("cycles", l.cycles.is_some()),
         ("per_connection", l.per_connection.is_some()),
+        ("workers", l.workers.is_some()),
     ] {
         if set {
             cx.push(
