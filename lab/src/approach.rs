@@ -441,6 +441,12 @@ impl std::str::FromStr for Approach {
 }
 
 impl Approach {
+    /// Whether its server can run as several processes on one port (`lab serve
+    /// --workers`, SO_REUSEPORT): a TCP server with no process of its own beside it.
+    pub fn shares_port(&self) -> bool {
+        self.transport == Transport::Tcp && self.helper.is_none() && self.parts.is_empty()
+    }
+
     /// The URL of this approach's server at `addr` (host and port).
     pub fn url(&self, addr: impl fmt::Display) -> String {
         let scheme = if self.wire.app.tls() { "https" } else { "http" };

@@ -84,20 +84,32 @@ impl CertKey {
             .with_context(|| format!("failed to read certificate file {}", cert.display()))?;
         let key_pem = std::fs::read_to_string(key)
             .with_context(|| format!("failed to read private key file {}", key.display()))?;
+        Self::from_pem(
+            cert_pem,
+            key_pem,
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )
+    }
+
+    /// A certificate chain and key from their PEM text; `cert_from` and `key_from` say
+    /// where they came from, for the errors.
+    pub fn from_pem(
+        cert_pem: String,
+        key_pem: String,
+        cert_from: &str,
+        key_from: &str,
+    ) -> Result<Self> {
         let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("failed to parse PEM certificates in {}", cert.display()))?;
+            .with_context(|| format!("failed to parse PEM certificates in {cert_from}"))?;
         if chain.is_empty() {
             bail!(
-                "{} holds no PEM certificate (expected a '-----BEGIN CERTIFICATE-----' block)",
-                cert.display()
+                "{cert_from} holds no PEM certificate (expected a '-----BEGIN CERTIFICATE-----' block)"
             );
         }
         let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).with_context(|| {
-            format!(
-                "failed to read a PEM private key (PKCS#8, SEC1 or PKCS#1) from {}",
-                key.display()
-            )
+            format!("failed to read a PEM private key (PKCS#8, SEC1 or PKCS#1) from {key_from}")
         })?;
         Ok(Self {
             sha256: sha256(&chain[0]),

@@ -200,6 +200,15 @@ pub struct ServerArgs {
     /// (fields left out keep the stacks' defaults; `lab plan --json` shows each cell's).
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<lab_codec::transport::Settings>,
+    /// Processes serving the one port (SO_REUSEPORT): the kernel spreads connections
+    /// over them, so that each holds its share of the sockets under its own open-file
+    /// limit. For the TCP servers that run alone (raw's proxy, sse, sse-h2, ws).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Internal: this process is a further worker of a `lab serve --workers` on ADDR,
+    /// its certificate handed on stdin.
+    #[arg(long, hide = true)]
+    pub worker: Option<SocketAddr>,
 }
 
 /// How a client trusts the server.

@@ -70,6 +70,7 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod serve;
+pub mod serve_workers;
 pub mod wire;
 
 use crate::cli::{Cli, Command};

@@ -12,6 +12,7 @@ use lab_servers::tls::CertKey;
 use lab_servers::{Listener, ServerEnv};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 impl MockArgs {
@@ -84,10 +85,12 @@ const BACKLOG: u32 = 65_535;
 
 /// A listening TCP socket on `addr`, with `tcp`'s socket buffers when set (before
 /// listening: accepted connections inherit them, and the window scale they offer).
+/// `reuseport`: one of several processes on the port (`--workers`).
 async fn bind_tcp(
     addr: SocketAddr,
     what: &str,
     tcp: &lab_codec::transport::Tcp,
+    reuseport: bool,
 ) -> Result<TcpListener> {
     let bind = || -> Result<TcpListener> {
         let s = match addr {
@@ -95,6 +98,9 @@ async fn bind_tcp(
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         s.set_reuseaddr(true)?;
+        if reuseport {
+            s.set_reuseport(true)?;
+        }
         lab_codec::transport::set_buffers(&s, tcp.socket_receive_buffer, tcp.socket_send_buffer)?;
         s.bind(addr)?;
         Ok(s.listen(BACKLOG)?)
@@ -156,7 +162,7 @@ async fn until_signal(
 }
 
 async fn llm(a: LlmArgs, signals: &super::Signals) -> Result<()> {
-    let l = bind_tcp(a.listen, "mock LLM", &Default::default()).await?;
+    let l = bind_tcp(a.listen, "mock LLM", &Default::default(), false).await?;
     let addr = l.local_addr()?;
     let cfg = Arc::new(MockConfig {
         limits: a.limits.limits(),
@@ -183,14 +189,20 @@ async fn llm(a: LlmArgs, signals: &super::Signals) -> Result<()> {
 
 /// An approach's server: binds its transport, prints the ready line, serves.
 async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Result<()> {
-    let cert = cert(&args.tls)?;
+    super::serve_workers::refuse(a, args.workers)?;
+    let cert = match args.worker {
+        Some(_) => super::serve_workers::handed_cert().await?,
+        None => cert(&args.tls)?,
+    };
     let what = format!("{} server", a.server);
+    let listen = args.worker.unwrap_or(args.listen);
     let listener = match a.transport {
         Transport::Tcp => Listener::Tcp(
             bind_tcp(
-                args.listen,
+                listen,
                 &what,
                 &args.transport.clone().unwrap_or_default().tcp,
+                args.workers > 1,
             )
             .await?,
         ),
@@ -217,6 +229,13 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
         program: std::env::current_exe().ok(),
     };
     let serving = a.serve(listener, env)?;
+    if args.worker.is_some() {
+        return until_signal(serving, signals).await;
+    }
+    let mut workers = match args.workers {
+        1 => None,
+        n => Some(super::serve_workers::start(n, addr, &cert).await?),
+    };
     // A plain-HTTP server presents no certificate.
     ready(
         a.server,
@@ -227,7 +246,24 @@ async fn approach(a: Approach, args: ServerArgs, signals: &super::Signals) -> Re
     if a.model == crate::approach::Model::Client {
         tracing::info!("forwarding to {upstream}");
     }
-    until_signal(serving, signals).await
+    let Some(w) = workers.as_mut() else {
+        return until_signal(serving, signals).await;
+    };
+    tracing::info!("{} processes serve {addr} (SO_REUSEPORT)", args.workers);
+    let served = until_signal(
+        async {
+            tokio::select! {
+                r = serving => r,
+                e = w.first_end() => Err(e),
+            }
+        },
+        signals,
+    )
+    .await;
+    if let Some(w) = workers {
+        w.stop(Duration::from_secs(5)).await;
+    }
+    served
 }
 
 /// `lab helper <server>`: a process a server started of its own (its registry entry's
@@ -275,7 +311,7 @@ pub async fn part(a: crate::cli::PartArgs) -> Result<()> {
             )
         })?;
     let what = format!("{} {}", a.server, part.name);
-    let listener = bind_tcp(a.listen, &what, &Default::default()).await?;
+    let listener = bind_tcp(a.listen, &what, &Default::default(), false).await?;
     let addr = listener.local_addr()?;
     let env = lab_servers::PartEnv {
         listener,

@@ -347,6 +347,13 @@ fn server_process(t: &Topology, ca: &CellApproach, c: &Cell) -> Process {
             if t.workload.load.is_some() && t.llm.url.is_none() {
                 argv.push("--upstream-h2".into());
             }
+            // Past one process's open files, a load test's TCP server runs as several.
+            if let Some(l) = &t.workload.load
+                && a.shares_port()
+                && l.server_workers() > 1
+            {
+                argv.extend(["--workers".into(), l.server_workers().to_string()]);
+            }
             if a.model == Model::Server {
                 argv.extend(["--model".into(), t.llm.model.clone()]);
                 if let Some(s) = t.llm.sampling {
@@ -545,6 +552,41 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
+    }
+
+    /// Past 15,000 streams, the TCP servers that run alone serve their port from
+    /// several processes, and the others from one; `server_workers` sets the count.
+    #[test]
+    fn a_large_load_test_gets_server_workers_where_a_server_shares_its_port() {
+        let workers = |level: u32, extra: &str| -> Vec<(String, Option<String>)> {
+            let p = plan(&topology(&format!(
+                "name: sw\napproaches: [sse, ws, wt, handoff]\nprofiles:\n  a: {{}}\nworkload:\n  load: {{ levels: [{level}], ramp: 1s, hold: 1s{extra} }}\n"
+            )))
+            .unwrap();
+            p.processes
+                .iter()
+                .filter(|p| p.role.ends_with(" server"))
+                .map(|p| {
+                    let at = p.argv.iter().position(|a| a == "--workers");
+                    (p.role.clone(), at.map(|i| p.argv[i + 1].clone()))
+                })
+                .collect()
+        };
+        let two = Some("2".to_owned());
+        assert_eq!(
+            workers(20_000, ""),
+            vec![
+                ("sse server".to_owned(), two.clone()),
+                ("ws server".to_owned(), two),
+                ("wt server".to_owned(), None),
+                ("handoff server".to_owned(), None),
+            ]
+        );
+        assert!(workers(15_000, "").iter().all(|(_, w)| w.is_none()));
+        assert_eq!(
+            workers(100, ", server_workers: 3")[1].1.as_deref(),
+            Some("3")
+        );
     }
 
     /// The LLM node: the mock in its own namespace by default, with the topology's

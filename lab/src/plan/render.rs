@@ -368,10 +368,21 @@ pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> 
     if l.is_open() {
         return open_line(l, connection);
     }
-    let workers = match l.workers() {
+    let mut workers = match l.workers() {
         1 => String::new(),
         n => format!(", {n} load generator processes"),
     };
+    if l.server_workers() > 1 {
+        let names: Vec<&str> = crate::approach::all()
+            .filter(|a| a.shares_port())
+            .map(|a| a.name)
+            .collect();
+        workers += &format!(
+            ", {} server processes on each port for {}",
+            l.server_workers(),
+            names.join(", ")
+        );
+    }
     format!(
         "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}{workers}; cells one after another",
         l.levels

@@ -396,6 +396,11 @@ pub struct LoadWorkload {
     /// 15,000 streams of the highest level). Not in an open loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
+    /// Processes serving each cell's port (SO_REUSEPORT), 1 to 64, for the TCP servers
+    /// that run alone (raw, sse, sse-h2, ws), each below its own open-file limit
+    /// (default: one per 15,000 streams of the highest level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_workers: Option<u32>,
     /// How often the server's memory, CPU, threads and open files are read from /proc
     /// (default 500ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -559,6 +564,12 @@ impl LoadWorkload {
             return 1;
         }
         self.workers
+            .unwrap_or_else(|| lab_clients::load::auto_workers(self.top()))
+    }
+    /// The processes serving a cell's port where its server can share one:
+    /// `server_workers`, or one per 15,000 streams of the highest level.
+    pub fn server_workers(&self) -> u32 {
+        self.server_workers
             .unwrap_or_else(|| lab_clients::load::auto_workers(self.top()))
     }
     pub fn is_open(&self) -> bool {

@@ -276,6 +276,17 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
             ),
         );
     }
+    check_counts(cx, &l, &at);
+    let s = l.sample();
+    if s < std::time::Duration::from_millis(50) || s > std::time::Duration::from_secs(60) {
+        cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
+    }
+    Some(l)
+}
+
+/// Streams per connection, and the load generator's and the server's processes.
+fn check_counts(cx: &mut Ctx<'_>, l: &LoadWorkload, at: &dyn Fn(&str) -> super::ctx::At) {
+    let path = |f: &str| format!("workload.load.{f}");
     if l.per_connection.is_some_and(|n| !(1..=10_000).contains(&n)) {
         cx.push(
             at("per_connection"),
@@ -290,11 +301,13 @@ fn parse_load(cx: &mut Ctx<'_>, v: &Node) -> Option<LoadWorkload> {
             "must be 1 to 64 load generator processes (leave it out for one per 15000 streams of the highest level)",
         );
     }
-    let s = l.sample();
-    if s < std::time::Duration::from_millis(50) || s > std::time::Duration::from_secs(60) {
-        cx.push(at("sample"), &path("sample"), "must be 50ms to 60s");
+    if l.server_workers.is_some_and(|n| !(1..=64).contains(&n)) {
+        cx.push(
+            at("server_workers"),
+            &path("server_workers"),
+            "must be 1 to 64 server processes (leave it out for one per 15000 streams of the highest level)",
+        );
     }
-    Some(l)
 }
 
 /// `prompt_words` and `answer_tokens`: length distributions; `answer_tokens` not beside
