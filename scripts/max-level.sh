@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The largest load level this machine holds: `lab serve` (the mock and one approach's
 # server) and `lab load` on loopback, release build, levels swept upwards until streams
-# fail. A benchmark, not a test: it prints the generator's table and, per level, the
-# open-file limit, the server's peak RSS and the generator's peak RSS.
+# fail. A benchmark, not a test: it prints the generator's table, the open-file limit,
+# and the server's and the generator's peak RSS over the run, each summed over its
+# processes.
 #
 #   scripts/max-level.sh [APPROACH] [LEVELS]       e.g. scripts/max-level.sh sse 10000,20000,50000,100000
 #
 # Environment: RAMP (default 20s), HOLD (default 10s), TOKENS (default 18), TBT
-# (default 50ms). Nothing outside loopback is touched; every process it starts is
+# (default 50ms), SERVER_WORKERS (default: one server process per 15,000 streams of
+# the highest level, for the TCP servers that can share a port; `lab load` splits its
+# streams the same way by itself). Nothing outside loopback is touched; every process it starts is
 # stopped on exit, by the pid it recorded.
 set -euo pipefail
 approach="${1:-sse}"
@@ -32,9 +35,13 @@ port() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["li
 pids+=($!)
 until [ -s "$work/llm.json" ]; do sleep 0.1; done
 llm_port="$(port <"$work/llm.json")"
+top=0
+for l in ${levels//,/ }; do [ "$l" -gt "$top" ] && top=$l; done
+workers="${SERVER_WORKERS:-$(((top + 14999) / 15000))}"
+case "$approach" in raw | sse | sse-h2 | ws) ;; *) workers=1 ;; esac
 "$lab" serve "$(case $approach in raw) echo proxy ;; *) echo "$approach" ;; esac)" \
   --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$llm_port" --upstream-h2 \
-  --cert-out "$work/tls" >"$work/server.json" 2>"$work/server.log" &
+  --workers "$workers" --cert-out "$work/tls" >"$work/server.json" 2>"$work/server.log" &
 server=$!
 pids+=($server)
 until [ -s "$work/server.json" ]; do sleep 0.1; done
@@ -45,18 +52,27 @@ case "$url" in https://*) trust=(--ca "$work/tls/cert.pem") ;; esac
 sources=()
 for i in 1 2 3 4 5 6 7 8; do sources+=(--source "127.0.0.$i"); done
 
-echo "max-level: $approach at $url, levels $levels, open-file limit $(ulimit -Hn) (hard)"
-peak_server=0
-(
-  while kill -0 "$server" 2>/dev/null; do
-    rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null || echo 0)
-    [ "${rss:-0}" -gt "$peak_server" ] && peak_server=$rss && echo "$peak_server" >"$work/server.peak"
+echo "max-level: $approach at $url ($workers server processes), levels $levels, open-file limit $(ulimit -Hn) (hard)"
+# The peak RSS of a process and its children, summed, written to FILE every 0.5 s.
+watch_rss() {
+  local pid=$1 file=$2 peak=0 rss p
+  while kill -0 "$pid" 2>/dev/null; do
+    rss=0
+    for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+      rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    if [ "$rss" -gt "$peak" ]; then peak=$rss && echo "$peak" >"$file"; fi
     sleep 0.5
   done
-) &
+}
+watch_rss "$server" "$work/server.peak" &
 pids+=($!)
-/usr/bin/env time -v "$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
-  --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s \
-  2> >(tee "$work/load.err" >&2) || true
-echo "server peak RSS: $(($(cat "$work/server.peak" 2>/dev/null || echo 0) / 1024)) MiB"
-grep -E "Maximum resident set size" "$work/load.err" | sed 's/^\s*/generator: /' || true
+"$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
+  --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s &
+gen=$!
+pids+=($gen)
+watch_rss "$gen" "$work/load.peak" &
+pids+=($!)
+wait "$gen" || true
+echo "server peak RSS: $(($(cat "$work/server.peak" 2>/dev/null || echo 0) / 1024)) MiB (all its processes)"
+echo "generator peak RSS: $(($(cat "$work/load.peak" 2>/dev/null || echo 0) / 1024)) MiB (all its processes)"

@@ -384,8 +384,10 @@ impl Fold {
         self.slices.get_mut(i)
     }
 
-    /// A stream open from `start` to `end` (Unix ms), on the 10 ms grid.
-    fn open_close(&mut self, start: f64, end: f64) {
+    /// A stream open from `start` to `end` (Unix ms on the level's clock), on the 10 ms
+    /// grid. A slot's streams follow one another on one monotonic clock, so that two of
+    /// them never count at once.
+    pub fn open_close(&mut self, start: f64, end: f64) {
         let at = |t: f64| ((t - self.slice0) / OPEN_GRID_MS).floor() as i64;
         let (a, b) = (at(start), at(end.max(start)));
         if a != b {
@@ -412,7 +414,6 @@ impl Fold {
     /// and cool-down; its tokens still count towards throughput).
     pub fn add(&mut self, prompt: usize, r: &PromptRecord, lag_ms: f64, counted: bool) {
         let (w0, w1) = self.window;
-        self.open_close(r.start_unix_ms, r.start_unix_ms + r.total_ms);
         let out = output_tokens(r);
         self.tokens += out as u64;
         self.chunks += r.tokens as u64;

@@ -165,6 +165,15 @@ pub(crate) struct Timing {
 }
 
 impl Timing {
+    /// `at` in Unix ms on the level's clock: its start plus the monotonic time since.
+    fn on_clock(&self, at: Instant) -> f64 {
+        let since = match at.checked_duration_since(self.t0) {
+            Some(d) => d.as_secs_f64(),
+            None => -self.t0.duration_since(at).as_secs_f64(),
+        };
+        self.ramp_start + since * 1000.0
+    }
+
     fn new(spec: &LoadSpec) -> Timing {
         Timing::at(spec, unix_ms())
     }
@@ -341,8 +350,10 @@ async fn slot(
         live.started.fetch_add(1, Ordering::Relaxed);
         let open = live.open.fetch_add(1, Ordering::Relaxed) + 1;
         live.peak.fetch_max(open, Ordering::Relaxed);
+        let opened = t.on_clock(Instant::now());
         let mut ignore = |_: &str| {};
         let r = runner.run(k, &sh.prompts[k], &mut ignore).await;
+        let closed = t.on_clock(Instant::now());
         live.open.fetch_sub(1, Ordering::Relaxed);
         let failed_early = r.error.as_ref().map(|e| e.category.before_request());
         if r.error.is_some() {
@@ -351,6 +362,7 @@ async fn slot(
             live.completed.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut f) = sh.fold.lock() {
+            f.open_close(opened, closed);
             f.add(k, &r, 0.0, true);
         }
         drop(r);

@@ -72,6 +72,13 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
             crate::report::load::levels_table(&[(approach.name.to_owned(), &levels[..])])
         };
         outln!("\n{table}");
+        // What went wrong, a message of each kind per level.
+        for l in &levels {
+            for (cat, msg) in &l.error_samples {
+                let n = l.errors.get(cat).copied().unwrap_or(0);
+                outln!("- {}: {n} {cat} errors, e.g. {msg}", l.label());
+            }
+        }
     }
     // An open loop's level that cannot be trusted fails the test, as a failed stream does.
     Ok(levels
