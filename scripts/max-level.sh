@@ -8,7 +8,8 @@
 #   scripts/max-level.sh [APPROACH] [LEVELS]       e.g. scripts/max-level.sh sse 10000,20000,50000,100000
 #
 # Environment: RAMP (default 20s), HOLD (default 10s), TOKENS (default 18), TBT
-# (default 50ms), SERVER_WORKERS (default: one server process per 15,000 streams of
+# (default 50ms), PER_CONNECTION (streams per connection where the approach
+# multiplexes; default 1), SERVER_WORKERS (default: one server process per 15,000 streams of
 # the highest level, for the TCP servers that can share a port; `lab load` splits its
 # streams the same way by itself). Nothing outside loopback is touched; every process it starts is
 # stopped on exit, by the pid it recorded.
@@ -68,7 +69,8 @@ watch_rss() {
 watch_rss "$server" "$work/server.peak" &
 pids+=($!)
 "$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
-  --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s &
+  --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s \
+  --per-connection "${PER_CONNECTION:-1}" &
 gen=$!
 pids+=($gen)
 watch_rss "$gen" "$work/load.peak" &
