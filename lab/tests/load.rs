@@ -108,6 +108,15 @@ expect:
                 assert!(r.samples >= 10, "{who}: {r:?}");
                 assert!(r.fds_peak > 0 && r.rss_kib_peak > 0, "{who}");
                 assert!(r.kb_per_stream.is_some(), "{who}");
+                // The generator, sampled with the server: its sockets, and its whole RSS
+                // over the streams.
+                let c = x
+                    .client
+                    .unwrap_or_else(|| panic!("{who}: no generator samples"));
+                assert!(c.samples >= 10 && c.fds_peak > 0, "{who}: {c:?}");
+                let kb = c.kb_per_stream.unwrap();
+                let want = c.rss_kib_mean / s.peak_open as f64;
+                assert!((kb - want).abs() < 0.01 && kb > 0.0, "{who}: {kb} {want}");
             }
             // handoff: every completed stream has the server's hand-off latency and
             // its time to the response head; no other approach has a hand-off.

@@ -347,8 +347,10 @@ fn run_load(
     let ticks = sys::clock_ticks() as f64;
     let baseline = idle_rss(server_pid, ticks);
     let samples = Mutex::new(Vec::new());
+    let client_samples = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
     let mut st = start_generator(state, cell, load, prompts_file, ends[0])?;
+    let generator_pid = st.record.pid;
     let mut levels = Levels {
         cell,
         label,
@@ -368,6 +370,7 @@ fn run_load(
     };
     let ended = std::thread::scope(|s| {
         s.spawn(|| sample_server(server_pid, ticks, every, &samples, &done));
+        s.spawn(|| sample_server(generator_pid, ticks, every, &client_samples, &done));
         super::client::supervise(
             &mut st,
             &what,
@@ -380,12 +383,20 @@ fn run_load(
         )
     });
     let samples = samples.into_inner().unwrap_or_default();
+    let client_samples = client_samples.into_inner().unwrap_or_default();
     // The levels that ended before the generator was stopped (its deadline, a
     // failure, an interrupt) are kept, with the reason it stopped.
     let load = CellLoad {
-        levels: results(state, levels.done, prompts, &samples, baseline),
+        levels: results(
+            state,
+            levels.done,
+            prompts,
+            [&samples, &client_samples],
+            baseline,
+        ),
         baseline_rss_kib: baseline,
         samples,
+        client_samples,
         sample_ms: every.as_millis() as u64,
     };
     Ok((load, ended.err().map(|e| format!("{e:#}"))))
@@ -405,7 +416,8 @@ fn idle_rss(server_pid: u32, ticks: f64) -> Option<u64> {
     idle.get(idle.len() / 2).copied()
 }
 
-/// The server, sampled at a fixed interval until the generator is done.
+/// A process tree (the server's, or the generator's), sampled at a fixed interval until
+/// the generator is done.
 fn sample_server(
     server_pid: u32,
     ticks: f64,
@@ -462,7 +474,7 @@ fn results(
     state: &State,
     levels: Vec<(LevelSummary, Option<WireCount>, Option<CellStack>)>,
     prompts: &[lab_clients::Prompt],
-    samples: &[Sample],
+    [samples, client_samples]: [&[Sample]; 2],
     baseline: Option<u64>,
 ) -> Vec<LevelResult> {
     let plan = &state.plan;
@@ -485,14 +497,10 @@ fn results(
                 Some(f) => check_digests(&summary, prompts, f),
                 None => (0, 0, Vec::new()),
             };
+            let (from, to) = (summary.hold_start_unix_ms, summary.hold_end_unix_ms);
             LevelResult {
-                server: Resources::over(
-                    samples,
-                    summary.hold_start_unix_ms,
-                    summary.hold_end_unix_ms,
-                    baseline,
-                    summary.peak_open,
-                ),
+                server: Resources::over(samples, from, to, baseline, summary.peak_open),
+                client: Resources::over(client_samples, from, to, Some(0), summary.peak_open),
                 summary,
                 wire,
                 stack,

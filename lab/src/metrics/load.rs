@@ -88,6 +88,10 @@ pub struct LevelResult {
     pub summary: LevelSummary,
     /// The server over the hold.
     pub server: Option<Resources>,
+    /// The load generator (all its processes) over the hold; its `kb_per_stream` is
+    /// its whole mean RSS over the peak open streams (no idle RSS is taken off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Resources>,
     /// The client's interface from the level's start to its end.
     pub wire: Option<WireCount>,
     /// The host's own drops from the level's start to its end (both ends, the wire
@@ -129,6 +133,10 @@ pub struct CellLoad {
     pub baseline_rss_kib: Option<u64>,
     /// Every resource sample of the server, over the whole test.
     pub samples: Vec<Sample>,
+    /// Every resource sample of the load generator (its process tree), taken with the
+    /// server's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_samples: Vec<Sample>,
     /// How often the server was sampled, in ms.
     pub sample_ms: u64,
 }

@@ -271,6 +271,10 @@ struct ResourceRow {
     peak: String,
     #[tabled(rename = "KB/stream")]
     kb: String,
+    #[tabled(rename = "Client RSS")]
+    client: String,
+    #[tabled(rename = "Client KB/stream")]
+    client_kb: String,
     #[tabled(rename = "CPU user")]
     user: String,
     #[tabled(rename = "CPU sys")]
@@ -367,6 +371,15 @@ pub fn resource_table(cells: &[(String, &[LevelResult])]) -> String {
                 peak: or(&|r| mib(r.rss_kib_peak as f64)),
                 kb: r
                     .and_then(|r| r.kb_per_stream)
+                    .map_or("-".into(), |k| format!("{k:.1}")),
+                client: l
+                    .client
+                    .as_ref()
+                    .map_or("-".into(), |c| mib(c.rss_kib_mean)),
+                client_kb: l
+                    .client
+                    .as_ref()
+                    .and_then(|c| c.kb_per_stream)
                     .map_or("-".into(), |k| format!("{k:.1}")),
                 user: or(&|r| format!("{:.0}%", r.user_pct)),
                 sys: or(&|r| format!("{:.0}%", r.system_pct)),
