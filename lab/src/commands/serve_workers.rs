@@ -98,15 +98,7 @@ pub async fn start(n: u32, addr: SocketAddr, cert: &CertKey) -> Result<Workers> 
             .kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || crate::netlab::sys::tie_to_parent(libc::SIGTERM, parent));
         }
         let mut child = cmd
             .spawn()

@@ -153,13 +153,7 @@ pub fn start(
                 return Err(std::io::Error::last_os_error());
             }
             if lifetime == Lifetime::Tied {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have gone before the death signal was armed.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
+                sys::tie_to_parent(libc::SIGKILL, parent)?;
             }
             Ok(())
         });

@@ -247,6 +247,24 @@ pub fn write_sysctl(key: &str, value: &str, missing_ok: bool) -> Result<()> {
 /// Raises this process's open-file limit (RLIMIT_NOFILE) to `want`, within the
 /// kernel's ceiling (`fs.nr_open`): the soft limit, and the hard one too where the
 /// process may (root). Returns the soft limit in force.
+/// For a child between fork and exec: the kernel sends it `signal` when the thread that
+/// forked it ends (`PR_SET_PDEATHSIG`), and it exits at once if `parent` has already
+/// gone. Only async-signal-safe calls.
+pub fn tie_to_parent(signal: libc::c_int, parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl, getppid and _exit are async-signal-safe, and touch no memory of
+    // the parent's.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent may have gone before the death signal was armed.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 pub fn raise_nofile(want: u64) -> Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
