@@ -61,6 +61,11 @@ expect:
             s.contains("<svg") && s.contains("concurrent streams"),
             "{svg}"
         );
+        // A tick at each level, not only at powers of ten.
+        assert!(
+            s.contains(">\n20\n</text>") && s.contains(">\n200\n</text>"),
+            "{svg}: no tick at a level"
+        );
     }
     assert_eq!(run.cells.len(), 5);
     for c in &run.cells {

@@ -430,7 +430,14 @@ fn level_chart(
     series: Vec<LevelSeries>,
 ) -> Result<String> {
     let xs = series.iter().flat_map(|(_, _, _, p)| p.iter().map(|p| p.0));
-    let (lo, hi) = xs.fold((f64::MAX, 1.0f64), |(l, h), x| (l.min(x), h.max(x)));
+    let (lo, hi) = xs
+        .clone()
+        .fold((f64::MAX, 1.0f64), |(l, h), x| (l.min(x), h.max(x)));
+    // A tick at every level, so that each point's level can be read (a log axis's own
+    // ticks fall on powers of ten only: 50,000 beside 100,000 had none).
+    let mut ticks: Vec<f64> = xs.collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
     let (lo, hi) = ((lo.min(hi) / 2.0).max(0.5), hi * 2.0);
     let y_max = series
         .iter()
@@ -445,7 +452,7 @@ fn level_chart(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((lo..hi).log_scale(), 0.0..y_max)
+        .build_cartesian_2d((lo..hi).log_scale().with_key_points(ticks), 0.0..y_max)
         .map_err(err)?;
     chart
         .configure_mesh()
