@@ -9,7 +9,10 @@
 //!   server's RSS before and after opening N idle connections.
 //!
 //! Environment: BENCH_SECS (default 3) per rate measurement, BENCH_IDLE (default 1000),
-//! BENCH_SERVER_THREADS (the servers' worker threads; default one per core).
+//! BENCH_SERVER_THREADS (the servers' worker threads; default one per core),
+//! BENCH_STREAMS (the concurrent streams of each rate row, comma-separated; default
+//! `1,100`), BENCH_ONLY (approach names, comma-separated: only their servers' rows, and no
+//! idle-memory rows).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -262,7 +265,11 @@ fn main() {
         let up = llm.url.trim_end_matches("/v1/chat/completions").to_owned();
         let llm_addr: std::net::SocketAddr = up.trim_start_matches("http://").parse().unwrap();
         // Every approach's server, each as its own `lab serve` process.
+        let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+            .ok()
+            .map(|s| s.split(',').map(|n| n.trim().to_owned()).collect());
         let servers: Vec<(Approach, Server)> = lab::approach::all()
+            .filter(|a| only.as_ref().is_none_or(|o| o.iter().any(|n| n == a.name)))
             .map(|a| {
                 let srv = Server::start(&[
                     "serve",
@@ -276,6 +283,13 @@ fn main() {
             })
             .collect();
         let by_name = |n: &str| &servers.iter().find(|(a, _)| a.name == n).unwrap().1;
+        let levels: Vec<usize> = std::env::var("BENCH_STREAMS")
+            .map(|s| {
+                s.split(',')
+                    .map(|n| n.trim().parse().expect("BENCH_STREAMS: numbers, as 1,100"))
+                    .collect()
+            })
+            .unwrap_or_else(|_| vec![1, 100]);
 
         println!(
             "Token delivery rate at TBT 0, {:.0} s per row (clients on the same 2 cores)\n",
@@ -283,7 +297,7 @@ fn main() {
         );
         println!("| server                     | streams |     tokens/s | failed |");
         println!("|----------------------------|---------|--------------|--------|");
-        for streams in [1, 100] {
+        for &streams in &levels {
             rate("mock LLM (plain HTTP)", streams, |i, until, t| {
                 tokio::spawn(mock_stream(llm_addr, i, until, t))
             })
@@ -296,6 +310,9 @@ fn main() {
                 })
                 .await;
             }
+        }
+        if only.is_some() {
+            return;
         }
         let n: usize = std::env::var("BENCH_IDLE")
             .ok()
