@@ -24,13 +24,14 @@
 use crate::fanout_broker::{Broker, Subscription, channel};
 use crate::http::{ChatAsk, json_error};
 use crate::stats::ServerStats;
-use crate::upstream::Upstream;
+use crate::upstream::{BATCH_MAX, Upstream};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures_util::SinkExt;
 use http::StatusCode;
 use lab_codec::monotonic_ns;
 use lab_codec::relay::{Msg, is_session_id};
@@ -244,24 +245,32 @@ async fn publish_answer(st: Api, id: String, ask: ChatAsk) {
         Err(e) => return finish(&st, &id, 0, Some(e.to_string())).await,
     };
     let mut seq = 0u64;
+    let (mut batch, mut msgs) = (Vec::new(), Vec::new());
     loop {
-        let end = match tokens.next().await {
-            Ok(Some(text)) => {
-                let m = Msg::Token {
-                    seq,
-                    time: monotonic_ns(),
-                    text: &text,
-                };
-                if let Err(e) = st.broker.publish(&ch, &m.encode()).await {
-                    tracing::warn!("publish to {ch}: {e:#}");
-                    st.stats.error();
-                    return;
-                }
-                seq += 1;
-                st.stats.tokens(1);
-                continue;
+        // Tokens that arrived together are published together (one round trip to
+        // Redis), a message each.
+        let r = tokens.next_batch(&mut batch).await;
+        msgs.clear();
+        for text in &batch {
+            let m = Msg::Token {
+                seq,
+                time: monotonic_ns(),
+                text,
+            };
+            msgs.push(m.encode());
+            seq += 1;
+        }
+        if !msgs.is_empty() {
+            if let Err(e) = st.broker.publish_all(&ch, &msgs).await {
+                tracing::warn!("publish to {ch}: {e:#}");
+                st.stats.error();
+                return;
             }
-            Ok(None) => {
+            st.stats.tokens(msgs.len() as u64);
+        }
+        let end = match r {
+            Ok(true) => continue,
+            Ok(false) => {
                 if let Some(n) = tokens.usage().filter(|_| ask.usage) {
                     let _ = st.broker.publish(&ch, &Msg::Usage(n).encode()).await;
                 }
@@ -354,35 +363,58 @@ async fn push(mut ws: WebSocket, mut sub: Subscription, ended: Option<u64>, st: 
                 .await;
             return;
         };
-        let out = match Msg::parse(&raw) {
-            Ok(Msg::Token { seq, time, text }) => {
-                let hop_us = monotonic_ns().saturating_sub(time) / 1000;
-                st.stats.tokens(1);
-                Msg::Token {
-                    seq,
-                    time: hop_us,
-                    text,
+        // Messages that are already here go out together, a WebSocket message each,
+        // in one write.
+        let mut raw = Some(raw);
+        let mut fed = 0;
+        while let Some(m) = raw.take() {
+            match outgoing(m, &st) {
+                Some(Ok(out)) => {
+                    if ws.feed(Message::Text(out.into())).await.is_err() {
+                        return;
+                    }
+                    fed += 1;
                 }
-                .encode()
+                Some(Err(close)) => {
+                    let _ = ws.send(Message::Close(Some(close))).await;
+                    return;
+                }
+                None => {}
             }
-            Ok(Msg::Closed) => {
-                let _ = ws
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: "session deleted".into(),
-                    })))
-                    .await;
-                return;
+            if fed < BATCH_MAX {
+                raw = sub.ready();
             }
-            Ok(_) => raw,
-            Err(e) => {
-                tracing::warn!("{e}");
-                st.stats.error();
-                continue;
-            }
-        };
-        if ws.send(Message::Text(out.into())).await.is_err() {
+        }
+        if ws.flush().await.is_err() {
             return;
+        }
+    }
+}
+
+/// What the gateway sends for a message from the broker: a token with its time in the
+/// broker (from its publish to now), other messages as they are; `Err` to close the
+/// WebSocket with; `None` for a message it cannot read (counted, and skipped).
+fn outgoing(raw: String, st: &Gateway) -> Option<Result<String, CloseFrame>> {
+    match Msg::parse(&raw) {
+        Ok(Msg::Token { seq, time, text }) => {
+            let hop_us = monotonic_ns().saturating_sub(time) / 1000;
+            st.stats.tokens(1);
+            Some(Ok(Msg::Token {
+                seq,
+                time: hop_us,
+                text,
+            }
+            .encode()))
+        }
+        Ok(Msg::Closed) => Some(Err(CloseFrame {
+            code: 1000,
+            reason: "session deleted".into(),
+        })),
+        Ok(_) => Some(Ok(raw)),
+        Err(e) => {
+            tracing::warn!("{e}");
+            st.stats.error();
+            None
         }
     }
 }

@@ -9,7 +9,7 @@
 //! gateway it reconnects to reads the count and sends the end. No server keeps state.
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -182,6 +182,29 @@ impl Broker {
         }
     }
 
+    /// Publishes `msgs` on `channel`, in order: to Redis in one round trip.
+    pub async fn publish_all(&self, channel: &str, msgs: &[String]) -> Result<()> {
+        match self {
+            Broker::Redis(r) => {
+                let mut c = r.publisher.clone();
+                let mut p = redis::pipe();
+                for m in msgs {
+                    p.cmd("PUBLISH").arg(channel).arg(m).ignore();
+                }
+                p.query_async::<()>(&mut c).await.context("Redis PUBLISH")?;
+            }
+            Broker::Local(l) => {
+                let m = l.subs.lock().map_err(poisoned)?;
+                for s in m.get(channel).into_iter().flatten() {
+                    for msg in msgs {
+                        let _ = s.send(msg.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the count session `session`'s answer ended with (before its end is
     /// published).
     pub async fn set_end(&self, session: &str, count: u64) -> Result<()> {
@@ -250,6 +273,17 @@ impl Subscription {
                 Some(String::from_utf8_lossy(m.get_payload_bytes()).into_owned())
             }
             Subscription::Local { rx, .. } => rx.recv().await,
+        }
+    }
+
+    /// A message that has already arrived, without waiting for one.
+    pub fn ready(&mut self) -> Option<String> {
+        match self {
+            Subscription::Redis(s) => {
+                let m = s.next().now_or_never()??;
+                Some(String::from_utf8_lossy(m.get_payload_bytes()).into_owned())
+            }
+            Subscription::Local { rx, .. } => rx.try_recv().ok(),
         }
     }
 }

@@ -584,29 +584,16 @@ async fn stream(
             return Ok(());
         }
     };
+    let mut batch = Vec::new();
     loop {
-        match tokens.next().await {
-            Ok(Some(tok)) => {
-                sse::encode_data(&tok, &mut buf);
-                // Tokens that arrived together leave together.
-                let mut failed = None;
-                loop {
-                    match tokens.ready_token() {
-                        Ok(Some(t)) => sse::encode_data(&t, &mut buf),
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    sse::encode_event(Some("error"), &e.to_string(), &mut buf);
-                    break;
-                }
-                send(&mut tcp, &buf.split(), idle).await?;
-            }
-            Ok(None) => {
+        // Tokens that arrived together leave together.
+        let r = tokens.next_batch(&mut batch).await;
+        for t in &batch {
+            sse::encode_data(t, &mut buf);
+        }
+        match r {
+            Ok(true) => send(&mut tcp, &buf.split(), idle).await?,
+            Ok(false) => {
                 if let Some(n) = tokens.usage().filter(|_| ask.usage) {
                     let n = n.to_string();
                     sse::encode_event(Some(crate::sse::USAGE_EVENT), &n, &mut buf);

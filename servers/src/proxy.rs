@@ -1,6 +1,9 @@
 //! The raw-API proxy: terminates TLS and forwards every request to an OpenAI-compatible
 //! upstream, streaming both bodies. Upstream chunks are passed on the moment they arrive;
-//! nothing is buffered. Keep-alive on both sides (the upstream side is a pool).
+//! nothing waits for more. Chunks that have already arrived together leave in one write
+//! ([`Coalesced`]): the body's bytes are the upstream's, but at full speed its HTTP/1.1
+//! chunks (a hop's own framing) are fewer and larger than the upstream's. Keep-alive on
+//! both sides (the upstream side is a pool).
 //!
 //! If the upstream is unreachable or the exchange fails before a response head arrives,
 //! the client gets 502 with an OpenAI-style JSON error, and the proxy keeps serving.
@@ -131,7 +134,7 @@ async fn forward(State(st): State<AppState>, req: Request) -> Response {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, Body::new(Coalesced::new(body)))
         }
         Err(_) if bad_body.lock().is_ok_and(|b| b.is_some()) => {
             st.stats.error();
@@ -161,5 +164,159 @@ async fn forward(State(st): State<AppState>, req: Request) -> Response {
                 format!("upstream {} failed: {msg}", st.authority),
             )
         }
+    }
+}
+
+/// The most bytes [`Coalesced`] puts together in one frame.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// A response body whose data frames that have already arrived go on as one.
+///
+/// hyper hands an HTTP/1.1 body over one chunk at a time, and its connection task reads
+/// the next only once the last was taken; passed straight on, every upstream chunk (a
+/// token) costs a TLS record and a write of its own. Where the next chunk is not there
+/// yet, this yields to the runtime once and then
+/// sends what it has, so no chunk waits for one that has not arrived.
+struct Coalesced<B: hyper::body::Body> {
+    inner: B,
+    buf: bytes::BytesMut,
+    yielded: bool,
+    /// The yield under way: tokio's, which lets the tasks woken before it run first (a
+    /// task that wakes itself would run again at once, from the worker's LIFO slot).
+    yielding: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// A frame that is not data (trailers), or the end, held until `buf` has gone.
+    held: Option<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>>,
+}
+
+impl<B: hyper::body::Body<Data = bytes::Bytes>> Coalesced<B> {
+    fn new(inner: B) -> Self {
+        Self {
+            inner,
+            buf: bytes::BytesMut::new(),
+            yielded: false,
+            yielding: None,
+            held: None,
+        }
+    }
+
+    fn take(&mut self) -> hyper::body::Frame<bytes::Bytes> {
+        self.yielded = false;
+        hyper::body::Frame::data(self.buf.split().freeze())
+    }
+}
+
+impl<B> hyper::body::Body for Coalesced<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(held);
+        }
+        if let Some(y) = &mut this.yielding {
+            if y.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.yielding = None;
+        }
+        while this.buf.len() < COALESCE_MAX {
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) => {
+                        this.buf.extend_from_slice(&d);
+                        this.yielded = false;
+                    }
+                    Err(f) if this.buf.is_empty() => return Poll::Ready(Some(Ok(f))),
+                    Err(f) => {
+                        this.held = Some(Some(Ok(f)));
+                        return Poll::Ready(Some(Ok(this.take())));
+                    }
+                },
+                Poll::Ready(end) if this.buf.is_empty() => return Poll::Ready(end),
+                Poll::Ready(end) => {
+                    this.held = Some(end);
+                    return Poll::Ready(Some(Ok(this.take())));
+                }
+                Poll::Pending if this.buf.is_empty() => return Poll::Pending,
+                Poll::Pending if !this.yielded => {
+                    this.yielded = true;
+                    let mut y = Box::pin(tokio::task::yield_now());
+                    if y.as_mut().poll(cx).is_pending() {
+                        this.yielding = Some(y);
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(this.take())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buf.is_empty() && self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let mut h = self.inner.size_hint();
+        let n = self.buf.len() as u64;
+        h.set_lower(h.lower() + n);
+        if let Some(u) = h.upper() {
+            h.set_upper(u + n);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+    use std::time::Duration;
+
+    /// Frames that are already there go on as one, in order; one that comes later goes
+    /// on by itself, without waiting for more; trailers and the end come after the data
+    /// before them.
+    #[tokio::test]
+    async fn coalesced_joins_what_has_arrived_and_waits_for_nothing() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, String>>();
+        let frames =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let mut body = Coalesced::new(http_body_util::StreamBody::new(Box::pin(frames)));
+        for t in ["a", "b", "c"] {
+            tx.send(Ok(Frame::data(Bytes::from(t)))).unwrap();
+        }
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "abc");
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(Ok(Frame::data(Bytes::from("d")))).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(Ok(Frame::data(Bytes::from("e")))).unwrap();
+            let mut t = HeaderMap::new();
+            t.insert("x-end", "1".parse().unwrap());
+            tx.send(Ok(Frame::trailers(t))).unwrap();
+        });
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "d");
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "e");
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_trailers().unwrap()["x-end"], "1");
+        late.await.unwrap();
+        assert!(body.frame().await.is_none());
     }
 }

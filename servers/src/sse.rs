@@ -196,37 +196,22 @@ async fn answer(st: AppState, message: String, ask: ChatOptions) -> Response {
     let stats = st.stats.clone();
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(256);
+        let mut batch = Vec::new();
         loop {
-            match tokens.next().await {
-                Ok(Some(tok)) => {
-                    sse::encode_data(&tok, &mut buf);
-                    stats.tokens(1);
-                    // Tokens that arrived together leave together; at any real TBT each
-                    // token is its own write.
-                    let mut failed = None;
-                    loop {
-                        match tokens.ready_token() {
-                            Ok(Some(t)) => {
-                                sse::encode_data(&t, &mut buf);
-                                stats.tokens(1);
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(e) = failed {
-                        stats.error();
-                        sse::encode_event(Some("error"), &e.to_string(), &mut buf);
-                        break;
-                    }
+            // Tokens that arrived together leave together; at any real TBT each token
+            // is its own write.
+            let r = tokens.next_batch(&mut batch).await;
+            for t in &batch {
+                sse::encode_data(t, &mut buf);
+            }
+            stats.tokens(batch.len() as u64);
+            match r {
+                Ok(true) => {
                     if tx.send(buf.split().freeze()).await.is_err() {
                         return; // the client went away
                     }
                 }
-                Ok(None) => {
+                Ok(false) => {
                     if let Some(n) = tokens.usage().filter(|_| ask.usage) {
                         sse::encode_event(Some(USAGE_EVENT), &n.to_string(), &mut buf);
                     }

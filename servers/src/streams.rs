@@ -310,44 +310,25 @@ async fn relay(
     let mut tally = Tally::default();
     let mut batch: Vec<String> = Vec::new();
     loop {
-        match tokens.next().await {
-            Ok(Some(tok)) => {
-                batch.clear();
-                batch.push(tok);
-                let mut failed = false;
-                loop {
-                    match tokens.ready_token() {
-                        Ok(Some(t)) => batch.push(t),
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!("upstream failed mid-stream: {e}");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-                let sent = if failed {
-                    Err(Some(ERR_UPSTREAM))
-                } else {
-                    emit(send, tokens_out, &batch, out, (seq, &mut tally)).await
-                };
-                match sent {
-                    Ok(()) => stats.tokens(batch.len() as u64),
-                    Err(Some(code)) => {
-                        stats.error();
-                        send.reset(code);
-                        return None;
-                    }
-                    Err(None) => return None,
-                }
-            }
-            Ok(None) => return Some(tally),
+        match tokens.next_batch(&mut batch).await {
+            Ok(true) => {}
+            Ok(false) => return Some(tally),
             Err(e) => {
+                // The tokens before the failure are not sent: the stream is reset.
                 tracing::warn!("upstream failed mid-stream: {e}");
                 stats.error();
                 send.reset(ERR_UPSTREAM);
                 return None;
             }
+        }
+        match emit(send, tokens_out, &batch, out, (seq, &mut tally)).await {
+            Ok(()) => stats.tokens(batch.len() as u64),
+            Err(Some(code)) => {
+                stats.error();
+                send.reset(code);
+                return None;
+            }
+            Err(None) => return None,
         }
     }
 }

@@ -219,6 +219,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The most tokens [`TokenStream::next_batch`] puts in one batch: at most a few
+/// kilobytes a write, so that no token waits long behind a burst.
+pub const BATCH_MAX: usize = 64;
+
 /// The tokens of one upstream answer.
 #[derive(Debug)]
 pub struct TokenStream {
@@ -266,10 +270,42 @@ impl TokenStream {
         }
     }
 
-    /// A token that has already arrived, without waiting for the network. Servers use it
-    /// to write tokens that arrived together in one write; tokens that arrive apart are
-    /// still written apart.
-    pub fn ready_token(&mut self) -> Result<Option<String>, UpstreamError> {
+    /// The next tokens to write together, into `batch` (cleared first): the next token,
+    /// waiting for it, then those that have arrived behind it, up to [`BATCH_MAX`].
+    /// `Ok(true)` with tokens, `Ok(false)` after `[DONE]` with none; on an error, the
+    /// tokens that came before it are in `batch`.
+    ///
+    /// hyper hands an HTTP/1.1 body over one chunk at a time (one token, from an
+    /// OpenAI-compatible server), and its connection task decodes the next chunk only
+    /// once the last was taken. So where nothing is decoded yet this yields to the
+    /// runtime once, for that task to hand over a chunk that is already in its buffer;
+    /// only a yield that brings nothing ends the batch. At any real pace each token is
+    /// still a batch of its own; at full speed, 64 tokens a write take the place of one.
+    pub async fn next_batch(&mut self, batch: &mut Vec<String>) -> Result<bool, UpstreamError> {
+        batch.clear();
+        match self.next().await? {
+            Some(t) => batch.push(t),
+            None => return Ok(false),
+        }
+        while batch.len() < BATCH_MAX {
+            let t = match self.ready_token()? {
+                Some(t) => t,
+                None if self.done => break,
+                None => {
+                    tokio::task::yield_now().await;
+                    match self.ready_token()? {
+                        Some(t) => t,
+                        None => break,
+                    }
+                }
+            };
+            batch.push(t);
+        }
+        Ok(true)
+    }
+
+    /// A token that has already arrived, without waiting for the network.
+    fn ready_token(&mut self) -> Result<Option<String>, UpstreamError> {
         while !self.done {
             let Some(ev) = self
                 .dec

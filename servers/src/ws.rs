@@ -168,31 +168,17 @@ async fn answer(
             return ws.send(Message::Text("".into())).await;
         }
     };
+    let mut batch = Vec::new();
     loop {
-        match tokens.next().await {
-            Ok(Some(tok)) => {
-                ws.feed(Message::Text(tok.into())).await?;
-                let mut n = 1;
-                // Tokens that arrived together leave in one write.
-                let failed = loop {
-                    match tokens.ready_token() {
-                        Ok(Some(t)) => {
-                            ws.feed(Message::Text(t.into())).await?;
-                            n += 1;
-                        }
-                        Ok(None) => break None,
-                        Err(e) => break Some(e),
-                    }
-                };
-                ws.flush().await?;
-                st.stats.tokens(n);
-                if let Some(e) = failed {
-                    st.stats.error();
-                    ws.send(Message::Binary(e.to_string().into())).await?;
-                    break;
-                }
-            }
-            Ok(None) => {
+        // Tokens that arrived together leave in one write.
+        let r = tokens.next_batch(&mut batch).await;
+        st.stats.tokens(batch.len() as u64);
+        for t in batch.drain(..) {
+            ws.feed(Message::Text(t.into())).await?;
+        }
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
                 if let Some(n) = tokens.usage().filter(|_| ask.usage) {
                     let m = String::from_utf8_lossy(&lab_codec::wt::usage_message(n)).into_owned();
                     ws.feed(Message::Text(m.into())).await?;
@@ -201,10 +187,11 @@ async fn answer(
             }
             Err(e) => {
                 st.stats.error();
-                ws.send(Message::Binary(e.to_string().into())).await?;
+                ws.feed(Message::Binary(e.to_string().into())).await?;
                 break;
             }
         }
+        ws.flush().await?;
     }
     ws.send(Message::Text("".into())).await
 }

@@ -522,6 +522,54 @@ mod tests {
         server.abort();
     }
 
+    /// At full speed, tokens that have arrived together come in one batch, in order and
+    /// none lost, and no batch is over its cap; at a real pace each token is a batch of
+    /// its own.
+    #[tokio::test]
+    async fn batches_hold_what_has_arrived_and_no_more() {
+        use crate::upstream::BATCH_MAX;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let fast = Arc::new(MockConfig {
+            max_tokens: Some(300),
+            ..(*cfg()).clone()
+        });
+        let server = tokio::spawn(serve(listener, fast, Arc::new(ServerStats::default())));
+        let up = crate::upstream::Upstream::new(&url, "m", false).unwrap();
+        let p = "a long answer";
+        let mut s = up.chat(p, Default::default()).await.unwrap();
+        let (mut batch, mut got, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+        while s.next_batch(&mut batch).await.unwrap() {
+            sizes.push(batch.len());
+            got.append(&mut batch);
+        }
+        assert_eq!(got, textgen::tokens(1, "m", p, Some(300)));
+        assert!(got.len() > BATCH_MAX, "{} tokens", got.len());
+        assert!(
+            sizes.iter().all(|&n| (1..=BATCH_MAX).contains(&n)),
+            "{sizes:?}"
+        );
+        assert!(sizes.len() < got.len() / 4, "batches of {sizes:?}");
+        server.abort();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let paced = Arc::new(MockConfig {
+            tbt: Duration::from_millis(40),
+            max_tokens: Some(5),
+            ..(*cfg()).clone()
+        });
+        let server = tokio::spawn(serve(listener, paced, Arc::new(ServerStats::default())));
+        let up = crate::upstream::Upstream::new(&url, "m", false).unwrap();
+        let mut s = up.chat(p, Default::default()).await.unwrap();
+        let mut sizes = Vec::new();
+        while s.next_batch(&mut batch).await.unwrap() {
+            sizes.push(batch.len());
+        }
+        assert_eq!(sizes, vec![1; 5]);
+        server.abort();
+    }
+
     /// A client that opens with HTTP/2's preface (h2c), as lab's servers do in a load
     /// test, gets the same answers: the same tokens through the servers' upstream
     /// client, many streams at once on one connection, and the same refusals.
