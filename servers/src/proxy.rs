@@ -1,7 +1,7 @@
 //! The raw-API proxy: terminates TLS and forwards every request to an OpenAI-compatible
 //! upstream, streaming both bodies. Upstream chunks are passed on the moment they arrive;
 //! nothing waits for more. Chunks that have already arrived together leave in one write
-//! ([`Coalesced`]): the body's bytes are the upstream's, but at full speed its HTTP/1.1
+//! ([`coalesced`]): the body's bytes are the upstream's, but at full speed its HTTP/1.1
 //! chunks (a hop's own framing) are fewer and larger than the upstream's. Keep-alive on
 //! both sides (the upstream side is a pool).
 //!
@@ -15,6 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Uri, header};
 use hyper_util::client::legacy::Client;
 use std::sync::Arc;
@@ -134,7 +135,7 @@ async fn forward(State(st): State<AppState>, req: Request) -> Response {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(Coalesced::new(body)))
+            Response::from_parts(parts, coalesced(body))
         }
         Err(_) if bad_body.lock().is_ok_and(|b| b.is_some()) => {
             st.stats.error();
@@ -167,119 +168,104 @@ async fn forward(State(st): State<AppState>, req: Request) -> Response {
     }
 }
 
-/// The most bytes [`Coalesced`] puts together in one frame.
+/// The most bytes [`coalesced`] puts together in one frame.
 const COALESCE_MAX: usize = 16 * 1024;
+
+type Frames = tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, hyper::Error>>;
 
 /// A response body whose data frames that have already arrived go on as one.
 ///
 /// hyper hands an HTTP/1.1 body over one chunk at a time, and its connection task reads
 /// the next only once the last was taken; passed straight on, every upstream chunk (a
-/// token) costs a TLS record and a write of its own. Where the next chunk is not there
-/// yet, this yields to the runtime once and then
-/// sends what it has, so no chunk waits for one that has not arrived.
-struct Coalesced<B: hyper::body::Body> {
-    inner: B,
-    buf: bytes::BytesMut,
-    yielded: bool,
-    /// The yield under way: tokio's, which lets the tasks woken before it run first (a
-    /// task that wakes itself would run again at once, from the worker's LIFO slot).
-    yielding: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-    /// A frame that is not data (trailers), or the end, held until `buf` has gone.
-    held: Option<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>>,
-}
-
-impl<B: hyper::body::Body<Data = bytes::Bytes>> Coalesced<B> {
-    fn new(inner: B) -> Self {
-        Self {
-            inner,
-            buf: bytes::BytesMut::new(),
-            yielded: false,
-            yielding: None,
-            held: None,
-        }
-    }
-
-    fn take(&mut self) -> hyper::body::Frame<bytes::Bytes> {
-        self.yielded = false;
-        hyper::body::Frame::data(self.buf.split().freeze())
-    }
-}
-
-impl<B> hyper::body::Body for Coalesced<B>
+/// token) costs a TLS record and a write of its own. A task of its own takes the
+/// upstream's frames: where the next chunk is not there yet, it yields to the runtime
+/// once and then sends what it has, so no chunk waits for one that has not arrived. (A
+/// yield inside the body's own `poll_frame` does not work: hyper's connection polls the
+/// body again at once, which ends the yield before any other task has run.) The task
+/// ends when the client's side is dropped, and drops the upstream's body with it.
+fn coalesced<B>(mut body: B) -> Body
 where
-    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: Unpin,
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
-    type Data = bytes::Bytes;
-    type Error = B::Error;
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        let mut next = body.frame().await;
+        while let Some(item) = next.take() {
+            let frame = match item {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            match frame.into_data() {
+                Ok(d) => buf.extend_from_slice(&d),
+                Err(other) => {
+                    if tx.send(Ok(other)).await.is_err() {
+                        return;
+                    }
+                    next = body.frame().await;
+                    continue;
+                }
+            }
+            // Take what has arrived behind it, yielding once for hyper's connection
+            // task to hand over a chunk that is in its buffer.
+            let mut yielded = false;
+            while buf.len() < COALESCE_MAX {
+                match body.frame().now_or_never() {
+                    Some(Some(Ok(f))) if f.is_data() => {
+                        if let Ok(d) = f.into_data() {
+                            buf.extend_from_slice(&d);
+                        }
+                        yielded = false;
+                    }
+                    Some(other) => {
+                        next = other;
+                        break;
+                    }
+                    None if !yielded => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                    }
+                    None => break,
+                }
+            }
+            if tx
+                .send(Ok(hyper::body::Frame::data(buf.split().freeze())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if next.is_none() && !body.is_end_stream() {
+                next = body.frame().await;
+            }
+        }
+    });
+    Body::new(FramesBody(rx))
+}
+
+/// The frames [`coalesced`]'s task sends, as a body.
+struct FramesBody(Frames);
+
+impl hyper::body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        if let Some(held) = this.held.take() {
-            return Poll::Ready(held);
-        }
-        if let Some(y) = &mut this.yielding {
-            if y.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.yielding = None;
-        }
-        while this.buf.len() < COALESCE_MAX {
-            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                    Ok(d) => {
-                        this.buf.extend_from_slice(&d);
-                        this.yielded = false;
-                    }
-                    Err(f) if this.buf.is_empty() => return Poll::Ready(Some(Ok(f))),
-                    Err(f) => {
-                        this.held = Some(Some(Ok(f)));
-                        return Poll::Ready(Some(Ok(this.take())));
-                    }
-                },
-                Poll::Ready(end) if this.buf.is_empty() => return Poll::Ready(end),
-                Poll::Ready(end) => {
-                    this.held = Some(end);
-                    return Poll::Ready(Some(Ok(this.take())));
-                }
-                Poll::Pending if this.buf.is_empty() => return Poll::Pending,
-                Poll::Pending if !this.yielded => {
-                    this.yielded = true;
-                    let mut y = Box::pin(tokio::task::yield_now());
-                    if y.as_mut().poll(cx).is_pending() {
-                        this.yielding = Some(y);
-                        return Poll::Pending;
-                    }
-                }
-                Poll::Pending => break,
-            }
-        }
-        Poll::Ready(Some(Ok(this.take())))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.buf.is_empty() && self.held.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        let mut h = self.inner.size_hint();
-        let n = self.buf.len() as u64;
-        h.set_lower(h.lower() + n);
-        if let Some(u) = h.upper() {
-            h.set_upper(u + n);
-        }
-        h
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        self.0.poll_recv(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use http_body_util::BodyExt;
     use hyper::body::Frame;
     use std::time::Duration;
@@ -289,13 +275,13 @@ mod tests {
     /// before them.
     #[tokio::test]
     async fn coalesced_joins_what_has_arrived_and_waits_for_nothing() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, String>>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, hyper::Error>>();
         let frames =
             futures_util::stream::unfold(
                 rx,
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
-        let mut body = Coalesced::new(http_body_util::StreamBody::new(Box::pin(frames)));
+        let mut body = coalesced(http_body_util::StreamBody::new(Box::pin(frames)));
         for t in ["a", "b", "c"] {
             tx.send(Ok(Frame::data(Bytes::from(t)))).unwrap();
         }
