@@ -9,7 +9,8 @@
 #
 # Environment: RAMP (default 20s), HOLD (default 10s), TOKENS (default 18), TBT
 # (default 50ms), PER_CONNECTION (streams per connection where the approach
-# multiplexes; default 1), SERVER_WORKERS (default: one server process per 15,000 streams of
+# multiplexes; default 1; the QUIC approaches' cap of streams a connection,
+# transport.quic.max_streams, is raised to it on both sides), SERVER_WORKERS (default: one server process per 15,000 streams of
 # the highest level, for the TCP servers that can share a port; `lab load` splits its
 # streams the same way by itself). Nothing outside loopback is touched; every process it starts is
 # stopped on exit, by the pid it recorded.
@@ -40,9 +41,12 @@ top=0
 for l in ${levels//,/ }; do [ "$l" -gt "$top" ] && top=$l; done
 workers="${SERVER_WORKERS:-$(((top + 14999) / 15000))}"
 case "$approach" in raw | sse | sse-h2 | ws) ;; *) workers=1 ;; esac
+per_connection="${PER_CONNECTION:-1}"
+streams=$((per_connection > 100 ? per_connection : 100))
+transport="{\"quic\":{\"max_streams\":$streams}}"
 "$lab" serve "$(case $approach in raw) echo proxy ;; *) echo "$approach" ;; esac)" \
   --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$llm_port" --upstream-h2 \
-  --workers "$workers" --cert-out "$work/tls" >"$work/server.json" 2>"$work/server.log" &
+  --workers "$workers" --transport "$transport" --cert-out "$work/tls" >"$work/server.json" 2>"$work/server.log" &
 server=$!
 pids+=($server)
 until [ -s "$work/server.json" ]; do sleep 0.1; done
@@ -70,7 +74,7 @@ watch_rss "$server" "$work/server.peak" &
 pids+=($!)
 "$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
   --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s \
-  --per-connection "${PER_CONNECTION:-1}" &
+  --per-connection "$per_connection" --transport "$transport" &
 gen=$!
 pids+=($gen)
 watch_rss "$gen" "$work/load.peak" &

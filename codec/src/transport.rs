@@ -93,7 +93,20 @@ pub struct Quic {
     pub socket_receive_buffer: u64,
     #[serde(default)]
     pub socket_send_buffer: u64,
+    /// Bidirectional streams the peer may have open at once on a connection (quinn's
+    /// default, 100). A client's prompt past it waits for a stream to end: a load test
+    /// with `per_connection` over it has no more than this many streams open on a
+    /// connection. Settings saved without the field read as 100.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u64,
 }
+
+fn default_max_streams() -> u64 {
+    DEFAULT_MAX_STREAMS
+}
+
+/// quinn's default for [`Quic::max_streams`].
+pub const DEFAULT_MAX_STREAMS: u64 = 100;
 
 /// lab's UDP socket buffers (see [`Quic::socket_receive_buffer`]): 128 MiB each way,
 /// where the kernel's default is 208 KiB (`net.core.rmem_default`), which a
@@ -180,6 +193,7 @@ impl Default for Quic {
             priorities: true,
             socket_receive_buffer: UDP_BUFFER,
             socket_send_buffer: UDP_BUFFER,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -202,7 +216,8 @@ impl Quic {
             .initial_rtt(Duration::from_millis(self.initial_rtt_ms))
             .stream_receive_window(varint(self.stream_receive_window, "stream_receive_window")?)
             .receive_window(varint(self.receive_window, "receive_window")?)
-            .send_window(self.send_window);
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(varint(self.max_streams, "max_streams")?);
         match self.congestion {
             QuicCongestion::NewReno => {
                 t.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
@@ -312,7 +327,11 @@ impl Quic {
             } else {
                 ", priorities off*"
             },
-        )
+        ) + &if self.max_streams == d.max_streams {
+            String::new()
+        } else {
+            format!(", {} streams a connection*", self.max_streams)
+        }
     }
 }
 

@@ -136,11 +136,11 @@ fn transport() -> Result<Arc<quinn::TransportConfig>> {
         stream_receive_window: 64 << 20,
         receive_window: 1 << 30,
         send_window: 64 << 20,
+        // quinn's default cap of concurrent streams is 100; the document's target is 1000+.
+        max_streams: 4096,
         ..Default::default()
     };
-    // quinn's default cap of concurrent streams is 100; the document's target is 1000+.
     let mut t = quic.transport_config()?;
-    t.max_concurrent_bidi_streams(4096u32.into());
     t.datagram_receive_buffer_size(Some(1 << 20));
     Ok(Arc::new(t))
 }

@@ -246,6 +246,59 @@ workload:
     );
 }
 
+/// 300 streams on one QUIC connection: with `max_streams: 300` every prompt has its
+/// stream at once; with quinn's default cap of 100, two prompts in three wait for a
+/// stream to end before their first token, which their TTFT shows.
+#[test]
+fn a_connection_carries_as_many_streams_at_once_as_max_streams_allows() {
+    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("streams");
+    let t = dir.join("t.yaml");
+    std::fs::write(
+        &t,
+        r#"name: rstreams
+approaches:
+  - { name: wt-300, protocol: wt, transport: { quic: { max_streams: 300 } } }
+  - wt
+llm:
+  mock: { ttft: 10ms, jitter: 0% }
+profiles:
+  light: { delay: 1ms, rate: 1gbit }
+workload:
+  prompts: reference
+  timeout: 20s
+  load: { levels: [300], ramp: 500ms, cycles: 1, tokens: 20, tbt: 100ms, per_connection: 300 }
+"#,
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", text(&o));
+    let (_, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    assert_nothing_left("rstreams", &[]);
+    let level = |name: &str| {
+        let c = run.cells.iter().find(|c| c.cell.name == name).unwrap();
+        let l = c
+            .load
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no load: {:?}", c.errors));
+        (c.cell.transport.quic.max_streams, l.levels[0].summary.clone())
+    };
+    let (wide_cap, wide) = level("wt-300");
+    let (cap, capped) = level("wt");
+    assert_eq!((wide_cap, cap), (300, 100));
+    for (name, s) in [("wt-300", &wide), ("wt", &capped)] {
+        println!("{name}: TTFT {:?}, {} connections", s.ttft_ms, s.connections);
+        assert_eq!((s.completed, s.failed), (300, 0), "{name}: {:?}", s.errors);
+    }
+    // A prompt whose stream waits for one of the first 100 to end (2 s of tokens)
+    // gets its first token 2 s late at least.
+    let p95 = |s: &lab_clients::load::LevelSummary| s.ttft_ms.p95.unwrap();
+    assert!(p95(&wide) < 1000.0, "{:?}", wide.ttft_ms);
+    assert!(p95(&capped) > 1900.0, "{:?}", capped.ttft_ms);
+}
+
 /// An open loop end to end: `lab run` sends each approach's requests at Poisson times
 /// for each rate, counts every latency from the intended send time, keeps its schedule
 /// (the lag is in run.json and the report), judges each request against the SLOs, and

@@ -63,6 +63,12 @@ pub struct QuicSpec {
     /// The UDP socket's send buffer, bytes (default 4194304).
     #[serde(default)]
     pub socket_send_buffer: Option<u64>,
+    /// Bidirectional streams a peer may have open at once on one connection (default
+    /// 100, quinn's). Past it a prompt waits for a stream: raise it with
+    /// `workload.load.per_connection` over 100, as QUIC's plans of 1,000+ streams a
+    /// connection need.
+    #[serde(default)]
+    pub max_streams: Option<u64>,
 }
 
 /// The ACK-frequency extension: on with quinn's defaults, or with some fields set.
@@ -187,6 +193,9 @@ impl TransportSpec {
             }
             if let Some(v) = q.socket_send_buffer {
                 t.socket_send_buffer = v;
+            }
+            if let Some(v) = q.max_streams {
+                t.max_streams = v;
             }
         }
         if let Some(tcp) = &self.tcp {

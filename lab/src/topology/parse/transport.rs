@@ -123,6 +123,13 @@ fn parse_quic(cx: &mut Ctx<'_>, f: &Field<'_>) -> Option<QuicSpec> {
             cx.push(at(n), &field(n), m);
         }
     }
+    if q.max_streams.is_some_and(|n| n == 0 || n > 1 << 60) {
+        cx.push(
+            at("max_streams"),
+            &field("max_streams"),
+            "must be 1 to 2^60 streams (RFC 9000's limit), e.g. max_streams: 1000",
+        );
+    }
     (cx.out.len() == before).then_some(q)
 }
 
