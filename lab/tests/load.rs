@@ -283,13 +283,19 @@ workload:
             .load
             .as_ref()
             .unwrap_or_else(|| panic!("{name}: no load: {:?}", c.errors));
-        (c.cell.transport.quic.max_streams, l.levels[0].summary.clone())
+        (
+            c.cell.transport.quic.max_streams,
+            l.levels[0].summary.clone(),
+        )
     };
     let (wide_cap, wide) = level("wt-300");
     let (cap, capped) = level("wt");
     assert_eq!((wide_cap, cap), (300, 100));
     for (name, s) in [("wt-300", &wide), ("wt", &capped)] {
-        println!("{name}: TTFT {:?}, {} connections", s.ttft_ms, s.connections);
+        println!(
+            "{name}: TTFT {:?}, {} connections",
+            s.ttft_ms, s.connections
+        );
         assert_eq!((s.completed, s.failed), (300, 0), "{name}: {:?}", s.errors);
     }
     // A prompt whose stream waits for one of the first 100 to end (2 s of tokens)
