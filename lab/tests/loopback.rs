@@ -655,3 +655,76 @@ async fn websocket_bad_framing_ends_that_socket_only() {
     assert!(rec.error.is_none(), "{:?}", rec.error);
     assert_eq!(rec.digest, digest_tokens(&expected("hi", 5)));
 }
+
+/// A handoff daemon at its open-file limit cannot take the sockets handed to it (the
+/// kernel says ENOBUFS); those clients see their connection close, and the daemon goes
+/// on: the streams after them complete. It used to exit, and the front with it.
+#[test]
+fn the_handoff_daemon_at_its_open_file_limit_loses_those_streams_and_goes_on() {
+    let llm = Server::start(&[
+        "serve",
+        "llm",
+        "--listen",
+        "127.0.0.1:0",
+        "--ttft",
+        "0",
+        "--tbt",
+        "50ms",
+        "--jitter",
+        "0",
+        "--max-tokens",
+        "40",
+    ]);
+    let up = base(&llm.str("url"));
+    let mut srv = Server::start_limited(
+        &[
+            "serve",
+            "handoff",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+        ],
+        300,
+    );
+    let url = srv.str("url");
+    let load = |args: &[&str]| {
+        let mut all = vec![
+            "load",
+            "handoff",
+            "--url",
+            &url,
+            "--timeout",
+            "10s",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new(LAB).args(&all).output().unwrap();
+        // 1: some streams failed.
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(1)),
+            "{all:?}: {}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "level")
+            .unwrap_or_else(|| panic!("no level in {}", text(&out)))
+    };
+    // 600 streams of 2 s: past what 300 descriptors hold in the front and the daemon.
+    let over = load(&["--levels", "600", "--ramp", "1s", "--hold", "2s"]);
+    println!("600 streams: {over}");
+    assert!(over["failed"].as_u64().unwrap() > 0, "{over}");
+    assert!(over["completed"].as_u64().unwrap() > 0, "{over}");
+    assert!(
+        srv.child.try_wait().unwrap().is_none(),
+        "the handoff server exited at its open-file limit"
+    );
+    let after = load(&["--levels", "20", "--ramp", "200ms", "--cycles", "1"]);
+    assert_eq!(
+        (after["completed"].as_u64(), after["failed"].as_u64()),
+        (Some(20), Some(0)),
+        "{after}"
+    );
+}

@@ -475,7 +475,18 @@ pub async fn daemon(unix: OwnedFd, cfg: DaemonConfig) -> Result<()> {
         let got = {
             let mut guard = unix.readable().await?;
             match guard.try_io(|fd| receive(fd.as_raw_fd()).map_err(std::io::Error::from)) {
-                Ok(r) => r?,
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) if out_of_room(&e) => {
+                    // At its open-file limit the kernel cannot give this process the
+                    // socket (ENOBUFS, EMFILE): that hand-off is lost, its client gets
+                    // no answer, and the daemon goes on once streams end and free
+                    // descriptors. Exiting here would take every stream down with it.
+                    tracing::warn!("a hand-off could not be received: {e}");
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_would_block) => continue,
             }
         };
@@ -514,6 +525,15 @@ pub async fn daemon(unix: OwnedFd, cfg: DaemonConfig) -> Result<()> {
             }
         });
     }
+}
+
+/// Whether a failed receive is this process running out of room (descriptors, buffers,
+/// memory) rather than the hand-off socket failing.
+fn out_of_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOBUFS | nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOMEM)
+    )
 }
 
 /// One message from the Unix socket: its bytes and the socket that came with it; `None`

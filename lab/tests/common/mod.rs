@@ -138,7 +138,33 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(LAB)
+        Self::start_with(args, None)
+    }
+    /// As [`Server::start`], with the server's open-file limit (soft and hard) set to
+    /// `nofile`.
+    pub fn start_limited(args: &[&str], nofile: u64) -> Self {
+        Self::start_with(args, Some(nofile))
+    }
+    fn start_with(args: &[&str], nofile: Option<u64>) -> Self {
+        let mut cmd = Command::new(LAB);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
