@@ -64,7 +64,9 @@ watch_rss() {
   while kill -0 "$pid" 2>/dev/null; do
     rss=0
     for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-      rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+      # A process that has just exited has no VmRSS line (or no status at all).
+      p_rss=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+      rss=$((rss + ${p_rss:-0}))
     done
     if [ "$rss" -gt "$peak" ]; then peak=$rss && echo "$peak" >"$file"; fi
     sleep 0.5
