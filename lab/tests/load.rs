@@ -170,6 +170,23 @@ expect:
     }
 }
 
+/// Runs the load topology `yaml` (named `name`) to its end, which may be failed
+/// expectations (exit 1) but nothing worse, and checks that nothing of it is left: its
+/// saved run and report.
+fn run_load(dir: &str, name: &str, yaml: &str) -> (Run, String) {
+    let dir = tmpdir(dir);
+    let t = dir.join("t.yaml");
+    std::fs::write(&t, yaml).unwrap();
+    let results = dir.join("results");
+    let o = run_topology(&t, &results);
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", text(&o));
+    let (d, v) = saved_run(&results);
+    let run: Run = serde_json::from_value(v).unwrap();
+    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_nothing_left(name, &[]);
+    (run, report)
+}
+
 /// The host's own drops are counted and shown. A `wt` variant whose UDP sockets get a
 /// 2 KiB receive buffer (the kernel keeps 4 KiB: two or three QUIC datagrams) loses
 /// datagrams inside the host at 200 streams: the level's counters rise, at both ends
@@ -178,10 +195,9 @@ expect:
 #[test]
 fn a_small_udp_receive_buffer_loses_datagrams_the_report_counts_and_lab_s_default_none() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tmpdir("drops");
-    let t = dir.join("t.yaml");
-    std::fs::write(
-        &t,
+    let (run, report) = run_load(
+        "drops",
+        "rdrops",
         r#"name: rdrops
 approaches:
   - { name: wt-tiny, protocol: wt, transport: { quic: { socket_receive_buffer: 2048 } } }
@@ -195,15 +211,7 @@ workload:
   timeout: 10s
   load: { levels: [200], ramp: 1s, hold: 3s, tokens: 12, tbt: 20ms, sample: 100ms }
 "#,
-    )
-    .unwrap();
-    let results = dir.join("results");
-    let o = run_topology(&t, &results);
-    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", text(&o));
-    let (d, v) = saved_run(&results);
-    let run: Run = serde_json::from_value(v).unwrap();
-    let report = std::fs::read_to_string(d.join("report.md")).unwrap();
-    assert_nothing_left("rdrops", &[]);
+    );
     let level = |name: &str| {
         let c = run.cells.iter().find(|c| c.cell.name == name).unwrap();
         let l = c
@@ -252,10 +260,9 @@ workload:
 #[test]
 fn a_connection_carries_as_many_streams_at_once_as_max_streams_allows() {
     let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tmpdir("streams");
-    let t = dir.join("t.yaml");
-    std::fs::write(
-        &t,
+    let (run, _) = run_load(
+        "streams",
+        "rstreams",
         r#"name: rstreams
 approaches:
   - { name: wt-300, protocol: wt, transport: { quic: { max_streams: 300 } } }
@@ -269,14 +276,7 @@ workload:
   timeout: 20s
   load: { levels: [300], ramp: 500ms, cycles: 1, tokens: 20, tbt: 100ms, per_connection: 300 }
 "#,
-    )
-    .unwrap();
-    let results = dir.join("results");
-    let o = run_topology(&t, &results);
-    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", text(&o));
-    let (_, v) = saved_run(&results);
-    let run: Run = serde_json::from_value(v).unwrap();
-    assert_nothing_left("rstreams", &[]);
+    );
     let level = |name: &str| {
         let c = run.cells.iter().find(|c| c.cell.name == name).unwrap();
         let l = c
