@@ -1,7 +1,7 @@
 //! The raw-API proxy: terminates TLS and forwards every request to an OpenAI-compatible
 //! upstream, streaming both bodies. Upstream chunks are passed on the moment they arrive;
 //! nothing waits for more. Chunks that have already arrived together leave in one write
-//! ([`coalesced`]): the body's bytes are the upstream's, but at full speed its HTTP/1.1
+//! (`coalesced`): the body's bytes are the upstream's, but at full speed its HTTP/1.1
 //! chunks (a hop's own framing) are fewer and larger than the upstream's. Keep-alive on
 //! both sides (the upstream side is a pool).
 //!
