@@ -182,7 +182,8 @@ type Frames = tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, hype
 /// once and then sends what it has, so no chunk waits for one that has not arrived. (A
 /// yield inside the body's own `poll_frame` does not work: hyper's connection polls the
 /// body again at once, which ends the yield before any other task has run.) The task
-/// ends when the client's side is dropped, and drops the upstream's body with it.
+/// ends as soon as the client's side is dropped, also while it waits for the upstream,
+/// and drops the upstream's body with it.
 fn coalesced<B>(mut body: B) -> Body
 where
     B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
@@ -192,7 +193,9 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let mut buf = bytes::BytesMut::new();
-        let mut next = body.frame().await;
+        let Some(mut next) = frame_for(&mut body, &tx).await else {
+            return;
+        };
         while let Some(item) = next.take() {
             let frame = match item {
                 Ok(f) => f,
@@ -207,7 +210,10 @@ where
                     if tx.send(Ok(other)).await.is_err() {
                         return;
                     }
-                    next = body.frame().await;
+                    match frame_for(&mut body, &tx).await {
+                        Some(n) => next = n,
+                        None => return,
+                    }
                     continue;
                 }
             }
@@ -241,11 +247,31 @@ where
                 return;
             }
             if next.is_none() && !body.is_end_stream() {
-                next = body.frame().await;
+                match frame_for(&mut body, &tx).await {
+                    Some(n) => next = n,
+                    None => return,
+                }
             }
         }
     });
     Body::new(FramesBody(rx))
+}
+
+/// The body's next frame, or `None` once nobody takes frames from `tx` any more (the
+/// client left): the upstream may send nothing for as long as it likes, and its body
+/// must not be held until it does.
+async fn frame_for<B>(
+    body: &mut B,
+    tx: &tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
+) -> Option<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    use http_body_util::BodyExt;
+    tokio::select! {
+        f = body.frame() => Some(f),
+        _ = tx.closed() => None,
+    }
 }
 
 /// The frames [`coalesced`]'s task sends, as a body.
@@ -304,5 +330,28 @@ mod tests {
         assert_eq!(f.into_trailers().unwrap()["x-end"], "1");
         late.await.unwrap();
         assert!(body.frame().await.is_none());
+    }
+
+    /// A client that leaves while the upstream is quiet lets the upstream's body go at
+    /// once, not when its next chunk comes.
+    #[tokio::test]
+    async fn coalesced_lets_the_upstream_go_when_the_client_leaves() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, hyper::Error>>();
+        let frames =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let mut body = coalesced(http_body_util::StreamBody::new(Box::pin(frames)));
+        tx.send(Ok(Frame::data(Bytes::from("a")))).unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "a");
+        // The task now waits for a chunk that does not come.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!tx.is_closed());
+        drop(body);
+        tokio::time::timeout(Duration::from_secs(5), tx.closed())
+            .await
+            .expect("the upstream's body is dropped once the client's side is");
     }
 }
