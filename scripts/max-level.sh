@@ -12,7 +12,8 @@
 # multiplexes; default 1; the QUIC approaches' cap of streams a connection,
 # transport.quic.max_streams, is raised to it on both sides), SERVER_WORKERS (default: one server process per 15,000 streams of
 # the highest level, for the TCP servers that can share a port; `lab load` splits its
-# streams the same way by itself). Nothing outside loopback is touched; every process it starts is
+# streams the same way by itself), LOAD_ARGS (more arguments for `lab load`, e.g.
+# --socket-per-connection). Nothing outside loopback is touched; every process it starts is
 # stopped on exit, by the pid it recorded.
 set -euo pipefail
 approach="${1:-sse}"
@@ -76,7 +77,7 @@ watch_rss "$server" "$work/server.peak" &
 pids+=($!)
 "$lab" load "$approach" --url "$url" "${trust[@]}" "${sources[@]}" \
   --levels "$levels" --ramp "${RAMP:-20s}" --hold "${HOLD:-10s}" --timeout 120s \
-  --per-connection "$per_connection" --transport "$transport" &
+  --per-connection "$per_connection" --transport "$transport" ${LOAD_ARGS:-} &
 gen=$!
 pids+=($gen)
 watch_rss "$gen" "$work/load.peak" &

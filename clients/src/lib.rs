@@ -16,6 +16,7 @@
 pub mod arrivals;
 pub mod browser;
 pub mod dgram;
+pub mod endpoints;
 pub mod fanout;
 pub mod handoff;
 pub mod http;
@@ -260,6 +261,9 @@ pub struct RunnerOpts {
     /// apart from the chunks that arrived (`usage_tokens`): a chunk may carry several
     /// tokens.
     pub usage: bool,
+    /// QUIC endpoints the runners built from these options share (a load generator's),
+    /// or `None` for an endpoint per connection (see [`endpoints`]).
+    pub endpoints: Option<Arc<endpoints::Shared>>,
 }
 
 impl RunnerOpts {
@@ -286,6 +290,7 @@ impl RunnerOpts {
             urgent: Default::default(),
             source: None,
             usage: false,
+            endpoints: None,
         }
     }
 

@@ -55,14 +55,7 @@ impl QuicRunner {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(quic.transport_config()?));
         let bind = crate::udp_bind_addr(&target, opts);
-        let socket = std::net::UdpSocket::bind(bind)?;
-        socket.set_nonblocking(true)?;
-        // The socket itself, for what quinn has no setting for (ECN off).
-        let same = socket.try_clone()?;
-        let mut ecfg = quinn::EndpointConfig::default();
-        quic.endpoint_config(&mut ecfg);
-        let endpoint = quinn::Endpoint::new(ecfg, None, socket, Arc::new(quinn::TokioRuntime))?;
-        quic.after_bind(&same)?;
+        let endpoint = crate::endpoints::for_quinn(opts.endpoints.as_deref(), bind, quic)?;
         Ok(Self {
             opts: opts.clone(),
             endpoint,

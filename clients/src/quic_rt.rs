@@ -33,7 +33,16 @@ pub struct WtClient {
 impl WtClient {
     /// The endpoint of `cfg`, on the next runtime.
     pub fn new(cfg: ClientConfig) -> anyhow::Result<Self> {
-        let rt = next()?;
+        Self::on(cfg, None)
+    }
+
+    /// The endpoint of `cfg`, on runtime `k` (of [`runtimes`]), or the next one when
+    /// `None`.
+    pub fn on(cfg: ClientConfig, k: Option<usize>) -> anyhow::Result<Self> {
+        let rt = match k {
+            Some(k) => nth(k)?,
+            None => next()?,
+        };
         let endpoint = {
             let _on = rt.enter();
             Endpoint::client(cfg)?
@@ -91,14 +100,28 @@ fn start() -> Result<Pool, String> {
     })
 }
 
+fn pool() -> anyhow::Result<&'static Pool> {
+    POOL.get_or_init(start)
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// A single-threaded runtime for one more endpoint: the runtimes in turn.
 pub fn next() -> anyhow::Result<Handle> {
-    let pool = POOL
-        .get_or_init(start)
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = pool()?;
     let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.handles.len();
     Ok(pool.handles[i].clone())
+}
+
+/// How many runtimes there are: one per CPU.
+pub fn runtimes() -> anyhow::Result<usize> {
+    Ok(pool()?.handles.len())
+}
+
+/// Runtime `k` of [`runtimes`] (modulo their number).
+pub fn nth(k: usize) -> anyhow::Result<Handle> {
+    let pool = pool()?;
+    Ok(pool.handles[k % pool.handles.len()].clone())
 }
 
 /// Runs `fut` on `rt` and waits for it; dropping the wait (a prompt's timeout) stops it.

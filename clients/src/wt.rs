@@ -97,20 +97,23 @@ pub struct Wtransport {
 
 impl Wtransport {
     pub fn new(target: &Target, opts: &RunnerOpts) -> anyhow::Result<Self> {
-        let tls = opts.trust.h3_client_config()?;
         let bind = crate::udp_bind_addr(target, opts);
         let quic = &opts.transport.quic;
-        let socket = std::net::UdpSocket::bind(bind)?;
-        socket.set_nonblocking(true)?;
-        // The socket itself, for what quinn has no setting for (ECN off).
-        let same = socket.try_clone()?;
-        let mut cfg = ClientConfig::builder()
-            .with_bind_socket(socket)
-            .with_custom_tls_and_transport(tls, quic.transport_config()?)
-            .build();
-        quic.endpoint_config(cfg.quic_endpoint_config_mut());
-        let endpoint = WtClient::new(cfg)?;
-        quic.after_bind(&same)?;
+        let make = |socket: std::net::UdpSocket, k| {
+            let tls = opts.trust.h3_client_config()?;
+            // The socket itself, for what quinn has no setting for (ECN off).
+            let same = socket.try_clone()?;
+            let mut cfg = ClientConfig::builder()
+                .with_bind_socket(socket)
+                .with_custom_tls_and_transport(tls, quic.transport_config()?)
+                .build();
+            quic.endpoint_config(cfg.quic_endpoint_config_mut());
+            let endpoint = WtClient::on(cfg, k)?;
+            quic.after_bind(&same)?;
+            Ok(endpoint)
+        };
+        let endpoint =
+            crate::endpoints::for_wtransport(opts.endpoints.as_deref(), bind, quic, make)?;
         Ok(Self {
             endpoint,
             url: format!("https://{}{}", target.authority, target.path),

@@ -41,14 +41,8 @@ impl Wtq {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(quic.transport_config()?));
-        let socket = std::net::UdpSocket::bind(crate::udp_bind_addr(target, opts))?;
-        socket.set_nonblocking(true)?;
-        // The socket itself, for what quinn has no setting for (ECN off).
-        let same = socket.try_clone()?;
-        let mut ecfg = quinn::EndpointConfig::default();
-        quic.endpoint_config(&mut ecfg);
-        let endpoint = quinn::Endpoint::new(ecfg, None, socket, Arc::new(quinn::TokioRuntime))?;
-        quic.after_bind(&same)?;
+        let bind = crate::udp_bind_addr(target, opts);
+        let endpoint = crate::endpoints::for_quinn(opts.endpoints.as_deref(), bind, quic)?;
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
             endpoint,

@@ -22,6 +22,7 @@ pub async fn run(a: LoadArgs) -> Result<bool> {
         transport: a.transport.clone().unwrap_or_default(),
         sampling: a.sampling.unwrap_or_default(),
         usage: a.usage,
+        endpoints: (!a.socket_per_connection).then(Default::default),
         ..RunnerOpts::new(a.approach.name, a.mode, a.timeout, trust, a.model.clone())
     };
     // Check the URL and the settings once, before any level starts.

@@ -93,6 +93,9 @@ fn argv(state: &State, cell: &Cell, load: &LoadWorkload, prompts: &Path) -> Vec<
     if let Some(n) = load.per_connection {
         argv.extend(["--per-connection".into(), n.to_string()]);
     }
+    if load.socket_per_connection == Some(true) {
+        argv.push("--socket-per-connection".into());
+    }
     if !load.is_open() {
         argv.extend(["--workers".into(), load.workers().to_string()]);
     }

@@ -383,6 +383,9 @@ pub fn load_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> 
             names.join(", ")
         );
     }
+    if l.socket_per_connection == Some(true) {
+        workers += ", a UDP socket per QUIC connection";
+    }
     format!(
         "load test, levels {} concurrent streams, ramp {}, {}, {connection} connection, {}retry after {} to {}, sampled every {}{workers}; cells one after another",
         l.levels
@@ -458,4 +461,24 @@ fn open_line(l: &crate::topology::model::LoadWorkload, connection: &str) -> Stri
             .map_or(std::time::Duration::from_millis(10), |d| d.0)),
         l.max_in_flight(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_line_says_when_each_quic_connection_has_a_socket_of_its_own() {
+        let mut l = crate::topology::model::LoadWorkload {
+            levels: vec![100],
+            ..Default::default()
+        };
+        assert!(!load_line(&l, "reuse").contains("UDP socket"));
+        l.socket_per_connection = Some(true);
+        let line = load_line(&l, "reuse");
+        assert!(
+            line.contains(", a UDP socket per QUIC connection;"),
+            "{line}"
+        );
+    }
 }

@@ -1,0 +1,140 @@
+//! `lab load` over QUIC: connections share one endpoint (one UDP socket) per CPU, told
+//! apart by their connection IDs, unless `--socket-per-connection` gives each its own.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The inodes of the UDP sockets of `pid`'s network namespace.
+fn udp_inodes(pid: u32) -> HashSet<String> {
+    let mut all = HashSet::new();
+    for table in ["udp", "udp6"] {
+        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+        all.extend(
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9).map(str::to_owned)),
+        );
+    }
+    all
+}
+
+/// How many UDP sockets `pid` holds now.
+fn udp_sockets(pid: u32) -> usize {
+    let udp = udp_inodes(pid);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .filter(|inode| udp.contains(inode))
+        .count()
+}
+
+/// Runs `lab load` with `args` to its end: its level summary, and the most UDP sockets
+/// it held at once (sampled every 20 ms).
+fn load_with_sockets(args: &[&str]) -> (serde_json::Value, usize) {
+    let mut child = Command::new(LAB)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (mut most, t0) = (0, Instant::now());
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{args:?} hangs");
+        most = most.max(udp_sockets(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    let level = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "level")
+        .unwrap_or_else(|| panic!("no level in {}", text(&out)));
+    (level, most)
+}
+
+/// 120 streams, each on a connection of its own and 2 s long: by default every
+/// connection of the four QUIC approaches goes out over at most one socket per CPU;
+/// with `--socket-per-connection`, over one each. Every stream completes both ways.
+#[test]
+fn quic_load_connections_share_an_endpoint_per_cpu() {
+    const N: usize = 120;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let llm = Server::start(&[
+        "serve",
+        "llm",
+        "--listen",
+        "127.0.0.1:0",
+        "--ttft",
+        "0",
+        "--tbt",
+        "100ms",
+        "--jitter",
+        "0",
+        "--max-tokens",
+        "20",
+    ]);
+    let up = base(&llm.str("url"));
+    for approach in ["wt", "wt-dgram", "wtq", "quic"] {
+        let srv = Server::start(&[
+            "serve",
+            approach,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+        ]);
+        let (url, hash) = (srv.str("url"), srv.str("cert_sha256"));
+        let run = |extra: &[&str]| {
+            let n = N.to_string();
+            let mut args = vec![
+                "load",
+                approach,
+                "--url",
+                &url,
+                "--cert-hash",
+                &hash,
+                "--levels",
+                &n,
+                "--ramp",
+                "200ms",
+                "--cycles",
+                "1",
+                "--per-connection",
+                "1",
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            let (level, most) = load_with_sockets(&args);
+            assert_eq!(level["completed"], N, "{approach} {extra:?}: {level}");
+            assert_eq!(level["connections"], N, "{approach} {extra:?}: {level}");
+            most
+        };
+        let shared = run(&[]);
+        println!("{approach}: {shared} UDP sockets shared by {N} connections");
+        assert!(
+            (1..=cpus).contains(&shared),
+            "{approach}: {shared} UDP sockets for {N} connections on {cpus} CPUs"
+        );
+        let own = run(&["--socket-per-connection"]);
+        println!("{approach}: {own} UDP sockets with --socket-per-connection");
+        assert!(
+            own >= N * 9 / 10,
+            "{approach}: only {own} UDP sockets at once with --socket-per-connection"
+        );
+        assert!(srv.stop(), "{approach}'s server did not stop cleanly");
+    }
+}
