@@ -116,13 +116,16 @@ impl Protocol for QuicRunner {
         sink: &mut TokenSink<'_>,
     ) -> Result<(), PromptError> {
         let urgent = self.opts.urgent.contains(&index) && self.opts.transport.quic.priorities;
-        let (conn, early) = {
+        // The watch closes the connection when its last handle drops: the attempt holds
+        // one, so that a runner sharing the connection that hangs up (its slot's streams
+        // are done) does not close it under this stream.
+        let (conn, early, _watch) = {
             let mut slot = self.conn.lock().await;
             match slot.as_ref() {
-                Some((c, id, _)) if self.opts.mode == Mode::Reuse => {
+                Some((c, id, w)) if self.opts.mode == Mode::Reuse => {
                     rec.reused();
                     rec.conn(*id);
-                    (c.clone(), None)
+                    (c.clone(), None, w.clone())
                 }
                 _ => {
                     let (c, early) = self.connect(rec).await?;
@@ -130,8 +133,8 @@ impl Protocol for QuicRunner {
                     rec.conn(id);
                     let port = self.endpoint.local_addr().map_or(0, |a| a.port());
                     let watch = Arc::new(QuicWatch::new(&c, id, port, &self.opts.stats));
-                    *slot = Some((c.clone(), id, watch));
-                    (c, early)
+                    *slot = Some((c.clone(), id, watch.clone()));
+                    (c, early, watch)
                 }
             }
         };

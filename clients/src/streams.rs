@@ -154,7 +154,10 @@ impl Send for quinn::SendStream {
     async fn write_all(&mut self, b: &[u8]) -> Result<(), String> {
         quinn::SendStream::write_all(self, b)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(c) => format!("connection lost: {c}"),
+                e => e.to_string(),
+            })
     }
     async fn finish(&mut self) -> Result<(), String> {
         quinn::SendStream::finish(self).map_err(|e| e.to_string())
@@ -167,6 +170,10 @@ impl Recv for quinn::RecvStream {
             .await
             .map_err(|e| match e {
                 quinn::ReadError::Reset(code) => ReadError::Reset(code.into_inner()),
+                // quinn's own words are "connection lost"; say how it was lost.
+                quinn::ReadError::ConnectionLost(c) => {
+                    ReadError::Other(format!("connection lost: {c}"))
+                }
                 e => ReadError::Other(e.to_string()),
             })
     }

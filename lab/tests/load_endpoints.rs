@@ -1,5 +1,6 @@
 //! `lab load` over QUIC: connections share one endpoint (one UDP socket) per CPU, told
 //! apart by their connection IDs, unless `--socket-per-connection` gives each its own.
+//! And streams that share a connection outlive the first of them to end.
 
 mod common;
 
@@ -57,7 +58,12 @@ fn load_with_sockets(args: &[&str]) -> (serde_json::Value, usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    // 1: some streams failed, which the callers' counts show.
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(1)),
+        "{args:?}: {}",
+        text(&out)
+    );
     let level = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -66,14 +72,9 @@ fn load_with_sockets(args: &[&str]) -> (serde_json::Value, usize) {
     (level, most)
 }
 
-/// 120 streams, each on a connection of its own and 2 s long: by default every
-/// connection of the four QUIC approaches goes out over at most one socket per CPU;
-/// with `--socket-per-connection`, over one each. Every stream completes both ways.
-#[test]
-fn quic_load_connections_share_an_endpoint_per_cpu() {
-    const N: usize = 120;
-    let cpus = std::thread::available_parallelism().unwrap().get();
-    let llm = Server::start(&[
+/// The mock at 20 tokens 100 ms apart, on loopback.
+fn slow_mock() -> Server {
+    Server::start(&[
         "serve",
         "llm",
         "--listen",
@@ -86,7 +87,54 @@ fn quic_load_connections_share_an_endpoint_per_cpu() {
         "0",
         "--max-tokens",
         "20",
-    ]);
+    ])
+}
+
+/// Four slots share each connection and start 150 ms apart: the first ends its one
+/// stream while the others still read theirs, and its runner hangs up. Every stream
+/// completes on every approach that multiplexes. (`quic` used to close the connection
+/// there: the others' streams failed with `connection lost: closed`.)
+#[test]
+fn streams_sharing_a_connection_outlive_the_first_to_end() {
+    let llm = slow_mock();
+    let up = base(&llm.str("url"));
+    for approach in ["quic", "wt", "wt-dgram", "wtq", "sse-h2"] {
+        let srv = Server::start(&[
+            "serve",
+            approach,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+        ]);
+        let (url, hash) = (srv.str("url"), srv.str("cert_sha256"));
+        let mut args = vec!["load", approach, "--url", &url, "--cert-hash", &hash];
+        args.extend([
+            "--levels",
+            "8",
+            "--ramp",
+            "1200ms",
+            "--cycles",
+            "1",
+            "--per-connection",
+            "4",
+            "--json",
+        ]);
+        let (level, _) = load_with_sockets(&args);
+        assert_eq!(level["completed"], 8, "{approach}: {level}");
+        assert_eq!(level["connections"], 2, "{approach}: {level}");
+        assert!(srv.stop(), "{approach}'s server did not stop cleanly");
+    }
+}
+
+/// 120 streams, each on a connection of its own and 2 s long: by default every
+/// connection of the four QUIC approaches goes out over at most one socket per CPU;
+/// with `--socket-per-connection`, over one each. Every stream completes both ways.
+#[test]
+fn quic_load_connections_share_an_endpoint_per_cpu() {
+    const N: usize = 120;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let llm = slow_mock();
     let up = base(&llm.str("url"));
     for approach in ["wt", "wt-dgram", "wtq", "quic"] {
         let srv = Server::start(&[
