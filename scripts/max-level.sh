@@ -83,5 +83,11 @@ pids+=($gen)
 watch_rss "$gen" "$work/load.peak" &
 pids+=($!)
 wait "$gen" || true
+# A QUIC server's one UDP socket: what it dropped at a full receive buffer over the run
+# (the last column of /proc/net/udp), which no capture sees.
+server_port="${url##*:}"
+server_port="${server_port%%/*}"
+drops="$(awk -v p="$(printf ':%04X' "$server_port")" 'index($2, p) == length($2) - 4 {d += $NF} END {print d + 0}' /proc/net/udp /proc/net/udp6)"
+echo "server UDP socket drops: $drops (0 for a TCP server)"
 echo "server peak RSS: $(($(cat "$work/server.peak" 2>/dev/null || echo 0) / 1024)) MiB (all its processes)"
 echo "generator peak RSS: $(($(cat "$work/load.peak" 2>/dev/null || echo 0) / 1024)) MiB (all its processes)"
