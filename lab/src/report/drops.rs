@@ -107,6 +107,9 @@ pub fn notes(cells: &[&CellResult], backend: Option<Shaper>) -> Vec<String> {
                 ));
             }
         }
+        if let Some(n) = c.wire.as_ref().and_then(emulator_queue) {
+            out.push(format!("{who}: {n}"));
+        }
         for l in c.load.iter().flat_map(|l| &l.levels) {
             if let Some(s) = &l.stack {
                 let d = s.drops(loss);
@@ -121,6 +124,46 @@ pub fn notes(cells: &[&CellResult], backend: Option<Shaper>) -> Vec<String> {
         }
     }
     out
+}
+
+/// What the userspace emulator's queue dropped over a cell, with what it held and how
+/// late it sent, or `None` when its queue dropped nothing. These are the link's own
+/// drops (netem's at a full queue), which no host counter sees on this backend.
+fn emulator_queue(w: &crate::shaping::stats::WireStats) -> Option<String> {
+    use crate::shaping::params::Limit;
+    if w.up.dropped_queue + w.down.dropped_queue == 0 {
+        return None;
+    }
+    let limit = |p: &crate::shaping::params::Params| {
+        let l = match p.limit {
+            Limit::Packets(n) => format!("{n} packets"),
+            Limit::Bytes(n) => format!("{n} bytes"),
+        };
+        if p.limit_set {
+            format!("{l}, the profile's")
+        } else {
+            format!("{l}, the default")
+        }
+    };
+    let late = |d: &crate::shaping::stats::CounterSnapshot| {
+        d.late_us.map_or("-".to_owned(), |(p50, _, max)| {
+            let p50 = if p50 > 2000 {
+                "2 ms or more".to_owned()
+            } else {
+                format!("{p50} us")
+            };
+            format!("p50 {p50}, max {:.1} ms", max as f64 / 1000.0)
+        })
+    };
+    Some(format!(
+        "the emulated link's queue was full and dropped {} frames up (limit {}) and {} down (limit {}) over the cell, warm-up and every level included, as netem drops at its limit; these are the link's drops, not the hosts', so the table above does not show them. A profile's `limit` sets the queue (it must hold what arrives within the delay: packets a second times the delay). Frames left late against their schedule: up {}, down {}.",
+        w.up.dropped_queue,
+        limit(&w.up_params),
+        w.down.dropped_queue,
+        limit(&w.down_params),
+        late(&w.up),
+        late(&w.down),
+    ))
 }
 
 #[cfg(test)]
@@ -139,5 +182,32 @@ mod tests {
         assert_eq!(r.rcvbuf, "3/18260");
         assert_eq!(r.qdisc, "0/4/0");
         assert_eq!(r.listen, "2/5");
+    }
+
+    /// The emulator's queue drops get a sentence with the limit and the lateness, and
+    /// none when there were none.
+    #[test]
+    fn the_emulated_links_queue_drops_are_told() {
+        let dir = |queue: u64, late: u64| {
+            serde_json::json!({"in_frames": 10, "in_bytes": 1000, "out_frames": 10, "out_bytes": 1000,
+              "dropped_loss": 0, "dropped_queue": queue, "dropped_send": 0, "duplicated": 0,
+              "corrupted": 0, "reordered": 0, "non_ip": 0, "late_us": [late, 2001, 993820]})
+        };
+        let stats = |up: u64, down: u64| -> crate::shaping::stats::WireStats {
+            serde_json::from_value(serde_json::json!({"at_ns": 1, "seed": 1,
+              "up": dir(up, 2001), "down": dir(down, 40),
+              "up_params": {"delay": "5ms", "rate": 1000000000, "limit": {"packets": 1000}},
+              "down_params": {"delay": "5ms", "limit": {"packets": 20000}, "limit_set": true}}))
+            .unwrap()
+        };
+        assert_eq!(emulator_queue(&stats(0, 0)), None);
+        let n = emulator_queue(&stats(74283, 36003)).unwrap();
+        for want in [
+            "dropped 74283 frames up (limit 1000 packets, the default)",
+            "36003 down (limit 20000 packets, the profile's)",
+            "up p50 2 ms or more, max 993.8 ms, down p50 40 us, max 993.8 ms",
+        ] {
+            assert!(n.contains(want), "{want:?} not in {n}");
+        }
     }
 }
