@@ -72,22 +72,19 @@ fn load_with_sockets(args: &[&str]) -> (serde_json::Value, usize) {
     (level, most)
 }
 
-/// The mock at 20 tokens 100 ms apart, on loopback.
-fn slow_mock() -> Server {
-    Server::start(&[
+/// `approach`'s server against the upstream `up`: the server, its URL and its
+/// certificate's hash.
+fn serve(approach: &str, up: &str) -> (Server, String, String) {
+    let srv = Server::start(&[
         "serve",
-        "llm",
+        approach,
         "--listen",
         "127.0.0.1:0",
-        "--ttft",
-        "0",
-        "--tbt",
-        "100ms",
-        "--jitter",
-        "0",
-        "--max-tokens",
-        "20",
-    ])
+        "--upstream",
+        up,
+    ]);
+    let (url, hash) = (srv.str("url"), srv.str("cert_sha256"));
+    (srv, url, hash)
 }
 
 /// Four slots share each connection and start 150 ms apart: the first ends its one
@@ -96,18 +93,10 @@ fn slow_mock() -> Server {
 /// there: the others' streams failed with `connection lost: closed`.)
 #[test]
 fn streams_sharing_a_connection_outlive_the_first_to_end() {
-    let llm = slow_mock();
+    let llm = mock_paced("100ms", 20);
     let up = base(&llm.str("url"));
     for approach in ["quic", "wt", "wt-dgram", "wtq", "sse-h2"] {
-        let srv = Server::start(&[
-            "serve",
-            approach,
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-        ]);
-        let (url, hash) = (srv.str("url"), srv.str("cert_sha256"));
+        let (srv, url, hash) = serve(approach, &up);
         let mut args = vec!["load", approach, "--url", &url, "--cert-hash", &hash];
         args.extend([
             "--levels",
@@ -134,18 +123,10 @@ fn streams_sharing_a_connection_outlive_the_first_to_end() {
 fn quic_load_connections_share_an_endpoint_per_cpu() {
     const N: usize = 120;
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let llm = slow_mock();
+    let llm = mock_paced("100ms", 20);
     let up = base(&llm.str("url"));
     for approach in ["wt", "wt-dgram", "wtq", "quic"] {
-        let srv = Server::start(&[
-            "serve",
-            approach,
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-        ]);
-        let (url, hash) = (srv.str("url"), srv.str("cert_sha256"));
+        let (srv, url, hash) = serve(approach, &up);
         let run = |extra: &[&str]| {
             let n = N.to_string();
             let mut args = vec![

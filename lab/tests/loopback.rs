@@ -661,20 +661,7 @@ async fn websocket_bad_framing_ends_that_socket_only() {
 /// on: the streams after them complete. It used to exit, and the front with it.
 #[test]
 fn the_handoff_daemon_at_its_open_file_limit_loses_those_streams_and_goes_on() {
-    let llm = Server::start(&[
-        "serve",
-        "llm",
-        "--listen",
-        "127.0.0.1:0",
-        "--ttft",
-        "0",
-        "--tbt",
-        "50ms",
-        "--jitter",
-        "0",
-        "--max-tokens",
-        "40",
-    ]);
+    let llm = mock_paced("50ms", 40);
     let up = base(&llm.str("url"));
     let mut srv = Server::start_limited(
         &[

@@ -296,18 +296,28 @@ mod tests {
     use hyper::body::Frame;
     use std::time::Duration;
 
-    /// Frames that are already there go on as one, in order; one that comes later goes
-    /// on by itself, without waiting for more; trailers and the end come after the data
-    /// before them.
-    #[tokio::test]
-    async fn coalesced_joins_what_has_arrived_and_waits_for_nothing() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, hyper::Error>>();
+    type Upstream = tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, hyper::Error>>;
+
+    /// An upstream body whose frames the test sends, and [`coalesced`] of it.
+    fn upstream() -> (Upstream, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let frames =
             futures_util::stream::unfold(
                 rx,
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
-        let mut body = coalesced(http_body_util::StreamBody::new(Box::pin(frames)));
+        (
+            tx,
+            coalesced(http_body_util::StreamBody::new(Box::pin(frames))),
+        )
+    }
+
+    /// Frames that are already there go on as one, in order; one that comes later goes
+    /// on by itself, without waiting for more; trailers and the end come after the data
+    /// before them.
+    #[tokio::test]
+    async fn coalesced_joins_what_has_arrived_and_waits_for_nothing() {
+        let (tx, mut body) = upstream();
         for t in ["a", "b", "c"] {
             tx.send(Ok(Frame::data(Bytes::from(t)))).unwrap();
         }
@@ -336,13 +346,7 @@ mod tests {
     /// once, not when its next chunk comes.
     #[tokio::test]
     async fn coalesced_lets_the_upstream_go_when_the_client_leaves() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, hyper::Error>>();
-        let frames =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        let mut body = coalesced(http_body_util::StreamBody::new(Box::pin(frames)));
+        let (tx, mut body) = upstream();
         tx.send(Ok(Frame::data(Bytes::from("a")))).unwrap();
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "a");

@@ -215,6 +215,26 @@ pub fn mock() -> Server {
     ])
 }
 
+/// The mock answering at once with `tokens` tokens `tbt` apart (a duration such as
+/// `100ms`), without jitter.
+pub fn mock_paced(tbt: &str, tokens: usize) -> Server {
+    let tokens = tokens.to_string();
+    Server::start(&[
+        "serve",
+        "llm",
+        "--listen",
+        "127.0.0.1:0",
+        "--ttft",
+        "0",
+        "--tbt",
+        tbt,
+        "--jitter",
+        "0",
+        "--max-tokens",
+        &tokens,
+    ])
+}
+
 /// Every approach's server as its own `lab serve` process on loopback, in registry
 /// order, against the upstream `up`, with `extra` flags.
 pub fn every_server(up: &str, extra: &[&str]) -> Vec<(lab::approach::Approach, Server)> {
