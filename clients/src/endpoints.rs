@@ -21,14 +21,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use wtransport::quinn;
 
-/// Endpoints shared by the runners built from one [`crate::RunnerOpts`] (a load
-/// generator's): one per local address and client thread, made when first asked for.
+/// Endpoints shared by the runners built from [`crate::RunnerOpts`] that hold it (a load
+/// generator's): one per approach, local address and client thread, made when first
+/// asked for. Approaches do not share an endpoint: each configures its own (`wt-dgram`
+/// its datagrams, for one).
 #[derive(Default)]
 pub struct Shared {
     turn: AtomicUsize,
-    quinn: Mutex<HashMap<(SocketAddr, usize), quinn::Endpoint>>,
-    wt: Mutex<HashMap<(SocketAddr, usize), WtClient>>,
+    quinn: Mutex<HashMap<Key, quinn::Endpoint>>,
+    wt: Mutex<HashMap<Key, WtClient>>,
 }
+
+/// An endpoint's approach, local address and client thread.
+type Key = (&'static str, SocketAddr, usize);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,11 +59,15 @@ impl Shared {
         self.len() == 0
     }
 
-    /// The key of the next connection's endpoint: its local address, and the client
-    /// threads in turn.
-    fn key(&self, bind: SocketAddr) -> anyhow::Result<(SocketAddr, usize)> {
+    /// The key of the next connection's endpoint: its approach and local address, and
+    /// the client threads in turn.
+    fn key(&self, approach: &'static str, bind: SocketAddr) -> anyhow::Result<Key> {
         let n = crate::quic_rt::runtimes()?;
-        Ok((bind, self.turn.fetch_add(1, Ordering::Relaxed) % n))
+        Ok((
+            approach,
+            bind,
+            self.turn.fetch_add(1, Ordering::Relaxed) % n,
+        ))
     }
 }
 
@@ -81,18 +90,15 @@ fn bind_quinn(bind: SocketAddr, quic: &Quic) -> anyhow::Result<quinn::Endpoint> 
     Ok(endpoint)
 }
 
-/// The quinn endpoint for a connection from `bind`: a shared one where `shared` is given
-/// and the settings allow it, else one of its own. Must be called on a tokio runtime,
-/// which drives the endpoint.
-pub fn for_quinn(
-    shared: Option<&Shared>,
-    bind: SocketAddr,
-    quic: &Quic,
-) -> anyhow::Result<quinn::Endpoint> {
-    let Some(shared) = shared.filter(|_| shareable(quic)) else {
+/// The quinn endpoint for a connection of `opts` from `bind`: a shared one where the
+/// options hold [`Shared`] endpoints and their settings allow it, else one of its own.
+/// Must be called on a tokio runtime, which drives the endpoint.
+pub fn for_quinn(opts: &crate::RunnerOpts, bind: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let quic = &opts.transport.quic;
+    let Some(shared) = opts.endpoints.as_deref().filter(|_| shareable(quic)) else {
         return bind_quinn(bind, quic);
     };
-    let key = shared.key(bind)?;
+    let key = shared.key(opts.approach, bind)?;
     let mut map = lock(&shared.quinn);
     if let Some(e) = map.get(&key) {
         return Ok(e.clone());
@@ -102,13 +108,13 @@ pub fn for_quinn(
     Ok(e)
 }
 
-/// The wtransport endpoint for a session from `bind`, made by `make` from a socket
-/// bound there (on client runtime `k`, or the next one when `None`): a shared one where
-/// `shared` is given and the settings allow it, else one of its own.
+/// The wtransport endpoint for a session of `opts` from `bind`, made by `make` from a
+/// socket bound there (on client runtime `k`, or the next one when `None`): a shared
+/// one where the options hold [`Shared`] endpoints and their settings allow it, else
+/// one of its own.
 pub fn for_wtransport(
-    shared: Option<&Shared>,
+    opts: &crate::RunnerOpts,
     bind: SocketAddr,
-    quic: &Quic,
     make: impl FnOnce(std::net::UdpSocket, Option<usize>) -> anyhow::Result<WtClient>,
 ) -> anyhow::Result<WtClient> {
     let socket = || -> anyhow::Result<std::net::UdpSocket> {
@@ -116,15 +122,19 @@ pub fn for_wtransport(
         s.set_nonblocking(true)?;
         Ok(s)
     };
-    let Some(shared) = shared.filter(|_| shareable(quic)) else {
+    let Some(shared) = opts
+        .endpoints
+        .as_deref()
+        .filter(|_| shareable(&opts.transport.quic))
+    else {
         return make(socket()?, None);
     };
-    let key = shared.key(bind)?;
+    let key = shared.key(opts.approach, bind)?;
     let mut map = lock(&shared.wt);
     if let Some(e) = map.get(&key) {
         return Ok(e.clone());
     }
-    let e = make(socket()?, Some(key.1))?;
+    let e = make(socket()?, Some(key.2))?;
     map.insert(key, e.clone());
     Ok(e)
 }
@@ -134,10 +144,23 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn ports(n: usize, shared: Option<&Shared>, bind: &str, quic: &Quic) -> HashSet<u16> {
+    fn opts(approach: &'static str, shared: Option<&Arc<Shared>>, cid: u8) -> crate::RunnerOpts {
+        let mut o = crate::RunnerOpts::new(
+            approach,
+            crate::record::Mode::Reuse,
+            std::time::Duration::from_secs(1),
+            lab_codec::trust::Trust::Insecure,
+            "m",
+        );
+        o.endpoints = shared.cloned();
+        o.transport.quic.cid_length = cid;
+        o
+    }
+
+    fn ports(n: usize, o: &crate::RunnerOpts, bind: &str) -> HashSet<u16> {
         (0..n)
             .map(|_| {
-                let e = for_quinn(shared, bind.parse().unwrap(), quic).unwrap();
+                let e = for_quinn(o, bind.parse().unwrap()).unwrap();
                 e.local_addr().unwrap().port()
             })
             .collect()
@@ -148,22 +171,22 @@ mod tests {
     #[tokio::test]
     async fn endpoints_are_shared_per_runtime_and_address_where_connection_ids_allow() {
         let cpus = crate::quic_rt::runtimes().unwrap();
-        let quic = Quic::default();
-        let shared = Shared::default();
-        assert_eq!(
-            ports(3 * cpus, Some(&shared), "127.0.0.1:0", &quic).len(),
-            cpus
-        );
+        let shared = Arc::new(Shared::default());
+        let quic = opts("quic", Some(&shared), 8);
+        assert_eq!(ports(3 * cpus, &quic, "127.0.0.1:0").len(), cpus);
         assert_eq!(shared.len(), cpus);
-        // Another local address is another socket.
-        assert_eq!(ports(cpus, Some(&shared), "127.0.0.2:0", &quic).len(), cpus);
+        // Another local address, or another approach, is another socket.
+        assert_eq!(ports(cpus, &quic, "127.0.0.2:0").len(), cpus);
         assert_eq!(shared.len(), 2 * cpus);
-        let zero = Quic {
-            cid_length: 0,
-            ..Quic::default()
-        };
-        assert_eq!(ports(4, Some(&shared), "127.0.0.1:0", &zero).len(), 4);
-        assert_eq!(shared.len(), 2 * cpus, "nothing kept for zero-length IDs");
-        assert_eq!(ports(4, None, "127.0.0.1:0", &quic).len(), 4);
+        let wtq = opts("wtq", Some(&shared), 8);
+        let mut both = ports(cpus, &wtq, "127.0.0.1:0");
+        assert_eq!(both.len(), cpus);
+        both.extend(ports(cpus, &quic, "127.0.0.1:0"));
+        assert_eq!(both.len(), 2 * cpus, "wtq and quic share no endpoint");
+        assert_eq!(shared.len(), 3 * cpus);
+        let zero = opts("quic", Some(&shared), 0);
+        assert_eq!(ports(4, &zero, "127.0.0.1:0").len(), 4);
+        assert_eq!(shared.len(), 3 * cpus, "nothing kept for zero-length IDs");
+        assert_eq!(ports(4, &opts("quic", None, 8), "127.0.0.1:0").len(), 4);
     }
 }

@@ -55,7 +55,7 @@ impl QuicRunner {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(quic.transport_config()?));
         let bind = crate::udp_bind_addr(&target, opts);
-        let endpoint = crate::endpoints::for_quinn(opts.endpoints.as_deref(), bind, quic)?;
+        let endpoint = crate::endpoints::for_quinn(opts, bind)?;
         Ok(Self {
             opts: opts.clone(),
             endpoint,

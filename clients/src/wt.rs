@@ -112,8 +112,7 @@ impl Wtransport {
             quic.after_bind(&same)?;
             Ok(endpoint)
         };
-        let endpoint =
-            crate::endpoints::for_wtransport(opts.endpoints.as_deref(), bind, quic, make)?;
+        let endpoint = crate::endpoints::for_wtransport(opts, bind, make)?;
         Ok(Self {
             endpoint,
             url: format!("https://{}{}", target.authority, target.path),

@@ -42,7 +42,7 @@ impl Wtq {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(quic.transport_config()?));
         let bind = crate::udp_bind_addr(target, opts);
-        let endpoint = crate::endpoints::for_quinn(opts.endpoints.as_deref(), bind, quic)?;
+        let endpoint = crate::endpoints::for_quinn(opts, bind)?;
         let url = format!("https://{}{}", target.authority, target.path);
         Ok(Self {
             endpoint,

@@ -147,13 +147,19 @@ async fn runner_stream(
     until: Instant,
     tokens: Arc<AtomicU64>,
 ) {
-    let opts = RunnerOpts::new(
-        ap.name,
-        Mode::Reuse,
-        Duration::from_secs(60),
-        trust,
-        "gemma3:12b",
-    );
+    // The QUIC clients share endpoints (one UDP socket per CPU), as `lab load`'s do.
+    static ENDPOINTS: std::sync::OnceLock<Arc<lab_clients::endpoints::Shared>> =
+        std::sync::OnceLock::new();
+    let opts = RunnerOpts {
+        endpoints: Some(ENDPOINTS.get_or_init(Default::default).clone()),
+        ..RunnerOpts::new(
+            ap.name,
+            Mode::Reuse,
+            Duration::from_secs(60),
+            trust,
+            "gemma3:12b",
+        )
+    };
     let mut r = ap.runner(&url, &opts).unwrap();
     let mut i = 0;
     while Instant::now() < until {
