@@ -117,7 +117,7 @@ fn streams_sharing_a_connection_outlive_the_first_to_end() {
 }
 
 /// 120 streams, each on a connection of its own and 2 s long: by default every
-/// connection of the four QUIC approaches goes out over at most one socket per CPU;
+/// connection of the five QUIC approaches goes out over at most one socket per CPU;
 /// with `--socket-per-connection`, over one each. Every stream completes both ways.
 #[test]
 fn quic_load_connections_share_an_endpoint_per_cpu() {
@@ -125,7 +125,7 @@ fn quic_load_connections_share_an_endpoint_per_cpu() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     let llm = mock_paced("100ms", 20);
     let up = base(&llm.str("url"));
-    for approach in ["wt", "wt-dgram", "wtq", "quic"] {
+    for approach in ["wt", "wt-dgram", "wtq", "wtq-dgram", "quic"] {
         let (srv, url, hash) = serve(approach, &up);
         let run = |extra: &[&str]| {
             let n = N.to_string();

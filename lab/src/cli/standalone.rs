@@ -383,10 +383,10 @@ pub struct LoadArgs {
     /// QUIC and TCP settings as JSON, as `lab client --transport` takes them.
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<lab_codec::transport::Settings>,
-    /// Give every QUIC connection (wt, wt-dgram, wtq, quic) a UDP socket of its own, as
-    /// separate clients would have. By default the connections share one endpoint per
-    /// source address and CPU, told apart by their connection IDs (not with a
-    /// connection-ID length of 0, where each has its own anyway).
+    /// Give every QUIC connection (wt, wt-dgram, wtq, wtq-dgram, quic) a UDP socket of
+    /// its own, as separate clients would have. By default the connections share one
+    /// endpoint per source address and CPU, told apart by their connection IDs (not
+    /// with a connection-ID length of 0, where each has its own anyway).
     #[arg(long)]
     pub socket_per_connection: bool,
     /// Print JSON lines (phases, progress every second, each level's summary) instead

@@ -391,9 +391,10 @@ pub struct LoadWorkload {
     /// sse-h2); default 1, a connection each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_connection: Option<u32>,
-    /// Give every QUIC connection (wt, wt-dgram, wtq, quic) a UDP socket of its own, as
-    /// separate clients would have. Default false: a load generator's connections share
-    /// one endpoint per source address and CPU, told apart by their connection IDs.
+    /// Give every QUIC connection (wt, wt-dgram, wtq, wtq-dgram, quic) a UDP socket of
+    /// its own, as separate clients would have. Default false: a load generator's
+    /// connections share one endpoint per source address and CPU, told apart by their
+    /// connection IDs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_per_connection: Option<bool>,
     /// Load generator processes to split each level's streams over, 1 to 64, each
