@@ -199,25 +199,18 @@ impl Drop for Server {
 }
 
 pub fn mock() -> Server {
-    Server::start(&[
-        "serve",
-        "llm",
-        "--listen",
-        "127.0.0.1:0",
-        "--ttft",
-        "2ms",
-        "--tbt",
-        "0",
-        "--jitter",
-        "0",
-        "--max-tokens",
-        "12",
-    ])
+    mock_timed("2ms", "0", 12)
 }
 
 /// The mock answering at once with `tokens` tokens `tbt` apart (a duration such as
 /// `100ms`), without jitter.
 pub fn mock_paced(tbt: &str, tokens: usize) -> Server {
+    mock_timed("0", tbt, tokens)
+}
+
+/// The mock on loopback with this TTFT and TBT, no jitter, and `tokens` tokens an
+/// answer.
+fn mock_timed(ttft: &str, tbt: &str, tokens: usize) -> Server {
     let tokens = tokens.to_string();
     Server::start(&[
         "serve",
@@ -225,7 +218,7 @@ pub fn mock_paced(tbt: &str, tokens: usize) -> Server {
         "--listen",
         "127.0.0.1:0",
         "--ttft",
-        "0",
+        ttft,
         "--tbt",
         tbt,
         "--jitter",
