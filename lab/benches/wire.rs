@@ -7,8 +7,10 @@
 //!   same veths in the wire namespace (so the same offloads: lab turns them off), with
 //!   lab wire stopped (SIGSTOP). Each turn sends 500 small UDP probes, one every 5 ms
 //!   (what a token stream sees: the wake-up after idle), and their echoes, then bulk
-//!   TCP for 3 s. It prints the added RTT p50 and the bulk ratio, per run, for lab wire
-//!   as it runs by default and with `shaping: { busy_poll: true }`;
+//!   TCP for 3 s. A turn during which the hypervisor took more than 3% of the VM's
+//!   CPU time (steal, in /proc/stat) is measured again, up to 5 times: it measured the
+//!   host's other tenants. It prints the added RTT p50 and the bulk ratio, per run,
+//!   for lab wire as it runs by default and with `shaping: { busy_poll: true }`;
 //! - bulk TCP throughput with 1 ms delay, so that every packet goes through the link
 //!   model;
 //! - how late packets leave against their schedule at 100 Mbit/s with 10 ms delay.
@@ -175,6 +177,55 @@ fn to_wire(pid: i32) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
+/// The machine's CPU time so far, from /proc/stat: (stolen by the hypervisor, total),
+/// in clock ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[7], v.iter().sum())
+}
+
+/// The share of the CPU time the hypervisor took (steal) since `from`.
+fn stolen_since(from: (u64, u64)) -> f64 {
+    let now = cpu_ticks();
+    (now.0 - from.0) as f64 / (now.1 - from.1).max(1) as f64
+}
+
+/// A turn is measured again when the hypervisor took more than this share of the
+/// VM's CPU time during it: it then measured the host's other tenants, not lab wire
+/// or the bridge.
+const MAX_STEAL: f64 = 0.03;
+const TRIES: usize = 5;
+
+/// One turn on one path: (RTT p50 in us, bulk bits/s, steal share of the last try).
+fn measure_turn(port: u16) -> (f64, f64, f64) {
+    let gap = Duration::from_millis(5);
+    let mut last = (0.0, 0.0, 1.0);
+    for attempt in 0..TRIES {
+        let from = cpu_ticks();
+        let p = port + attempt as u16 * 100;
+        let r = rtt_p50(500, gap, p).as_secs_f64() * 1e6;
+        let b = bulk(3.0, p + 1);
+        last = (r, b, stolen_since(from));
+        if last.2 <= MAX_STEAL {
+            break;
+        }
+        eprintln!(
+            "  the hypervisor took {:.0}% of the CPU during this turn (steal): measured again",
+            last.2 * 100.0
+        );
+    }
+    last
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -185,8 +236,8 @@ fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
     up("{}", busy_poll);
     let pid = wire_pid();
 
-    let gap = Duration::from_millis(5);
     let (mut rw, mut rb, mut bw, mut bb) = (vec![], vec![], vec![], vec![]);
+    let mut steal: f64 = 0.0;
     for (turn, wire) in [true, false, false, true].into_iter().enumerate() {
         let port = 9000 + turn as u16 * 2;
         if wire && turn > 0 {
@@ -195,8 +246,8 @@ fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
         if !wire && turn == 1 {
             to_bridge(pid);
         }
-        let r = rtt_p50(500, gap, port).as_secs_f64() * 1e6;
-        let b = bulk(3.0, port + 1);
+        let (r, b, st) = measure_turn(port);
+        steal = steal.max(st);
         if wire {
             rw.push(r);
             bw.push(b);
@@ -211,10 +262,16 @@ fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
     let added = rw - rb;
     let ratio = bw / bb;
     println!(
-        "run {run}{}: RTT p50 (a probe every 5 ms) {rw:.1} us through lab wire, {rb:.1} us through a bridge: added {added:.1} us; bulk TCP {:.2} Gbit/s through lab wire, {:.2} Gbit/s through a bridge: {ratio:.2}x",
+        "run {run}{}: RTT p50 (a probe every 5 ms) {rw:.1} us through lab wire, {rb:.1} us through a bridge: added {added:.1} us; bulk TCP {:.2} Gbit/s through lab wire, {:.2} Gbit/s through a bridge: {ratio:.2}x; steal at most {:.1}% in a turn{}",
         if busy_poll { ", busy-poll" } else { "" },
         bw / 1e9,
         bb / 1e9,
+        steal * 100.0,
+        if steal > MAX_STEAL {
+            " (over the limit after every try: this run measured the host's load too)"
+        } else {
+            ""
+        },
     );
     (added, ratio)
 }
