@@ -1,9 +1,10 @@
 //! The userspace link emulator (`lab wire`), measured through a real lab. Needs root.
 //!
 //! - lab wire against a plain bridge, side by side: in each of three runs (a one-cell
-//!   lab with no impairment), the two paths take turns between the same two
-//!   namespaces, in the order wire, bridge, bridge, wire, so that a drift of the
-//!   machine's speed during the run falls on both alike. The bridge is made of the
+//!   lab with no impairment), the two paths take four turns each between the same two
+//!   namespaces, in the order wire, bridge, bridge, wire, twice, so that a drift of
+//!   the machine's speed during the run falls on both alike; a run's figures are the
+//!   means of its turns. The bridge is made of the
 //!   same veths in the wire namespace (so the same offloads: lab turns them off), with
 //!   lab wire stopped (SIGSTOP). Each turn sends 500 small UDP probes, one every 5 ms
 //!   (what a token stream sees: the wake-up after idle), and their echoes, then bulk
@@ -231,6 +232,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The paths' turns in a run, lab wire (true) and the bridge: twice A-B-B-A, so that a
+/// drift of the machine's speed falls on both alike, and four turns of each.
+const TURNS: [bool; 8] = [true, false, false, true, true, false, false, true];
+
 /// One run of the comparison: (added RTT p50 in us, bulk ratio), and the line.
 fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
     up("{}", busy_poll);
@@ -238,13 +243,16 @@ fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
 
     let (mut rw, mut rb, mut bw, mut bb) = (vec![], vec![], vec![], vec![]);
     let mut steal: f64 = 0.0;
-    for (turn, wire) in [true, false, false, true].into_iter().enumerate() {
+    let mut on_wire = true;
+    for (turn, wire) in TURNS.into_iter().enumerate() {
         let port = 9000 + turn as u16 * 2;
-        if wire && turn > 0 {
-            to_wire(pid);
-        }
-        if !wire && turn == 1 {
-            to_bridge(pid);
+        if wire != on_wire {
+            if wire {
+                to_wire(pid);
+            } else {
+                to_bridge(pid);
+            }
+            on_wire = wire;
         }
         let (r, b, st) = measure_turn(port);
         steal = steal.max(st);
@@ -256,9 +264,13 @@ fn compare(run: usize, busy_poll: bool) -> (f64, f64) {
             bb.push(b);
         }
     }
+    if !on_wire {
+        to_wire(pid);
+    }
     lab(&["down", "bwire"]);
-    let (rw, rb) = ((rw[0] + rw[1]) / 2.0, (rb[0] + rb[1]) / 2.0);
-    let (bw, bb) = ((bw[0] + bw[1]) / 2.0, (bb[0] + bb[1]) / 2.0);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (rw, rb) = (mean(&rw), mean(&rb));
+    let (bw, bb) = (mean(&bw), mean(&bb));
     let added = rw - rb;
     let ratio = bw / bb;
     println!(
