@@ -575,7 +575,7 @@ impl Budget {
 /// the added RTT worse on a 2-CPU VM. Once the directions are split (a bulk transfer,
 /// both threads busy), the pause yields: the senders and receivers of the traffic
 /// want the CPU then, and a spin took it from them (on 2 CPUs, iperf3 through lab wire
-/// went from 0.72 to 0.78 of a bridge, and lab wire's user time from 9% to 2% of the
+/// went from 0.72 to 0.78 of a bridge, and lab wire's user time from 9% to 2-4% of the
 /// machine).
 fn pause(yield_cpu: bool) {
     if yield_cpu {
