@@ -4,9 +4,8 @@
 //!   lab with no impairment), the two paths take four turns each between the same two
 //!   namespaces, in the order wire, bridge, bridge, wire, twice, so that a drift of
 //!   the machine's speed during the run falls on both alike; a run's figures are the
-//!   means of its turns. The bridge is made of the
-//!   same veths in the wire namespace (so the same offloads: lab turns them off), with
-//!   lab wire stopped (SIGSTOP). Each turn sends 500 small UDP probes, one every 5 ms
+//!   means of its turns. The bridge is made of the same veths in the wire namespace
+//!   (so the same offloads: lab turns them off), with lab wire stopped (SIGSTOP). Each turn sends 500 small UDP probes, one every 5 ms
 //!   (what a token stream sees: the wake-up after idle), and their echoes, then bulk
 //!   TCP for 3 s. A turn during which the hypervisor took more than 3% of the VM's
 //!   CPU time (steal, in /proc/stat) is measured again, up to 5 times: it measured the
@@ -220,8 +219,13 @@ fn measure_turn(port: u16) -> (f64, f64, f64) {
             break;
         }
         eprintln!(
-            "  the hypervisor took {:.0}% of the CPU during this turn (steal): measured again",
-            last.2 * 100.0
+            "  the hypervisor took {:.0}% of the CPU during this turn (steal){}",
+            last.2 * 100.0,
+            if attempt + 1 < TRIES {
+                ": measured again"
+            } else {
+                ", and in every try: kept"
+            }
         );
     }
     last
